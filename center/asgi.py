@@ -1,0 +1,17 @@
+"""ASGI entry point for uvicorn workers: each worker loads the center from CENTER_DATA_DIR."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from center.app import create_app
+from center.bootstrap import load_center
+from center.config import CenterConfig
+
+
+def create_from_environment() -> FastAPI:
+    config = CenterConfig.load(Path(os.environ["CENTER_DATA_DIR"]))
+    return create_app(load_center(config))

@@ -1,0 +1,75 @@
+"""Append-only, hash-chained audit log of every accepted signed message.
+
+entry_hash(n) = SHA-256(prev_hash || canonical JSON of entry n's fields), with
+prev_hash(1) = 64 zeros. The head row holds the last seq and hash, so a
+removed tail is noticed too. Verification walks the chain and names the first
+entry that was changed, removed or reordered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import rfc8785
+from sqlalchemy import Connection, select, update
+
+from center.db import audit_head, audit_log
+from paywire.envelope import Envelope, b64url_encode
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    seq: int
+    reason: str
+
+
+def append(conn: Connection, envelope: Envelope, *, msg_type: str, msg_id: str, action: dict, now_ms: int) -> int:
+    """Add one entry inside the caller's transaction; returns its seq."""
+    head = conn.execute(select(audit_head).where(audit_head.c.id == 1).with_for_update()).one()
+    seq = head.seq + 1
+    row = {
+        "seq": seq, "created_at_ms": now_ms, "kid": envelope.kid, "alg": envelope.alg, "msg_type": msg_type,
+        "msg_id": msg_id, "payload": envelope.payload, "signature": envelope.sig,
+        "action": rfc8785.dumps(action).decode(),
+    }
+    entry_hash = chain_hash(head.entry_hash, row)
+    conn.execute(audit_log.insert().values(prev_hash=head.entry_hash, entry_hash=entry_hash, **row))
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, entry_hash=entry_hash))
+    return seq
+
+
+def chain_hash(prev_hash: str, row: dict) -> str:
+    fields = {
+        "seq": row["seq"], "created_at_ms": row["created_at_ms"], "kid": row["kid"], "alg": row["alg"],
+        "msg_type": row["msg_type"], "msg_id": row["msg_id"], "payload": b64url_encode(row["payload"]),
+        "signature": b64url_encode(row["signature"]), "action": json.loads(row["action"]),
+    }
+    return hashlib.sha256(bytes.fromhex(prev_hash) + rfc8785.dumps(fields)).hexdigest()
+
+
+def verify_chain(conn: Connection, *, batch_rows: int = 1000) -> tuple[int, AuditProblem | None]:
+    """Return (entries checked, first problem or None)."""
+    expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
+    last_seq = 0
+    while True:
+        rows = conn.execute(select(audit_log).where(audit_log.c.seq >= expected_seq)
+                            .order_by(audit_log.c.seq).limit(batch_rows)).mappings().all()
+        for row in rows:
+            if row["seq"] != expected_seq:
+                return checked, AuditProblem(expected_seq, f"entry {expected_seq} is missing (next is {row['seq']})")
+            if row["prev_hash"] != prev_hash:
+                return checked, AuditProblem(row["seq"], "entry does not link to the one before it")
+            if chain_hash(prev_hash, dict(row)) != row["entry_hash"]:
+                return checked, AuditProblem(row["seq"], "entry content changed since it was written")
+            prev_hash, last_seq, checked = row["entry_hash"], row["seq"], checked + 1
+            expected_seq += 1
+        if len(rows) < batch_rows:
+            break
+    head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one()
+    if head.seq != last_seq or head.entry_hash != prev_hash:
+        return checked, AuditProblem(last_seq + 1, f"chain ends at {last_seq} but the head says {head.seq}: entries removed")
+    return checked, None

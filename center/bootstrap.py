@@ -1,0 +1,117 @@
+"""`center init` and loading a configured center: data dir, token key, TLS, schema."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+import secrets
+import socket
+from pathlib import Path
+
+from center.config import CenterConfig, write_private_file
+from center.db import make_engine, migrate
+from center.identity import CenterSigner, make_tls_certificate
+from center.service import Center
+from token_wallet.cliutil import CliError
+from token_wallet.tokens.base import KeyMode, KeyRecord, KeyType
+from token_wallet.tokens.pkcs11_token import open_pkcs11_token
+from token_wallet.tokens.softhsm import find_softhsm_module, init_softhsm_token, write_softhsm_config
+
+CENTER_TOKEN_LABEL = "tokenpay-center"
+CENTER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{3,64}")
+CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
+
+
+def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id: str | None,
+                pkcs11_module: str | None, token_label: str | None, token_pin_file: str | None,
+                tls_names: list[str]) -> CenterConfig:
+    data_dir = data_dir.resolve()
+    _check_fresh_dir(data_dir)
+    if not CURRENCY_PATTERN.fullmatch(currency):
+        raise CliError(f"currency {currency!r} is not an ISO 4217 code such as JPY or EUR")
+    center_id = center_id or f"center-{secrets.token_hex(4)}"
+    if not CENTER_ID_PATTERN.fullmatch(center_id):
+        raise CliError("center id must be 3-64 letters, digits or . _ : -")
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = CenterConfig(
+        data_dir=data_dir, center_id=center_id, currency=currency,
+        db_url=db_url or f"sqlite:///{data_dir / 'center.db'}",
+        pkcs11_module=pkcs11_module or find_softhsm_module(),
+        token_label=token_label or CENTER_TOKEN_LABEL,
+        token_pin_file=str(Path(token_pin_file).resolve()) if token_pin_file else "",
+        softhsm_conf=None,
+    )
+    if token_label is None:
+        _make_own_softhsm_token(config)
+    elif not token_pin_file:
+        raise CliError("--token-label needs --token-pin-file (the center reads its token PIN from it when serving)")
+    key = _generate_signing_key(config)
+    config.signing_key = key_record_to_json(key)
+    _write_tls(config, key.spki_der, tls_names)
+    config.webhook_secret_file = str(data_dir / "secrets" / "webhook-secret")
+    write_private_file(Path(config.webhook_secret_file), secrets.token_hex(32).encode())
+    migrate(make_engine(config.db_url))
+    config.save()
+    return config
+
+
+def load_center(config: CenterConfig) -> Center:
+    config.apply_token_environment()
+    token = open_pkcs11_token(config.pkcs11_module, label=config.token_label)
+    signer = CenterSigner(token, key_record_from_json(config.signing_key), config.token_pin(), config.center_id)
+    return Center(engine=make_engine(config.db_url), signer=signer, currency=config.currency)
+
+
+def key_record_to_json(key: KeyRecord) -> dict:
+    return {"mode": key.mode.value, "key_type": key.key_type.value, "algorithm": key.algorithm,
+            "spki_der": base64.b64encode(key.spki_der).decode(), "handle": dict(key.handle)}
+
+
+def key_record_from_json(document: dict) -> KeyRecord:
+    return KeyRecord(mode=KeyMode(document["mode"]), key_type=KeyType(document["key_type"]),
+                     algorithm=document["algorithm"], spki_der=base64.b64decode(document["spki_der"]),
+                     handle=dict(document["handle"]))
+
+
+def _check_fresh_dir(data_dir: Path) -> None:
+    if (data_dir / "config.json").exists():
+        raise CliError(f"{data_dir} already holds a center; choose an empty directory")
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise CliError(f"{data_dir} is not empty; choose an empty or new directory")
+
+
+def _make_own_softhsm_token(config: CenterConfig) -> None:
+    secrets_dir = config.data_dir / "secrets"
+    pin, so_pin = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+    write_private_file(secrets_dir / "token-pin", pin.encode())
+    write_private_file(secrets_dir / "token-so-pin", so_pin.encode())
+    conf = write_softhsm_config(config.data_dir / "softhsm")
+    init_softhsm_token(conf, config.token_label, so_pin, pin)
+    config.softhsm_conf = str(conf)
+    config.token_pin_file = str(secrets_dir / "token-pin")
+
+
+def _generate_signing_key(config: CenterConfig) -> KeyRecord:
+    config.apply_token_environment()
+    token = open_pkcs11_token(config.pkcs11_module, label=config.token_label)
+    # Resident: the center's key never leaves its token, not even wrapped.
+    return token.generate_key(KeyType.P256, config.token_pin(), mode=KeyMode.RESIDENT, label="tokenpay-center-receipts")
+
+
+def _write_tls(config: CenterConfig, receipt_spki: bytes, extra_names: list[str]) -> None:
+    dns_names = sorted({"localhost", socket.gethostname(), *[n for n in extra_names if not _is_ip(n)]})
+    ips = sorted({"127.0.0.1", "::1", *[n for n in extra_names if _is_ip(n)]})
+    cert_pem, key_pem = make_tls_certificate(config.center_id, receipt_spki, dns_names, ips)
+    key_file = config.data_dir / "tls" / "key.pem"
+    write_private_file(key_file, key_pem)
+    config.cert_file.write_bytes(cert_pem)
+    config.tls_key_file = str(key_file)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,121 @@
+"""Database schema (SQLAlchemy Core) and engine set-up for SQLite and PostgreSQL.
+
+The schema is created and upgraded only by Alembic migrations
+(center/migrations); these Table objects mirror them for queries, and a test
+checks the two agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (BigInteger, Column, Engine, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
+                        create_engine, event)
+
+metadata = MetaData()
+
+parties = Table(
+    "parties", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("role", String(16), nullable=False),  # member | store | operator
+    Column("name", String(200), nullable=False),
+    Column("address", String(500), nullable=False),
+    Column("birth_date", String(10)),
+    Column("bank_account", String(64)),
+    Column("status", String(16), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+keys = Table(
+    "keys", metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("party_id", String(32), ForeignKey("parties.id"), nullable=False, index=True),
+    Column("algorithm", String(16), nullable=False),
+    Column("spki", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),  # active | revoked
+    Column("last_ctr", BigInteger, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+# One row per accepted signed message: the idempotency record. The same
+# (kid, msg_id) with the same bytes answers `response` again.
+messages = Table(
+    "messages", metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("msg_id", String(64), primary_key=True),
+    Column("msg_type", String(32), nullable=False),
+    Column("payload_sha256", String(64), nullable=False),
+    Column("response", Text, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("kid", String(64), nullable=False),
+    Column("alg", String(16), nullable=False),
+    Column("msg_type", String(32), nullable=False),
+    Column("msg_id", String(64), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("action", Text, nullable=False),
+)
+
+# Single row (id = 1): the chain head. Appending locks it, which orders the
+# chain across processes; it also lets verification notice a cut-off tail.
+audit_head = Table(
+    "audit_head", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain postgresql:// URLs and use the psycopg 3 driver for them."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 8) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own
+        # implicit BEGIN is deferred, and two deferred writers deadlock).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged payment survives power loss
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection):
+        # Take the write lock up front: transactions here read then write.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def migrate(engine: Engine) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")

@@ -1,0 +1,40 @@
+"""API errors: one stable code per refusal, one HTTP status per code.
+
+Every 4xx body is {"error": {"code": ..., "message": ...}}. Codes are part of
+the API contract (clients and tests match on them); messages are for people.
+"""
+
+from __future__ import annotations
+
+from paywire.errors import WireError
+
+# Codes not listed answer 400.
+STATUS_FOR_CODE = {
+    "bad_signature": 401,
+    "unknown_key": 401,
+    "key_revoked": 403,
+    "wrong_audience": 403,
+    "expired": 403,
+    "not_yet_valid": 403,
+    "key_already_enrolled": 409,
+    "message_id_conflict": 409,
+    "counter_replayed": 409,
+    "not_found": 404,
+    "body_too_large": 413,
+    "invalid_request": 422,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str, status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status or STATUS_FOR_CODE.get(code, 400)
+
+    @classmethod
+    def from_wire(cls, error: WireError) -> "ApiError":
+        return cls(error.code, error.message)
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}

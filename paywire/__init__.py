@@ -1,0 +1,9 @@
+"""Wire format shared by the wallet and the center.
+
+Modules, one per concern:
+- `errors`: the one exception type, with stable error codes.
+- `canonical`: RFC 8785 canonical JSON bytes and a strict parser for them.
+- `algorithms`: key ids, signature verification with pinned algorithms.
+- `envelope`: the signed envelope (exact payload bytes + alg + kid + signature).
+- `messages`: the common signed header and the bodies of each message type.
+"""

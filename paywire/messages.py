@@ -1,0 +1,172 @@
+"""The signed header every payload carries, and the bodies of each type.
+
+    {"dom": "tokenpay", "v": 1, "type": ..., "aud": <center id or key id>,
+     "kid": <signer key id>, "msg_id": <signer-chosen id>, "ctr": <per-key counter>,
+     "iat": <issued, epoch s>, "exp": <expires, epoch s>, "body": {...}}
+
+The domain tag and version keep a signature made for this protocol from being
+valid anywhere else; `aud` keeps it from being valid at another center.
+Parsing is strict: exactly these fields, each within its limits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+from dataclasses import dataclass
+
+from paywire.algorithms import ALGORITHMS
+from paywire.canonical import parse_canonical
+from paywire.errors import WireError
+
+DOMAIN = "tokenpay"
+VERSION = 1
+HEADER_FIELDS = frozenset({"dom", "v", "type", "aud", "kid", "msg_id", "ctr", "iat", "exp", "body"})
+
+ENROLL = "enroll"
+RECEIPT = "receipt"
+MESSAGE_TYPES = frozenset({ENROLL, RECEIPT})
+
+MSG_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+KID_PATTERN = re.compile(r"[0-9a-f]{64}")
+AUDIENCE_PATTERN = re.compile(r"[A-Za-z0-9._:-]{3,64}")
+SHA256_HEX_PATTERN = KID_PATTERN
+MAX_COUNTER = 2**53 - 1
+CLOCK_SKEW_S = 300
+# Long enough for a message queued offline in the outbox to be delivered days
+# later, short enough that an old signed message does not live forever.
+MAX_LIFETIME_S = 30 * 24 * 3600
+DEFAULT_LIFETIME_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Header:
+    type: str
+    aud: str
+    kid: str
+    msg_id: str
+    ctr: int
+    iat: int
+    exp: int
+
+
+def new_message_id() -> str:
+    """128 random bits, base64url-safe hex; never derived from signature bytes."""
+    return secrets.token_hex(16)
+
+
+def build_payload(msg_type: str, *, aud: str, kid: str, msg_id: str, ctr: int, body: dict,
+                  now_s: int, lifetime_s: int = DEFAULT_LIFETIME_S) -> dict:
+    payload = {
+        "dom": DOMAIN, "v": VERSION, "type": msg_type, "aud": aud, "kid": kid, "msg_id": msg_id,
+        "ctr": ctr, "iat": now_s, "exp": now_s + lifetime_s, "body": body,
+    }
+    parse_payload_document(payload)  # the builder refuses what a verifier would refuse
+    return payload
+
+
+def parse_payload(data: bytes) -> tuple[Header, dict]:
+    """Parse canonical payload bytes into the header and the checked body."""
+    return parse_payload_document(parse_canonical(data))
+
+
+def parse_payload_document(document: dict) -> tuple[Header, dict]:
+    if set(document) != HEADER_FIELDS:
+        missing, extra = HEADER_FIELDS - set(document), set(document) - HEADER_FIELDS
+        raise WireError("malformed_payload", f"payload fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    if document["dom"] != DOMAIN or document["v"] != VERSION:
+        raise WireError("wrong_domain", f"payload is not a {DOMAIN} v{VERSION} message")
+    msg_type = document["type"]
+    if msg_type not in MESSAGE_TYPES:
+        raise WireError("unknown_message_type", f"message type {msg_type!r} is not known")
+    header = Header(
+        type=msg_type,
+        aud=_match(document["aud"], AUDIENCE_PATTERN, "aud"),
+        kid=_match(document["kid"], KID_PATTERN, "kid"),
+        msg_id=_match(document["msg_id"], MSG_ID_PATTERN, "msg_id"),
+        ctr=_int(document["ctr"], "ctr", 1, MAX_COUNTER),
+        iat=_int(document["iat"], "iat", 0, MAX_COUNTER),
+        exp=_int(document["exp"], "exp", 0, MAX_COUNTER),
+    )
+    if not header.iat < header.exp <= header.iat + MAX_LIFETIME_S:
+        raise WireError("malformed_payload", f"exp must be after iat and at most {MAX_LIFETIME_S} s later")
+    body = document["body"]
+    if not isinstance(body, dict):
+        raise WireError("malformed_payload", "body must be an object")
+    _BODY_CHECKS[msg_type](body)
+    return header, body
+
+
+def check_freshness(header: Header, now_s: int) -> None:
+    if header.iat > now_s + CLOCK_SKEW_S:
+        raise WireError("not_yet_valid", "message is issued in the future; check the clock")
+    if header.exp <= now_s:
+        raise WireError("expired", "message has expired; sign it again")
+
+
+def _check_enroll(body: dict) -> None:
+    role = body.get("role")
+    common = {"role", "public_key", "alg", "name", "address"}
+    if role == "member":
+        _exact_fields(body, common | {"birth_date"})
+        _date(body["birth_date"], "birth_date")
+    elif role == "store":
+        _exact_fields(body, common | {"bank_account"})
+        _text(body["bank_account"], "bank_account", 64)
+    else:
+        raise WireError("malformed_payload", "role must be 'member' or 'store'")
+    if body["alg"] not in ALGORITHMS:
+        raise WireError("unsupported_algorithm", f"alg must be one of {', '.join(ALGORITHMS)}")
+    _text(body["public_key"], "public_key", 2800)
+    _text(body["name"], "name", 200)
+    _text(body["address"], "address", 500)
+
+
+def _check_receipt(body: dict) -> None:
+    _exact_fields(body, {"for_kid", "for_msg_id", "for_type", "request_sha256", "result"})
+    _match(body["for_kid"], KID_PATTERN, "for_kid")
+    _match(body["for_msg_id"], MSG_ID_PATTERN, "for_msg_id")
+    if body["for_type"] not in MESSAGE_TYPES:
+        raise WireError("malformed_payload", "for_type is not a known message type")
+    _match(body["request_sha256"], SHA256_HEX_PATTERN, "request_sha256")
+    if not isinstance(body["result"], dict):
+        raise WireError("malformed_payload", "result must be an object")
+
+
+_BODY_CHECKS = {ENROLL: _check_enroll, RECEIPT: _check_receipt}
+
+
+def _exact_fields(body: dict, expected: set[str]) -> None:
+    if set(body) != expected:
+        missing, extra = expected - set(body), set(body) - expected
+        raise WireError("malformed_payload", f"body fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
+
+
+def _match(value: object, pattern: re.Pattern, field: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise WireError("malformed_payload", f"{field} is malformed")
+    return value
+
+
+def _int(value: object, field: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise WireError("malformed_payload", f"{field} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _text(value: object, field: str, max_chars: int) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > max_chars:
+        raise WireError("malformed_payload", f"{field} must be non-empty text of at most {max_chars} characters")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise WireError("malformed_payload", f"{field} contains control characters")
+    return value
+
+
+def _date(value: object, field: str) -> dt.date:
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise WireError("malformed_payload", f"{field} must be a date YYYY-MM-DD")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise WireError("malformed_payload", f"{field} is not a real calendar date") from None

@@ -1,0 +1,354 @@
+"""`wallet`: the member's and store's command line.
+
+Secrets: password A opens the vault, password B is the token PIN. Each is
+prompted without echo, or read from --password-X-fd N, --password-X-file F or
+the file named by $WALLET_PASSWORD_X_FILE (first line only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.table import Table
+
+from paywire.center_cert import read_center_certificate
+from paywire.algorithms import key_id
+from paywire.envelope import b64url_encode
+from paywire.errors import WireError
+from paywire.messages import ENROLL
+from token_wallet.cliutil import CliError, emit, read_secret, run_cli
+from token_wallet.tokens import open_token
+from token_wallet.tokens.base import KeyMode, KeyType, TokenError, WrongPin
+from token_wallet.vault import Vault, VaultError, VaultNotFound, vault_lock
+from token_wallet.wallet import Wallet, WalletError, new_document, vault_path
+
+app = typer.Typer(help="tokenpay wallet: pay with a key that lives on your token", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+
+Home = Annotated[Optional[Path], typer.Option("--home", envvar="WALLET_HOME", help="Wallet home directory")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout")]
+PasswordAFile = Annotated[Optional[str], typer.Option("--password-a-file", envvar="WALLET_PASSWORD_A_FILE",
+                                                      help="File whose first line is password A")]
+PasswordBFile = Annotated[Optional[str], typer.Option("--password-b-file", envvar="WALLET_PASSWORD_B_FILE",
+                                                      help="File whose first line is password B (token PIN)")]
+PasswordAFd = Annotated[Optional[int], typer.Option("--password-a-fd", help="Read password A from this descriptor")]
+PasswordBFd = Annotated[Optional[int], typer.Option("--password-b-fd", help="Read password B from this descriptor")]
+
+
+def _home(home: Optional[Path]) -> Path:
+    return (home or Path.home() / ".tokenpay-wallet").expanduser().resolve()
+
+
+def _password_a(file: Optional[str], fd: Optional[int], *, confirm: bool = False) -> str:
+    return read_secret(what="password A", file_option=file, env_var=None, fd=fd, confirm=confirm)
+
+
+def _password_b(file: Optional[str], fd: Optional[int]) -> str:
+    return read_secret(what="password B", file_option=file, env_var=None, fd=fd)
+
+
+@contextmanager
+def _open_wallet(home: Optional[Path], password_a: str) -> Iterator[Wallet]:
+    path = vault_path(_home(home))
+    if not path.exists():
+        raise CliError(f"no wallet at {path.parent}: run `wallet init` first (or give --home / WALLET_HOME)")
+    with vault_lock(path):
+        yield Wallet(Vault.open(path, password_a))
+
+
+@app.command()
+def init(
+    pkcs11_module: Annotated[str, typer.Option(help="Path of the PKCS#11 module (.so) of your token")],
+    token_label: Annotated[str, typer.Option(help="Label of the token")],
+    key_type: Annotated[str, typer.Option(help="p256 or ed25519")] = "p256",
+    key_mode: Annotated[str, typer.Option(help="auto, wrapped or resident")] = "auto",
+    token_serial: Annotated[Optional[str], typer.Option(help="Serial, when several tokens share a label")] = None,
+    so_pin_file: Annotated[Optional[str], typer.Option(envvar="WALLET_SO_PIN_FILE",
+                                                       help="File with the token's SO PIN (wrapped mode)")] = None,
+    entropy_file: Annotated[Optional[Path], typer.Option(help="Extra randomness to mix into the token's RNG")] = None,
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+) -> None:
+    """Generate the signing key on the token and create the password-A vault."""
+    key_type_value = _choice(key_type, {"p256": KeyType.P256, "ed25519": KeyType.ED25519}, "--key-type")
+    mode = _choice(key_mode, {"auto": None, "wrapped": KeyMode.WRAPPED, "resident": KeyMode.RESIDENT}, "--key-mode")
+    path = vault_path(_home(home))
+    if path.exists():
+        raise CliError(f"a wallet already exists at {path.parent}; use another --home to make a new one")
+    entropy = _read_entropy(entropy_file)
+    from token_wallet.tokens.pkcs11_token import open_pkcs11_token
+
+    token = open_pkcs11_token(pkcs11_module, label=token_label, serial=token_serial)
+    if mode is None:
+        mode = KeyMode.WRAPPED if token.supports_wrapping() else KeyMode.RESIDENT
+    so_pin = read_secret(what="SO PIN", file_option=so_pin_file, env_var=None) if mode is KeyMode.WRAPPED else None
+    password_a = _password_a(password_a_file, password_a_fd, confirm=True)
+    password_b = _password_b(password_b_file, password_b_fd)
+    key = token.generate_key(key_type_value, password_b, so_pin=so_pin, entropy=entropy, mode=mode)
+    info = token.info()
+    token_doc = {"kind": "pkcs11", "module": pkcs11_module, "label": info.label, "serial": info.serial}
+    with vault_lock(path):
+        Vault.create(path, password_a, new_document(token_doc, key))
+    summary = {"home": str(path.parent), "kid": key_id(key.spki_der), "algorithm": key.algorithm,
+               "key_mode": key.mode.value, "token": info.to_json()}
+    emit(as_json, summary, lambda out: out.print(
+        f"key generated on token [bold]{info.label}[/] ({key.mode.value} mode, {key.algorithm})\n"
+        f"  key id {summary['kid']}\n  vault {path}"))
+
+
+@app.command()
+def enroll(
+    center: Annotated[str, typer.Option(help="Center URL, e.g. https://127.0.0.1:8443")],
+    center_cert: Annotated[Path, typer.Option(help="The center's certificate (center-cert.pem) to pin")],
+    name: Annotated[str, typer.Option(help="Your name, or the store's name")],
+    address: Annotated[str, typer.Option(help="Postal address")],
+    birth_date: Annotated[Optional[str], typer.Option(help="YYYY-MM-DD (members)")] = None,
+    store: Annotated[bool, typer.Option("--store", help="Enroll as a store")] = False,
+    bank_account: Annotated[Optional[str], typer.Option(help="Payout bank account (stores)")] = None,
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+) -> None:
+    """Register with the center: a registration signed by the token key, sent over pinned TLS."""
+    body = _registration_body(name, address, birth_date, store, bank_account)
+    identity = _read_center_cert(center_cert)
+    password_a = _password_a(password_a_file, password_a_fd)
+    with _open_wallet(home, password_a) as wallet:
+        if wallet.doc["member_id"]:
+            raise CliError(f"this wallet is already enrolled as {wallet.doc['member_id']}")
+        if any(entry["type"] == ENROLL for entry in wallet.doc["outbox"]):
+            raise CliError("an enrollment is already waiting in the outbox: run `wallet sync` to deliver it")
+        key = wallet.key
+        body.update(public_key=b64url_encode(key.spki_der), alg=key.algorithm)
+        wallet.pin_center(center, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg)
+        token = open_token(wallet.doc["token"])
+        entry = _sign(wallet, token, ENROLL, body, password_b_file, password_b_fd)
+        report = wallet.deliver()
+    _print_enrollment(as_json, wallet, entry, report)
+
+
+@app.command()
+def sync(
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+) -> None:
+    """Deliver signed messages waiting in the outbox (needs password A only)."""
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        report = wallet.deliver()
+    document = report.to_json() | {"member_id": wallet.doc["member_id"]}
+
+    def render(out) -> None:
+        for item in report.delivered:
+            out.print(f"delivered {item['type']} {item['msg_id']}: {_describe_result(item['result'])}")
+        for item in report.refused:
+            out.print(f"refused {item['type']} {item['msg_id']}: {item['code']}: {item['message']}")
+        if report.unreachable:
+            out.print(f"{report.pending} message(s) still waiting: {report.unreachable}")
+        elif not report.delivered and not report.refused:
+            out.print("nothing to send")
+
+    emit(as_json, document, render)
+    if report.unreachable:
+        raise typer.Exit(code=3)
+
+
+@app.command()
+def history(
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+) -> None:
+    """Show the history and waiting messages (password A only; the key is not touched)."""
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        doc = wallet.doc
+    outbox = [{"msg_id": e["msg_id"], "type": e["type"], "queued_at_ms": e["queued_at_ms"],
+               "attempts": e["attempts"]} for e in doc["outbox"]]
+    document = {"member_id": doc["member_id"], "role": doc["role"], "entries": doc["history"], "outbox": outbox}
+
+    def render(out) -> None:
+        table = Table(title=f"history of {doc['member_id'] or 'this wallet (not enrolled yet)'}")
+        for column in ("when (UTC)", "what", "outcome", "details"):
+            table.add_column(column)
+        for entry in doc["history"]:
+            table.add_row(_when(entry["at_ms"]), entry["type"], entry["outcome"], _describe_result(entry["details"]))
+        for entry in outbox:
+            table.add_row(_when(entry["queued_at_ms"]), entry["type"], "waiting in outbox", entry["msg_id"])
+        out.print(table)
+
+    emit(as_json, document, render)
+
+
+@app.command()
+def status(
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+) -> None:
+    """Show the token, key id, algorithm, member id and PIN state."""
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        doc = wallet.doc
+    token_state: dict = {"present": False}
+    try:
+        token = open_token(doc["token"])
+        token_state = {"present": True, **token.info().to_json(), "pin": token.pin_status().to_json()}
+    except TokenError as error:
+        token_state["problem"] = str(error)
+    center = doc["center"]
+    document = {
+        "token": token_state, "kid": doc["kid"], "algorithm": doc["key"]["algorithm"],
+        "key_mode": doc["key"]["mode"], "member_id": doc["member_id"], "role": doc["role"],
+        "center": {"url": center["url"], "center_id": center["center_id"]} if center else None,
+        "counter": doc["counter"], "outbox": len(doc["outbox"]),
+    }
+    emit(as_json, document, lambda out: _render_status(out, document))
+
+
+@app.command("change-password-a")
+def change_password_a(
+    new_password_a_file: Annotated[Optional[str], typer.Option(help="File with the new password A")] = None,
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+) -> None:
+    """Re-encrypt the vault under a new password A."""
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        new = read_secret(what="new password A", file_option=new_password_a_file, env_var=None, confirm=True)
+        wallet.vault.change_password(new)
+    emit(as_json, {"changed": "password_a"}, lambda out: out.print("password A changed; the vault is re-encrypted"))
+
+
+@app.command("change-password-b")
+def change_password_b(
+    new_password_b_file: Annotated[Optional[str], typer.Option(help="File with the new password B")] = None,
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+) -> None:
+    """Change the token PIN (password B)."""
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        token = open_token(wallet.doc["token"])
+    old = _password_b(password_b_file, password_b_fd)
+    new = read_secret(what="new password B", file_option=new_password_b_file, env_var=None, confirm=True)
+    _with_pin_message(lambda: token.change_pin(old, new), token)
+    emit(as_json, {"changed": "password_b"}, lambda out: out.print("password B (token PIN) changed"))
+
+
+def _sign(wallet: Wallet, token, msg_type: str, body: dict, pin_file, pin_fd) -> dict:
+    pin = _password_b(pin_file, pin_fd)
+    return _with_pin_message(lambda: wallet.sign_and_queue(token, pin, msg_type, body, now_s=int(time.time())), token)
+
+
+def _with_pin_message(action, token):
+    try:
+        return action()
+    except WrongPin as error:
+        status = error.status or token.pin_status()
+        left = f"{status.tries_left} tries left" if status.tries_left is not None else (
+            "the token says this is the final try" if status.final_try else
+            "the token says few tries are left" if status.count_low else "the token does not tell how many tries are left")
+        raise CliError(f"wrong password B (token PIN): nothing was signed; {left}") from None
+
+
+def _registration_body(name, address, birth_date, store, bank_account) -> dict:
+    if store:
+        if not bank_account:
+            raise CliError("a store needs --bank-account for its payouts")
+        if birth_date:
+            raise CliError("--birth-date is for members; a store gives --bank-account")
+        return {"role": "store", "name": name, "address": address, "bank_account": bank_account}
+    if not birth_date:
+        raise CliError("a member needs --birth-date YYYY-MM-DD (or use --store)")
+    if bank_account:
+        raise CliError("--bank-account is for stores: add --store")
+    try:
+        parsed = dt.date.fromisoformat(birth_date)
+    except ValueError:
+        raise CliError(f"--birth-date {birth_date!r} is not a date YYYY-MM-DD") from None
+    if parsed >= dt.date.today():
+        raise CliError("--birth-date must be in the past")
+    return {"role": "member", "name": name, "address": address, "birth_date": birth_date}
+
+
+def _read_center_cert(path: Path):
+    try:
+        return read_center_certificate(path.read_bytes())
+    except OSError as error:
+        raise CliError(f"cannot read --center-cert {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise CliError(f"--center-cert {path}: {error}") from None
+
+
+def _print_enrollment(as_json: bool, wallet: Wallet, entry: dict, report) -> None:
+    member_id = wallet.doc["member_id"]
+    refused = next((item for item in report.refused if item["msg_id"] == entry["msg_id"]), None)
+    if refused:
+        raise CliError(f"the center refused the enrollment ({refused['code']}): {refused['message']}")
+    queued = member_id is None
+    document = {"member_id": member_id, "role": wallet.doc["role"], "kid": wallet.kid,
+                "status": "queued" if queued else "enrolled", "msg_id": entry["msg_id"]}
+    if queued:
+        document["reason"] = report.unreachable
+    emit(as_json, document, lambda out: out.print(
+        f"center unreachable; the signed enrollment waits in the outbox: run `wallet sync` later ({report.unreachable})"
+        if queued else f"enrolled as [bold]{member_id}[/] ({wallet.doc['role']})"))
+
+
+def _render_status(out, document: dict) -> None:
+    token = document["token"]
+    out.print(f"token: {token.get('label', '?')} serial {token.get('serial', '?')} "
+              f"({token.get('manufacturer', '')} {token.get('model', '')})" if token["present"]
+              else f"token: not found ({token.get('problem')})")
+    if token["present"]:
+        pin = token["pin"]
+        tries = pin["tries_left"] if pin["tries_left"] is not None else "not reported by the token"
+        out.print(f"PIN: {'LOCKED' if pin['locked'] else 'ok'}, tries left: {tries}"
+                  + (" (count low)" if pin["count_low"] else ""))
+    out.print(f"key id: {document['kid']}\nalgorithm: {document['algorithm']} ({document['key_mode']} key)")
+    out.print(f"member id: {document['member_id'] or 'not enrolled'}"
+              + (f" ({document['role']})" if document["role"] else ""))
+    if document["center"]:
+        out.print(f"center: {document['center']['center_id']} at {document['center']['url']}")
+    if document["outbox"]:
+        out.print(f"outbox: {document['outbox']} message(s) waiting; run `wallet sync`")
+
+
+def _describe_result(details: dict) -> str:
+    if "member_id" in details:
+        return f"{details.get('action', '')} {details['member_id']} ({details.get('role', '')})".strip()
+    if "code" in details:
+        return f"{details['code']}: {details.get('message', '')}"
+    return ", ".join(f"{k}={v}" for k, v in sorted(details.items()))
+
+
+def _when(at_ms: int) -> str:
+    return dt.datetime.fromtimestamp(at_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _choice(value: str, options: dict, option_name: str):
+    if value not in options:
+        raise CliError(f"{option_name} must be one of {', '.join(options)}, not {value!r}")
+    return options[value]
+
+
+def _read_entropy(path: Optional[Path]) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()[:4096]
+    except OSError as error:
+        raise CliError(f"cannot read --entropy-file {path}: {error.strerror}") from None
+    if len(data) < 16:
+        raise CliError("--entropy-file must hold at least 16 bytes")
+    return data
+
+
+def main() -> None:
+    run_cli(app, (VaultError, TokenError, WalletError, WireError, OSError))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,788 @@
+"""PKCS#11 token backend (SoftHSM in tests; YubiKey, Nitrokey, HSMs in real use).
+
+Two key modes (DESIGN.md, "The two passwords on hardware"):
+
+* WRAPPED: the key pair is generated on the token as session objects, the
+  private key is wrapped (CKM_AES_KEY_WRAP_PAD) under a token-resident,
+  trusted, non-extractable AES key that the security officer created, and
+  only the blob leaves the token (into the password-A vault). Signing logs
+  in with the user PIN (password B), unwraps into a session object, signs
+  and destroys it. Token + PIN without the blob cannot sign; blob without
+  the token and PIN cannot sign.
+* RESIDENT: the key pair lives on the token, private key non-extractable.
+
+Rules this module keeps:
+
+* Every call into a PKCS#11 library holds ONE process-wide lock. python-pkcs11
+  calls C_Initialize without locking flags, and concurrent signing through
+  it on SoftHSM crashes the process (measured: segfault, double free).
+* Each operation opens its own session and closes it: a session in which a
+  PIN was refused can stay in OperationActive, and session objects (the
+  unwrapped key) vanish with the session.
+* We log in ourselves (C_Login through ctypes on the same module) instead of
+  through python-pkcs11's `Token.open(user_pin=...)`: that one loses the
+  session handle when the PIN is wrong, and a leaked read-only session later
+  blocks the SO login (CKR_SESSION_READ_ONLY_EXISTS).
+* PINs never appear in messages or logs.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import pkcs11
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass, TokenFlag
+from pkcs11 import KeyType as P11KeyType
+from pkcs11 import exceptions as p11
+
+from .base import (
+    ALGORITHM_FOR_KEY_TYPE,
+    KeyMode,
+    KeyNotFound,
+    KeyRecord,
+    KeyType,
+    PinLocked,
+    PinStatus,
+    Token,
+    TokenError,
+    TokenInfo,
+    TokenNotFound,
+    TokenRemoved,
+    WrongPin,
+)
+
+log = logging.getLogger(__name__)
+
+# Held around every call into any PKCS#11 library in this process (see the
+# module docstring). Re-entrant so that helpers can nest. Code outside this
+# module that talks to a module loaded here (tests, tools) must hold it too.
+LIBRARY_LOCK = threading.RLock()
+
+WRAP_KEY_LABEL = "tokenpay-wrap"
+WRAP_KEY_BITS = 256
+WRAP_MECHANISM = Mechanism.AES_KEY_WRAP_PAD
+
+HANDLE_FORMAT_WRAPPED = "pkcs11-wrapped-v1"
+HANDLE_FORMAT_RESIDENT = "pkcs11-resident-v1"
+
+KEY_ID_BYTES = 16
+RSA_KEY_BITS = 2048
+
+# A process starting while another one writes the token directory can see
+# GeneralError or miss the token once (DESIGN.md); SoftHSM also only sees
+# tokens that existed when it was initialised. Between attempts we
+# re-initialise the library so that it rescans its token directory.
+OPEN_RETRY_DELAYS_S = (0.01, 0.2)
+
+# DER of the curve names the token takes as CKA_EC_PARAMS.
+EC_PARAMS_SECP256R1 = bytes.fromhex("06082a8648ce3d030107")  # OID 1.2.840.10045.3.1.7
+EC_PARAMS_EDWARDS25519 = b"\x13\x0c" + b"edwards25519"  # PrintableString
+
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+P256_COORDINATE_BYTES = 32
+
+# Constants python-pkcs11 does not export under these names.
+_CKU_SO = 0
+_CKU_USER = 1
+_CKR_OK = 0x000
+_CKR_PIN_INCORRECT = 0x0A0
+_CKR_PIN_INVALID = 0x0A1
+_CKR_PIN_LEN_RANGE = 0x0A2
+_CKR_PIN_EXPIRED = 0x0A3
+_CKR_PIN_LOCKED = 0x0A4
+_CKR_DEVICE_REMOVED = 0x032
+_CKR_SESSION_HANDLE_INVALID = 0x0B3
+_CKR_SESSION_READ_ONLY_EXISTS = 0x0B7
+_CKR_TOKEN_NOT_PRESENT = 0x0E0
+_CKR_USER_ALREADY_LOGGED_IN = 0x100
+_CKR_USER_NOT_LOGGED_IN = 0x101
+_CKR_USER_PIN_NOT_INITIALIZED = 0x102
+_CKR_USER_ANOTHER_ALREADY_LOGGED_IN = 0x104
+
+
+# --------------------------------------------------------------------------
+# Loading modules (once per process)
+
+
+_LIBS: dict[str, pkcs11.lib] = {}
+_RAW: dict[str, "_RawModule"] = {}
+
+
+def load_module(module_path: str) -> pkcs11.lib:
+    """The process-wide python-pkcs11 object for this module, loaded once.
+
+    Keyed by the real path: two spellings of one .so would otherwise load
+    it twice and the second C_Initialize fails (CRYPTOKI_ALREADY_INITIALIZED).
+    """
+    real_path = os.path.realpath(module_path)
+    with LIBRARY_LOCK:
+        if real_path not in _LIBS:
+            if not os.path.exists(real_path):
+                raise TokenError(f"PKCS#11 module not found: {module_path}")
+            _LIBS[real_path] = pkcs11.lib(real_path)
+        return _LIBS[real_path]
+
+
+def _raw_module(module_path: str) -> "_RawModule":
+    real_path = os.path.realpath(module_path)
+    with LIBRARY_LOCK:
+        if real_path not in _RAW:
+            load_module(real_path)  # C_Initialize must have run first
+            _RAW[real_path] = _RawModule(real_path)
+        return _RAW[real_path]
+
+
+class _FunctionListPrefix(ctypes.Structure):
+    # The first entries of CK_FUNCTION_LIST, in the order of the standard;
+    # we only call C_Login and C_Logout.
+    _fields_ = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)] + [
+        (name, ctypes.c_void_p)
+        for name in (
+            "C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList",
+            "C_GetSlotList", "C_GetSlotInfo", "C_GetTokenInfo",
+            "C_GetMechanismList", "C_GetMechanismInfo", "C_InitToken",
+            "C_InitPIN", "C_SetPIN", "C_OpenSession", "C_CloseSession",
+            "C_CloseAllSessions", "C_GetSessionInfo", "C_GetOperationState",
+            "C_SetOperationState", "C_Login", "C_Logout",
+        )
+    ]
+
+
+_C_LOGIN_TYPE = ctypes.CFUNCTYPE(
+    ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong
+)
+_C_LOGOUT_TYPE = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong)
+
+
+class _RawModule:
+    """C_Login/C_Logout on the module python-pkcs11 already loaded.
+
+    dlopen of the same file returns the same handle, so this is the same
+    function table and the same initialised library state.
+    """
+
+    def __init__(self, real_path: str):
+        self._dll = ctypes.CDLL(real_path)
+        table = ctypes.POINTER(_FunctionListPrefix)()
+        rv = self._dll.C_GetFunctionList(ctypes.byref(table))
+        if rv != _CKR_OK:
+            raise TokenError(f"C_GetFunctionList failed in {real_path} (CKR 0x{rv:x})")
+        self._login = _C_LOGIN_TYPE(table.contents.C_Login)
+        self._logout = _C_LOGOUT_TYPE(table.contents.C_Logout)
+
+    def login(self, session_handle: int, user_type: int, pin: str) -> int:
+        pin_bytes = pin.encode("utf-8")
+        return self._login(session_handle, user_type, pin_bytes, len(pin_bytes))
+
+    def logout(self, session_handle: int) -> int:
+        return self._logout(session_handle)
+
+
+# --------------------------------------------------------------------------
+# Finding a token
+
+
+def open_pkcs11_token(
+    module_path: str, *, label: str | None = None, serial: str | None = None
+) -> "Pkcs11Token":
+    """Find a token by label and/or serial (slot ids change after init).
+
+    With neither given, the only initialised token is taken.
+    """
+    delays_s = (0.0,) + OPEN_RETRY_DELAYS_S
+    seen: list[str] = []
+    for attempt, delay_s in enumerate(delays_s):
+        time.sleep(delay_s)
+        try:
+            with LIBRARY_LOCK:
+                lib = load_module(module_path)
+                if attempt > 0:
+                    lib.reinitialize()  # rescan the token directory
+                found, seen = _match_tokens(lib, label, serial)
+        except (p11.GeneralError, p11.NoSuchToken, p11.TokenNotRecognised):
+            continue
+        if len(found) == 1:
+            return Pkcs11Token(module_path, found[0])
+        if len(found) > 1:
+            raise TokenNotFound(
+                f"{len(found)} tokens match {_describe_wanted(label, serial)}; "
+                "give the serial to choose one"
+            )
+    raise TokenNotFound(
+        f"no PKCS#11 token {_describe_wanted(label, serial)} in {module_path}; "
+        f"tokens seen: {', '.join(seen) if seen else 'none'}"
+    )
+
+
+def _match_tokens(
+    lib: pkcs11.lib, label: str | None, serial: str | None
+) -> tuple[list[pkcs11.Token], list[str]]:
+    found, seen = [], []
+    for slot in lib.get_slots(token_present=True):
+        try:
+            token = slot.get_token()
+        except (p11.TokenNotPresent, p11.TokenNotRecognised):
+            continue
+        if not token.flags & TokenFlag.TOKEN_INITIALIZED:
+            continue
+        token_serial = _serial_text(token)
+        seen.append(f"{token.label!r} (serial {token_serial})")
+        if label is not None and token.label != label:
+            continue
+        if serial is not None and token_serial != serial:
+            continue
+        found.append(token)
+    return found, seen
+
+
+def _describe_wanted(label: str | None, serial: str | None) -> str:
+    parts = [f"label {label!r}"] if label is not None else []
+    parts += [f"serial {serial!r}"] if serial is not None else []
+    return "with " + " and ".join(parts) if parts else "initialised"
+
+
+def _serial_text(token: pkcs11.Token) -> str:
+    return token.serial.decode("ascii", errors="replace").strip()
+
+
+# --------------------------------------------------------------------------
+# Key types
+
+
+@dataclass(frozen=True)
+class _KeySpec:
+    p11_key_type: P11KeyType
+    generate_mechanism: Mechanism
+    key_length_bits: int | None
+    public_template: dict
+    spki_der: Callable[[pkcs11.PublicKey], bytes]
+    sign: Callable[[pkcs11.PrivateKey, bytes], bytes]
+
+
+def _p256_spki_der(public_key: pkcs11.PublicKey) -> bytes:
+    point = _strip_octet_string(public_key[Attribute.EC_POINT], 1 + 2 * P256_COORDINATE_BYTES)
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    return _spki_der(key)
+
+
+def _ed25519_spki_der(public_key: pkcs11.PublicKey) -> bytes:
+    raw = _strip_octet_string(public_key[Attribute.EC_POINT], 32)
+    return _spki_der(ed25519.Ed25519PublicKey.from_public_bytes(raw))
+
+
+def _rsa_spki_der(public_key: pkcs11.PublicKey) -> bytes:
+    numbers = rsa.RSAPublicNumbers(
+        e=int.from_bytes(public_key[Attribute.PUBLIC_EXPONENT], "big"),
+        n=int.from_bytes(public_key[Attribute.MODULUS], "big"),
+    )
+    return _spki_der(numbers.public_key())
+
+
+def _spki_der(key) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _strip_octet_string(value: bytes, raw_length: int) -> bytes:
+    # CKA_EC_POINT is a DER OCTET STRING per the standard, but some modules
+    # return the raw point; accept both (short-form DER length only: <128).
+    if len(value) == raw_length + 2 and value[0] == 0x04 and value[1] == raw_length:
+        return value[2:]
+    if len(value) == raw_length:
+        return value
+    raise TokenError(f"unexpected CKA_EC_POINT of {len(value)} bytes from the token")
+
+
+def _sign_p256(private_key: pkcs11.PrivateKey, message: bytes) -> bytes:
+    # SoftHSM has no CKM_ECDSA_SHA256: hash here, sign the digest raw.
+    digest = hashlib.sha256(message).digest()
+    raw = private_key.sign(digest, mechanism=Mechanism.ECDSA)
+    return _ecdsa_der_low_s(raw)
+
+
+def _ecdsa_der_low_s(raw_signature: bytes) -> bytes:
+    # Tokens return r||s. Low-S makes the encoding unique (the center
+    # rejects malleable high-S forms).
+    half = len(raw_signature) // 2
+    r = int.from_bytes(raw_signature[:half], "big")
+    s = int.from_bytes(raw_signature[half:], "big")
+    if s > P256_ORDER // 2:
+        s = P256_ORDER - s
+    return encode_dss_signature(r, s)
+
+
+def _sign_ed25519(private_key: pkcs11.PrivateKey, message: bytes) -> bytes:
+    return private_key.sign(message, mechanism=Mechanism.EDDSA)
+
+
+def _sign_rsa(private_key: pkcs11.PrivateKey, message: bytes) -> bytes:
+    return private_key.sign(message, mechanism=Mechanism.SHA256_RSA_PKCS)
+
+
+_KEY_SPECS = {
+    KeyType.P256: _KeySpec(
+        P11KeyType.EC, Mechanism.EC_KEY_PAIR_GEN, None,
+        {Attribute.EC_PARAMS: EC_PARAMS_SECP256R1}, _p256_spki_der, _sign_p256,
+    ),
+    KeyType.ED25519: _KeySpec(
+        P11KeyType.EC_EDWARDS, Mechanism.EC_EDWARDS_KEY_PAIR_GEN, None,
+        {Attribute.EC_PARAMS: EC_PARAMS_EDWARDS25519}, _ed25519_spki_der, _sign_ed25519,
+    ),
+    KeyType.RSA2048: _KeySpec(
+        P11KeyType.RSA, Mechanism.RSA_PKCS_KEY_PAIR_GEN, RSA_KEY_BITS,
+        {}, _rsa_spki_der, _sign_rsa,
+    ),
+}
+
+_SIGN_ONLY = MechanismFlag.SIGN | MechanismFlag.VERIFY
+
+
+# --------------------------------------------------------------------------
+# The token
+
+
+class Pkcs11Token(Token):
+    """One token in one PKCS#11 module. Holds no session between calls."""
+
+    def __init__(self, module_path: str, token: pkcs11.Token):
+        self._module_path = module_path
+        self._token = token
+        self._raw = _raw_module(module_path)
+        self._label = token.label
+        self._serial = _serial_text(token)
+
+    def __repr__(self) -> str:
+        return f"<Pkcs11Token label={self._label!r} serial={self._serial}>"
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    @property
+    def serial(self) -> str:
+        return self._serial
+
+    # -- information --------------------------------------------------------
+
+    def info(self) -> TokenInfo:
+        with LIBRARY_LOCK, self._errors():
+            fresh = self._token.slot.get_token()
+            return TokenInfo(
+                kind="pkcs11",
+                label=fresh.label,
+                serial=_serial_text(fresh),
+                manufacturer=fresh.manufacturer_id,
+                model=fresh.model,
+            )
+
+    def pin_status(self) -> PinStatus:
+        with LIBRARY_LOCK, self._errors():
+            flags = self._token.slot.get_token().flags
+        return PinStatus(
+            tries_left=None,  # PKCS#11 only tells flags, never a count
+            locked=bool(flags & TokenFlag.USER_PIN_LOCKED),
+            count_low=bool(flags & TokenFlag.USER_PIN_COUNT_LOW),
+            final_try=bool(flags & TokenFlag.USER_PIN_FINAL_TRY),
+        )
+
+    def supports_wrapping(self) -> bool:
+        """True if the token offers AES key generation and AES_KEY_WRAP_PAD both ways."""
+        with LIBRARY_LOCK, self._errors():
+            slot = self._token.slot
+            mechanisms = slot.get_mechanisms()
+            if Mechanism.AES_KEY_GEN not in mechanisms or WRAP_MECHANISM not in mechanisms:
+                return False
+            flags = slot.get_mechanism_info(WRAP_MECHANISM).flags
+        both = MechanismFlag.WRAP | MechanismFlag.UNWRAP
+        return flags & both == both
+
+    # -- key generation -----------------------------------------------------
+
+    def generate_key(
+        self,
+        key_type: KeyType,
+        pin: str,
+        *,
+        so_pin: str | None = None,
+        entropy: bytes | None = None,
+        label: str = "tokenpay-signing",
+        mode: KeyMode | None = None,
+    ) -> KeyRecord:
+        """Generate a signing key on the token and describe it in a KeyRecord.
+
+        mode None = WRAPPED if the token can wrap and so_pin is given, else
+        RESIDENT; also RESIDENT when the token turns out unable to wrap this
+        key type (check `KeyRecord.mode`). WRAPPED needs the SO PIN once per
+        token, to create the trusted wrap key; once that exists, so_pin may
+        be omitted.
+        """
+        key_type = KeyType(key_type)
+        with LIBRARY_LOCK, self._errors():
+            chosen = self._choose_mode(mode, so_pin)
+            if chosen is KeyMode.RESIDENT:
+                return self._generate_resident(key_type, pin, entropy, label)
+            if so_pin is not None:
+                self._ensure_wrap_key(so_pin)
+            try:
+                return self._generate_wrapped(key_type, pin, entropy, label)
+            except p11.KeyNotWrappable:
+                # A token may wrap some key types only (SoftHSM 2.6.1: not
+                # Ed25519). Automatic mode falls back; the record says so.
+                if mode is not None:
+                    raise TokenError(
+                        f"token {self._label!r} cannot wrap {key_type.value} keys; "
+                        "use resident mode or another key type"
+                    ) from None
+                log.info("token %r cannot wrap %s keys; key made resident",
+                         self._label, key_type.value)
+                return self._generate_resident(key_type, pin, entropy, label)
+
+    def _choose_mode(self, mode: KeyMode | None, so_pin: str | None) -> KeyMode:
+        if mode is None:
+            wrapped = so_pin is not None and self.supports_wrapping()
+            return KeyMode.WRAPPED if wrapped else KeyMode.RESIDENT
+        mode = KeyMode(mode)
+        if mode is KeyMode.WRAPPED:
+            if not self.supports_wrapping():
+                raise TokenError(
+                    f"token {self._label!r} cannot wrap keys (no AES_KEY_WRAP_PAD); "
+                    "use resident mode"
+                )
+            if so_pin is None and not self._wrap_key_exists():
+                raise TokenError(
+                    f"wrapped mode needs the SO PIN of token {self._label!r} once, "
+                    "to create its trusted wrap key"
+                )
+        return mode
+
+    def _wrap_key_exists(self) -> bool:
+        with self._session() as session:
+            return len(self._find_wrap_keys(session)) == 1
+
+    @staticmethod
+    def _find_wrap_keys(session) -> list:
+        # TRUSTED in the search: only the SO can set it, so a public AES key a
+        # user made with the same label cannot stand in for ours.
+        return list(
+            session.get_objects(
+                {
+                    Attribute.CLASS: ObjectClass.SECRET_KEY,
+                    Attribute.LABEL: WRAP_KEY_LABEL,
+                    Attribute.TRUSTED: True,
+                }
+            )
+        )
+
+    def _ensure_wrap_key(self, so_pin: str) -> None:
+        """Create the token's wrap key as SO unless it is already there."""
+        with self._session(rw=True, pin=so_pin, user_type=_CKU_SO) as session:
+            existing = self._find_wrap_keys(session)
+            if len(existing) > 1:
+                raise TokenError(
+                    f"token {self._label!r} has {len(existing)} wrap keys "
+                    f"labelled {WRAP_KEY_LABEL!r}; expected one"
+                )
+            if existing:
+                return
+            session.generate_key(
+                P11KeyType.AES,
+                WRAP_KEY_BITS,
+                label=WRAP_KEY_LABEL,
+                store=True,
+                capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP,
+                template={
+                    # Public so that the user session sees it; an SO session
+                    # cannot see the user's private objects anyway.
+                    Attribute.PRIVATE: False,
+                    Attribute.TRUSTED: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    # Every wrapped blob on this token depends on this key:
+                    # nobody may change, copy or delete it.
+                    Attribute.MODIFIABLE: False,
+                    Attribute.COPYABLE: False,
+                    Attribute.DESTROYABLE: False,
+                },
+            )
+
+    def _generate_wrapped(
+        self, key_type: KeyType, pin: str, entropy: bytes | None, label: str
+    ) -> KeyRecord:
+        spec = _KEY_SPECS[key_type]
+        with self._session(rw=True, pin=pin) as session:
+            wrap_key = self._wrap_key(session)
+            self._seed(session, entropy)
+            public_key, private_key = self._generate_pair(
+                session, spec, label, key_id=None, store=False,
+                private_extra={
+                    Attribute.EXTRACTABLE: True,  # or it cannot be wrapped at all
+                    Attribute.WRAP_WITH_TRUSTED: True,  # ... and only under our key
+                },
+            )
+            try:
+                spki_der = spec.spki_der(public_key)
+                blob = wrap_key.wrap_key(private_key, mechanism=WRAP_MECHANISM)
+            finally:
+                # Session objects vanish with the session anyway; destroying
+                # them now keeps the key's time on the token minimal.
+                private_key.destroy()
+                public_key.destroy()
+        return KeyRecord(
+            mode=KeyMode.WRAPPED,
+            key_type=key_type,
+            algorithm=ALGORITHM_FOR_KEY_TYPE[key_type],
+            spki_der=spki_der,
+            handle={
+                "format": HANDLE_FORMAT_WRAPPED,
+                "token_serial": self._serial,
+                "wrap_key_label": WRAP_KEY_LABEL,
+                "wrap_mechanism": WRAP_MECHANISM.name,
+                "wrapped_key_b64": base64.b64encode(blob).decode("ascii"),
+                "key_label": label,
+            },
+        )
+
+    def _generate_resident(
+        self, key_type: KeyType, pin: str, entropy: bytes | None, label: str
+    ) -> KeyRecord:
+        spec = _KEY_SPECS[key_type]
+        key_id = secrets.token_bytes(KEY_ID_BYTES)
+        with self._session(rw=True, pin=pin) as session:
+            self._seed(session, entropy)
+            public_key, _ = self._generate_pair(
+                session, spec, label, key_id=key_id, store=True,
+                private_extra={Attribute.EXTRACTABLE: False},
+            )
+            spki_der = spec.spki_der(public_key)
+        return KeyRecord(
+            mode=KeyMode.RESIDENT,
+            key_type=key_type,
+            algorithm=ALGORITHM_FOR_KEY_TYPE[key_type],
+            spki_der=spki_der,
+            handle={
+                "format": HANDLE_FORMAT_RESIDENT,
+                "token_serial": self._serial,
+                "key_id_hex": key_id.hex(),
+                "key_label": label,
+            },
+        )
+
+    @staticmethod
+    def _generate_pair(session, spec: _KeySpec, label: str, *, key_id, store, private_extra):
+        return session.generate_keypair(
+            spec.p11_key_type,
+            spec.key_length_bits,
+            id=key_id,
+            label=label,
+            store=store,
+            capabilities=_SIGN_ONLY,
+            mechanism=spec.generate_mechanism,
+            public_template={Attribute.PRIVATE: False, **spec.public_template},
+            private_template={
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                **private_extra,
+            },
+        )
+
+    def _seed(self, session, entropy: bytes | None) -> None:
+        if not entropy:
+            return
+        try:
+            session.seed_random(entropy)
+        except p11.RandomSeedNotSupported:
+            # The token's own RNG still makes the key; the caller's entropy
+            # is an extra, not the only source.
+            log.warning("token %r does not accept seed material; entropy ignored", self._label)
+
+    # -- signing ------------------------------------------------------------
+
+    def sign(self, key: KeyRecord, message: bytes, pin: str) -> bytes:
+        spec = _KEY_SPECS[KeyType(key.key_type)]
+        with LIBRARY_LOCK, self._errors():
+            self._check_key_belongs_here(key)
+            if key.mode is KeyMode.WRAPPED:
+                return self._sign_wrapped(spec, key, message, pin)
+            return self._sign_resident(spec, key, message, pin)
+
+    def _check_key_belongs_here(self, key: KeyRecord) -> None:
+        expected = {KeyMode.WRAPPED: HANDLE_FORMAT_WRAPPED, KeyMode.RESIDENT: HANDLE_FORMAT_RESIDENT}
+        if key.handle.get("format") != expected[KeyMode(key.mode)]:
+            raise KeyNotFound(f"key record is not a PKCS#11 {key.mode.value} key")
+        owner = key.handle.get("token_serial")
+        if owner != self._serial:
+            raise KeyNotFound(
+                f"key belongs to token serial {owner}, not to {self._label!r} "
+                f"(serial {self._serial})"
+            )
+
+    def _sign_wrapped(self, spec: _KeySpec, key: KeyRecord, message: bytes, pin: str) -> bytes:
+        blob = base64.b64decode(key.handle["wrapped_key_b64"], validate=True)
+        with self._session(pin=pin) as session:
+            wrap_key = self._wrap_key(session)
+            private_key = self._unwrap(wrap_key, spec, blob)
+            try:
+                return spec.sign(private_key, message)
+            finally:
+                private_key.destroy()
+
+    @staticmethod
+    def _unwrap(wrap_key, spec: _KeySpec, blob: bytes):
+        return wrap_key.unwrap_key(
+            ObjectClass.PRIVATE_KEY,
+            spec.p11_key_type,
+            blob,
+            mechanism=WRAP_MECHANISM,
+            store=False,
+            capabilities=MechanismFlag.SIGN,
+            template={
+                # python-pkcs11 would send these as False, which SoftHSM
+                # refuses on a private key (AttributeTypeInvalid): leave unset.
+                Attribute.ENCRYPT: pkcs11.DEFAULT,
+                Attribute.WRAP: pkcs11.DEFAULT,
+                Attribute.VERIFY: pkcs11.DEFAULT,
+                # Unwrapped keys come back non-sensitive unless we say so.
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.PRIVATE: True,
+            },
+        )
+
+    def _sign_resident(self, spec: _KeySpec, key: KeyRecord, message: bytes, pin: str) -> bytes:
+        key_id = bytes.fromhex(key.handle["key_id_hex"])
+        with self._session(pin=pin) as session:
+            found = list(
+                session.get_objects(
+                    {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id}
+                )
+            )
+            if len(found) != 1:
+                raise KeyNotFound(
+                    f"{len(found)} private keys with id {key_id.hex()} on token "
+                    f"{self._label!r}; expected one"
+                )
+            return spec.sign(found[0], message)
+
+    def _wrap_key(self, session):
+        found = self._find_wrap_keys(session)
+        if len(found) != 1:
+            raise KeyNotFound(
+                f"token {self._label!r} has {len(found)} trusted wrap keys "
+                f"labelled {WRAP_KEY_LABEL!r}; expected one"
+            )
+        return found[0]
+
+    # -- PIN ----------------------------------------------------------------
+
+    def change_pin(self, old_pin: str, new_pin: str) -> None:
+        """C_SetPIN in a read/write public session (python-pkcs11 binds it)."""
+        with LIBRARY_LOCK, self._errors():
+            with self._session(rw=True) as session:
+                try:
+                    session.set_pin(old_pin, new_pin)
+                except (p11.PinLenRange, p11.PinInvalid):
+                    # C_SetPIN checks the old PIN first, so this is the new one.
+                    raise TokenError(
+                        f"token {self._label!r} does not accept the new PIN "
+                        "(length or characters)"
+                    ) from None
+
+    # -- sessions and errors ------------------------------------------------
+
+    @contextlib.contextmanager
+    def _session(self, *, rw: bool = False, pin: str | None = None, user_type: int = _CKU_USER):
+        """A fresh session for one operation, logged in if a PIN is given."""
+        session = self._token.open(rw=rw)
+        try:
+            if pin is None:
+                yield session
+                return
+            self._login(session, user_type, pin)
+            try:
+                yield session
+            finally:
+                self._raw.logout(session.handle)
+        finally:
+            session.close()
+
+    def _login(self, session, user_type: int, pin: str) -> None:
+        rv = self._raw.login(session.handle, user_type, pin)
+        if rv == _CKR_OK:
+            return
+        who = "SO PIN" if user_type == _CKU_SO else "password B (token PIN)"
+        if rv in (_CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE):
+            status = self._pin_status_unlocked()
+            if status.locked:
+                raise PinLocked(self._locked_message(who))
+            hint = " (this is the final try)" if status.final_try else ""
+            raise WrongPin(f"wrong {who} for token {self._label!r}{hint}", status)
+        if rv == _CKR_PIN_LOCKED:
+            raise PinLocked(self._locked_message(who))
+        if rv == _CKR_PIN_EXPIRED:
+            raise TokenError(f"the {who} of token {self._label!r} has expired; change it first")
+        if rv in (_CKR_USER_ALREADY_LOGGED_IN, _CKR_USER_ANOTHER_ALREADY_LOGGED_IN):
+            # Someone else in this process holds a logged-in session; we will
+            # not sign on the strength of their login.
+            raise TokenError(
+                f"token {self._label!r} is already logged in by another session "
+                "of this process; close it first"
+            )
+        if rv == _CKR_SESSION_READ_ONLY_EXISTS:
+            raise TokenError(
+                f"SO login on token {self._label!r} refused: a read-only session is open"
+            )
+        if rv == _CKR_USER_PIN_NOT_INITIALIZED:
+            raise TokenError(f"token {self._label!r} has no user PIN set")
+        if rv in (_CKR_DEVICE_REMOVED, _CKR_TOKEN_NOT_PRESENT, _CKR_SESSION_HANDLE_INVALID):
+            raise TokenRemoved(f"token {self._label!r} was removed")
+        raise TokenError(f"login to token {self._label!r} failed (CKR 0x{rv:x})")
+
+    def _pin_status_unlocked(self) -> PinStatus:
+        # Called with LIBRARY_LOCK held (re-entrant).
+        return self.pin_status()
+
+    def _locked_message(self, who: str) -> str:
+        return f"the {who} of token {self._label!r} is locked; the security officer must reset it"
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn python-pkcs11 exceptions into one-line TokenErrors."""
+        try:
+            yield
+        except TokenError:
+            raise
+        except p11.PinIncorrect:
+            # C_SetPIN with a wrong old PIN lands here (login goes via _login).
+            raise WrongPin(
+                f"wrong password B (token PIN) for token {self._label!r}",
+                self.pin_status(),
+            ) from None
+        except p11.PinLocked:
+            raise PinLocked(self._locked_message("password B (token PIN)")) from None
+        except (p11.TokenNotPresent, p11.DeviceRemoved, p11.SlotIDInvalid):
+            raise TokenRemoved(f"token {self._label!r} was removed") from None
+        except p11.UserNotLoggedIn:
+            raise TokenError(f"token {self._label!r} refused: not logged in") from None
+        except (p11.WrappedKeyInvalid, p11.EncryptedDataInvalid) as exc:
+            raise KeyNotFound(
+                f"token {self._label!r} cannot use this key blob ({type(exc).__name__}); "
+                "it was made under another wrap key"
+            ) from None
+        except p11.PKCS11Error as exc:
+            raise TokenError(
+                f"PKCS#11 error on token {self._label!r}: {type(exc).__name__}"
+            ) from exc
