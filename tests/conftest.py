@@ -65,3 +65,6 @@ def make_softhsm_token(softhsm_conf):
         return label, so_pin, user_pin
 
     return make
+
+
+from fixtures_center import *  # noqa: E402,F401,F403  (center and database fixtures)

@@ -86,9 +86,10 @@ def init(
     from token_wallet.tokens.pkcs11_token import open_pkcs11_token
 
     token = open_pkcs11_token(pkcs11_module, label=token_label, serial=token_serial)
-    if mode is None:
-        mode = KeyMode.WRAPPED if token.supports_wrapping() else KeyMode.RESIDENT
-    so_pin = read_secret(what="SO PIN", file_option=so_pin_file, env_var=None) if mode is KeyMode.WRAPPED else None
+    # auto: wrapped where the token can wrap this key type (the backend falls
+    # back to resident otherwise, e.g. Ed25519 on SoftHSM), which needs the SO PIN.
+    wants_wrapping = mode is KeyMode.WRAPPED or (mode is None and token.supports_wrapping())
+    so_pin = read_secret(what="SO PIN", file_option=so_pin_file, env_var=None) if wants_wrapping else None
     password_a = _password_a(password_a_file, password_a_fd, confirm=True)
     password_b = _password_b(password_b_file, password_b_fd)
     key = token.generate_key(key_type_value, password_b, so_pin=so_pin, entropy=entropy, mode=mode)
@@ -136,11 +137,14 @@ def enroll(
 
 @app.command()
 def sync(
+    center: Annotated[Optional[str], typer.Option(help="New URL of the same center (its pinned certificate stays)")] = None,
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
 ) -> None:
     """Deliver signed messages waiting in the outbox (needs password A only)."""
     with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        if center:
+            wallet.move_center(center)
         report = wallet.deliver()
     document = report.to_json() | {"member_id": wallet.doc["member_id"]}
 

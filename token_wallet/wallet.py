@@ -101,6 +101,15 @@ class Wallet:
         self.doc["center"] = {"url": url, "cert_pem": cert_pem.decode(), "center_id": center_id,
                               "receipt_spki": b64url_encode(receipt_spki), "receipt_alg": receipt_alg}
 
+    def move_center(self, url: str) -> None:
+        """Point at a new URL of the same center; trust still comes from the pinned certificate."""
+        if self.doc["center"] is None:
+            raise WalletError("this wallet knows no center yet: run `wallet enroll` first")
+        if not url.startswith("https://"):
+            raise WalletError(f"the center URL must start with https://, not {url!r}")
+        self.doc["center"]["url"] = url
+        self.vault.save()
+
     def sign_and_queue(self, token: Token, pin: str, msg_type: str, body: dict, *, now_s: int) -> dict:
         """Sign a new message with the token and put it in the outbox (saved before returning)."""
         if self.doc["center"] is None:

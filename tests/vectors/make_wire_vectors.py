@@ -160,7 +160,9 @@ def _pss_sign(key: rsa.RSAPrivateKey, message: bytes) -> bytes:
 
 def sign(alg: str, key, message: bytes) -> bytes:
     if alg == "ES256":
-        return key.sign(message, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+        # RFC 6979 nonce; S normalised to the low half as the wallet's signers do.
+        r, s = decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256(), deterministic_signing=True)))
+        return encode_dss_signature(r, min(s, P256_N - s))
     if alg == "Ed25519":
         return key.sign(message)
     if alg == "RS256":
@@ -477,15 +479,20 @@ def build() -> dict:
         b.add(f"{p}-envelope-base64-padding", name, "envelope", padded, result="invalid",
               code="malformed_envelope", stage="decode", comment=f"{field} carries '=' padding")
         stray = dict(receipt_env)
-        last = stray[field := "sig" if len(receipt_sig) % 3 else "payload"][-1]
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-        stray[field] = stray[field][:-1] + alphabet[alphabet.index(last) | 1]
+        # The last character of a value whose length is not a multiple of 3
+        # carries 2 or 4 unused low bits: set the lowest one.
+        stray[field] = stray[field][:-1] + alphabet[alphabet.index(stray[field][-1]) ^ 1]
         assert stray[field] != receipt_env[field]
+        assert base64.urlsafe_b64decode(stray[field] + "==") == raw, "only unused bits may change"
         b.add(f"{p}-envelope-base64-stray-bits", name, "envelope", stray, result="invalid",
               code="malformed_envelope", stage="decode", comment=f"{field}: non-zero unused bits in the last char")
-        b.add(f"{p}-envelope-standard-base64", name, "envelope",
-              {**receipt_env, "payload": base64.b64encode(receipt_bytes).rstrip(b"=").decode() + "+/"},
-              result="invalid", code="malformed_envelope", stage="decode")
+        url_field = next(f for f in ("payload", "sig") if "-" in receipt_env[f] or "_" in receipt_env[f])
+        standard = receipt_env[url_field].replace("-", "+").replace("_", "/")
+        assert base64.b64decode(standard + "==") == base64.urlsafe_b64decode(receipt_env[url_field] + "==")
+        b.add(f"{p}-envelope-standard-base64-alphabet", name, "envelope", {**receipt_env, url_field: standard},
+              result="invalid", code="malformed_envelope", stage="decode",
+              comment=f"{url_field} in the standard alphabet (+/) instead of base64url (-_), same bytes")
         b.add(f"{p}-envelope-extra-member", name, "envelope", {**receipt_env, "typ": "JWS"}, result="invalid",
               code="malformed_envelope", stage="decode")
         b.add(f"{p}-envelope-missing-member", name, "envelope",
@@ -507,6 +514,7 @@ def build() -> dict:
             b.add(f"{p}-enroll-signature-padded-integer", name, "enrollment",
                   envelope_json(enroll_bytes, alg, kid, ecdsa_encodings(enroll_sig_der)["padded-integer"]),
                   result="invalid", code="bad_signature", stage="verify")
+            assert decode_dss_signature(receipt_sig)[1] <= P256_N // 2
             upper = high_s(receipt_sig)
             assert good_signature(alg, key, receipt_bytes, upper)
             assert decode_dss_signature(upper)[1] > P256_N // 2

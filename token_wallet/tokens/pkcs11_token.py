@@ -133,7 +133,10 @@ def load_module(module_path: str) -> pkcs11.lib:
             if not os.path.exists(real_path):
                 raise TokenError(f"PKCS#11 module not found: {module_path}")
             _LIBS[real_path] = pkcs11.lib(real_path)
-        return _LIBS[real_path]
+        lib = _LIBS[real_path]
+        if not lib.initialized:  # a re-initialisation failed half-way before
+            lib.initialize()
+        return lib
 
 
 def _raw_module(module_path: str) -> "_RawModule":
@@ -200,7 +203,12 @@ def open_pkcs11_token(
 ) -> "Pkcs11Token":
     """Find a token by label and/or serial (slot ids change after init).
 
-    With neither given, the only initialised token is taken.
+    With neither given, the only initialised token is taken. If the token is
+    not seen at first, the library is re-initialised (C_Finalize +
+    C_Initialize) so that SoftHSM rescans its directory: that closes every
+    session of this module in the process. Pkcs11Token keeps no session
+    between calls, so only code holding its own python-pkcs11 sessions
+    (tests, tools) has to mind it.
     """
     delays_s = (0.0,) + OPEN_RETRY_DELAYS_S
     seen: list[str] = []
@@ -621,8 +629,12 @@ class Pkcs11Token(Token):
 
     def _check_key_belongs_here(self, key: KeyRecord) -> None:
         expected = {KeyMode.WRAPPED: HANDLE_FORMAT_WRAPPED, KeyMode.RESIDENT: HANDLE_FORMAT_RESIDENT}
-        if key.handle.get("format") != expected[KeyMode(key.mode)]:
-            raise KeyNotFound(f"key record is not a PKCS#11 {key.mode.value} key")
+        mode = KeyMode(key.mode)
+        if key.handle.get("format") != expected[mode]:
+            raise KeyNotFound(f"key record is not a PKCS#11 {mode.value} key")
+        needed = ("wrapped_key_b64",) if mode is KeyMode.WRAPPED else ("key_id_hex",)
+        if not all(isinstance(key.handle.get(name), str) for name in needed):
+            raise KeyNotFound(f"key record is damaged: it lacks {', '.join(needed)}")
         owner = key.handle.get("token_serial")
         if owner != self._serial:
             raise KeyNotFound(
@@ -631,10 +643,22 @@ class Pkcs11Token(Token):
             )
 
     def _sign_wrapped(self, spec: _KeySpec, key: KeyRecord, message: bytes, pin: str) -> bytes:
-        blob = base64.b64decode(key.handle["wrapped_key_b64"], validate=True)
+        try:
+            blob = base64.b64decode(key.handle["wrapped_key_b64"], validate=True)
+        except ValueError:
+            raise KeyNotFound("key record is damaged: the wrapped key is not base64") from None
         with self._session(pin=pin) as session:
             wrap_key = self._wrap_key(session)
-            private_key = self._unwrap(wrap_key, spec, blob)
+            try:
+                private_key = self._unwrap(wrap_key, spec, blob)
+            except (p11.WrappedKeyInvalid, p11.EncryptedDataInvalid, p11.GeneralError) as exc:
+                # A failed AES key-wrap integrity check; SoftHSM reports it
+                # as GeneralError.
+                raise KeyNotFound(
+                    f"token {self._label!r} cannot unwrap this key blob "
+                    f"({type(exc).__name__}): it was made under another wrap key "
+                    "or is damaged"
+                ) from None
             try:
                 return spec.sign(private_key, message)
             finally:
@@ -663,7 +687,10 @@ class Pkcs11Token(Token):
         )
 
     def _sign_resident(self, spec: _KeySpec, key: KeyRecord, message: bytes, pin: str) -> bytes:
-        key_id = bytes.fromhex(key.handle["key_id_hex"])
+        try:
+            key_id = bytes.fromhex(key.handle["key_id_hex"])
+        except ValueError:
+            raise KeyNotFound("key record is damaged: the key id is not hex") from None
         with self._session(pin=pin) as session:
             found = list(
                 session.get_objects(
@@ -721,39 +748,35 @@ class Pkcs11Token(Token):
 
     def _login(self, session, user_type: int, pin: str) -> None:
         rv = self._raw.login(session.handle, user_type, pin)
-        if rv == _CKR_OK:
-            return
-        who = "SO PIN" if user_type == _CKU_SO else "password B (token PIN)"
+        if rv != _CKR_OK:
+            who = "SO PIN" if user_type == _CKU_SO else "password B (token PIN)"
+            raise self._login_error(rv, who)
+
+    def _login_error(self, rv: int, who: str) -> TokenError:
         if rv in (_CKR_PIN_INCORRECT, _CKR_PIN_INVALID, _CKR_PIN_LEN_RANGE):
-            status = self._pin_status_unlocked()
+            status = self.pin_status()
             if status.locked:
-                raise PinLocked(self._locked_message(who))
-            hint = " (this is the final try)" if status.final_try else ""
-            raise WrongPin(f"wrong {who} for token {self._label!r}{hint}", status)
+                return PinLocked(self._locked_message(who))
+            hint = " (the next wrong one locks it)" if status.final_try else ""
+            return WrongPin(f"wrong {who} for token {self._label!r}{hint}", status)
         if rv == _CKR_PIN_LOCKED:
-            raise PinLocked(self._locked_message(who))
+            return PinLocked(self._locked_message(who))
         if rv == _CKR_PIN_EXPIRED:
-            raise TokenError(f"the {who} of token {self._label!r} has expired; change it first")
+            return TokenError(f"the {who} of token {self._label!r} has expired; change it first")
         if rv in (_CKR_USER_ALREADY_LOGGED_IN, _CKR_USER_ANOTHER_ALREADY_LOGGED_IN):
-            # Someone else in this process holds a logged-in session; we will
-            # not sign on the strength of their login.
-            raise TokenError(
+            # Login state is per process, not per session: someone else here
+            # holds a logged-in session, and we will not sign on their login.
+            return TokenError(
                 f"token {self._label!r} is already logged in by another session "
                 "of this process; close it first"
             )
         if rv == _CKR_SESSION_READ_ONLY_EXISTS:
-            raise TokenError(
-                f"SO login on token {self._label!r} refused: a read-only session is open"
-            )
+            return TokenError(f"SO login on token {self._label!r} refused: a read-only session is open")
         if rv == _CKR_USER_PIN_NOT_INITIALIZED:
-            raise TokenError(f"token {self._label!r} has no user PIN set")
+            return TokenError(f"token {self._label!r} has no user PIN set")
         if rv in (_CKR_DEVICE_REMOVED, _CKR_TOKEN_NOT_PRESENT, _CKR_SESSION_HANDLE_INVALID):
-            raise TokenRemoved(f"token {self._label!r} was removed")
-        raise TokenError(f"login to token {self._label!r} failed (CKR 0x{rv:x})")
-
-    def _pin_status_unlocked(self) -> PinStatus:
-        # Called with LIBRARY_LOCK held (re-entrant).
-        return self.pin_status()
+            return TokenRemoved(f"token {self._label!r} was removed")
+        return TokenError(f"login to token {self._label!r} failed (CKR 0x{rv:x})")
 
     def _locked_message(self, who: str) -> str:
         return f"the {who} of token {self._label!r} is locked; the security officer must reset it"
@@ -777,11 +800,6 @@ class Pkcs11Token(Token):
             raise TokenRemoved(f"token {self._label!r} was removed") from None
         except p11.UserNotLoggedIn:
             raise TokenError(f"token {self._label!r} refused: not logged in") from None
-        except (p11.WrappedKeyInvalid, p11.EncryptedDataInvalid) as exc:
-            raise KeyNotFound(
-                f"token {self._label!r} cannot use this key blob ({type(exc).__name__}); "
-                "it was made under another wrap key"
-            ) from None
         except p11.PKCS11Error as exc:
             raise TokenError(
                 f"PKCS#11 error on token {self._label!r}: {type(exc).__name__}"

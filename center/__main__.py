@@ -1,0 +1,3 @@
+from center.cli import main
+
+main()

@@ -1,0 +1,3 @@
+from token_wallet.cli import main
+
+main()
