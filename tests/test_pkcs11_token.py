@@ -401,8 +401,12 @@ def test_open_by_serial_and_info(fresh, softhsm_module):
 
 
 def test_module_is_loaded_once_per_process(softhsm_module):
-    a = pkcs11_token.load_module(softhsm_module)
-    assert pkcs11_token.load_module(os.path.realpath(softhsm_module)) is a
+    lib = pkcs11_token.load_module(softhsm_module)
+    assert pkcs11_token.load_module(os.path.realpath(softhsm_module)) is lib
+    # Code calling python-pkcs11 directly, with either spelling of the
+    # (symlinked) path, must get the same object, not a second C_Initialize.
+    assert pkcs11.lib(softhsm_module) is lib
+    assert pkcs11.lib(os.path.realpath(softhsm_module)) is lib
 
 
 # --------------------------------------------------------------------------

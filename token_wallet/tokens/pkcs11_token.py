@@ -124,19 +124,43 @@ _RAW: dict[str, "_RawModule"] = {}
 def load_module(module_path: str) -> pkcs11.lib:
     """The process-wide python-pkcs11 object for this module, loaded once.
 
-    Keyed by the real path: two spellings of one .so would otherwise load
-    it twice and the second C_Initialize fails (CRYPTOKI_ALREADY_INITIALIZED).
+    Keyed by the real path: two spellings of one .so (a symlink, as Debian's
+    /usr/lib/softhsm/libsofthsm2.so is) would otherwise load it twice, and
+    the second C_Initialize fails (CRYPTOKI_ALREADY_INITIALIZED).
     """
     real_path = os.path.realpath(module_path)
     with LIBRARY_LOCK:
-        if real_path not in _LIBS:
+        lib = _LIBS.get(real_path) or _loaded_by_python_pkcs11(real_path)
+        if lib is None:
             if not os.path.exists(real_path):
                 raise TokenError(f"PKCS#11 module not found: {module_path}")
-            _LIBS[real_path] = pkcs11.lib(real_path)
-        lib = _LIBS[real_path]
+            lib = pkcs11.lib(real_path)
+        _LIBS[real_path] = lib
+        _alias_in_python_pkcs11(lib, module_path, real_path)
         if not lib.initialized:  # a re-initialisation failed half-way before
             lib.initialize()
         return lib
+
+
+def _loaded_by_python_pkcs11(real_path: str) -> pkcs11.lib | None:
+    # Someone may have called pkcs11.lib() directly, under any spelling.
+    loaded = getattr(pkcs11, "_loaded", None)
+    if not isinstance(loaded, dict):
+        return None
+    for path, lib in loaded.items():
+        if os.path.realpath(path) == real_path:
+            return lib
+    return None
+
+
+def _alias_in_python_pkcs11(lib: pkcs11.lib, *paths: str) -> None:
+    # python-pkcs11 caches by the exact string it was given (pkcs11._loaded,
+    # 0.10.1); registering our spellings makes a later direct pkcs11.lib()
+    # call return this object instead of initialising the module again.
+    loaded = getattr(pkcs11, "_loaded", None)
+    if isinstance(loaded, dict):
+        for path in paths:
+            loaded.setdefault(path, lib)
 
 
 def _raw_module(module_path: str) -> "_RawModule":

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what tokenpay needs on a Debian machine: system packages (apt-get)
+# and the Python packages into ./.venv. Safe to run again; skips what is there.
+# Used by scripts/demo.sh and scripts/test.sh; works as root without a TTY.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(softhsm2 ca-certificates curl)
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+missing=()
+for package in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python3 - <<'PY'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"tokenpay needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+PY
+
+# Reinstall only when the dependency list changed.
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e '.[test]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Run the whole test suite: SoftHSM tokens, SQLite, PostgreSQL, real HTTPS.
+# Installs what is missing. Uses the PostgreSQL server at 127.0.0.1:5432 when
+# one answers; otherwise installs PostgreSQL and starts a throwaway cluster.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k enroll).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+PG_URL="${TOKENPAY_TEST_PG_URL:-postgresql://postgres@127.0.0.1:5432/test}"
+throwaway=""
+pg_answers() { .venv/bin/python -c "import psycopg,sys; psycopg.connect(sys.argv[1], connect_timeout=3).close()" "$1" 2>/dev/null; }
+
+if ! pg_answers "$PG_URL"; then
+    echo "PostgreSQL does not answer at 127.0.0.1:5432: starting a throwaway cluster"
+    bash scripts/throwaway-postgres.sh start
+    throwaway="yes"
+fi
+cleanup() { [ -z "$throwaway" ] || bash scripts/throwaway-postgres.sh stop; }
+trap cleanup EXIT
+
+export TOKENPAY_TEST_PG_URL="$PG_URL"
+set +e
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+status=$?
+set -e
+exit $status
