@@ -23,7 +23,7 @@ MAX_SAFE_INTEGER = 2**53 - 1
 
 def canonical_bytes(document: dict) -> bytes:
     _check_value(document, depth=0)
-    return rfc8785.dumps(document)
+    return _jcs(document)
 
 
 def parse_canonical(data: bytes) -> dict:
@@ -35,14 +35,21 @@ def parse_canonical(data: bytes) -> dict:
                               parse_constant=_refuse_constant)
     except WireError:
         raise
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WireError("malformed_payload", f"payload is not valid UTF-8 JSON: {exc.__class__.__name__}") from None
     if not isinstance(document, dict):
         raise WireError("malformed_payload", "payload must be a JSON object")
     _check_value(document, depth=0)
-    if rfc8785.dumps(document) != data:
+    if _jcs(document) != data:
         raise WireError("payload_not_canonical", "payload bytes are not RFC 8785 canonical JSON")
     return document
+
+
+def _jcs(document: dict) -> bytes:
+    try:
+        return rfc8785.dumps(document)
+    except ValueError:  # rfc8785.CanonicalizationError: e.g. a lone surrogate "\ud800"
+        raise WireError("malformed_payload", "payload is not valid Unicode") from None
 
 
 def _check_value(value, *, depth: int) -> None:

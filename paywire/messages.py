@@ -75,10 +75,11 @@ def parse_payload_document(document: dict) -> tuple[Header, dict]:
     if set(document) != HEADER_FIELDS:
         missing, extra = HEADER_FIELDS - set(document), set(document) - HEADER_FIELDS
         raise WireError("malformed_payload", f"payload fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
-    if document["dom"] != DOMAIN or document["v"] != VERSION:
+    # type() check: True == 1 in Python, and "v": true must not be a second spelling of v1.
+    if document["dom"] != DOMAIN or type(document["v"]) is not int or document["v"] != VERSION:
         raise WireError("wrong_domain", f"payload is not a {DOMAIN} v{VERSION} message")
     msg_type = document["type"]
-    if msg_type not in MESSAGE_TYPES:
+    if not isinstance(msg_type, str) or msg_type not in MESSAGE_TYPES:
         raise WireError("unknown_message_type", f"message type {msg_type!r} is not known")
     header = Header(
         type=msg_type,
@@ -127,7 +128,7 @@ def _check_receipt(body: dict) -> None:
     _exact_fields(body, {"for_kid", "for_msg_id", "for_type", "request_sha256", "result"})
     _match(body["for_kid"], KID_PATTERN, "for_kid")
     _match(body["for_msg_id"], MSG_ID_PATTERN, "for_msg_id")
-    if body["for_type"] not in MESSAGE_TYPES:
+    if not isinstance(body["for_type"], str) or body["for_type"] not in MESSAGE_TYPES:
         raise WireError("malformed_payload", "for_type is not a known message type")
     _match(body["request_sha256"], SHA256_HEX_PATTERN, "request_sha256")
     if not isinstance(body["result"], dict):

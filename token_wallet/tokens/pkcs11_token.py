@@ -349,7 +349,9 @@ def _sign_p256(private_key: pkcs11.PrivateKey, message: bytes) -> bytes:
 def _ecdsa_der_low_s(raw_signature: bytes) -> bytes:
     # Tokens return r||s. Low-S makes the encoding unique (the center
     # rejects malleable high-S forms).
-    half = len(raw_signature) // 2
+    if len(raw_signature) != 2 * P256_COORDINATE_BYTES:
+        raise TokenError(f"unexpected ECDSA signature of {len(raw_signature)} bytes from the token")
+    half = P256_COORDINATE_BYTES
     r = int.from_bytes(raw_signature[:half], "big")
     s = int.from_bytes(raw_signature[half:], "big")
     if s > P256_ORDER // 2:
