@@ -108,7 +108,6 @@ _CKR_SESSION_HANDLE_INVALID = 0x0B3
 _CKR_SESSION_READ_ONLY_EXISTS = 0x0B7
 _CKR_TOKEN_NOT_PRESENT = 0x0E0
 _CKR_USER_ALREADY_LOGGED_IN = 0x100
-_CKR_USER_NOT_LOGGED_IN = 0x101
 _CKR_USER_PIN_NOT_INITIALIZED = 0x102
 _CKR_USER_ANOTHER_ALREADY_LOGGED_IN = 0x104
 
@@ -393,7 +392,6 @@ class Pkcs11Token(Token):
     """One token in one PKCS#11 module. Holds no session between calls."""
 
     def __init__(self, module_path: str, token: pkcs11.Token):
-        self._module_path = module_path
         self._token = token
         self._raw = _raw_module(module_path)
         self._label = token.label
