@@ -13,6 +13,9 @@ from center.errors import ApiError
 from center.service import Center
 from paywire.envelope import Envelope, b64url_encode
 from paywire.errors import WireError
+from paywire.messages import BALANCE, NOTICES, PAY, PAYOUT, REFUND, TOPUP
+from paywire.money import minor_exponent
+from starlette.concurrency import run_in_threadpool
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -29,6 +32,15 @@ class EnvelopeIn(BaseModel):
 
 class ReceiptOut(BaseModel):
     receipt: EnvelopeIn
+
+
+class SignedResponseOut(BaseModel):
+    receipt: EnvelopeIn
+    notices: list[EnvelopeIn] | None = None
+
+
+SIGNED_ROUTES = {"/v1/topups": TOPUP, "/v1/payments": PAY, "/v1/refunds": REFUND, "/v1/payouts": PAYOUT,
+                 "/v1/notices": NOTICES, "/v1/balance": BALANCE}
 
 
 class ErrorDetail(BaseModel):
@@ -58,15 +70,36 @@ def create_app(center: Center) -> FastAPI:
     @app.get("/v1/center")
     def center_info() -> dict:
         signer = center.signer
-        return {"center_id": center.center_id, "currency": center.currency, "receipt_kid": signer.kid,
+        return {"center_id": center.center_id, "currency": center.currency,
+                "minor_exponent": minor_exponent(center.currency), "receipt_kid": signer.kid,
                 "receipt_alg": signer.alg, "receipt_public_key": b64url_encode(signer.spki)}
+
+    @app.get("/v1/stores/{store_id}")
+    def store_info(store_id: str) -> dict:
+        return center.store_info(store_id)
 
     @app.post("/v1/enroll", response_model=ReceiptOut)
     def enroll(envelope: EnvelopeIn) -> dict:
-        receipt = center.enroll(_parse_envelope(envelope))
-        return {"receipt": receipt.to_json()}
+        return center.enroll(_parse_envelope(envelope))
+
+    for path, msg_type in SIGNED_ROUTES.items():
+        _add_signed_route(app, center, path, msg_type)
+
+    @app.post("/v1/funding/webhook")
+    async def funding_webhook(request: Request) -> dict:
+        body = await request.body()
+        return await run_in_threadpool(center.funding_webhook, request.headers.get("x-tokenpay-timestamp"),
+                                       request.headers.get("x-tokenpay-signature"), body)
 
     return app
+
+
+def _add_signed_route(app: FastAPI, center: Center, path: str, msg_type: str) -> None:
+    def submit(envelope: EnvelopeIn) -> dict:
+        return center.submit(_parse_envelope(envelope), msg_type)
+
+    app.post(path, response_model=SignedResponseOut, response_model_exclude_none=True, name=f"submit_{msg_type}",
+             summary=f"Submit a signed {msg_type!r} message")(submit)
 
 
 def _parse_envelope(envelope: EnvelopeIn) -> Envelope:

@@ -27,19 +27,30 @@ class AuditProblem:
     reason: str
 
 
-def append(conn: Connection, envelope: Envelope, *, msg_type: str, msg_id: str, action: dict, now_ms: int) -> int:
-    """Add one entry inside the caller's transaction; returns its seq."""
+def append(conn: Connection, *, kid: str, alg: str, payload: bytes, signature: bytes, msg_type: str, msg_id: str,
+           action: dict, now_ms: int) -> int:
+    """Add one entry inside the caller's transaction; returns its seq.
+
+    Signed requests are recorded with their exact bytes and signature. Local
+    actions (an operator at the console, a funding webhook) are recorded with
+    kid 'operator:<who>' / 'webhook:<name>', alg 'none' / 'hmac-sha256'.
+    """
     head = conn.execute(select(audit_head).where(audit_head.c.id == 1).with_for_update()).one()
     seq = head.seq + 1
     row = {
-        "seq": seq, "created_at_ms": now_ms, "kid": envelope.kid, "alg": envelope.alg, "msg_type": msg_type,
-        "msg_id": msg_id, "payload": envelope.payload, "signature": envelope.sig,
-        "action": rfc8785.dumps(action).decode(),
+        "seq": seq, "created_at_ms": now_ms, "kid": kid, "alg": alg, "msg_type": msg_type, "msg_id": msg_id,
+        "payload": payload, "signature": signature, "action": rfc8785.dumps(action).decode(),
     }
     entry_hash = chain_hash(head.entry_hash, row)
     conn.execute(audit_log.insert().values(prev_hash=head.entry_hash, entry_hash=entry_hash, **row))
     conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, entry_hash=entry_hash))
     return seq
+
+
+def append_envelope(conn: Connection, envelope: Envelope, *, msg_type: str, msg_id: str, action: dict,
+                    now_ms: int) -> int:
+    return append(conn, kid=envelope.kid, alg=envelope.alg, payload=envelope.payload, signature=envelope.sig,
+                  msg_type=msg_type, msg_id=msg_id, action=action, now_ms=now_ms)
 
 
 def chain_hash(prev_hash: str, row: dict) -> str:

@@ -75,6 +75,73 @@ audit_head = Table(
     Column("entry_hash", String(64), nullable=False),
 )
 
+SEQ = BigInteger().with_variant(Integer(), "sqlite")
+
+accounts = Table(
+    "accounts", metadata,
+    Column("id", String(48), primary_key=True),  # party:<id>, funding:<method>, payouts:pending|settled
+    Column("kind", String(16), nullable=False),
+    Column("party_id", String(32), ForeignKey("parties.id")),
+    Column("balance_minor", BigInteger, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+transfers = Table(
+    "transfers", metadata,
+    Column("id", String(24), primary_key=True),
+    Column("debit_account", String(48), ForeignKey("accounts.id"), nullable=False),
+    Column("credit_account", String(48), ForeignKey("accounts.id"), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("kind", String(16), nullable=False),  # topup | payment | refund | payout | settle
+    Column("ref", String(24), nullable=False),  # the top-up, payment, refund or payout id
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+topups = Table(
+    "topups", metadata,
+    Column("id", String(24), primary_key=True),
+    Column("member_id", String(32), ForeignKey("parties.id"), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | confirmed | declined
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("decided_at_ms", BigInteger),
+    Column("decided_by", String(64)),
+)
+
+payments = Table(
+    "payments", metadata,
+    Column("seq", SEQ, primary_key=True, autoincrement=True),  # the stores' notice cursor
+    Column("id", String(24), nullable=False, unique=True),
+    Column("buyer_id", String(32), ForeignKey("parties.id"), nullable=False),
+    Column("store_id", String(32), ForeignKey("parties.id"), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("refunded_minor", BigInteger, nullable=False),
+    Column("order_ref", String(64), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+refunds = Table(
+    "refunds", metadata,
+    Column("id", String(24), primary_key=True),
+    Column("payment_id", String(24), ForeignKey("payments.id"), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+payouts = Table(
+    "payouts", metadata,
+    Column("id", String(24), primary_key=True),
+    Column("store_id", String(32), ForeignKey("parties.id"), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("bank_account", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | exported | settled
+    Column("batch_id", String(32)),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("exported_at_ms", BigInteger),
+    Column("settled_at_ms", BigInteger),
+)
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 

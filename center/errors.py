@@ -20,6 +20,17 @@ STATUS_FOR_CODE = {
     "message_id_conflict": 409,
     "counter_replayed": 409,
     "not_found": 404,
+    "insufficient_funds": 409,
+    "refund_exceeds_payment": 409,
+    "nothing_to_pay_out": 409,
+    "payee_name_mismatch": 409,
+    "topup_not_pending": 409,
+    "unknown_payee": 404,
+    "unknown_payment": 404,
+    "unknown_topup": 404,
+    "wrong_role": 403,
+    "not_your_payment": 403,
+    "bad_webhook_signature": 401,
     "body_too_large": 413,
     "invalid_request": 422,
 }
@@ -38,3 +49,9 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
+
+
+class Refusal(ApiError):
+    """A verified, well-formed request that the center's rules refuse (no funds,
+    unknown payee...). Final: it is recorded under its message id, so resending
+    the same signed bytes gets the same refusal, and its counter is used up."""

@@ -59,8 +59,11 @@ class CenterSigner:
 
     def sign_receipt(self, *, request_header: Header, request: Envelope, result: dict, ctr: int,
                      now_s: int) -> Envelope:
-        payload = build_receipt_payload(center_kid=self.kid, request_header=request_header, request=request,
-                                        result=result, ctr=ctr, now_s=now_s)
+        return self.seal(build_receipt_payload(center_kid=self.kid, request_header=request_header, request=request,
+                                               result=result, ctr=ctr, now_s=now_s))
+
+    def seal(self, payload: dict) -> Envelope:
+        """Sign a payload the center issues (receipt, notice) with the token key."""
         return seal(payload, alg=self.alg, kid=self.kid, sign=lambda data: self._token.sign(self._key, data, self._pin))
 
     def __repr__(self) -> str:

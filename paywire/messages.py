@@ -26,8 +26,23 @@ HEADER_FIELDS = frozenset({"dom", "v", "type", "aud", "kid", "msg_id", "ctr", "i
 
 ENROLL = "enroll"
 RECEIPT = "receipt"
-MESSAGE_TYPES = frozenset({ENROLL, RECEIPT})
+TOPUP = "topup"
+PAY = "pay"
+REFUND = "refund"
+PAYOUT = "payout"
+NOTICES = "notices"  # a store's signed request for its payment notices
+BALANCE = "balance"  # a signed query for balance and recent account events
+NOTICE = "notice"  # signed by the center: one payment notice for a store
+MESSAGE_TYPES = frozenset({ENROLL, RECEIPT, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE, NOTICE})
+# Types a member or store signs; RECEIPT and NOTICE come from the center only.
+REQUEST_TYPES = frozenset({ENROLL, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE})
+FUNDING_METHODS = ("credit", "bank", "postal", "cash")
 
+PARTY_ID_PATTERN = re.compile(r"[MS]-[0-9a-f]{16}")
+OBJECT_ID_PATTERN = re.compile(r"[A-Z]-[0-9a-f]{16}")
+CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
+MAX_AMOUNT_MINOR = 10**12
+MAX_NOTICES_PER_REQUEST = 100
 MSG_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 KID_PATTERN = re.compile(r"[0-9a-f]{64}")
 AUDIENCE_PATTERN = re.compile(r"[A-Za-z0-9._:-]{3,64}")
@@ -135,7 +150,67 @@ def _check_receipt(body: dict) -> None:
         raise WireError("malformed_payload", "result must be an object")
 
 
-_BODY_CHECKS = {ENROLL: _check_enroll, RECEIPT: _check_receipt}
+def _check_topup(body: dict) -> None:
+    _exact_fields(body, {"amount_minor", "currency", "method"})
+    _amount(body["amount_minor"])
+    _match(body["currency"], CURRENCY_PATTERN, "currency")
+    if body["method"] not in FUNDING_METHODS:
+        raise WireError("malformed_payload", f"method must be one of {', '.join(FUNDING_METHODS)}")
+
+
+def _check_pay(body: dict) -> None:
+    _exact_fields(body, {"payee", "payee_name", "amount_minor", "currency", "order_ref"})
+    _match(body["payee"], PARTY_ID_PATTERN, "payee")
+    _text(body["payee_name"], "payee_name", 200)
+    _amount(body["amount_minor"])
+    _match(body["currency"], CURRENCY_PATTERN, "currency")
+    _text(body["order_ref"], "order_ref", 64)
+
+
+def _check_refund(body: dict) -> None:
+    _exact_fields(body, {"payment_id", "amount_minor", "currency"})
+    _match(body["payment_id"], OBJECT_ID_PATTERN, "payment_id")
+    if body["amount_minor"] is not None:  # None: the whole amount not yet refunded
+        _amount(body["amount_minor"])
+    _match(body["currency"], CURRENCY_PATTERN, "currency")
+
+
+def _check_payout(body: dict) -> None:
+    _exact_fields(body, {"currency"})
+    _match(body["currency"], CURRENCY_PATTERN, "currency")
+
+
+def _check_notices(body: dict) -> None:
+    _exact_fields(body, {"after", "limit"})
+    _int(body["after"], "after", 0, MAX_COUNTER)
+    _int(body["limit"], "limit", 1, MAX_NOTICES_PER_REQUEST)
+
+
+def _check_balance(body: dict) -> None:
+    _exact_fields(body, set())
+
+
+def _check_notice(body: dict) -> None:
+    _exact_fields(body, {"notice_seq", "payment_id", "store_id", "buyer_id", "amount_minor", "currency",
+                         "order_ref", "paid_at_ms"})
+    _int(body["notice_seq"], "notice_seq", 1, MAX_COUNTER)
+    _match(body["payment_id"], OBJECT_ID_PATTERN, "payment_id")
+    _match(body["store_id"], PARTY_ID_PATTERN, "store_id")
+    _match(body["buyer_id"], PARTY_ID_PATTERN, "buyer_id")
+    _amount(body["amount_minor"])
+    _match(body["currency"], CURRENCY_PATTERN, "currency")
+    _text(body["order_ref"], "order_ref", 64)
+    _int(body["paid_at_ms"], "paid_at_ms", 0, MAX_COUNTER)
+
+
+_BODY_CHECKS = {
+    ENROLL: _check_enroll, RECEIPT: _check_receipt, TOPUP: _check_topup, PAY: _check_pay, REFUND: _check_refund,
+    PAYOUT: _check_payout, NOTICES: _check_notices, BALANCE: _check_balance, NOTICE: _check_notice,
+}
+
+
+def _amount(value: object) -> int:
+    return _int(value, "amount_minor", 1, MAX_AMOUNT_MINOR)
 
 
 def _exact_fields(body: dict, expected: set[str]) -> None:

@@ -682,12 +682,12 @@ def test_build_payload_refuses_what_a_verifier_refuses():
         {"ctr": 0}, {"ctr": 2**53}, {"ctr": True}, {"msg_id": "short"}, {"msg_id": "x" * 65},
         {"msg_id": "has space 0123456789"}, {"kid": kid.upper()}, {"aud": "ab"}, {"aud": "bad/aud"},
         {"lifetime_s": 0}, {"lifetime_s": MAX_LIFETIME_S + 1}, {"now_s": -1},
-        {"body": {**body, "extra": 1}}, {"body": {**body, "for_type": "refund"}}, {"body": {**body, "result": []}},
+        {"body": {**body, "extra": 1}}, {"body": {**body, "for_type": "transmogrify"}}, {"body": {**body, "result": []}},
     ]:
         with pytest.raises(WireError) as caught:
             build_payload("receipt", **{**ok, **changes})
         assert caught.value.code == "malformed_payload", changes
-    assert code_of(build_payload, "refund", **ok) == "unknown_message_type"
+    assert code_of(build_payload, "transmogrify", **ok) == "unknown_message_type"
     build_payload("receipt", **{**ok, "lifetime_s": MAX_LIFETIME_S})
 
 
@@ -740,7 +740,7 @@ def _receipt_bytes_with(**changes) -> bytes:
 
 @pytest.mark.parametrize("changes, code", [
     ({"dom": "TokenPay"}, "wrong_domain"), ({"dom": 1}, "wrong_domain"), ({"v": 0}, "wrong_domain"),
-    ({"v": 2}, "wrong_domain"), ({"v": "1"}, "wrong_domain"), ({"type": "refund"}, "unknown_message_type"),
+    ({"v": 2}, "wrong_domain"), ({"v": "1"}, "wrong_domain"), ({"type": "transmogrify"}, "unknown_message_type"),
     ({"type": None}, "unknown_message_type"), ({"ctr": 0}, "malformed_payload"),
     ({"iat": NOW, "exp": NOW}, "malformed_payload"), ({"iat": True}, "malformed_payload"),
     ({"body": []}, "malformed_payload"), ({"msg_id": 1234567890123456}, "malformed_payload"),

@@ -452,7 +452,7 @@ def build() -> dict:
               result="invalid", code="wrong_domain", stage="verify")
         b.add(f"{p}-enroll-wrong-dom", name, "enrollment", signed(canonical_bytes({**enroll, "dom": "other"})),
               result="invalid", code="wrong_domain", stage="verify")
-        b.add(f"{p}-receipt-unknown-type", name, "envelope", signed(canonical_bytes({**receipt, "type": "refund"})),
+        b.add(f"{p}-receipt-unknown-type", name, "envelope", signed(canonical_bytes({**receipt, "type": "transmogrify"})),
               result="invalid", code="unknown_message_type", stage="verify")
         b.add(f"{p}-receipt-lifetime-too-long", name, "envelope",
               signed(canonical_bytes({**receipt, "exp": receipt["iat"] + 30 * 24 * 3600 + 1})),

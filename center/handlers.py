@@ -1,0 +1,183 @@
+"""What each accepted signed request does, inside the caller's transaction.
+
+Each handler gets the verified header and body and returns an Outcome: the
+`result` the center signs into the receipt (and records in the audit entry),
+and `extras` sent beside the receipt (the store's notices, each signed on its
+own). Handlers raise Refusal for rule violations; the transaction then rolls
+back and nothing is changed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, insert, select, update
+
+from center import ledger
+from center.db import keys, parties, payments, payouts, refunds, topups
+from center.errors import ApiError, Refusal
+from paywire.messages import BALANCE, NOTICE, NOTICES, PAY, PAYOUT, REFUND, TOPUP, Header, build_payload, new_message_id
+from paywire.envelope import Envelope
+
+if TYPE_CHECKING:
+    from center.service import Center, Signer
+
+RECENT_EVENTS = 20
+NOTICE_LIFETIME_S = 30 * 24 * 3600
+
+
+@dataclass
+class Outcome:
+    result: dict
+    extras: dict = field(default_factory=dict)
+
+
+def enroll(conn: Connection, header: Header, body: dict, spki_der: bytes, now: int) -> Outcome:
+    if conn.execute(select(keys.c.kid).where(keys.c.kid == header.kid)).first() is not None:
+        raise ApiError("key_already_enrolled", "this key is already enrolled; use a new token key for a new account")
+    role = body["role"]
+    party_id = ("M-" if role == "member" else "S-") + secrets.token_hex(8)
+    conn.execute(insert(parties).values(
+        id=party_id, role=role, name=body["name"], address=body["address"], birth_date=body.get("birth_date"),
+        bank_account=body.get("bank_account"), status="active", created_at_ms=now))
+    conn.execute(insert(keys).values(
+        kid=header.kid, party_id=party_id, algorithm=body["alg"], spki=spki_der, status="active",
+        last_ctr=header.ctr, created_at_ms=now))
+    ledger.open_party_account(conn, party_id, role, now)
+    return Outcome({"action": "enrolled", "member_id": party_id, "role": role, "kid": header.kid,
+                    "algorithm": body["alg"]})
+
+
+def topup(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> Outcome:
+    _require_role(signer, "member", "top up")
+    _require_currency(center, body)
+    topup_id = ledger.new_id("U")
+    conn.execute(insert(topups).values(id=topup_id, member_id=signer.party_id, amount_minor=body["amount_minor"],
+                                       method=body["method"], status="pending", created_at_ms=now))
+    return Outcome({"action": "topup_requested", "topup_id": topup_id, "status": "pending",
+                    "amount_minor": body["amount_minor"], "currency": center.currency, "method": body["method"]})
+
+
+def pay(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> Outcome:
+    _require_role(signer, "member", "pay")
+    _require_currency(center, body)
+    store = conn.execute(select(parties.c.id, parties.c.name, parties.c.status)
+                         .where(parties.c.id == body["payee"], parties.c.role == "store")).first()
+    if store is None or store.status != "active":
+        raise Refusal("unknown_payee", f"no active store {body['payee']} at this center")
+    if store.name != body["payee_name"]:
+        # The buyer confirmed this name on their screen: it must be the store's.
+        raise Refusal("payee_name_mismatch", f"store {store.id} is registered as {store.name!r}, not {body['payee_name']!r}")
+    payment_id = ledger.new_id("P")
+    amount = body["amount_minor"]
+    ledger.move(conn, debit=ledger.party_account(signer.party_id), credit=ledger.party_account(store.id),
+                amount_minor=amount, kind="payment", ref=payment_id, now_ms=now)
+    conn.execute(insert(payments).values(id=payment_id, buyer_id=signer.party_id, store_id=store.id,
+                                         amount_minor=amount, refunded_minor=0, order_ref=body["order_ref"],
+                                         created_at_ms=now))
+    balance = ledger.balance_of(conn, ledger.party_account(signer.party_id))
+    return Outcome({"action": "paid", "payment_id": payment_id, "store_id": store.id, "store_name": store.name,
+                    "amount_minor": amount, "currency": center.currency, "order_ref": body["order_ref"],
+                    "balance_minor": balance})
+
+
+def refund(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> Outcome:
+    _require_role(signer, "store", "refund")
+    _require_currency(center, body)
+    payment = conn.execute(select(payments).where(payments.c.id == body["payment_id"])).first()
+    if payment is None:
+        raise Refusal("unknown_payment", f"no payment {body['payment_id']}")
+    if payment.store_id != signer.party_id:
+        raise Refusal("not_your_payment", "only the store that was paid can refund a payment")
+    remaining = payment.amount_minor - payment.refunded_minor
+    amount = body["amount_minor"] if body["amount_minor"] is not None else remaining
+    if amount <= 0 or amount > remaining:
+        raise Refusal("refund_exceeds_payment", f"at most {remaining} minor units of this payment can still be refunded")
+    # Conditional: two refunds racing cannot together exceed the payment.
+    claimed = conn.execute(update(payments).where(payments.c.id == payment.id,
+                                                  payments.c.refunded_minor + amount <= payments.c.amount_minor)
+                           .values(refunded_minor=payments.c.refunded_minor + amount))
+    if claimed.rowcount != 1:
+        raise Refusal("refund_exceeds_payment", "the payment has meanwhile been refunded")
+    refund_id = ledger.new_id("R")
+    ledger.move(conn, debit=ledger.party_account(signer.party_id), credit=ledger.party_account(payment.buyer_id),
+                amount_minor=amount, kind="refund", ref=refund_id, now_ms=now)
+    conn.execute(insert(refunds).values(id=refund_id, payment_id=payment.id, amount_minor=amount, created_at_ms=now))
+    return Outcome({"action": "refunded", "refund_id": refund_id, "payment_id": payment.id,
+                    "buyer_id": payment.buyer_id, "amount_minor": amount, "currency": center.currency,
+                    "refunded_minor": payment.refunded_minor + amount,
+                    "balance_minor": ledger.balance_of(conn, ledger.party_account(signer.party_id))})
+
+
+def payout(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> Outcome:
+    _require_role(signer, "store", "claim a payout")
+    _require_currency(center, body)
+    account = ledger.party_account(signer.party_id)
+    amount = ledger.balance_of(conn, account)
+    if amount <= 0:
+        raise Refusal("nothing_to_pay_out", "the store balance is zero; there is nothing to pay out")
+    bank_account = conn.execute(select(parties.c.bank_account).where(parties.c.id == signer.party_id)).scalar_one()
+    payout_id = ledger.new_id("O")
+    ledger.move(conn, debit=account, credit=ledger.PAYOUTS_PENDING, amount_minor=amount, kind="payout", ref=payout_id,
+                now_ms=now)
+    conn.execute(insert(payouts).values(id=payout_id, store_id=signer.party_id, amount_minor=amount,
+                                        bank_account=bank_account, status="pending", created_at_ms=now))
+    return Outcome({"action": "payout_claimed", "payout_id": payout_id, "amount_minor": amount,
+                    "currency": center.currency, "bank_account": bank_account, "status": "pending",
+                    "balance_minor": ledger.balance_of(conn, account)})
+
+
+def notices(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> Outcome:
+    _require_role(signer, "store", "fetch payment notices")
+    rows = conn.execute(select(payments).where(payments.c.store_id == signer.party_id, payments.c.seq > body["after"])
+                        .order_by(payments.c.seq).limit(body["limit"])).all()
+    signed = [sign_notice(center, row).to_json() for row in rows]
+    last_seq = rows[-1].seq if rows else body["after"]
+    return Outcome({"action": "notices_sent", "count": len(rows), "after": body["after"], "last_seq": last_seq},
+                   {"notices": signed})
+
+
+def balance(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> Outcome:
+    account = ledger.party_account(signer.party_id)
+    result = {"action": "balance", "member_id": signer.party_id, "balance_minor": ledger.balance_of(conn, account),
+              "currency": center.currency}
+    if signer.role == "member":
+        result["topups"] = [
+            {"topup_id": r.id, "amount_minor": r.amount_minor, "method": r.method, "status": r.status}
+            for r in conn.execute(select(topups).where(topups.c.member_id == signer.party_id)
+                                  .order_by(topups.c.created_at_ms.desc(), topups.c.id).limit(RECENT_EVENTS))]
+        result["refunds"] = [
+            {"refund_id": r.id, "payment_id": r.payment_id, "amount_minor": r.amount_minor}
+            for r in conn.execute(select(refunds).join(payments, payments.c.id == refunds.c.payment_id)
+                                  .where(payments.c.buyer_id == signer.party_id)
+                                  .order_by(refunds.c.created_at_ms.desc(), refunds.c.id).limit(RECENT_EVENTS))]
+    else:
+        result["payouts"] = [
+            {"payout_id": r.id, "amount_minor": r.amount_minor, "status": r.status}
+            for r in conn.execute(select(payouts).where(payouts.c.store_id == signer.party_id)
+                                  .order_by(payouts.c.created_at_ms.desc(), payouts.c.id).limit(RECENT_EVENTS))]
+    return Outcome(result)
+
+
+def sign_notice(center: "Center", payment) -> Envelope:
+    body = {"notice_seq": payment.seq, "payment_id": payment.id, "store_id": payment.store_id,
+            "buyer_id": payment.buyer_id, "amount_minor": payment.amount_minor, "currency": center.currency,
+            "order_ref": payment.order_ref, "paid_at_ms": payment.created_at_ms}
+    payload = build_payload(NOTICE, aud=payment.store_id, kid=center.signer.kid, msg_id=new_message_id(),
+                            ctr=payment.seq, body=body, now_s=center.clock_ms() // 1000, lifetime_s=NOTICE_LIFETIME_S)
+    return center.signer.seal(payload)
+
+
+def _require_role(signer: "Signer", role: str, action: str) -> None:
+    if signer.role != role:
+        raise Refusal("wrong_role", f"a {signer.role} cannot {action}; only a {role} can")
+
+
+def _require_currency(center: "Center", body: dict) -> None:
+    if body["currency"] != center.currency:
+        raise Refusal("currency_mismatch", f"this center settles in {center.currency}, not {body['currency']}")
+
+
+HANDLERS = {TOPUP: topup, PAY: pay, REFUND: refund, PAYOUT: payout, NOTICES: notices, BALANCE: balance}
