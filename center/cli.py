@@ -62,6 +62,143 @@ def serve(
                 access_log=False)
 
 
+operator_app = typer.Typer(help="Operator actions on this center's data directory", no_args_is_help=True)
+ledger_app = typer.Typer(help="Ledger checks", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit trail", no_args_is_help=True)
+payouts_app = typer.Typer(help="Store payouts to bank accounts", no_args_is_help=True)
+app.add_typer(operator_app, name="operator")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(audit_app, name="audit")
+app.add_typer(payouts_app, name="payouts")
+
+
+@operator_app.command("confirm-topup")
+def confirm_topup(topup_id: str, data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """Confirm a pending top-up: the member's balance is credited."""
+    _decide(topup_id, "confirm", data_dir, as_json)
+
+
+@operator_app.command("decline-topup")
+def decline_topup(topup_id: str, data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """Decline a pending top-up: nothing is credited."""
+    _decide(topup_id, "decline", data_dir, as_json)
+
+
+def _decide(topup_id: str, decision: str, data_dir: Path, as_json: bool) -> None:
+    from center.funding import decide_topup
+    from center.service import now_ms
+
+    engine = _engine(data_dir)
+    view = _api_call(lambda: decide_topup(engine, topup_id, decision, decided_by=f"operator:{_operator_name()}",
+                                          now_ms=now_ms()))
+    emit(as_json, view, lambda out: out.print(
+        f"top-up {view['topup_id']} {view['status']}" + (" (already)" if view["repeated"] else "")
+        + f": {view['amount_minor']} minor units for {view['member_id']} by {view['method']}"))
+
+
+@ledger_app.command("check")
+def ledger_check(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """Recompute every balance from the transfers; exit 1 on any difference."""
+    from center.ledger import check_ledger
+
+    with _engine(data_dir).connect() as conn:
+        report = check_ledger(conn)
+    emit(as_json, report.to_json(), lambda out: out.print(
+        f"ledger {'OK' if report.ok else 'BROKEN'}: {report.accounts} accounts, {report.transfers} transfers, "
+        f"sum {report.total_minor}" + "".join(f"\n  {p}" for p in report.problems)))
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """Walk the hash chain; report the first entry changed, removed or reordered (exit 1)."""
+    from center.audit import verify_chain
+
+    with _engine(data_dir).connect() as conn:
+        checked, problem = verify_chain(conn)
+    document = {"ok": problem is None, "entries": checked,
+                "first_bad_seq": problem.seq if problem else None, "problem": problem.reason if problem else None}
+    emit(as_json, document, lambda out: out.print(
+        f"audit chain OK: {checked} entries" if problem is None
+        else f"audit chain BROKEN at entry {problem.seq}: {problem.reason} ({checked} entries before it are intact)"))
+    if problem is not None:
+        raise typer.Exit(code=1)
+
+
+@audit_app.command("export")
+def audit_export(file: Path, data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """Write what an outsider needs to check every signature offline."""
+    from center.audit_export import export_audit
+
+    config = _load_config(data_dir)
+    summary = export_audit(_engine(data_dir), file, center_id=config.center_id, cert_pem=config.cert_file.read_bytes())
+    emit(as_json, summary, lambda out: out.print(f"wrote {summary['entries']} audit entries and "
+                                                 f"{summary['keys']} keys to {file}"))
+
+
+@audit_app.command("verify-export")
+def audit_verify_export(file: Path, as_json: JsonFlag = False) -> None:
+    """Check an exported audit file offline: chain and every signature (exit 1 on a problem)."""
+    from center.audit_export import verify_export
+
+    report = verify_export(file)
+    emit(as_json, report, lambda out: out.print(
+        f"export OK: {report['entries']} entries, {report['signatures_checked']} signatures verified"
+        if report["ok"] else f"export BROKEN: {report['problem']}"))
+    if not report["ok"]:
+        raise typer.Exit(code=1)
+
+
+@payouts_app.command("export")
+def payouts_export(file: Path, data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """Write an ISO 20022 pain.001 credit-transfer file for the pending payouts."""
+    from center.payouts import export_payouts
+    from center.service import now_ms
+
+    config = _load_config(data_dir)
+    summary = export_payouts(_engine(data_dir), file, center_id=config.center_id, currency=config.currency,
+                             now_ms=now_ms())
+    emit(as_json, summary, lambda out: out.print(
+        f"wrote {summary['count']} payout(s), {summary['total_minor']} minor units, batch {summary['batch_id']} "
+        f"to {file}" if summary["count"] else "no pending payouts; no file written"))
+
+
+@payouts_app.command("settle")
+def payouts_settle(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """Mark the exported payouts as paid by the bank."""
+    from center.payouts import settle_payouts
+    from center.service import now_ms
+
+    summary = settle_payouts(_engine(data_dir), now_ms=now_ms())
+    emit(as_json, summary, lambda out: out.print(
+        f"settled {summary['count']} payout(s), {summary['total_minor']} minor units"))
+
+
+def _engine(data_dir: Path):
+    from center.db import make_engine
+
+    return make_engine(_load_config(data_dir).db_url)
+
+
+def _api_call(action):
+    from center.errors import ApiError
+
+    try:
+        return action()
+    except ApiError as error:
+        raise CliError(f"{error.message} ({error.code})") from None
+
+
+def _operator_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()[:48]
+    except (KeyError, OSError):
+        return "local"
+
+
 def _load_config(data_dir: Path) -> CenterConfig:
     try:
         return CenterConfig.load(data_dir)

@@ -44,6 +44,7 @@ member() { WALLET_HOME="$DEMO/member" WALLET_PASSWORD_A_FILE="$DEMO/secrets/memb
     WALLET_PASSWORD_B_FILE="$DEMO/secrets/member-b" WALLET_SO_PIN_FILE="$DEMO/secrets/member-so" wallet "$@"; }
 store() { WALLET_HOME="$DEMO/store" WALLET_PASSWORD_A_FILE="$DEMO/secrets/store-a" \
     WALLET_PASSWORD_B_FILE="$DEMO/secrets/store-b" WALLET_SO_PIN_FILE="$DEMO/secrets/store-so" wallet "$@"; }
+json_get() { .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
 CENTER=(--center "https://127.0.0.1:$PORT" --center-cert "$DEMO/center/center-cert.pem")
 
 step "Member: generate the signing key on the token (wrapped mode) and create the password-A vault"
@@ -56,9 +57,42 @@ member enroll "${CENTER[@]}" --name "Hanako Yamada" --address "1-1 Chiyoda, Toky
 step "Store enrolls"
 store enroll "${CENTER[@]}" --store --name "Corner Shop" --address "2-2 Shibuya, Tokyo" --bank-account "JP-0009-7654321"
 
-step "Member status (password A)"
+step "Member tops up 10000 JPY by bank transfer (a signed request; pending until funding is confirmed)"
+TOPUP_ID="$(member topup 10000 --method bank --json | json_get topup_id)"
+echo "top-up $TOPUP_ID is pending"
+step "Operator confirms the top-up (the bank transfer arrived)"
+center operator confirm-topup "$TOPUP_ID" --data-dir "$DEMO/center"
+member balance
+
+STORE_ID="$(WALLET_PASSWORD_B_FILE= store status --json | json_get member_id)"
+step "Member pays the store 3500 JPY for order A-1001 (confirmation shown, password B signs on the token)"
+PAYMENT_ID="$(member pay --store "$STORE_ID" --amount 3500 --order A-1001 --yes --json | tee /dev/stderr | json_get payment_id)"
+step "Member tries to pay more than the balance: refused, nothing changes"
+member pay --store "$STORE_ID" --amount 999999 --order A-1002 --yes || echo "(refused as expected)"
+
+step "Store fetches its payment notices; each is verified against the center's signature"
+store notices
+step "Store refunds 500 JPY of the payment"
+store refund "$PAYMENT_ID" --amount 500
+step "Store claims a payout of its balance"
+store payout
+step "Center exports the payouts as an ISO 20022 pain.001 file and settles them"
+center payouts export "$DEMO/payouts-pain001.xml" --data-dir "$DEMO/center"
+head -c 600 "$DEMO/payouts-pain001.xml"; echo " ..."
+center payouts settle --data-dir "$DEMO/center"
+
+step "Center checks: ledger sums to zero and matches the transfers; audit chain intact"
+center ledger check --data-dir "$DEMO/center"
+center audit verify --data-dir "$DEMO/center"
+center audit export "$DEMO/audit-export.json" --data-dir "$DEMO/center"
+center audit verify-export "$DEMO/audit-export.json"
+
+step "Member balance (asks the center) and status"
+member balance
 member status
 step "Member history, offline, with password A only"
 WALLET_PASSWORD_B_FILE= member history
+step "Store history"
+WALLET_PASSWORD_B_FILE= store history
 
 step "Demo finished: files are in $DEMO"

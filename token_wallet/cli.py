@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,12 +22,17 @@ from paywire.center_cert import read_center_certificate
 from paywire.algorithms import key_id
 from paywire.envelope import b64url_encode
 from paywire.errors import WireError
-from paywire.messages import ENROLL
-from token_wallet.cliutil import CliError, emit, read_secret, run_cli
+from paywire.messages import BALANCE, ENROLL, FUNDING_METHODS, NOTICES, PAY, PAYOUT, REFUND, TOPUP
+from paywire.money import AmountError, format_amount, parse_amount
+from token_wallet.client import CenterRefused, CenterUnreachable
+from token_wallet.cliutil import CliError, emit, read_secret, run_cli, stderr_console
 from token_wallet.tokens import open_token
 from token_wallet.tokens.base import KeyMode, KeyType, TokenError, WrongPin
 from token_wallet.vault import Vault, VaultError, VaultNotFound, vault_lock
-from token_wallet.wallet import Wallet, WalletError, new_document, vault_path
+from token_wallet.wallet import MAX_NOTICES_PER_FETCH, Wallet, WalletError, new_document, vault_path
+
+# Bounded: one `wallet notices` fetches at most this many pages of notices.
+MAX_NOTICE_FETCHES = 10
 
 app = typer.Typer(help="tokenpay wallet: pay with a key that lives on your token", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -212,6 +218,147 @@ def status(
     emit(as_json, document, lambda out: _render_status(out, document))
 
 
+@app.command()
+def topup(
+    amount: Annotated[str, typer.Argument(help="Amount in the center's currency, e.g. 5000 (JPY) or 12.50 (EUR)")],
+    method: Annotated[str, typer.Option(help="credit, bank, postal or cash")],
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+) -> None:
+    """Ask to load prepaid value; it is credited once the funding is confirmed."""
+    _choice(method, {m: m for m in FUNDING_METHODS}, "--method")
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        wallet.require_enrolled("member")
+        currency = _learn_currency(wallet)
+        body = {"amount_minor": _amount(amount, currency), "currency": currency, "method": method}
+        outcome = _sign_and_deliver(wallet, TOPUP, body, password_b_file, password_b_fd)
+    _print_outcome(as_json, outcome, lambda r: f"top-up {r['topup_id']} of {format_amount(r['amount_minor'], currency)} "
+                   f"by {r['method']} is {r['status']}: it is credited once the funding is confirmed")
+
+
+@app.command()
+def pay(
+    store: Annotated[str, typer.Option(help="The store's id (S-...)")],
+    amount: Annotated[str, typer.Option(help="Amount in the center's currency")],
+    order: Annotated[str, typer.Option(help="The store's order reference")],
+    yes: Annotated[bool, typer.Option("--yes", help="Skip the confirmation question (not password B)")] = False,
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+) -> None:
+    """Pay a store from the prepaid balance with a payment signed on the token."""
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        wallet.require_enrolled("member")
+        currency = _learn_currency(wallet)
+        amount_minor = _amount(amount, currency)
+        name = _online(lambda: wallet.store_name(store), "look up the store")
+        body = {"payee": store, "payee_name": name, "amount_minor": amount_minor, "currency": currency,
+                "order_ref": order}
+        _confirm(f"Pay {format_amount(amount_minor, currency)} to {name} ({store}) for order {order!r}?", yes)
+        outcome = _sign_and_deliver(wallet, PAY, body, password_b_file, password_b_fd)
+    _print_outcome(as_json, outcome, lambda r: f"paid {format_amount(r['amount_minor'], currency)} to "
+                   f"{r['store_name']}: payment {r['payment_id']}, balance {format_amount(r['balance_minor'], currency)}")
+
+
+@app.command()
+def balance(
+    offline: Annotated[bool, typer.Option("--offline", help="Show the last known balance (password A only)")] = False,
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+) -> None:
+    """Ask the center for the balance (a signed query), or show the last known one."""
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        wallet.require_enrolled()
+        currency = wallet.currency if offline else _learn_currency(wallet)
+        if not offline:
+            outcome = _sign_and_deliver(wallet, BALANCE, {}, password_b_file, password_b_fd)
+            if outcome[0] != "delivered":
+                raise CliError("the center could not be reached; the query waits in the outbox "
+                               "(use --offline for the last known balance)")
+        doc = wallet.doc
+    pending = [{"topup_id": k, **v} for k, v in doc["topups"].items() if v["status"] == "pending"]
+    document = {"balance_minor": doc["balance_minor"], "currency": currency, "member_id": doc["member_id"],
+                "pending_topups": pending, "source": "vault" if offline else "center"}
+    emit(as_json, document, lambda out: out.print(
+        f"balance: {format_amount(doc['balance_minor'] or 0, currency or 'JPY')}"
+        + (" (last known)" if offline else "")
+        + "".join(f"\n  pending top-up {t['topup_id']}: {format_amount(t['amount_minor'], currency)} by {t['method']}"
+                  for t in pending)))
+
+
+@app.command()
+def notices(
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+) -> None:
+    """Fetch the store's payment notices; each is checked against the center's signature."""
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        wallet.require_enrolled("store")
+        before = len(wallet.doc["notices"])
+        pin = _password_b(password_b_file, password_b_fd)
+        token = open_token(wallet.doc["token"])
+        for _ in range(MAX_NOTICE_FETCHES):
+            body = {"after": wallet.doc["notices_cursor"], "limit": MAX_NOTICES_PER_FETCH}
+            entry = _with_pin_message(lambda: wallet.sign_and_queue(token, pin, NOTICES, body, now_s=int(time.time())),
+                                      token)
+            state, result = _deliver_checked(wallet, entry)
+            if state != "delivered" or result["count"] < MAX_NOTICES_PER_FETCH:
+                break
+        all_notices = [n["notice"] for n in wallet.doc["notices"]]
+    new = all_notices[before:]
+    document = {"notices": all_notices, "new": len(new), "status": state}
+
+    def render(out) -> None:
+        table = Table(title=f"payment notices ({len(new)} new, all verified against the center's key)")
+        for column in ("payment", "buyer", "amount", "order", "paid (UTC)"):
+            table.add_column(column)
+        for n in all_notices:
+            table.add_row(n["payment_id"], n["buyer_id"], format_amount(n["amount_minor"], n["currency"]),
+                          n["order_ref"], _when(n["paid_at_ms"]))
+        out.print(table)
+        if state == "queued":
+            out.print("the center could not be reached; run `wallet sync` later")
+
+    emit(as_json, document, render)
+
+
+@app.command()
+def payout(
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+) -> None:
+    """Claim the store's whole balance as a payout to its bank account."""
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        wallet.require_enrolled("store")
+        currency = _learn_currency(wallet)
+        outcome = _sign_and_deliver(wallet, PAYOUT, {"currency": currency}, password_b_file, password_b_fd)
+    _print_outcome(as_json, outcome, lambda r: f"payout {r['payout_id']} of {format_amount(r['amount_minor'], currency)} "
+                   f"to {r['bank_account']} is {r['status']}")
+
+
+@app.command()
+def refund(
+    payment_id: Annotated[str, typer.Argument(help="The payment to refund (P-...)")],
+    amount: Annotated[Optional[str], typer.Option(help="Part to refund (default: all not yet refunded)")] = None,
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+) -> None:
+    """Return money of a payment to the buyer (stores only; never more than was paid)."""
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        wallet.require_enrolled("store")
+        currency = _learn_currency(wallet)
+        body = {"payment_id": payment_id, "amount_minor": _amount(amount, currency) if amount else None,
+                "currency": currency}
+        outcome = _sign_and_deliver(wallet, REFUND, body, password_b_file, password_b_fd)
+    _print_outcome(as_json, outcome, lambda r: f"refunded {format_amount(r['amount_minor'], currency)} of payment "
+                   f"{r['payment_id']} to {r['buyer_id']} (refund {r['refund_id']})")
+
+
 @app.command("change-password-a")
 def change_password_a(
     new_password_a_file: Annotated[Optional[str], typer.Option(help="File with the new password A")] = None,
@@ -239,6 +386,64 @@ def change_password_b(
     new = read_secret(what="new password B", file_option=new_password_b_file, env_var=None, confirm=True)
     _with_pin_message(lambda: token.change_pin(old, new), token)
     emit(as_json, {"changed": "password_b"}, lambda out: out.print("password B (token PIN) changed"))
+
+
+def _sign_and_deliver(wallet: Wallet, msg_type: str, body: dict, pin_file, pin_fd) -> tuple[str, dict | None, dict]:
+    token = open_token(wallet.doc["token"])
+    entry = _sign(wallet, token, msg_type, body, pin_file, pin_fd)
+    state, result = _deliver_checked(wallet, entry)
+    return state, result, entry
+
+
+def _deliver_checked(wallet: Wallet, entry: dict) -> tuple[str, dict | None]:
+    report = wallet.deliver()
+    state, result = report.outcome_of(entry["msg_id"])
+    if state == "refused":
+        raise CliError(f"the center refused it ({result['code']}): {result['message']}")
+    if state == "queued":
+        return state, {"reason": report.unreachable}
+    return state, result
+
+
+def _print_outcome(as_json: bool, outcome: tuple, describe) -> None:
+    state, result, entry = outcome
+    if state == "queued":
+        document = {"status": "queued", "msg_id": entry["msg_id"], "reason": result["reason"]}
+        emit(as_json, document, lambda out: out.print(
+            f"the center could not be reached; the signed {entry['type']} waits in the outbox: "
+            f"run `wallet sync` later ({result['reason']})"))
+        return
+    emit(as_json, {"status": "accepted", "msg_id": entry["msg_id"], **result}, lambda out: out.print(describe(result)))
+
+
+def _learn_currency(wallet: Wallet) -> str:
+    return _online(wallet.learn_currency, "learn its currency")
+
+
+def _online(action, what: str):
+    try:
+        return action()
+    except CenterUnreachable as error:
+        raise CliError(f"cannot {what}: {error}; nothing was signed") from None
+    except CenterRefused as error:
+        raise CliError(f"cannot {what}: {error}") from None
+
+
+def _amount(text: str, currency: str) -> int:
+    try:
+        return parse_amount(text, currency)
+    except AmountError as error:
+        raise CliError(str(error)) from None
+
+
+def _confirm(question: str, yes: bool) -> None:
+    stderr_console.print(question)
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError("confirmation needed and there is no terminal: re-run with --yes to confirm; nothing was signed")
+    if not typer.confirm("Confirm", default=False, err=True):
+        raise CliError("not confirmed; nothing was signed")
 
 
 def _sign(wallet: Wallet, token, msg_type: str, body: dict, pin_file, pin_fd) -> dict:

@@ -12,7 +12,6 @@ import ssl
 import httpx
 
 from paywire.envelope import Envelope
-from paywire.errors import WireError
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
@@ -52,13 +51,12 @@ class CenterClient:
     def get_json(self, path: str) -> dict:
         return self._parse(self._send("GET", path, None))
 
-    def submit(self, path: str, envelope: Envelope) -> Envelope:
-        """POST a signed envelope; return the center's receipt envelope (not yet verified)."""
+    def submit(self, path: str, envelope: Envelope) -> dict:
+        """POST a signed envelope; return the center's answer (receipt not yet verified)."""
         document = self._parse(self._send("POST", path, envelope.to_json()))
-        try:
-            return Envelope.from_json(document.get("receipt"))
-        except WireError as error:
-            raise CenterUnreachable(f"the center's answer is not a receipt: {error.message}") from None
+        if not isinstance(document.get("receipt"), dict):
+            raise CenterUnreachable("the center's answer holds no receipt; try `wallet sync` later")
+        return document
 
     def _send(self, method: str, path: str, body: dict | None) -> httpx.Response:
         try:

@@ -35,6 +35,10 @@ def run_cli(app: Callable[[], None], known_errors: tuple[type[BaseException], ..
         _fail(str(error) or error.__class__.__name__, 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except Exception as error:  # a bug: still one line, the traceback only on request
+        if os.environ.get("TOKENPAY_DEBUG") == "1":
+            raise
+        _fail(f"internal error ({error.__class__.__name__}): {error}; set TOKENPAY_DEBUG=1 for details", 70)
 
 
 def _fail(message: str, exit_code: int) -> None:

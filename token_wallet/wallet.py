@@ -3,7 +3,8 @@
 Document kept in the vault (password A):
     version, token (how to find it), key (KeyRecord; wrapped blob or reference),
     kid, counter (last per-key counter used), center (URL, pinned certificate,
-    receipt key), member_id, role, history, receipts, outbox.
+    receipt key, currency), member_id, role, balance_minor (last known),
+    history, receipts, outbox, topups, notices, notices_cursor.
 
 Signing order, so that a crash never loses or doubles a message: sign with
 the token (password B) -> put the envelope in the outbox and save the vault ->
@@ -22,8 +23,10 @@ from pathlib import Path
 from paywire.algorithms import key_id
 from paywire.envelope import Envelope, b64url_decode, b64url_encode, seal
 from paywire.errors import WireError
-from paywire.messages import ENROLL, build_payload, new_message_id
+from paywire.messages import (BALANCE, ENROLL, NOTICE, NOTICES, PAY, PAYOUT, REFUND, TOPUP, build_payload,
+                              new_message_id)
 from paywire.receipts import check_receipt
+from paywire.verify import verify_envelope
 from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable
 from token_wallet.tokens.base import KeyMode, KeyRecord, KeyType, Token
 from token_wallet.vault import Vault
@@ -32,7 +35,13 @@ DOCUMENT_VERSION = 1
 VAULT_FILENAME = "vault.tpv"
 MAX_OUTBOX_ENTRIES = 1000
 MAX_HISTORY_ENTRIES = 100_000
-ENDPOINTS = {ENROLL: "/v1/enroll"}
+MAX_NOTICES_PER_FETCH = 100
+ENDPOINTS = {ENROLL: "/v1/enroll", TOPUP: "/v1/topups", PAY: "/v1/payments", REFUND: "/v1/refunds",
+             PAYOUT: "/v1/payouts", NOTICES: "/v1/notices", BALANCE: "/v1/balance"}
+# Payments and money movements must reach the center soon or not at all; an
+# enrollment may wait in the outbox for days.
+LIFETIME_S = {ENROLL: 7 * 24 * 3600, TOPUP: 24 * 3600, PAY: 24 * 3600, REFUND: 24 * 3600, PAYOUT: 24 * 3600,
+              NOTICES: 3600, BALANCE: 3600}
 
 
 class WalletError(Exception):
@@ -62,11 +71,22 @@ class DeliveryReport:
         return {"delivered": self.delivered, "refused": self.refused, "pending": self.pending,
                 "unreachable": self.unreachable}
 
+    def outcome_of(self, msg_id: str) -> tuple[str, dict | None]:
+        """('delivered', result) | ('refused', {code, message}) | ('queued', None)."""
+        for item in self.delivered:
+            if item["msg_id"] == msg_id:
+                return "delivered", item["result"]
+        for item in self.refused:
+            if item["msg_id"] == msg_id:
+                return "refused", item
+        return "queued", None
+
 
 def new_document(token_doc: dict, key: KeyRecord) -> dict:
     return {
         "version": DOCUMENT_VERSION, "token": token_doc, "key": key_to_json(key), "kid": key_id(key.spki_der),
-        "counter": 0, "center": None, "member_id": None, "role": None, "history": [], "receipts": [], "outbox": [],
+        "counter": 0, "center": None, "member_id": None, "role": None, "balance_minor": None, "history": [],
+        "receipts": [], "outbox": [], "topups": {}, "notices": [], "notices_cursor": 0,
     }
 
 
@@ -94,12 +114,26 @@ class Wallet:
     def kid(self) -> str:
         return self.doc["kid"]
 
+    @property
+    def currency(self) -> str | None:
+        center = self.doc["center"]
+        return center.get("currency") if center else None
+
+    def require_enrolled(self, role: str | None = None) -> None:
+        if not self.doc["member_id"]:
+            waiting = any(e["type"] == ENROLL for e in self.doc["outbox"])
+            raise WalletError("the enrollment still waits in the outbox: run `wallet sync` first" if waiting
+                              else "this wallet is not enrolled yet: run `wallet enroll` first")
+        if role and self.doc["role"] != role:
+            raise WalletError(f"only a {role} wallet can do this; this one belongs to a {self.doc['role']}")
+
     def pin_center(self, url: str, cert_pem: bytes, center_id: str, receipt_spki: bytes, receipt_alg: str) -> None:
         current = self.doc["center"]
         if current is not None and current["cert_pem"] != cert_pem.decode():
             raise WalletError("this wallet is pinned to another center certificate; use a new wallet home for it")
         self.doc["center"] = {"url": url, "cert_pem": cert_pem.decode(), "center_id": center_id,
-                              "receipt_spki": b64url_encode(receipt_spki), "receipt_alg": receipt_alg}
+                              "receipt_spki": b64url_encode(receipt_spki), "receipt_alg": receipt_alg,
+                              "currency": (current or {}).get("currency")}
 
     def move_center(self, url: str) -> None:
         """Point at a new URL of the same center; trust still comes from the pinned certificate."""
@@ -110,6 +144,31 @@ class Wallet:
         self.doc["center"]["url"] = url
         self.vault.save()
 
+    def client(self) -> CenterClient:
+        center = self.doc["center"]
+        if center is None:
+            raise WalletError("this wallet knows no center yet: run `wallet enroll` first")
+        return CenterClient(center["url"], center["cert_pem"].encode())
+
+    def learn_currency(self) -> str:
+        """The center's currency, asked once over pinned TLS and kept in the vault."""
+        if self.currency:
+            return self.currency
+        with self.client() as client:
+            info = client.get_json("/v1/center")
+        if info.get("center_id") != self.doc["center"]["center_id"]:
+            raise WalletError("the center at this URL is not the one whose certificate is pinned")
+        self.doc["center"]["currency"] = str(info["currency"])
+        self.vault.save()
+        return self.doc["center"]["currency"]
+
+    def store_name(self, store_id: str) -> str:
+        with self.client() as client:
+            info = client.get_json(f"/v1/stores/{store_id}")
+        if info.get("store_id") != store_id or not info.get("active"):
+            raise WalletError(f"store {store_id} is not an active store at this center")
+        return str(info["name"])
+
     def sign_and_queue(self, token: Token, pin: str, msg_type: str, body: dict, *, now_s: int) -> dict:
         """Sign a new message with the token and put it in the outbox (saved before returning)."""
         if self.doc["center"] is None:
@@ -119,7 +178,8 @@ class Wallet:
         counter = self.doc["counter"] + 1
         key = self.key
         payload = build_payload(msg_type, aud=self.doc["center"]["center_id"], kid=self.kid,
-                                msg_id=new_message_id(), ctr=counter, body=body, now_s=now_s)
+                                msg_id=new_message_id(), ctr=counter, body=body, now_s=now_s,
+                                lifetime_s=LIFETIME_S[msg_type])
         envelope = seal(payload, alg=key.algorithm, kid=self.kid, sign=lambda data: token.sign(key, data, pin))
         entry = {"msg_id": payload["msg_id"], "type": msg_type, "envelope": envelope.to_json(),
                  "queued_at_ms": now_ms(), "attempts": 0}
@@ -129,12 +189,11 @@ class Wallet:
         return entry
 
     def deliver(self) -> DeliveryReport:
-        """Send the outbox in order; stop at the first unreachable attempt."""
+        """Send the outbox in order (counters must rise); stop at the first unreachable attempt."""
         report = DeliveryReport()
-        center = self.doc["center"]
-        if center is None or not self.doc["outbox"]:
+        if self.doc["center"] is None or not self.doc["outbox"]:
             return report
-        with CenterClient(center["url"], center["cert_pem"].encode()) as client:
+        with self.client() as client:
             while self.doc["outbox"]:
                 entry = self.doc["outbox"][0]
                 try:
@@ -151,41 +210,106 @@ class Wallet:
 
     def _deliver_one(self, client: CenterClient, entry: dict) -> dict:
         request = Envelope.from_json(entry["envelope"])
-        receipt = client.submit(ENDPOINTS[entry["type"]], request)
-        center = self.doc["center"]
+        response = client.submit(ENDPOINTS[entry["type"]], request)
         try:
-            body = check_receipt(receipt, center_spki=b64url_decode(center["receipt_spki"], "receipt_spki", 2048),
-                                 center_alg=center["receipt_alg"], request=request)
+            receipt = Envelope.from_json(response.get("receipt"))
+            body = check_receipt(receipt, center_spki=self._center_spki(), center_alg=self._center_alg(),
+                                 request=request)
+            extras = self._verified_extras(entry["type"], response)
         except WireError as error:
             # Not recorded: the entry stays in the outbox, and a resend of the
             # same bytes will fetch the center's stored receipt again.
-            raise ReceiptRejected(f"the center's receipt did not verify ({error.code}); nothing was recorded") from None
+            raise ReceiptRejected(f"the center's answer did not verify ({error.code}): nothing was recorded") from None
         result = body["result"]
-        _APPLY_RESULT[entry["type"]](self.doc, result)
+        _RECORD_RESULT[entry["type"]](self, entry, result, extras)
         self.doc["receipts"].append({"msg_id": entry["msg_id"], "type": entry["type"], "receipt": receipt.to_json()})
-        self._add_history(entry["type"], entry["msg_id"], "accepted", result)
         self.doc["outbox"].pop(0)
         self.vault.save()
         return {"msg_id": entry["msg_id"], "type": entry["type"], "result": result}
 
+    def _verified_extras(self, msg_type: str, response: dict) -> list[dict]:
+        """Each payment notice is signed by the center on its own: check every one."""
+        if msg_type != NOTICES:
+            return []
+        notices = response.get("notices") or []
+        if not isinstance(notices, list) or len(notices) > MAX_NOTICES_PER_FETCH:
+            raise WireError("malformed_envelope", "the notices list is malformed")
+        checked = []
+        for document in notices:
+            envelope = Envelope.from_json(document)
+            header, body = verify_envelope(envelope, spki_der=self._center_spki(), algorithm=self._center_alg())
+            if header.type != NOTICE or header.aud != self.doc["member_id"] or body["store_id"] != self.doc["member_id"]:
+                raise WireError("wrong_audience", "a payment notice is not addressed to this store")
+            checked.append({"notice": body, "envelope": envelope.to_json()})
+        return checked
+
+    def _center_spki(self) -> bytes:
+        return b64url_decode(self.doc["center"]["receipt_spki"], "receipt_spki", 2048)
+
+    def _center_alg(self) -> str:
+        return self.doc["center"]["receipt_alg"]
+
     def _record_refusal(self, entry: dict, error: CenterRefused) -> dict:
         self.doc["outbox"].pop(0)
         details = {"code": error.code, "message": error.message}
-        self._add_history(entry["type"], entry["msg_id"], "refused", details)
+        self.add_history(entry["type"], entry["msg_id"], "refused", details)
         self.vault.save()
         return {"msg_id": entry["msg_id"], "type": entry["type"], **details}
 
-    def _add_history(self, msg_type: str, msg_id: str, outcome: str, details: dict) -> None:
+    def add_history(self, kind: str, ref: str, outcome: str, details: dict) -> None:
         history = self.doc["history"]
         if len(history) >= MAX_HISTORY_ENTRIES:
             raise WalletError("the history is full: export it and start a new wallet")
-        history.append({"at_ms": now_ms(), "type": msg_type, "msg_id": msg_id, "outcome": outcome,
-                        "details": details})
+        history.append({"at_ms": now_ms(), "type": kind, "msg_id": ref, "outcome": outcome, "details": details})
 
 
-def _apply_enrolled(doc: dict, result: dict) -> None:
-    doc["member_id"] = result["member_id"]
-    doc["role"] = result["role"]
+# --- what an accepted answer changes in the vault, per message type ---------------
+
+def _record_enrolled(wallet: Wallet, entry: dict, result: dict, _extras: list) -> None:
+    wallet.doc["member_id"] = result["member_id"]
+    wallet.doc["role"] = result["role"]
+    wallet.doc["balance_minor"] = 0
+    wallet.add_history(ENROLL, entry["msg_id"], "accepted", result)
 
 
-_APPLY_RESULT = {ENROLL: _apply_enrolled}
+def _record_topup(wallet: Wallet, entry: dict, result: dict, _extras: list) -> None:
+    wallet.doc["topups"][result["topup_id"]] = {"amount_minor": result["amount_minor"], "method": result["method"],
+                                                "status": result["status"]}
+    wallet.add_history(TOPUP, entry["msg_id"], "accepted", result)
+
+
+def _record_money(wallet: Wallet, entry: dict, result: dict, _extras: list) -> None:
+    wallet.doc["balance_minor"] = result["balance_minor"]
+    wallet.add_history(entry["type"], entry["msg_id"], "accepted", result)
+
+
+def _record_notices(wallet: Wallet, entry: dict, result: dict, extras: list) -> None:
+    known = {n["notice"]["payment_id"] for n in wallet.doc["notices"]}
+    for item in extras:
+        notice = item["notice"]
+        if notice["payment_id"] in known:
+            continue
+        wallet.doc["notices"].append(item)
+        wallet.add_history("payment_received", notice["payment_id"], "notice verified",
+                           {k: notice[k] for k in ("payment_id", "buyer_id", "amount_minor", "currency", "order_ref")})
+    wallet.doc["notices_cursor"] = max(wallet.doc["notices_cursor"], result["last_seq"])
+
+
+def _record_balance(wallet: Wallet, entry: dict, result: dict, _extras: list) -> None:
+    """A balance answer also tells what changed meanwhile: top-ups decided, refunds received."""
+    wallet.doc["balance_minor"] = result["balance_minor"]
+    for topup in result.get("topups", []):
+        known = wallet.doc["topups"].get(topup["topup_id"])
+        if known is not None and known["status"] != topup["status"]:
+            known["status"] = topup["status"]
+            wallet.add_history("topup_" + topup["status"], topup["topup_id"], topup["status"], topup)
+    seen_refunds = {h["msg_id"] for h in wallet.doc["history"] if h["type"] == "refund_received"}
+    for refund in reversed(result.get("refunds", [])):
+        if refund["refund_id"] not in seen_refunds:
+            wallet.add_history("refund_received", refund["refund_id"], "credited", refund)
+    for payout in result.get("payouts", []):
+        wallet.doc.setdefault("payouts", {})[payout["payout_id"]] = payout
+
+
+_RECORD_RESULT = {ENROLL: _record_enrolled, TOPUP: _record_topup, PAY: _record_money, REFUND: _record_money,
+                  PAYOUT: _record_money, NOTICES: _record_notices, BALANCE: _record_balance}
