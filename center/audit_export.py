@@ -1,0 +1,588 @@
+"""Exporting the audit trail so an outsider can check it with paywire alone.
+
+The export is one JSON object:
+
+    {"format": "tokenpay-audit-export", "format_version": 1, "center_id": ...,
+     "center_cert_pem": ..., "exported_at_ms": ..., "head": {"seq", "entry_hash"},
+     "keys": [{"kid", "algorithm", "spki", "party_id", "status"}, ...],
+     "entries": [{"seq", "created_at_ms", "kid", "alg", "msg_type", "msg_id",
+                  "payload", "signature", "action", "prev_hash", "entry_hash"}, ...]}
+
+Bytes (spki, payload, signature) are base64url without padding, as on the
+wire. `action` is the recorded JSON itself, not its text.
+
+What a successful `verify_export` proves: the entries form an unbroken hash
+chain (center.audit.chain_hash, reused, not re-implemented) that ends at the
+exported head, and every signed entry carries a valid signature, made with the
+key its kid names and that key's pinned algorithm, over its exact payload
+bytes, addressed to this center. Entries of local actions (an operator's
+decision, a funding webhook) are chained but carry no member signature; they
+are counted as unsigned. What it cannot prove on its own: that nothing was cut
+off the end or rewritten consistently by whoever wrote the file; compare the
+head hash with one obtained independently (for example at an earlier export).
+
+Memory: the exporter holds EXPORT_BATCH_ROWS entries at a time (an entry is at
+most ~64 KiB of payload, so a few tens of MiB at worst); the verifier reads
+the file piecewise and holds one entry at a time plus the enrolled keys.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, TextIO
+
+from sqlalchemy import Engine, select
+
+from center.audit import GENESIS_HASH, chain_hash
+from center.db import audit_head, audit_log, keys
+from center.errors import ApiError
+from paywire.algorithms import ALGORITHMS, MAX_SIGNATURE_BYTES, MAX_SPKI_BYTES, key_id, load_public_key, verify_signature
+from paywire.center_cert import read_center_certificate
+from paywire.envelope import b64url_decode, b64url_encode
+from paywire.errors import WireError
+from paywire.messages import ENROLL, parse_payload
+
+FORMAT_NAME = "tokenpay-audit-export"
+FORMAT_VERSION = 1
+EXPORT_BATCH_ROWS = 500
+MAX_EXPORT_FILE_BYTES = 2 * 1024**3
+# One entry, one key or the certificate. Signed payloads are at most 16 KiB,
+# webhook evidence at most 64 KiB (the API's body limit); this leaves room.
+MAX_JSON_VALUE_CHARS = 4 * 1024 * 1024
+MAX_ENTRY_PAYLOAD_BYTES = 1024 * 1024
+READ_CHUNK_CHARS = 1024 * 1024
+KEY_CACHE_SIZE = 4096
+
+# Local actions are recorded under these algorithm names (center.audit.append).
+UNSIGNED_ALGS = frozenset({"none", "hmac-sha256"})
+HEX64 = re.compile(r"[0-9a-f]{64}")
+TOP_LEVEL_FIELDS = frozenset({"format", "format_version", "center_id", "center_cert_pem", "exported_at_ms", "head",
+                              "keys", "entries"})
+KEY_FIELDS = frozenset({"kid", "algorithm", "spki", "party_id", "status"})
+ENTRY_FIELDS = frozenset({"seq", "created_at_ms", "kid", "alg", "msg_type", "msg_id", "payload", "signature",
+                          "action", "prev_hash", "entry_hash"})
+
+
+# --- export ----------------------------------------------------------------------
+
+def export_audit(engine: Engine, path: Path, *, center_id: str, cert_pem: bytes,
+                 batch_rows: int = EXPORT_BATCH_ROWS) -> dict:
+    """Write the whole audit trail and every enrolled key to `path`, atomically; never overwrite."""
+    path = Path(path)
+    _check_certificate(center_id, cert_pem)
+    if path.exists():
+        raise _file_exists(path)
+    head = _read_head(engine)
+    # Same directory, so the final link is atomic; owner-only, because the
+    # enrollment payloads carry names, addresses and birth dates.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            counts = _write_document(out, engine, head, center_id, cert_pem, batch_rows)
+            out.flush()
+            os.fsync(out.fileno())
+        _publish_without_overwrite(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_directory(path.parent)
+    return {"entries": counts["entries"], "keys": counts["keys"], "file": str(path)}
+
+
+def _check_certificate(center_id: str, cert_pem: bytes) -> None:
+    # An export whose certificate names another center could never verify.
+    try:
+        identity = read_center_certificate(cert_pem)
+    except ValueError as error:
+        raise ApiError("invalid_certificate", f"center certificate: {error}") from None
+    if identity.center_id != center_id:
+        raise ApiError("invalid_certificate", f"the certificate is for {identity.center_id!r}, not {center_id!r}")
+
+
+def _file_exists(path: Path) -> ApiError:
+    return ApiError("file_exists", f"{path} already exists; choose a new file name (exports are never overwritten)")
+
+
+def _read_head(engine: Engine) -> dict:
+    with engine.connect() as conn:
+        head = conn.execute(select(audit_head.c.seq, audit_head.c.entry_hash).where(audit_head.c.id == 1)).one()
+    return {"seq": head.seq, "entry_hash": head.entry_hash}
+
+
+def _write_document(out: TextIO, engine: Engine, head: dict, center_id: str, cert_pem: bytes,
+                    batch_rows: int) -> dict:
+    preamble = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "center_id": center_id,
+        "center_cert_pem": cert_pem.decode("ascii"), "exported_at_ms": time.time_ns() // 1_000_000, "head": head,
+    }
+    out.write("{\n")
+    for name, value in preamble.items():
+        out.write(f"{_dumps(name)}: {_dumps(value)},\n")
+    key_count = _write_array(out, "keys", map(_key_json, _key_rows(engine, batch_rows)))
+    out.write(",\n")
+    entry_count = _write_array(out, "entries", map(_entry_json, _entry_rows(engine, head["seq"], batch_rows)))
+    out.write("\n}\n")
+    return {"keys": key_count, "entries": entry_count}
+
+
+def _write_array(out: TextIO, name: str, items: Iterator[dict]) -> int:
+    # One element per line: readable, and diff-able between two exports.
+    out.write(f"{_dumps(name)}: [")
+    count = 0
+    for count, item in enumerate(items, start=1):
+        out.write(("\n" if count == 1 else ",\n") + _dumps(item))
+    out.write("\n]")
+    return count
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _key_rows(engine: Engine, batch_rows: int) -> Iterator:
+    # Every key ever enrolled, revoked ones too: old entries are signed by them.
+    after = ""
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(select(keys.c.kid, keys.c.algorithm, keys.c.spki, keys.c.party_id, keys.c.status)
+                                .where(keys.c.kid > after).order_by(keys.c.kid).limit(batch_rows)).all()
+        yield from rows
+        if len(rows) < batch_rows:
+            return
+        after = rows[-1].kid
+
+
+def _entry_rows(engine: Engine, head_seq: int, batch_rows: int) -> Iterator:
+    # One short transaction per batch: on SQLite every transaction takes the
+    # write lock (BEGIN IMMEDIATE), and a long export must not stall payments.
+    # Entries up to the head read first are immutable, so batches agree.
+    after = 0
+    while after < head_seq:
+        with engine.connect() as conn:
+            rows = conn.execute(select(audit_log).where(audit_log.c.seq > after, audit_log.c.seq <= head_seq)
+                                .order_by(audit_log.c.seq).limit(batch_rows)).mappings().all()
+        if not rows:
+            return
+        yield from rows
+        after = rows[-1]["seq"]
+
+
+def _key_json(row) -> dict:
+    return {"kid": row.kid, "algorithm": row.algorithm, "spki": b64url_encode(bytes(row.spki)),
+            "party_id": row.party_id, "status": row.status}
+
+
+def _entry_json(row) -> dict:
+    try:
+        action = json.loads(row["action"])
+    except ValueError:
+        raise ApiError("audit_corrupt", f"audit entry {row['seq']}: the recorded action is not JSON; "
+                                        "run `center audit verify`") from None
+    return {
+        "seq": row["seq"], "created_at_ms": row["created_at_ms"], "kid": row["kid"], "alg": row["alg"],
+        "msg_type": row["msg_type"], "msg_id": row["msg_id"], "payload": b64url_encode(bytes(row["payload"])),
+        "signature": b64url_encode(bytes(row["signature"])), "action": action, "prev_hash": row["prev_hash"],
+        "entry_hash": row["entry_hash"],
+    }
+
+
+def _publish_without_overwrite(tmp: Path, path: Path) -> None:
+    # link() fails if the name exists, where rename() would silently replace it.
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _file_exists(path) from None
+    except OSError as error:
+        # Filesystems without hard links (FAT on a USB stick for the auditor):
+        # fall back to check-then-rename, which has a small race window.
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        if path.exists():
+            raise _file_exists(path) from None
+        os.rename(tmp, path)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The new directory entry must survive a crash too, not only the data.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- offline verification -------------------------------------------------------------
+
+class _Bad(Exception):
+    """A problem found in the export; `seq` is the first entry it concerns (None: not an entry)."""
+
+    def __init__(self, seq: int | None, reason: str):
+        super().__init__(reason)
+        self.seq = seq
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Key:
+    algorithm: str
+    spki: bytes
+
+
+@dataclass
+class _Preamble:
+    center_id: str
+    head_seq: int
+    head_hash: str
+    keys: dict[str, _Key]
+
+
+@dataclass
+class _Report:
+    entries: int = 0
+    signatures_checked: int = 0
+    unsigned_entries: int = 0
+    first_bad_seq: int | None = None
+    problem: str | None = None
+    center_id: str | None = None
+    head_entry_hash: str | None = None
+
+    def to_json(self) -> dict:
+        return {"ok": self.problem is None, "entries": self.entries, "signatures_checked": self.signatures_checked,
+                "unsigned_entries": self.unsigned_entries, "first_bad_seq": self.first_bad_seq,
+                "problem": self.problem, "center_id": self.center_id, "head_entry_hash": self.head_entry_hash}
+
+
+@dataclass
+class _Chain:
+    expected_seq: int = 1
+    prev_hash: str = GENESIS_HASH
+    last_seq: int = 0
+
+
+def verify_export(path: Path) -> dict:
+    """Check an export with nothing but the file: chain, head, every signature. Never raises on bad input."""
+    report = _Report()
+    try:
+        _check_file_size(Path(path))
+        preamble = _read_preamble(Path(path))
+        report.center_id, report.head_entry_hash = preamble.center_id, preamble.head_hash
+        _verify_entries(Path(path), preamble, report)
+    except _Bad as bad:
+        report.first_bad_seq, report.problem = bad.seq, bad.reason
+    except OSError as error:
+        report.problem = f"cannot read {path}: {error.strerror or error}"
+    except (ValueError, KeyError, TypeError, IndexError, WireError, RecursionError) as error:
+        # Belt and braces: whatever slipped past the checks above is still a
+        # malformed file, reported, not a traceback.
+        report.problem = f"malformed export: {_describe(error)}"
+    return report.to_json()
+
+
+def _check_file_size(path: Path) -> None:
+    size_bytes = path.stat().st_size
+    if size_bytes > MAX_EXPORT_FILE_BYTES:
+        raise _Bad(None, f"file is {size_bytes} bytes; exports above {MAX_EXPORT_FILE_BYTES} bytes are refused")
+
+
+def _open_reader(path: Path) -> "_JsonReader":
+    return _JsonReader(open(path, encoding="utf-8", newline=""))
+
+
+# Pass 1: everything except the entries, which are skipped one by one, so
+# the file's member order does not matter (a re-indented file still verifies).
+def _read_preamble(path: Path) -> _Preamble:
+    seen: dict[str, object] = {}
+    with _open_reader(path) as reader:
+        try:
+            for name in reader.members():
+                if name not in TOP_LEVEL_FIELDS or name in seen:
+                    raise _Bad(None, f"unexpected or repeated member {name!r} in the export")
+                seen[name] = _read_member(reader, name)
+            reader.expect_end()
+        except (ValueError, KeyError, TypeError, WireError, RecursionError) as error:  # JSON syntax, bad UTF-8...
+            raise _Bad(None, f"malformed export: {_describe(error)}") from None
+    return _preamble_from(seen)
+
+
+def _read_member(reader: "_JsonReader", name: str) -> object:
+    if name == "keys":
+        return _read_keys(reader)
+    if name == "entries":
+        for _ in reader.array():  # pass 2 checks them
+            pass
+        return None
+    return reader.value()
+
+
+def _preamble_from(seen: dict) -> _Preamble:
+    missing = TOP_LEVEL_FIELDS - set(seen)
+    if missing:
+        raise _Bad(None, f"not a complete audit export: missing {sorted(missing)}")
+    if seen["format"] != FORMAT_NAME or seen["format_version"] != FORMAT_VERSION \
+            or type(seen["format_version"]) is not int:
+        raise _Bad(None, f"not a {FORMAT_NAME} version {FORMAT_VERSION} file")
+    center_id, cert_pem, head = seen["center_id"], seen["center_cert_pem"], seen["head"]
+    if not isinstance(center_id, str) or not isinstance(cert_pem, str):
+        raise _Bad(None, "center_id and center_cert_pem must be text")
+    try:
+        identity = read_center_certificate(cert_pem.encode("utf-8"))
+    except (ValueError, IndexError, WireError) as error:
+        raise _Bad(None, f"center certificate: {_describe(error)}") from None
+    if identity.center_id != center_id:
+        raise _Bad(None, f"the certificate is for {identity.center_id!r}, the export says {center_id!r}")
+    if not isinstance(head, dict) or set(head) != {"seq", "entry_hash"} or not _is_int(head["seq"], 0) \
+            or not isinstance(head["entry_hash"], str) or not HEX64.fullmatch(head["entry_hash"]):
+        raise _Bad(None, "head must be {seq: integer >= 0, entry_hash: 64 hex digits}")
+    return _Preamble(center_id=center_id, head_seq=head["seq"], head_hash=head["entry_hash"], keys=seen["keys"])
+
+
+def _read_keys(reader: "_JsonReader") -> dict[str, _Key]:
+    found: dict[str, _Key] = {}
+    for record in reader.array():
+        kid, key = _parse_key(record)
+        if kid in found:
+            raise _Bad(None, f"key {kid} is listed twice")
+        found[kid] = key
+    return found
+
+
+def _parse_key(record: object) -> tuple[str, _Key]:
+    if not isinstance(record, dict) or set(record) != KEY_FIELDS:
+        raise _Bad(None, f"every key must have exactly {sorted(KEY_FIELDS)}")
+    kid = record["kid"]
+    try:
+        spki = b64url_decode(record["spki"], "spki", MAX_SPKI_BYTES)
+        load_public_key(spki, record["algorithm"])  # the key must fit its pinned algorithm
+    except WireError as error:
+        raise _Bad(None, f"key {kid}: {error.message}") from None
+    # The kid is the hash of the key, so a substituted key cannot keep its kid.
+    if kid != key_id(spki):
+        raise _Bad(None, f"key {kid}: kid is not the SHA-256 of its public key")
+    return kid, _Key(algorithm=record["algorithm"], spki=spki)
+
+
+# Pass 2: the entries, one at a time.
+def _verify_entries(path: Path, preamble: _Preamble, report: _Report) -> None:
+    chain = _Chain()
+    with _open_reader(path) as reader:
+        try:
+            for name in reader.members():
+                if name != "entries":
+                    reader.value()
+                    continue
+                for entry in reader.array():
+                    _verify_entry(entry, chain, preamble, report)
+        except (ValueError, KeyError, TypeError, WireError, RecursionError) as error:
+            raise _Bad(chain.expected_seq, f"entry {chain.expected_seq} is malformed: {_describe(error)}") from None
+    _check_head(chain, preamble)
+
+
+def _verify_entry(entry: object, chain: _Chain, preamble: _Preamble, report: _Report) -> None:
+    seq = _check_entry_shape(entry, chain.expected_seq)
+    if seq != chain.expected_seq:
+        reason = (f"entry {chain.expected_seq} is missing (next is {seq})" if seq > chain.expected_seq
+                  else f"entry {seq} appears again or out of order after {chain.expected_seq - 1}")
+        raise _Bad(chain.expected_seq, reason)
+    if entry["prev_hash"] != chain.prev_hash:
+        raise _Bad(seq, "entry does not link to the one before it")
+    payload = b64url_decode(entry["payload"], "payload", MAX_ENTRY_PAYLOAD_BYTES)
+    signature = b64url_decode(entry["signature"], "signature", MAX_SIGNATURE_BYTES)
+    if chain_hash(chain.prev_hash, _chain_row(entry, payload, signature)) != entry["entry_hash"]:
+        raise _Bad(seq, "entry content changed since it was written")
+    if entry["alg"] in UNSIGNED_ALGS:
+        _check_local_actor(entry)
+        report.unsigned_entries += 1
+    else:
+        _check_signed_entry(entry, payload, signature, preamble)
+        report.signatures_checked += 1
+    chain.prev_hash, chain.last_seq, chain.expected_seq = entry["entry_hash"], seq, seq + 1
+    report.entries += 1
+
+
+def _check_entry_shape(entry: object, expected_seq: int) -> int:
+    if not isinstance(entry, dict) or set(entry) != ENTRY_FIELDS:
+        raise _Bad(expected_seq, f"entry {expected_seq} must have exactly {sorted(ENTRY_FIELDS)}")
+    texts = ("kid", "alg", "msg_type", "msg_id", "payload", "signature", "prev_hash", "entry_hash")
+    if not _is_int(entry["seq"], 1) or not _is_int(entry["created_at_ms"], 0) \
+            or not all(isinstance(entry[name], str) for name in texts) or not isinstance(entry["action"], dict):
+        raise _Bad(expected_seq, f"entry {expected_seq} has a field of the wrong type")
+    return entry["seq"]
+
+
+def _chain_row(entry: dict, payload: bytes, signature: bytes) -> dict:
+    # chain_hash takes the row as stored: bytes as bytes, the action as JSON text.
+    return {**entry, "payload": payload, "signature": signature,
+            "action": json.dumps(entry["action"], ensure_ascii=False, allow_nan=False)}
+
+
+def _check_local_actor(entry: dict) -> None:
+    # A member's signed entry must not pass as a local one: local actors are
+    # named ("operator:<who>", "webhook:<name>"), never a key id.
+    if ":" not in entry["kid"] or HEX64.fullmatch(entry["kid"]):
+        raise _Bad(entry["seq"], f"unsigned entry ({entry['alg']}) names {entry['kid']!r}, which is not a local actor")
+
+
+def _check_signed_entry(entry: dict, payload: bytes, signature: bytes, preamble: _Preamble) -> None:
+    seq, kid, alg = entry["seq"], entry["kid"], entry["alg"]
+    if alg not in ALGORITHMS:
+        raise _Bad(seq, f"entry has unknown algorithm {alg!r}")
+    key = preamble.keys.get(kid)
+    if key is None:
+        raise _Bad(seq, f"entry is signed by key {kid}, which is not among the exported keys")
+    if key.algorithm != alg:
+        raise _Bad(seq, f"entry says {alg} but key {kid} is pinned to {key.algorithm}")
+    try:
+        verify_signature(alg, _public_key(key.spki, alg), payload, signature)
+    except WireError:
+        raise _Bad(seq, "signature does not verify over the recorded payload bytes") from None
+    _check_signed_header(entry, payload, key, preamble.center_id)
+
+
+def _check_signed_header(entry: dict, payload: bytes, key: _Key, center_id: str) -> None:
+    # The signature is good; now the entry must say what the signer signed.
+    seq = entry["seq"]
+    header, body = parse_payload(payload)
+    if header.kid != entry["kid"]:
+        raise _Bad(seq, "the signed kid differs from the entry's kid")
+    if header.type != entry["msg_type"] or header.msg_id != entry["msg_id"]:
+        raise _Bad(seq, "the signed message type or id differs from the entry's")
+    if header.aud != center_id:
+        raise _Bad(seq, f"the signed message is addressed to {header.aud!r}, not {center_id!r}")
+    if header.type == ENROLL and body["alg"] != key.algorithm:
+        raise _Bad(seq, "the key's pinned algorithm differs from the one signed at enrollment")
+
+
+def _check_head(chain: _Chain, preamble: _Preamble) -> None:
+    if preamble.head_seq > chain.last_seq:
+        raise _Bad(chain.last_seq + 1, f"chain ends at {chain.last_seq} but the head says {preamble.head_seq}: "
+                                       "entries removed")
+    if preamble.head_seq < chain.last_seq:
+        raise _Bad(preamble.head_seq + 1, f"entries continue past the head ({preamble.head_seq})")
+    if preamble.head_hash != chain.prev_hash:
+        raise _Bad(chain.last_seq or None, "the last entry's hash is not the head's")
+
+
+@functools.lru_cache(maxsize=KEY_CACHE_SIZE)
+def _public_key(spki: bytes, algorithm: str):
+    return load_public_key(spki, algorithm)
+
+
+def _is_int(value: object, low: int) -> bool:
+    return type(value) is int and value >= low
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, WireError):
+        return error.message
+    if isinstance(error, KeyError):
+        return f"missing field {error}"
+    return str(error) or error.__class__.__name__
+
+
+# --- reading one JSON document piecewise ---------------------------------------------------
+
+_SPACE = re.compile(r"[ \t\r\n]*")
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+class _JsonReader:
+    """One JSON document read value by value from a text file.
+
+    json.load would hold the whole file, and several times its size in
+    objects; here no more than one value (at most MAX_JSON_VALUE_CHARS) plus
+    one read chunk is held, and at most MAX_EXPORT_FILE_BYTES are read.
+    """
+
+    def __init__(self, handle: TextIO):
+        self._handle = handle
+        self._buffer, self._pos, self._eof, self._read_chars = "", 0, False, 0
+        self._decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+
+    def __enter__(self) -> "_JsonReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._handle.close()
+
+    def members(self) -> Iterator[str]:
+        """Yield each member name of the object here; the caller then reads its value."""
+        self._take("{")
+        if self._peek() == "}":
+            self._pos += 1
+            return
+        while True:
+            name = self.value()
+            if not isinstance(name, str):
+                raise ValueError("object member names must be strings")
+            self._take(":")
+            yield name
+            if self._take(",", "}") == "}":
+                return
+
+    def array(self) -> Iterator[object]:
+        self._take("[")
+        if self._peek() == "]":
+            self._pos += 1
+            return
+        while True:
+            yield self.value()
+            if self._take(",", "]") == "]":
+                return
+
+    def value(self) -> object:
+        self._peek()
+        while True:
+            try:
+                value, end = self._decoder.raw_decode(self._buffer, self._pos)
+                # A number at the end of the buffer may go on in the next chunk.
+                if end < len(self._buffer) or self._eof:
+                    self._pos = end
+                    return value
+            except json.JSONDecodeError as error:
+                if self._eof:
+                    raise ValueError(f"invalid JSON: {error.msg}") from None
+            if len(self._buffer) - self._pos > MAX_JSON_VALUE_CHARS:
+                raise ValueError(f"a value is longer than {MAX_JSON_VALUE_CHARS} characters (or is not valid JSON)")
+            self._more()
+
+    def expect_end(self) -> None:
+        if self._peek():
+            raise ValueError("content after the end of the JSON document")
+
+    def _take(self, *chars: str) -> str:
+        found = self._peek()
+        if found not in chars or not found:
+            raise ValueError(f"invalid JSON: expected {' or '.join(map(repr, chars))}, found {found or 'the end'!r}")
+        self._pos += 1
+        return found
+
+    def _peek(self) -> str:
+        while True:
+            self._pos = _SPACE.match(self._buffer, self._pos).end()
+            if self._pos < len(self._buffer) or not self._more():
+                return self._buffer[self._pos:self._pos + 1]
+
+    def _more(self) -> bool:
+        if self._eof:
+            return False
+        chunk = self._handle.read(READ_CHUNK_CHARS)
+        self._read_chars += len(chunk)
+        if self._read_chars > MAX_EXPORT_FILE_BYTES:
+            raise ValueError(f"file is longer than {MAX_EXPORT_FILE_BYTES} bytes")
+        if not chunk:
+            self._eof = True
+            return False
+        self._buffer = self._buffer[self._pos:] + chunk
+        self._pos = 0
+        return True
