@@ -13,6 +13,7 @@ from center.config import CenterConfig, write_private_file
 from center.db import make_engine, migrate
 from center.identity import CenterSigner, make_tls_certificate
 from center.service import Center
+from paywire.money import MINOR_EXPONENT
 from token_wallet.cliutil import CliError
 from token_wallet.tokens.base import KeyMode, KeyRecord, KeyType
 from token_wallet.tokens.pkcs11_token import open_pkcs11_token
@@ -20,7 +21,6 @@ from token_wallet.tokens.softhsm import find_softhsm_module, init_softhsm_token,
 
 CENTER_TOKEN_LABEL = "tokenpay-center"
 CENTER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{3,64}")
-CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
 
 
 def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id: str | None,
@@ -28,8 +28,9 @@ def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id:
                 tls_names: list[str]) -> CenterConfig:
     data_dir = data_dir.resolve()
     _check_fresh_dir(data_dir)
-    if not CURRENCY_PATTERN.fullmatch(currency):
-        raise CliError(f"currency {currency!r} is not an ISO 4217 code such as JPY or EUR")
+    if currency not in MINOR_EXPONENT:
+        raise CliError(f"currency {currency!r} is not supported: use an ISO 4217 code such as "
+                       f"{', '.join(sorted(MINOR_EXPONENT))}")
     center_id = center_id or f"center-{secrets.token_hex(4)}"
     if not CENTER_ID_PATTERN.fullmatch(center_id):
         raise CliError("center id must be 3-64 letters, digits or . _ : -")

@@ -88,12 +88,15 @@ def _decide(topup_id: str, decision: str, data_dir: Path, as_json: bool) -> None
     from center.funding import decide_topup
     from center.service import now_ms
 
+    from paywire.money import format_amount
+
+    config = _load_config(data_dir)
     engine = _engine(data_dir)
     view = _api_call(lambda: decide_topup(engine, topup_id, decision, decided_by=f"operator:{_operator_name()}",
                                           now_ms=now_ms()))
     emit(as_json, view, lambda out: out.print(
         f"top-up {view['topup_id']} {view['status']}" + (" (already)" if view["repeated"] else "")
-        + f": {view['amount_minor']} minor units for {view['member_id']} by {view['method']}"))
+        + f": {format_amount(view['amount_minor'], config.currency)} for {view['member_id']} by {view['method']}"))
 
 
 @ledger_app.command("check")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite: SoftHSM tokens, SQLite, PostgreSQL, real HTTPS.
 # Installs what is missing. Uses the PostgreSQL server at 127.0.0.1:5432 when
-# one answers; otherwise installs PostgreSQL and starts a throwaway cluster.
+# one answers (or at $TOKENPAY_TEST_PG_URL); otherwise installs PostgreSQL and
+# starts a throwaway cluster (scripts/throwaway-postgres.sh) for this run.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k enroll).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,9 +13,10 @@ throwaway=""
 pg_answers() { .venv/bin/python -c "import psycopg,sys; psycopg.connect(sys.argv[1], connect_timeout=3).close()" "$1" 2>/dev/null; }
 
 if ! pg_answers "$PG_URL"; then
-    echo "PostgreSQL does not answer at 127.0.0.1:5432: starting a throwaway cluster"
+    echo "PostgreSQL does not answer at $PG_URL: starting a throwaway cluster"
     bash scripts/throwaway-postgres.sh start
     throwaway="yes"
+    PG_URL="$(bash scripts/throwaway-postgres.sh url)"
 fi
 cleanup() { [ -z "$throwaway" ] || bash scripts/throwaway-postgres.sh stop; }
 trap cleanup EXIT

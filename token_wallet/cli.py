@@ -177,6 +177,7 @@ def history(
     """Show the history and waiting messages (password A only; the key is not touched)."""
     with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
         doc = wallet.doc
+    currency = (doc["center"] or {}).get("currency")
     outbox = [{"msg_id": e["msg_id"], "type": e["type"], "queued_at_ms": e["queued_at_ms"],
                "attempts": e["attempts"]} for e in doc["outbox"]]
     document = {"member_id": doc["member_id"], "role": doc["role"], "entries": doc["history"], "outbox": outbox}
@@ -186,7 +187,8 @@ def history(
         for column in ("when (UTC)", "what", "outcome", "details"):
             table.add_column(column)
         for entry in doc["history"]:
-            table.add_row(_when(entry["at_ms"]), entry["type"], entry["outcome"], _describe_result(entry["details"]))
+            table.add_row(_when(entry["at_ms"]), entry["type"], entry["outcome"],
+                          _describe_result(entry["details"], currency))
         for entry in outbox:
             table.add_row(_when(entry["queued_at_ms"]), entry["type"], "waiting in outbox", entry["msg_id"])
         out.print(table)
@@ -525,12 +527,27 @@ def _render_status(out, document: dict) -> None:
         out.print(f"outbox: {document['outbox']} message(s) waiting; run `wallet sync`")
 
 
-def _describe_result(details: dict) -> str:
-    if "member_id" in details:
-        return f"{details.get('action', '')} {details['member_id']} ({details.get('role', '')})".strip()
+def _describe_result(details: dict, currency: str | None = None) -> str:
+    """One line for a history entry or delivery result, whatever its type."""
     if "code" in details:
         return f"{details['code']}: {details.get('message', '')}"
-    return ", ".join(f"{k}={v}" for k, v in sorted(details.items()))
+    money = format_amount(details["amount_minor"], details.get("currency") or currency or "JPY") \
+        if "amount_minor" in details else ""
+    action = details.get("action")
+    if "member_id" in details and action == "enrolled":
+        return f"enrolled {details['member_id']} ({details.get('role', '')})"
+    if action == "paid":
+        return f"{money} to {details['store_name']} ({details['store_id']}), order {details['order_ref']}, " \
+               f"payment {details['payment_id']}"
+    if "topup_id" in details:
+        return f"top-up {details['topup_id']}: {money} by {details.get('method', '?')}, {details.get('status', '')}"
+    if "refund_id" in details:
+        return f"refund {details['refund_id']} of payment {details['payment_id']}: {money}"
+    if "payout_id" in details:
+        return f"payout {details['payout_id']}: {money} to {details.get('bank_account', 'the bank')}"
+    if "buyer_id" in details and "payment_id" in details:
+        return f"{money} from {details['buyer_id']}, order {details['order_ref']}, payment {details['payment_id']}"
+    return ", ".join(f"{k}={v}" for k, v in sorted(details.items()) if k != "action")
 
 
 def _when(at_ms: int) -> str:
