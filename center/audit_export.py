@@ -44,7 +44,8 @@ from sqlalchemy import Engine, select
 from center.audit import GENESIS_HASH, chain_hash
 from center.db import audit_head, audit_log, keys
 from center.errors import ApiError
-from paywire.algorithms import ALGORITHMS, MAX_SIGNATURE_BYTES, MAX_SPKI_BYTES, key_id, load_public_key, verify_signature
+from paywire.algorithms import (ALGORITHMS, MAX_SIGNATURE_BYTES, MAX_SPKI_BYTES, key_id, load_public_key,
+                                 verify_signature)
 from paywire.center_cert import read_center_certificate
 from paywire.envelope import b64url_decode, b64url_encode
 from paywire.errors import WireError
@@ -375,11 +376,14 @@ def _verify_entries(path: Path, preamble: _Preamble, report: _Report) -> None:
     with _open_reader(path) as reader:
         try:
             for name in reader.members():
-                if name != "entries":
+                if name == "entries":
+                    for entry in reader.array():
+                        _verify_entry(entry, chain, preamble, report)
+                elif name == "keys":  # read in pass 1; element by element, as it may be long
+                    for _ in reader.array():
+                        pass
+                else:
                     reader.value()
-                    continue
-                for entry in reader.array():
-                    _verify_entry(entry, chain, preamble, report)
         except (ValueError, KeyError, TypeError, WireError, RecursionError) as error:
             raise _Bad(chain.expected_seq, f"entry {chain.expected_seq} is malformed: {_describe(error)}") from None
     _check_head(chain, preamble)
@@ -563,7 +567,8 @@ class _JsonReader:
     def _take(self, *chars: str) -> str:
         found = self._peek()
         if found not in chars or not found:
-            raise ValueError(f"invalid JSON: expected {' or '.join(map(repr, chars))}, found {found or 'the end'!r}")
+            raise ValueError(f"invalid JSON: expected {' or '.join(map(repr, chars))}, "
+                             f"found {repr(found) if found else 'the end of the file'}")
         self._pos += 1
         return found
 

@@ -135,7 +135,8 @@ def audit_export(file: Path, data_dir: DataDir, as_json: JsonFlag = False) -> No
     from center.audit_export import export_audit
 
     config = _load_config(data_dir)
-    summary = export_audit(_engine(data_dir), file, center_id=config.center_id, cert_pem=config.cert_file.read_bytes())
+    summary = _api_call(lambda: export_audit(_engine(data_dir), file, center_id=config.center_id,
+                                             cert_pem=config.cert_file.read_bytes()))
     emit(as_json, summary, lambda out: out.print(f"wrote {summary['entries']} audit entries and "
                                                  f"{summary['keys']} keys to {file}"))
 

@@ -226,6 +226,25 @@ def test_streamed_in_small_batches_and_read_in_small_chunks(center, tmp_path, mo
     assert verify_export(batched)["ok"] is True
 
 
+def test_verifier_holds_one_element_at_a_time(center, tmp_path, monkeypatch):
+    traffic(center)
+    for _ in range(15):  # enough keys that the key list outgrows the per-value limit below
+        signer = SoftwareSigner()
+        center.enroll(signer.envelope("enroll", signer.enroll_body("member"), aud=center.center_id))
+    path = tmp_path / "audit.json"
+    export(center, path)
+    document = json.loads(path.read_text())
+    size = lambda value: len(json.dumps(value))  # noqa: E731
+    limit = max(size(document["center_cert_pem"]), *map(size, document["keys"] + document["entries"])) + 100
+    assert size(document["keys"]) > limit and size(document["entries"]) > limit
+    monkeypatch.setattr(audit_export, "READ_CHUNK_CHARS", 64)  # the buffer holds one chunk plus one value
+    monkeypatch.setattr(audit_export, "MAX_JSON_VALUE_CHARS", limit)
+    assert verify_export(path)["ok"] is True
+    monkeypatch.setattr(audit_export, "MAX_JSON_VALUE_CHARS", 200)  # smaller than one entry: refused clearly
+    report = verify_export(path)
+    assert report["ok"] is False and "longer than 200 characters" in report["problem"]
+
+
 def test_reformatted_export_still_verifies(center, tmp_path):
     traffic(center)
     path = tmp_path / "audit.json"
@@ -316,13 +335,31 @@ def test_export_of_tampered_database_is_caught_offline(center, tmp_path):
 
 def test_export_refuses_to_overwrite(center, tmp_path):
     traffic(center)
-    path = tmp_path / "audit.json"
+    path = tmp_path / "out" / "audit.json"
+    path.parent.mkdir()
     path.write_text("keep me")
     with pytest.raises(ApiError) as refused:
         export(center, path)
     assert refused.value.code == "file_exists"
     assert path.read_text() == "keep me"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.json"]  # no temporary file left behind
+
+
+def test_export_refuses_a_file_that_appears_while_it_writes(center, tmp_path, monkeypatch):
+    traffic(center)
+    path = tmp_path / "out" / "audit.json"
+    path.parent.mkdir()
+    write_document = audit_export._write_document
+
+    def racing_writer(*args):
+        path.write_text("written meanwhile")
+        return write_document(*args)
+
+    monkeypatch.setattr(audit_export, "_write_document", racing_writer)
+    with pytest.raises(ApiError) as refused:
+        export(center, path)
+    assert refused.value.code == "file_exists"
+    assert path.read_text() == "written meanwhile"
+    assert [p.name for p in path.parent.iterdir()] == ["audit.json"]  # no temporary file left behind
 
 
 def test_export_of_empty_chain_verifies(center, tmp_path):
