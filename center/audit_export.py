@@ -1,15 +1,18 @@
 """Exporting the audit trail so an outsider can check it with paywire alone.
 
-The export is one JSON object:
+The export is JSON Lines: UTF-8, one compact JSON object per `\\n`-terminated
+line, so both sides hold one line at a time without a streaming parser:
 
-    {"format": "tokenpay-audit-export", "format_version": 1, "center_id": ...,
-     "center_cert_pem": ..., "exported_at_ms": ..., "head": {"seq", "entry_hash"},
-     "keys": [{"kid", "algorithm", "spki", "party_id", "status"}, ...],
-     "entries": [{"seq", "created_at_ms", "kid", "alg", "msg_type", "msg_id",
-                  "payload", "signature", "action", "prev_hash", "entry_hash"}, ...]}
+    {"format": "tokenpay-audit-export", "format_version": 2, "center_id": ...,
+     "center_cert_pem": ..., "exported_at_ms": ..., "head": {"seq", "entry_hash"}}
+    {"key": {"kid", "algorithm", "spki", "party_id", "status"}}          (one per key)
+    {"entry": {"seq", "created_at_ms", "kid", "alg", "msg_type", "msg_id",
+               "payload", "signature", "action", "prev_hash", "entry_hash"}}  (in seq order)
 
-Bytes (spki, payload, signature) are base64url without padding, as on the
-wire. `action` is the recorded JSON itself, not its text.
+(Each line above is one line in the file.) Every key line comes before the
+first entry line, so signatures are checked in a single pass. Bytes (spki,
+payload, signature) are base64url without padding, as on the wire. `action`
+is the recorded JSON itself, not its text.
 
 What a successful `verify_export` proves: the entries form an unbroken hash
 chain (center.audit.chain_hash, reused, not re-implemented) that ends at the
@@ -22,8 +25,8 @@ off the end or rewritten consistently by whoever wrote the file; compare the
 head hash with one obtained independently (for example at an earlier export).
 
 Memory: the exporter holds EXPORT_BATCH_ROWS entries at a time (an entry is at
-most ~64 KiB of payload, so a few tens of MiB at worst); the verifier reads
-the file piecewise and holds one entry at a time plus the enrolled keys.
+most ~64 KiB of payload, so a few tens of MiB at worst); the verifier holds
+one line (at most MAX_LINE_BYTES) plus the enrolled keys.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import BinaryIO, Iterator, TextIO
 
 from sqlalchemy import Engine, select
 
@@ -52,24 +55,27 @@ from paywire.errors import WireError
 from paywire.messages import ENROLL, parse_payload
 
 FORMAT_NAME = "tokenpay-audit-export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 EXPORT_BATCH_ROWS = 500
 MAX_EXPORT_FILE_BYTES = 2 * 1024**3
-# One entry, one key or the certificate. Signed payloads are at most 16 KiB,
-# webhook evidence at most 64 KiB (the API's body limit); this leaves room.
-MAX_JSON_VALUE_CHARS = 4 * 1024 * 1024
+# One entry, one key or the header (with the certificate), newline excluded.
+# Signed payloads are at most 16 KiB, webhook evidence at most 64 KiB (the
+# API's body limit); this leaves room.
+MAX_LINE_BYTES = 4 * 1024 * 1024
 MAX_ENTRY_PAYLOAD_BYTES = 1024 * 1024
-READ_CHUNK_CHARS = 1024 * 1024
 KEY_CACHE_SIZE = 4096
 
 # Local actions are recorded under these algorithm names (center.audit.append).
 UNSIGNED_ALGS = frozenset({"none", "hmac-sha256"})
 HEX64 = re.compile(r"[0-9a-f]{64}")
-TOP_LEVEL_FIELDS = frozenset({"format", "format_version", "center_id", "center_cert_pem", "exported_at_ms", "head",
-                              "keys", "entries"})
+HEADER_FIELDS = frozenset({"format", "format_version", "center_id", "center_cert_pem", "exported_at_ms", "head"})
+RECORD_KINDS = frozenset({"key", "entry"})
 KEY_FIELDS = frozenset({"kid", "algorithm", "spki", "party_id", "status"})
 ENTRY_FIELDS = frozenset({"seq", "created_at_ms", "kid", "alg", "msg_type", "msg_id", "payload", "signature",
                           "action", "prev_hash", "entry_hash"})
+# What bad input raises on its way through json, base64, key loading and the
+# payload parser (RecursionError: deeply nested JSON).
+MALFORMED = (ValueError, KeyError, TypeError, IndexError, WireError, RecursionError)
 
 
 # --- export ----------------------------------------------------------------------
@@ -87,7 +93,7 @@ def export_audit(engine: Engine, path: Path, *, center_id: str, cert_pem: bytes,
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
             counts = _write_document(out, engine, head, center_id, cert_pem, batch_rows)
             out.flush()
             os.fsync(out.fileno())
@@ -120,32 +126,27 @@ def _read_head(engine: Engine) -> dict:
 
 def _write_document(out: TextIO, engine: Engine, head: dict, center_id: str, cert_pem: bytes,
                     batch_rows: int) -> dict:
-    preamble = {
+    out.write(_line({
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "center_id": center_id,
         "center_cert_pem": cert_pem.decode("ascii"), "exported_at_ms": time.time_ns() // 1_000_000, "head": head,
-    }
-    out.write("{\n")
-    for name, value in preamble.items():
-        out.write(f"{_dumps(name)}: {_dumps(value)},\n")
-    key_count = _write_array(out, "keys", map(_key_json, _key_rows(engine, batch_rows)))
-    out.write(",\n")
-    entry_count = _write_array(out, "entries", map(_entry_json, _entry_rows(engine, head["seq"], batch_rows)))
-    out.write("\n}\n")
+    }))
+    # Keys first: the verifier needs them all before the first signed entry.
+    key_count = _write_records(out, "key", map(_key_json, _key_rows(engine, batch_rows)))
+    entry_count = _write_records(out, "entry", map(_entry_json, _entry_rows(engine, head["seq"], batch_rows)))
     return {"keys": key_count, "entries": entry_count}
 
 
-def _write_array(out: TextIO, name: str, items: Iterator[dict]) -> int:
-    # One element per line: readable, and diff-able between two exports.
-    out.write(f"{_dumps(name)}: [")
+def _write_records(out: TextIO, kind: str, items: Iterator[dict]) -> int:
     count = 0
     for count, item in enumerate(items, start=1):
-        out.write(("\n" if count == 1 else ",\n") + _dumps(item))
-    out.write("\n]")
+        out.write(_line({kind: item}))
     return count
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+def _line(value: object) -> str:
+    # json.dumps escapes control characters inside strings, so the only raw
+    # newline is the terminator.
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n"
 
 
 def _key_rows(engine: Engine, batch_rows: int) -> Iterator:
@@ -238,11 +239,11 @@ class _Key:
 
 
 @dataclass
-class _Preamble:
+class _Header:
     center_id: str
     head_seq: int
     head_hash: str
-    keys: dict[str, _Key]
+    keys: dict[str, _Key] = field(default_factory=dict)
 
 
 @dataclass
@@ -266,6 +267,7 @@ class _Chain:
     expected_seq: int = 1
     prev_hash: str = GENESIS_HASH
     last_seq: int = 0
+    in_entries: bool = False  # an entry line was seen: no more key lines
 
 
 def verify_export(path: Path) -> dict:
@@ -273,15 +275,14 @@ def verify_export(path: Path) -> dict:
     report = _Report()
     try:
         _check_file_size(Path(path))
-        preamble = _read_preamble(Path(path))
-        report.center_id, report.head_entry_hash = preamble.center_id, preamble.head_hash
-        _verify_entries(Path(path), preamble, report)
+        with open(path, "rb") as handle:
+            _verify_lines(_Lines(handle), report)
     except _Bad as bad:
         report.first_bad_seq, report.problem = bad.seq, bad.reason
     except OSError as error:
         report.problem = f"cannot read {path}: {error.strerror or error}"
-    except (ValueError, KeyError, TypeError, IndexError, WireError, RecursionError) as error:
-        # Belt and braces: whatever slipped past the checks above is still a
+    except MALFORMED as error:
+        # Belt and braces: whatever slipped past the checks below is still a
         # malformed file, reported, not a traceback.
         report.problem = f"malformed export: {_describe(error)}"
     return report.to_json()
@@ -293,66 +294,122 @@ def _check_file_size(path: Path) -> None:
         raise _Bad(None, f"file is {size_bytes} bytes; exports above {MAX_EXPORT_FILE_BYTES} bytes are refused")
 
 
-def _open_reader(path: Path) -> "_JsonReader":
-    return _JsonReader(open(path, encoding="utf-8", newline=""))
+class _Lines:
+    """The file's lines, each parsed on its own; `number` is the line last read.
+
+    Never more than MAX_LINE_BYTES + 1 bytes are read into one line, and no
+    more than MAX_EXPORT_FILE_BYTES in all (the file may grow after the size check).
+    """
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self._read_bytes = 0
+        self.number = 0
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> object:
+        line = self._handle.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            raise StopIteration
+        self.number += 1
+        self._read_bytes += len(line)
+        if self._read_bytes > MAX_EXPORT_FILE_BYTES:
+            raise ValueError(f"file is longer than {MAX_EXPORT_FILE_BYTES} bytes")
+        if not line.endswith(b"\n"):
+            raise ValueError(f"line is longer than {MAX_LINE_BYTES} bytes" if len(line) > MAX_LINE_BYTES
+                             else "last line is cut off (no final newline)")
+        return _parse_line(line[:-1])
 
 
-# Pass 1: everything except the entries, which are skipped one by one, so
-# the file's member order does not matter (a re-indented file still verifies).
-def _read_preamble(path: Path) -> _Preamble:
-    seen: dict[str, object] = {}
-    with _open_reader(path) as reader:
-        try:
-            for name in reader.members():
-                if name not in TOP_LEVEL_FIELDS or name in seen:
-                    raise _Bad(None, f"unexpected or repeated member {name!r} in the export")
-                seen[name] = _read_member(reader, name)
-            reader.expect_end()
-        except (ValueError, KeyError, TypeError, WireError, RecursionError) as error:  # JSON syntax, bad UTF-8...
-            raise _Bad(None, f"malformed export: {_describe(error)}") from None
-    return _preamble_from(seen)
-
-
-def _read_member(reader: "_JsonReader", name: str) -> object:
-    if name == "keys":
-        return _read_keys(reader)
-    if name == "entries":
-        for _ in reader.array():  # pass 2 checks them
-            pass
-        return None
-    return reader.value()
-
-
-def _preamble_from(seen: dict) -> _Preamble:
-    missing = TOP_LEVEL_FIELDS - set(seen)
-    if missing:
-        raise _Bad(None, f"not a complete audit export: missing {sorted(missing)}")
-    if seen["format"] != FORMAT_NAME or seen["format_version"] != FORMAT_VERSION \
-            or type(seen["format_version"]) is not int:
-        raise _Bad(None, f"not a {FORMAT_NAME} version {FORMAT_VERSION} file")
-    center_id, cert_pem, head = seen["center_id"], seen["center_cert_pem"], seen["head"]
-    if not isinstance(center_id, str) or not isinstance(cert_pem, str):
-        raise _Bad(None, "center_id and center_cert_pem must be text")
+def _parse_line(line: bytes) -> object:
+    """One line, newline removed, as JSON: NaN, Infinity and repeated member names refused."""
+    if not line.strip():
+        raise ValueError("blank line")
     try:
-        identity = read_center_certificate(cert_pem.encode("utf-8"))
-    except (ValueError, IndexError, WireError) as error:
-        raise _Bad(None, f"center certificate: {_describe(error)}") from None
+        return json.loads(line.decode("utf-8"), parse_constant=_refuse_constant,
+                          object_pairs_hook=_refuse_repeated_names)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error.msg} at column {error.colno}") from None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _refuse_repeated_names(pairs: list[tuple[str, object]]) -> dict:
+    # A repeated name could mean one thing here and another to the next reader.
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        raise ValueError("a member name is repeated within one object")
+    return record
+
+
+def _verify_lines(lines: _Lines, report: _Report) -> None:
+    header = _read_header(lines)
+    report.center_id, report.head_entry_hash = header.center_id, header.head_hash
+    chain = _Chain()
+    try:
+        for record in lines:
+            _verify_record(record, lines.number, header, chain, report)
+    except MALFORMED as error:
+        # Once entries have begun, the problem is placed at the entry expected next.
+        if chain.in_entries:
+            raise _Bad(chain.expected_seq, f"entry {chain.expected_seq} (line {lines.number}) is malformed: "
+                                           f"{_describe(error)}") from None
+        raise _Bad(None, f"line {lines.number} is malformed: {_describe(error)}") from None
+    _check_head(chain, header)
+
+
+def _read_header(lines: _Lines) -> _Header:
+    try:
+        record = next(lines, None)
+        if record is None:
+            raise ValueError("the file is empty")
+        return _parse_header(record)
+    except MALFORMED as error:
+        raise _Bad(None, f"line 1 is not a {FORMAT_NAME} version {FORMAT_VERSION} header (JSON Lines): "
+                         f"{_describe(error)}") from None
+
+
+def _parse_header(record: object) -> _Header:
+    if not isinstance(record, dict) or record.get("format") != FORMAT_NAME \
+            or record.get("format_version") != FORMAT_VERSION or type(record["format_version"]) is not int:
+        raise ValueError("wrong format name or version")
+    if set(record) != HEADER_FIELDS:
+        raise ValueError(f"the header must have exactly {sorted(HEADER_FIELDS)}")
+    center_id, cert_pem, head = record["center_id"], record["center_cert_pem"], record["head"]
+    if not isinstance(center_id, str) or not isinstance(cert_pem, str):
+        raise ValueError("center_id and center_cert_pem must be text")
+    identity = read_center_certificate(cert_pem.encode("utf-8"))
     if identity.center_id != center_id:
-        raise _Bad(None, f"the certificate is for {identity.center_id!r}, the export says {center_id!r}")
+        raise ValueError(f"the certificate is for {identity.center_id!r}, the export says {center_id!r}")
     if not isinstance(head, dict) or set(head) != {"seq", "entry_hash"} or not _is_int(head["seq"], 0) \
             or not isinstance(head["entry_hash"], str) or not HEX64.fullmatch(head["entry_hash"]):
-        raise _Bad(None, "head must be {seq: integer >= 0, entry_hash: 64 hex digits}")
-    return _Preamble(center_id=center_id, head_seq=head["seq"], head_hash=head["entry_hash"], keys=seen["keys"])
+        raise ValueError("head must be {seq: integer >= 0, entry_hash: 64 hex digits}")
+    return _Header(center_id=center_id, head_seq=head["seq"], head_hash=head["entry_hash"])
 
 
-def _read_keys(reader: "_JsonReader") -> dict[str, _Key]:
-    found: dict[str, _Key] = {}
-    for record in reader.array():
-        kid, key = _parse_key(record)
-        if kid in found:
-            raise _Bad(None, f"key {kid} is listed twice")
-        found[kid] = key
-    return found
+def _verify_record(record: object, number: int, header: _Header, chain: _Chain, report: _Report) -> None:
+    if not isinstance(record, dict) or len(record) != 1 or not set(record) <= RECORD_KINDS:
+        raise ValueError('a line after the header must be {"key": {...}} or {"entry": {...}}')
+    if "key" in record:
+        # Keys first, so every signature can be checked as its entry goes by.
+        if chain.in_entries:
+            raise _Bad(chain.expected_seq, f"line {number} is a key after the first entry; "
+                                           "all keys must come before the entries")
+        _add_key(header.keys, record["key"])
+    else:
+        chain.in_entries = True
+        _verify_entry(record["entry"], chain, header, report)
+
+
+def _add_key(found: dict[str, _Key], record: object) -> None:
+    kid, key = _parse_key(record)
+    if kid in found:
+        raise _Bad(None, f"key {kid} is listed twice")
+    found[kid] = key
 
 
 def _parse_key(record: object) -> tuple[str, _Key]:
@@ -370,26 +427,7 @@ def _parse_key(record: object) -> tuple[str, _Key]:
     return kid, _Key(algorithm=record["algorithm"], spki=spki)
 
 
-# Pass 2: the entries, one at a time.
-def _verify_entries(path: Path, preamble: _Preamble, report: _Report) -> None:
-    chain = _Chain()
-    with _open_reader(path) as reader:
-        try:
-            for name in reader.members():
-                if name == "entries":
-                    for entry in reader.array():
-                        _verify_entry(entry, chain, preamble, report)
-                elif name == "keys":  # read in pass 1; element by element, as it may be long
-                    for _ in reader.array():
-                        pass
-                else:
-                    reader.value()
-        except (ValueError, KeyError, TypeError, WireError, RecursionError) as error:
-            raise _Bad(chain.expected_seq, f"entry {chain.expected_seq} is malformed: {_describe(error)}") from None
-    _check_head(chain, preamble)
-
-
-def _verify_entry(entry: object, chain: _Chain, preamble: _Preamble, report: _Report) -> None:
+def _verify_entry(entry: object, chain: _Chain, header: _Header, report: _Report) -> None:
     seq = _check_entry_shape(entry, chain.expected_seq)
     if seq != chain.expected_seq:
         reason = (f"entry {chain.expected_seq} is missing (next is {seq})" if seq > chain.expected_seq
@@ -405,7 +443,7 @@ def _verify_entry(entry: object, chain: _Chain, preamble: _Preamble, report: _Re
         _check_local_actor(entry)
         report.unsigned_entries += 1
     else:
-        _check_signed_entry(entry, payload, signature, preamble)
+        _check_signed_entry(entry, payload, signature, header)
         report.signatures_checked += 1
     chain.prev_hash, chain.last_seq, chain.expected_seq = entry["entry_hash"], seq, seq + 1
     report.entries += 1
@@ -434,11 +472,11 @@ def _check_local_actor(entry: dict) -> None:
         raise _Bad(entry["seq"], f"unsigned entry ({entry['alg']}) names {entry['kid']!r}, which is not a local actor")
 
 
-def _check_signed_entry(entry: dict, payload: bytes, signature: bytes, preamble: _Preamble) -> None:
+def _check_signed_entry(entry: dict, payload: bytes, signature: bytes, header: _Header) -> None:
     seq, kid, alg = entry["seq"], entry["kid"], entry["alg"]
     if alg not in ALGORITHMS:
         raise _Bad(seq, f"entry has unknown algorithm {alg!r}")
-    key = preamble.keys.get(kid)
+    key = header.keys.get(kid)
     if key is None:
         raise _Bad(seq, f"entry is signed by key {kid}, which is not among the exported keys")
     if key.algorithm != alg:
@@ -447,7 +485,7 @@ def _check_signed_entry(entry: dict, payload: bytes, signature: bytes, preamble:
         verify_signature(alg, _public_key(key.spki, alg), payload, signature)
     except WireError:
         raise _Bad(seq, "signature does not verify over the recorded payload bytes") from None
-    _check_signed_header(entry, payload, key, preamble.center_id)
+    _check_signed_header(entry, payload, key, header.center_id)
 
 
 def _check_signed_header(entry: dict, payload: bytes, key: _Key, center_id: str) -> None:
@@ -464,13 +502,13 @@ def _check_signed_header(entry: dict, payload: bytes, key: _Key, center_id: str)
         raise _Bad(seq, "the key's pinned algorithm differs from the one signed at enrollment")
 
 
-def _check_head(chain: _Chain, preamble: _Preamble) -> None:
-    if preamble.head_seq > chain.last_seq:
-        raise _Bad(chain.last_seq + 1, f"chain ends at {chain.last_seq} but the head says {preamble.head_seq}: "
+def _check_head(chain: _Chain, header: _Header) -> None:
+    if header.head_seq > chain.last_seq:
+        raise _Bad(chain.last_seq + 1, f"chain ends at {chain.last_seq} but the head says {header.head_seq}: "
                                        "entries removed")
-    if preamble.head_seq < chain.last_seq:
-        raise _Bad(preamble.head_seq + 1, f"entries continue past the head ({preamble.head_seq})")
-    if preamble.head_hash != chain.prev_hash:
+    if header.head_seq < chain.last_seq:
+        raise _Bad(header.head_seq + 1, f"entries continue past the head ({header.head_seq})")
+    if header.head_hash != chain.prev_hash:
         raise _Bad(chain.last_seq or None, "the last entry's hash is not the head's")
 
 
@@ -489,105 +527,3 @@ def _describe(error: Exception) -> str:
     if isinstance(error, KeyError):
         return f"missing field {error}"
     return str(error) or error.__class__.__name__
-
-
-# --- reading one JSON document piecewise ---------------------------------------------------
-
-_SPACE = re.compile(r"[ \t\r\n]*")
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-class _JsonReader:
-    """One JSON document read value by value from a text file.
-
-    json.load would hold the whole file, and several times its size in
-    objects; here no more than one value (at most MAX_JSON_VALUE_CHARS) plus
-    one read chunk is held, and at most MAX_EXPORT_FILE_BYTES are read.
-    """
-
-    def __init__(self, handle: TextIO):
-        self._handle = handle
-        self._buffer, self._pos, self._eof, self._read_chars = "", 0, False, 0
-        self._decoder = json.JSONDecoder(parse_constant=_refuse_constant)
-
-    def __enter__(self) -> "_JsonReader":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._handle.close()
-
-    def members(self) -> Iterator[str]:
-        """Yield each member name of the object here; the caller then reads its value."""
-        self._take("{")
-        if self._peek() == "}":
-            self._pos += 1
-            return
-        while True:
-            name = self.value()
-            if not isinstance(name, str):
-                raise ValueError("object member names must be strings")
-            self._take(":")
-            yield name
-            if self._take(",", "}") == "}":
-                return
-
-    def array(self) -> Iterator[object]:
-        self._take("[")
-        if self._peek() == "]":
-            self._pos += 1
-            return
-        while True:
-            yield self.value()
-            if self._take(",", "]") == "]":
-                return
-
-    def value(self) -> object:
-        self._peek()
-        while True:
-            try:
-                value, end = self._decoder.raw_decode(self._buffer, self._pos)
-                # A number at the end of the buffer may go on in the next chunk.
-                if end < len(self._buffer) or self._eof:
-                    self._pos = end
-                    return value
-            except json.JSONDecodeError as error:
-                if self._eof:
-                    raise ValueError(f"invalid JSON: {error.msg}") from None
-            if len(self._buffer) - self._pos > MAX_JSON_VALUE_CHARS:
-                raise ValueError(f"a value is longer than {MAX_JSON_VALUE_CHARS} characters (or is not valid JSON)")
-            self._more()
-
-    def expect_end(self) -> None:
-        if self._peek():
-            raise ValueError("content after the end of the JSON document")
-
-    def _take(self, *chars: str) -> str:
-        found = self._peek()
-        if found not in chars or not found:
-            raise ValueError(f"invalid JSON: expected {' or '.join(map(repr, chars))}, "
-                             f"found {repr(found) if found else 'the end of the file'}")
-        self._pos += 1
-        return found
-
-    def _peek(self) -> str:
-        while True:
-            self._pos = _SPACE.match(self._buffer, self._pos).end()
-            if self._pos < len(self._buffer) or not self._more():
-                return self._buffer[self._pos:self._pos + 1]
-
-    def _more(self) -> bool:
-        if self._eof:
-            return False
-        chunk = self._handle.read(READ_CHUNK_CHARS)
-        self._read_chars += len(chunk)
-        if self._read_chars > MAX_EXPORT_FILE_BYTES:
-            raise ValueError(f"file is longer than {MAX_EXPORT_FILE_BYTES} bytes")
-        if not chunk:
-            self._eof = True
-            return False
-        self._buffer = self._buffer[self._pos:] + chunk
-        self._pos = 0
-        return True

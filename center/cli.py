@@ -155,26 +155,34 @@ def audit_verify_export(file: Path, as_json: JsonFlag = False) -> None:
 
 
 @payouts_app.command("export")
-def payouts_export(file: Path, data_dir: DataDir, as_json: JsonFlag = False) -> None:
+def payouts_export(
+    file: Path, data_dir: DataDir, as_json: JsonFlag = False,
+    batch_id: Annotated[Optional[str], typer.Option(help="Re-create the file of an exported batch (lost file)")] = None,
+    settlement_account: Annotated[Optional[str], typer.Option(help="The center's debtor account (default: center id)")] = None,
+) -> None:
     """Write an ISO 20022 pain.001 credit-transfer file for the pending payouts."""
     from center.payouts import export_payouts
     from center.service import now_ms
 
     config = _load_config(data_dir)
-    summary = export_payouts(_engine(data_dir), file, center_id=config.center_id, currency=config.currency,
-                             now_ms=now_ms())
+    summary = _api_call(lambda: export_payouts(_engine(data_dir), file, center_id=config.center_id,
+                                               currency=config.currency, now_ms=now_ms(), batch_id=batch_id,
+                                               settlement_account=settlement_account))
     emit(as_json, summary, lambda out: out.print(
         f"wrote {summary['count']} payout(s), {summary['total_minor']} minor units, batch {summary['batch_id']} "
         f"to {file}" if summary["count"] else "no pending payouts; no file written"))
 
 
 @payouts_app.command("settle")
-def payouts_settle(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+def payouts_settle(
+    data_dir: DataDir, as_json: JsonFlag = False,
+    batch_id: Annotated[Optional[str], typer.Option(help="Settle only this exported batch")] = None,
+) -> None:
     """Mark the exported payouts as paid by the bank."""
     from center.payouts import settle_payouts
     from center.service import now_ms
 
-    summary = settle_payouts(_engine(data_dir), now_ms=now_ms())
+    summary = _api_call(lambda: settle_payouts(_engine(data_dir), now_ms=now_ms(), batch_id=batch_id))
     emit(as_json, summary, lambda out: out.print(
         f"settled {summary['count']} payout(s), {summary['total_minor']} minor units"))
 

@@ -61,9 +61,9 @@ MAX_PAYOUTS_PER_FILE = 10_000
 MAX_SETTLE_PER_RUN = 10_000
 # Ids per UPDATE ... WHERE id IN (...): far below SQLite's 32,766 host parameters.
 UPDATE_CHUNK_ROWS = 500
-# Field lengths from the pain.001.001.09 schema (Max34Text, Max35Text, Max140Text).
+# Field lengths from the pain.001.001.09 schema (Max34Text, Max140Text). The ids
+# (MsgId, PmtInfId, EndToEndId: Max35Text) are ours and at most 24 characters.
 MAX_ACCOUNT_CHARS = 34
-MAX_ID_CHARS = 35
 MAX_NAME_CHARS = 140
 OPERATOR_KID = "operator:payouts"
 NOT_PROVIDED = "NOTPROVIDED"
@@ -145,7 +145,8 @@ def _export_step(conn: Connection, file_for, path: Path, currency: str, now_ms: 
     lines, held = _split_exportable(rows[:max_payouts])
     extras = {"more_pending": more_pending, "held_payout_ids": held}
     if not lines:
-        return {"batch_id": None, "count": 0, "total_minor": 0, "currency": currency, "file": None} | extras, None, ""
+        empty = {"batch_id": None, "count": 0, "total_minor": 0, "currency": currency, "file": None, "payout_ids": []}
+        return empty | extras, None, ""
     batch = Batch(ledger.new_id("B"), now_ms, tuple(lines))
     document = file_for(batch)
     _mark_exported(conn, batch)
@@ -295,7 +296,7 @@ def format_decimal_amount(amount_minor: int, currency: str) -> str:
 
 
 def iso_datetime(at_ms: int) -> str:
-    # Whole seconds, UTC with an explicit offset: an xs:dateTime every bank parser accepts.
+    # Whole seconds in UTC with an explicit offset (xs:dateTime); from integer ms, no float arithmetic.
     return datetime.fromtimestamp(at_ms // 1000, tz=timezone.utc).isoformat()
 
 

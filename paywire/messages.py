@@ -129,7 +129,7 @@ def _check_enroll(body: dict) -> None:
         _date(body["birth_date"], "birth_date")
     elif role == "store":
         _exact_fields(body, common | {"bank_account"})
-        _text(body["bank_account"], "bank_account", 64)
+        _text(body["bank_account"], "bank_account", 34)  # IBAN's maximum; pain.001 allows no more
     else:
         raise WireError("malformed_payload", "role must be 'member' or 'store'")
     if body["alg"] not in ALGORITHMS:

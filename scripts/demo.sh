@@ -84,8 +84,8 @@ center payouts settle --data-dir "$DEMO/center"
 step "Center checks: ledger sums to zero and matches the transfers; audit chain intact"
 center ledger check --data-dir "$DEMO/center"
 center audit verify --data-dir "$DEMO/center"
-center audit export "$DEMO/audit-export.json" --data-dir "$DEMO/center"
-center audit verify-export "$DEMO/audit-export.json"
+center audit export "$DEMO/audit-export.jsonl" --data-dir "$DEMO/center"
+center audit verify-export "$DEMO/audit-export.jsonl"
 
 step "Member balance (asks the center) and status"
 member balance

@@ -40,7 +40,8 @@ def enroll(center: Center, role: str, **fields) -> Party:
 
 def top_up(center: Center, member: Party, amount_minor: int) -> None:
     body = {"amount_minor": amount_minor, "currency": center.currency, "method": "bank"}
-    topup_id = result_of(center.submit(member.signer.envelope("topup", body, aud=center.center_id), "topup"))["topup_id"]
+    envelope = member.signer.envelope("topup", body, aud=center.center_id)
+    topup_id = result_of(center.submit(envelope, "topup"))["topup_id"]
     center.decide_topup(topup_id, "confirm", decided_by="operator:test")
 
 

@@ -34,6 +34,7 @@ from support import SoftwareSigner, run_cli
 ENTRIES = 6
 SIGNED_ENTRIES = 5
 OPERATOR_SEQ = 4
+KEYS = 2
 
 
 # --- helpers ----------------------------------------------------------------------
@@ -103,11 +104,31 @@ def export(center, path: Path) -> dict:
     return export_audit(center.engine, path, center_id=center.center_id, cert_pem=cert_pem(center))
 
 
-def rewrite(source: Path, target: Path, change) -> Path:
-    document = json.loads(source.read_text())
-    change(document)
-    target.write_text(json.dumps(document, indent=1))
+def export_lines(path: Path) -> list[bytes]:
+    """The export's lines without their newlines: header, KEYS key lines, then entry `seq` at index KEYS + seq."""
+    data = path.read_bytes()
+    assert data.endswith(b"\n")
+    return data[:-1].split(b"\n")
+
+
+def write_lines(target: Path, lines: list[bytes]) -> Path:
+    target.write_bytes(b"".join(line + b"\n" for line in lines))
     return target
+
+
+def load_document(path: Path) -> dict:
+    """The export gathered into one dict: the header's fields plus "keys" and "entries" lists."""
+    header, *records = map(json.loads, export_lines(path))
+    return header | {"keys": [r["key"] for r in records if "key" in r],
+                     "entries": [r["entry"] for r in records if "entry" in r]}
+
+
+def rewrite(source: Path, target: Path, change) -> Path:
+    document = load_document(source)
+    change(document)
+    keys, entries = document.pop("keys"), document.pop("entries")
+    records = [document] + [{"key": k} for k in keys] + [{"entry": e} for e in entries]
+    return write_lines(target, [json.dumps(record).encode() for record in records])
 
 
 def b64url_decode(text: str) -> bytes:
@@ -185,7 +206,7 @@ def test_deleted_last_entry_is_reported_through_the_head(center):
 
 def test_export_verifies_offline_in_process_and_without_a_data_dir(center, tmp_path):
     traffic(center)
-    path = tmp_path / "audit.json"
+    path = tmp_path / "audit.jsonl"
     assert export(center, path) == {"entries": ENTRIES, "keys": 2, "file": str(path)}
     assert path.stat().st_mode & 0o077 == 0  # names, addresses and birth dates inside
     report = verify_export(path)
@@ -201,11 +222,17 @@ def test_export_verifies_offline_in_process_and_without_a_data_dir(center, tmp_p
 
 def test_export_contents(center, tmp_path):
     people = traffic(center)
-    path = tmp_path / "audit.json"
+    path = tmp_path / "audit.jsonl"
     export(center, path)
-    document = json.loads(path.read_text())
+    lines = export_lines(path)
+    assert all(json.dumps(json.loads(line), ensure_ascii=False, separators=(",", ":")).encode() == line
+               for line in lines)  # compact, one object per line
+    header, *records = map(json.loads, lines)
+    assert set(header) == {"format", "format_version", "center_id", "center_cert_pem", "exported_at_ms", "head"}
+    assert [list(record) for record in records] == [["key"]] * KEYS + [["entry"]] * ENTRIES  # keys first
+    document = load_document(path)
     assert (document["format"], document["format_version"], document["center_id"]) == (
-        "tokenpay-audit-export", 1, center.center_id)
+        "tokenpay-audit-export", 2, center.center_id)
     assert document["head"] == {"seq": ENTRIES, "entry_hash": document["entries"][-1]["entry_hash"]}
     assert {k["kid"]: k["algorithm"] for k in document["keys"]} == {people["member"].kid: "ES256",
                                                                     people["store"].kid: "Ed25519"}
@@ -215,57 +242,91 @@ def test_export_contents(center, tmp_path):
     assert first["action"]["action"] == "enrolled"
 
 
-def test_streamed_in_small_batches_and_read_in_small_chunks(center, tmp_path, monkeypatch):
+def test_streamed_in_small_batches(center, tmp_path):
     traffic(center)
-    whole, batched = tmp_path / "whole.json", tmp_path / "batched.json"
+    whole, batched = tmp_path / "whole.jsonl", tmp_path / "batched.jsonl"
     export(center, whole)
     export_audit(center.engine, batched, center_id=center.center_id, cert_pem=cert_pem(center), batch_rows=1)
-    strip = lambda p: {k: v for k, v in json.loads(p.read_text()).items() if k != "exported_at_ms"}  # noqa: E731
+    strip = lambda p: {k: v for k, v in load_document(p).items() if k != "exported_at_ms"}  # noqa: E731
     assert strip(whole) == strip(batched)
-    monkeypatch.setattr(audit_export, "READ_CHUNK_CHARS", 7)  # values split across many reads
+    assert export_lines(whole)[1:] == export_lines(batched)[1:]
     assert verify_export(batched)["ok"] is True
 
 
-def test_verifier_holds_one_element_at_a_time(center, tmp_path, monkeypatch):
+def test_line_over_the_cap_is_refused_at_its_entry(center, tmp_path, monkeypatch):
     traffic(center)
-    for _ in range(15):  # enough keys that the key list outgrows the per-value limit below
-        signer = SoftwareSigner()
-        center.enroll(signer.envelope("enroll", signer.enroll_body("member"), aud=center.center_id))
-    path = tmp_path / "audit.json"
+    path = tmp_path / "audit.jsonl"
     export(center, path)
-    document = json.loads(path.read_text())
-    size = lambda value: len(json.dumps(value))  # noqa: E731
-    limit = max(size(document["center_cert_pem"]), *map(size, document["keys"] + document["entries"])) + 100
-    assert size(document["keys"]) > limit and size(document["entries"]) > limit
-    monkeypatch.setattr(audit_export, "READ_CHUNK_CHARS", 64)  # the buffer holds one chunk plus one value
-    monkeypatch.setattr(audit_export, "MAX_JSON_VALUE_CHARS", limit)
+    lines = export_lines(path)
+    longest = max(map(len, lines))
+    monkeypatch.setattr(audit_export, "MAX_LINE_BYTES", longest)  # the cap leaves out the newline
     assert verify_export(path)["ok"] is True
-    monkeypatch.setattr(audit_export, "MAX_JSON_VALUE_CHARS", 200)  # smaller than one entry: refused clearly
+    # Entry 3 padded with JSON whitespace: still valid JSON, but one byte over the cap.
+    lines[KEYS + 3] += b" " * (longest + 1 - len(lines[KEYS + 3]))
+    report = verify_export(write_lines(tmp_path / "long.jsonl", lines))
+    assert (report["ok"], report["first_bad_seq"], report["entries"]) == (False, 3, 2)
+    assert f"longer than {longest} bytes" in report["problem"]
+    monkeypatch.setattr(audit_export, "MAX_LINE_BYTES", 200)  # even the header is longer
     report = verify_export(path)
-    assert report["ok"] is False and "longer than 200 characters" in report["problem"]
+    assert (report["ok"], report["first_bad_seq"]) == (False, None)
+    assert "line 1" in report["problem"] and "longer than 200 bytes" in report["problem"]
 
 
-def test_reformatted_export_still_verifies(center, tmp_path):
-    traffic(center)
-    path = tmp_path / "audit.json"
+def test_key_line_after_an_entry_line_is_refused(center, tmp_path):
+    people = traffic(center)
+    path = tmp_path / "audit.jsonl"
     export(center, path)
-    sorted_copy = tmp_path / "sorted.json"  # "entries" now comes before "head" and "keys"
-    sorted_copy.write_text(json.dumps(json.loads(path.read_text()), indent=4, sort_keys=True))
-    assert verify_export(sorted_copy)["ok"] is True
+    lines = export_lines(path)
+    store_key = next(line for line in lines[1:KEYS + 1] if people["store"].kid.encode() in line)
+    lines.remove(store_key)
+    lines.insert(KEYS + 1, store_key)  # after entry 1 (the member's), before entry 2 (the store's)
+    report = verify_export(write_lines(tmp_path / "late-key.jsonl", lines))
+    assert (report["ok"], report["first_bad_seq"], report["entries"]) == (False, 2, 1)
+    assert "before the entries" in report["problem"]
+
+
+@pytest.mark.parametrize("line", [b"", b"   ", b"garbage", b"[1]", b'{"entry": {}, "key": {}}', b'{"other": {}}',
+                                  b'{"entry": {"seq": 3, "seq": 3}}', b'{"key": NaN}', b"\xff"])
+def test_blank_or_garbage_line_is_reported_at_its_place(center, tmp_path, line):
+    traffic(center)
+    path = tmp_path / "audit.jsonl"
+    export(center, path)
+    lines = export_lines(path)
+    lines.insert(KEYS + 3, line)  # after entry 2, on line KEYS + 4
+    report = verify_export(write_lines(tmp_path / "among-entries.jsonl", lines))
+    assert (report["ok"], report["first_bad_seq"], report["entries"]) == (False, 3, 2), report
+    assert f"line {KEYS + 4}" in report["problem"]
+    lines = export_lines(path)
+    lines.insert(1, line)  # between the header and the keys: no entry to blame
+    report = verify_export(write_lines(tmp_path / "among-keys.jsonl", lines))
+    assert (report["ok"], report["first_bad_seq"], report["entries"]) == (False, None, 0), report
+    assert "line 2" in report["problem"]
+
+
+@pytest.mark.parametrize("cut", [1, 30])
+def test_truncated_last_line_is_reported_at_its_entry(center, tmp_path, cut):
+    traffic(center)
+    path = tmp_path / "audit.jsonl"
+    export(center, path)
+    truncated = tmp_path / "truncated.jsonl"
+    truncated.write_bytes(path.read_bytes()[:-cut])  # 1: only the final newline is gone
+    report = verify_export(truncated)
+    assert (report["ok"], report["first_bad_seq"], report["entries"]) == (False, ENTRIES, ENTRIES - 1)
+    assert "cut off" in report["problem"]
 
 
 @pytest.mark.parametrize("field", ["payload", "signature"])
 @pytest.mark.parametrize("seq", [2, 5])
 def test_flipped_byte_in_exported_entry_is_found(center, tmp_path, field, seq):
     traffic(center)
-    path = tmp_path / "audit.json"
+    path = tmp_path / "audit.jsonl"
     export(center, path)
 
     def change(document):
         target = entry(document, seq)
         target[field] = b64url_encode(flip_byte(b64url_decode(target[field]), 20))
 
-    report = verify_export(rewrite(path, tmp_path / "bad.json", change))
+    report = verify_export(rewrite(path, tmp_path / "bad.jsonl", change))
     assert (report["ok"], report["first_bad_seq"], report["entries"]) == (False, seq, seq - 1)
 
 
@@ -273,7 +334,7 @@ def test_forged_payload_with_recomputed_chain_fails_its_signature(center, tmp_pa
     # The attacker rewrites the file consistently: the chain and head then
     # match, but nobody but the member can sign the forged bytes.
     traffic(center)
-    path = tmp_path / "audit.json"
+    path = tmp_path / "audit.jsonl"
     export(center, path)
     forged_seq = 5
 
@@ -288,37 +349,37 @@ def test_forged_payload_with_recomputed_chain_fails_its_signature(center, tmp_pa
             prev = later["entry_hash"]
         document["head"]["entry_hash"] = prev
 
-    report = verify_export(rewrite(path, tmp_path / "forged.json", change))
+    report = verify_export(rewrite(path, tmp_path / "forged.jsonl", change))
     assert (report["ok"], report["first_bad_seq"]) == (False, forged_seq)
     assert "signature" in report["problem"]
 
 
 def test_entry_whose_key_is_not_exported_is_refused(center, tmp_path):
     people = traffic(center)
-    path = tmp_path / "audit.json"
+    path = tmp_path / "audit.jsonl"
     export(center, path)
 
     def drop_store_key(document):
         document["keys"] = [k for k in document["keys"] if k["kid"] != people["store"].kid]
 
-    report = verify_export(rewrite(path, tmp_path / "nokey.json", drop_store_key))
+    report = verify_export(rewrite(path, tmp_path / "nokey.jsonl", drop_store_key))
     assert (report["ok"], report["first_bad_seq"]) == (False, 2)  # the store's enrollment
     assert "not among the exported keys" in report["problem"]
 
 
 def test_signed_entry_passed_off_as_local_is_refused(center, tmp_path):
     traffic(center)
-    path = tmp_path / "audit.json"
+    path = tmp_path / "audit.jsonl"
     export(center, path)
-    report = verify_export(rewrite(path, tmp_path / "bad.json", lambda d: entry(d, 3).update(alg="none")))
+    report = verify_export(rewrite(path, tmp_path / "bad.jsonl", lambda d: entry(d, 3).update(alg="none")))
     assert (report["ok"], report["first_bad_seq"]) == (False, 3)
 
 
 def test_cut_tail_in_export_is_found_through_the_head(center, tmp_path):
     traffic(center)
-    path = tmp_path / "audit.json"
+    path = tmp_path / "audit.jsonl"
     export(center, path)
-    report = verify_export(rewrite(path, tmp_path / "cut.json", lambda d: d["entries"].pop()))
+    report = verify_export(rewrite(path, tmp_path / "cut.jsonl", lambda d: d["entries"].pop()))
     assert (report["ok"], report["first_bad_seq"], report["entries"]) == (False, ENTRIES, ENTRIES - 1)
 
 
@@ -327,7 +388,7 @@ def test_export_of_tampered_database_is_caught_offline(center, tmp_path):
     action = json.loads(stored_entry(center.engine, 3)["action"])
     attacker_sql(center.engine)
     attacker_update(center.engine, 3, action=json.dumps(action | {"amount_minor": 999999}))
-    path = tmp_path / "audit.json"
+    path = tmp_path / "audit.jsonl"
     export(center, path)
     report = verify_export(path)
     assert (report["ok"], report["first_bad_seq"]) == (False, 3)
@@ -335,7 +396,7 @@ def test_export_of_tampered_database_is_caught_offline(center, tmp_path):
 
 def test_export_refuses_to_overwrite(center, tmp_path):
     traffic(center)
-    path = tmp_path / "out" / "audit.json"
+    path = tmp_path / "out" / "audit.jsonl"
     path.parent.mkdir()
     path.write_text("keep me")
     with pytest.raises(ApiError) as refused:
@@ -346,7 +407,7 @@ def test_export_refuses_to_overwrite(center, tmp_path):
 
 def test_export_refuses_a_file_that_appears_while_it_writes(center, tmp_path, monkeypatch):
     traffic(center)
-    path = tmp_path / "out" / "audit.json"
+    path = tmp_path / "out" / "audit.jsonl"
     path.parent.mkdir()
     write_document = audit_export._write_document
 
@@ -359,11 +420,11 @@ def test_export_refuses_a_file_that_appears_while_it_writes(center, tmp_path, mo
         export(center, path)
     assert refused.value.code == "file_exists"
     assert path.read_text() == "written meanwhile"
-    assert [p.name for p in path.parent.iterdir()] == ["audit.json"]  # no temporary file left behind
+    assert [p.name for p in path.parent.iterdir()] == ["audit.jsonl"]  # no temporary file left behind
 
 
 def test_export_of_empty_chain_verifies(center, tmp_path):
-    path = tmp_path / "audit.json"
+    path = tmp_path / "audit.jsonl"
     assert export(center, path)["entries"] == 0
     report = verify_export(path)
     assert (report["ok"], report["entries"], report["signatures_checked"]) == (True, 0, 0)
@@ -372,16 +433,21 @@ def test_export_of_empty_chain_verifies(center, tmp_path):
 def test_export_refuses_a_certificate_of_another_center(center, tmp_path):
     other = make_tls_certificate("center-other", center.signer.spki, ["localhost"], [])[0]
     with pytest.raises(ApiError):
-        export_audit(center.engine, tmp_path / "a.json", center_id=center.center_id, cert_pem=other)
-    assert not (tmp_path / "a.json").exists()
+        export_audit(center.engine, tmp_path / "a.jsonl", center_id=center.center_id, cert_pem=other)
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+V2_HEADER = b'{"format": "tokenpay-audit-export", "format_version": 2'
 
 
 @pytest.mark.parametrize("content", [
-    b"", b"not json", b"[]", b"{", b'{"format": "tokenpay-audit-export"', b'{"format": NaN}', b"\xff\xfe",
-    b'{"format": "tokenpay-audit-export", "format_version": 1}', b'{"a": 1} trailing', b"[" * 100_000,
+    b"", b"\n", b"not json\n", b"[]\n", b"{\n", V2_HEADER + b"\n", V2_HEADER + b"}", V2_HEADER + b"}\n",
+    b'{"format": NaN}\n', b"\xff\xfe\n", b'{"a": 1} trailing\n', b"[" * 100_000 + b"\n",
+    V2_HEADER + b', "format_version": 2}\n',  # a repeated name
+    b'{\n"format": "tokenpay-audit-export",\n"format_version": 1\n}\n',  # the old one-document format
 ])
 def test_malformed_files_are_reported_not_raised(tmp_path, content):
-    path = tmp_path / "bad.json"
+    path = tmp_path / "bad.jsonl"
     path.write_bytes(content)
     report = verify_export(path)
     assert report["ok"] is False and report["problem"]
@@ -389,17 +455,17 @@ def test_malformed_files_are_reported_not_raised(tmp_path, content):
 
 def test_malformed_entry_names_its_seq(center, tmp_path):
     traffic(center)
-    path = tmp_path / "audit.json"
+    path = tmp_path / "audit.jsonl"
     export(center, path)
     for change in (lambda d: entry(d, 3).pop("action"), lambda d: entry(d, 3).update(payload="!!"),
                    lambda d: entry(d, 3).update(seq="3"), lambda d: entry(d, 3).update(action=[1])):
-        report = verify_export(rewrite(path, tmp_path / "bad.json", change))
+        report = verify_export(rewrite(path, tmp_path / "bad.jsonl", change))
         assert (report["ok"], report["first_bad_seq"]) == (False, 3), report
 
 
 def test_missing_and_oversized_files(tmp_path, monkeypatch):
-    assert verify_export(tmp_path / "absent.json")["ok"] is False
-    big = tmp_path / "big.json"
+    assert verify_export(tmp_path / "absent.jsonl")["ok"] is False
+    big = tmp_path / "big.jsonl"
     big.write_text("{" + " " * 100 + "}")
     monkeypatch.setattr(audit_export, "MAX_EXPORT_FILE_BYTES", 50)
     report = verify_export(big)
@@ -424,7 +490,7 @@ def test_cli_verify_finds_tampering_in_a_center_data_dir(tmp_path):
                          msg_type="topup_confirm", msg_id=f"U-{number:016x}", action={"n": number}, now_ms=number)
     engine.dispose()
 
-    exported = tmp_path / "audit.json"
+    exported = tmp_path / "audit.jsonl"
     result = run_cli("center", ["audit", "export", str(exported), "--data-dir", str(data_dir), "--json"])
     assert result.returncode == 0, result.stderr
     check = run_cli("center", ["audit", "verify-export", str(exported), "--json"])
