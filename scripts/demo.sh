@@ -10,6 +10,7 @@ ROOT="$PWD"
 DEMO="$ROOT/demo-run"
 PATH="$ROOT/.venv/bin:$PATH"
 PORT="${DEMO_PORT:-8443}"
+export COLUMNS="${COLUMNS:-120}"  # wide tables even without a terminal
 rm -rf "$DEMO"
 mkdir -m 700 -p "$DEMO/secrets"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
