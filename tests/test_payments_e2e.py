@@ -9,7 +9,7 @@ import socket
 import threading
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 
 from center.db import normalise_url, payments
 from support import CenterProcess, free_port, run_cli
@@ -83,6 +83,11 @@ def test_the_whole_money_story(tmp_path, make_softhsm_token, live_center):
     assert center_cli(live_center, "audit", "verify")["ok"] is True
 
     assert member.json("balance")["balance_minor"] == 7000
+    verify_export = run_cli("center", ["audit", "export", str(tmp_path / "audit.jsonl"), "--data-dir",
+                                       str(live_center.data_dir)])
+    assert verify_export.returncode == 0, verify_export.stderr
+    offline = run_cli("center", ["audit", "verify-export", str(tmp_path / "audit.jsonl"), "--json"])
+    assert offline.returncode == 0 and json.loads(offline.stdout)["signatures_checked"] >= 8
     history = member.json("history", WALLET_PASSWORD_B_FILE="")
     kinds = [(e["type"], e["outcome"]) for e in history["entries"]]
     for expected in [("enroll", "accepted"), ("topup", "accepted"), ("topup_confirmed", "confirmed"),
@@ -210,3 +215,17 @@ def test_receipt_from_a_key_other_than_the_pinned_one_is_not_recorded(tmp_path, 
     # The genuine center then answers the same signed bytes, and that receipt is recorded.
     synced = member.json("sync", "--center", live_center.url)
     assert synced["member_id"].startswith("M-")
+
+
+def test_ledger_check_exits_non_zero_on_a_difference(tmp_path, make_softhsm_token, live_center):
+    member, _store, _store_id = enrolled_pair(tmp_path, make_softhsm_token, live_center)
+    fund(member, live_center, "100")
+    config = json.loads((live_center.data_dir / "config.json").read_text())
+    engine = create_engine(normalise_url(config["db_url"]))
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE accounts SET balance_minor = balance_minor + 5 WHERE kind = 'member'"))
+    engine.dispose()
+    result = run_cli("center", ["ledger", "check", "--data-dir", str(live_center.data_dir), "--json"])
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and report["total_minor"] == 5

@@ -222,3 +222,23 @@ def test_unknown_token_label_is_one_clear_line(tmp_path, command):
     assert result.returncode != 0
     assert "nope" in result.stderr and result.stderr.strip().count("\n") == 0
     assert not (tmp_path / "h" / "vault.tpv").exists()
+
+
+def test_change_password_a_reencrypts_and_change_password_b_changes_the_pin(tmp_path, make_softhsm_token, live_center):
+    user = WalletUser(tmp_path, make_softhsm_token, "c")
+    user.init()
+    new_a, new_b = tmp_path / "new-a", tmp_path / "new-b"
+    new_a.write_text("a brand new passphrase\n")
+    new_b.write_text("pin-2468\n")
+    before = user.vault.read_bytes()
+    assert user.run("change-password-a", "--new-password-a-file", str(new_a)).returncode == 0
+    assert user.vault.read_bytes() != before
+    assert "wrong password A" in user.run("history").stderr
+    assert user.run("history", WALLET_PASSWORD_A_FILE=str(new_a)).returncode == 0
+
+    changed = user.run("change-password-b", "--new-password-b-file", str(new_b), WALLET_PASSWORD_A_FILE=str(new_a))
+    assert changed.returncode == 0, changed.stderr
+    old_pin = user.enroll_member(live_center, "--password-a-file", str(new_a))
+    assert old_pin.returncode != 0 and "wrong password B" in old_pin.stderr
+    new_pin = user.enroll_member(live_center, "--password-a-file", str(new_a), "--password-b-file", str(new_b))
+    assert new_pin.returncode == 0, new_pin.stderr
