@@ -46,6 +46,7 @@ messages = Table(
     Column("kid", String(64), primary_key=True),
     Column("msg_id", String(64), primary_key=True),
     Column("msg_type", String(32), nullable=False),
+    Column("ctr", BigInteger),  # unique per kid: a counter is used once
     Column("payload_sha256", String(64), nullable=False),
     Column("response", Text, nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from center import audit, funding, handlers
@@ -30,6 +30,10 @@ from paywire.verify import verify_enrollment, verify_envelope
 # A request can race another with the same key or message id; after a unique
 # violation the retry finds the winner's record and answers from it.
 MAX_ATTEMPTS = 3
+# Counters must rise, but requests signed in order may arrive out of order
+# (a store terminal sending concurrently, a batch). A counter is accepted once,
+# and only within this window below the highest counter seen for the key.
+COUNTER_WINDOW = 4096
 
 
 def now_ms() -> int:
@@ -170,15 +174,20 @@ class Center:
 
 
 def _advance_counter(conn: Connection, header: Header) -> None:
-    """The per-key counter must rise; the conditional update also locks the key row."""
-    result = conn.execute(update(keys).where(keys.c.kid == header.kid, keys.c.last_ctr < header.ctr,
-                                             keys.c.status == "active").values(last_ctr=header.ctr))
-    if result.rowcount == 1:
-        return
-    status = conn.execute(select(keys.c.status).where(keys.c.kid == header.kid)).scalar_one_or_none()
-    if status != "active":
-        raise ApiError("key_revoked", "this key has been revoked; messages signed by it are refused")
-    raise ApiError("counter_replayed", "the message counter is not above the last one accepted from this key")
+    """Accept each counter once, within COUNTER_WINDOW below the highest; the update locks the key row."""
+    raised = conn.execute(
+        update(keys).where(keys.c.kid == header.kid, keys.c.status == "active",
+                           keys.c.last_ctr < header.ctr + COUNTER_WINDOW)
+        .values(last_ctr=case((keys.c.last_ctr < header.ctr, header.ctr), else_=keys.c.last_ctr)))
+    if raised.rowcount != 1:
+        status = conn.execute(select(keys.c.status).where(keys.c.kid == header.kid)).scalar_one_or_none()
+        if status != "active":
+            raise ApiError("key_revoked", "this key has been revoked; messages signed by it are refused")
+        raise ApiError("counter_replayed", f"the message counter is more than {COUNTER_WINDOW} below the highest "
+                                           "accepted from this key")
+    used = conn.execute(select(messages.c.msg_id).where(messages.c.kid == header.kid, messages.c.ctr == header.ctr))
+    if used.first() is not None:
+        raise ApiError("counter_replayed", "this message counter was already used by this key")
 
 
 def _earlier_answer_row(conn: Connection, header: Header):
@@ -201,5 +210,5 @@ def _earlier_answer(conn: Connection, header: Header, payload_sha256: str) -> di
 
 def _store_answer(conn: Connection, header: Header, payload_sha256: str, response: dict, now: int) -> None:
     conn.execute(insert(messages).values(
-        kid=header.kid, msg_id=header.msg_id, msg_type=header.type, payload_sha256=payload_sha256,
+        kid=header.kid, msg_id=header.msg_id, msg_type=header.type, ctr=header.ctr, payload_sha256=payload_sha256,
         response=json.dumps(response, separators=(",", ":")), created_at_ms=now))
