@@ -60,7 +60,8 @@ def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id:
 def load_center(config: CenterConfig) -> Center:
     config.apply_token_environment()
     token = open_pkcs11_token(config.pkcs11_module, label=config.token_label)
-    signer = CenterSigner(token, key_record_from_json(config.signing_key), config.token_pin(), config.center_id)
+    key = key_record_from_json(config.signing_key)
+    signer = CenterSigner(token.resident_signer(key, config.token_pin()).sign, key, config.center_id)
     webhook_secret = Path(config.webhook_secret_file).read_bytes().strip() if config.webhook_secret_file else None
     return Center(engine=make_engine(config.db_url), signer=signer, currency=config.currency,
                   webhook_secret=webhook_secret)

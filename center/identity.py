@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from typing import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -15,7 +16,7 @@ from paywire.center_cert import RECEIPT_KEY_OID
 from paywire.envelope import Envelope, seal
 from paywire.messages import Header
 from paywire.receipts import build_receipt_payload
-from token_wallet.tokens.base import KeyRecord, Token
+from token_wallet.tokens.base import KeyRecord
 
 CERT_VALIDITY_DAYS = 825
 
@@ -48,10 +49,10 @@ def make_tls_certificate(center_id: str, receipt_spki: bytes, dns_names: list[st
 
 
 class CenterSigner:
-    """Signs receipts with the center's token key (the token backend serialises its calls)."""
+    """Signs what the center issues (receipts, notices) with its token key."""
 
-    def __init__(self, token: Token, key: KeyRecord, pin: str, center_id: str):
-        self._token, self._key, self._pin = token, key, pin
+    def __init__(self, sign_bytes: Callable[[bytes], bytes], key: KeyRecord, center_id: str):
+        self._sign_bytes = sign_bytes
         self.center_id = center_id
         self.kid = key_id(key.spki_der)
         self.alg = key.algorithm
@@ -64,7 +65,7 @@ class CenterSigner:
 
     def seal(self, payload: dict) -> Envelope:
         """Sign a payload the center issues (receipt, notice) with the token key."""
-        return seal(payload, alg=self.alg, kid=self.kid, sign=lambda data: self._token.sign(self._key, data, self._pin))
+        return seal(payload, alg=self.alg, kid=self.kid, sign=self._sign_bytes)
 
     def __repr__(self) -> str:
         return f"CenterSigner(center_id={self.center_id!r}, kid={self.kid[:16]}...)"

@@ -49,12 +49,20 @@ def center_token(make_softhsm_token, softhsm_module):
     return token, key, pin
 
 
+@pytest.fixture(scope="session")
+def center_token_signer(center_token):
+    token, key, pin = center_token
+    signer = token.resident_signer(key, pin)
+    yield signer.sign
+    signer.close()
+
+
 @pytest.fixture
-def center(db_url, center_token) -> Center:
+def center(db_url, center_token, center_token_signer) -> Center:
     token, key, pin = center_token
     engine = make_engine(db_url)
     migrate(engine)
-    yield Center(engine=engine, signer=CenterSigner(token, key, pin, "center-test"), currency="JPY")
+    yield Center(engine=engine, signer=CenterSigner(center_token_signer, key, "center-test"), currency="JPY")
     engine.dispose()
 
 

@@ -413,7 +413,7 @@ def cli_json(args: list[str]) -> dict:
     return json.loads(result.stdout)
 
 
-def test_cli_exports_and_settles(tmp_path, db_url, center_token):
+def test_cli_exports_and_settles(tmp_path, db_url, center_token, center_token_signer):
     data_dir = tmp_path / "center"
     init = run_cli("center", ["init", "--data-dir", str(data_dir), "--db", db_url, "--currency", "JPY"])
     assert init.returncode == 0, init.stderr
@@ -425,7 +425,8 @@ def test_cli_exports_and_settles(tmp_path, db_url, center_token):
     # sign nothing.
     token, key, pin = center_token
     engine = make_engine(config.db_url)
-    center = Center(engine=engine, signer=CenterSigner(token, key, pin, config.center_id), currency=config.currency)
+    center = Center(engine=engine, signer=CenterSigner(center_token_signer, key, config.center_id),
+                    currency=config.currency)
     store, claim = store_with_payout(center, 4321, name="Kanda Books")
     engine.dispose()
     path = tmp_path / "out" / "pain001.xml"

@@ -478,3 +478,29 @@ def test_make_token_script(tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout
     assert "scripted" in slots
+
+
+# --------------------------------------------------------------------------
+# Long-lived signer (the center's own resident key)
+
+
+def test_resident_signer_signs_many_with_one_login(fresh):
+    record = fresh.token.generate_key(KeyType.P256, fresh.pin, mode=KeyMode.RESIDENT)
+    signer = fresh.token.resident_signer(record, fresh.pin)
+    try:
+        for i in range(50):
+            message = MESSAGE + i.to_bytes(2, "big")
+            verify(record, message, signer.sign(message))
+    finally:
+        signer.close()
+    # Closed: the process is logged out again, so a per-call signature still works.
+    verify(record, MESSAGE, fresh.token.sign(record, MESSAGE, fresh.pin))
+
+
+def test_resident_signer_refuses_wrapped_keys_and_wrong_pin(fresh):
+    wrapped = fresh.token.generate_key(KeyType.P256, fresh.pin, so_pin=fresh.so_pin, mode=KeyMode.WRAPPED)
+    with pytest.raises(TokenError):
+        fresh.token.resident_signer(wrapped, fresh.pin)
+    resident = fresh.token.generate_key(KeyType.P256, fresh.pin, mode=KeyMode.RESIDENT)
+    with pytest.raises(WrongPin):
+        fresh.token.resident_signer(resident, "not-the-pin").sign(MESSAGE)

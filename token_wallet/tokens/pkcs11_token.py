@@ -728,6 +728,19 @@ class Pkcs11Token(Token):
                 )
             return spec.sign(found[0], message)
 
+    def resident_signer(self, key: KeyRecord, pin: str) -> "ResidentSigner":
+        """A signer that logs in once and keeps the session: for a service's own key.
+
+        Per-call login costs ~1 ms on SoftHSM (745 signatures/s against ~9.5k/s
+        raw). PKCS#11 login state belongs to the whole process, so this must be
+        the only user of this token in the process (the center's case).
+        """
+        if KeyMode(key.mode) is not KeyMode.RESIDENT:
+            raise TokenError("a long-lived signer is only for resident keys")
+        with LIBRARY_LOCK, self._errors():
+            self._check_key_belongs_here(key)
+        return ResidentSigner(self, key, pin)
+
     def _wrap_key(self, session):
         found = self._find_wrap_keys(session)
         if len(found) != 1:
@@ -828,3 +841,58 @@ class Pkcs11Token(Token):
             raise TokenError(
                 f"PKCS#11 error on token {self._label!r}: {type(exc).__name__}"
             ) from exc
+
+
+class ResidentSigner:
+    """Signs many messages with one logged-in session; reopens it once after a failure."""
+
+    def __init__(self, token: Pkcs11Token, key: KeyRecord, pin: str):
+        self._token, self._key, self._pin = token, key, pin
+        self._spec = _KEY_SPECS[KeyType(key.key_type)]
+        self._session = None
+        self._private_key = None
+
+    def __repr__(self) -> str:
+        return f"ResidentSigner(token={self._token.label!r})"
+
+    def sign(self, message: bytes) -> bytes:
+        with LIBRARY_LOCK, self._token._errors():
+            for attempt in range(2):
+                try:
+                    if self._private_key is None:
+                        self._open()
+                    return self._spec.sign(self._private_key, message)
+                except p11.PKCS11Error:
+                    # Session lost (token re-initialised, device hiccup): start over once.
+                    self._close_quietly()
+                    if attempt == 1:
+                        raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with LIBRARY_LOCK:
+            self._close_quietly()
+
+    def _open(self) -> None:
+        token = self._token
+        session = token._token.open()
+        try:
+            token._login(session, _CKU_USER, self._pin)
+            key_id = bytes.fromhex(self._key.handle["key_id_hex"])
+            found = list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id}))
+            if len(found) != 1:
+                raise KeyNotFound(f"{len(found)} private keys with id {key_id.hex()} on token {token.label!r}")
+        except BaseException:
+            session.close()
+            raise
+        self._session, self._private_key = session, found[0]
+
+    def _close_quietly(self) -> None:
+        session, self._session, self._private_key = self._session, None, None
+        if session is None:
+            return
+        try:
+            self._token._raw.logout(session.handle)
+            session.close()
+        except p11.PKCS11Error:
+            pass
