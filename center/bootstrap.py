@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import re
 import secrets
@@ -48,7 +47,7 @@ def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id:
     elif not token_pin_file:
         raise CliError("--token-label needs --token-pin-file (the center reads its token PIN from it when serving)")
     key = _generate_signing_key(config)
-    config.signing_key = key_record_to_json(key)
+    config.signing_key = key.to_json()
     _write_tls(config, key.spki_der, tls_names)
     config.webhook_secret_file = str(data_dir / "secrets" / "webhook-secret")
     write_private_file(Path(config.webhook_secret_file), secrets.token_hex(32).encode())
@@ -60,22 +59,11 @@ def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id:
 def load_center(config: CenterConfig) -> Center:
     config.apply_token_environment()
     token = open_pkcs11_token(config.pkcs11_module, label=config.token_label)
-    key = key_record_from_json(config.signing_key)
+    key = KeyRecord.from_json(config.signing_key)
     signer = CenterSigner(token.resident_signer(key, config.token_pin()).sign, key, config.center_id)
     webhook_secret = Path(config.webhook_secret_file).read_bytes().strip() if config.webhook_secret_file else None
     return Center(engine=make_engine(config.db_url), signer=signer, currency=config.currency,
                   webhook_secret=webhook_secret)
-
-
-def key_record_to_json(key: KeyRecord) -> dict:
-    return {"mode": key.mode.value, "key_type": key.key_type.value, "algorithm": key.algorithm,
-            "spki_der": base64.b64encode(key.spki_der).decode(), "handle": dict(key.handle)}
-
-
-def key_record_from_json(document: dict) -> KeyRecord:
-    return KeyRecord(mode=KeyMode(document["mode"]), key_type=KeyType(document["key_type"]),
-                     algorithm=document["algorithm"], spki_der=base64.b64decode(document["spki_der"]),
-                     handle=dict(document["handle"]))
 
 
 def _check_fresh_dir(data_dir: Path) -> None:

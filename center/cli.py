@@ -219,10 +219,10 @@ def _load_config(data_dir: Path) -> CenterConfig:
 
 
 def _kid(config: CenterConfig) -> str:
-    from center.bootstrap import key_record_from_json
     from paywire.algorithms import key_id
+    from token_wallet.tokens.base import KeyRecord
 
-    return key_id(key_record_from_json(config.signing_key).spki_der)
+    return key_id(KeyRecord.from_json(config.signing_key).spki_der)
 
 
 def _redact_url(url: str) -> str:

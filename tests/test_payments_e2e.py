@@ -7,7 +7,6 @@ import json
 import shutil
 import socket
 import threading
-from pathlib import Path
 
 from sqlalchemy import create_engine, func, select, text
 

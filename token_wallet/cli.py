@@ -8,7 +8,6 @@ the file named by $WALLET_PASSWORD_X_FILE (first line only).
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from token_wallet.client import CenterRefused, CenterUnreachable
 from token_wallet.cliutil import CliError, emit, read_secret, run_cli, stderr_console
 from token_wallet.tokens import open_token
 from token_wallet.tokens.base import KeyMode, KeyType, TokenError, WrongPin
-from token_wallet.vault import Vault, VaultError, VaultNotFound, vault_lock
+from token_wallet.vault import Vault, VaultError, vault_lock
 from token_wallet.wallet import MAX_NOTICES_PER_FETCH, Wallet, WalletError, new_document, vault_path
 
 # Bounded: one `wallet notices` fetches at most this many pages of notices.

@@ -15,7 +15,6 @@ the first receipt.
 
 from __future__ import annotations
 
-import base64
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from paywire.messages import (BALANCE, ENROLL, NOTICE, NOTICES, PAY, PAYOUT, REF
 from paywire.receipts import check_receipt
 from paywire.verify import verify_envelope
 from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable
-from token_wallet.tokens.base import KeyMode, KeyRecord, KeyType, Token
+from token_wallet.tokens.base import KeyRecord, Token
 from token_wallet.vault import Vault
 
 DOCUMENT_VERSION = 1
@@ -84,21 +83,10 @@ class DeliveryReport:
 
 def new_document(token_doc: dict, key: KeyRecord) -> dict:
     return {
-        "version": DOCUMENT_VERSION, "token": token_doc, "key": key_to_json(key), "kid": key_id(key.spki_der),
+        "version": DOCUMENT_VERSION, "token": token_doc, "key": key.to_json(), "kid": key_id(key.spki_der),
         "counter": 0, "center": None, "member_id": None, "role": None, "balance_minor": None, "history": [],
         "receipts": [], "outbox": [], "topups": {}, "notices": [], "notices_cursor": 0,
     }
-
-
-def key_to_json(key: KeyRecord) -> dict:
-    return {"mode": key.mode.value, "key_type": key.key_type.value, "algorithm": key.algorithm,
-            "spki_der": base64.b64encode(key.spki_der).decode(), "handle": dict(key.handle)}
-
-
-def key_from_json(document: dict) -> KeyRecord:
-    return KeyRecord(mode=KeyMode(document["mode"]), key_type=KeyType(document["key_type"]),
-                     algorithm=document["algorithm"], spki_der=base64.b64decode(document["spki_der"]),
-                     handle=dict(document["handle"]))
 
 
 class Wallet:
@@ -108,7 +96,7 @@ class Wallet:
 
     @property
     def key(self) -> KeyRecord:
-        return key_from_json(self.doc["key"])
+        return KeyRecord.from_json(self.doc["key"])
 
     @property
     def kid(self) -> str:

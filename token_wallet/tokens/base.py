@@ -10,6 +10,7 @@ in the vault as JSON.
 from __future__ import annotations
 
 import abc
+import base64
 import enum
 from dataclasses import dataclass, field
 
@@ -74,6 +75,16 @@ class KeyRecord:
     algorithm: str
     spki_der: bytes
     handle: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode.value, "key_type": self.key_type.value, "algorithm": self.algorithm,
+                "spki_der": base64.b64encode(self.spki_der).decode(), "handle": dict(self.handle)}
+
+    @classmethod
+    def from_json(cls, document: dict) -> "KeyRecord":
+        return cls(mode=KeyMode(document["mode"]), key_type=KeyType(document["key_type"]),
+                   algorithm=document["algorithm"], spki_der=base64.b64decode(document["spki_der"]),
+                   handle=dict(document["handle"]))
 
 
 class TokenError(Exception):
