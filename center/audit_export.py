@@ -31,7 +31,6 @@ one line (at most MAX_LINE_BYTES) plus the enrolled keys.
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
@@ -46,6 +45,7 @@ from sqlalchemy import Engine, select
 
 from center.audit import GENESIS_HASH, chain_hash
 from center.db import audit_head, audit_log, keys
+from center.files import fsync_directory, link_no_clobber
 from center.errors import ApiError
 from paywire.algorithms import (ALGORITHMS, MAX_SIGNATURE_BYTES, MAX_SPKI_BYTES, key_id, load_public_key,
                                  verify_signature)
@@ -100,7 +100,7 @@ def export_audit(engine: Engine, path: Path, *, center_id: str, cert_pem: bytes,
         _publish_without_overwrite(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return {"entries": counts["entries"], "keys": counts["keys"], "file": str(path)}
 
 
@@ -197,28 +197,10 @@ def _entry_json(row) -> dict:
 
 
 def _publish_without_overwrite(tmp: Path, path: Path) -> None:
-    # link() fails if the name exists, where rename() would silently replace it.
     try:
-        os.link(tmp, path)
+        link_no_clobber(tmp, path)
     except FileExistsError:
         raise _file_exists(path) from None
-    except OSError as error:
-        # Filesystems without hard links (FAT on a USB stick for the auditor):
-        # fall back to check-then-rename, which has a small race window.
-        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
-            raise
-        if path.exists():
-            raise _file_exists(path) from None
-        os.rename(tmp, path)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # The new directory entry must survive a crash too, not only the data.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- offline verification -------------------------------------------------------------

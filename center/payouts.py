@@ -35,7 +35,6 @@ re-exported: the bank has already paid it.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -51,6 +50,7 @@ from sqlalchemy import Connection, Engine, select, update
 
 from center import audit, ledger
 from center.db import audit_log, parties, payouts
+from center.files import fsync_directory, link_no_clobber, remove_quietly
 from center.errors import ApiError
 from paywire.money import AmountError, minor_exponent
 
@@ -133,7 +133,7 @@ def _commit_then_publish(engine: Engine, path: Path, step: Step, now_ms: int) ->
             _audit(conn, msg_type, summary["batch_id"], summary, now_ms)
     except BaseException:
         if tmp is not None:
-            _remove_quietly(tmp)  # the batch was rolled back: no file may name it
+            remove_quietly(tmp)  # the batch was rolled back: no file may name it
         raise
     _publish(tmp, path, summary["batch_id"])
     return summary
@@ -350,44 +350,14 @@ def _write_tmp(path: Path, document: bytes, batch_id: str) -> Path:
 def _publish(tmp: Path, path: Path, batch_id: str) -> None:
     """Give the committed file its name; never replace a file that appeared meanwhile."""
     try:
-        _link_no_clobber(tmp, path)
+        link_no_clobber(tmp, path)
     except OSError as error:
         raise ApiError("file_not_written", f"batch {batch_id} is recorded as exported but {path} could not be "
                                            f"written ({error.strerror or error}); re-create the file with the "
                                            f"batch id {batch_id}", 500) from None
     finally:
-        _remove_quietly(tmp)
-    _fsync_dir(path.parent)
-
-
-def _link_no_clobber(tmp: Path, path: Path) -> None:
-    try:
-        os.link(tmp, path)  # atomic, and fails if path exists
-    except FileExistsError:
-        raise
-    except OSError as error:
-        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        # No hard links here (FAT, some network mounts): check, then rename. The
-        # window is two exports to the same name at the same instant.
-        if os.path.lexists(path):
-            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
-        os.rename(tmp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+        remove_quietly(tmp)
+    fsync_directory(path.parent)
 
 
 # --- settle ---------------------------------------------------------------------------
