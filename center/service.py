@@ -34,6 +34,11 @@ MAX_ATTEMPTS = 3
 # (a store terminal sending concurrently, a batch). A counter is accepted once,
 # and only within this window below the highest counter seen for the key.
 COUNTER_WINDOW = 4096
+# Refusals that can mean "a concurrent copy of this very message won": a copy
+# that read "no earlier answer" before the winner committed then meets the
+# winner's counter or key. Retried like a unique violation; the retry's first
+# step finds the winner's answer. A genuine replay is still refused.
+LOST_RACE_CODES = ("counter_replayed", "key_already_enrolled")
 
 
 def now_ms() -> int:
@@ -140,6 +145,9 @@ class Center:
                 raise
             except IntegrityError:
                 if attempt == MAX_ATTEMPTS - 1:
+                    raise
+            except ApiError as error:
+                if error.code not in LOST_RACE_CODES or attempt == MAX_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
 
