@@ -99,6 +99,23 @@ def _decide(topup_id: str, decision: str, data_dir: Path, as_json: bool) -> None
         + f": {format_amount(view['amount_minor'], config.currency)} for {view['member_id']} by {view['method']}"))
 
 
+@operator_app.command("revoke-key")
+def revoke_key_command(
+    kid: Annotated[str, typer.Argument(help="The key id (64 hex digits) of the lost or compromised key")],
+    data_dir: DataDir,
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail")] = "reported lost",
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke a key: every message it signs from now on is refused; its history stays."""
+    from center.key_admin import revoke_key
+    from center.service import now_ms
+
+    view = _api_call(lambda: revoke_key(_engine(data_dir), kid, reason=reason,
+                                        decided_by=f"operator:{_operator_name()}", now_ms=now_ms()))
+    emit(as_json, view, lambda out: out.print(
+        f"key {kid[:16]}... of {view['member_id']} " + ("was already revoked" if view["repeated"] else "revoked")))
+
+
 @ledger_app.command("check")
 def ledger_check(data_dir: DataDir, as_json: JsonFlag = False) -> None:
     """Recompute every balance from the transfers; exit 1 on any difference."""

@@ -347,3 +347,26 @@ def test_transfers_are_append_only(center, store):
                 conn.execute(text(statement))
     with center.engine.connect() as conn:
         assert conn.execute(select(func.sum(transfers.c.amount_minor))).scalar_one() == 1_000
+
+
+def test_revoked_key_is_refused_and_history_stays(center, store):
+    from center.key_admin import revoke_key
+
+    buyer, buyer_id = funded_member(center, 1_000)
+    _, store_id = store
+    paid_request = buyer.envelope("pay", pay_body(store_id, 100), aud=center.center_id)
+    first = center.submit(paid_request, "pay")
+    view = revoke_key(center.engine, buyer.kid, reason="card lost", decided_by="operator:test", now_ms=1)
+    assert view["member_id"] == buyer_id and view["repeated"] is False
+    error = refused(center, buyer, "pay", pay_body(store_id, 100, "after"))
+    assert (error.code, error.status) == ("key_revoked", 403)
+    # Even a resend of an accepted message is refused once the key is revoked; the payment stays in the books.
+    with pytest.raises(ApiError) as caught:
+        center.submit(paid_request, "pay")
+    assert caught.value.code == "key_revoked"
+    assert balance(center, buyer_id) == 900 and balance(center, store_id) == 100
+    assert first["receipt"]
+    with center.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(payments)).scalar_one() == 1
+    assert revoke_key(center.engine, buyer.kid, reason="again", decided_by="operator:test", now_ms=2)["repeated"]
+    assert ledger_ok(center)
