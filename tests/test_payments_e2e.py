@@ -228,3 +228,17 @@ def test_ledger_check_exits_non_zero_on_a_difference(tmp_path, make_softhsm_toke
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["ok"] is False and report["total_minor"] == 5
+
+
+def test_revoked_key_cannot_pay_but_history_stays(tmp_path, make_softhsm_token, live_center):
+    member, _store, store_id = enrolled_pair(tmp_path, make_softhsm_token, live_center)
+    fund(member, live_center, "1000")
+    kid = member.json("status")["kid"]
+    revoked = center_cli(live_center, "operator", "revoke-key", kid, "--reason", "card lost")
+    assert revoked["action"] == "key_revoked"
+    result = member.run("pay", "--store", store_id, "--amount", "100", "--order", "R-1", "--yes")
+    assert result.returncode != 0 and "key_revoked" in result.stderr.splitlines()[-1]
+    history = member.json("history", WALLET_PASSWORD_B_FILE="")
+    assert ("topup_confirmed", "confirmed") in [(e["type"], e["outcome"]) for e in history["entries"]]
+    bad = run_cli("center", ["operator", "revoke-key", "0" * 64, "--data-dir", str(live_center.data_dir)])
+    assert bad.returncode == 1 and "unknown_key" in bad.stderr
