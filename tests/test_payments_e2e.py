@@ -239,6 +239,6 @@ def test_revoked_key_cannot_pay_but_history_stays(tmp_path, make_softhsm_token, 
     result = member.run("pay", "--store", store_id, "--amount", "100", "--order", "R-1", "--yes")
     assert result.returncode != 0 and "key_revoked" in result.stderr.splitlines()[-1]
     history = member.json("history", WALLET_PASSWORD_B_FILE="")
-    assert ("topup_confirmed", "confirmed") in [(e["type"], e["outcome"]) for e in history["entries"]]
+    assert [(e["type"], e["outcome"]) for e in history["entries"]] == [("enroll", "accepted"), ("topup", "accepted"), ("pay", "refused")]
     bad = run_cli("center", ["operator", "revoke-key", "0" * 64, "--data-dir", str(live_center.data_dir)])
     assert bad.returncode == 1 and "unknown_key" in bad.stderr
