@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(softhsm2 ca-certificates curl)
+# softhsm2: PKCS#11 tokens; pcscd + vsmartcard-vpcd: PC/SC with virtual readers;
+# libpcsclite-dev + swig + gcc + python3-dev: pyscard builds against them where no wheel fits.
+APT_PACKAGES=(softhsm2 ca-certificates curl pcscd vsmartcard-vpcd libpcsclite-dev swig gcc python3-dev)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 

@@ -68,3 +68,4 @@ def make_softhsm_token(softhsm_conf):
 
 
 from fixtures_center import *  # noqa: E402,F401,F403  (center and database fixtures)
+from fixtures_card import *  # noqa: E402,F401,F403  (pcscd, vpcd readers, virtual OpenPGP cards)

@@ -25,7 +25,7 @@ from paywire.messages import BALANCE, ENROLL, FUNDING_METHODS, NOTICES, PAY, PAY
 from paywire.money import AmountError, format_amount, parse_amount
 from token_wallet.client import CenterRefused, CenterUnreachable
 from token_wallet.cliutil import CliError, emit, read_secret, run_cli, stderr_console
-from token_wallet.tokens import open_token
+from token_wallet.tokens import DEFAULT_CARD_TIMEOUT_S, open_token
 from token_wallet.tokens.base import KeyMode, KeyType, TokenError, WrongPin
 from token_wallet.vault import Vault, VaultError, vault_lock
 from token_wallet.wallet import MAX_NOTICES_PER_FETCH, Wallet, WalletError, new_document, vault_path
@@ -44,6 +44,8 @@ PasswordBFile = Annotated[Optional[str], typer.Option("--password-b-file", envva
                                                       help="File whose first line is password B (token PIN)")]
 PasswordAFd = Annotated[Optional[int], typer.Option("--password-a-fd", help="Read password A from this descriptor")]
 PasswordBFd = Annotated[Optional[int], typer.Option("--password-b-fd", help="Read password B from this descriptor")]
+CardTimeout = Annotated[float, typer.Option("--card-timeout", min=0, max=3600,
+                                            help="Seconds to wait for the smartcard to be inserted")]
 
 
 def _home(home: Optional[Path]) -> Path:
@@ -69,44 +71,80 @@ def _open_wallet(home: Optional[Path], password_a: str) -> Iterator[Wallet]:
 
 @app.command()
 def init(
-    pkcs11_module: Annotated[str, typer.Option(help="Path of the PKCS#11 module (.so) of your token")],
-    token_label: Annotated[str, typer.Option(help="Label of the token")],
-    key_type: Annotated[str, typer.Option(help="p256 or ed25519")] = "p256",
-    key_mode: Annotated[str, typer.Option(help="auto, wrapped or resident")] = "auto",
+    pkcs11_module: Annotated[Optional[str], typer.Option(help="Path of the PKCS#11 module (.so) of your token")] = None,
+    token_label: Annotated[Optional[str], typer.Option(help="Label of the PKCS#11 token")] = None,
+    card: Annotated[bool, typer.Option("--card", help="Use an OpenPGP smartcard in a PC/SC reader")] = False,
+    reader: Annotated[Optional[str], typer.Option(help="Reader name (or part of it) for --card")] = None,
+    key_type: Annotated[Optional[str], typer.Option(help="p256 or ed25519 (token); ed25519, rsa2048 or p256 (card)")] = None,
+    key_mode: Annotated[str, typer.Option(help="auto, wrapped or resident (PKCS#11)")] = "auto",
     token_serial: Annotated[Optional[str], typer.Option(help="Serial, when several tokens share a label")] = None,
     so_pin_file: Annotated[Optional[str], typer.Option(envvar="WALLET_SO_PIN_FILE",
                                                        help="File with the token's SO PIN (wrapped mode)")] = None,
+    admin_pin_file: Annotated[Optional[str], typer.Option(envvar="WALLET_ADMIN_PIN_FILE",
+                                                          help="File with the card's admin PIN (PW3)")] = None,
+    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
     entropy_file: Annotated[Optional[Path], typer.Option(help="Extra randomness to mix into the token's RNG")] = None,
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
 ) -> None:
-    """Generate the signing key on the token and create the password-A vault."""
-    key_type_value = _choice(key_type, {"p256": KeyType.P256, "ed25519": KeyType.ED25519}, "--key-type")
-    mode = _choice(key_mode, {"auto": None, "wrapped": KeyMode.WRAPPED, "resident": KeyMode.RESIDENT}, "--key-mode")
+    """Generate the signing key on the token or card and create the password-A vault."""
     path = vault_path(_home(home))
     if path.exists():
         raise CliError(f"a wallet already exists at {path.parent}; use another --home to make a new one")
     entropy = _read_entropy(entropy_file)
-    from token_wallet.tokens.pkcs11_token import open_pkcs11_token
-
-    token = open_pkcs11_token(pkcs11_module, label=token_label, serial=token_serial)
-    # auto: wrapped where the token can wrap this key type (the backend falls
-    # back to resident otherwise, e.g. Ed25519 on SoftHSM), which needs the SO PIN.
-    wants_wrapping = mode is KeyMode.WRAPPED or (mode is None and token.supports_wrapping())
-    so_pin = read_secret(what="SO PIN", file_option=so_pin_file, env_var=None) if wants_wrapping else None
-    password_a = _password_a(password_a_file, password_a_fd, confirm=True)
-    password_b = _password_b(password_b_file, password_b_fd)
-    key = token.generate_key(key_type_value, password_b, so_pin=so_pin, entropy=entropy, mode=mode)
+    if card:
+        if pkcs11_module or token_label:
+            raise CliError("--card and --pkcs11-module/--token-label exclude each other: choose one token")
+        token, key, token_doc, password_a = _init_card(reader, key_type or "ed25519", admin_pin_file, card_timeout,
+                                           password_a_file, password_a_fd, password_b_file, password_b_fd)
+    else:
+        if not pkcs11_module or not token_label:
+            raise CliError("give --pkcs11-module and --token-label for a PKCS#11 token, or --card for a smartcard")
+        token, key, token_doc, password_a = _init_pkcs11(pkcs11_module, token_label, token_serial, key_type or "p256", key_mode,
+                                             so_pin_file, entropy, password_a_file, password_a_fd,
+                                             password_b_file, password_b_fd)
     info = token.info()
-    token_doc = {"kind": "pkcs11", "module": pkcs11_module, "label": info.label, "serial": info.serial}
     with vault_lock(path):
         Vault.create(path, password_a, new_document(token_doc, key))
     summary = {"home": str(path.parent), "kid": key_id(key.spki_der), "algorithm": key.algorithm,
                "key_mode": key.mode.value, "token": info.to_json()}
     emit(as_json, summary, lambda out: out.print(
-        f"key generated on token [bold]{info.label}[/] ({key.mode.value} mode, {key.algorithm})\n"
+        f"key generated on {'card' if card else 'token'} [bold]{info.label}[/] ({key.mode.value} mode, {key.algorithm})\n"
         f"  key id {summary['kid']}\n  vault {path}"))
+
+
+def _init_pkcs11(module, label, serial, key_type, key_mode, so_pin_file, entropy, a_file, a_fd, b_file, b_fd):
+    key_type_value = _choice(key_type, {"p256": KeyType.P256, "ed25519": KeyType.ED25519}, "--key-type")
+    mode = _choice(key_mode, {"auto": None, "wrapped": KeyMode.WRAPPED, "resident": KeyMode.RESIDENT}, "--key-mode")
+    from token_wallet.tokens.pkcs11_token import open_pkcs11_token
+
+    token = open_pkcs11_token(module, label=label, serial=serial)
+    # auto: wrapped where the token can wrap this key type (the backend falls
+    # back to resident otherwise, e.g. Ed25519 on SoftHSM), which needs the SO PIN.
+    wants_wrapping = mode is KeyMode.WRAPPED or (mode is None and token.supports_wrapping())
+    so_pin = read_secret(what="SO PIN", file_option=so_pin_file, env_var=None) if wants_wrapping else None
+    password_a = _password_a(a_file, a_fd, confirm=True)
+    password_b = _password_b(b_file, b_fd)
+    key = token.generate_key(key_type_value, password_b, so_pin=so_pin, entropy=entropy, mode=mode)
+    info = token.info()
+    return token, key, {"kind": "pkcs11", "module": module, "label": info.label, "serial": info.serial}, password_a
+
+
+def _init_card(reader, key_type, admin_pin_file, card_timeout, a_file, a_fd, b_file, b_fd):
+    key_type_value = _choice(key_type, {"ed25519": KeyType.ED25519, "rsa2048": KeyType.RSA2048, "p256": KeyType.P256},
+                             "--key-type")
+    from token_wallet.tokens.openpgp_card import open_openpgp_card
+
+    token = open_openpgp_card(reader, timeout_s=card_timeout, on_wait=_say)
+    _say(f"this replaces the signature key on the card in {token.info().label}, and its PIN will be asked "
+         "for every signature")
+    admin_pin = read_secret(what="admin PIN", file_option=admin_pin_file, env_var=None)
+    password_a = _password_a(a_file, a_fd, confirm=True)
+    password_b = _password_b(b_file, b_fd)
+    key = token.generate_key(key_type_value, password_b, so_pin=admin_pin)
+    info = token.info()
+    return token, key, {"kind": "openpgp-card", "reader": info.label, "serial": info.serial}, password_a
 
 
 @app.command()
@@ -121,6 +159,7 @@ def enroll(
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Register with the center: a registration signed by the token key, sent over pinned TLS."""
     body = _registration_body(name, address, birth_date, store, bank_account)
@@ -134,7 +173,7 @@ def enroll(
         key = wallet.key
         body.update(public_key=b64url_encode(key.spki_der), alg=key.algorithm)
         wallet.pin_center(center, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg)
-        token = open_token(wallet.doc["token"])
+        token = _open_token(wallet, card_timeout)
         entry = _sign(wallet, token, ENROLL, body, password_b_file, password_b_fd)
         report = wallet.deliver()
     _print_enrollment(as_json, wallet, entry, report)
@@ -205,7 +244,7 @@ def status(
         doc = wallet.doc
     token_state: dict = {"present": False}
     try:
-        token = open_token(doc["token"])
+        token = open_token(doc["token"], card_timeout_s=0)  # status does not wait for a card
         token_state = {"present": True, **token.info().to_json(), "pin": token.pin_status().to_json()}
     except TokenError as error:
         token_state["problem"] = str(error)
@@ -226,6 +265,7 @@ def topup(
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Ask to load prepaid value; it is credited once the funding is confirmed."""
     _choice(method, {m: m for m in FUNDING_METHODS}, "--method")
@@ -233,7 +273,7 @@ def topup(
         wallet.require_enrolled("member")
         currency = _learn_currency(wallet)
         body = {"amount_minor": _amount(amount, currency), "currency": currency, "method": method}
-        outcome = _sign_and_deliver(wallet, TOPUP, body, password_b_file, password_b_fd)
+        outcome = _sign_and_deliver(wallet, TOPUP, body, password_b_file, password_b_fd, card_timeout)
     _print_outcome(as_json, outcome, lambda r: f"top-up {r['topup_id']} of {format_amount(r['amount_minor'], currency)} "
                    f"by {r['method']} is {r['status']}: it is credited once the funding is confirmed")
 
@@ -247,6 +287,7 @@ def pay(
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Pay a store from the prepaid balance with a payment signed on the token."""
     with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
@@ -257,7 +298,7 @@ def pay(
         body = {"payee": store, "payee_name": name, "amount_minor": amount_minor, "currency": currency,
                 "order_ref": order}
         _confirm(f"Pay {format_amount(amount_minor, currency)} to {name} ({store}) for order {order!r}?", yes)
-        outcome = _sign_and_deliver(wallet, PAY, body, password_b_file, password_b_fd)
+        outcome = _sign_and_deliver(wallet, PAY, body, password_b_file, password_b_fd, card_timeout)
     _print_outcome(as_json, outcome, lambda r: f"paid {format_amount(r['amount_minor'], currency)} to "
                    f"{r['store_name']}: payment {r['payment_id']}, balance {format_amount(r['balance_minor'], currency)}")
 
@@ -268,13 +309,14 @@ def balance(
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Ask the center for the balance (a signed query), or show the last known one."""
     with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
         wallet.require_enrolled()
         currency = wallet.currency if offline else _learn_currency(wallet)
         if not offline:
-            outcome = _sign_and_deliver(wallet, BALANCE, {}, password_b_file, password_b_fd)
+            outcome = _sign_and_deliver(wallet, BALANCE, {}, password_b_file, password_b_fd, card_timeout)
             if outcome[0] != "delivered":
                 raise CliError("the center could not be reached; the query waits in the outbox "
                                "(use --offline for the last known balance)")
@@ -294,13 +336,14 @@ def notices(
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Fetch the store's payment notices; each is checked against the center's signature."""
     with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
         wallet.require_enrolled("store")
         before = len(wallet.doc["notices"])
-        pin = _password_b(password_b_file, password_b_fd)
-        token = open_token(wallet.doc["token"])
+        token = _open_token(wallet, card_timeout)
+        pin = _ask_pin(token, password_b_file, password_b_fd)
         for _ in range(MAX_NOTICE_FETCHES):
             body = {"after": wallet.doc["notices_cursor"], "limit": MAX_NOTICES_PER_FETCH}
             entry = _with_pin_message(lambda: wallet.sign_and_queue(token, pin, NOTICES, body, now_s=int(time.time())),
@@ -331,12 +374,13 @@ def payout(
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Claim the store's whole balance as a payout to its bank account."""
     with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
         wallet.require_enrolled("store")
         currency = _learn_currency(wallet)
-        outcome = _sign_and_deliver(wallet, PAYOUT, {"currency": currency}, password_b_file, password_b_fd)
+        outcome = _sign_and_deliver(wallet, PAYOUT, {"currency": currency}, password_b_file, password_b_fd, card_timeout)
     _print_outcome(as_json, outcome, lambda r: f"payout {r['payout_id']} of {format_amount(r['amount_minor'], currency)} "
                    f"to {r['bank_account']} is {r['status']}")
 
@@ -348,6 +392,7 @@ def refund(
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Return money of a payment to the buyer (stores only; never more than was paid)."""
     with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
@@ -355,9 +400,76 @@ def refund(
         currency = _learn_currency(wallet)
         body = {"payment_id": payment_id, "amount_minor": _amount(amount, currency) if amount else None,
                 "currency": currency}
-        outcome = _sign_and_deliver(wallet, REFUND, body, password_b_file, password_b_fd)
+        outcome = _sign_and_deliver(wallet, REFUND, body, password_b_file, password_b_fd, card_timeout)
     _print_outcome(as_json, outcome, lambda r: f"refunded {format_amount(r['amount_minor'], currency)} of payment "
                    f"{r['payment_id']} to {r['buyer_id']} (refund {r['refund_id']})")
+
+
+@app.command()
+def readers(as_json: JsonFlag = False) -> None:
+    """List PC/SC readers and whether a card is in each."""
+    from token_wallet.tokens.pcsc import list_readers
+
+    found = list_readers()
+    document = [{"name": r.name, "card_present": r.card_present} for r in found]
+
+    def render(out) -> None:
+        if not found:
+            out.print("no PC/SC readers found: plug one in (and check that pcscd runs)")
+        for r in found:
+            out.print(f"{r.name}: {'card present' if r.card_present else 'empty'}")
+
+    emit(as_json, document, render)
+
+
+card_app = typer.Typer(help="OpenPGP smartcard: status and PIN unblocking", no_args_is_help=True)
+app.add_typer(card_app, name="card")
+
+
+@card_app.command("status")
+def card_status(
+    reader: Annotated[Optional[str], typer.Option(help="Reader name (or part of it)")] = None,
+    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    as_json: JsonFlag = False,
+) -> None:
+    """The card in the reader: serial, maker, version, PIN tries left (no password needed)."""
+    from token_wallet.tokens.openpgp_card import open_openpgp_card
+
+    card = open_openpgp_card(reader, timeout_s=card_timeout, on_wait=_say)
+    info, pin, admin = card.info(), card.pin_status(), card.admin_pin_status()
+    document = {"reader": info.label, "serial": info.serial, "manufacturer": info.manufacturer, "model": info.model,
+                "pin": pin.to_json(), "admin_pin": admin.to_json()}
+    emit(as_json, document, lambda out: out.print(
+        f"{info.model} serial {info.serial} by {info.manufacturer} in {info.label}\n"
+        f"card PIN (password B): {'BLOCKED' if pin.locked else f'{pin.tries_left} tries left'}\n"
+        f"admin PIN: {'BLOCKED' if admin.locked else f'{admin.tries_left} tries left'}"))
+
+
+@card_app.command("unblock")
+def card_unblock(
+    reader: Annotated[Optional[str], typer.Option(help="Reader name (or part of it)")] = None,
+    admin_pin_file: Annotated[Optional[str], typer.Option(envvar="WALLET_ADMIN_PIN_FILE",
+                                                          help="File with the card's admin PIN (PW3)")] = None,
+    resetting_code_file: Annotated[Optional[str], typer.Option(help="File with the resetting code (instead of the "
+                                                                     "admin PIN)")] = None,
+    new_password_b_file: Annotated[Optional[str], typer.Option(help="File with the new card PIN")] = None,
+    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    as_json: JsonFlag = False,
+) -> None:
+    """Reset a blocked card PIN (password B) with the admin PIN or the resetting code."""
+    from token_wallet.tokens.openpgp_card import open_openpgp_card
+
+    card = open_openpgp_card(reader, timeout_s=card_timeout, on_wait=_say)
+    if resetting_code_file:
+        code = read_secret(what="resetting code", file_option=resetting_code_file, env_var=None)
+        unblock = {"resetting_code": code}
+    else:
+        unblock = {"admin_pin": read_secret(what="admin PIN", file_option=admin_pin_file, env_var=None)}
+    new_pin = read_secret(what="new password B", file_option=new_password_b_file, env_var=None, confirm=True)
+    card.unblock(new_pin, **unblock)
+    status = card.pin_status()
+    emit(as_json, {"unblocked": True, "pin": status.to_json()}, lambda out: out.print(
+        f"card PIN reset: {status.tries_left} tries left"))
 
 
 @app.command("change-password-a")
@@ -379,18 +491,20 @@ def change_password_b(
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Change the token PIN (password B)."""
     with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
-        token = open_token(wallet.doc["token"])
-    old = _password_b(password_b_file, password_b_fd)
+        token = _open_token(wallet, card_timeout)
+    old = _ask_pin(token, password_b_file, password_b_fd)
     new = read_secret(what="new password B", file_option=new_password_b_file, env_var=None, confirm=True)
     _with_pin_message(lambda: token.change_pin(old, new), token)
     emit(as_json, {"changed": "password_b"}, lambda out: out.print("password B (token PIN) changed"))
 
 
-def _sign_and_deliver(wallet: Wallet, msg_type: str, body: dict, pin_file, pin_fd) -> tuple[str, dict | None, dict]:
-    token = open_token(wallet.doc["token"])
+def _sign_and_deliver(wallet: Wallet, msg_type: str, body: dict, pin_file, pin_fd,
+                      card_timeout: float) -> tuple[str, dict | None, dict]:
+    token = _open_token(wallet, card_timeout)
     entry = _sign(wallet, token, msg_type, body, pin_file, pin_fd)
     state, result = _deliver_checked(wallet, entry)
     return state, result, entry
@@ -447,8 +561,26 @@ def _confirm(question: str, yes: bool) -> None:
         raise CliError("not confirmed; nothing was signed")
 
 
+def _open_token(wallet: Wallet, card_timeout: float):
+    return open_token(wallet.doc["token"], card_timeout_s=card_timeout, on_wait=_say)
+
+
+def _ask_pin(token, pin_file, pin_fd) -> str:
+    """Password B; a card tells its tries left first, and a blocked PIN is not asked at all."""
+    if token.info().kind == "openpgp-card":
+        status = token.pin_status()
+        if status.locked:
+            raise CliError("the card PIN (password B) is blocked: run `wallet card unblock` with the admin PIN")
+        _say(f"card PIN (password B): {status.tries_left} tries left")
+    return _password_b(pin_file, pin_fd)
+
+
+def _say(message: str) -> None:
+    stderr_console.print(message)
+
+
 def _sign(wallet: Wallet, token, msg_type: str, body: dict, pin_file, pin_fd) -> dict:
-    pin = _password_b(pin_file, pin_fd)
+    pin = _ask_pin(token, pin_file, pin_fd)
     return _with_pin_message(lambda: wallet.sign_and_queue(token, pin, msg_type, body, now_s=int(time.time())), token)
 
 
