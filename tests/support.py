@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -111,7 +112,8 @@ class CenterProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"center exited with {self.process.returncode}; see its log")
             try:
-                response = httpx.get(f"{self.url}/healthz", verify=str(self.cert), timeout=2.0)
+                context = ssl.create_default_context(cafile=str(self.cert))
+                response = httpx.get(f"{self.url}/healthz", verify=context, timeout=2.0)
                 if response.status_code == 200:
                     return
             except httpx.HTTPError:
