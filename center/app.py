@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
@@ -43,6 +45,44 @@ SIGNED_ROUTES = {"/v1/topups": TOPUP, "/v1/payments": PAY, "/v1/refunds": REFUND
                  "/v1/notices": NOTICES, "/v1/balance": BALANCE}
 
 
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    center_id: str
+
+
+class CenterInfoOut(BaseModel):
+    center_id: str
+    currency: str
+    minor_exponent: int
+    receipt_kid: str
+    receipt_alg: str
+    receipt_public_key: str
+
+
+class StoreInfoOut(BaseModel):
+    store_id: str
+    name: str
+    active: bool
+
+
+class TopupDecisionOut(BaseModel):
+    action: str
+    topup_id: str
+    member_id: str
+    amount_minor: int
+    method: str
+    status: str
+    repeated: bool
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    topup_id: str
+    decision: Literal["confirm", "decline"]
+    amount_minor: int
+    reference: str
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -59,22 +99,22 @@ def create_app(center: Center) -> FastAPI:
     app = FastAPI(title="tokenpay settlement center", version="1", responses=ERROR_RESPONSES)
     app.state.center = center
     _install_error_handlers(app)
-    _install_body_limit(app)
+    app.add_middleware(BodyLimitMiddleware)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=HealthOut)
     def healthz() -> dict:
         with center.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return {"status": "ok", "center_id": center.center_id}
 
-    @app.get("/v1/center")
+    @app.get("/v1/center", response_model=CenterInfoOut)
     def center_info() -> dict:
         signer = center.signer
         return {"center_id": center.center_id, "currency": center.currency,
                 "minor_exponent": minor_exponent(center.currency), "receipt_kid": signer.kid,
                 "receipt_alg": signer.alg, "receipt_public_key": b64url_encode(signer.spki)}
 
-    @app.get("/v1/stores/{store_id}")
+    @app.get("/v1/stores/{store_id}", response_model=StoreInfoOut)
     def store_info(store_id: str) -> dict:
         return center.store_info(store_id)
 
@@ -85,8 +125,10 @@ def create_app(center: Center) -> FastAPI:
     for path, msg_type in SIGNED_ROUTES.items():
         _add_signed_route(app, center, path, msg_type)
 
-    @app.post("/v1/funding/webhook")
-    async def funding_webhook(request: Request) -> dict:
+    @app.post("/v1/funding/webhook", response_model=TopupDecisionOut, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": WebhookIn.model_json_schema()}}}})
+    async def funding_webhook(request: Request, x_tokenpay_timestamp: Annotated[str | None, Header()] = None,
+                              x_tokenpay_signature: Annotated[str | None, Header()] = None) -> dict:
         body = await request.body()
         return await run_in_threadpool(center.funding_webhook, request.headers.get("x-tokenpay-timestamp"),
                                        request.headers.get("x-tokenpay-signature"), body)
@@ -123,15 +165,55 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 400:  # FastAPI: the body could not be decoded at all
+            return JSONResponse(ApiError("invalid_request", "request body is not UTF-8 JSON").body(), status_code=422)
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return JSONResponse(ApiError(code, str(error.detail), error.status_code).body(), status_code=error.status_code)
+        return JSONResponse(ApiError(code, str(error.detail), error.status_code).body(), status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
 
 
-def _install_body_limit(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            error = ApiError("body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-            return JSONResponse(error.body(), status_code=error.status)
-        return await call_next(request)
+class BodyLimitMiddleware:
+    """Refuse bodies over MAX_BODY_BYTES however they are framed (Content-Length or chunked).
+
+    A declared Content-Length over the limit is refused before reading; otherwise the body is
+    read as it arrives, refused as soon as it passes the limit, and replayed to the app.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+            await _too_large(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                await _too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, delivered = b"".join(chunks), False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(scope, receive, send) -> None:
+    error = ApiError("body_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+    await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)

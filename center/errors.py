@@ -31,6 +31,8 @@ STATUS_FOR_CODE = {
     "wrong_role": 403,
     "not_your_payment": 403,
     "bad_webhook_signature": 401,
+    "balance_limit": 409,
+    "method_not_allowed": 405,
     "body_too_large": 413,
     "invalid_request": 422,
 }

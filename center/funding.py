@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 
 import rfc8785
 from sqlalchemy import Connection, Engine, select, update
@@ -71,7 +72,8 @@ def webhook_signature(secret: bytes, timestamp: str, body: bytes) -> str:
 
 def parse_webhook(secret: bytes, timestamp: str | None, signature: str | None, body: bytes, now_s: int) -> dict:
     """Authenticate and parse a funding webhook call; ApiError on anything off."""
-    if not timestamp or not signature or not timestamp.isdigit():
+    if not timestamp or not signature or not timestamp.isascii() or not signature.isascii() \
+            or not timestamp.isdigit() or len(timestamp) > 12:
         raise ApiError("bad_webhook_signature", "X-Tokenpay-Timestamp and X-Tokenpay-Signature headers are required")
     expected = webhook_signature(secret, timestamp, body)
     if not hmac.compare_digest(expected, signature.removeprefix("sha256=")):
@@ -80,7 +82,7 @@ def parse_webhook(secret: bytes, timestamp: str | None, signature: str | None, b
         raise ApiError("bad_webhook_signature", "the webhook timestamp is more than five minutes off")
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ApiError("invalid_request", "webhook body is not JSON") from None
     if not isinstance(document, dict) or set(document) != {"topup_id", "decision", "amount_minor", "reference"}:
         raise ApiError("invalid_request", "webhook body needs exactly topup_id, decision, amount_minor, reference")
@@ -90,4 +92,8 @@ def parse_webhook(secret: bytes, timestamp: str | None, signature: str | None, b
     if not isinstance(document["topup_id"], str) or not isinstance(document["reference"], str) \
             or len(document["reference"]) > MAX_REFERENCE_CHARS or len(document["topup_id"]) > 24:
         raise ApiError("invalid_request", "topup_id and reference must be short strings")
+    if not isinstance(document["decision"], str) or document["decision"] not in DECISIONS:
+        raise ApiError("invalid_request", "decision must be 'confirm' or 'decline'")
+    if not re.fullmatch(r"U-[0-9a-f]{16}", document["topup_id"]):
+        raise ApiError("invalid_request", "topup_id is not a top-up id")
     return document

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from center.db import accounts, payments, refunds, transfers
 from center.errors import Refusal
+from paywire.canonical import MAX_SAFE_INTEGER
 
 PAYOUTS_PENDING = "payouts:pending"
 PAYOUTS_SETTLED = "payouts:settled"
@@ -76,10 +77,13 @@ def _debit(conn: Connection, account_id: str, amount_minor: int) -> None:
 
 
 def _credit(conn: Connection, account_id: str, amount_minor: int) -> None:
-    result = conn.execute(update(accounts).where(accounts.c.id == account_id)
+    result = conn.execute(update(accounts).where(accounts.c.id == account_id,
+                                                 accounts.c.balance_minor <= MAX_SAFE_INTEGER - amount_minor)
                           .values(balance_minor=accounts.c.balance_minor + amount_minor))
     if result.rowcount != 1:
-        raise AssertionError(f"account {account_id} does not exist")
+        if conn.execute(select(accounts.c.id).where(accounts.c.id == account_id)).first() is None:
+            raise AssertionError(f"account {account_id} does not exist")
+        raise Refusal("balance_limit", "this credit would take the balance beyond what receipts can state")
 
 
 @dataclass

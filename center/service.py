@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -96,6 +97,8 @@ class Center:
 
     def store_info(self, store_id: str) -> dict:
         """Public facts a buyer's wallet shows before paying: the store's registered name."""
+        if not re.fullmatch(r"S-[0-9a-f]{16}", store_id):
+            raise ApiError("unknown_payee", f"no store {store_id} at this center")
         with self.engine.connect() as conn:
             store = conn.execute(select(parties.c.id, parties.c.name, parties.c.status)
                                  .where(parties.c.id == store_id, parties.c.role == "store")).first()

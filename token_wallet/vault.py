@@ -284,8 +284,8 @@ class _Header:
 
 def _parse_header_json(raw: bytes) -> dict:
     try:
-        obj = json.loads(raw.decode("ascii"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError):
+        obj = json.loads(raw.decode("ascii"), parse_constant=_reject_constant, parse_float=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise VaultCorrupt("vault header is not valid JSON: the file is damaged") from None
     if not isinstance(obj, dict):
         raise VaultCorrupt("vault header is not a JSON object: the file is damaged")
