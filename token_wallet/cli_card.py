@@ -47,6 +47,7 @@ def readers(as_json: JsonFlag = False) -> None:
 
 
 card_app = typer.Typer(help="OpenPGP smartcard: status and PIN unblocking", no_args_is_help=True)
+app.add_typer(card_app, name="card")
 
 
 @card_app.command("status")
