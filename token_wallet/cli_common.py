@@ -107,12 +107,16 @@ def _open_token(wallet: Wallet, card_timeout: float):
 
 def _ask_pin(token, pin_file, pin_fd) -> str:
     """Password B; a card tells its tries left first, and a blocked PIN is not asked at all."""
-    if token.info().kind == "openpgp-card":
+    from token_wallet.tokens.openpgp_card import OpenPgpCardToken
+
+    # Only a card counts tries; asking token.info() first would cost a card session per signature.
+    if isinstance(token, OpenPgpCardToken):
         status = token.pin_status()
         if status.locked:
             raise CliError("the card PIN (password B) is blocked: run `wallet card unblock` with the admin PIN")
         _say(f"card PIN (password B): {status.tries_left} tries left")
     return _password_b(pin_file, pin_fd)
+
 
 def _say(message: str) -> None:
     stderr_console.print(message)
