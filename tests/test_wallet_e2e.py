@@ -242,3 +242,23 @@ def test_change_password_a_reencrypts_and_change_password_b_changes_the_pin(tmp_
     assert old_pin.returncode != 0 and "wrong password B" in old_pin.stderr
     new_pin = user.enroll_member(live_center, "--password-a-file", str(new_a), "--password-b-file", str(new_b))
     assert new_pin.returncode == 0, new_pin.stderr
+
+
+def test_export_public_key_gives_the_token_key(tmp_path, make_softhsm_token):
+    from cryptography.hazmat.primitives import serialization
+
+    from paywire.algorithms import key_id
+
+    user = WalletUser(tmp_path, make_softhsm_token, "x")
+    kid = user.init()["kid"]
+    shown = user.json("export-public-key")
+    spki = serialization.load_pem_public_key(shown["public_key_pem"].encode()).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert key_id(spki) == kid == shown["kid"]
+
+    out = tmp_path / "key.pem"
+    assert user.json("export-public-key", "--out", str(out))["file"] == str(out)
+    assert out.read_text() == shown["public_key_pem"]
+    again = user.run("export-public-key", "--out", str(out))
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert user.run("export-public-key", WALLET_PASSWORD_A_FILE=user.files["bad"]).returncode != 0

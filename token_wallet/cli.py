@@ -203,6 +203,43 @@ def status(
     emit(as_json, document, lambda out: _render_status(out, document))
 
 
+@app.command("export-public-key")
+def export_public_key(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the PEM here instead of standard output")] = None,
+    home: Home = None, as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
+) -> None:
+    """Print the token key's public key (PEM), for an operator account or an issuer certificate."""
+    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+        key = wallet.key
+    pem = _public_key_pem(key.spki_der)
+    if out is not None:
+        _write_new_file(out, pem.encode())
+    document = {"kid": key_id(key.spki_der), "algorithm": key.algorithm, "public_key_pem": pem,
+                "file": str(out) if out else None}
+    emit(as_json, document, lambda console: console.print(f"wrote the public key of {document['kid']} to {out}")
+         if out else console.out(pem, end="", highlight=False))
+
+
+def _public_key_pem(spki_der: bytes) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    public_key = serialization.load_der_public_key(spki_der)
+    return public_key.public_bytes(serialization.Encoding.PEM,
+                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    # A public key is not secret, but never overwrite what someone else wrote there.
+    try:
+        with open(path, "xb") as handle:
+            handle.write(data)
+    except FileExistsError:
+        raise CliError(f"{path} already exists; choose another --out file or remove it") from None
+    except OSError as error:
+        raise CliError(f"cannot write {path}: {error.strerror}") from None
+
+
 @app.command("change-password-a")
 def change_password_a(
     new_password_a_file: Annotated[Optional[str], typer.Option(help="File with the new password A")] = None,
