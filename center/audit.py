@@ -12,13 +12,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-import rfc8785
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from center.db import audit_head, audit_log
+from paywire.canonical import jcs_bytes
 from paywire.envelope import Envelope, b64url_encode
 
 GENESIS_HASH = "0" * 64
+# Built once (see center/ledger.py): every accepted request appends an entry.
+_LOCK_HEAD = select(audit_head.c.seq, audit_head.c.entry_hash).where(audit_head.c.id == 1).with_for_update()
+_INSERT_ENTRY = insert(audit_log)
+_MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(seq=bindparam("h_seq"),
+                                                                    entry_hash=bindparam("h_hash"))
 
 
 @dataclass(frozen=True)
@@ -35,15 +40,15 @@ def append(conn: Connection, *, kid: str, alg: str, payload: bytes, signature: b
     actions (an operator at the console, a funding webhook) are recorded with
     kid 'operator:<who>' / 'webhook:<name>', alg 'none' / 'hmac-sha256'.
     """
-    head = conn.execute(select(audit_head).where(audit_head.c.id == 1).with_for_update()).one()
+    head = conn.execute(_LOCK_HEAD).one()
     seq = head.seq + 1
     row = {
         "seq": seq, "created_at_ms": now_ms, "kid": kid, "alg": alg, "msg_type": msg_type, "msg_id": msg_id,
-        "payload": payload, "signature": signature, "action": rfc8785.dumps(action).decode(),
+        "payload": payload, "signature": signature, "action": jcs_bytes(action).decode(),
     }
     entry_hash = chain_hash(head.entry_hash, row)
-    conn.execute(audit_log.insert().values(prev_hash=head.entry_hash, entry_hash=entry_hash, **row))
-    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, entry_hash=entry_hash))
+    conn.execute(_INSERT_ENTRY, {"prev_hash": head.entry_hash, "entry_hash": entry_hash, **row})
+    conn.execute(_MOVE_HEAD, {"h_seq": seq, "h_hash": entry_hash})
     return seq
 
 
@@ -59,7 +64,7 @@ def chain_hash(prev_hash: str, row: dict) -> str:
         "msg_type": row["msg_type"], "msg_id": row["msg_id"], "payload": b64url_encode(row["payload"]),
         "signature": b64url_encode(row["signature"]), "action": json.loads(row["action"]),
     }
-    return hashlib.sha256(bytes.fromhex(prev_hash) + rfc8785.dumps(fields)).hexdigest()
+    return hashlib.sha256(bytes.fromhex(prev_hash) + jcs_bytes(fields)).hexdigest()
 
 
 def verify_chain(conn: Connection, *, batch_rows: int = 1000) -> tuple[int, AuditProblem | None]:

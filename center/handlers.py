@@ -13,18 +13,24 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
-from center import ledger
+from center import key_lifecycle, ledger
 from center.db import keys, parties, payments, payouts, refunds, topups
 from center.errors import ApiError, Refusal
-from paywire.messages import BALANCE, NOTICE, NOTICES, PAY, PAYOUT, REFUND, TOPUP, Header, build_payload, new_message_id
+from center.operators import OPERATOR_ROLES
+from paywire.messages import (BALANCE, CONSOLE_LOGIN, NOTICE, NOTICES, OPERATOR_ACTION, PAY, PAYOUT, REFUND, ROTATE,
+                              TOPUP, Header, build_payload, new_message_id)
 from paywire.envelope import Envelope
 
 if TYPE_CHECKING:
     from center.service import Center, Signer
 
 RECENT_EVENTS = 20
+# Built once: the payment path runs these on every request (see center/ledger.py).
+_ACTIVE_STORE = select(parties.c.id, parties.c.name, parties.c.status).where(
+    parties.c.id == bindparam("p_id"), parties.c.role == "store")
+_INSERT_PAYMENT = insert(payments)
 NOTICE_LIFETIME_S = 30 * 24 * 3600
 
 
@@ -35,8 +41,14 @@ class Outcome:
 
 
 def enroll(conn: Connection, header: Header, body: dict, spki_der: bytes, now: int) -> Outcome:
-    if conn.execute(select(keys.c.kid).where(keys.c.kid == header.kid)).first() is not None:
+    holder = conn.execute(select(parties.c.role).join(keys, keys.c.party_id == parties.c.id)
+                          .where(keys.c.kid == header.kid)).first()
+    if holder is not None and holder.role in OPERATOR_ROLES:
+        raise ApiError("wrong_role", "this key belongs to an operator or auditor; it cannot be a member's or store's")
+    if holder is not None:
         raise ApiError("key_already_enrolled", "this key is already enrolled; use a new token key for a new account")
+    if "rebind" in body:  # a lost card's new key claiming an existing account: center.key_lifecycle
+        return key_lifecycle.enroll_rebind(conn, header, body, spki_der, now)
     role = body["role"]
     party_id = ("M-" if role == "member" else "S-") + secrets.token_hex(8)
     conn.execute(insert(parties).values(
@@ -63,8 +75,7 @@ def topup(center: "Center", conn: Connection, signer: "Signer", header: Header, 
 def pay(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> Outcome:
     _require_role(signer, "member", "pay")
     _require_currency(center, body)
-    store = conn.execute(select(parties.c.id, parties.c.name, parties.c.status)
-                         .where(parties.c.id == body["payee"], parties.c.role == "store")).first()
+    store = conn.execute(_ACTIVE_STORE, {"p_id": body["payee"]}).first()
     if store is None or store.status != "active":
         raise Refusal("unknown_payee", f"no active store {body['payee']} at this center")
     if store.name != body["payee_name"]:
@@ -72,12 +83,11 @@ def pay(center: "Center", conn: Connection, signer: "Signer", header: Header, bo
         raise Refusal("payee_name_mismatch", f"store {store.id} is registered as {store.name!r}, not {body['payee_name']!r}")
     payment_id = ledger.new_id("P")
     amount = body["amount_minor"]
-    ledger.move(conn, debit=ledger.party_account(signer.party_id), credit=ledger.party_account(store.id),
-                amount_minor=amount, kind="payment", ref=payment_id, now_ms=now)
-    conn.execute(insert(payments).values(id=payment_id, buyer_id=signer.party_id, store_id=store.id,
-                                         amount_minor=amount, refunded_minor=0, order_ref=body["order_ref"],
-                                         created_at_ms=now))
-    balance = ledger.balance_of(conn, ledger.party_account(signer.party_id))
+    balance = ledger.move(conn, debit=ledger.party_account(signer.party_id), credit=ledger.party_account(store.id),
+                          amount_minor=amount, kind="payment", ref=payment_id, now_ms=now)
+    conn.execute(_INSERT_PAYMENT, {"id": payment_id, "buyer_id": signer.party_id, "store_id": store.id,
+                                   "amount_minor": amount, "refunded_minor": 0, "order_ref": body["order_ref"],
+                                   "created_at_ms": now})
     return Outcome({"action": "paid", "payment_id": payment_id, "store_id": store.id, "store_name": store.name,
                     "amount_minor": amount, "currency": center.currency, "order_ref": body["order_ref"],
                     "balance_minor": balance})
@@ -140,6 +150,8 @@ def notices(center: "Center", conn: Connection, signer: "Signer", header: Header
 
 
 def balance(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> Outcome:
+    if signer.role not in ("member", "store"):  # operators and auditors hold no account
+        raise Refusal("wrong_role", f"a {signer.role} has no balance; only a member or store has")
     account = ledger.party_account(signer.party_id)
     result = {"action": "balance", "member_id": signer.party_id, "balance_minor": ledger.balance_of(conn, account),
               "currency": center.currency}
@@ -180,4 +192,20 @@ def _require_currency(center: "Center", body: dict) -> None:
         raise Refusal("currency_mismatch", f"this center settles in {center.currency}, not {body['currency']}")
 
 
-HANDLERS = {TOPUP: topup, PAY: pay, REFUND: refund, PAYOUT: payout, NOTICES: notices, BALANCE: balance}
+def operator_action(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict,
+                    now: int) -> Outcome:
+    from center.operator_actions import perform  # imported here: it builds on Outcome above
+
+    return perform(center, conn, signer, header, body, now)
+
+
+def console_login(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict,
+                  now: int) -> Outcome:
+    from center.console_auth import approve  # imported here: it builds on Outcome above
+
+    return approve(center, conn, signer, header, body, now)
+
+
+HANDLERS = {TOPUP: topup, PAY: pay, REFUND: refund, PAYOUT: payout, NOTICES: notices, BALANCE: balance,
+            ROTATE: key_lifecycle.rotate_handler,
+            OPERATOR_ACTION: operator_action, CONSOLE_LOGIN: console_login}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from center.db import accounts, payments, refunds, transfers
 from center.errors import Refusal
@@ -42,48 +42,66 @@ def open_party_account(conn: Connection, party_id: str, role: str, now_ms: int) 
                                          created_at_ms=now_ms))
 
 
+# Statements on the payment path are built once, at import: building a Core
+# statement and its cache key costs more than running it (SQLite, measured:
+# 53 us per select built per call, 19 us prebuilt).
+_BALANCE = select(accounts.c.balance_minor).where(accounts.c.id == bindparam("a_id"))
+# Conditional debit: a member or store account never goes below zero.
+_DEBIT = (update(accounts)
+          .where(accounts.c.id == bindparam("a_id"),
+                 accounts.c.kind.not_in(PROTECTED_KINDS) | (accounts.c.balance_minor >= bindparam("a_amount")))
+          .values(balance_minor=accounts.c.balance_minor - bindparam("a_amount"))
+          .returning(accounts.c.balance_minor))
+# Conditional credit: balances stay within what receipts can state exactly.
+_CREDIT = (update(accounts)
+           .where(accounts.c.id == bindparam("a_id"),
+                  accounts.c.balance_minor <= MAX_SAFE_INTEGER - bindparam("a_amount"))
+           .values(balance_minor=accounts.c.balance_minor + bindparam("a_amount"))
+           .returning(accounts.c.balance_minor))
+_EXISTS = select(accounts.c.id).where(accounts.c.id == bindparam("a_id"))
+_INSERT_TRANSFER = insert(transfers)
+
+
 def balance_of(conn: Connection, account_id: str) -> int:
-    return conn.execute(select(accounts.c.balance_minor).where(accounts.c.id == account_id)).scalar_one()
+    return conn.execute(_BALANCE, {"a_id": account_id}).scalar_one()
 
 
-def move(conn: Connection, *, debit: str, credit: str, amount_minor: int, kind: str, ref: str, now_ms: int) -> str:
-    """Apply one transfer inside the caller's transaction; returns its id.
+def move(conn: Connection, *, debit: str, credit: str, amount_minor: int, kind: str, ref: str, now_ms: int) -> int:
+    """Apply one transfer inside the caller's transaction; return the debited account's new balance.
 
     Raises Refusal('insufficient_funds') when a member or store account
-    would go below zero; nothing is written then.
+    would go below zero, Refusal('balance_limit') when a credit would pass
+    2**53 - 1; the caller's transaction must then roll back (the other leg
+    may already be applied).
     """
     assert amount_minor > 0 and debit != credit
-    for account_id in sorted((debit, credit)):
+    debit_balance_minor = None
+    for account_id in sorted((debit, credit)):  # a fixed lock order: no deadlocks between transfers
         if account_id == debit:
-            _debit(conn, debit, amount_minor)
+            debit_balance_minor = _debit(conn, debit, amount_minor)
         else:
             _credit(conn, credit, amount_minor)
-    transfer_id = new_id("T")
-    conn.execute(insert(transfers).values(id=transfer_id, debit_account=debit, credit_account=credit,
-                                          amount_minor=amount_minor, kind=kind, ref=ref, created_at_ms=now_ms))
-    return transfer_id
+    conn.execute(_INSERT_TRANSFER, {"id": new_id("T"), "debit_account": debit, "credit_account": credit,
+                                    "amount_minor": amount_minor, "kind": kind, "ref": ref, "created_at_ms": now_ms})
+    assert debit_balance_minor is not None
+    return debit_balance_minor
 
 
-def _debit(conn: Connection, account_id: str, amount_minor: int) -> None:
-    covered = (accounts.c.kind.not_in(PROTECTED_KINDS)) | (accounts.c.balance_minor >= amount_minor)
-    result = conn.execute(update(accounts).where(accounts.c.id == account_id, covered)
-                          .values(balance_minor=accounts.c.balance_minor - amount_minor))
-    if result.rowcount == 1:
-        return
-    exists = conn.execute(select(accounts.c.balance_minor).where(accounts.c.id == account_id)).first()
-    if exists is None:
+def _debit(conn: Connection, account_id: str, amount_minor: int) -> int:
+    balance_minor = conn.execute(_DEBIT, {"a_id": account_id, "a_amount": amount_minor}).scalar_one_or_none()
+    if balance_minor is not None:
+        return balance_minor
+    if conn.execute(_EXISTS, {"a_id": account_id}).first() is None:
         raise AssertionError(f"account {account_id} does not exist")
     raise Refusal("insufficient_funds", "the balance does not cover this amount; nothing was changed")
 
 
 def _credit(conn: Connection, account_id: str, amount_minor: int) -> None:
-    result = conn.execute(update(accounts).where(accounts.c.id == account_id,
-                                                 accounts.c.balance_minor <= MAX_SAFE_INTEGER - amount_minor)
-                          .values(balance_minor=accounts.c.balance_minor + amount_minor))
-    if result.rowcount != 1:
-        if conn.execute(select(accounts.c.id).where(accounts.c.id == account_id)).first() is None:
-            raise AssertionError(f"account {account_id} does not exist")
-        raise Refusal("balance_limit", "this credit would take the balance beyond what receipts can state")
+    if conn.execute(_CREDIT, {"a_id": account_id, "a_amount": amount_minor}).scalar_one_or_none() is not None:
+        return
+    if conn.execute(_EXISTS, {"a_id": account_id}).first() is None:
+        raise AssertionError(f"account {account_id} does not exist")
+    raise Refusal("balance_limit", "this credit would take the balance beyond what receipts can state")
 
 
 @dataclass

@@ -13,16 +13,18 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-from sqlalchemy import Connection, Engine, case, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from center import audit, funding, handlers
 from center.db import keys, messages, parties
 from center.errors import ApiError, Refusal
 from center.identity import CenterSigner
+from center.key_lifecycle import inactive_key_error
+from center.issuer_policy import IssuerPolicy, check_enrollment_certificate, enrollment_key_cert
 from paywire.envelope import Envelope
 from paywire.errors import WireError
 from paywire.messages import ENROLL, Header, check_freshness
@@ -40,6 +42,32 @@ COUNTER_WINDOW = 4096
 # winner's counter or key. Retried like a unique violation; the retry's first
 # step finds the winner's answer. A genuine replay is still refused.
 LOST_RACE_CODES = ("counter_replayed", "key_already_enrolled")
+# Enrolled keys a process remembers (spki, algorithm, party, role never change
+# for a kid). Status does change (revocation), and is not trusted from here:
+# the counter update inside each request's transaction requires status
+# 'active', so a key revoked by another process is refused all the same.
+MAX_CACHED_KEYS = 100_000
+
+# Statements on the request path, built once (see center/ledger.py).
+_KEY = (select(keys.c.kid, keys.c.spki, keys.c.algorithm, keys.c.status, keys.c.party_id, parties.c.role)
+        .join(parties, parties.c.id == keys.c.party_id).where(keys.c.kid == bindparam("k_kid")))
+_KEY_STATUS = select(keys.c.status).where(keys.c.kid == bindparam("k_kid"))
+_ADVANCE_COUNTER = (update(keys)
+                    .where(keys.c.kid == bindparam("k_kid"), keys.c.status == "active",
+                           keys.c.last_ctr < bindparam("k_ceiling"))
+                    .values(last_ctr=case((keys.c.last_ctr < bindparam("k_ctr"), bindparam("k_ctr")),
+                                          else_=keys.c.last_ctr)))
+_COUNTER_USED = select(messages.c.msg_id).where(messages.c.kid == bindparam("k_kid"),
+                                                messages.c.ctr == bindparam("k_ctr"))
+_EARLIER_ANSWER = select(messages.c.payload_sha256, messages.c.response).where(
+    messages.c.kid == bindparam("k_kid"), messages.c.msg_id == bindparam("k_msg_id"))
+# The same, with the key's current status: a revoked key's resends are refused
+# too, and the cached key facts are never trusted for status.
+_KEY_AND_EARLIER_ANSWER = (select(keys.c.status, messages.c.payload_sha256, messages.c.response)
+                           .select_from(keys.outerjoin(messages, (messages.c.kid == keys.c.kid)
+                                                       & (messages.c.msg_id == bindparam("k_msg_id"))))
+                           .where(keys.c.kid == bindparam("k_kid")))
+_STORE_ANSWER = insert(messages)
 
 
 def now_ms() -> int:
@@ -62,6 +90,8 @@ class Center:
     currency: str
     webhook_secret: bytes | None = None
     clock_ms: Callable[[], int] = now_ms
+    issuer_policy: IssuerPolicy | None = None  # None: policy "any" without an issuer CA
+    _known_keys: dict = field(default_factory=dict, repr=False)
 
     @property
     def center_id(self) -> str:
@@ -73,9 +103,16 @@ class Center:
         except WireError as error:
             raise ApiError.from_wire(error) from None
         self._check_header(header, ENROLL)
+        cert_der = enrollment_key_cert(body)
 
         def apply(conn: Connection, now: int) -> handlers.Outcome:
-            return handlers.enroll(conn, header, body, spki_der, now)
+            # Checked here, after the resend lookup: a resent enrollment that was
+            # accepted gets its first receipt even if its certificate expired since.
+            certificate = check_enrollment_certificate(self.issuer_policy, spki_der, cert_der, now // 1000)
+            outcome = handlers.enroll(conn, header, body, spki_der, now)
+            if certificate is not None:
+                outcome.result["key_certificate"] = certificate  # the receipt states what was checked
+            return outcome
 
         return self._accept(envelope, header, apply, advance_counter=False)
 
@@ -118,14 +155,18 @@ class Center:
                                     evidence=body, evidence_alg="hmac-sha256")
 
     def _enrolled_key(self, kid: str):
+        key = self._known_keys.get(kid)
+        if key is not None:
+            return key
         with self.engine.connect() as conn:
-            key = conn.execute(
-                select(keys.c.kid, keys.c.spki, keys.c.algorithm, keys.c.status, keys.c.party_id, parties.c.role)
-                .join(parties, parties.c.id == keys.c.party_id).where(keys.c.kid == kid)).first()
+            key = conn.execute(_KEY, {"k_kid": kid}).first()
         if key is None:
             raise ApiError("unknown_key", "this key is not enrolled at this center")
         if key.status != "active":
-            raise ApiError("key_revoked", "this key has been revoked; messages signed by it are refused")
+            raise inactive_key_error(key.status)  # revoked, rotated, not bound yet, rejected
+        if len(self._known_keys) >= MAX_CACHED_KEYS:
+            self._known_keys.clear()  # rare; a cold cache costs one lookup per key
+        self._known_keys[kid] = key
         return key
 
     def _check_header(self, header: Header, expected_type: str) -> None:
@@ -142,7 +183,10 @@ class Center:
         payload_sha256 = hashlib.sha256(envelope.payload).hexdigest()
         for attempt in range(MAX_ATTEMPTS):
             try:
-                return self._accept_once(envelope, header, apply, payload_sha256, advance_counter)
+                # The first attempt leaves a reused counter to the unique index on
+                # (kid, ctr): one statement less on every request. A retry looks.
+                return self._accept_once(envelope, header, apply, payload_sha256, advance_counter,
+                                         check_counter_unused=attempt > 0)
             except Refusal as refusal:
                 self._record_refusal(header, payload_sha256, refusal, advance_counter)
                 raise
@@ -154,14 +198,14 @@ class Center:
                     raise
         raise AssertionError("unreachable")
 
-    def _accept_once(self, envelope, header, apply, payload_sha256, advance_counter) -> dict:
+    def _accept_once(self, envelope, header, apply, payload_sha256, advance_counter, check_counter_unused) -> dict:
         with self.engine.begin() as conn:
-            earlier = _earlier_answer(conn, header, payload_sha256)
+            earlier = _earlier_answer(conn, header, payload_sha256, of_enrolled_key=advance_counter)
             if earlier is not None:
                 return earlier
             now = self.clock_ms()
             if advance_counter:
-                _advance_counter(conn, header)
+                _advance_counter(conn, header, check_unused=check_counter_unused)
             outcome = apply(conn, now)
             seq = audit.append_envelope(conn, envelope, msg_type=header.type, msg_id=header.msg_id, action=outcome.result,
                                now_ms=now)
@@ -178,38 +222,47 @@ class Center:
                 if _earlier_answer_row(conn, header) is not None:
                     return
                 if advance_counter:
-                    _advance_counter(conn, header)
+                    _advance_counter(conn, header, check_unused=True)
                 _store_answer(conn, header, payload_sha256, refusal.body() | {"status": refusal.status}, self.clock_ms())
-        except (ApiError, IntegrityError):
-            pass  # a concurrent request recorded it first, or the counter moved on: the refusal stands anyway
+        except IntegrityError:
+            pass  # a concurrent copy of this message recorded it first: the refusal stands
+        # An ApiError here (counter_replayed, key_revoked) supersedes the refusal:
+        # the message was not recorded, so it is refused for that reason instead.
 
 
-def _advance_counter(conn: Connection, header: Header) -> None:
-    """Accept each counter once, within COUNTER_WINDOW below the highest; the update locks the key row."""
-    raised = conn.execute(
-        update(keys).where(keys.c.kid == header.kid, keys.c.status == "active",
-                           keys.c.last_ctr < header.ctr + COUNTER_WINDOW)
-        .values(last_ctr=case((keys.c.last_ctr < header.ctr, header.ctr), else_=keys.c.last_ctr)))
+def _advance_counter(conn: Connection, header: Header, *, check_unused: bool) -> None:
+    """Accept each counter once, within COUNTER_WINDOW below the highest; the update locks the key row.
+
+    A counter used before is refused here when `check_unused`, and otherwise by
+    the unique index on messages (kid, ctr) when the answer is stored.
+    """
+    raised = conn.execute(_ADVANCE_COUNTER, {"k_kid": header.kid, "k_ctr": header.ctr,
+                                             "k_ceiling": header.ctr + COUNTER_WINDOW})
     if raised.rowcount != 1:
-        status = conn.execute(select(keys.c.status).where(keys.c.kid == header.kid)).scalar_one_or_none()
+        status = conn.execute(_KEY_STATUS, {"k_kid": header.kid}).scalar_one_or_none()
         if status != "active":
-            raise ApiError("key_revoked", "this key has been revoked; messages signed by it are refused")
+            raise inactive_key_error(status)
         raise ApiError("counter_replayed", f"the message counter is more than {COUNTER_WINDOW} below the highest "
                                            "accepted from this key")
-    used = conn.execute(select(messages.c.msg_id).where(messages.c.kid == header.kid, messages.c.ctr == header.ctr))
-    if used.first() is not None:
+    if check_unused and conn.execute(_COUNTER_USED, {"k_kid": header.kid, "k_ctr": header.ctr}).first() is not None:
         raise ApiError("counter_replayed", "this message counter was already used by this key")
 
 
 def _earlier_answer_row(conn: Connection, header: Header):
-    return conn.execute(select(messages.c.payload_sha256, messages.c.response)
-                        .where(messages.c.kid == header.kid, messages.c.msg_id == header.msg_id)).first()
+    return conn.execute(_EARLIER_ANSWER, {"k_kid": header.kid, "k_msg_id": header.msg_id}).first()
 
 
-def _earlier_answer(conn: Connection, header: Header, payload_sha256: str) -> dict | None:
-    row = _earlier_answer_row(conn, header)
-    if row is None:
-        return None
+def _earlier_answer(conn: Connection, header: Header, payload_sha256: str, *, of_enrolled_key: bool) -> dict | None:
+    if of_enrolled_key:
+        row = conn.execute(_KEY_AND_EARLIER_ANSWER, {"k_kid": header.kid, "k_msg_id": header.msg_id}).first()
+        if row is None or row.status != "active":
+            raise inactive_key_error(row.status if row is not None else "revoked")
+        if row.response is None:
+            return None
+    else:
+        row = _earlier_answer_row(conn, header)
+        if row is None:
+            return None
     if row.payload_sha256 != payload_sha256:
         raise ApiError("message_id_conflict", "this message id was already used for a different message")
     response = json.loads(row.response)
@@ -220,6 +273,6 @@ def _earlier_answer(conn: Connection, header: Header, payload_sha256: str) -> di
 
 
 def _store_answer(conn: Connection, header: Header, payload_sha256: str, response: dict, now: int) -> None:
-    conn.execute(insert(messages).values(
-        kid=header.kid, msg_id=header.msg_id, msg_type=header.type, ctr=header.ctr, payload_sha256=payload_sha256,
-        response=json.dumps(response, separators=(",", ":")), created_at_ms=now))
+    conn.execute(_STORE_ANSWER, {"kid": header.kid, "msg_id": header.msg_id, "msg_type": header.type,
+                                 "ctr": header.ctr, "payload_sha256": payload_sha256,
+                                 "response": json.dumps(response, separators=(",", ":")), "created_at_ms": now})

@@ -807,3 +807,36 @@ def test_enrollment_public_key_must_be_canonical_base64url():
     padded = {**payload, "body": {**payload["body"], "public_key": base64.urlsafe_b64encode(_spki(P256)).decode()}}
     assert padded["body"]["public_key"].endswith("=")
     assert code_of(verify_enrollment, signed_raw(ES256, P256, canonical_bytes(padded))) == "malformed_envelope"
+
+
+# --- the fast RFC 8785 path agrees with the rfc8785 library ---------------------
+
+_json_scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1)
+                 | st.text(max_size=20) | st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=20))
+_json_documents = st.recursive(_json_scalars, lambda children: st.lists(children, max_size=4)
+                               | st.dictionaries(st.text(max_size=8), children, max_size=4), max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _json_documents, max_size=6))
+def test_fast_canonical_bytes_equal_the_rfc8785_library(document):
+    import rfc8785
+
+    from paywire.canonical import jcs_bytes
+
+    try:
+        expected = rfc8785.dumps(document)
+    except ValueError:  # lone surrogates: both must refuse
+        with pytest.raises(ValueError):
+            jcs_bytes(document)
+        return
+    assert jcs_bytes(document) == expected
+
+
+def test_fast_canonical_bytes_escape_control_characters_like_rfc8785():
+    import rfc8785
+
+    from paywire.canonical import jcs_bytes
+
+    document = {"b": "\x00\x01\x1f\x7f\"\\/\b\f\n\r\t", "a": [1, -2, True, None], "\x7f": {"z": "", "A": 0}}
+    assert jcs_bytes(document) == rfc8785.dumps(document)
