@@ -19,6 +19,7 @@ from paywire.canonical import jcs_bytes
 from paywire.envelope import Envelope, b64url_encode
 
 GENESIS_HASH = "0" * 64
+MAX_ENTRIES_PER_APPEND = 1000
 # Built once (see center/ledger.py): every accepted request appends an entry.
 _LOCK_HEAD = select(audit_head.c.seq, audit_head.c.entry_hash).where(audit_head.c.id == 1).with_for_update()
 _INSERT_ENTRY = insert(audit_log)
@@ -40,16 +41,30 @@ def append(conn: Connection, *, kid: str, alg: str, payload: bytes, signature: b
     actions (an operator at the console, a funding webhook) are recorded with
     kid 'operator:<who>' / 'webhook:<name>', alg 'none' / 'hmac-sha256'.
     """
-    head = conn.execute(_LOCK_HEAD).one()
-    seq = head.seq + 1
-    row = {
-        "seq": seq, "created_at_ms": now_ms, "kid": kid, "alg": alg, "msg_type": msg_type, "msg_id": msg_id,
-        "payload": payload, "signature": signature, "action": jcs_bytes(action).decode(),
-    }
-    entry_hash = chain_hash(head.entry_hash, row)
-    conn.execute(_INSERT_ENTRY, {"prev_hash": head.entry_hash, "entry_hash": entry_hash, **row})
-    conn.execute(_MOVE_HEAD, {"h_seq": seq, "h_hash": entry_hash})
+    [seq] = append_many(conn, [{"kid": kid, "alg": alg, "payload": payload, "signature": signature,
+                                "msg_type": msg_type, "msg_id": msg_id, "action": action, "now_ms": now_ms}])
     return seq
+
+
+def append_many(conn: Connection, entries: list[dict]) -> list[int]:
+    """Add entries in order inside the caller's transaction (one head lock, one insert); returns their seqs.
+
+    Each entry: kid, alg, payload, signature, msg_type, msg_id, action (a dict), now_ms.
+    """
+    assert 1 <= len(entries) <= MAX_ENTRIES_PER_APPEND
+    head = conn.execute(_LOCK_HEAD).one()
+    seq, prev_hash, rows = head.seq, head.entry_hash, []
+    for entry in entries:
+        seq += 1
+        row = {"seq": seq, "created_at_ms": entry["now_ms"], "kid": entry["kid"], "alg": entry["alg"],
+               "msg_type": entry["msg_type"], "msg_id": entry["msg_id"], "payload": entry["payload"],
+               "signature": entry["signature"], "action": jcs_bytes(entry["action"]).decode()}
+        entry_hash = chain_hash(prev_hash, row)
+        rows.append({"prev_hash": prev_hash, "entry_hash": entry_hash, **row})
+        prev_hash = entry_hash
+    conn.execute(_INSERT_ENTRY, rows if len(rows) > 1 else rows[0])
+    conn.execute(_MOVE_HEAD, {"h_seq": seq, "h_hash": prev_hash})
+    return [row["seq"] for row in rows]
 
 
 def append_envelope(conn: Connection, envelope: Envelope, *, msg_type: str, msg_id: str, action: dict,

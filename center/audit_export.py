@@ -18,7 +18,8 @@ What a successful `verify_export` proves: the entries form an unbroken hash
 chain (center.audit.chain_hash, reused, not re-implemented) that ends at the
 exported head, and every signed entry carries a valid signature, made with the
 key its kid names and that key's pinned algorithm, over its exact payload
-bytes, addressed to this center. Entries of local actions (an operator's
+bytes, addressed to this center (and a key rotation also carries the new
+key's own valid proof naming the old key). Entries of local actions (an operator's
 decision, a funding webhook) are chained but carry no member signature; they
 are counted as unsigned. What it cannot prove on its own: that nothing was cut
 off the end or rewritten consistently by whoever wrote the file; compare the
@@ -50,9 +51,10 @@ from center.errors import ApiError
 from paywire.algorithms import (ALGORITHMS, MAX_SIGNATURE_BYTES, MAX_SPKI_BYTES, key_id, load_public_key,
                                  verify_signature)
 from paywire.center_cert import read_center_certificate
-from paywire.envelope import b64url_decode, b64url_encode
+from paywire.envelope import Envelope, b64url_decode, b64url_encode
 from paywire.errors import WireError
-from paywire.messages import ENROLL, parse_payload
+from paywire.messages import ENROLL, ROTATE, parse_payload
+from paywire.verify import verify_key_proof
 
 FORMAT_NAME = "tokenpay-audit-export"
 FORMAT_VERSION = 2
@@ -468,6 +470,8 @@ def _check_signed_entry(entry: dict, payload: bytes, signature: bytes, header: _
     except WireError:
         raise _Bad(seq, "signature does not verify over the recorded payload bytes") from None
     _check_signed_header(entry, payload, key, header.center_id)
+    if entry["msg_type"] == ROTATE:
+        _check_rotation_proof(entry, payload, header)
 
 
 def _check_signed_header(entry: dict, payload: bytes, key: _Key, center_id: str) -> None:
@@ -482,6 +486,22 @@ def _check_signed_header(entry: dict, payload: bytes, key: _Key, center_id: str)
         raise _Bad(seq, f"the signed message is addressed to {header.aud!r}, not {center_id!r}")
     if header.type == ENROLL and body["alg"] != key.algorithm:
         raise _Bad(seq, "the key's pinned algorithm differs from the one signed at enrollment")
+
+
+def _check_rotation_proof(entry: dict, payload: bytes, header: _Header) -> None:
+    # A rotation is signed by both keys: the old one signed the entry, the new
+    # one the proof inside it, which must name the old key and be the key exported.
+    seq = entry["seq"]
+    _header, body = parse_payload(payload)
+    try:
+        proof_header, proof_body, spki = verify_key_proof(Envelope.from_json(body["new_key"]))
+    except WireError as error:
+        raise _Bad(seq, f"the new key's proof does not verify: {error.message}") from None
+    if proof_header.aud != header.center_id or proof_body["replaces"] != entry["kid"]:
+        raise _Bad(seq, "the new key's proof is for another center or names another key to replace")
+    exported = header.keys.get(proof_header.kid)
+    if exported is None or exported.spki != spki or exported.algorithm != proof_body["alg"]:
+        raise _Bad(seq, f"the new key {proof_header.kid} is not among the exported keys as its proof states it")
 
 
 def _check_head(chain: _Chain, header: _Header) -> None:

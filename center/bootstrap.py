@@ -6,9 +6,12 @@ import ipaddress
 import re
 import secrets
 import socket
+import time
 from pathlib import Path
 
+from center import issuer_setup
 from center.config import CenterConfig, write_private_file
+from center.issuer_policy import policy_of
 from center.db import make_engine, migrate
 from center.identity import CenterSigner, make_tls_certificate
 from center.service import Center
@@ -24,9 +27,11 @@ CENTER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{3,64}")
 
 def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id: str | None,
                 pkcs11_module: str | None, token_label: str | None, token_pin_file: str | None,
-                tls_names: list[str]) -> CenterConfig:
+                tls_names: list[str], issuer_ca: Path | None = None,
+                require_certified_keys: bool = False) -> CenterConfig:
     data_dir = data_dir.resolve()
     _check_fresh_dir(data_dir)
+    issuer_trust = issuer_setup.read_init_trust(issuer_ca, require_certified_keys, int(time.time()))
     if currency not in MINOR_EXPONENT:
         raise CliError(f"currency {currency!r} is not supported: use an ISO 4217 code such as "
                        f"{', '.join(sorted(MINOR_EXPONENT))}")
@@ -52,6 +57,7 @@ def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id:
     config.webhook_secret_file = str(data_dir / "secrets" / "webhook-secret")
     write_private_file(Path(config.webhook_secret_file), secrets.token_hex(32).encode())
     migrate(make_engine(config.db_url))
+    issuer_setup.install(config, issuer_trust, issuer_setup.choose_policy(require_certified_keys, False))
     config.save()
     return config
 
@@ -63,7 +69,7 @@ def load_center(config: CenterConfig) -> Center:
     signer = CenterSigner(token.resident_signer(key, config.token_pin()).sign, key, config.center_id)
     webhook_secret = Path(config.webhook_secret_file).read_bytes().strip() if config.webhook_secret_file else None
     return Center(engine=make_engine(config.db_url), signer=signer, currency=config.currency,
-                  webhook_secret=webhook_secret)
+                  webhook_secret=webhook_secret, issuer_policy=policy_of(config))
 
 
 def _check_fresh_dir(data_dir: Path) -> None:

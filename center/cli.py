@@ -29,16 +29,20 @@ def init(
     token_label: Annotated[Optional[str], typer.Option(help="Use this existing token instead of a new SoftHSM one")] = None,
     token_pin_file: Annotated[Optional[str], typer.Option(help="File holding that token's user PIN")] = None,
     tls_name: Annotated[Optional[list[str]], typer.Option(help="Extra DNS name or IP for the TLS certificate")] = None,
+    issuer_ca: Annotated[Optional[Path], typer.Option(help="Card issuer's CA certificate (PEM) to trust")] = None,
+    require_certified_keys: Annotated[bool, typer.Option(
+        "--require-certified-keys", help="Enroll only keys certified by the --issuer-ca")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Create a center: configuration, database schema, token signing key, TLS certificate."""
     from center.bootstrap import init_center
 
     config = init_center(data_dir, db_url=db, currency=currency, center_id=center_id, pkcs11_module=pkcs11_module,
-                         token_label=token_label, token_pin_file=token_pin_file, tls_names=tls_name or [])
+                         token_label=token_label, token_pin_file=token_pin_file, tls_names=tls_name or [],
+                         issuer_ca=issuer_ca, require_certified_keys=require_certified_keys)
     summary = {"center_id": config.center_id, "currency": config.currency, "data_dir": str(config.data_dir),
                "cert": str(config.cert_file), "db": _redact_url(config.db_url),
-               "receipt_kid": _kid(config)}
+               "receipt_kid": _kid(config), "issuer_policy": config.issuer_policy}
     emit(as_json, summary, lambda out: out.print(
         f"center [bold]{config.center_id}[/] created in {config.data_dir}\n"
         f"  currency {config.currency}, database {summary['db']}\n"
@@ -51,15 +55,27 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8443,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes")] = 1,
+    log_format: Annotated[str, typer.Option(help="Log lines on stderr: json or text")] = "json",
+    log_level: Annotated[str, typer.Option(help="debug, info (one line per request), warning or error")] = "info",
 ) -> None:
     """Serve the center's API over HTTPS."""
     import uvicorn
 
+    from center.logs import log_event
+    from center.observability import prepare_serve
+
     config = _load_config(data_dir)
+    cli_issuer.check_configuration(config)  # a broken issuer setup stops here, in one line, not in a worker
     os.environ["CENTER_DATA_DIR"] = str(config.data_dir)
-    uvicorn.run("center.asgi:create_from_environment", factory=True, host=host, port=port, workers=workers,
-                ssl_certfile=str(config.cert_file), ssl_keyfile=config.tls_key_file, log_level="warning",
-                access_log=False)
+    # Logging set up and D/metrics emptied before uvicorn starts any worker.
+    log_config = prepare_serve(config.data_dir, center_id=config.center_id, db_url=config.db_url,
+                               log_format=log_format, log_level=log_level, host=host, port=port, workers=workers)
+    try:
+        uvicorn.run("center.asgi:create_from_environment", factory=True, host=host, port=port, workers=workers,
+                    ssl_certfile=str(config.cert_file), ssl_keyfile=config.tls_key_file, log_level=log_level,
+                    log_config=log_config, access_log=False)
+    finally:
+        log_event("serve_stop", pid=os.getpid())
 
 
 operator_app = typer.Typer(help="Operator actions on this center's data directory", no_args_is_help=True)
@@ -248,6 +264,12 @@ def _redact_url(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
+
+
+from center import cli_issuer  # noqa: E402,F401  (registers `center issuer`)
+from center import cli_operators  # noqa: E402,F401  (registers `center operator add|list`)
+from center import cli_keys  # noqa: E402,F401  (registers `center operator bind-key|reject-key|list-keys`)
+from center import cli_backup  # noqa: E402,F401  (registers `center backup` and `center restore`)
 
 
 def main() -> None:

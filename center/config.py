@@ -34,6 +34,11 @@ class CenterConfig:
     signing_key: dict = field(default_factory=dict)  # KeyRecord as JSON
     tls_key_file: str = ""
     webhook_secret_file: str = ""
+    # Issuer-certified keys (center.issuer_policy): "any" or "issuer_certified";
+    # file names relative to the data directory, "" when no issuer CA is configured.
+    issuer_policy: str = "any"
+    issuer_ca_file: str = ""
+    issuer_intermediates_file: str = ""
 
     @property
     def cert_file(self) -> Path:

@@ -11,15 +11,15 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import (BigInteger, Column, Engine, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
-                        create_engine, event)
+from sqlalchemy import (BigInteger, Boolean, Column, Engine, ForeignKey, Integer, LargeBinary, MetaData, String, Table,
+                        Text, create_engine, event)
 
 metadata = MetaData()
 
 parties = Table(
     "parties", metadata,
     Column("id", String(32), primary_key=True),
-    Column("role", String(16), nullable=False),  # member | store | operator
+    Column("role", String(16), nullable=False),  # member | store | operator | auditor
     Column("name", String(200), nullable=False),
     Column("address", String(500), nullable=False),
     Column("birth_date", String(10)),
@@ -34,7 +34,7 @@ keys = Table(
     Column("party_id", String(32), ForeignKey("parties.id"), nullable=False, index=True),
     Column("algorithm", String(16), nullable=False),
     Column("spki", LargeBinary, nullable=False),
-    Column("status", String(16), nullable=False),  # active | revoked
+    Column("status", String(16), nullable=False),  # active | revoked | pending_bind | rotated | rejected
     Column("last_ctr", BigInteger, nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
 )
@@ -143,6 +143,52 @@ payouts = Table(
     Column("settled_at_ms", BigInteger),
 )
 
+# Console login (center.console_auth): a challenge shown in a browser, approved
+# by an operator's signed console_login message, turned into a session once.
+console_challenges = Table(
+    "console_challenges", metadata,
+    Column("challenge", String(19), primary_key=True),  # XXXX-XXXX-XXXX-XXXX, base32
+    Column("browser_secret_sha256", String(64), nullable=False, unique=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Column("approved_kid", String(64), ForeignKey("keys.kid")),
+    Column("approved_operator_id", String(32), ForeignKey("parties.id")),
+    Column("approved_at_ms", BigInteger),
+    Column("consumed", Boolean, nullable=False),
+)
+
+console_sessions = Table(
+    "console_sessions", metadata,
+    Column("session_sha256", String(64), primary_key=True),  # only a hash of the cookie's session id
+    Column("operator_id", String(32), ForeignKey("parties.id"), nullable=False),
+    Column("kid", String(64), ForeignKey("keys.kid"), nullable=False, index=True),
+    Column("role", String(16), nullable=False),  # operator | auditor
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger, nullable=False),
+    Column("revoked", Boolean, nullable=False),
+)
+
+# Key lifecycle (center.key_lifecycle): what a new key claimed and how it was
+# decided. One row per key that rebinds to an account (after a lost card) or
+# replaces its holder's key (rotation).
+key_claims = Table(
+    "key_claims", metadata,
+    Column("kid", String(64), ForeignKey("keys.kid"), primary_key=True),
+    Column("party_id", String(32), ForeignKey("parties.id"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),  # rebind | rotation
+    Column("replaces_kid", String(64), ForeignKey("keys.kid")),  # rotation only
+    # The identity a rebinding party gave, for the operator to compare.
+    Column("name", String(200)),
+    Column("address", String(500)),
+    Column("birth_date", String(10)),
+    Column("bank_account", String(64)),
+    Column("status", String(16), nullable=False, index=True),  # pending | bound | rejected
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("decided_at_ms", BigInteger),
+    Column("decided_by", String(64)),
+)
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
@@ -184,6 +230,19 @@ def _configure_sqlite(engine: Engine) -> None:
 def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    with engine.connect() as connection:
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite alters a table by copy, drop and rename (Alembic batch mode); the drop
+            # fails while rows reference the table and foreign keys are enforced. The pragma
+            # is ignored inside a transaction: set it before BEGIN, check the keys before COMMIT.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    raise RuntimeError("a migration left rows whose foreign keys point nowhere; rolled back")
+        finally:
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")

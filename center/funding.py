@@ -30,25 +30,35 @@ MAX_REFERENCE_CHARS = 128
 def decide_topup(engine: Engine, topup_id: str, decision: str, *, decided_by: str, now_ms: int,
                  expected_amount_minor: int | None = None, evidence: bytes = b"", evidence_alg: str = "none") -> dict:
     """Apply an operator's or webhook's decision; repeating the same decision is a no-op."""
-    if decision not in DECISIONS:
-        raise ApiError("invalid_request", f"decision must be one of {', '.join(DECISIONS)}")
     with engine.begin() as conn:
-        topup = conn.execute(select(topups).where(topups.c.id == topup_id).with_for_update()).first()
-        if topup is None:
-            raise ApiError("unknown_topup", f"no top-up {topup_id}")
-        wanted = DECISIONS[decision]
-        if topup.status == wanted:
-            return _view(topup.id, topup.member_id, topup.amount_minor, topup.method, wanted, repeated=True)
-        if topup.status != "pending":
-            raise Refusal("topup_not_pending", f"top-up {topup_id} is already {topup.status}")
-        if expected_amount_minor is not None and expected_amount_minor != topup.amount_minor:
-            raise Refusal("amount_mismatch", f"top-up {topup_id} is for {topup.amount_minor}, not {expected_amount_minor}")
-        _apply(conn, topup, wanted, decided_by, now_ms)
-        view = _view(topup.id, topup.member_id, topup.amount_minor, topup.method, wanted, repeated=False)
+        view = decide_topup_in(conn, topup_id, decision, decided_by=decided_by, now_ms=now_ms,
+                               expected_amount_minor=expected_amount_minor)
+        if view["repeated"]:
+            return view
         request = {"topup_id": topup_id, "decision": decision, "decided_by": decided_by}
         audit.append(conn, kid=decided_by[:64], alg=evidence_alg, payload=evidence or rfc8785.dumps(request),
                      signature=b"", msg_type=f"topup_{decision}", msg_id=topup_id, action=view, now_ms=now_ms)
         return view
+
+
+def decide_topup_in(conn: Connection, topup_id: str, decision: str, *, decided_by: str, now_ms: int,
+                    expected_amount_minor: int | None = None) -> dict:
+    """The decision inside the caller's transaction, without an audit entry: a signed
+    operator request (center.operator_actions) is audited with its own signed bytes."""
+    if decision not in DECISIONS:
+        raise ApiError("invalid_request", f"decision must be one of {', '.join(DECISIONS)}")
+    topup = conn.execute(select(topups).where(topups.c.id == topup_id).with_for_update()).first()
+    if topup is None:
+        raise ApiError("unknown_topup", f"no top-up {topup_id}")
+    wanted = DECISIONS[decision]
+    if topup.status == wanted:
+        return _view(topup.id, topup.member_id, topup.amount_minor, topup.method, wanted, repeated=True)
+    if topup.status != "pending":
+        raise Refusal("topup_not_pending", f"top-up {topup_id} is already {topup.status}")
+    if expected_amount_minor is not None and expected_amount_minor != topup.amount_minor:
+        raise Refusal("amount_mismatch", f"top-up {topup_id} is for {topup.amount_minor}, not {expected_amount_minor}")
+    _apply(conn, topup, wanted, decided_by, now_ms)
+    return _view(topup.id, topup.member_id, topup.amount_minor, topup.method, wanted, repeated=False)
 
 
 def _apply(conn: Connection, topup, status: str, decided_by: str, now_ms: int) -> None:

@@ -173,6 +173,13 @@ def balance(center: "Center", conn: Connection, signer: "Signer", header: Header
     return Outcome(result)
 
 
+def accounts_touched(msg_type: str, signer: "Signer", body: dict) -> tuple[str, ...]:
+    """The ledger accounts a payment moves money between (empty for other types: not batched)."""
+    if msg_type != PAY:
+        return ()
+    return ledger.party_account(signer.party_id), ledger.party_account(body["payee"])
+
+
 def sign_notice(center: "Center", payment) -> Envelope:
     body = {"notice_seq": payment.seq, "payment_id": payment.id, "store_id": payment.store_id,
             "buyer_id": payment.buyer_id, "amount_minor": payment.amount_minor, "currency": center.currency,

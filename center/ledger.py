@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from center.db import accounts, payments, refunds, transfers
 from center.errors import Refusal
@@ -49,7 +49,9 @@ _BALANCE = select(accounts.c.balance_minor).where(accounts.c.id == bindparam("a_
 # Conditional debit: a member or store account never goes below zero.
 _DEBIT = (update(accounts)
           .where(accounts.c.id == bindparam("a_id"),
-                 accounts.c.kind.not_in(PROTECTED_KINDS) | (accounts.c.balance_minor >= bindparam("a_amount")))
+                 # Spelled as plain comparisons: NOT IN (list) is re-rendered on every execution.
+                 and_(*(accounts.c.kind != kind for kind in PROTECTED_KINDS))
+                 | (accounts.c.balance_minor >= bindparam("a_amount")))
           .values(balance_minor=accounts.c.balance_minor - bindparam("a_amount"))
           .returning(accounts.c.balance_minor))
 # Conditional credit: balances stay within what receipts can state exactly.

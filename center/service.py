@@ -27,7 +27,7 @@ from center.key_lifecycle import inactive_key_error
 from center.issuer_policy import IssuerPolicy, check_enrollment_certificate, enrollment_key_cert
 from paywire.envelope import Envelope
 from paywire.errors import WireError
-from paywire.messages import ENROLL, Header, check_freshness
+from paywire.messages import ENROLL, PAY, Header, check_freshness
 from paywire.verify import verify_enrollment, verify_envelope
 
 # A request can race another with the same key or message id; after a unique
@@ -92,6 +92,12 @@ class Center:
     clock_ms: Callable[[], int] = now_ms
     issuer_policy: IssuerPolicy | None = None  # None: policy "any" without an issuer CA
     _known_keys: dict = field(default_factory=dict, repr=False)
+    _payments: "GroupCommit" = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from center.group_commit import GroupCommit
+
+        self._payments = GroupCommit(self)
 
     @property
     def center_id(self) -> str:
@@ -118,6 +124,21 @@ class Center:
 
     def submit(self, envelope: Envelope, expected_type: str) -> dict:
         """Any signed request from an enrolled key (top-up, payment, refund...)."""
+        request = self.verify_request(envelope, expected_type)
+        if expected_type == PAY:  # the hot path: concurrent payments share a commit (center.group_commit)
+            return _raise_error_answer(self._payments.answer(request))
+        return self._accept(envelope, request.header, request.apply, advance_counter=True)
+
+    def submit_batch(self, envelopes: list[Envelope], expected_type: str) -> list[dict]:
+        """Many signed requests, each answered as if sent alone, sharing one transaction and commit."""
+        from center.batch import submit_batch
+
+        return submit_batch(self, envelopes, expected_type)
+
+    def accept_verified(self, request: "Verified") -> dict:
+        return self._accept(request.envelope, request.header, request.apply, advance_counter=True)
+
+    def verify_request(self, envelope: Envelope, expected_type: str) -> "Verified":
         key = self._enrolled_key(envelope.kid)
         try:
             header, body = verify_envelope(envelope, spki_der=key.spki, algorithm=key.algorithm)
@@ -130,7 +151,8 @@ class Center:
         def apply(conn: Connection, now: int) -> handlers.Outcome:
             return handler(self, conn, signer, header, body, now)
 
-        return self._accept(envelope, header, apply, advance_counter=True)
+        return Verified(envelope, header, apply, hashlib.sha256(envelope.payload).hexdigest(),
+                        handlers.accounts_touched(expected_type, signer, body))
 
     def store_info(self, store_id: str) -> dict:
         """Public facts a buyer's wallet shows before paying: the store's registered name."""
@@ -200,34 +222,65 @@ class Center:
 
     def _accept_once(self, envelope, header, apply, payload_sha256, advance_counter, check_counter_unused) -> dict:
         with self.engine.begin() as conn:
-            earlier = _earlier_answer(conn, header, payload_sha256, of_enrolled_key=advance_counter)
-            if earlier is not None:
-                return earlier
-            now = self.clock_ms()
-            if advance_counter:
-                _advance_counter(conn, header, check_unused=check_counter_unused)
-            outcome = apply(conn, now)
-            seq = audit.append_envelope(conn, envelope, msg_type=header.type, msg_id=header.msg_id, action=outcome.result,
-                               now_ms=now)
-            receipt = self.signer.sign_receipt(request_header=header, request=envelope, result=outcome.result,
-                                               ctr=seq, now_s=now // 1000)
-            response = {"receipt": receipt.to_json(), **outcome.extras}
-            _store_answer(conn, header, payload_sha256, response, now)
-            return response
+            return self.answer_in(conn, Verified(envelope, header, apply, payload_sha256),
+                                  advance_counter=advance_counter, check_counter_unused=check_counter_unused)
+
+    def answer_in(self, conn: Connection, request: "Verified", *, advance_counter: bool,
+                  check_counter_unused: bool) -> dict:
+        """The accepted request's answer, inside the caller's transaction: an earlier answer to
+        the same message, or counter, effect, audit entry, signed receipt and stored answer."""
+        header = request.header
+        earlier = _earlier_answer(conn, header, request.payload_sha256, of_enrolled_key=advance_counter)
+        if earlier is not None:
+            return earlier
+        now = self.clock_ms()
+        if advance_counter:
+            _advance_counter(conn, header, check_unused=check_counter_unused)
+        outcome = request.apply(conn, now)
+        seq = audit.append_envelope(conn, request.envelope, msg_type=header.type, msg_id=header.msg_id,
+                                    action=outcome.result, now_ms=now)
+        receipt = self.signer.sign_receipt(request_header=header, request=request.envelope, result=outcome.result,
+                                           ctr=seq, now_s=now // 1000)
+        response = {"receipt": receipt.to_json(), **outcome.extras}
+        _store_answer(conn, header, request.payload_sha256, response, now)
+        return response
 
     def _record_refusal(self, header: Header, payload_sha256: str, refusal: Refusal, advance_counter: bool) -> None:
         """Make a rule refusal final for this message id (a later resend cannot succeed)."""
         try:
             with self.engine.begin() as conn:
-                if _earlier_answer_row(conn, header) is not None:
-                    return
-                if advance_counter:
-                    _advance_counter(conn, header, check_unused=True)
-                _store_answer(conn, header, payload_sha256, refusal.body() | {"status": refusal.status}, self.clock_ms())
+                self.record_refusal_in(conn, header, payload_sha256, refusal, advance_counter)
         except IntegrityError:
             pass  # a concurrent copy of this message recorded it first: the refusal stands
         # An ApiError here (counter_replayed, key_revoked) supersedes the refusal:
         # the message was not recorded, so it is refused for that reason instead.
+
+    def record_refusal_in(self, conn: Connection, header: Header, payload_sha256: str, refusal: Refusal,
+                          advance_counter: bool) -> None:
+        if _earlier_answer_row(conn, header) is not None:
+            return
+        if advance_counter:
+            _advance_counter(conn, header, check_unused=True)
+        _store_answer(conn, header, payload_sha256, refusal.body() | {"status": refusal.status}, self.clock_ms())
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A request whose signature, type, audience and freshness were checked; `apply` makes its effect."""
+
+    envelope: Envelope
+    header: Header
+    apply: Callable[[Connection, int], handlers.Outcome]
+    payload_sha256: str
+    # The ledger accounts the request may move money between, when known before
+    # applying it: a batch locks them all up front, in one global order.
+    accounts: tuple[str, ...] = ()
+
+
+def _raise_error_answer(answer: dict) -> dict:
+    if "error" in answer:
+        raise ApiError(answer["error"]["code"], answer["error"]["message"], answer["status"])
+    return answer
 
 
 def _advance_counter(conn: Connection, header: Header, *, check_unused: bool) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from paywire.algorithms import ALGORITHMS
 from paywire.canonical import parse_canonical
+from paywire.envelope import Envelope, b64url_decode
 from paywire.errors import WireError
 
 DOMAIN = "tokenpay"
@@ -33,9 +34,15 @@ PAYOUT = "payout"
 NOTICES = "notices"  # a store's signed request for its payment notices
 BALANCE = "balance"  # a signed query for balance and recent account events
 NOTICE = "notice"  # signed by the center: one payment notice for a store
-MESSAGE_TYPES = frozenset({ENROLL, RECEIPT, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE, NOTICE})
+CONSOLE_LOGIN = "console_login"  # an operator approves a console login challenge
+OPERATOR_ACTION = "operator_action"  # an operator's signed action (center.operator_actions)
+ROTATE = "rotate"  # signed by the old key; carries the new key's KEY_PROOF
+KEY_PROOF = "key_proof"  # signed by the new key, naming the key it replaces; only ever inside ROTATE
+MESSAGE_TYPES = frozenset({ENROLL, RECEIPT, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE, NOTICE, ROTATE, KEY_PROOF,
+                           CONSOLE_LOGIN, OPERATOR_ACTION})
 # Types a member or store signs; RECEIPT and NOTICE come from the center only.
-REQUEST_TYPES = frozenset({ENROLL, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE})
+REQUEST_TYPES = frozenset({ENROLL, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE, ROTATE, KEY_PROOF, CONSOLE_LOGIN,
+                           OPERATOR_ACTION})
 FUNDING_METHODS = ("credit", "bank", "postal", "cash")
 
 PARTY_ID_PATTERN = re.compile(r"[MS]-[0-9a-f]{16}")
@@ -47,7 +54,12 @@ MSG_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 KID_PATTERN = re.compile(r"[0-9a-f]{64}")
 AUDIENCE_PATTERN = re.compile(r"[A-Za-z0-9._:-]{3,64}")
 SHA256_HEX_PATTERN = KID_PATTERN
+TOPUP_ID_PATTERN = re.compile(r"U-[0-9a-f]{16}")
+# A console login challenge as the browser shows it: 16 base32 characters (80 bits) in four groups.
+CONSOLE_CHALLENGE_PATTERN = re.compile(r"[A-Z2-7]{4}(?:-[A-Z2-7]{4}){3}")
+MAX_REASON_CHARS = 200
 MAX_COUNTER = 2**53 - 1
+MAX_KEY_CERT_BYTES = 4096  # an issuer's X.509 certificate for the enrolling key, DER
 CLOCK_SKEW_S = 300
 # Long enough for a message queued offline in the outbox to be delivered days
 # later, short enough that an old signed message does not live forever.
@@ -124,6 +136,12 @@ def check_freshness(header: Header, now_s: int) -> None:
 def _check_enroll(body: dict) -> None:
     role = body.get("role")
     common = {"role", "public_key", "alg", "name", "address"}
+    if "rebind" in body:  # a new key (lost card) asking to be bound to this existing account
+        _match(body["rebind"], PARTY_ID_PATTERN, "rebind")
+        common.add("rebind")
+    if "key_cert" in body:  # the card issuer's certificate for this key (center.issuer_policy)
+        check_key_cert_field(body["key_cert"])
+        common.add("key_cert")
     if role == "member":
         _exact_fields(body, common | {"birth_date"})
         _date(body["birth_date"], "birth_date")
@@ -137,6 +155,40 @@ def _check_enroll(body: dict) -> None:
     _text(body["public_key"], "public_key", 2800)
     _text(body["name"], "name", 200)
     _text(body["address"], "address", 500)
+
+
+def check_key_cert_field(value: object) -> bytes:
+    """A key certificate as a body carries it: canonical base64url of 1 to MAX_KEY_CERT_BYTES of DER."""
+    if not isinstance(value, str) or not value:
+        raise WireError("malformed_payload", "key_cert must be a non-empty base64url string")
+    try:
+        data = b64url_decode(value, "key_cert", MAX_KEY_CERT_BYTES)
+    except WireError as error:
+        raise WireError("malformed_payload", error.message) from None
+    if not data or len(data) > MAX_KEY_CERT_BYTES:  # the text limit alone lets a few bytes more through
+        raise WireError("malformed_payload", f"key_cert must decode to 1 to {MAX_KEY_CERT_BYTES} bytes")
+    return data
+
+
+def _check_key_proof(body: dict) -> None:
+    fields = {"public_key", "alg", "replaces"}
+    if "key_cert" in body:  # the card issuer's certificate for the new key, as at enrollment
+        check_key_cert_field(body["key_cert"])
+        fields.add("key_cert")
+    _exact_fields(body, fields)
+    if body["alg"] not in ALGORITHMS:
+        raise WireError("unsupported_algorithm", f"alg must be one of {', '.join(ALGORITHMS)}")
+    _text(body["public_key"], "public_key", 2800)
+    _match(body["replaces"], KID_PATTERN, "replaces")
+
+
+def _check_rotate(body: dict) -> None:
+    """{"new_key": <envelope of a KEY_PROOF>}: checked for shape here, for signatures by the verifier."""
+    _exact_fields(body, {"new_key"})
+    inner = Envelope.from_json(body["new_key"])
+    header, _inner_body = parse_payload(inner.payload)
+    if header.type != KEY_PROOF or header.kid != inner.kid:
+        raise WireError("malformed_payload", "new_key must be a key_proof envelope signed by the new key")
 
 
 def _check_receipt(body: dict) -> None:
@@ -203,9 +255,62 @@ def _check_notice(body: dict) -> None:
     _int(body["paid_at_ms"], "paid_at_ms", 0, MAX_COUNTER)
 
 
+def _check_console_login(body: dict) -> None:
+    _exact_fields(body, {"challenge"})
+    _match(body["challenge"], CONSOLE_CHALLENGE_PATTERN, "challenge")
+
+
+def _check_operator_action(body: dict) -> None:
+    """{"action": one of OPERATOR_ACTION_ARGS, "args": exactly that action's arguments}."""
+    _exact_fields(body, {"action", "args"})
+    action = body["action"]
+    if not isinstance(action, str) or action not in OPERATOR_ACTION_ARGS:
+        raise WireError("malformed_payload", f"action must be one of {', '.join(sorted(OPERATOR_ACTION_ARGS))}")
+    if not isinstance(body["args"], dict):
+        raise WireError("malformed_payload", "args must be an object")
+    OPERATOR_ACTION_ARGS[action](body["args"])
+
+
+def _args_topup(args: dict) -> None:
+    _exact_args(args, {"topup_id"})
+    _match(args["topup_id"], TOPUP_ID_PATTERN, "topup_id")
+
+
+def _args_revoke_key(args: dict) -> None:
+    _exact_args(args, {"kid", "reason"})
+    _match(args["kid"], KID_PATTERN, "kid")
+    _text(args["reason"], "reason", MAX_REASON_CHARS)
+
+
+def _args_kid(args: dict) -> None:
+    _exact_args(args, {"kid"})
+    _match(args["kid"], KID_PATTERN, "kid")
+
+
+def _args_none(args: dict) -> None:
+    _exact_args(args, set())
+
+
+def _exact_args(args: dict, expected: set[str]) -> None:
+    if set(args) != expected:
+        missing, extra = expected - set(args), set(args) - expected
+        raise WireError("malformed_payload", f"args fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
+
+
+# Operator actions and their arguments; center.operator_actions.ACTIONS says who
+# may perform each and what it does (a test checks the two name the same set).
+OPERATOR_ACTION_ARGS = {
+    "confirm_topup": _args_topup, "decline_topup": _args_topup, "revoke_key": _args_revoke_key, "whoami": _args_none,
+    # a lost card's new key (center.key_binding): reject_key takes a kid and a reason, like revoke_key
+    "bind_key": _args_kid, "reject_key": _args_revoke_key,
+}
+
+
 _BODY_CHECKS = {
     ENROLL: _check_enroll, RECEIPT: _check_receipt, TOPUP: _check_topup, PAY: _check_pay, REFUND: _check_refund,
     PAYOUT: _check_payout, NOTICES: _check_notices, BALANCE: _check_balance, NOTICE: _check_notice,
+    ROTATE: _check_rotate, KEY_PROOF: _check_key_proof,
+    CONSOLE_LOGIN: _check_console_login, OPERATOR_ACTION: _check_operator_action,
 }
 
 

@@ -3,10 +3,11 @@
 Two entry points:
 - `verify_envelope`: the signer's key is already known (enrolled or pinned);
   the algorithm comes from that record, never from the message.
-- `verify_enrollment`: proof of possession; the key travels inside the signed
-  body, so the body is read before the signature is checked, but nothing read
-  from it is trusted until the signature over the exact bytes verifies with
-  that very key and the key id matches.
+- `verify_enrollment` (and `verify_key_proof`, a rotation's new key): proof
+  of possession; the key travels inside the signed body, so the body is read
+  before the signature is checked, but nothing read from it is trusted until
+  the signature over the exact bytes verifies with that very key and the key
+  id matches.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from paywire.algorithms import key_id, load_public_key, verify_signature
 from paywire.envelope import Envelope, b64url_decode
 from paywire.errors import WireError
-from paywire.messages import ENROLL, Header, parse_payload
+from paywire.messages import ENROLL, KEY_PROOF, Header, parse_payload
 
 
 def verify_envelope(envelope: Envelope, *, spki_der: bytes, algorithm: str) -> tuple[Header, dict]:
@@ -31,9 +32,18 @@ def verify_envelope(envelope: Envelope, *, spki_der: bytes, algorithm: str) -> t
 
 def verify_enrollment(envelope: Envelope) -> tuple[Header, dict, bytes]:
     """Return header, body and the SPKI DER of the key that signed it."""
+    return _verify_self_signed(envelope, ENROLL)
+
+
+def verify_key_proof(envelope: Envelope) -> tuple[Header, dict, bytes]:
+    """A rotation's new key, proving possession the same way an enrollment does."""
+    return _verify_self_signed(envelope, KEY_PROOF)
+
+
+def _verify_self_signed(envelope: Envelope, expected_type: str) -> tuple[Header, dict, bytes]:
     header, body = parse_payload(envelope.payload)
-    if header.type != ENROLL:
-        raise WireError("wrong_message_type", f"expected an enroll message, got {header.type!r}")
+    if header.type != expected_type:
+        raise WireError("wrong_message_type", f"expected a {expected_type!r} message, got {header.type!r}")
     spki_der = b64url_decode(body["public_key"], "public_key", 2048)
     algorithm = body["alg"]
     if envelope.alg != algorithm:

@@ -28,6 +28,8 @@ from token_wallet.cli_common import (CardTimeout, Home, JsonFlag, PasswordAFd, P
                                      PasswordBFile, app, _choice, _describe_result, _home, _open_token, _open_wallet, _password_a,
                                      _password_b, _sign, _when, _with_pin_message, _ask_pin)
 from token_wallet.cli_card import _init_card
+from token_wallet.key_rotation import key_state
+from token_wallet.key_cert import read_key_certificate
 
 
 @app.command()
@@ -101,6 +103,10 @@ def enroll(
     birth_date: Annotated[Optional[str], typer.Option(help="YYYY-MM-DD (members)")] = None,
     store: Annotated[bool, typer.Option("--store", help="Enroll as a store")] = False,
     bank_account: Annotated[Optional[str], typer.Option(help="Payout bank account (stores)")] = None,
+    key_cert: Annotated[Optional[Path], typer.Option(help="The card issuer's certificate for this key "
+                                                          "(PEM or DER, from `center issuer certify`)")] = None,
+    rebind: Annotated[Optional[str], typer.Option(help="After a lost card: bind this new key to your existing "
+                                                       "account M-... (S-... for a store); an operator confirms")] = None,
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
@@ -111,12 +117,15 @@ def enroll(
     identity = _read_center_cert(center_cert)
     password_a = _password_a(password_a_file, password_a_fd)
     with _open_wallet(home, password_a) as wallet:
-        if wallet.doc["member_id"]:
-            raise CliError(f"this wallet is already enrolled as {wallet.doc['member_id']}")
-        if any(entry["type"] == ENROLL for entry in wallet.doc["outbox"]):
-            raise CliError("an enrollment is already waiting in the outbox: run `wallet sync` to deliver it")
+        from token_wallet.cli_keys import check_rebind
+
+        check_rebind(wallet, rebind)  # already enrolled, waiting in the outbox, or a lost card's new key
         key = wallet.key
         body.update(public_key=b64url_encode(key.spki_der), alg=key.algorithm)
+        if rebind is not None:
+            body["rebind"] = rebind
+        if key_cert is not None:
+            body["key_cert"] = b64url_encode(read_key_certificate(key_cert, key.spki_der))
         wallet.pin_center(center, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg)
         token = _open_token(wallet, card_timeout)
         entry = _sign(wallet, token, ENROLL, body, password_b_file, password_b_fd)
@@ -199,6 +208,8 @@ def status(
         "key_mode": doc["key"]["mode"], "member_id": doc["member_id"], "role": doc["role"],
         "center": {"url": center["url"], "center_id": center["center_id"]} if center else None,
         "counter": doc["counter"], "outbox": len(doc["outbox"]),
+        # new | pending_bind | active, and a rotation's new key not yet confirmed (token_wallet.key_rotation)
+        "key_status": key_state(doc), "pending_kid": (doc.get("pending_key") or {}).get("kid"),
     }
     emit(as_json, document, lambda out: _render_status(out, document))
 
@@ -304,14 +315,16 @@ def _print_enrollment(as_json: bool, wallet: Wallet, entry: dict, report) -> Non
     refused = next((item for item in report.refused if item["msg_id"] == entry["msg_id"]), None)
     if refused:
         raise CliError(f"the center refused the enrollment ({refused['code']}): {refused['message']}")
-    queued = member_id is None
+    queued = report.outcome_of(entry["msg_id"])[0] == "queued"
+    pending = not queued and wallet.doc.get("key_status") == "pending_bind"  # a lost card's new key
     document = {"member_id": member_id, "role": wallet.doc["role"], "kid": wallet.kid,
-                "status": "queued" if queued else "enrolled", "msg_id": entry["msg_id"]}
+                "status": "queued" if queued else "pending_bind" if pending else "enrolled", "msg_id": entry["msg_id"]}
     if queued:
         document["reason"] = report.unreachable
     emit(as_json, document, lambda out: out.print(
         f"center unreachable; the signed enrollment waits in the outbox: run `wallet sync` later ({report.unreachable})"
-        if queued else f"enrolled as [bold]{member_id}[/] ({wallet.doc['role']})"))
+        if queued else f"new key recorded for [bold]{member_id}[/]: it signs nothing until an operator binds it "
+        "(after revoking the lost key)" if pending else f"enrolled as [bold]{member_id}[/] ({wallet.doc['role']})"))
 
 
 def _render_status(out, document: dict) -> None:
@@ -327,6 +340,10 @@ def _render_status(out, document: dict) -> None:
     out.print(f"key id: {document['kid']}\nalgorithm: {document['algorithm']} ({document['key_mode']} key)")
     out.print(f"member id: {document['member_id'] or 'not enrolled'}"
               + (f" ({document['role']})" if document["role"] else ""))
+    if document["key_status"] != "active":
+        out.print(f"key: {'waiting for an operator to bind it' if document['key_status'] == 'pending_bind' else 'not enrolled yet'}")
+    if document["pending_kid"]:
+        out.print(f"rotation: new key {document['pending_kid'][:16]}... waits; run `wallet rotate-key` or `wallet sync`")
     if document["center"]:
         out.print(f"center: {document['center']['center_id']} at {document['center']['url']}")
     if document["outbox"]:
@@ -347,7 +364,7 @@ def _read_entropy(path: Optional[Path]) -> bytes | None:
 
 # The money and card commands register themselves on `app` when imported;
 # importing them here, after this module's commands, keeps `wallet --help` in order.
-from token_wallet import cli_card, cli_money  # noqa: E402,F401
+from token_wallet import cli_card, cli_keys, cli_money, cli_operator  # noqa: E402,F401
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ Document kept in the vault (password A):
     version, token (how to find it), key (KeyRecord; wrapped blob or reference),
     kid, counter (last per-key counter used), center (URL, pinned certificate,
     receipt key, currency), member_id, role, balance_minor (last known),
-    history, receipts, outbox, topups, notices, notices_cursor.
+    history, receipts, outbox, topups, notices, notices_cursor; and, once the
+    key changes (token_wallet.key_rotation): key_status, pending_key, previous_keys.
 
 Signing order, so that a crash never loses or doubles a message: sign with
 the token (password B) -> put the envelope in the outbox and save the vault ->
@@ -22,8 +23,8 @@ from pathlib import Path
 from paywire.algorithms import key_id
 from paywire.envelope import Envelope, b64url_decode, b64url_encode, seal
 from paywire.errors import WireError
-from paywire.messages import (BALANCE, ENROLL, NOTICE, NOTICES, PAY, PAYOUT, REFUND, TOPUP, build_payload,
-                              new_message_id)
+from paywire.messages import (BALANCE, CONSOLE_LOGIN, ENROLL, NOTICE, NOTICES, OPERATOR_ACTION, PAY, PAYOUT, REFUND,
+                              ROTATE, TOPUP, build_payload, new_message_id)
 from paywire.receipts import check_receipt
 from paywire.verify import verify_envelope
 from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable
@@ -36,11 +37,16 @@ MAX_OUTBOX_ENTRIES = 1000
 MAX_HISTORY_ENTRIES = 100_000
 MAX_NOTICES_PER_FETCH = 100
 ENDPOINTS = {ENROLL: "/v1/enroll", TOPUP: "/v1/topups", PAY: "/v1/payments", REFUND: "/v1/refunds",
-             PAYOUT: "/v1/payouts", NOTICES: "/v1/notices", BALANCE: "/v1/balance"}
+             PAYOUT: "/v1/payouts", NOTICES: "/v1/notices", BALANCE: "/v1/balance",
+             OPERATOR_ACTION: "/v1/operator/actions", CONSOLE_LOGIN: "/v1/console/login", ROTATE: "/v1/keys/rotate"}
 # Payments and money movements must reach the center soon or not at all; an
 # enrollment may wait in the outbox for days.
 LIFETIME_S = {ENROLL: 7 * 24 * 3600, TOPUP: 24 * 3600, PAY: 24 * 3600, REFUND: 24 * 3600, PAYOUT: 24 * 3600,
-              NOTICES: 3600, BALANCE: 3600}
+              NOTICES: 3600, BALANCE: 3600, OPERATOR_ACTION: 24 * 3600,
+              # A console login challenge lives two minutes; its approval need not outlive it by much.
+              CONSOLE_LOGIN: 300,
+              # A key rotation (token_wallet.key_rotation) may wait in the outbox like an enrollment.
+              ROTATE: 7 * 24 * 3600}
 
 
 class WalletError(Exception):
@@ -108,10 +114,14 @@ class Wallet:
         return center.get("currency") if center else None
 
     def require_enrolled(self, role: str | None = None) -> None:
+        waiting = any(e["type"] == ENROLL for e in self.doc["outbox"])
         if not self.doc["member_id"]:
-            waiting = any(e["type"] == ENROLL for e in self.doc["outbox"])
             raise WalletError("the enrollment still waits in the outbox: run `wallet sync` first" if waiting
                               else "this wallet is not enrolled yet: run `wallet enroll` first")
+        if self.doc.get("key_status") == "new":  # a lost card's replacement (token_wallet.key_rotation)
+            raise WalletError("the enrollment of the new key still waits in the outbox: run `wallet sync` first"
+                              if waiting else f"this wallet's new key is not enrolled yet: run "
+                              f"`wallet enroll --rebind {self.doc['member_id']}` first")
         if role and self.doc["role"] != role:
             raise WalletError(f"only a {role} wallet can do this; this one belongs to a {self.doc['role']}")
 
@@ -163,6 +173,9 @@ class Wallet:
             raise WalletError("this wallet knows no center yet: run `wallet enroll` first")
         if len(self.doc["outbox"]) >= MAX_OUTBOX_ENTRIES:
             raise WalletError(f"the outbox holds {MAX_OUTBOX_ENTRIES} unsent messages: run `wallet sync` first")
+        if any(e["type"] == ROTATE for e in self.doc["outbox"]):
+            # Anything the old key signed after its rotation would be refused.
+            raise WalletError("a key rotation waits in the outbox: run `wallet sync` first")
         counter = self.doc["counter"] + 1
         key = self.key
         payload = build_payload(msg_type, aud=self.doc["center"]["center_id"], kid=self.kid,
@@ -210,6 +223,8 @@ class Wallet:
             raise ReceiptRejected(f"the center's answer did not verify ({error.code}): nothing was recorded") from None
         result = body["result"]
         _RECORD_RESULT[entry["type"]](self, entry, result, extras)
+        if entry["type"] not in (ENROLL, ROTATE) and self.doc.get("key_status") == "pending_bind":
+            self.doc["key_status"] = "active"  # accepted: an operator has bound the new key
         self.doc["receipts"].append({"msg_id": entry["msg_id"], "type": entry["type"], "receipt": receipt.to_json()})
         self.doc["outbox"].pop(0)
         self.vault.save()
@@ -240,6 +255,10 @@ class Wallet:
     def _record_refusal(self, entry: dict, error: CenterRefused) -> dict:
         self.doc["outbox"].pop(0)
         details = {"code": error.code, "message": error.message}
+        if entry["type"] == ROTATE:  # the old key stays; the new one is forgotten
+            from token_wallet.key_rotation import discard_pending_key
+
+            discard_pending_key(self, error.code)
         self.add_history(entry["type"], entry["msg_id"], "refused", details)
         self.vault.save()
         return {"msg_id": entry["msg_id"], "type": entry["type"], **details}
@@ -254,10 +273,20 @@ class Wallet:
 # --- what an accepted answer changes in the vault, per message type ---------------
 
 def _record_enrolled(wallet: Wallet, entry: dict, result: dict, _extras: list) -> None:
+    rebinding = result["action"] == "bind_requested"  # a lost card's new key, for the same account
+    if not rebinding:
+        wallet.doc["balance_minor"] = 0
     wallet.doc["member_id"] = result["member_id"]
     wallet.doc["role"] = result["role"]
-    wallet.doc["balance_minor"] = 0
+    wallet.doc["key_status"] = "pending_bind" if rebinding else "active"
     wallet.add_history(ENROLL, entry["msg_id"], "accepted", result)
+
+
+def _record_rotated(wallet: Wallet, entry: dict, result: dict, _extras: list) -> None:
+    from token_wallet.key_rotation import switch_to_rotated_key
+
+    switch_to_rotated_key(wallet, result)
+    wallet.add_history(ROTATE, entry["msg_id"], "accepted", result)
 
 
 def _record_topup(wallet: Wallet, entry: dict, result: dict, _extras: list) -> None:
@@ -299,5 +328,13 @@ def _record_balance(wallet: Wallet, entry: dict, result: dict, _extras: list) ->
         wallet.doc.setdefault("payouts", {})[payout["payout_id"]] = payout
 
 
+def _record_operator(wallet: Wallet, entry: dict, result: dict, _extras: list) -> None:
+    """An operator's action or console login: the answer names the operator account this key belongs to."""
+    wallet.doc["member_id"] = result["operator_id"]
+    wallet.doc["role"] = result["role"]
+    wallet.add_history(entry["type"], entry["msg_id"], "accepted", result)
+
+
 _RECORD_RESULT = {ENROLL: _record_enrolled, TOPUP: _record_topup, PAY: _record_money, REFUND: _record_money,
-                  PAYOUT: _record_money, NOTICES: _record_notices, BALANCE: _record_balance}
+                  PAYOUT: _record_money, NOTICES: _record_notices, BALANCE: _record_balance,
+                  OPERATOR_ACTION: _record_operator, CONSOLE_LOGIN: _record_operator, ROTATE: _record_rotated}

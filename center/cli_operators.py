@@ -1,0 +1,78 @@
+"""`center operator add|list`: operator and auditor accounts, made by the local administrator.
+
+Whoever holds the data directory adds the first operator (and any later one);
+from then on operators act with signed requests from their own token keys
+(`wallet operator ...`, `wallet console-login`). Registered on center.cli's
+`operator` group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from center.cli import DataDir, JsonFlag, _api_call, _engine, _operator_name, operator_app
+from token_wallet.cliutil import CliError, emit
+
+MAX_PEM_FILE_BYTES = 16 * 1024
+
+
+@operator_app.command("add")
+def operator_add(
+    data_dir: DataDir,
+    public_key: Annotated[Path, typer.Option("--public-key", help="The operator's token public key (PEM), "
+                                                                   "from `wallet export-public-key`")],
+    role: Annotated[str, typer.Option(help="operator (acts on top-ups and keys) or auditor (reads only)")],
+    name: Annotated[str, typer.Option(help="Who this is, for the console and the audit trail")] = "operator",
+    as_json: JsonFlag = False,
+) -> None:
+    """Add an operator or auditor: their token key may then sign operator requests and log in to the console."""
+    from center.operators import OPERATOR_ROLES, add_operator
+    from center.service import now_ms
+
+    if role not in OPERATOR_ROLES:
+        raise CliError(f"--role must be one of {', '.join(OPERATOR_ROLES)}, not {role!r}")
+    pem = _read_pem(public_key)
+    engine = _engine(data_dir)
+    view = _api_call(lambda: add_operator(engine, pem, role=role, name=name,
+                                          added_by=f"admin:{_operator_name()}", now_ms=now_ms()))
+    emit(as_json, view, lambda out: out.print(
+        f"{view['role']} [bold]{view['operator_id']}[/] ({view['name']}) added with key {view['kid']} "
+        f"({view['algorithm']})"))
+
+
+@operator_app.command("list")
+def operator_list(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """List operators and auditors: key id, role, and whether the key is active."""
+    from center.operators import list_operators
+
+    with _engine(data_dir).connect() as conn:
+        rows = list_operators(conn)
+    document = {"operators": rows}
+
+    def render(out) -> None:
+        if not rows:
+            out.print("no operators yet: add one with `center operator add --public-key PEM --role operator`")
+            return
+        table = Table(title="operators and auditors")
+        for column in ("operator", "name", "role", "key id", "algorithm", "status"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(row["operator_id"], row["name"], row["role"], row["kid"], row["algorithm"], row["status"])
+        out.print(table)
+
+    emit(as_json, document, render)
+
+
+def _read_pem(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PEM_FILE_BYTES + 1)
+    except OSError as error:
+        raise CliError(f"cannot read --public-key {path}: {error.strerror}") from None
+    if len(data) > MAX_PEM_FILE_BYTES:
+        raise CliError(f"--public-key {path} is larger than {MAX_PEM_FILE_BYTES} bytes; it is not a public key")
+    return data

@@ -1,0 +1,189 @@
+"""The operator console under /console: the page, its static files, its JSON and CSV APIs.
+
+Login and sessions are center.console_auth's: every API here depends on
+`console_session()`, and the two that change money (confirm and decline a
+top-up) on `console_session(role="operator")`, which also checks the CSRF
+header. The page is plain HTML, CSS and JavaScript served from
+center/console_static/ (nothing from elsewhere), under a Content-Security-Policy
+that allows scripts, styles and connections to this origin only.
+
+These routes are not in the OpenAPI document: they are the page's own API,
+authenticated by a browser cookie, not the signed API wallets use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Query
+from fastapi.responses import Response
+from sqlalchemy import Connection, Engine
+
+from center.console_auth import ConsoleSession, console_session
+from center.console_views import VIEWS, Filters, to_csv
+from center.errors import ApiError
+from center.inquiry import (EXPORT_PAGE, MAX_OFFSET, MAX_PAGE_ROWS, MAX_QUERY_CHARS, MAX_STAT_DAYS, MAX_TOP_STORES,
+                            Page, day_window, statistics)
+
+STATIC_DIR = Path(__file__).resolve().parent / "console_static"
+# Served by name from this list only: no path from the request ever reaches the file system.
+STATIC_FILES = {"console.js": "text/javascript", "charts.js": "text/javascript", "console.css": "text/css",
+                "favicon.svg": "image/svg+xml"}
+PAGE_FILE = "index.html"
+TOPUP_ID = re.compile(r"U-[0-9a-f]{16}")
+TABLE_VIEWS = ("search", "payments", "topups", "refunds", "payouts")
+
+CONSOLE_PREFIX = "/console"
+SECURITY_HEADERS = (
+    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                                 b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"strict-transport-security", b"max-age=31536000"),
+    # Answers name members and amounts: no browser or proxy may keep them.
+    (b"cache-control", b"no-store"),
+)
+
+AnySession = Annotated[ConsoleSession, Depends(console_session())]
+OperatorSession = Annotated[ConsoleSession, Depends(console_session(role="operator"))]
+PartyId = Annotated[str | None, Query(max_length=32)]
+
+
+def install_console(app: FastAPI, center) -> None:
+    """Add the console to the center's app (called once from center.app.create_app)."""
+    app.include_router(_router(center))
+    app.add_middleware(ConsoleHeadersMiddleware)
+
+
+def filters(
+    q: Annotated[str, Query(max_length=MAX_QUERY_CHARS)] = "",
+    role: Annotated[str | None, Query(max_length=16)] = None,
+    party: Annotated[str | None, Query(alias="party_id", max_length=32)] = None,  # not the path's party_id
+    store_id: PartyId = None,
+    buyer_id: PartyId = None,
+    member_id: PartyId = None,
+    status: Annotated[str | None, Query(max_length=16)] = None,
+    from_day: Annotated[str | None, Query(alias="from", max_length=10)] = None,
+    to_day: Annotated[str | None, Query(alias="to", max_length=10)] = None,
+    days: Annotated[int, Query(ge=1, le=MAX_STAT_DAYS)] = 30,
+    top: Annotated[int, Query(ge=1, le=MAX_TOP_STORES)] = 10,
+) -> Filters:
+    # Empty form fields arrive as "": they mean "no filter".
+    return Filters(q=q, role=role or None, party_id=party or None, store_id=store_id or None,
+                   buyer_id=buyer_id or None, member_id=member_id or None, status=status or None,
+                   window=day_window(from_day or None, to_day or None), days=days, top=top)
+
+
+def page(limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ROWS)] = 50,
+         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> Page:
+    return Page.of(limit, offset)
+
+
+ViewFilters = Annotated[Filters, Depends(filters)]
+ViewPage = Annotated[Page, Depends(page)]
+
+
+def _router(center) -> APIRouter:
+    router = APIRouter(prefix="/console", include_in_schema=False)
+
+    def read(view: str, chosen: Filters, chosen_page: Page) -> dict:
+        with _snapshot(center.engine) as conn:
+            return VIEWS[view].fetch(conn, chosen, chosen_page, center.clock_ms())
+
+    @router.get("")
+    def console_page() -> Response:
+        return Response((STATIC_DIR / PAGE_FILE).read_bytes(), media_type="text/html; charset=utf-8")
+
+    @router.get("/static/{name}")
+    def static_file(name: str) -> Response:
+        if name not in STATIC_FILES:
+            raise ApiError("not_found", f"no console file {name[:64]!r}", 404)
+        return Response((STATIC_DIR / name).read_bytes(), media_type=STATIC_FILES[name] + "; charset=utf-8")
+
+    for view in TABLE_VIEWS:
+        _add_table_route(router, read, view)
+
+    @router.get("/api/members/{party_id}/statement")
+    def member_statement(party_id: str, _session: AnySession, chosen: ViewFilters, chosen_page: ViewPage) -> dict:
+        if len(party_id) > 32:
+            raise ApiError("invalid_request", "party id is at most 32 characters")
+        return read("statement", Filters(party_id=party_id, window=chosen.window), chosen_page)
+
+    @router.get("/api/stats")
+    def stats(_session: AnySession, chosen: ViewFilters) -> dict:
+        with _snapshot(center.engine) as conn:
+            return statistics(conn, days=chosen.days, now_ms=center.clock_ms(), top=chosen.top)
+
+    @router.post("/api/topups/{topup_id}/confirm")
+    def confirm(topup_id: str, session: OperatorSession) -> dict:
+        return _decide(center, topup_id, "confirm", session)
+
+    @router.post("/api/topups/{topup_id}/decline")
+    def decline(topup_id: str, session: OperatorSession) -> dict:
+        return _decide(center, topup_id, "decline", session)
+
+    @router.get("/api/export/{view}.csv")
+    def export(view: str, _session: AnySession, chosen: ViewFilters) -> Response:
+        if view not in VIEWS:
+            raise ApiError("not_found", f"no console view {view[:32]!r}; one of {', '.join(VIEWS)}", 404)
+        result = read(view, chosen, EXPORT_PAGE)
+        stamp = dt.datetime.fromtimestamp(center.clock_ms() / 1000, tz=dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        headers = {"content-disposition": f'attachment; filename="tokenpay-{view}-{stamp}.csv"',
+                   "x-tokenpay-export-truncated": "true" if result["has_more"] else "false"}
+        return Response(to_csv(VIEWS[view].columns, result["rows"]), media_type="text/csv; charset=utf-8",
+                        headers=headers)
+
+    return router
+
+
+def _snapshot(engine: Engine) -> Connection:
+    """A connection whose queries all see one snapshot: a statement's opening balance and its rows agree.
+
+    PostgreSQL needs REPEATABLE READ for that (its default reads each statement afresh); SQLite's
+    transactions here are BEGIN IMMEDIATE (center.db), one writer at a time, so they already do.
+    """
+    conn = engine.connect()
+    if engine.dialect.name == "postgresql":
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+    return conn
+
+
+def _add_table_route(router: APIRouter, read, view: str) -> None:
+    def table(_session: AnySession, chosen: ViewFilters, chosen_page: ViewPage) -> dict:
+        return read(view, chosen, chosen_page)
+
+    router.get(f"/api/{view}", name=f"console_{view}")(table)
+
+
+def _decide(center, topup_id: str, decision: str, session: ConsoleSession) -> dict:
+    if not TOPUP_ID.fullmatch(topup_id):
+        raise ApiError("invalid_request", "a top-up id is U- and 16 hex digits")
+    return center.decide_topup(topup_id, decision, decided_by=f"operator:{session.operator_id}")
+
+
+class ConsoleHeadersMiddleware:
+    """Security headers on every /console answer (pure ASGI: other paths pay one prefix check)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path != CONSOLE_PREFIX and not path.startswith(CONSOLE_PREFIX + "/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _value in message.get("headers", [])}
+                extra = [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+                message = message | {"headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,294 @@
+"""Console login bound to an operator's token (center.console_auth), at the API level,
+on SQLite and PostgreSQL: challenge, signed approval, one session per approval,
+cookies, CSRF, roles, expiry, revocation, several workers on one database."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import pytest
+from fastapi import Depends
+from sqlalchemy import select
+
+from center import console_auth
+from center.app import create_app
+from center.console_auth import (CHALLENGE_LIFETIME_MS, LOGIN_COOKIE, SESSION_COOKIE, SESSION_LIFETIME_MS,
+                                 ConsoleSession, console_session)
+from center.audit import verify_chain
+from center.db import audit_log, console_challenges, console_sessions
+from center.key_admin import revoke_key
+from center.service import Center
+from operator_support import Clock, error_code, https_client, new_operator, receipt_result, signed
+from support import SoftwareSigner
+
+CHALLENGE_SHAPE = re.compile(r"[A-Z2-7]{4}-[A-Z2-7]{4}-[A-Z2-7]{4}-[A-Z2-7]{4}")
+
+
+@pytest.fixture
+def clock(center) -> Clock:
+    clock = Clock()
+    center.clock_ms = clock
+    return clock
+
+
+@pytest.fixture
+def app(center, clock):
+    app = create_app(center)
+    # Routes like the console's pages will have, to test the dependency itself.
+
+    @app.get("/console/api/test/operator-only")
+    def operator_only(session: Annotated[ConsoleSession, Depends(console_session("operator"))]) -> dict:
+        return {"operator_id": session.operator_id}
+
+    @app.post("/console/api/test/auditor-or-above")
+    def auditor_or_above(session: Annotated[ConsoleSession, Depends(console_session("auditor"))]) -> dict:
+        return {"role": session.role}
+
+    return app
+
+
+@pytest.fixture
+def browser(center, app):
+    with https_client(center, app) as client:
+        yield client
+
+
+def set_cookies(response) -> dict[str, str]:
+    """name -> the whole Set-Cookie header, lower-cased attributes included."""
+    return {header.split("=", 1)[0]: header for header in response.headers.get_list("set-cookie")}
+
+
+def approve(center, client, signer: SoftwareSigner, challenge: str):
+    request = signed(center, signer, "console_login", {"challenge": challenge})
+    return request, client.post("/v1/console/login", json=request.to_json())
+
+
+def log_in(center, browser, signer) -> dict:
+    challenge = browser.post("/console/api/challenge").json()["challenge"]
+    request, response = approve(center, browser, signer, challenge)
+    assert response.status_code == 200, response.text
+    status = browser.get("/console/api/login-status")
+    assert status.status_code == 200 and status.json()["status"] == "approved", status.text
+    return status.json()
+
+
+def test_challenge_is_typable_and_binds_this_browser_with_a_strict_cookie(center, browser):
+    response = browser.post("/console/api/challenge")
+    assert response.status_code == 200
+    document = response.json()
+    assert CHALLENGE_SHAPE.fullmatch(document["challenge"]) and document["expires_in_s"] == 120
+    cookie = set_cookies(response)[LOGIN_COOKIE]
+    for attribute in ("HttpOnly", "Secure", "SameSite=strict", "Path=/console"):
+        assert attribute in cookie, cookie
+    secret = browser.cookies.get(LOGIN_COOKIE)
+    assert secret and secret not in document["challenge"]
+    with center.engine.connect() as conn:
+        row = conn.execute(select(console_challenges)).one()
+    # Only a hash of the browser secret is stored.
+    assert row.challenge == document["challenge"] and secret not in row.browser_secret_sha256
+    assert row.browser_secret_sha256 == console_auth.secret_hash(secret) and row.consumed is False
+    assert browser.get("/console/api/login-status").json() == {"status": "pending"}
+
+
+def test_the_whole_login_issues_one_session_to_this_browser_only(center, browser, app):
+    operator, view = new_operator(center)
+    challenge = browser.post("/console/api/challenge").json()["challenge"]
+    request, response = approve(center, browser, operator, challenge)
+    assert response.status_code == 200, response.text
+    result = receipt_result(center, request, response.json())  # signed by the center, checked against its key
+    assert result == {"action": "console_login_approved", "challenge": challenge, "operator_id": view["operator_id"],
+                      "role": "operator", "expires_at_ms": result["expires_at_ms"]}
+
+    with https_client(center, app) as stranger:  # no login cookie: learns nothing, gets nothing
+        assert error_code(stranger.get("/console/api/login-status")) == (404, "unknown_challenge")
+        assert error_code(stranger.get("/console/api/me")) == (401, "console_login_required")
+
+    status = browser.get("/console/api/login-status")
+    assert status.status_code == 200
+    document = status.json()
+    assert set(document) == {"status", "operator_id", "role", "csrf_token"}
+    assert (document["status"], document["operator_id"], document["role"]) == ("approved", view["operator_id"],
+                                                                                "operator")
+    cookies = set_cookies(status)
+    for attribute in ("HttpOnly", "Secure", "SameSite=strict", "Path=/console", f"Max-Age={SESSION_LIFETIME_MS // 1000}"):
+        assert attribute in cookies[SESSION_COOKIE], cookies
+    assert "Max-Age=0" in cookies[LOGIN_COOKIE]  # the login cookie is spent
+    session_id = browser.cookies.get(SESSION_COOKIE)
+
+    me = browser.get("/console/api/me")
+    assert me.status_code == 200
+    assert me.json() == {"operator_id": view["operator_id"], "name": "Ops One", "role": "operator",
+                         "kid": operator.kid, "csrf_token": document["csrf_token"],
+                         "expires_at_ms": center.clock_ms() + SESSION_LIFETIME_MS}
+
+    # A second poll gets no second session (the replayed login cookie: see the next test).
+    assert error_code(browser.get("/console/api/login-status")) == (404, "unknown_challenge")
+    with center.engine.connect() as conn:
+        sessions = conn.execute(select(console_sessions)).all()
+        challenge_row = conn.execute(select(console_challenges)).one()
+    assert len(sessions) == 1 and challenge_row.consumed is True
+    assert sessions[0].session_sha256 == console_auth.secret_hash(session_id) != session_id
+
+
+def test_replaying_the_login_cookie_after_the_session_was_issued_gets_nothing(center, browser, app):
+    operator, _ = new_operator(center)
+    browser.post("/console/api/challenge")
+    login_secret = browser.cookies.get(LOGIN_COOKIE)
+    approve(center, browser, operator, browser_challenge(center))
+    assert browser.get("/console/api/login-status").json()["status"] == "approved"
+    with https_client(center, app) as thief:  # the login cookie copied elsewhere after use
+        thief.cookies.set(LOGIN_COOKIE, login_secret, path="/console")
+        assert error_code(thief.get("/console/api/login-status")) == (404, "unknown_challenge")
+        assert thief.cookies.get(SESSION_COOKIE) is None
+
+
+def browser_challenge(center) -> str:
+    with center.engine.connect() as conn:
+        return conn.execute(select(console_challenges.c.challenge)).scalar_one()
+
+
+def test_an_auditor_logs_in_with_the_auditor_role(center, browser):
+    auditor, view = new_operator(center, role="auditor", name="Audit Desk")
+    assert log_in(center, browser, auditor)["role"] == "auditor"
+    assert browser.get("/console/api/me").json()["role"] == "auditor"
+
+
+@pytest.mark.parametrize("role", ["member", "store"])
+def test_a_member_or_store_key_cannot_log_in(center, browser, role):
+    member = SoftwareSigner()
+    enrolled = center.enroll(signed(center, member, "enroll", member.enroll_body(role)))
+    assert "receipt" in enrolled
+    challenge = browser.post("/console/api/challenge").json()["challenge"]
+    _, response = approve(center, browser, member, challenge)
+    assert error_code(response) == (403, "not_an_operator")
+    assert browser.get("/console/api/login-status").json() == {"status": "pending"}
+    assert browser.cookies.get(SESSION_COOKIE) is None
+
+
+def test_unknown_expired_and_used_challenges_are_refused(center, browser, clock):
+    operator, view = new_operator(center)
+    other, _ = new_operator(center, name="Ops Two")
+    _, response = approve(center, browser, operator, "AAAA-BBBB-CCCC-DDDD")
+    assert error_code(response) == (404, "unknown_challenge")
+
+    challenge = browser.post("/console/api/challenge").json()["challenge"]
+    clock.advance(CHALLENGE_LIFETIME_MS)
+    _, response = approve(center, browser, operator, challenge)
+    assert error_code(response) == (403, "challenge_expired")
+    assert browser.get("/console/api/login-status").json() == {"status": "expired"}
+
+    challenge = browser.post("/console/api/challenge").json()["challenge"]
+    assert approve(center, browser, operator, challenge)[1].status_code == 200
+    _, response = approve(center, browser, other, challenge)  # someone else's approval of the same code
+    assert error_code(response) == (404, "unknown_challenge")
+    assert browser.get("/console/api/login-status").json()["operator_id"] == view["operator_id"]  # the first one
+
+
+def test_an_approval_collected_after_the_challenge_expired_issues_nothing(center, browser, clock):
+    operator, _ = new_operator(center)
+    challenge = browser.post("/console/api/challenge").json()["challenge"]
+    assert approve(center, browser, operator, challenge)[1].status_code == 200
+    clock.advance(CHALLENGE_LIFETIME_MS)
+    assert browser.get("/console/api/login-status").json() == {"status": "expired"}
+    assert browser.cookies.get(SESSION_COOKIE) is None
+
+
+def test_the_signed_approval_is_idempotent_and_audited(center, browser):
+    operator, _ = new_operator(center)
+    challenge = browser.post("/console/api/challenge").json()["challenge"]
+    request, first = approve(center, browser, operator, challenge)
+    again = browser.post("/v1/console/login", json=request.to_json())  # the same signed bytes, resent
+    assert again.status_code == 200 and again.json() == first.json()
+    with center.engine.connect() as conn:
+        entries = conn.execute(select(audit_log).where(audit_log.c.msg_type == "console_login")).all()
+        assert verify_chain(conn)[1] is None
+    assert len(entries) == 1 and bytes(entries[0].payload) == request.payload and entries[0].kid == operator.kid
+
+
+def test_the_session_ends_after_15_minutes(center, browser, clock):
+    operator, _ = new_operator(center)
+    log_in(center, browser, operator)
+    clock.advance(SESSION_LIFETIME_MS - 1)
+    assert browser.get("/console/api/me").status_code == 200
+    clock.advance(1)
+    assert error_code(browser.get("/console/api/me")) == (401, "console_login_required")
+
+
+def test_logout_needs_the_csrf_token_and_ends_the_session(center, browser):
+    operator, _ = new_operator(center)
+    csrf = log_in(center, browser, operator)["csrf_token"]
+    assert error_code(browser.post("/console/api/logout")) == (403, "csrf_failed")
+    assert error_code(browser.post("/console/api/logout", headers={"X-CSRF-Token": "x" * 43})) == (403, "csrf_failed")
+    assert error_code(browser.post("/console/api/logout", headers={"X-CSRF-Token": "é".encode("latin-1")})) == (403, "csrf_failed")
+    assert browser.get("/console/api/me").status_code == 200  # the failed attempts changed nothing
+    out = browser.post("/console/api/logout", headers={"X-CSRF-Token": csrf})
+    assert out.status_code == 200 and out.json() == {"status": "logged_out"}
+    assert "Max-Age=0" in set_cookies(out)[SESSION_COOKIE]
+    assert error_code(browser.get("/console/api/me")) == (401, "console_login_required")
+
+
+def test_the_session_dependency_checks_role_and_csrf(center, app):
+    operator, view = new_operator(center)
+    auditor, _ = new_operator(center, role="auditor", name="Audit Desk")
+    with https_client(center, app) as ops, https_client(center, app) as audit:
+        ops_csrf = log_in(center, ops, operator)["csrf_token"]
+        audit_csrf = log_in(center, audit, auditor)["csrf_token"]
+        assert ops.get("/console/api/test/operator-only").json() == {"operator_id": view["operator_id"]}
+        assert error_code(audit.get("/console/api/test/operator-only")) == (403, "operator_role_required")
+        # "auditor" admits auditors and operators; a POST needs the session's own CSRF token.
+        assert audit.post("/console/api/test/auditor-or-above",
+                          headers={"X-CSRF-Token": audit_csrf}).json() == {"role": "auditor"}
+        assert ops.post("/console/api/test/auditor-or-above",
+                        headers={"X-CSRF-Token": ops_csrf}).json() == {"role": "operator"}
+        assert error_code(ops.post("/console/api/test/auditor-or-above",
+                                   headers={"X-CSRF-Token": audit_csrf})) == (403, "csrf_failed")
+
+
+def test_revoking_the_operator_key_ends_its_sessions(center, browser):
+    operator, _ = new_operator(center)
+    log_in(center, browser, operator)
+    assert browser.get("/console/api/me").status_code == 200
+    revoke_key(center.engine, operator.kid, reason="lost token", decided_by="admin:test", now_ms=center.clock_ms())
+    assert error_code(browser.get("/console/api/me")) == (401, "console_login_required")
+
+
+def test_a_key_revoked_between_approval_and_collection_gets_no_session(center, browser):
+    operator, _ = new_operator(center)
+    challenge = browser.post("/console/api/challenge").json()["challenge"]
+    assert approve(center, browser, operator, challenge)[1].status_code == 200
+    revoke_key(center.engine, operator.kid, reason="lost token", decided_by="admin:test", now_ms=center.clock_ms())
+    assert error_code(browser.get("/console/api/login-status")) == (403, "key_revoked")
+    assert browser.cookies.get(SESSION_COOKIE) is None
+
+
+def test_a_session_made_by_one_worker_works_in_another(center, browser, clock):
+    """`center serve --workers N`: state is in the database, not in a process."""
+    operator, _ = new_operator(center)
+    challenge = browser.post("/console/api/challenge").json()["challenge"]
+    other_worker = Center(engine=center.engine, signer=center.signer, currency=center.currency, clock_ms=clock)
+    with https_client(other_worker) as worker_b:
+        _, response = approve(other_worker, worker_b, operator, challenge)
+        assert response.status_code == 200
+        worker_b.cookies.set(LOGIN_COOKIE, browser.cookies.get(LOGIN_COOKIE), path="/console")
+        assert worker_b.get("/console/api/login-status").json()["status"] == "approved"
+        session_id = worker_b.cookies.get(SESSION_COOKIE)
+    browser.cookies.set(SESSION_COOKIE, session_id, path="/console")
+    assert browser.get("/console/api/me").json()["kid"] == operator.kid
+
+
+def test_forged_or_odd_cookies_are_just_not_logged_in(center, browser):
+    for value in ("", "x" * 43, "a" * 4000, "\x00" * 43, "../../etc/passwd"):
+        browser.cookies.set(SESSION_COOKIE, value, path="/console")
+        assert error_code(browser.get("/console/api/me")) == (401, "console_login_required"), value
+        browser.cookies.set(LOGIN_COOKIE, value, path="/console")
+        assert error_code(browser.get("/console/api/login-status")) == (404, "unknown_challenge"), value
+
+
+def test_waiting_challenges_are_capped(center, browser, monkeypatch, clock):
+    monkeypatch.setattr(console_auth, "MAX_PENDING_CHALLENGES", 3)
+    for _ in range(3):
+        assert browser.post("/console/api/challenge").status_code == 200
+    assert error_code(browser.post("/console/api/challenge")) == (429, "too_many_challenges")
+    clock.advance(CHALLENGE_LIFETIME_MS)  # expired ones no longer count
+    assert browser.post("/console/api/challenge").status_code == 200
