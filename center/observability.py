@@ -58,6 +58,8 @@ class RequestNotes:
     msg_id: str | None = None
     party_id: str | None = None
     started_center_ms: int | None = None
+    batch_items: int = 0
+    batch_refused: int = 0
 
 
 _current: ContextVar[RequestNotes | None] = ContextVar("tokenpay_request_notes", default=None)
@@ -92,11 +94,37 @@ def observe_answer(response: dict) -> None:
         body, result = payload["body"], payload["body"]["result"]
         notes.msg_id, notes.kid = body["for_msg_id"], body["for_kid"]
         notes.party_id = result.get("member_id")
-        fresh = notes.started_center_ms is None or payload["iat"] >= notes.started_center_ms // 1000
-        if result.get("action") == "paid" and fresh:
-            notes.metrics.payment(int(result["amount_minor"]))
+        _count_if_paid(notes, payload, notes.started_center_ms)
     except Exception as error:  # noqa: BLE001 - logged; the answer must still go out
         log_event("observe_failed", logging.WARNING, request_id=notes.request_id, error_type=type(error).__name__)
+
+
+def observe_batch(answers, started_ms: int) -> None:
+    """A payment batch's answers: count each accepted payment and each refusal by code.
+
+    started_ms: the center's clock when the batch arrived (a resent item's stored receipt is older).
+    Never raises, like observe_answer.
+    """
+    notes = _current.get()
+    if notes is None:
+        return
+    try:
+        for answer in answers:
+            notes.batch_items += 1
+            if "error" in answer:
+                notes.batch_refused += 1
+                notes.metrics.error(answer["error"]["code"])
+            else:
+                _count_if_paid(notes, _receipt_payload(answer), started_ms)
+    except Exception as error:  # noqa: BLE001 - logged; the answers must still go out
+        log_event("observe_failed", logging.WARNING, request_id=notes.request_id, error_type=type(error).__name__)
+
+
+def _count_if_paid(notes: RequestNotes, payload: dict, started_ms: int | None) -> None:
+    result = payload["body"]["result"]
+    fresh = started_ms is None or payload["iat"] >= started_ms // 1000
+    if result.get("action") == "paid" and fresh:
+        notes.metrics.payment(int(result["amount_minor"]))
 
 
 def _receipt_payload(response: dict) -> dict:
@@ -135,7 +163,10 @@ class Metrics:
         children[0].inc()
         children[1].observe(duration_s)
         if error_code is not None:
-            self.errors.labels(error_code).inc()
+            self.error(error_code)
+
+    def error(self, code: str) -> None:
+        self.errors.labels(code).inc()
 
     def payment(self, amount_minor: int) -> None:
         assert amount_minor > 0, amount_minor
@@ -196,7 +227,8 @@ class ObservabilityMiddleware:
         log_event("request", logging.ERROR if status >= 500 else logging.INFO, request_id=notes.request_id,
                   method=method, route=route, status=status, error=notes.error_code,
                   duration_ms=round(duration_s * 1000, 3), kid=notes.kid, party_id=notes.party_id,
-                  msg_id=notes.msg_id, pid=os.getpid())
+                  msg_id=notes.msg_id, items=notes.batch_items or None, refused=notes.batch_refused or None,
+                  pid=os.getpid())
 
 
 def install_observability(app) -> Metrics:

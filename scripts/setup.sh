@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 # softhsm2: PKCS#11 tokens; pcscd + vsmartcard-vpcd: PC/SC with virtual readers;
 # libpcsclite-dev + swig + gcc + python3-dev: pyscard builds against them where no wheel fits;
 # chromium: the operator console's browser tests (Playwright drives Debian's build, never its own download);
-# postgresql-client: pg_dump/pg_restore for `center backup` and `center restore` on PostgreSQL.
-APT_PACKAGES=(softhsm2 ca-certificates curl pcscd vsmartcard-vpcd libpcsclite-dev swig gcc python3-dev chromium postgresql-client)
+# postgresql-client: pg_dump/pg_restore for `center backup` and `center restore` on PostgreSQL;
+# wrk: the load generator of bench/bench_payments.py.
+APT_PACKAGES=(softhsm2 ca-certificates curl pcscd vsmartcard-vpcd libpcsclite-dev swig gcc python3-dev chromium postgresql-client wrk)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 

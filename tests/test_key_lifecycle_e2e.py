@@ -14,6 +14,7 @@ import httpx
 
 from paywire.envelope import Envelope
 from support import SOFTHSM_MODULE, run_cli
+from test_operators_e2e import add_operator
 from test_payments_e2e import AnswerDroppingProxy, center_cli, enrolled_pair, fund
 from test_wallet_e2e import WalletUser
 from token_wallet.client import pinned_ssl_context
@@ -82,9 +83,26 @@ def test_lost_card_revoke_rebind_bind_and_pay_from_the_same_balance(tmp_path, ma
         "member_id": member_id, "role": "member", "kid": new_kid, "status": "pending_bind", "msg_id": None}
     assert "key_not_bound" in last_error(pay(member, store_id, "100", "pending", **new_card))
 
-    pending = center_cli(live_center, "operator", "list-keys", "--status", "pending_bind")["keys"]
-    assert [k["kid"] for k in pending] == [new_kid]
-    assert pending[0]["claim"]["claimed"]["name"] == pending[0]["claim"]["registered"]["name"] == "Hanako Yamada"
+    # Someone else claims the same account with their own token; an operator's wallet rejects it.
+    impostor = WalletUser(tmp_path, make_softhsm_token, "impostor")
+    impostor.init()
+    claimed = impostor.run("enroll", "--center", live_center.url, "--center-cert", str(live_center.cert), "--rebind",
+                           member_id, "--name", "Not Hanako", "--address", "9-9 Elsewhere", "--birth-date",
+                           "1970-01-01", "--json")
+    assert claimed.returncode == 0 and json.loads(claimed.stdout)["status"] == "pending_bind", claimed.stderr
+    impostor_kid = json.loads(claimed.stdout)["kid"]
+
+    pending = {k["kid"]: k["claim"] for k in
+               center_cli(live_center, "operator", "list-keys", "--status", "pending_bind")["keys"]}
+    assert set(pending) == {new_kid, impostor_kid}
+    assert pending[new_kid]["claimed"]["name"] == pending[new_kid]["registered"]["name"] == "Hanako Yamada"
+    assert pending[impostor_kid]["claimed"]["birth_date"] != pending[impostor_kid]["registered"]["birth_date"]
+    operator, _added = add_operator(tmp_path, make_softhsm_token, live_center, "ops", "operator")
+    operator.json("operator", "attach", "--center", live_center.url, "--center-cert", str(live_center.cert))
+    rejected = operator.json("operator", "reject-key", impostor_kid, "--reason", "birth date does not match")
+    assert (rejected["status"], rejected["action"], rejected["member_id"]) == ("accepted", "key_rejected", member_id)
+    assert "key_rejected" in last_error(impostor.run("balance"))
+
     bound = center_cli(live_center, "operator", "bind-key", new_kid)
     assert (bound["member_id"], bound["repeated"]) == (member_id, False)
 

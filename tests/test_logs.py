@@ -81,12 +81,13 @@ def format_with(formatter: logging.Formatter, record_maker) -> str:
     handler.setFormatter(formatter)
     log = logging.getLogger("tokenpay")
     log.addHandler(handler)
-    old_level, log.level = log.level, logging.DEBUG
+    old_level = log.level
+    log.setLevel(logging.DEBUG)  # setLevel, not .level =: it clears isEnabledFor's cache
     try:
         record_maker()
     finally:
         log.removeHandler(handler)
-        log.level = old_level
+        log.setLevel(old_level)
     return stream.getvalue()
 
 

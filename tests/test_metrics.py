@@ -184,3 +184,22 @@ def test_an_unexpected_failure_counts_as_internal_error(center):
     assert value(samples, "tokenpay_errors_total", code="internal_error") == 1
     assert value(samples, "tokenpay_http_requests_total", route="/v1/stores/{store_id}", method="GET",
                  status="500") == 1
+
+
+def test_a_payment_batch_counts_each_accepted_payment_and_each_refusal(api, center):
+    _store, store_id = enroll(api, center, "store", name=STORE_NAME)
+    member = funded(api, center, 1_000)
+    items = [member.envelope("pay", pay_body(store_id, amount, f"b-{amount}"), aud=center.center_id).to_json()
+             for amount in (100, 250, 5_000)]
+    malformed = {**items[0], "kid": "not-a-key-id"}
+    response = api.post("/v1/payments/batch", json={"payments": [*items, malformed]})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert ["receipt" in r for r in results] == [True, True, False, False]
+    assert [r["error"]["code"] for r in results[2:]] == ["insufficient_funds", "malformed_envelope"]
+    samples = scrape(api.get("/metrics").text)
+    assert value(samples, "tokenpay_payments_total") == 2
+    assert value(samples, "tokenpay_payment_amount_minor_total") == 350
+    assert value(samples, "tokenpay_errors_total", code="insufficient_funds") == 1
+    assert value(samples, "tokenpay_errors_total", code="malformed_envelope") == 1
+    assert value(samples, "tokenpay_http_requests_total", route="/v1/payments/batch", method="POST", status="200") == 1

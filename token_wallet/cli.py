@@ -364,7 +364,7 @@ def _read_entropy(path: Optional[Path]) -> bytes | None:
 
 # The money and card commands register themselves on `app` when imported;
 # importing them here, after this module's commands, keeps `wallet --help` in order.
-from token_wallet import cli_card, cli_keys, cli_money, cli_operator  # noqa: E402,F401
+from token_wallet import cli_card, cli_keys, cli_money, cli_operator, cli_operator_keys  # noqa: E402,F401
 
 
 def main() -> None:

@@ -54,14 +54,14 @@ def check_can_replace(doc: dict) -> None:
     if doc["outbox"]:
         raise WalletError(f"{len(doc['outbox'])} message(s) signed by the old key still wait in the outbox: "
                           "run `wallet sync` first (a revoked key's messages are then refused and recorded)")
-    if doc.get("pending_key"):
-        raise WalletError("a key rotation is under way; finish it with `wallet sync` or `wallet rotate-key`")
 
 
 def replace_key(wallet: Wallet, token_doc: dict, key: KeyRecord) -> dict:
     """After a lost card: the new token's key becomes this wallet's key, not yet enrolled."""
     doc = wallet.doc
     check_can_replace(doc)
+    # A rotation prepared but never sent (the outbox is empty) cannot be: the old key is gone.
+    discard_pending_key(wallet, "replaced after a lost card")
     old_kid = doc["kid"]
     _retire_current_key(doc, "replaced")
     _install_key(doc, token_doc, key, counter=0, state="new")
