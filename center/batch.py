@@ -1,25 +1,24 @@
-"""The batch path: many individually signed payments answered in one database transaction.
+"""The batch path: many individually signed payments booked in one database transaction.
 
-Each payment is verified, applied and answered on its own, exactly as if it had been sent alone:
-same idempotency record, counter, refusal codes, audit entry and center-signed receipt; a resend,
-alone or in another batch, gets the same answer. What the payments share is one transaction: the
-commit, the audit-head lock and the statements that only append rows are paid once per batch.
-A store terminal or gateway uses it directly (POST /v1/payments/batch); center.group_commit uses
-it to commit concurrent single payments together. Nothing is answered before the commit.
+Each payment is verified and answered on its own, exactly as if it had been sent alone: same
+idempotency record, counter rule, refusal codes, audit entry and center-signed receipt; a resend,
+alone or in another batch, gets the same answer. A store terminal or gateway uses it directly
+(POST /v1/payments/batch); center.group_commit uses it to commit concurrent single payments
+together. Nothing is answered before the commit.
 
-How the work is ordered, and why it is safe without a savepoint per payment:
-1. Duplicates inside the batch are settled in Python first (the same message twice shares one
-   answer; a reused message id or counter is refused as it would be alone).
-2. One query reads every key's status and every earlier answer.
-3. Per payment: advance the counter, then apply it. Every refusal a payment can meet before its
-   first ledger write (wrong role, unknown payee, insufficient funds...) leaves only the counter
-   advanced, which its recorded refusal needs anyway. The one refusal that can come after a write
-   (`balance_limit`, on the credit leg) aborts the batch instead.
-4. Rows nothing reads later in the transaction (transfers, payments) are inserted together; the
-   audit entries are appended in one go (center.audit.append_many); receipts are signed; the
-   answers are stored together.
-If the batch meets a concurrent request for the same key or message (a unique violation) or the
-abort of step 3, the whole transaction rolls back and each payment is answered alone by the
+Why it is cheap: the statements do not grow with the batch. One transaction
+1. settles duplicates inside the batch in Python (the same message twice shares one answer; a
+   reused message id or counter is refused as it would be alone);
+2. reads, locking in one global order (keys, then accounts, each sorted; the audit head last,
+   as a single request does), the key rows, the earlier answers, the payees and the accounts;
+3. books each payment in memory, in order, with the same rules as the single path
+   (center.handlers.check_payment, center.ledger.Book: same checks, same refusals);
+4. writes everything back with one statement per table (executemany: pipelined on
+   PostgreSQL), appends the audit entries at once, signs the receipts, stores the answers.
+A refusal before any booking leaves only the counter advanced, which its recorded refusal needs.
+`balance_limit` (a credit past 2**53) aborts the batch. On an abort, or when the batch meets a
+concurrent request for the same key or message (a unique violation), or PostgreSQL names it a
+deadlock victim, the transaction rolls back and each payment is answered alone by the
 single-request path, which knows how to find a concurrent winner's answer.
 """
 
@@ -28,11 +27,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, tuple_
+from sqlalchemy import Connection, bindparam, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from center import audit, handlers, ledger
-from center.db import accounts, keys, messages
+from center.db import keys, messages, parties
 from center.errors import ApiError, Refusal
 from center.key_lifecycle import inactive_key_error
 from paywire.messages import PAY
@@ -43,14 +42,15 @@ REFUSALS_AFTER_WRITES = frozenset({"balance_limit"})
 # PostgreSQL: deadlock_detected, serialization_failure.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
-_KEY_STATUSES = select(keys.c.kid, keys.c.status).where(keys.c.kid.in_(bindparam("kids", expanding=True)))
+# Built once (see center/ledger.py). Keys are locked sorted, before the accounts (ledger.Book).
+_LOCK_KEYS = (select(keys.c.kid, keys.c.status, keys.c.last_ctr).where(keys.c.kid.in_(bindparam("kids", expanding=True)))
+              .order_by(keys.c.kid).with_for_update())
+_WRITE_COUNTER = update(keys).where(keys.c.kid == bindparam("k_kid")).values(last_ctr=bindparam("k_last"))
 _EARLIER_ANSWERS = select(messages.c.kid, messages.c.msg_id, messages.c.payload_sha256, messages.c.response).where(
     tuple_(messages.c.kid, messages.c.msg_id).in_(bindparam("pairs", expanding=True)))
+_STORES = select(parties.c.id, parties.c.name, parties.c.status).where(
+    parties.c.id.in_(bindparam("ids", expanding=True)), parties.c.role == "store")
 _STORE_ANSWERS = insert(messages)
-_LOCK_KEYS = (select(keys.c.kid).where(keys.c.kid.in_(bindparam("kids", expanding=True)))
-              .order_by(keys.c.kid).with_for_update())
-_LOCK_ACCOUNTS = (select(accounts.c.id).where(accounts.c.id.in_(bindparam("ids", expanding=True)))
-                  .order_by(accounts.c.id).with_for_update())
 
 
 def error_answer(error: ApiError) -> dict:
@@ -66,6 +66,7 @@ class _Item:
     request: object  # center.service.Verified
     answer: dict | None = None
     same_as: "_Item | None" = None
+    conflict: ApiError | None = None  # reuses a message id or counter of an earlier item in the batch
     outcome: handlers.Outcome | None = None
     refusal: Refusal | None = None
     now_ms: int = 0
@@ -122,69 +123,109 @@ def _settle_duplicates(items: list[_Item]) -> list[_Item]:
     for item in items:
         header = item.request.header
         first = by_message.get((header.kid, header.msg_id))
+        if first is not None and first.request.payload_sha256 == item.request.payload_sha256:
+            item.same_as = first
+            continue
+        # Refused, but only after the checks a single request meets first (key status, earlier answer).
         if first is not None:
-            if first.request.payload_sha256 == item.request.payload_sha256:
-                item.same_as = first
-            else:
-                item.answer = error_answer(ApiError("message_id_conflict", "this message id was already used for "
-                                                                           "a different message"))
-            continue
-        if (header.kid, header.ctr) in by_counter:
-            item.answer = error_answer(ApiError("counter_replayed", "this message counter was already used by "
-                                                                    "this key"))
-            continue
-        by_message[(header.kid, header.msg_id)] = by_counter[(header.kid, header.ctr)] = item
+            item.conflict = ApiError("message_id_conflict", "this message id was already used for a different message")
+        elif (header.kid, header.ctr) in by_counter:
+            item.conflict = ApiError("counter_replayed", "this message counter was already used by this key")
+        else:
+            by_message[(header.kid, header.msg_id)] = by_counter[(header.kid, header.ctr)] = item
         unique.append(item)
     return unique
 
 
 def _answer_together(center, conn: Connection, items: list[_Item]) -> None:
-    _lock_in_global_order(conn, items)
-    pending = _answer_from_records(conn, items)
-    deferred = _DeferredInserts(conn)
-    for item in pending:
-        _apply(center, conn, deferred, item)
-    deferred.flush()
-    accepted = [item for item in pending if item.outcome is not None]
+    counters = _Counters(conn, items)
+    earlier = _earlier_answers(conn, items)
+    stores = {row.id: row for row in conn.execute(_STORES, {"ids": sorted({i.request.body["payee"] for i in items})})}
+    book = ledger.Book(conn, [ledger.party_account(party) for item in items
+                              for party in (item.request.signer.party_id, item.request.body["payee"])])
+    payments = []
+    for item in items:
+        _book_one(center, item, counters, earlier, stores, book, payments)
+    counters.write(conn)
+    book.write(conn)
+    if payments:
+        conn.execute(handlers._INSERT_PAYMENT, payments)
+    accepted = [item for item in items if item.outcome is not None]
     if accepted:
         _seal(center, conn, accepted)
-    stored = [item for item in pending if item.answer is not None and (item.outcome or item.refusal)]
+    stored = [item for item in items if item.outcome is not None or item.refusal is not None]
     if stored:
         conn.execute(_STORE_ANSWERS, [_answer_row(item) for item in stored])
 
 
-def _lock_in_global_order(conn: Connection, items: list[_Item]) -> None:
-    """Lock every key row, then every account row, the batch will update, each in sorted order.
+def _book_one(center, item: _Item, counters: "_Counters", earlier: dict, stores: dict, book, payments: list) -> None:
+    """One payment, as center.service answers it alone: key status, earlier answer, counter, rules, money."""
+    header, signer, body = item.request.header, item.request.signer, item.request.body
+    status = counters.status(header.kid)
+    if status != "active":  # revoked, rotated, not bound yet, rejected
+        item.answer = error_answer(inactive_key_error(status or "revoked"))
+        return
+    if (header.kid, header.msg_id) in earlier:
+        item.answer = _recorded_answer(earlier[(header.kid, header.msg_id)], item.request.payload_sha256)
+        return
+    if item.conflict is not None:
+        item.answer = error_answer(item.conflict)
+        return
+    try:
+        counters.advance(header)
+    except ApiError as error:
+        item.answer = error_answer(error)
+        return
+    item.now_ms = center.clock_ms()
+    store = stores.get(body["payee"])
+    try:
+        handlers.check_payment(center, signer, body, store)
+        payment_id = ledger.new_id("P")
+        balance_minor = book.move(debit=ledger.party_account(signer.party_id), credit=ledger.party_account(store.id),
+                                  amount_minor=body["amount_minor"], kind="payment", ref=payment_id,
+                                  now_ms=item.now_ms)
+    except Refusal as refusal:
+        if refusal.code in REFUSALS_AFTER_WRITES:
+            raise _Abort(refusal.code) from None
+        item.refusal = refusal
+        item.answer = error_answer(refusal)
+        return
+    payments.append(handlers.payment_row(payment_id, signer, store, body, item.now_ms))
+    item.outcome = handlers.paid(center, payment_id, store, body, balance_minor)
 
-    A single request locks its key row, then its two accounts sorted (center.ledger.move),
-    then the audit head. A batch updating rows in arrival order would take buyer, store,
-    buyer... and deadlock with a batch in another process; taking them all first, in that
-    same global order (keys, then accounts, each sorted; the audit head last), cannot.
-    SQLite locks the whole database instead and ignores FOR UPDATE.
-    """
-    kids = sorted({item.request.header.kid for item in items})
-    account_ids = sorted({account for item in items for account in item.request.accounts})
-    conn.execute(_LOCK_KEYS, {"kids": kids}).all()
-    if account_ids:
-        conn.execute(_LOCK_ACCOUNTS, {"ids": account_ids}).all()
+
+class _Counters:
+    """Key rows of the batch, locked (sorted) and advanced in memory like service._advance_counter."""
+
+    def __init__(self, conn: Connection, items: list[_Item]):
+        rows = conn.execute(_LOCK_KEYS, {"kids": sorted({item.request.header.kid for item in items})}).all()
+        self._status = {row.kid: row.status for row in rows}
+        self._last_ctr = {row.kid: row.last_ctr for row in rows}
+        self._changed: set[str] = set()
+
+    def status(self, kid: str) -> str | None:
+        return self._status.get(kid)
+
+    def advance(self, header) -> None:
+        """Accept the counter within the window below the highest; a reused one is left to the unique
+        index on messages (kid, ctr), as on the single path's first attempt."""
+        from center.service import COUNTER_WINDOW
+
+        if not self._last_ctr[header.kid] < header.ctr + COUNTER_WINDOW:
+            raise ApiError("counter_replayed", f"the message counter is more than {COUNTER_WINDOW} below the "
+                                               "highest accepted from this key")
+        if header.ctr > self._last_ctr[header.kid]:
+            self._last_ctr[header.kid] = header.ctr
+            self._changed.add(header.kid)
+
+    def write(self, conn: Connection) -> None:
+        if self._changed:
+            conn.execute(_WRITE_COUNTER, [{"k_kid": kid, "k_last": self._last_ctr[kid]} for kid in sorted(self._changed)])
 
 
-def _answer_from_records(conn: Connection, items: list[_Item]) -> list[_Item]:
-    """Answer revoked keys and resent messages from the database; return the items still to apply."""
-    kids = sorted({item.request.header.kid for item in items})
-    statuses = dict(conn.execute(_KEY_STATUSES, {"kids": kids}).all())
+def _earlier_answers(conn: Connection, items: list[_Item]) -> dict:
     pairs = [(item.request.header.kid, item.request.header.msg_id) for item in items]
-    earlier = {(row.kid, row.msg_id): row for row in conn.execute(_EARLIER_ANSWERS, {"pairs": pairs})}
-    pending = []
-    for item in items:
-        header = item.request.header
-        if statuses.get(header.kid) != "active":  # revoked, rotated, not bound yet, rejected
-            item.answer = error_answer(inactive_key_error(statuses.get(header.kid) or "revoked"))
-        elif (header.kid, header.msg_id) in earlier:
-            item.answer = _recorded_answer(earlier[(header.kid, header.msg_id)], item.request.payload_sha256)
-        else:
-            pending.append(item)
-    return pending
+    return {(row.kid, row.msg_id): row for row in conn.execute(_EARLIER_ANSWERS, {"pairs": pairs})}
 
 
 def _recorded_answer(row, payload_sha256: str) -> dict:
@@ -195,24 +236,6 @@ def _recorded_answer(row, payload_sha256: str) -> dict:
     if "error" in response:
         return {"error": response["error"], "status": response["status"]}
     return response
-
-
-def _apply(center, conn: Connection, deferred: "_DeferredInserts", item: _Item) -> None:
-    from center.service import _advance_counter
-
-    item.now_ms = center.clock_ms()
-    try:
-        _advance_counter(conn, item.request.header, check_unused=False)
-    except ApiError as error:  # nothing was written
-        item.answer = error_answer(error)
-        return
-    try:
-        item.outcome = item.request.apply(deferred, item.now_ms)
-    except Refusal as refusal:
-        if refusal.code in REFUSALS_AFTER_WRITES:
-            raise _Abort(refusal.code) from None
-        item.refusal = refusal
-        item.answer = error_answer(refusal)
 
 
 def _seal(center, conn: Connection, accepted: list[_Item]) -> None:
@@ -241,28 +264,3 @@ def _answer_alone(center, request) -> dict:
         return center.accept_verified(request)
     except ApiError as error:
         return error_answer(error)
-
-
-class _DeferredInserts:
-    """The handlers' connection during a batch: appends that nothing reads later in the
-    transaction (transfer and payment rows) are collected and inserted together by flush();
-    every other statement runs at once."""
-
-    def __init__(self, conn: Connection):
-        self._conn = conn
-        self._rows: dict[int, tuple] = {id(statement): (statement, [])
-                                        for statement in (ledger._INSERT_TRANSFER, handlers._INSERT_PAYMENT)}
-
-    def execute(self, statement, parameters=None):
-        deferred = self._rows.get(id(statement))
-        if deferred is None:
-            return self._conn.execute(statement, parameters)
-        assert isinstance(parameters, dict)
-        deferred[1].append(parameters)
-        return None
-
-    def flush(self) -> None:
-        for statement, rows in self._rows.values():
-            if rows:
-                self._conn.execute(statement, rows if len(rows) > 1 else rows[0])
-            rows.clear()

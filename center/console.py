@@ -55,10 +55,15 @@ OperatorSession = Annotated[ConsoleSession, Depends(console_session(role="operat
 PartyId = Annotated[str | None, Query(max_length=32)]
 
 
-def install_console(app: FastAPI, center) -> None:
-    """Add the console to the center's app (called once from center.app.create_app)."""
-    app.include_router(_router(center))
+def install_console_headers(app: FastAPI) -> None:
+    """The console's security headers (a middleware: added before the outermost observability one)."""
     app.add_middleware(ConsoleHeadersMiddleware)
+
+
+def install_console(app: FastAPI, center) -> None:
+    """The console's routes. Added after the API routes: FastAPI matches routes in order and an
+    included router costs more to match, so the payment path must not be tried against it first."""
+    app.include_router(_router(center))
 
 
 def filters(

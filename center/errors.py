@@ -26,6 +26,7 @@ STATUS_FOR_CODE = {
     "nothing_to_pay_out": 409,
     "payee_name_mismatch": 409,
     "topup_not_pending": 409,
+    "amount_mismatch": 409,  # README has always said 409; unlisted codes answered 400
     "unknown_payee": 404,
     "unknown_payment": 404,
     "unknown_topup": 404,
@@ -37,6 +38,7 @@ STATUS_FOR_CODE = {
     "method_not_allowed": 405,
     "body_too_large": 413,
     "batch_too_large": 413,
+    "overloaded": 503,
     "invalid_request": 422,
     # operators and the console (center.operator_actions, center.console_auth)
     "not_an_operator": 403,

@@ -73,24 +73,39 @@ def topup(center: "Center", conn: Connection, signer: "Signer", header: Header, 
 
 
 def pay(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> Outcome:
+    store = conn.execute(_ACTIVE_STORE, {"p_id": body["payee"]}).first()
+    check_payment(center, signer, body, store)
+    payment_id = ledger.new_id("P")
+    amount = body["amount_minor"]
+    balance = ledger.move(conn, debit=ledger.party_account(signer.party_id), credit=ledger.party_account(store.id),
+                          amount_minor=amount, kind="payment", ref=payment_id, now_ms=now)
+    conn.execute(_INSERT_PAYMENT, payment_row(payment_id, signer, store, body, now))
+    return paid(center, payment_id, store, body, balance)
+
+
+# The payment's rules and rows, shared with the batch path (center.batch), which books many
+# payments in memory between one read and one write of the rows they touch.
+
+def check_payment(center: "Center", signer: "Signer", body: dict, store) -> None:
+    """Refuse by the rules, before any write; `store` is the payee's row (id, name, status) or None."""
     _require_role(signer, "member", "pay")
     _require_currency(center, body)
-    store = conn.execute(_ACTIVE_STORE, {"p_id": body["payee"]}).first()
     if store is None or store.status != "active":
         raise Refusal("unknown_payee", f"no active store {body['payee']} at this center")
     if store.name != body["payee_name"]:
         # The buyer confirmed this name on their screen: it must be the store's.
         raise Refusal("payee_name_mismatch", f"store {store.id} is registered as {store.name!r}, not {body['payee_name']!r}")
-    payment_id = ledger.new_id("P")
-    amount = body["amount_minor"]
-    balance = ledger.move(conn, debit=ledger.party_account(signer.party_id), credit=ledger.party_account(store.id),
-                          amount_minor=amount, kind="payment", ref=payment_id, now_ms=now)
-    conn.execute(_INSERT_PAYMENT, {"id": payment_id, "buyer_id": signer.party_id, "store_id": store.id,
-                                   "amount_minor": amount, "refunded_minor": 0, "order_ref": body["order_ref"],
-                                   "created_at_ms": now})
+
+
+def payment_row(payment_id: str, signer: "Signer", store, body: dict, now: int) -> dict:
+    return {"id": payment_id, "buyer_id": signer.party_id, "store_id": store.id, "amount_minor": body["amount_minor"],
+            "refunded_minor": 0, "order_ref": body["order_ref"], "created_at_ms": now}
+
+
+def paid(center: "Center", payment_id: str, store, body: dict, balance_minor: int) -> Outcome:
     return Outcome({"action": "paid", "payment_id": payment_id, "store_id": store.id, "store_name": store.name,
-                    "amount_minor": amount, "currency": center.currency, "order_ref": body["order_ref"],
-                    "balance_minor": balance})
+                    "amount_minor": body["amount_minor"], "currency": center.currency, "order_ref": body["order_ref"],
+                    "balance_minor": balance_minor})
 
 
 def refund(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> Outcome:
@@ -171,13 +186,6 @@ def balance(center: "Center", conn: Connection, signer: "Signer", header: Header
             for r in conn.execute(select(payouts).where(payouts.c.store_id == signer.party_id)
                                   .order_by(payouts.c.created_at_ms.desc(), payouts.c.id).limit(RECENT_EVENTS))]
     return Outcome(result)
-
-
-def accounts_touched(msg_type: str, signer: "Signer", body: dict) -> tuple[str, ...]:
-    """The ledger accounts a payment moves money between (empty for other types: not batched)."""
-    if msg_type != PAY:
-        return ()
-    return ledger.party_account(signer.party_id), ledger.party_account(body["payee"])
 
 
 def sign_notice(center: "Center", payment) -> Envelope:

@@ -95,7 +95,7 @@ def _debit(conn: Connection, account_id: str, amount_minor: int) -> int:
         return balance_minor
     if conn.execute(_EXISTS, {"a_id": account_id}).first() is None:
         raise AssertionError(f"account {account_id} does not exist")
-    raise Refusal("insufficient_funds", "the balance does not cover this amount; nothing was changed")
+    raise _insufficient_funds()
 
 
 def _credit(conn: Connection, account_id: str, amount_minor: int) -> None:
@@ -103,7 +103,62 @@ def _credit(conn: Connection, account_id: str, amount_minor: int) -> None:
         return
     if conn.execute(_EXISTS, {"a_id": account_id}).first() is None:
         raise AssertionError(f"account {account_id} does not exist")
-    raise Refusal("balance_limit", "this credit would take the balance beyond what receipts can state")
+    raise _balance_limit()
+
+
+def _insufficient_funds() -> Refusal:
+    return Refusal("insufficient_funds", "the balance does not cover this amount; nothing was changed")
+
+
+def _balance_limit() -> Refusal:
+    return Refusal("balance_limit", "this credit would take the balance beyond what receipts can state")
+
+
+class Book:
+    """Balances of locked accounts, moved in memory and written back once (the batch path).
+
+    The same rules as _DEBIT and _CREDIT above, applied in Python to rows the caller has
+    locked (SELECT ... FOR UPDATE, or SQLite's write lock); the CHECK constraint still
+    guards what is written. `transfers` collects the rows to insert.
+    """
+
+    _LOCK = (select(accounts.c.id, accounts.c.kind, accounts.c.balance_minor)
+             .where(accounts.c.id.in_(bindparam("ids", expanding=True))).order_by(accounts.c.id).with_for_update())
+    _WRITE = update(accounts).where(accounts.c.id == bindparam("a_id")).values(balance_minor=bindparam("a_balance"))
+
+    def __init__(self, conn: Connection, account_ids: list[str]):
+        # Sorted, like move(): one global lock order, so batches cannot deadlock.
+        rows = conn.execute(self._LOCK, {"ids": sorted(set(account_ids))}).all()
+        self._kind = {row.id: row.kind for row in rows}
+        self._balance = {row.id: row.balance_minor for row in rows}
+        self._changed: set[str] = set()
+        self.transfers: list[dict] = []
+
+    def move(self, *, debit: str, credit: str, amount_minor: int, kind: str, ref: str, now_ms: int) -> int:
+        """Like move(): returns the debited account's new balance; refuses before changing anything."""
+        assert amount_minor > 0 and debit != credit
+        assert debit in self._balance and credit in self._balance, "accounts must be locked first"
+        debit_after = self._balance[debit] - amount_minor
+        if self._kind[debit] in PROTECTED_KINDS and debit_after < 0:
+            raise _insufficient_funds()
+        if self._balance[credit] > MAX_SAFE_INTEGER - amount_minor:
+            raise _balance_limit()
+        self._balance[debit] = debit_after
+        self._balance[credit] += amount_minor
+        self._changed.update((debit, credit))
+        self.transfers.append({"id": new_id("T"), "debit_account": debit, "credit_account": credit,
+                               "amount_minor": amount_minor, "kind": kind, "ref": ref, "created_at_ms": now_ms})
+        return debit_after
+
+    def has(self, account_id: str) -> bool:
+        return account_id in self._balance
+
+    def write(self, conn: Connection) -> None:
+        if self._changed:
+            conn.execute(self._WRITE, [{"a_id": account_id, "a_balance": self._balance[account_id]}
+                                       for account_id in sorted(self._changed)])
+        if self.transfers:
+            conn.execute(_INSERT_TRANSFER, self.transfers)
 
 
 @dataclass

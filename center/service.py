@@ -129,6 +129,14 @@ class Center:
             return _raise_error_answer(self._payments.answer(request))
         return self._accept(envelope, request.header, request.apply, advance_counter=True)
 
+    async def pay_async(self, request: "Verified") -> dict:
+        """A verified payment's answer for an HTTP request, awaited without holding a thread."""
+        return _raise_error_answer(await self._payments.answer_async(request))
+
+    def knows_key(self, kid: str) -> bool:
+        """Whether verifying a message from this key needs no database read (for the event loop)."""
+        return kid in self._known_keys
+
     def submit_batch(self, envelopes: list[Envelope], expected_type: str) -> list[dict]:
         """Many signed requests, each answered as if sent alone, sharing one transaction and commit."""
         from center.batch import submit_batch
@@ -151,8 +159,7 @@ class Center:
         def apply(conn: Connection, now: int) -> handlers.Outcome:
             return handler(self, conn, signer, header, body, now)
 
-        return Verified(envelope, header, apply, hashlib.sha256(envelope.payload).hexdigest(),
-                        handlers.accounts_touched(expected_type, signer, body))
+        return Verified(envelope, header, apply, hashlib.sha256(envelope.payload).hexdigest(), signer, body)
 
     def store_info(self, store_id: str) -> dict:
         """Public facts a buyer's wallet shows before paying: the store's registered name."""
@@ -272,9 +279,9 @@ class Verified:
     header: Header
     apply: Callable[[Connection, int], handlers.Outcome]
     payload_sha256: str
-    # The ledger accounts the request may move money between, when known before
-    # applying it: a batch locks them all up front, in one global order.
-    accounts: tuple[str, ...] = ()
+    # What the batch path (center.batch) books payments from, without calling `apply`.
+    signer: Signer | None = None
+    body: dict | None = None
 
 
 def _raise_error_answer(answer: dict) -> dict:

@@ -13,6 +13,8 @@ The algorithm always comes from the enrolled key record, never from a message:
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -43,6 +45,9 @@ def key_id(spki_der: bytes) -> str:
     return hashlib.sha256(spki_der).hexdigest()
 
 
+# Parsing and re-encoding an SPKI costs ~15 us; a center verifies the same keys again and again.
+# Keys are immutable and refusals are raised, never cached.
+@functools.lru_cache(maxsize=4096)
 def load_public_key(spki_der: bytes, algorithm: str) -> PublicKey:
     """Load an SPKI and insist it is a key the named algorithm may use."""
     if algorithm not in ALGORITHMS:

@@ -198,3 +198,78 @@ def test_concurrent_single_payments_are_committed_together(center, shop, monkeyp
     assert balance(center, buyer_id) == 0 and balance(center, shop) == 400
     assert count(center, payments) == 40
     assert ledger_ok(center)
+
+
+# --- the batch books payments exactly as the single path does ------------------------------
+
+
+def _operations(seed: int, count: int) -> list[tuple]:
+    import random
+
+    rng = random.Random(seed)
+    kinds = ["store"] * 6 + ["wrong_name", "unknown", "member", "currency", "reuse_counter", "resend"]
+    return [(rng.randrange(4), rng.choice([1, 7, 30, 90, 400]), rng.choice(kinds)) for _ in range(count)]
+
+
+def _materialise(center, operations: list[tuple]) -> tuple[list, list[str]]:
+    """Fresh parties, then one envelope per operation: buyers with 0, 60, 300 and 5,000 and a shop."""
+    from center.key_admin import revoke_key
+
+    _, shop_id = enroll(center, "store", name="Corner Shop")
+    buyers = [funded_member(center, amount) if amount else enroll(center, "member") for amount in (60, 300, 5_000)]
+    buyers.append(funded_member(center, 1_000))
+    revoke_key(center.engine, buyers[3][0].kid, reason="lost", decided_by="operator:test", now_ms=1)
+    envelopes = []
+    for buyer_index, amount, kind in operations:
+        signer, _ = buyers[buyer_index]
+        if kind == "resend" and envelopes:
+            envelopes.append(envelopes[-1])
+            continue
+        payee, name, currency = shop_id, "Corner Shop", "JPY"
+        if kind == "wrong_name":
+            name = "Someone Else"
+        elif kind == "unknown":
+            payee = "S-" + "0" * 16
+        elif kind == "member":
+            payee = buyers[(buyer_index + 1) % 4][1]
+        elif kind == "currency":
+            currency = "EUR"
+        body = {"payee": payee, "payee_name": name, "amount_minor": amount, "currency": currency,
+                "order_ref": f"o-{len(envelopes)}"}
+        reuse = kind == "reuse_counter" and signer.counter > 0
+        envelopes.append(signer.envelope("pay", body, aud=center.center_id,
+                                         ctr=signer.counter if reuse else None))
+    return envelopes, [shop_id] + [member_id for _, member_id in buyers]
+
+
+def _outcome(center, request, answer: dict) -> tuple:
+    if "error" in answer:
+        return ("refused", answer["error"]["code"], answer["status"])
+    result = result_of(center, request, answer)
+    return ("paid", result["amount_minor"], result["balance_minor"])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_batches_book_payments_exactly_as_the_single_path(center, seed):
+    from center.batch import error_answer
+    from center.errors import ApiError
+
+    operations = _operations(seed, 60)
+    alone_requests, alone_parties = _materialise(center, operations)
+    alone = []
+    for request in alone_requests:
+        try:
+            alone.append(_outcome(center, request, center.accept_verified(center.verify_request(request, "pay"))))
+        except ApiError as error:
+            alone.append(_outcome(center, request, error_answer(error)))
+
+    batch_requests, batch_parties = _materialise(center, operations)
+    together = []
+    for start in range(0, len(batch_requests), 25):
+        chunk = batch_requests[start:start + 25]
+        together += [_outcome(center, r, a) for r, a in zip(chunk, center.submit_batch(chunk, "pay"))]
+
+    assert together == alone
+    assert {outcome[0] for outcome in alone} == {"paid", "refused"}  # the scenario exercises both
+    assert [balance(center, party) for party in batch_parties] == [balance(center, party) for party in alone_parties]
+    assert ledger_ok(center)
