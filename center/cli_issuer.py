@@ -87,7 +87,7 @@ def certify(
     """Certify a token's public key: an X.509 certificate signed by the issuer CA."""
     if os.path.lexists(out):
         raise CliError(f"{out} already exists; choose another --out file")
-    spki_der = _issuer_call(lambda: issuer.load_public_key_pem(_read(public_key, "--public-key"),
+    spki_der = _issuer_call(lambda: issuer.load_public_key_pem(issuer_setup.read_pem_file(public_key, "--public-key"),
                                                                f"--public-key {public_key}"))
     now_s = int(time.time())
     authority = _open_ca(ca_cert, ca_key, password_file, "CA key password", now_s)
@@ -163,7 +163,7 @@ def _parent_ca(cert: Path | None, key: Path | None, password_file: str | None, n
 
 def _open_ca(cert: Path, key: Path, password_file: str | None, what: str, now_s: int,
              env_var: str | None = PASSWORD_ENV) -> issuer.CertificateAuthority:
-    cert_pem, key_pem = _read(cert, "--ca-cert"), _read(key, "--ca-key")
+    cert_pem, key_pem = issuer_setup.read_pem_file(cert, "--ca-cert"), issuer_setup.read_pem_file(key, "--ca-key")
     password = _password(password_file, what, confirm=False, env_var=env_var)
     return _issuer_call(lambda: issuer.load_ca(cert_pem, key_pem, password, now_s))
 
@@ -180,14 +180,6 @@ def _issuer_call(action):
         return action()
     except issuer.IssuerError as error:
         raise CliError(str(error)) from None
-
-
-def _read(path: Path, option: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(issuer.MAX_PEM_BYTES + 1)
-    except OSError as error:
-        raise CliError(f"cannot read {option} {path}: {error.strerror}") from None
 
 
 def _make_dir(directory: Path) -> None:

@@ -32,11 +32,11 @@ def read_trust(ca_file: Path, intermediate_files: list[Path], now_s: int, ca_opt
     if len(intermediate_files) > issuer.MAX_INTERMEDIATES:
         raise CliError(f"at most {issuer.MAX_INTERMEDIATES} --intermediate files can be configured")
     try:
-        trusted = issuer.load_pem_certificates(_read(ca_file, ca_option), f"{ca_option} {ca_file}",
+        trusted = issuer.load_pem_certificates(read_pem_file(ca_file, ca_option), f"{ca_option} {ca_file}",
                                                issuer.MAX_TRUSTED_CAS)
         for cert in trusted:
             issuer.check_ca_certificate(cert, now_s)
-        intermediates = [issuer.load_pem_certificates(_read(path, "--intermediate"), f"--intermediate {path}", 1)[0]
+        intermediates = [issuer.load_pem_certificates(read_pem_file(path, "--intermediate"), f"--intermediate {path}", 1)[0]
                          for path in intermediate_files]
         for cert in intermediates:
             issuer.check_intermediate(cert, tuple(trusted), now_s)
@@ -94,7 +94,8 @@ def summary(config: CenterConfig) -> dict:
             "intermediates": [issuer.describe(c) for c in policy.intermediates]}
 
 
-def _read(path: Path, option: str) -> bytes:
+def read_pem_file(path: Path, option: str) -> bytes:
+    """A PEM file named by a command-line option, read up to the size limit (one line on failure)."""
     try:
         with open(path, "rb") as handle:
             return handle.read(issuer.MAX_PEM_BYTES + 1)
