@@ -26,6 +26,7 @@ import time
 import httpx
 import pytest
 import schemathesis
+from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 import rfc8785
 from hypothesis import HealthCheck, given, settings
@@ -137,14 +138,55 @@ def test_schemathesis_in_process(case, app, center):
         assert response.json()["center_id"] == center.center_id  # this test's app answered, not SPEC_APP
 
 
+# Served but not in the spec, so schemathesis never sends them anything; each with the reason
+# and where its bad input is tested instead. A new route must be documented or listed here.
+CONSOLE_PAGE_API = "the console page's own API (browser cookie session + CSRF header, not the signed API); " \
+                   "bad input in tests/test_console_api.py, the page in tests/test_console_browser.py"
+UNDOCUMENTED_ROUTES = {
+    ("GET", "/openapi.json"): "the spec itself (fetched and compared in test_schemathesis_live_https)",
+    ("GET", "/docs"): "FastAPI's Swagger UI page: static HTML, no input",
+    ("GET", "/docs/oauth2-redirect"): "FastAPI's Swagger UI helper page: static HTML, no input",
+    ("GET", "/redoc"): "FastAPI's ReDoc page: static HTML, no input",
+    ("GET", "/console"): CONSOLE_PAGE_API,
+    ("GET", "/console/static/{name}"): CONSOLE_PAGE_API,
+    ("GET", "/console/api/search"): CONSOLE_PAGE_API,
+    ("GET", "/console/api/payments"): CONSOLE_PAGE_API,
+    ("GET", "/console/api/topups"): CONSOLE_PAGE_API,
+    ("GET", "/console/api/refunds"): CONSOLE_PAGE_API,
+    ("GET", "/console/api/payouts"): CONSOLE_PAGE_API,
+    ("GET", "/console/api/members/{party_id}/statement"): CONSOLE_PAGE_API,
+    ("GET", "/console/api/stats"): CONSOLE_PAGE_API,
+    ("POST", "/console/api/topups/{topup_id}/confirm"): CONSOLE_PAGE_API,
+    ("POST", "/console/api/topups/{topup_id}/decline"): CONSOLE_PAGE_API,
+    ("GET", "/console/api/export/{view}.csv"): CONSOLE_PAGE_API,
+}
+DOCUMENTED_ROUTE_COUNT = 20  # 16 under /v1 and /healthz, /metrics, and the console's 4 login routes
+
+
+def served_routes(app) -> set[tuple[str, str]]:
+    """(method, path) of every route the app answers, routers included through include_router.
+
+    FastAPI 0.163 keeps an included router as one lazy `_IncludedRouter` entry in app.routes;
+    iter_route_contexts (what FastAPI's own OpenAPI generator walks) expands it. Anything
+    without methods (a Mount, a sub-application) could hide routes, so it fails the test.
+    """
+    served = set()
+    for route in iter_route_contexts(app.routes):
+        assert isinstance(route.path, str) and route.methods, f"a route the test cannot see into: {route!r}"
+        served |= {(method, route.path) for method in route.methods if method != "HEAD"}
+    return served
+
+
 def test_fuzzed_spec_covers_every_route():
-    """Every route the app serves is in the spec schemathesis fuzzes (nothing hides from it)."""
-    served = {(method, route.path) for route in SPEC_APP.routes if hasattr(route, "methods")
-              for method in route.methods if method != "HEAD"}
-    served -= {("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
+    """Every route the app serves is in the spec schemathesis fuzzes, or listed with its reason above."""
+    served = served_routes(SPEC_APP)
     documented = {(method.upper(), path) for path, item in SPEC["paths"].items() for method in item}
-    assert served == documented
-    assert len(documented) == 11
+    assert set(UNDOCUMENTED_ROUTES) <= served, sorted(set(UNDOCUMENTED_ROUTES) - served)  # the list is not stale
+    assert not set(UNDOCUMENTED_ROUTES) & documented, sorted(set(UNDOCUMENTED_ROUTES) & documented)
+    assert sorted(served - set(UNDOCUMENTED_ROUTES)) == sorted(documented)
+    assert (len(documented), len(UNDOCUMENTED_ROUTES), len(served)) == (DOCUMENTED_ROUTE_COUNT, 16, 36)
+    assert {("GET", "/metrics"), ("POST", "/v1/keys/rotate"), ("POST", "/v1/operator/actions"),
+            ("POST", "/v1/console/login"), ("POST", "/v1/payments/batch")} <= documented
 
 
 def _resolve(schema: dict) -> dict:
