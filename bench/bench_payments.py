@@ -11,7 +11,9 @@ topped out near 300 requests/s on this machine, far below the server) with bench
 each body exactly once. The payments are split in thirds: one payment per request at full load
 (`--concurrency` connections), the same at half that rate (connections pacing themselves), and the
 batch path (/v1/payments/batch, 100 payments per request, 4 requests in flight). Afterwards
-`center ledger check` must pass and every payment must be in the books. Members beyond the paying
+`center ledger check` must pass and every payment must be in the books. It also prints the CPU time
+the center's processes spent per payment (user + system, from /proc; PostgreSQL's own is not
+included), the figure to watch when the machine is shared. Members beyond the paying
 ones are bulk-inserted filler rows, to see how the cost grows with the number of enrolled members.
 Not part of the test suite.
 """
@@ -132,6 +134,31 @@ def run_wrk(center: LiveCenter, route: str, bodies_file: Path, connections: int,
     return result
 
 
+def process_group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of a process group (the center)."""
+    total_ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # the process ended meanwhile
+        if int(fields[2]) == pgid:  # fields after "(comm)": state, ppid, pgrp, ... utime (12th), stime (13th)
+            total_ticks += int(fields[11]) + int(fields[12])
+    return total_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(center: LiveCenter, route: str, bodies_file: Path, connections: int, delay_ms: int,
+                 payments: int) -> dict:
+    """run_wrk, plus the center's CPU time per payment (all its worker processes; not PostgreSQL's)."""
+    pgid = center.process.process.pid
+    before_s = process_group_cpu_s(pgid)
+    result = run_wrk(center, route, bodies_file, connections, delay_ms)
+    result["center_cpu_ms_per_payment"] = 1000 * (process_group_cpu_s(pgid) - before_s) / payments
+    return result
+
+
 def run_one(db: str, members: int, payments: int, connections: int, workers: int, verify_rate: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/center.db" if db == "sqlite" else create_pg_database()
@@ -150,12 +177,12 @@ def run_one(db: str, members: int, payments: int, connections: int, workers: int
             batched = envelopes[2 * third:]
             write_bodies(batch_file, [{"payments": [e.to_json() for e in batched[i:i + BATCH_SIZE]]}
                                       for i in range(0, len(batched), BATCH_SIZE)])
-            full = run_wrk(center, "/v1/payments", full_file, connections, 0)
+            full = run_measured(center, "/v1/payments", full_file, connections, 0, third)
             rate = full["bodies"] / (full["duration_us"] / 1e6)
             # Half load: each connection waits between requests so that together they offer half
             # the rate measured above (closed loop with think time; slightly under half).
             half = run_wrk(center, "/v1/payments", half_file, connections, int(connections * 2000 / rate))
-            batch = run_wrk(center, "/v1/payments/batch", batch_file, BATCHES_IN_FLIGHT, 0)
+            batch = run_measured(center, "/v1/payments/batch", batch_file, BATCHES_IN_FLIGHT, 0, len(batched))
             batch_rate = len(batched) / (batch["duration_us"] / 1e6)
             center.ledger_check()
             committed = center.count(payments_table)
@@ -169,7 +196,8 @@ def run_one(db: str, members: int, payments: int, connections: int, workers: int
             "p99_half_load_ms": half["p99_us"] / 1000, "half_load_per_s": half["bodies"] / (half["duration_us"] / 1e6),
             "failures": full["non_200"] + half["non_200"], "batch_per_s": batch_rate,
             "batch_ratio": batch_rate / verify_rate, "batch_p99_ms": batch["p99_us"] / 1000,
-            "batch_failures": batch["non_200"]}
+            "batch_failures": batch["non_200"], "cpu_ms": full["center_cpu_ms_per_payment"],
+            "batch_cpu_ms": batch["center_cpu_ms_per_payment"]}
 
 
 def main() -> None:
@@ -194,10 +222,11 @@ def main() -> None:
             print(f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} single-payment path: {r['payments_per_s']:7.0f}/s "
                   f"= {r['ratio']:.3f} x verify (target 0.08), p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
                   f"p99 at half load ({r['half_load_per_s']:.0f}/s) {r['p99_half_load_ms']:.1f} ms (target < 50), "
-                  f"failures {r['failures']}")
+                  f"center CPU {r['cpu_ms']:.2f} ms/payment, failures {r['failures']}")
             print(f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} batch path ({BATCH_SIZE} per request, {BATCHES_IN_FLIGHT} "
                   f"in flight): {r['batch_per_s']:7.0f}/s = {r['batch_ratio']:.3f} x verify (target 0.20), "
-                  f"p99 per batch {r['batch_p99_ms']:.1f} ms, failures {r['batch_failures']}", flush=True)
+                  f"p99 per batch {r['batch_p99_ms']:.1f} ms, center CPU {r['batch_cpu_ms']:.2f} ms/payment, "
+                  f"failures {r['batch_failures']}", flush=True)
 
 
 if __name__ == "__main__":
