@@ -34,6 +34,7 @@ from center import audit, handlers, ledger
 from center.db import keys, messages, parties
 from center.errors import ApiError, Refusal
 from center.key_lifecycle import inactive_key_error
+from center.service import COUNTER_WINDOW, counter_reused, counter_too_old
 from paywire.messages import PAY
 
 MAX_BATCH_ITEMS = 100
@@ -130,7 +131,7 @@ def _settle_duplicates(items: list[_Item]) -> list[_Item]:
         if first is not None:
             item.conflict = ApiError("message_id_conflict", "this message id was already used for a different message")
         elif (header.kid, header.ctr) in by_counter:
-            item.conflict = ApiError("counter_replayed", "this message counter was already used by this key")
+            item.conflict = counter_reused()
         else:
             by_message[(header.kid, header.msg_id)] = by_counter[(header.kid, header.ctr)] = item
         unique.append(item)
@@ -149,7 +150,7 @@ def _answer_together(center, conn: Connection, items: list[_Item]) -> None:
     counters.write(conn)
     book.write(conn)
     if payments:
-        conn.execute(handlers._INSERT_PAYMENT, payments)
+        handlers.insert_payments(conn, payments)
     accepted = [item for item in items if item.outcome is not None]
     if accepted:
         _seal(center, conn, accepted)
@@ -209,11 +210,8 @@ class _Counters:
     def advance(self, header) -> None:
         """Accept the counter within the window below the highest; a reused one is left to the unique
         index on messages (kid, ctr), as on the single path's first attempt."""
-        from center.service import COUNTER_WINDOW
-
         if not self._last_ctr[header.kid] < header.ctr + COUNTER_WINDOW:
-            raise ApiError("counter_replayed", f"the message counter is more than {COUNTER_WINDOW} below the "
-                                               "highest accepted from this key")
+            raise counter_too_old()
         if header.ctr > self._last_ctr[header.kid]:
             self._last_ctr[header.kid] = header.ctr
             self._changed.add(header.kid)

@@ -102,6 +102,10 @@ def payment_row(payment_id: str, signer: "Signer", store, body: dict, now: int) 
             "refunded_minor": 0, "order_ref": body["order_ref"], "created_at_ms": now}
 
 
+def insert_payments(conn: Connection, rows: list[dict]) -> None:
+    conn.execute(_INSERT_PAYMENT, rows)
+
+
 def paid(center: "Center", payment_id: str, store, body: dict, balance_minor: int) -> Outcome:
     return Outcome({"action": "paid", "payment_id": payment_id, "store_id": store.id, "store_name": store.name,
                     "amount_minor": body["amount_minor"], "currency": center.currency, "order_ref": body["order_ref"],

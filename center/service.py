@@ -228,47 +228,38 @@ class Center:
         raise AssertionError("unreachable")
 
     def _accept_once(self, envelope, header, apply, payload_sha256, advance_counter, check_counter_unused) -> dict:
+        """In one transaction: an earlier answer to the same message, or counter, effect, audit
+        entry, signed receipt and stored answer."""
         with self.engine.begin() as conn:
-            return self.answer_in(conn, Verified(envelope, header, apply, payload_sha256),
-                                  advance_counter=advance_counter, check_counter_unused=check_counter_unused)
-
-    def answer_in(self, conn: Connection, request: "Verified", *, advance_counter: bool,
-                  check_counter_unused: bool) -> dict:
-        """The accepted request's answer, inside the caller's transaction: an earlier answer to
-        the same message, or counter, effect, audit entry, signed receipt and stored answer."""
-        header = request.header
-        earlier = _earlier_answer(conn, header, request.payload_sha256, of_enrolled_key=advance_counter)
-        if earlier is not None:
-            return earlier
-        now = self.clock_ms()
-        if advance_counter:
-            _advance_counter(conn, header, check_unused=check_counter_unused)
-        outcome = request.apply(conn, now)
-        seq = audit.append_envelope(conn, request.envelope, msg_type=header.type, msg_id=header.msg_id,
-                                    action=outcome.result, now_ms=now)
-        receipt = self.signer.sign_receipt(request_header=header, request=request.envelope, result=outcome.result,
-                                           ctr=seq, now_s=now // 1000)
-        response = {"receipt": receipt.to_json(), **outcome.extras}
-        _store_answer(conn, header, request.payload_sha256, response, now)
-        return response
+            earlier = _earlier_answer(conn, header, payload_sha256, of_enrolled_key=advance_counter)
+            if earlier is not None:
+                return earlier
+            now = self.clock_ms()
+            if advance_counter:
+                _advance_counter(conn, header, check_unused=check_counter_unused)
+            outcome = apply(conn, now)
+            seq = audit.append_envelope(conn, envelope, msg_type=header.type, msg_id=header.msg_id,
+                                        action=outcome.result, now_ms=now)
+            receipt = self.signer.sign_receipt(request_header=header, request=envelope, result=outcome.result,
+                                               ctr=seq, now_s=now // 1000)
+            response = {"receipt": receipt.to_json(), **outcome.extras}
+            _store_answer(conn, header, payload_sha256, response, now)
+            return response
 
     def _record_refusal(self, header: Header, payload_sha256: str, refusal: Refusal, advance_counter: bool) -> None:
         """Make a rule refusal final for this message id (a later resend cannot succeed)."""
         try:
             with self.engine.begin() as conn:
-                self.record_refusal_in(conn, header, payload_sha256, refusal, advance_counter)
+                if _earlier_answer_row(conn, header) is not None:
+                    return
+                if advance_counter:
+                    _advance_counter(conn, header, check_unused=True)
+                _store_answer(conn, header, payload_sha256, refusal.body() | {"status": refusal.status},
+                              self.clock_ms())
         except IntegrityError:
             pass  # a concurrent copy of this message recorded it first: the refusal stands
         # An ApiError here (counter_replayed, key_revoked) supersedes the refusal:
         # the message was not recorded, so it is refused for that reason instead.
-
-    def record_refusal_in(self, conn: Connection, header: Header, payload_sha256: str, refusal: Refusal,
-                          advance_counter: bool) -> None:
-        if _earlier_answer_row(conn, header) is not None:
-            return
-        if advance_counter:
-            _advance_counter(conn, header, check_unused=True)
-        _store_answer(conn, header, payload_sha256, refusal.body() | {"status": refusal.status}, self.clock_ms())
 
 
 @dataclass(frozen=True)
@@ -302,10 +293,20 @@ def _advance_counter(conn: Connection, header: Header, *, check_unused: bool) ->
         status = conn.execute(_KEY_STATUS, {"k_kid": header.kid}).scalar_one_or_none()
         if status != "active":
             raise inactive_key_error(status)
-        raise ApiError("counter_replayed", f"the message counter is more than {COUNTER_WINDOW} below the highest "
-                                           "accepted from this key")
+        raise counter_too_old()
     if check_unused and conn.execute(_COUNTER_USED, {"k_kid": header.kid, "k_ctr": header.ctr}).first() is not None:
-        raise ApiError("counter_replayed", "this message counter was already used by this key")
+        raise counter_reused()
+
+
+# The counter refusals, shared with the batch path's in-memory counters (center.batch).
+
+def counter_too_old() -> ApiError:
+    return ApiError("counter_replayed", f"the message counter is more than {COUNTER_WINDOW} below the highest "
+                                        "accepted from this key")
+
+
+def counter_reused() -> ApiError:
+    return ApiError("counter_replayed", "this message counter was already used by this key")
 
 
 def _earlier_answer_row(conn: Connection, header: Header):
