@@ -217,23 +217,27 @@ def statement(conn: Connection, party_id: str, *, window: Window = Window(), pag
     order = (transfers.c.created_at_ms, transfers.c.id)
     opening = _sum_before_window(conn, signed, mine, window) + _sum_of_first(conn, signed, in_window, order, page.offset)
     other = case((transfers.c.debit_account == account, transfers.c.credit_account), else_=transfers.c.debit_account)
+    # The page first, then the counterparties' names for its rows only: joined on the
+    # CASE above, PostgreSQL hashed every account (18 ms at 100,000 members, growing).
+    found = (select(transfers.c.id, transfers.c.created_at_ms, transfers.c.kind, transfers.c.ref,
+                    signed.label("signed_minor"), other.label("counterparty"))
+             .where(in_window).order_by(*order).limit(page.limit + 1).offset(page.offset).subquery())
     other_account = accounts.alias("other_account")
-    query = (select(transfers.c.id, transfers.c.created_at_ms, transfers.c.kind, transfers.c.ref,
-                    signed.label("signed_minor"), other.label("counterparty"), parties.c.name.label("counterparty_name"))
-             .join(other_account, other_account.c.id == other)
+    query = (select(found, parties.c.name.label("counterparty_name"))
+             .join(other_account, other_account.c.id == found.c.counterparty)
              .outerjoin(parties, parties.c.id == other_account.c.party_id)
-             .where(in_window).order_by(*order))
-    result = _rows(conn, query, page, lambda r: r)
+             .order_by(found.c.created_at_ms, found.c.id))
+    rows = conn.execute(query).all()  # one more than the page says whether there is a next one
     running = opening
     shaped = []
-    for row in result["rows"]:
+    for row in rows[:page.limit]:
         running += row.signed_minor
         shaped.append({"transfer_id": row.id, "created_at_ms": row.created_at_ms, "kind": row.kind, "ref": row.ref,
                        "counterparty": row.counterparty, "counterparty_name": row.counterparty_name or "",
                        "debit_minor": max(-row.signed_minor, 0), "credit_minor": max(row.signed_minor, 0),
                        "balance_minor": running})
-    return result | {"rows": shaped, "party": summary, "opening_balance_minor": opening,
-                     "closing_balance_minor": running}
+    return {"rows": shaped, "limit": page.limit, "offset": page.offset, "has_more": len(rows) > page.limit,
+            "party": summary, "opening_balance_minor": opening, "closing_balance_minor": running}
 
 
 def _sum_before_window(conn: Connection, signed, mine, window: Window) -> int:
@@ -286,15 +290,24 @@ def list_topups(conn: Connection, *, status: str | None = None, member_id: str |
         conditions.append(topups.c.status == status)
     if member_id:
         conditions.append(topups.c.member_id == member_id)
-    pending = topups.c.status == "pending"
     query = (select(topups, parties.c.name.label("member_name"))
-             .join(parties, parties.c.id == topups.c.member_id).where(*conditions)
-             .order_by(case((pending, 0), else_=1), case((pending, topups.c.created_at_ms),
-                                                          else_=-topups.c.created_at_ms), topups.c.id))
+             .join(parties, parties.c.id == topups.c.member_id).where(*conditions).order_by(*_topup_order(status)))
     return _rows(conn, query, page, lambda r: {
         "topup_id": r.id, "created_at_ms": r.created_at_ms, "member_id": r.member_id, "member_name": r.member_name,
         "amount_minor": r.amount_minor, "method": r.method, "status": r.status, "decided_at_ms": r.decided_at_ms,
         "decided_by": r.decided_by or ""})
+
+
+def _topup_order(status: str | None) -> tuple:
+    """Pending first, oldest first, then the rest newest first; with one status, plain columns that
+    the index on (status, created_at_ms) serves in order (the CASE form made it sort every top-up)."""
+    if status == "pending":
+        return topups.c.created_at_ms, topups.c.id
+    if status is not None:
+        return topups.c.created_at_ms.desc(), topups.c.id
+    pending = topups.c.status == "pending"
+    return (case((pending, 0), else_=1), case((pending, topups.c.created_at_ms), else_=-topups.c.created_at_ms),
+            topups.c.id)
 
 
 def list_refunds(conn: Connection, *, store_id: str | None = None, buyer_id: str | None = None,
