@@ -66,6 +66,7 @@ def serve(
 
     config = _load_config(data_dir)
     cli_issuer.check_configuration(config)  # a broken issuer setup stops here, in one line, not in a worker
+    _check_schema(config, data_dir)
     os.environ["CENTER_DATA_DIR"] = str(config.data_dir)
     # Logging set up and D/metrics emptied before uvicorn starts any worker.
     log_config = prepare_serve(config.data_dir, center_id=config.center_id, db_url=config.db_url,
@@ -76,6 +77,44 @@ def serve(
                     log_config=log_config, access_log=False)
     finally:
         log_event("serve_stop", pid=os.getpid())
+
+
+@app.command()
+def migrate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    """Upgrade the database schema to what this version of the center needs (after installing a new one)."""
+    from center.db import current_revision, head_revision, make_engine, migrate as upgrade, schema_state
+
+    engine = make_engine(_load_config(data_dir).db_url)
+    before = current_revision(engine)
+    if schema_state(engine) == "ahead":
+        raise CliError(f"the database schema is at revision {before}, newer than this center knows "
+                       f"({head_revision()}); run the center version that wrote it")
+    upgrade(engine)  # one transaction: a failing step leaves the schema as it was
+    after = current_revision(engine)
+    summary = {"from_revision": before, "to_revision": after, "changed": before != after}
+    emit(as_json, summary, lambda out: out.print(
+        f"schema upgraded from {before} to {summary['to_revision']}" if summary["changed"]
+        else f"schema already at {before}; nothing to do"))
+
+
+def _check_schema(config: CenterConfig, data_dir: Path) -> None:
+    """Refuse to serve a database whose schema this code does not match, in one line, before any worker starts."""
+    from center.db import current_revision, head_revision, make_engine, schema_state
+
+    engine = make_engine(config.db_url)
+    try:
+        state, current = schema_state(engine), current_revision(engine)
+    finally:
+        engine.dispose()
+    head = head_revision()
+    if state == "behind":
+        raise CliError(f"the database schema is at revision {current} and this center needs {head}; "
+                       f"back it up (center backup) and run: center migrate --data-dir {data_dir}")
+    if state == "ahead":
+        raise CliError(f"the database schema is at revision {current}, newer than this center knows ({head}); "
+                       "run the center version that wrote it")
+    if state == "empty":
+        raise CliError(f"the database of {data_dir} holds no center schema; check db_url in its config.json")
 
 
 operator_app = typer.Typer(help="Operator actions on this center's data directory", no_args_is_help=True)

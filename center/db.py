@@ -11,6 +11,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (BigInteger, Boolean, Column, Engine, ForeignKey, Integer, LargeBinary, MetaData, String, Table,
                         Text, create_engine, event)
 
@@ -227,9 +229,38 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def migrate(engine: Engine) -> None:
+def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str:
+    """The schema revision this code is written for (the newest migration)."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at; None for a database no migration has touched."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def schema_state(engine: Engine) -> str:
+    """'current', 'behind' (a migration would upgrade it), 'ahead' (written by newer code) or 'empty'."""
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return "current"
+    if current is None:
+        return "empty"
+    known = {script.revision for script in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+    return "behind" if current in known else "ahead"
+
+
+def migrate(engine: Engine) -> None:
+    config = _alembic_config()
     with engine.connect() as connection:
         sqlite = engine.dialect.name == "sqlite"
         if sqlite:

@@ -68,8 +68,9 @@ def restore_backup(file: Path, new_dir: Path, *, db_url: str | None, password: s
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    schema = _upgrade_schema(target_url)
     ledger, audit = _run_checks(target_url)
-    return {"ok": ledger["ok"] and audit["ok"], "data_dir": str(new_dir), "center_id": manifest.center_id,
+    return {"schema": schema, "ok": ledger["ok"] and audit["ok"], "data_dir": str(new_dir), "center_id": manifest.center_id,
             "db_kind": manifest.db_kind, "db": backup_db.redact_url(target_url), "files": len(manifest.members),
             "backup_created_at": manifest.created_at, "encrypted": password is not None, "ledger": ledger,
             "audit": audit}
@@ -255,6 +256,21 @@ def _move_into_place(staging: Path, new_dir: Path) -> None:
         os.rename(staging, new_dir)  # replaces an empty directory; fails on a non-empty one
     except OSError as error:
         raise BackupError(f"cannot move the restored files to {new_dir}: {error.strerror} (nothing was kept)") from None
+
+
+def _upgrade_schema(db_url: str) -> dict:
+    """A backup from an older version comes back upgraded (as `center migrate` would); one from a newer
+    version is left as it is, and `center serve` says which version to run."""
+    from center.db import current_revision, make_engine, migrate, schema_state
+
+    engine = make_engine(db_url)
+    try:
+        before = current_revision(engine)
+        if schema_state(engine) == "behind":
+            migrate(engine)
+        return {"from_revision": before, "to_revision": current_revision(engine)}
+    finally:
+        engine.dispose()
 
 
 def _run_checks(db_url: str) -> tuple[dict, dict]:
