@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from support import cli_env, run_cli
-from test_payments_e2e import center_cli, count_payments
+from test_payments_e2e import center_cli, count_payments, enrolled_pair, fund
 from test_wallet_e2e import WalletUser
 
 CARD_PIN, ADMIN_PIN = "123456", "12345678"  # jcecard's factory PINs
@@ -168,3 +168,76 @@ def test_card_pulled_mid_payment_sends_nothing_twice(tmp_path, make_softhsm_toke
     assert count_payments(live_center) == 1
     assert synced["pending"] == 0
     assert card_member.json("balance")["balance_minor"] == 900
+
+
+# --- key lifecycle onto a card: `--card` in replace-key and rotate-key ------------------------------
+
+def card_secret_files(tmp_path: Path, name: str) -> dict[str, str]:
+    files = {}
+    for key, value in {"pin": CARD_PIN, "admin": ADMIN_PIN}.items():
+        path = tmp_path / f"{name}-{key}"
+        path.write_text(value + "\n")
+        files[key] = str(path)
+    return files
+
+
+def last_error(result) -> str:
+    assert result.returncode != 0, result.stdout
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_a_lost_softhsm_token_is_replaced_by_a_card_that_pays_from_the_same_balance(
+        tmp_path, make_softhsm_token, live_center, virtual_card):
+    member, _store, store_id = enrolled_pair(tmp_path, make_softhsm_token, live_center)
+    fund(member, live_center, "8000")
+    status = member.json("status")
+    member_id, old_kid = status["member_id"], status["kid"]
+    center_cli(live_center, "operator", "revoke-key", old_kid, "--reason", "token lost")
+
+    card = virtual_card(1)
+    files = card_secret_files(tmp_path, "new-card")
+    on_card = {"WALLET_PASSWORD_B_FILE": files["pin"]}
+    replaced = member.json("replace-key", "--card", "--reader", card.reader, "--key-type", "rsa2048",
+                           "--admin-pin-file", files["admin"], **on_card)
+    assert (replaced["old_kid"], replaced["member_id"], replaced["algorithm"]) == (old_kid, member_id, "RS256")
+    token = member.json("status", **on_card)["token"]
+    assert (token["kind"], token["serial"]) == ("openpgp-card", card.serial)
+
+    claim = member.run("enroll", "--center", live_center.url, "--center-cert", str(live_center.cert), "--rebind",
+                       member_id, "--name", "Hanako Yamada", "--address", "1-1 Chiyoda, Tokyo", "--birth-date",
+                       "1985-06-15", "--json", **on_card)
+    assert claim.returncode == 0, claim.stderr
+    assert json.loads(claim.stdout)["status"] == "pending_bind"
+    center_cli(live_center, "operator", "bind-key", replaced["new_kid"])
+
+    paid = member.run("pay", "--store", store_id, "--amount", "1500", "--order", "card-1", "--yes", "--json", **on_card)
+    assert paid.returncode == 0, paid.stderr
+    assert json.loads(paid.stdout)["balance_minor"] == 6500  # the same account
+    keys = {k["kid"]: k["status"] for k in center_cli(live_center, "operator", "list-keys", "--party", member_id)["keys"]}
+    assert keys == {old_kid: "revoked", replaced["new_kid"]: "active"}
+    assert center_cli(live_center, "ledger", "check")["ok"] is True
+
+
+def test_a_card_member_rotates_onto_a_second_card_and_the_first_is_no_longer_needed(
+        tmp_path, make_softhsm_token, live_center, card_member, virtual_card):
+    _store, store_id = store_wallet(tmp_path, make_softhsm_token, live_center)
+    fund_card_member(card_member, live_center, "4000")
+    status = card_member.json("status")
+    member_id, old_kid = status["member_id"], status["kid"]
+    assert "cannot rotate onto itself" in last_error(card_member.run("rotate-key"))
+
+    second = virtual_card(1)
+    files = card_secret_files(tmp_path, "second-card")
+    rotated = card_member.json("rotate-key", "--card", "--reader", second.reader, "--key-type", "ed25519",
+                               "--admin-pin-file", files["admin"], "--new-password-b-file", files["pin"])
+    assert (rotated["status"], rotated["old_kid"], rotated["algorithm"]) == ("rotated", old_kid, "Ed25519")
+    assert card_member.json("status")["token"]["serial"] == second.serial
+
+    card_member.card.stop()  # the first card is put away: the wallet signs with the second
+    paid = card_member.run("pay", "--store", store_id, "--amount", "700", "--order", "after-rotation", "--yes",
+                           "--json")
+    assert paid.returncode == 0, paid.stderr
+    assert json.loads(paid.stdout)["balance_minor"] == 3300
+    keys = {k["kid"]: k["status"] for k in center_cli(live_center, "operator", "list-keys", "--party", member_id)["keys"]}
+    assert keys == {old_kid: "rotated", rotated["new_kid"]: "active"}
+    assert center_cli(live_center, "audit", "verify")["ok"] is True
