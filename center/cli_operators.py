@@ -1,4 +1,5 @@
-"""`center operator add|list`: operator and auditor accounts, made by the local administrator.
+"""`center operator add|list|access-log`: operator and auditor accounts, made by the local administrator,
+and the trail of what they read in the console.
 
 Whoever holds the data directory adds the first operator (and any later one);
 from then on operators act with signed requests from their own token keys
@@ -8,16 +9,20 @@ from then on operators act with signed requests from their own token keys
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from center.cli import DataDir, JsonFlag, _api_call, _engine, _operator_name, operator_app
+from center.console_access import DEFAULT_LISTED, MAX_LISTED, list_reads
 from token_wallet.cliutil import CliError, emit
 
 MAX_PEM_FILE_BYTES = 16 * 1024
+OPERATOR_ID = re.compile(r"O-[0-9a-f]{16}")
 
 
 @operator_app.command("add")
@@ -62,6 +67,41 @@ def operator_list(data_dir: DataDir, as_json: JsonFlag = False) -> None:
             table.add_column(column)
         for row in rows:
             table.add_row(row["operator_id"], row["name"], row["role"], row["kid"], row["algorithm"], row["status"])
+        out.print(table)
+
+    emit(as_json, document, render)
+
+
+@operator_app.command("access-log")
+def access_log(
+    data_dir: DataDir,
+    operator: Annotated[Optional[str], typer.Option(help="Only this operator or auditor (O-...)")] = None,
+    from_day: Annotated[Optional[str], typer.Option("--from", help="Only reads on or after this UTC day (YYYY-MM-DD)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LISTED, help="At most this many, newest first")] = DEFAULT_LISTED,
+    as_json: JsonFlag = False,
+) -> None:
+    """Who read what in the operator console: operator, view, filters, rows returned (newest first)."""
+    from center.inquiry import day_window
+
+    if operator is not None and not OPERATOR_ID.fullmatch(operator):
+        raise CliError(f"--operator {operator[:40]!r} is not an operator id: O- and 16 hex digits "
+                       "(see `center operator list`)")
+    window = _api_call(lambda: day_window(from_day, None))
+    with _engine(data_dir).connect() as conn:
+        reads = list_reads(conn, operator_id=operator, from_ms=window.from_ms, limit=limit)
+    document = {"reads": reads}
+
+    def render(out) -> None:
+        if not reads:
+            out.print("no console reads recorded" + (" for these filters" if operator or from_day else ""))
+            return
+        table = Table(title="console reads, newest first")
+        for column in ("at (UTC)", "operator", "view", "filters", "rows"):
+            table.add_column(column)
+        for read in reads:
+            at = dt.datetime.fromtimestamp(read["at_ms"] / 1000, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            filters = " ".join(f"{name}={value}" for name, value in read["filters"].items())
+            table.add_row(at, read["operator_id"], read["view"], filters, str(read["rows"]))
         out.print(table)
 
     emit(as_json, document, render)

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.responses import Response
 from sqlalchemy import Connection, Engine
 
+from center.console_access import record_read
 from center.console_auth import ConsoleSession, console_session
 from center.console_views import VIEWS, Filters, to_csv
 from center.errors import ApiError
@@ -97,9 +98,11 @@ ViewPage = Annotated[Page, Depends(page)]
 def _router(center) -> APIRouter:
     router = APIRouter(prefix="/console", include_in_schema=False)
 
-    def read(view: str, chosen: Filters, chosen_page: Page) -> dict:
+    def read(session: ConsoleSession, view: str, chosen: Filters, chosen_page: Page, *, trail_as: str = "") -> dict:
         with _snapshot(center.engine) as conn:
-            return VIEWS[view].fetch(conn, chosen, chosen_page, center.clock_ms())
+            result = VIEWS[view].fetch(conn, chosen, chosen_page, center.clock_ms())
+        _trail(center, session, trail_as or view, chosen, chosen_page, len(result["rows"]))
+        return result
 
     @router.get("")
     def console_page() -> Response:
@@ -115,15 +118,18 @@ def _router(center) -> APIRouter:
         _add_table_route(router, read, view)
 
     @router.get("/api/members/{party_id}/statement")
-    def member_statement(party_id: str, _session: AnySession, chosen: ViewFilters, chosen_page: ViewPage) -> dict:
+    def member_statement(party_id: str, session: AnySession, chosen: ViewFilters, chosen_page: ViewPage) -> dict:
         if len(party_id) > 32:
             raise ApiError("invalid_request", "party id is at most 32 characters")
-        return read("statement", Filters(party_id=party_id, window=chosen.window), chosen_page)
+        return read(session, "statement", Filters(party_id=party_id, window=chosen.window), chosen_page)
 
     @router.get("/api/stats")
-    def stats(_session: AnySession, chosen: ViewFilters) -> dict:
+    def stats(session: AnySession, chosen: ViewFilters) -> dict:
         with _snapshot(center.engine) as conn:
-            return statistics(conn, days=chosen.days, now_ms=center.clock_ms(), top=chosen.top)
+            result = statistics(conn, days=chosen.days, now_ms=center.clock_ms(), top=chosen.top)
+        shown = Filters(days=chosen.days, top=chosen.top)  # the only filters statistics take
+        _trail(center, session, "stats", shown, None, len(result["daily"]) + len(result["top_stores"]))
+        return result
 
     @router.post("/api/topups/{topup_id}/confirm")
     def confirm(topup_id: str, session: OperatorSession) -> dict:
@@ -134,10 +140,10 @@ def _router(center) -> APIRouter:
         return _decide(center, topup_id, "decline", session)
 
     @router.get("/api/export/{view}.csv")
-    def export(view: str, _session: AnySession, chosen: ViewFilters) -> Response:
+    def export(view: str, session: AnySession, chosen: ViewFilters) -> Response:
         if view not in VIEWS:
             raise ApiError("not_found", f"no console view {view[:32]!r}; one of {', '.join(VIEWS)}", 404)
-        result = read(view, chosen, EXPORT_PAGE)
+        result = read(session, view, chosen, EXPORT_PAGE, trail_as=f"export:{view}")
         stamp = dt.datetime.fromtimestamp(center.clock_ms() / 1000, tz=dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         headers = {"content-disposition": f'attachment; filename="tokenpay-{view}-{stamp}.csv"',
                    "x-tokenpay-export-truncated": "true" if result["has_more"] else "false"}
@@ -159,9 +165,15 @@ def _snapshot(engine: Engine) -> Connection:
     return conn
 
 
+def _trail(center, session: ConsoleSession, view: str, chosen: Filters, chosen_page: Page | None, rows: int) -> None:
+    """Record the read before its answer leaves (center.console_access); a failure here fails the read."""
+    with center.engine.begin() as conn:
+        record_read(conn, session, view, chosen, chosen_page, rows, center.clock_ms())
+
+
 def _add_table_route(router: APIRouter, read, view: str) -> None:
-    def table(_session: AnySession, chosen: ViewFilters, chosen_page: ViewPage) -> dict:
-        return read(view, chosen, chosen_page)
+    def table(session: AnySession, chosen: ViewFilters, chosen_page: ViewPage) -> dict:
+        return read(session, view, chosen, chosen_page)
 
     router.get(f"/api/{view}", name=f"console_{view}")(table)
 

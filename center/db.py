@@ -171,6 +171,20 @@ console_sessions = Table(
     Column("revoked", Boolean, nullable=False),
 )
 
+# Console reads (center.console_access): who looked at which members' data, when,
+# with which filters. Written before an answer leaves; never updated or deleted by the center.
+console_reads = Table(
+    "console_reads", metadata,
+    Column("seq", SEQ, primary_key=True, autoincrement=True),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("operator_id", String(32), ForeignKey("parties.id"), nullable=False),
+    Column("kid", String(64), nullable=False),
+    Column("session_sha256", String(64), nullable=False),
+    Column("view", String(32), nullable=False),
+    Column("filters", Text, nullable=False),  # JSON: the filters and page as asked
+    Column("rows", Integer, nullable=False),  # how many rows the answer held
+)
+
 # Key lifecycle (center.key_lifecycle): what a new key claimed and how it was
 # decided. One row per key that rebinds to an account (after a lost card) or
 # replaces its holder's key (rotation).

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full demo on the embedded default (SQLite), over HTTPS, on SoftHSM tokens:
 # a center, a member, a store and an operator, each with a key generated on its own token;
-# then a lost card (revoke, new token, rebind), a key rotation, /metrics, backup and restore.
+# then a lost card (revoke, new token, rebind), a key rotation, the console and its access trail,
+# /metrics, backup and restore.
 # Everything lives in ./demo-run (made afresh); the center stops at the end.
 # Runs as root without a TTY: every password and PIN comes from a file.
 set -euo pipefail
@@ -138,6 +139,15 @@ expect_refusal key_rotated env WALLET_HOME="$DEMO/member-before-rotation" \
     WALLET_PASSWORD_A_FILE="$DEMO/secrets/member-a" WALLET_PASSWORD_B_FILE="$DEMO/secrets/member-new-b" \
     wallet pay --store "$STORE_ID" --amount 100 --order A-1007 --yes
 center operator list-keys --data-dir "$DEMO/center" --party "$MEMBER_ID"
+
+step "Operator console: a browser's login code approved by the operator's token; a search; the access trail"
+JAR="$DEMO/console-cookies"  # curl plays the browser here; open https://127.0.0.1:$PORT/console for the page
+console_curl() { curl -fsS --cacert "$DEMO/center/center-cert.pem" -b "$JAR" -c "$JAR" "$@"; }
+CODE="$(console_curl -X POST "https://127.0.0.1:$PORT/console/api/challenge" | json_get challenge)"
+ops console-login "$CODE"
+console_curl "https://127.0.0.1:$PORT/console/api/login-status" >/dev/null
+console_curl "https://127.0.0.1:$PORT/console/api/search?q=hanako"; echo
+center operator access-log --data-dir "$DEMO/center"
 
 step "Center checks: ledger sums to zero and matches the transfers; audit chain intact"
 center ledger check --data-dir "$DEMO/center"

@@ -13,10 +13,15 @@ import io
 import pytest
 from sqlalchemy import select
 
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from center.app import create_app
+from center.console_access import MAX_LISTED, list_reads
 from center.db import accounts, topups
 from center.ledger import check_ledger, party_account
 from inquiry_support import world  # noqa: F401  (a fixture)
-from operator_support import error_code, https_client, new_operator, signed
+from operator_support import BASE_URL, error_code, https_client, new_operator, signed
 
 READ_ROUTES = ["/console/api/search?q=a", "/console/api/payments", "/console/api/topups", "/console/api/refunds",
                "/console/api/payouts", "/console/api/stats", "/console/api/export/payments.csv"]
@@ -220,3 +225,44 @@ def test_page_loads_nothing_from_elsewhere_and_has_no_inline_script():
         text = (STATIC_DIR / name).read_text().replace("http://www.w3.org/2000/svg", "")  # a name, not a fetch
         for marker in ("http://", "https://", "//cdn", "innerHTML", "eval(", "new Function"):
             assert marker not in text, (name, marker)
+
+
+def trail(center) -> list[dict]:
+    with center.engine.connect() as conn:
+        return list(reversed(list_reads(conn, limit=MAX_LISTED)))
+
+
+def test_every_read_is_recorded_before_its_answer_and_refusals_are_not(world, client):
+    for path in READ_ROUTES:
+        client.get(path)
+    assert trail(world.center) == []  # not logged in: nothing was read
+    operator = log_in(world.center, client)
+    client.get("/console/api/search", params={"q": "HANAKO"})
+    client.get(f"/console/api/members/{world.ids['hanako']}/statement", params={"from": "2026-11-21"})
+    client.get("/console/api/payments", params={"store_id": world.ids["corner"], "limit": 2})
+    client.get("/console/api/stats", params={"days": 3})
+    client.get("/console/api/export/topups.csv", params={"status": "pending"})
+    assert client.get("/console/api/payments", params={"limit": 201}).status_code == 422
+    reads = trail(world.center)
+    assert [(r["view"], r["rows"]) for r in reads] == [
+        ("search", 1), ("statement", 2), ("payments", 2), ("stats", 3 + 2), ("export:topups", 1)]
+    assert {(r["operator_id"], r["kid"]) for r in reads} == {(operator["operator_id"], operator["kid"])}
+    assert reads[0]["filters"] == {"q": "HANAKO", "limit": 50, "offset": 0}
+    assert reads[1]["filters"]["party_id"] == world.ids["hanako"] and reads[1]["filters"]["from_ms"] > 0
+    assert reads[2]["filters"] == {"store_id": world.ids["corner"], "limit": 2, "offset": 0}
+    assert reads[3]["filters"]["days"] == 3 and "limit" not in reads[3]["filters"]
+    assert len({r["session_sha256"] for r in reads}) == 1
+    assert all(len(r["session_sha256"]) == 64 for r in reads)  # the stored hash, never the cookie
+    assert client.cookies.get("tokenpay_console") not in {r["session_sha256"] for r in reads}
+
+
+def test_no_answer_leaves_without_its_trace(world):
+    """The trail cannot be written (its table is gone): the read fails and shows no member data."""
+    with https_client(world.center) as client:
+        log_in(world.center, client)
+        with world.center.engine.begin() as conn:
+            conn.execute(text("DROP TABLE console_reads"))
+        with TestClient(create_app(world.center), base_url=BASE_URL, raise_server_exceptions=False) as failing:
+            failing.cookies = client.cookies
+            answer = failing.get("/console/api/search", params={"q": "HANAKO"})
+    assert answer.status_code == 500 and "Hanako" not in answer.text

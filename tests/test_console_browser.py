@@ -237,6 +237,27 @@ def test_operator_finds_member_confirms_topup_sees_charts_and_exports(tmp_path, 
         == [(paid["payment_id"], "1200", "Hanako Yamada", "Corner Shop", "o-1")]
     assert page.script_errors == []
 
+    # Every read above left a trace an auditor can list, newest first.
+    trail = center_json(live_center, "operator", "access-log")["reads"]
+    views = [read["view"] for read in reversed(trail)]
+    for seen in ("search", "statement", "topups", "stats", "payments", "export:payments"):
+        assert seen in views, views
+    assert views.index("search") < views.index("statement") < views.index("export:payments")
+    assert len({read["operator_id"] for read in trail}) == 1
+    searched = next(read for read in trail if read["view"] == "search")
+    assert searched["filters"]["q"] == "hanako" and searched["rows"] == 1
+    assert {read["filters"]["party_id"] for read in trail if read["view"] == "statement"} == {member_id}
+    mine = center_json(live_center, "operator", "access-log", "--operator", trail[0]["operator_id"], "--limit", "2")
+    assert mine["reads"] == trail[:2]
+    bad = run_cli("center", ["operator", "access-log", "--operator", "M-1", "--data-dir", str(live_center.data_dir)])
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "operator id" in bad.stderr
+
+
+def center_json(center, *args: str) -> dict:
+    result = run_cli("center", [*args, "--data-dir", str(center.data_dir), "--json"])
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
 
 def test_member_key_cannot_log_in_and_auditor_cannot_decide(tmp_path, make_softhsm_token, live_center, open_page):
     member, _member_id = enroll_member(tmp_path, make_softhsm_token, live_center)
