@@ -66,7 +66,7 @@ def serve(
 
     config = _load_config(data_dir)
     cli_issuer.check_configuration(config)  # a broken issuer setup stops here, in one line, not in a worker
-    _check_schema(config, data_dir)
+    _engine(data_dir).dispose()  # checks the schema: an outdated one stops here, in one line
     os.environ["CENTER_DATA_DIR"] = str(config.data_dir)
     # Logging set up and D/metrics emptied before uvicorn starts any worker.
     log_config = prepare_serve(config.data_dir, center_id=config.center_id, db_url=config.db_url,
@@ -97,15 +97,11 @@ def migrate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
         else f"schema already at {before}; nothing to do"))
 
 
-def _check_schema(config: CenterConfig, data_dir: Path) -> None:
-    """Refuse to serve a database whose schema this code does not match, in one line, before any worker starts."""
-    from center.db import current_revision, head_revision, make_engine, schema_state
+def _check_schema(engine, data_dir: Path) -> None:
+    """Refuse, in one line, a database whose schema this code does not match (before serving or acting on it)."""
+    from center.db import current_revision, head_revision, schema_state
 
-    engine = make_engine(config.db_url)
-    try:
-        state, current = schema_state(engine), current_revision(engine)
-    finally:
-        engine.dispose()
+    state, current = schema_state(engine), current_revision(engine)
     head = head_revision()
     if state == "behind":
         raise CliError(f"the database schema is at revision {current} and this center needs {head}; "
@@ -262,7 +258,9 @@ def payouts_settle(
 def _engine(data_dir: Path):
     from center.db import make_engine
 
-    return make_engine(_load_config(data_dir).db_url)
+    engine = make_engine(_load_config(data_dir).db_url)
+    _check_schema(engine, data_dir)
+    return engine
 
 
 def _api_call(action):

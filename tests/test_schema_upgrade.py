@@ -62,6 +62,9 @@ def test_serve_refuses_an_older_schema_until_migrate_upgrades_it(tmp_path, db_ur
 
     line = serve_refusal(data_dir)
     assert f"at revision {OLDER}" in line and f"center migrate --data-dir {data_dir}" in line
+    # Commands that act on the database refuse the same way; backup does not (back up before migrating).
+    checked = run_cli("center", ["ledger", "check", "--data-dir", str(data_dir)])
+    assert checked.returncode != 0 and checked.stderr.strip().splitlines() == [line]
 
     upgraded = run_cli("center", ["migrate", "--data-dir", str(data_dir), "--json"])
     assert upgraded.returncode == 0, upgraded.stderr
