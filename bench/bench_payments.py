@@ -1,7 +1,7 @@
 """Payments benchmark: verified, durably committed payments with signed receipts per second.
 
     .venv/bin/python bench/bench_payments.py [--db sqlite|postgres|both] [--members 1000 1000000]
-        [--payments 9000] [--concurrency 32] [--workers 2]
+        [--payments 9000] [--concurrency 32] [--workers 2] [--runs 5]
 
 Each result is printed as a ratio to the raw ECDSA P-256 verification rate measured in the same run
 on all cores, the baseline the targets of issue 5 are stated in. Everything runs on loopback: a real
@@ -26,6 +26,7 @@ import os
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ WRK_THREADS = 2
 # worker process only adds lock waits (measured: p99 1.5-6.6 s with 2 workers, 0.13 s with 1).
 DEFAULT_WORKERS = {"sqlite": 1, "postgres": 2}
 WRK_MAX_SECONDS = 900
+MAX_RUNS = 20
 
 
 def verify_worker(seconds: float) -> int:
@@ -206,9 +208,12 @@ def main() -> None:
     parser.add_argument("--members", type=int, nargs="+", default=[1000])
     parser.add_argument("--payments", type=int, default=9000, help="split in thirds: full load, half load, batches")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=1, help="repeat each case; prints the median and range")
     parser.add_argument("--workers", type=int, default=None,
                         help=f"center serve --workers (default: {DEFAULT_WORKERS})")
     args = parser.parse_args()
+    if not 1 <= args.runs <= MAX_RUNS:
+        parser.error(f"--runs must be in [1, {MAX_RUNS}]")
     if not 10 <= args.payments <= MAX_PAYMENTS:
         parser.error(f"--payments must be in [10, {MAX_PAYMENTS}]")
     if shutil.which("wrk") is None:
@@ -218,15 +223,35 @@ def main() -> None:
     print(f"raw ECDSA P-256 verify, {os.cpu_count()} cores: {verify_rate:,.0f}/s (baseline 1.00)")
     for db in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
         for members in args.members:
-            r = run_one(db, members, args.payments, args.concurrency, args.workers or DEFAULT_WORKERS[db], verify_rate)
-            print(f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} single-payment path: {r['payments_per_s']:7.0f}/s "
-                  f"= {r['ratio']:.3f} x verify (target 0.08), p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                  f"p99 at half load ({r['half_load_per_s']:.0f}/s) {r['p99_half_load_ms']:.1f} ms (target < 50), "
-                  f"center CPU {r['cpu_ms']:.2f} ms/payment, failures {r['failures']}")
-            print(f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} batch path ({BATCH_SIZE} per request, {BATCHES_IN_FLIGHT} "
-                  f"in flight): {r['batch_per_s']:7.0f}/s = {r['batch_ratio']:.3f} x verify (target 0.20), "
-                  f"p99 per batch {r['batch_p99_ms']:.1f} ms, center CPU {r['batch_cpu_ms']:.2f} ms/payment, "
-                  f"failures {r['batch_failures']}", flush=True)
+            runs = []
+            for _ in range(args.runs):
+                runs.append(run_one(db, members, args.payments, args.concurrency,
+                                    args.workers or DEFAULT_WORKERS[db], verify_rate))
+                print_run(runs[-1])
+            if args.runs > 1:
+                print_spread(runs, verify_rate)
+
+
+def print_run(r: dict) -> None:
+    print(f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} single-payment path: {r['payments_per_s']:7.0f}/s "
+          f"= {r['ratio']:.3f} x verify (target 0.08), p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+          f"p99 at half load ({r['half_load_per_s']:.0f}/s) {r['p99_half_load_ms']:.1f} ms (target < 50), "
+          f"center CPU {r['cpu_ms']:.2f} ms/payment, failures {r['failures']}")
+    print(f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} batch path ({BATCH_SIZE} per request, {BATCHES_IN_FLIGHT} "
+          f"in flight): {r['batch_per_s']:7.0f}/s = {r['batch_ratio']:.3f} x verify (target 0.20), "
+          f"p99 per batch {r['batch_p99_ms']:.1f} ms, center CPU {r['batch_cpu_ms']:.2f} ms/payment, "
+          f"failures {r['batch_failures']}", flush=True)
+
+
+def print_spread(runs: list[dict], verify_rate: float) -> None:
+    """Median and range over the runs: one run is not a figure (the spread here is about +-20 %)."""
+    first = runs[0]
+    for label, key, unit in (("single-payment path", "payments_per_s", "/s"), ("p99 at half load", "p99_half_load_ms", " ms"),
+                             ("batch path", "batch_per_s", "/s")):
+        values = sorted(r[key] for r in runs)
+        ratio = f" = {statistics.median(values) / verify_rate:.3f} x verify" if unit == "/s" else ""
+        print(f"{first['db']:8} workers={first['workers']} members={first['members']:>9,} {label}, {len(runs)} runs: "
+              f"median {statistics.median(values):.1f}{unit}{ratio}, range {values[0]:.1f}-{values[-1]:.1f}{unit}")
 
 
 if __name__ == "__main__":
