@@ -99,9 +99,16 @@ def migrate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
 
 def _check_schema(engine, data_dir: Path) -> None:
     """Refuse, in one line, a database whose schema this code does not match (before serving or acting on it)."""
+    from sqlalchemy.exc import OperationalError
+
     from center.db import current_revision, head_revision, schema_state
 
-    state, current = schema_state(engine), current_revision(engine)
+    try:
+        state, current = schema_state(engine), current_revision(engine)
+    except OperationalError as error:  # the message names host and port, never the password
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else error.__class__.__name__
+        raise CliError(f"cannot reach the database {_redact_url(str(engine.url.render_as_string(hide_password=True)))}"
+                       f": {reason}") from None
     head = head_revision()
     if state == "behind":
         raise CliError(f"the database schema is at revision {current} and this center needs {head}; "

@@ -107,3 +107,13 @@ def test_restore_upgrades_a_backup_from_an_older_version(tmp_path):
     revision, indexes = revision_and_indexes(restored_url)
     assert revision == head_revision() and "ix_payments_created" in indexes
     assert revision_and_indexes(db_url)[0] == OLDER  # the original is not touched
+
+
+def test_serve_says_in_one_line_when_the_database_does_not_answer(tmp_path):
+    data_dir = init_center(tmp_path, f"sqlite:///{tmp_path / 'center.db'}")
+    config_file = data_dir / "config.json"
+    config = json.loads(config_file.read_text())
+    config["db_url"] = f"postgresql://tokenpay:secret-pw@127.0.0.1:{free_port()}/center"  # nothing listens there
+    config_file.write_text(json.dumps(config))
+    line = serve_refusal(data_dir)
+    assert line.startswith("error: cannot reach the database postgresql") and "secret-pw" not in line
