@@ -66,7 +66,7 @@ def serve(
 
     config = _load_config(data_dir)
     cli_issuer.check_configuration(config)  # a broken issuer setup stops here, in one line, not in a worker
-    _engine(data_dir).dispose()  # checks the schema: an outdated one stops here, in one line
+    _checked_engine(config, data_dir).dispose()  # an outdated schema stops here, in one line
     os.environ["CENTER_DATA_DIR"] = str(config.data_dir)
     # Logging set up and D/metrics emptied before uvicorn starts any worker.
     log_config = prepare_serve(config.data_dir, center_id=config.center_id, db_url=config.db_url,
@@ -82,41 +82,40 @@ def serve(
 @app.command()
 def migrate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
     """Upgrade the database schema to what this version of the center needs (after installing a new one)."""
-    from center.db import current_revision, head_revision, make_engine, migrate as upgrade, schema_state
+    from center.db import current_revision, make_engine, migrate as upgrade, schema_status
 
     engine = make_engine(_load_config(data_dir).db_url)
-    before = current_revision(engine)
-    if schema_state(engine) == "ahead":
-        raise CliError(f"the database schema is at revision {before}, newer than this center knows "
-                       f"({head_revision()}); run the center version that wrote it")
+    status = schema_status(engine)
+    if status.state == "ahead":
+        raise CliError(f"the database schema is at revision {status.current}, newer than this center knows "
+                       f"({status.head}); run the center version that wrote it")
     upgrade(engine)  # one transaction: a failing step leaves the schema as it was
     after = current_revision(engine)
-    summary = {"from_revision": before, "to_revision": after, "changed": before != after}
+    summary = {"from_revision": status.current, "to_revision": after, "changed": status.current != after}
     emit(as_json, summary, lambda out: out.print(
-        f"schema upgraded from {before} to {summary['to_revision']}" if summary["changed"]
-        else f"schema already at {before}; nothing to do"))
+        f"schema upgraded from {status.current} to {after}" if summary["changed"]
+        else f"schema already at {status.current}; nothing to do"))
 
 
 def _check_schema(engine, data_dir: Path) -> None:
     """Refuse, in one line, a database whose schema this code does not match (before serving or acting on it)."""
     from sqlalchemy.exc import OperationalError
 
-    from center.db import current_revision, head_revision, schema_state
+    from center.db import schema_status
 
     try:
-        state, current = schema_state(engine), current_revision(engine)
+        status = schema_status(engine)
     except OperationalError as error:  # the message names host and port, never the password
         reason = str(error.orig).strip().splitlines()[0] if error.orig else error.__class__.__name__
         raise CliError(f"cannot reach the database {_redact_url(str(engine.url.render_as_string(hide_password=True)))}"
                        f": {reason}") from None
-    head = head_revision()
-    if state == "behind":
-        raise CliError(f"the database schema is at revision {current} and this center needs {head}; "
+    if status.state == "behind":
+        raise CliError(f"the database schema is at revision {status.current} and this center needs {status.head}; "
                        f"back it up (center backup) and run: center migrate --data-dir {data_dir}")
-    if state == "ahead":
-        raise CliError(f"the database schema is at revision {current}, newer than this center knows ({head}); "
-                       "run the center version that wrote it")
-    if state == "empty":
+    if status.state == "ahead":
+        raise CliError(f"the database schema is at revision {status.current}, newer than this center knows "
+                       f"({status.head}); run the center version that wrote it")
+    if status.state == "empty":
         raise CliError(f"the database of {data_dir} holds no center schema; check db_url in its config.json")
 
 
@@ -263,9 +262,13 @@ def payouts_settle(
 
 
 def _engine(data_dir: Path):
+    return _checked_engine(_load_config(data_dir), data_dir)
+
+
+def _checked_engine(config: CenterConfig, data_dir: Path):
     from center.db import make_engine
 
-    engine = make_engine(_load_config(data_dir).db_url)
+    engine = make_engine(config.db_url)
     _check_schema(engine, data_dir)
     return engine
 

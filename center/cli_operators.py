@@ -19,7 +19,7 @@ from rich.table import Table
 
 from center.cli import DataDir, JsonFlag, _api_call, _engine, _operator_name, operator_app
 from center.console_access import DEFAULT_LISTED, MAX_LISTED, list_reads
-from token_wallet.cliutil import CliError, emit
+from token_wallet.cliutil import CliError, emit, read_option_file
 
 MAX_PEM_FILE_BYTES = 16 * 1024
 OPERATOR_ID = re.compile(r"O-[0-9a-f]{16}")
@@ -40,7 +40,7 @@ def operator_add(
 
     if role not in OPERATOR_ROLES:
         raise CliError(f"--role must be one of {', '.join(OPERATOR_ROLES)}, not {role!r}")
-    pem = _read_pem(public_key)
+    pem = read_option_file(public_key, "--public-key", max_bytes=MAX_PEM_FILE_BYTES, what="a public key")
     engine = _engine(data_dir)
     view = _api_call(lambda: add_operator(engine, pem, role=role, name=name,
                                           added_by=f"admin:{_operator_name()}", now_ms=now_ms()))
@@ -105,14 +105,3 @@ def access_log(
         out.print(table)
 
     emit(as_json, document, render)
-
-
-def _read_pem(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_PEM_FILE_BYTES + 1)
-    except OSError as error:
-        raise CliError(f"cannot read --public-key {path}: {error.strerror}") from None
-    if len(data) > MAX_PEM_FILE_BYTES:
-        raise CliError(f"--public-key {path} is larger than {MAX_PEM_FILE_BYTES} bytes; it is not a public key")
-    return data

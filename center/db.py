@@ -7,6 +7,7 @@ checks the two agree.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -262,15 +263,28 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def schema_state(engine: Engine) -> str:
-    """'current', 'behind' (a migration would upgrade it), 'ahead' (written by newer code) or 'empty'."""
-    current, head = current_revision(engine), head_revision()
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where the database's schema stands against this code's migrations."""
+
+    current: str | None
+    head: str
+    # 'current', 'behind' (a migration would upgrade it), 'ahead' (written by newer code) or 'empty'
+    state: str
+
+
+def schema_status(engine: Engine) -> SchemaStatus:
+    current = current_revision(engine)
+    scripts = ScriptDirectory.from_config(_alembic_config())
+    head = scripts.get_current_head()
+    assert head is not None
     if current == head:
-        return "current"
-    if current is None:
-        return "empty"
-    known = {script.revision for script in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
-    return "behind" if current in known else "ahead"
+        state = "current"
+    elif current is None:
+        state = "empty"
+    else:
+        state = "behind" if current in {script.revision for script in scripts.walk_revisions()} else "ahead"
+    return SchemaStatus(current, head, state)
 
 
 def migrate(engine: Engine) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from center import issuer
 from center.config import CenterConfig, write_private_file
 from center.issuer_policy import ANY, CA_FILE, INTERMEDIATES_FILE, ISSUER_CERTIFIED
-from token_wallet.cliutil import CliError
+from token_wallet.cliutil import CliError, read_option_file
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,4 @@ def summary(config: CenterConfig) -> dict:
 
 def read_pem_file(path: Path, option: str) -> bytes:
     """A PEM file named by a command-line option, read up to the size limit (one line on failure)."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(issuer.MAX_PEM_BYTES + 1)
-    except OSError as error:
-        raise CliError(f"cannot read {option} {path}: {error.strerror}") from None
+    return read_option_file(path, option, max_bytes=issuer.MAX_PEM_BYTES, what="a PEM file")

@@ -261,14 +261,14 @@ def _move_into_place(staging: Path, new_dir: Path) -> None:
 def _upgrade_schema(db_url: str) -> dict:
     """A backup from an older version comes back upgraded (as `center migrate` would); one from a newer
     version is left as it is, and `center serve` says which version to run."""
-    from center.db import current_revision, make_engine, migrate, schema_state
+    from center.db import current_revision, make_engine, migrate, schema_status
 
     engine = make_engine(db_url)
     try:
-        before = current_revision(engine)
-        if schema_state(engine) == "behind":
+        status = schema_status(engine)
+        if status.state == "behind":
             migrate(engine)
-        return {"from_revision": before, "to_revision": current_revision(engine)}
+        return {"from_revision": status.current, "to_revision": current_revision(engine)}
     finally:
         engine.dispose()
 

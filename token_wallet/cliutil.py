@@ -82,6 +82,19 @@ def read_secret(*, what: str, file_option: str | None, env_var: str | None, fd: 
     return secret
 
 
+def read_option_file(path: Path, option: str, *, max_bytes: int, what: str) -> bytes:
+    """A small file named by a command-line option (a key, a certificate), read whole up to
+    `max_bytes`; a file it cannot read, or a larger one, is one line naming the option."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as error:
+        raise CliError(f"cannot read {option} {path}: {error.strerror}") from None
+    if len(data) > max_bytes:
+        raise CliError(f"{option} {path} is larger than {max_bytes} bytes; it is not {what}")
+    return data
+
+
 def _first_line(data: bytes, what: str, where: str) -> str:
     if len(data) > MAX_SECRET_FILE_BYTES:
         raise CliError(f"the {what} in {where} is longer than {MAX_SECRET_FILE_BYTES} bytes")

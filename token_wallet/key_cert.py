@@ -15,14 +15,14 @@ from cryptography.hazmat.primitives import serialization
 
 from paywire.algorithms import key_id
 from paywire.messages import MAX_KEY_CERT_BYTES
-from token_wallet.cliutil import CliError
+from token_wallet.cliutil import CliError, read_option_file
 
 MAX_FILE_BYTES = 4 * MAX_KEY_CERT_BYTES  # PEM is base64 plus headers
 
 
 def read_key_certificate(path: Path, spki_der: bytes) -> bytes:
     """The certificate's DER, after checking it certifies `spki_der`; CliError otherwise."""
-    cert = _load(_read(path), path)
+    cert = _load(read_option_file(path, "--key-cert", max_bytes=MAX_FILE_BYTES, what="a key certificate"), path)
     try:
         certified = cert.public_key().public_bytes(serialization.Encoding.DER,
                                                    serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -35,17 +35,6 @@ def read_key_certificate(path: Path, spki_der: bytes) -> bytes:
     if len(der) > MAX_KEY_CERT_BYTES:
         raise CliError(f"--key-cert {path} is {len(der)} bytes of DER; a center takes at most {MAX_KEY_CERT_BYTES}")
     return der
-
-
-def _read(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as error:
-        raise CliError(f"cannot read --key-cert {path}: {error.strerror}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise CliError(f"--key-cert {path} is larger than {MAX_FILE_BYTES} bytes; it is not a key certificate")
-    return data
 
 
 def _load(data: bytes, path: Path) -> x509.Certificate:
