@@ -13,11 +13,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from center import observability
 from center.console import install_console, install_console_headers
-from center.console_auth import install_console_auth
+from center.console_auth import install_console_auth, request_client
 from center.batch import MAX_BATCH_ITEMS, error_answer
 from center.errors import ApiError
 from center.key_routes import install_key_routes
+from center.ratelimit import NOTICES_PER_KEY, PAYMENTS_PER_KEY, SIGNED_PER_KEY, Limits, rate_limited
 from center.service import Center
+from paywire.algorithms import ED25519, ES256
 from paywire.envelope import Envelope, b64url_encode
 from paywire.errors import WireError
 from paywire.messages import BALANCE, CONSOLE_LOGIN, NOTICES, OPERATOR_ACTION, PAY, PAYOUT, REFUND, TOPUP
@@ -28,6 +30,17 @@ MAX_BODY_BYTES = 64 * 1024
 BATCH_PATH = "/v1/payments/batch"
 # A batch carries up to center.batch.MAX_BATCH_ITEMS envelopes of up to ~8 KiB each.
 MAX_BATCH_BODY_BYTES = 1024 * 1024
+# Payments verified on the event loop itself: algorithms whose cost is fixed by the algorithm and
+# below a thread hop (measured here, cryptography 50: ES256 ~60 us, Ed25519 ~80 us per verification;
+# a run_in_threadpool round trip ~100-120 us). RSA goes to a worker thread: its cost is chosen by
+# the key's owner (RSA-2048 ~20 us, 4096 ~60 us, 8192 ~210 us with e = 65537; a 3,070-bit exponent,
+# now refused, cost 7 ms), and the loop's worst case must not depend on what a member enrolls.
+# cryptography releases the GIL while it verifies, so a thread keeps the loop serving meanwhile.
+INLINE_VERIFY_ALGORITHMS = frozenset({ES256, ED25519})
+# Answers that come before a signature is known good: a request naming someone else's key id
+# gets one of these and must not spend that key's allowance (center.ratelimit).
+UNVERIFIED_CODES = frozenset({"unknown_key", "bad_signature", "algorithm_mismatch", "kid_mismatch",
+                              "bad_public_key", "unsupported_algorithm", "key_not_allowed"})
 
 
 class EnvelopeIn(BaseModel):
@@ -74,6 +87,8 @@ class StoreInfoOut(BaseModel):
     store_id: str
     name: str
     active: bool
+    name_flagged: bool = False  # equal to or confusable with an earlier store's name (center.store_names)
+    resembles: str | None = None  # that earlier store, while flagged
 
 
 class TopupDecisionOut(BaseModel):
@@ -122,12 +137,14 @@ class BatchOut(BaseModel):
     results: list[BatchItemOut]
 
 
-ERROR_RESPONSES = {status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422)}
+ERROR_RESPONSES = {status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 429)}
 
 
-def create_app(center: Center) -> FastAPI:
+def create_app(center: Center, limits: Limits | None = None) -> FastAPI:
+    """The API; `limits` from config.json (center.ratelimit.limits_from_config), else the defaults."""
     app = FastAPI(title="tokenpay settlement center", version="1", responses=ERROR_RESPONSES)
     app.state.center = center
+    app.state.limits = limits = limits or Limits()
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
     install_console_headers(app)  # the operator console's security headers
@@ -151,15 +168,27 @@ def create_app(center: Center) -> FastAPI:
         return center.store_info(store_id)
 
     @app.post("/v1/enroll", response_model=ReceiptOut)
-    def enroll(envelope: EnvelopeIn) -> dict:
+    def enroll(envelope: EnvelopeIn, request: Request) -> dict:
         observability.note_signed(envelope.kid, center.clock_ms())
-        response = center.enroll(_parse_envelope(envelope))
+        parsed = _parse_envelope(envelope)
+        done = limits.begin_enrollment(request_client(request).address, parsed.kid)
+        try:
+            response = center.enroll(parsed)
+        except ApiError as error:
+            # A refusal recorded as final (signed) stored a row: it counts like an accepted
+            # enrollment. One that stored nothing (malformed, bad signature, try again) is given back.
+            done(error.refusal is not None)
+            raise
+        except BaseException:
+            done(False)
+            raise
+        done(True)
         observability.observe_answer(response)  # ids for the log
         return response
 
     for path, msg_type in SIGNED_ROUTES.items():
-        _add_signed_route(app, center, path, msg_type)
-    _add_batch_route(app, center)
+        _add_signed_route(app, center, limits, path, msg_type)
+    _add_batch_route(app, center, limits)
 
     @app.post("/v1/funding/webhook", response_model=TopupDecisionOut, openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": WebhookIn.model_json_schema()}}}})
@@ -175,23 +204,35 @@ def create_app(center: Center) -> FastAPI:
     return app
 
 
-def _add_signed_route(app: FastAPI, center: Center, path: str, msg_type: str) -> None:
+def _add_signed_route(app: FastAPI, center: Center, limits: Limits, path: str, msg_type: str) -> None:
+    per_key = (SIGNED_PER_KEY, NOTICES_PER_KEY) if msg_type == NOTICES else (SIGNED_PER_KEY,)
+
     def submit(envelope: EnvelopeIn) -> dict:
         observability.note_signed(envelope.kid, center.clock_ms())
-        response = center.submit(_parse_envelope(envelope), msg_type)
+        parsed = _parse_envelope(envelope)
+        _check_key_allowance(limits, parsed.kid, per_key)
+        try:
+            response = center.submit(parsed, msg_type)
+        except ApiError as error:
+            if error.code not in UNVERIFIED_CODES:  # the key's holder sent it: it counts
+                _charge_key(limits, parsed.kid, per_key)
+            raise
+        _charge_key(limits, parsed.kid, per_key)
         observability.observe_answer(response)  # counts an accepted payment from its receipt; no SQL
         return response
 
     async def pay(envelope: EnvelopeIn) -> Response:
         # The hot path: no worker thread is held while the payment waits for its group commit
         # (center.group_commit), and the answer (our own dict, already exact) skips the response
-        # model's re-validation. Verifying is CPU work done here, unless the key must be read.
+        # model's re-validation. Verifying is CPU work done here only for a cached key of a
+        # fixed, small cost (INLINE_VERIFY_ALGORITHMS); otherwise in a worker thread.
         observability.note_signed(envelope.kid, center.clock_ms())
         parsed = _parse_envelope(envelope)
-        if center.knows_key(parsed.kid):
-            request = center.verify_request(parsed, PAY)
+        if parsed.alg in INLINE_VERIFY_ALGORITHMS and center.knows_key(parsed.kid):
+            request = center.verify_request(parsed, PAY)  # verify_envelope insists the key's algorithm is parsed.alg
         else:
             request = await run_in_threadpool(center.verify_request, parsed, PAY)
+        limits.charge_key(request.signer.kid, (PAYMENTS_PER_KEY,))  # verified: the holder's own allowance
         response = await center.pay_async(request)
         observability.observe_answer(response)
         return JSONResponse(response)
@@ -200,7 +241,20 @@ def _add_signed_route(app: FastAPI, center: Center, path: str, msg_type: str) ->
              summary=f"Submit a signed {msg_type!r} message")(pay if msg_type == PAY else submit)
 
 
-def _add_batch_route(app: FastAPI, center: Center) -> None:
+def _check_key_allowance(limits: Limits, kid: str, names: tuple[str, ...]) -> None:
+    """Refuse a key whose allowance is spent; spends nothing (the signature is not checked yet)."""
+    for name in names:
+        wait_s = limits.key_wait_s(kid, name)
+        if wait_s:
+            raise rate_limited(wait_s, f"too many requests from this key ({name.replace('_', ' ')})")
+
+
+def _charge_key(limits: Limits, kid: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        limits.charge_key_after(kid, name)
+
+
+def _add_batch_route(app: FastAPI, center: Center, limits: Limits) -> None:
     @app.post(BATCH_PATH, response_model=BatchOut, response_model_exclude_none=True,
               summary="Submit many individually signed payments; each is answered on its own")
     def submit_payment_batch(batch: BatchIn) -> Response:
@@ -212,12 +266,19 @@ def _add_batch_route(app: FastAPI, center: Center) -> None:
         envelopes, answers = [], {}
         for index, item in enumerate(batch.payments):
             try:
-                envelopes.append((index, Envelope.from_json(item.model_dump())))
+                envelope = Envelope.from_json(item.model_dump())
+                _check_key_allowance(limits, envelope.kid, (PAYMENTS_PER_KEY,))
+                envelopes.append((index, envelope))
             except WireError as error:  # one malformed item does not sink the others
                 answers[index] = error_answer(ApiError.from_wire(error))
+            except ApiError as error:  # rate_limited: this payer's allowance is spent
+                answers[index] = error_answer(error)
         if envelopes:
             results = center.submit_batch([envelope for _, envelope in envelopes], PAY)
             answers.update({index: result for (index, _), result in zip(envelopes, results)})
+            for (_, envelope), result in zip(envelopes, results):
+                if result.get("error", {}).get("code") not in UNVERIFIED_CODES:
+                    limits.charge_key_after(envelope.kid, PAYMENTS_PER_KEY)
         observability.observe_batch(answers.values(), started_ms)  # payments and refusals by code; no SQL
         # Our own answers, already exact: skip the response model's re-validation of 100 receipts.
         return JSONResponse({"results": [answers[index] for index in range(len(batch.payments))]})
@@ -234,7 +295,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, error: ApiError) -> JSONResponse:
         observability.note_error(error.code)
-        return JSONResponse(error.body(), status_code=error.status)
+        retry_after_s = getattr(error, "retry_after_s", None)
+        if retry_after_s is None:
+            return JSONResponse(error.body(), status_code=error.status)
+        body = error.body()
+        body["error"]["retry_after"] = retry_after_s  # seconds, as in the Retry-After header
+        return JSONResponse(body, status_code=error.status, headers={"Retry-After": str(retry_after_s)})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -10,8 +10,9 @@ from fastapi import FastAPI
 from center.app import create_app
 from center.bootstrap import load_center
 from center.config import CenterConfig
+from center.ratelimit import limits_from_config
 
 
 def create_from_environment() -> FastAPI:
     config = CenterConfig.load(Path(os.environ["CENTER_DATA_DIR"]))
-    return create_app(load_center(config))
+    return create_app(load_center(config), limits=limits_from_config(config))

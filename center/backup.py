@@ -4,7 +4,9 @@ The data directory's files (config.json, center-cert.pem, tls/, secrets/, the
 center's own SoftHSM token directory, and whatever else lives there) plus a
 consistent database snapshot, described by a manifest (center.backup_format).
 The archive therefore holds the token PIN and the TLS private key: it is
-written with mode 0600 and can be encrypted with a password.
+written with mode 0600 and can be encrypted with a password. Every archive is
+signed by the administrator's backup key, which is not in it
+(center.backup_signing): the signer is loaded before any work is done.
 
 Written to FILE.tmp, fsynced, then linked to FILE, which is never overwritten.
 """
@@ -28,6 +30,7 @@ from center.backup_crypto import EncryptingWriter
 from center.backup_format import (DATA_PREFIX, DATABASE_MEMBERS, GZIP_LEVEL, MANIFEST_NAME,
                                   MAX_DATA_FILE_BYTES, MAX_DATA_TOTAL_BYTES, MAX_MEMBERS, BackupError, Manifest,
                                   MemberSpec, check_member_name)
+from center.backup_signing import SIGNATURE_NAME, load_signer
 from center.config import CenterConfig
 from center.files import fsync_directory, link_no_clobber, remove_quietly
 from center.observability import METRICS_DIR_NAME
@@ -44,11 +47,13 @@ class DataFile:
     content: bytes
 
 
-def create_backup(data_dir: Path, file: Path, *, password: str | None) -> dict:
-    """Write the backup archive FILE for the center in data_dir; returns a summary."""
+def create_backup(data_dir: Path, file: Path, *, password: str | None, signing_key: Path,
+                  signing_secret: str) -> dict:
+    """Write the backup archive FILE for the center in data_dir, signed with signing_key; returns a summary."""
     config = CenterConfig.load(data_dir)
     file = Path(os.path.abspath(file))
     _check_destination(file, config.data_dir)
+    signer = load_signer(signing_key, signing_secret, config)
     kind = backup_db.db_kind(config.db_url)
     files = collect_data_files(config)
     work = Path(tempfile.mkdtemp(prefix=".center-backup-", dir=file.parent))
@@ -64,12 +69,14 @@ def create_backup(data_dir: Path, file: Path, *, password: str | None) -> dict:
                             source_data_dir=str(config.data_dir), members=(
                                 *(MemberSpec(f.name, len(f.content), hashlib.sha256(f.content).hexdigest())
                                   for f in files), database))
-        size, digest = _write_file(file, manifest, files, snapshot, password)
+        size, digest = _write_file(file, manifest, signer.signature_member(manifest.to_bytes()), files, snapshot,
+                                   password)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"file": str(file), "bytes": size, "sha256": digest, "center_id": config.center_id, "db_kind": kind,
             "created_at": created_at, "members": len(manifest.members), "encrypted": password is not None,
-            "token_included": _token_included(config), "mode": "0600", "warning": SECRETS_WARNING}
+            "token_included": _token_included(config), "mode": "0600", "warning": SECRETS_WARNING,
+            "signed_by_key_id": signer.key_id, "signature_algorithm": signer.algorithm}
 
 
 def collect_data_files(config: CenterConfig) -> list[DataFile]:
@@ -129,7 +136,7 @@ def _check_destination(file: Path, data_dir: Path) -> None:
         raise BackupError("write the backup outside the data directory (it would be copied into the next backup)")
 
 
-def _write_file(file: Path, manifest: Manifest, files: list[DataFile], snapshot: Path,
+def _write_file(file: Path, manifest: Manifest, signature: bytes, files: list[DataFile], snapshot: Path,
                 password: str | None) -> tuple[int, str]:
     tmp = file.with_name(file.name + ".tmp")
     try:
@@ -140,7 +147,7 @@ def _write_file(file: Path, manifest: Manifest, files: list[DataFile], snapshot:
         with os.fdopen(fd, "wb") as raw:
             sink = _HashingWriter(raw)
             sealed = EncryptingWriter(sink, password) if password is not None else None
-            _write_archive(sealed or sink, manifest, files, snapshot)
+            _write_archive(sealed or sink, manifest, signature, files, snapshot)
             if sealed is not None:
                 sealed.close()
             raw.flush()
@@ -154,10 +161,11 @@ def _write_file(file: Path, manifest: Manifest, files: list[DataFile], snapshot:
     return sink.size, sink.sha256.hexdigest()
 
 
-def _write_archive(sink, manifest: Manifest, files: list[DataFile], snapshot: Path) -> None:
+def _write_archive(sink, manifest: Manifest, signature: bytes, files: list[DataFile], snapshot: Path) -> None:
     gz = gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=GZIP_LEVEL, mtime=0, filename="")
     with gz, tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         _add(tar, MANIFEST_NAME, io.BytesIO(manifest.to_bytes()), len(manifest.to_bytes()))
+        _add(tar, SIGNATURE_NAME, io.BytesIO(signature), len(signature))
         for data_file in files:
             _add(tar, data_file.name, io.BytesIO(data_file.content), len(data_file.content))
         database = manifest.members[-1]

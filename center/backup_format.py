@@ -3,6 +3,8 @@
 An archive is a gzip-compressed tar (optionally encrypted, center.backup_crypto):
 
     manifest.json          always the first member
+    manifest.sig           always the second: the backup key's signature over the
+                           manifest's exact bytes (center.backup_signing)
     data/<path>            the data directory's files (config, certificate, TLS key,
                            secrets, the center's own SoftHSM token directory...)
     database/center.db     SQLite: a consistent snapshot (online backup API), or
@@ -23,7 +25,8 @@ from dataclasses import dataclass
 from token_wallet.cliutil import CliError
 
 FORMAT = "tokenpay-center-backup"
-FORMAT_VERSION = 1
+# 2: signed (manifest.sig). Version 1 archives carry no signature and are refused.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 DATA_PREFIX = "data/"
 DATABASE_MEMBERS = {"sqlite": "database/center.db", "postgresql": "database/center.pgdump"}

@@ -16,6 +16,8 @@ Why it is cheap: the statements do not grow with the batch. One transaction
 4. writes everything back with one statement per table (executemany: pipelined on
    PostgreSQL), appends the audit entries at once, signs the receipts, stores the answers.
 A refusal before any booking leaves only the counter advanced, which its recorded refusal needs.
+Every refusal of a verified payment that is not "try again" (ApiError.final) is signed by the
+center like a receipt (Center.signed_refusal); a rule refusal is also recorded under its message id.
 `balance_limit` (a credit past 2**53) aborts the batch. On an abort, or when the batch meets a
 concurrent request for the same key or message (a unique violation), or PostgreSQL names it a
 deadlock victim, the transaction rolls back and each payment is answered alone by the
@@ -32,7 +34,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from center import audit, handlers, ledger
 from center.db import keys, messages, parties
-from center.errors import ApiError, Refusal
+from center.errors import ApiError
 from center.key_lifecycle import inactive_key_error
 from center.service import COUNTER_WINDOW, counter_reused, counter_too_old
 from paywire.messages import PAY
@@ -55,7 +57,10 @@ _STORE_ANSWERS = insert(messages)
 
 
 def error_answer(error: ApiError) -> dict:
-    return {"error": {"code": error.code, "message": error.message}, "status": error.status}
+    answer = {"error": {"code": error.code, "message": error.message}, "status": error.status}
+    if error.refusal is not None:
+        answer["refusal"] = error.refusal
+    return answer
 
 
 class _Abort(Exception):
@@ -69,7 +74,7 @@ class _Item:
     same_as: "_Item | None" = None
     conflict: ApiError | None = None  # reuses a message id or counter of an earlier item in the batch
     outcome: handlers.Outcome | None = None
-    refusal: Refusal | None = None
+    refusal: ApiError | None = None  # a final refusal by the rules, recorded with the batch
     now_ms: int = 0
 
 
@@ -162,20 +167,27 @@ def _answer_together(center, conn: Connection, items: list[_Item]) -> None:
 def _book_one(center, item: _Item, counters: "_Counters", earlier: dict, stores: dict, book, payments: list) -> None:
     """One payment, as center.service answers it alone: key status, earlier answer, counter, rules, money."""
     header, signer, body = item.request.header, item.request.signer, item.request.body
+
+    def refused(error: ApiError) -> dict:  # final for these bytes by nature; not recorded
+        return error_answer(center.signed_refusal(header, item.request.envelope, error))
+
     status = counters.status(header.kid)
     if status != "active":  # revoked, rotated, not bound yet, rejected
-        item.answer = error_answer(inactive_key_error(status or "revoked"))
+        item.answer = refused(inactive_key_error(status or "revoked"))
         return
     if (header.kid, header.msg_id) in earlier:
         item.answer = _recorded_answer(earlier[(header.kid, header.msg_id)], item.request.payload_sha256)
+        if "error" in item.answer and "refusal" not in item.answer:  # recorded before refusals were signed
+            item.answer = refused(ApiError(item.answer["error"]["code"], item.answer["error"]["message"],
+                                           item.answer["status"]))
         return
     if item.conflict is not None:
-        item.answer = error_answer(item.conflict)
+        item.answer = refused(item.conflict)
         return
     try:
         counters.advance(header)
     except ApiError as error:
-        item.answer = error_answer(error)
+        item.answer = refused(error)
         return
     item.now_ms = center.clock_ms()
     store = stores.get(body["payee"])
@@ -185,11 +197,11 @@ def _book_one(center, item: _Item, counters: "_Counters", earlier: dict, stores:
         balance_minor = book.move(debit=ledger.party_account(signer.party_id), credit=ledger.party_account(store.id),
                                   amount_minor=body["amount_minor"], kind="payment", ref=payment_id,
                                   now_ms=item.now_ms)
-    except Refusal as refusal:
-        if refusal.code in REFUSALS_AFTER_WRITES:
+    except ApiError as refusal:
+        if refusal.code in REFUSALS_AFTER_WRITES or not refusal.final:
             raise _Abort(refusal.code) from None
-        item.refusal = refusal
-        item.answer = error_answer(refusal)
+        item.refusal = center.signed_refusal(header, item.request.envelope, refusal)
+        item.answer = error_answer(item.refusal)
         return
     payments.append(handlers.payment_row(payment_id, signer, store, body, item.now_ms))
     item.outcome = handlers.paid(center, payment_id, store, body, balance_minor)
@@ -232,7 +244,8 @@ def _recorded_answer(row, payload_sha256: str) -> dict:
                                                             "message"))
     response = json.loads(row.response)
     if "error" in response:
-        return {"error": response["error"], "status": response["status"]}
+        kept = ("error", "status", "refusal")  # "refusal": absent when recorded before refusals were signed
+        return {key: response[key] for key in kept if key in response}
     return response
 
 

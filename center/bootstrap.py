@@ -13,10 +13,12 @@ from center import issuer_setup
 from center.config import CenterConfig, write_private_file
 from center.issuer_policy import policy_of
 from center.db import make_engine, migrate
+from center.files import first_open_path, make_tree_private
 from center.identity import CenterSigner, make_tls_certificate
 from center.service import Center
 from paywire.money import MINOR_EXPONENT
 from token_wallet.cliutil import CliError
+from token_wallet.home import access_problem, make_private
 from token_wallet.tokens.base import KeyMode, KeyRecord, KeyType
 from token_wallet.tokens.pkcs11_token import open_pkcs11_token
 from token_wallet.tokens.softhsm import find_softhsm_module, init_softhsm_token, write_softhsm_config
@@ -31,6 +33,8 @@ def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id:
                 require_certified_keys: bool = False) -> CenterConfig:
     data_dir = data_dir.resolve()
     _check_fresh_dir(data_dir)
+    if token_pin_file and (problem := access_problem(Path(token_pin_file))) is not None:
+        raise CliError(f"the token PIN file must be yours alone: {problem}")  # `serve` would refuse it
     issuer_trust = issuer_setup.read_init_trust(issuer_ca, require_certified_keys, int(time.time()))
     if currency not in MINOR_EXPONENT:
         raise CliError(f"currency {currency!r} is not supported: use an ISO 4217 code such as "
@@ -39,6 +43,7 @@ def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id:
     if not CENTER_ID_PATTERN.fullmatch(center_id):
         raise CliError("center id must be 3-64 letters, digits or . _ : -")
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private(data_dir)  # an existing 0755 directory too, before anything secret is written into it
     config = CenterConfig(
         data_dir=data_dir, center_id=center_id, currency=currency,
         db_url=db_url or f"sqlite:///{data_dir / 'center.db'}",
@@ -59,7 +64,42 @@ def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id:
     migrate(make_engine(config.db_url))
     issuer_setup.install(config, issuer_trust, issuer_setup.choose_policy(require_certified_keys, False))
     config.save()
+    # Whatever wrote them (SoftHSM, SQLite, a caller's umask): 0700 directories, 0600 files.
+    make_tree_private(data_dir)
+    for path in _sqlite_files(config.db_url):  # a SQLite file named by --db outside the data directory
+        if path.exists():
+            make_private(path)
     return config
+
+
+def check_private_files(config: CenterConfig) -> None:
+    """Before serving: CliError naming the first secret that group or others can access, and its chmod.
+
+    The data directory and everything in it but the certificate (public: wallets pin it) and the
+    metrics files (`center serve` replaces them), the SQLite database with its -wal/-shm/-journal
+    files and the token PIN file wherever they are.
+    """
+    from center.observability import METRICS_DIR_NAME
+
+    skip = frozenset({config.cert_file, config.data_dir / METRICS_DIR_NAME})
+    extra = (*_sqlite_files(config.db_url), *([Path(config.token_pin_file)] if config.token_pin_file else []))
+    try:
+        problem = first_open_path(config.data_dir, skip=skip, extra=extra)
+    except (OSError, ValueError) as error:
+        raise CliError(f"cannot check the permissions of {config.data_dir}: {error}") from None
+    if problem is not None:
+        raise CliError(f"refusing to serve: {problem}")
+
+
+def _sqlite_files(db_url: str) -> tuple[Path, ...]:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db_url)
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return ()
+    path = Path(database).absolute()
+    return (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal")))
 
 
 def load_center(config: CenterConfig) -> Center:

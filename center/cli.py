@@ -37,6 +37,7 @@ def init(
     """Create a center: configuration, database schema, token signing key, TLS certificate."""
     from center.bootstrap import init_center
 
+    os.umask(0o077)  # everything this process creates is the owner's alone (init tightens the tree anyway)
     config = init_center(data_dir, db_url=db, currency=currency, center_id=center_id, pkcs11_module=pkcs11_module,
                          token_label=token_label, token_pin_file=token_pin_file, tls_names=tls_name or [],
                          issuer_ca=issuer_ca, require_certified_keys=require_certified_keys)
@@ -44,7 +45,7 @@ def init(
                "cert": str(config.cert_file), "db": _redact_url(config.db_url),
                "receipt_kid": _kid(config), "issuer_policy": config.issuer_policy}
     emit(as_json, summary, lambda out: out.print(
-        f"center [bold]{config.center_id}[/] created in {config.data_dir}\n"
+        f"center {config.center_id} created in {config.data_dir}\n"
         f"  currency {config.currency}, database {summary['db']}\n"
         f"  wallets pin {config.cert_file}"))
 
@@ -57,25 +58,38 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes")] = 1,
     log_format: Annotated[str, typer.Option(help="Log lines on stderr: json or text")] = "json",
     log_level: Annotated[str, typer.Option(help="debug, info (one line per request), warning or error")] = "info",
+    metrics_port: Annotated[Optional[int], typer.Option(
+        min=1, max=65535, help="Serve GET /metrics (Prometheus) in plain HTTP on 127.0.0.1:PORT; off by default")] = None,
 ) -> None:
     """Serve the center's API over HTTPS."""
     import uvicorn
 
+    from center.bootstrap import check_private_files
     from center.logs import log_event
     from center.observability import prepare_serve
 
+    # SQLite's -wal/-shm files, metrics files and anything else the server and its workers create: 0600.
+    os.umask(0o077)
     config = _load_config(data_dir)
+    check_private_files(config)  # a database or secret others can read stops here, in one line, before any worker
     cli_issuer.check_configuration(config)  # a broken issuer setup stops here, in one line, not in a worker
     _checked_engine(config, data_dir).dispose()  # an outdated schema stops here, in one line
     os.environ["CENTER_DATA_DIR"] = str(config.data_dir)
-    # Logging set up and D/metrics emptied before uvicorn starts any worker.
-    log_config = prepare_serve(config.data_dir, center_id=config.center_id, db_url=config.db_url,
-                               log_format=log_format, log_level=log_level, host=host, port=port, workers=workers)
+    # Logging set up, this server's metrics directory made and the metrics listener started before any worker.
+    log_config, metrics_dir, listener = prepare_serve(
+        config.data_dir, center_id=config.center_id, db_url=config.db_url, log_format=log_format,
+        log_level=log_level, host=host, port=port, workers=workers, metrics_port=metrics_port)
     try:
         uvicorn.run("center.asgi:create_from_environment", factory=True, host=host, port=port, workers=workers,
                     ssl_certfile=str(config.cert_file), ssl_keyfile=config.tls_key_file, log_level=log_level,
-                    log_config=log_config, access_log=False)
+                    log_config=log_config, access_log=False,
+                    # The client address is the TCP peer; X-Forwarded-For counts only from
+                    # the configured trusted proxies (center.console_auth), never by default.
+                    proxy_headers=False)
     finally:
+        if listener is not None:
+            listener.shutdown()
+        metrics_dir.release()  # only this server's directory: another one's counters stay
         log_event("serve_stop", pid=os.getpid())
 
 

@@ -68,7 +68,7 @@ def create_ca(
     document = {"cert": str(cert_path), "key": str(key_path), "intermediate": parent is not None,
                 **issuer.describe(authority.cert)}
     emit(as_json, document, lambda out: out.print(
-        f"{'intermediate' if parent else 'root'} CA [bold]{name}[/] created, valid until "
+        f"{'intermediate' if parent else 'root'} CA {name} created, valid until "
         f"{_date(document['not_after_s'])}\n  certificate {cert_path}\n  key {key_path} (encrypted, owner only)"))
 
 
@@ -98,7 +98,7 @@ def certify(
     _write_new(out, issuer.pem(cert), 0o644)
     document = {"cert": str(out), "kid": kid, "key_type": _key_type(spki_der), **issuer.describe(cert)}
     emit(as_json, document, lambda console: console.print(
-        f"certified key {kid[:16]}... as [bold]{document['subject']}[/] until {_date(document['not_after_s'])}\n"
+        f"certified key {kid[:16]}... as {document['subject']} until {_date(document['not_after_s'])}\n"
         f"  certificate {out} (serial {document['serial']})"))
 
 
@@ -135,8 +135,15 @@ def status(data_dir: DataDir, as_json: JsonFlag = False) -> None:
 
 
 def check_configuration(config) -> None:
-    """Refuse to serve with an issuer configuration that cannot be loaded (missing or broken CA file)."""
+    """Refuse to serve with an issuer configuration that cannot be loaded (missing or broken CA file),
+    or request limits that make no sense (center.ratelimit), in one line before any worker starts."""
+    from center.ratelimit import limits_from_config
+
     issuer_setup.summary(config)
+    try:
+        limits_from_config(config)
+    except ValueError as error:
+        raise CliError(str(error)) from None
 
 
 def _render_summary(out, document: dict, note: str | None) -> None:

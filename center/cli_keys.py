@@ -1,14 +1,17 @@
-"""`center operator bind-key|reject-key|list-keys`: a lost card's new key, decided by an operator.
+"""`center operator bind-key|reject-key|list-keys|issue-recovery-ticket`: a lost card's new key, decided by an operator.
 
 A member who lost their card enrolls a new token key with `wallet enroll
 --rebind M-...`; it waits as pending_bind. The operator finds it with
 `list-keys --status pending_bind` (claimed and registered identity side by
-side), revokes the lost key (`revoke-key`) and binds the new one, or rejects
-a wrong claim. Registered on center.cli's `operator` group.
+side, and "recovery code verified" when the claimant proved the account's
+recovery code), revokes the lost key (`revoke-key`) and binds the new one, or
+rejects a wrong claim. `issue-recovery-ticket` gives a member without a code a
+one-time one. Registered on center.cli's `operator` group.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Optional
 
 import typer
@@ -17,6 +20,7 @@ from rich.table import Table
 from center.cli import DataDir, JsonFlag, _api_call, _engine, _operator_name, operator_app
 from token_wallet.cliutil import CliError, emit
 
+VERIFIED_LABELS = {"code": "recovery code verified", "ticket": "recovery ticket verified"}
 Kid = Annotated[str, typer.Argument(help="The key id (64 hex digits) of the new key")]
 
 
@@ -48,6 +52,24 @@ def reject_key_command(
         f"key {kid[:16]}... {'was already' if view['repeated'] else 'is now'} rejected for {view['member_id']}"))
 
 
+@operator_app.command("issue-recovery-ticket")
+def issue_recovery_ticket_command(
+    party_id: Annotated[str, typer.Argument(help="The account (M-... or S-...) whose holder lost card and code")],
+    data_dir: DataDir, as_json: JsonFlag = False,
+) -> None:
+    """A one-time recovery code for an account (after checking who asks): the member rebinds with it."""
+    from center.key_admin import issue_recovery_ticket
+    from center.service import now_ms
+
+    view = _api_call(lambda: issue_recovery_ticket(_engine(data_dir), party_id,
+                                                   issued_by=f"operator:{_operator_name()}", now_ms=now_ms()))
+    emit(as_json, view, lambda out: out.print(
+        f"recovery ticket for {view['member_id']} (shown once, valid for one claim until "
+        f"{_utc(view['expires_at_ms'])}):\n  {view['ticket']}\n"
+        f"give it to the member only after checking who they are; they run `wallet enroll --rebind "
+        f"{view['member_id']} --recovery-code TICKET ...`, then you bind the key (it shows as verified)"))
+
+
 @operator_app.command("list-keys")
 def list_keys_command(
     data_dir: DataDir,
@@ -61,6 +83,10 @@ def list_keys_command(
 
     found = _api_call(lambda: list_keys(_engine(data_dir), party_id=party, status=status, limit=limit))
     emit(as_json, {"keys": found}, lambda out: out.print(_table(found)))
+
+
+def _utc(at_ms: int) -> str:
+    return dt.datetime.fromtimestamp(at_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _checked_kid(kid: str) -> str:
@@ -86,6 +112,8 @@ def _describe_claim(claim: dict | None) -> str:
         return f"rotated from {claim['replaces_kid'][:16]}..."
     claimed, registered = claim["claimed"], claim["registered"]
     lines = [f"rebind ({claim['status']})"]
+    if claim.get("recovery_verified"):
+        lines.append(VERIFIED_LABELS[claim["recovery_verified"]])
     for field in ("name", "address", "birth_date", "bank_account"):
         if claimed[field] or registered[field]:
             mark = "" if claimed[field] == registered[field] else "  <- differs"

@@ -19,10 +19,11 @@ from rich.table import Table
 
 from center.cli import DataDir, JsonFlag, _api_call, _engine, _operator_name, operator_app
 from center.console_access import DEFAULT_LISTED, MAX_LISTED, list_reads
-from token_wallet.cliutil import CliError, emit, read_option_file
+from token_wallet.cliutil import CliError, emit, quoted, read_option_file
 
 MAX_PEM_FILE_BYTES = 16 * 1024
 OPERATOR_ID = re.compile(r"O-[0-9a-f]{16}")
+STORE_ID = re.compile(r"S-[0-9a-f]{16}")
 
 
 @operator_app.command("add")
@@ -45,7 +46,7 @@ def operator_add(
     view = _api_call(lambda: add_operator(engine, pem, role=role, name=name,
                                           added_by=f"admin:{_operator_name()}", now_ms=now_ms()))
     emit(as_json, view, lambda out: out.print(
-        f"{view['role']} [bold]{view['operator_id']}[/] ({view['name']}) added with key {view['kid']} "
+        f"{view['role']} {view['operator_id']} {quoted(view['name'])} added with key {view['kid']} "
         f"({view['algorithm']})"))
 
 
@@ -105,3 +106,52 @@ def access_log(
         out.print(table)
 
     emit(as_json, document, render)
+
+
+@operator_app.command("list-stores")
+def list_stores_command(
+    data_dir: DataDir,
+    flagged: Annotated[bool, typer.Option("--flagged", help="Only stores whose name is flagged as a look-alike")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many stores, newest first")] = 100,
+    as_json: JsonFlag = False,
+) -> None:
+    """Stores and their name flags: a flagged store's name equals or looks like an earlier store's."""
+    from center.store_names import list_stores
+
+    with _engine(data_dir).connect() as conn:
+        stores = list_stores(conn, flagged_only=flagged, limit=limit)
+
+    def render(out) -> None:
+        if not stores:
+            out.print("no flagged store names" if flagged else "no stores yet")
+            return
+        table = Table(title=f"{len(stores)} store(s)" + (" with a flagged name" if flagged else ""))
+        for column in ("store", "name", "flag", "resembles", "decided by"):
+            table.add_column(column)
+        for store in stores:
+            resembles = f"{store['resembles']} {quoted(store['resembles_name'])}" if store["resembles"] else ""
+            table.add_row(store["store_id"], quoted(store["name"]), store["flag"], resembles, store["decided_by"] or "")
+        out.print(table)
+        if any(store["flag"] == "flagged" for store in stores):
+            out.print("check each flagged store with its owner; then `center operator clear-store S-...` "
+                      "(or revoke its key if it impersonates the other)")
+
+    emit(as_json, {"stores": stores}, render)
+
+
+@operator_app.command("clear-store")
+def clear_store_command(
+    store_id: Annotated[str, typer.Argument(help="The flagged store (S-...)")],
+    data_dir: DataDir, as_json: JsonFlag = False,
+) -> None:
+    """Lift a store's look-alike flag after checking it: wallets then pay it without the warning."""
+    from center.service import now_ms
+    from center.store_names import clear_store
+
+    if not STORE_ID.fullmatch(store_id):
+        raise CliError(f"{quoted(store_id, 40)} is not a store id: S- and 16 hex digits (see `list-stores --flagged`)")
+    view = _api_call(lambda: clear_store(_engine(data_dir), store_id, decided_by=f"operator:{_operator_name()}",
+                                         now_ms=now_ms()))
+    emit(as_json, view, lambda out: out.print(
+        f"store {store_id}'s name {'was already' if view['repeated'] else 'is now'} cleared "
+        f"(it resembled {view['resembles']})"))

@@ -39,6 +39,12 @@ class CenterConfig:
     issuer_policy: str = "any"
     issuer_ca_file: str = ""
     issuer_intermediates_file: str = ""
+    # Request limits per worker process (center.ratelimit): {"NAME": {"burst": B, "per_minute": R},
+    # "max_clients": N}; names left out keep their defaults (center.ratelimit.DEFAULT_RATES).
+    rate_limits: dict = field(default_factory=dict)
+    # Reverse proxies whose X-Forwarded-For the center believes (addresses or networks, e.g.
+    # ["10.0.0.5", "fd00::/64"]); default none: the client is the TCP peer (center.console_auth).
+    trusted_proxies: list = field(default_factory=list)
 
     @property
     def cert_file(self) -> Path:
@@ -58,7 +64,10 @@ class CenterConfig:
         return cls(data_dir=Path(data_dir).resolve(), **document)
 
     def token_pin(self) -> str:
-        return Path(self.token_pin_file).read_text().strip()
+        # The one bounded reader of secret files: a PIN file that never ends is refused, not read.
+        from token_wallet.cliutil import read_secret
+
+        return read_secret(what="token PIN", file_option=self.token_pin_file, env_var=None).strip()
 
     def apply_token_environment(self) -> None:
         # SoftHSM reads SOFTHSM2_CONF once per process, when the module is

@@ -1,9 +1,12 @@
 """The operator console under /console: the page, its static files, its JSON and CSV APIs.
 
 Login and sessions are center.console_auth's: every API here depends on
-`console_session()`, and the two that change money (confirm and decline a
-top-up) on `console_session(role="operator")`, which also checks the CSRF
-header. The page is plain HTML, CSS and JavaScript served from
+`console_session()`. A session only reads: nothing here changes money or keys.
+A top-up is confirmed or declined by a request signed on the operator's token
+(`wallet operator confirm-topup ID`, which fetches and shows the top-up first);
+the page shows that command for each pending top-up and then, polling the
+decisions route, the result. The old session routes for deciding answer
+403 signed_action_required whatever the cookie and CSRF header say. The page is plain HTML, CSS and JavaScript served from
 center/console_static/ (nothing from elsewhere), under a Content-Security-Policy
 that allows scripts, styles and connections to this origin only.
 
@@ -20,11 +23,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.responses import Response
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 
 from center.console_access import record_read
 from center.console_auth import ConsoleSession, console_session
 from center.console_views import VIEWS, Filters, to_csv
+from center.db import topups
 from center.errors import ApiError
 from center.inquiry import (EXPORT_PAGE, MAX_OFFSET, MAX_PAGE_ROWS, MAX_QUERY_CHARS, MAX_STAT_DAYS, MAX_TOP_STORES,
                             Page, day_window, statistics)
@@ -36,6 +40,7 @@ STATIC_FILES = {"console.js": "text/javascript", "charts.js": "text/javascript",
 PAGE_FILE = "index.html"
 TOPUP_ID = re.compile(r"U-[0-9a-f]{16}")
 TABLE_VIEWS = ("search", "payments", "topups", "refunds", "payouts")
+MAX_DECISION_IDS = 50  # one page of the top-ups table (console.js PAGE_ROWS)
 
 CONSOLE_PREFIX = "/console"
 SECURITY_HEADERS = (
@@ -52,7 +57,6 @@ SECURITY_HEADERS = (
 )
 
 AnySession = Annotated[ConsoleSession, Depends(console_session())]
-OperatorSession = Annotated[ConsoleSession, Depends(console_session(role="operator"))]
 PartyId = Annotated[str | None, Query(max_length=32)]
 
 
@@ -131,13 +135,18 @@ def _router(center) -> APIRouter:
         _trail(center, session, "stats", shown, None, len(result["daily"]) + len(result["top_stores"]))
         return result
 
+    @router.get("/api/topups/decisions")
+    def decisions(session: AnySession, ids: Annotated[str, Query(max_length=MAX_DECISION_IDS * 19)]) -> dict:
+        return {"decisions": _decisions(center, ids)}
+
+    # A phished or stolen session must not move money: these refuse before looking at the session.
     @router.post("/api/topups/{topup_id}/confirm")
-    def confirm(topup_id: str, session: OperatorSession) -> dict:
-        return _decide(center, topup_id, "confirm", session)
+    def confirm(topup_id: str) -> dict:
+        raise _signed_action_required(topup_id, "confirm")
 
     @router.post("/api/topups/{topup_id}/decline")
-    def decline(topup_id: str, session: OperatorSession) -> dict:
-        return _decide(center, topup_id, "decline", session)
+    def decline(topup_id: str) -> dict:
+        raise _signed_action_required(topup_id, "decline")
 
     @router.get("/api/export/{view}.csv")
     def export(view: str, session: AnySession, chosen: ViewFilters) -> Response:
@@ -178,10 +187,24 @@ def _add_table_route(router: APIRouter, read, view: str) -> None:
     router.get(f"/api/{view}", name=f"console_{view}")(table)
 
 
-def _decide(center, topup_id: str, decision: str, session: ConsoleSession) -> dict:
-    if not TOPUP_ID.fullmatch(topup_id):
-        raise ApiError("invalid_request", "a top-up id is U- and 16 hex digits")
-    return center.decide_topup(topup_id, decision, decided_by=f"operator:{session.operator_id}")
+def _signed_action_required(topup_id: str, decision: str) -> ApiError:
+    shown = topup_id if TOPUP_ID.fullmatch(topup_id) else "TOPUP_ID"
+    return ApiError("signed_action_required", f"a console session cannot {decision} top-ups: run "
+                    f"`wallet operator {decision}-topup {shown}` with your operator token", 403)
+
+
+def _decisions(center, ids: str) -> list[dict]:
+    """The status of the top-ups the page shows commands for. Not recorded as a read: it answers
+    only ids the page already listed, with their status and who decided, no member's data."""
+    wanted = [item for item in ids.split(",") if item]
+    if not 1 <= len(wanted) <= MAX_DECISION_IDS or not all(TOPUP_ID.fullmatch(item) for item in wanted):
+        raise ApiError("invalid_request", f"ids: 1 to {MAX_DECISION_IDS} top-up ids (U- and 16 hex digits), "
+                                          "separated by commas")
+    with center.engine.connect() as conn:
+        rows = conn.execute(select(topups.c.id, topups.c.status, topups.c.decided_at_ms, topups.c.decided_by)
+                            .where(topups.c.id.in_(wanted))).all()
+    return [{"topup_id": row.id, "status": row.status, "decided_at_ms": row.decided_at_ms,
+             "decided_by": row.decided_by} for row in sorted(rows, key=lambda row: wanted.index(row.id))]
 
 
 class ConsoleHeadersMiddleware:

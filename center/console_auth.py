@@ -22,7 +22,23 @@ secret and the session id, so reading it does not let anyone log in. Every
 request re-checks the session against its key: revoking an operator's key
 ends that operator's sessions at once.
 
-Routes that need a session depend on `console_session(role)` (see there).
+Who asked for a challenge is recorded with it (the client's address, its user
+agent, the time): `wallet console-login` fetches them (GET
+/v1/console/challenges/CODE), shows them, and signs their hash with the code,
+so an approval covers exactly the client the operator was shown. The client's
+address is the TCP peer's, unless that peer is a configured trusted proxy
+(config.json "trusted_proxies"; none by default), when the right-most
+X-Forwarded-For address that is not itself a trusted proxy counts.
+
+Challenges are made without authentication, so they are limited per client
+(an IPv4 address, or an IPv6 /64): at most CLIENT_RATE challenges per
+CLIENT_RATE_WINDOW_MS (then 429 too_many_challenges with retry_after), at most
+CLIENT_PENDING_CAP waiting (a new one evicts that client's oldest), and at most
+MAX_PENDING_CHALLENGES waiting in all (a new one evicts the oldest of the client
+holding the most). One client's flood only ever evicts its own challenges.
+
+Routes that need a session depend on `console_session(role)` (see there). A
+session only reads: every write is a request signed on the operator's token.
 """
 
 from __future__ import annotations
@@ -30,9 +46,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
+import math
+import os
 import re
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Callable, Literal
 
 from fastapi import Cookie, Depends, FastAPI, Header, Request, Response
@@ -43,6 +63,7 @@ from center.db import console_challenges, console_sessions, keys, parties
 from center.errors import ApiError, Refusal
 from center.operator_actions import require_operator_key
 from center.operators import OPERATOR_ROLES
+from paywire.messages import CONSOLE_CHALLENGE_PATTERN, console_client_sha256
 from paywire.messages import Header as WireHeader
 
 if TYPE_CHECKING:
@@ -58,9 +79,16 @@ CSRF_HEADER = "X-CSRF-Token"
 # The browser keeps the login cookie a little past the challenge, so that a
 # late poll hears "expired" rather than "unknown".
 LOGIN_COOKIE_MAX_AGE_S = CHALLENGE_LIFETIME_MS // 1000 + 60
-# Challenges are made without authentication: cap how many may wait at once,
-# and forget old ones and old sessions as new ones are made.
-MAX_PENDING_CHALLENGES = 1000
+# Challenges are made without authentication: limit them per client and in all
+# (see the module's text), and forget old ones and old sessions as new ones are made.
+# A person's browser needs one code at a time, a few after reloads; an office behind
+# one NAT address a few more.
+CLIENT_PENDING_CAP = 8
+CLIENT_RATE = 12
+CLIENT_RATE_WINDOW_MS = 60_000
+MAX_PENDING_CHALLENGES = 1000  # >> CLIENT_PENDING_CAP: filling it takes 125 clients, and evicts their own
+MAX_USER_AGENT_CHARS = 200
+MAX_FORWARDED_HOPS = 32
 PURGE_AFTER_MS = 24 * 3600 * 1000
 CHALLENGE_BYTES = 10  # 80 bits: 16 base32 characters
 SECRET_BYTES = 32
@@ -84,7 +112,84 @@ class ConsoleSession:
     expires_at_ms: int
 
 
+@dataclass(frozen=True)
+class ClientFacts:
+    """Who asks for a challenge, as the center sees it: recorded with it, shown by the wallet."""
+
+    address: str
+    user_agent: str
+
+    @property
+    def key(self) -> str:
+        return client_key(self.address)
+
+
+class TooManyChallenges(ApiError):
+    """429 with the seconds after which this client may ask again: center.app's error handler puts
+    `retry_after_s` in the body (`retry_after`) and the Retry-After header, as for every limit."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__("too_many_challenges", message, 429)
+        self.retry_after_s = retry_after_s
+
+
 # --- pure helpers ---------------------------------------------------------------------
+
+def parse_trusted_proxies(entries) -> tuple:
+    """config.json's "trusted_proxies" as networks; a bad entry stops the worker, naming it."""
+    if not isinstance(entries, (list, tuple)):
+        raise TypeError("trusted_proxies must be a list of addresses or networks")
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(str(entry), strict=False))
+        except ValueError:
+            raise ValueError(f"trusted_proxies: {str(entry)[:64]!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def _ip(text: str):
+    """An address, IPv4-mapped IPv6 (a dual-stack socket's view of an IPv4 peer) as the IPv4 it is."""
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    return ip.ipv4_mapped or ip if ip.version == 6 else ip
+
+
+def _trusted(address, trusted: tuple) -> bool:
+    return address is not None and any(address.version == net.version and address in net for net in trusted)
+
+
+def source_address(peer: str | None, forwarded_for: list[str], trusted: tuple) -> str:
+    """The client's address: the TCP peer, unless the peer is a trusted proxy; then the right-most
+    X-Forwarded-For address that is not itself a trusted proxy (what the nearest untrusted hop
+    told our proxy). Anything earlier in the header was written by the client and proves nothing."""
+    address = (peer or "unknown")[:64]
+    if not _trusted(_ip(address), trusted):
+        return address
+    hops = [hop for value in forwarded_for for hop in value.split(",")][-MAX_FORWARDED_HOPS:]
+    for hop in reversed(hops):
+        ip = _ip(hop)
+        if ip is None:
+            return address  # a malformed hop: count the request against the proxy itself
+        if not _trusted(ip, trusted):
+            return str(ip)
+    return address
+
+
+def client_key(address: str) -> str:
+    """What the limits count by: an IPv4 address, or the IPv6 /64 (one host commonly holds a whole /64)."""
+    ip = _ip(address)
+    if ip is None:
+        return address[:64]
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
+
+
+def clean_user_agent(value: str | None) -> str:
+    """Printable ASCII only, cut short: the wallet shows it to the operator as plain text."""
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in (value or "")[:MAX_USER_AGENT_CHARS]).strip()
+
 
 def new_challenge() -> str:
     text = base64.b32encode(secrets.token_bytes(CHALLENGE_BYTES)).decode("ascii")
@@ -133,6 +238,9 @@ def approve(center: "Center", conn: Connection, signer: "Signer", header: WireHe
         raise Refusal("unknown_challenge", f"no pending console login {challenge}: start a new login in the browser")
     if now >= row.expires_at_ms:
         raise Refusal("challenge_expired", f"console login {challenge} has expired: start a new login in the browser")
+    if body["client_sha256"] != recorded_client_sha256(row):
+        raise Refusal("challenge_details_mismatch", f"console login {challenge} was asked for by another client than "
+                      "the one this approval names: nothing was approved; start a new login", 409)
     approved = conn.execute(
         update(console_challenges)
         .where(console_challenges.c.challenge == challenge, console_challenges.c.approved_kid.is_(None),
@@ -146,21 +254,80 @@ def approve(center: "Center", conn: Connection, signer: "Signer", header: WireHe
 
 # --- challenges, login status, sessions ------------------------------------------------
 
-def create_challenge(center: "Center") -> tuple[str, str]:
-    """A new challenge and the browser secret bound to it."""
+def recorded_client_sha256(row) -> str:
+    return console_client_sha256(row.challenge, row.client_address, row.user_agent, row.created_at_ms)
+
+
+def create_challenge(center: "Center", client: ClientFacts) -> tuple[str, str]:
+    """A new challenge and the browser secret bound to it, within this client's limits."""
     now = center.clock_ms()
     challenge, secret = new_challenge(), new_secret()
     with center.engine.begin() as conn:
         _purge(conn, now)
-        waiting = conn.execute(select(func.count()).select_from(console_challenges).where(
-            console_challenges.c.expires_at_ms > now, console_challenges.c.consumed.is_(False))).scalar_one()
-        if waiting >= MAX_PENDING_CHALLENGES:
-            raise ApiError("too_many_challenges", "too many console logins are waiting; try again in two minutes")
+        _check_client_rate(conn, client.key, now)
+        _make_room(conn, client.key, now)
         conn.execute(insert(console_challenges).values(
             challenge=challenge, browser_secret_sha256=secret_hash(secret), created_at_ms=now,
             expires_at_ms=now + CHALLENGE_LIFETIME_MS, approved_kid=None, approved_operator_id=None,
-            approved_at_ms=None, consumed=False))
+            approved_at_ms=None, consumed=False, client_address=client.address, client_key=client.key,
+            user_agent=client.user_agent))
     return challenge, secret
+
+
+def _check_client_rate(conn: Connection, key: str, now: int) -> None:
+    """At most CLIENT_RATE challenges per client in any CLIENT_RATE_WINDOW_MS (evicted ones count)."""
+    made, oldest = conn.execute(select(func.count(), func.min(console_challenges.c.created_at_ms)).where(
+        console_challenges.c.client_key == key,
+        console_challenges.c.created_at_ms > now - CLIENT_RATE_WINDOW_MS)).one()
+    if made >= CLIENT_RATE:
+        retry_after_s = max(1, math.ceil((oldest + CLIENT_RATE_WINDOW_MS - now) / 1000))
+        raise TooManyChallenges(f"this client asked for {made} console login codes in the last "
+                                f"{CLIENT_RATE_WINDOW_MS // 1000} s; try again in {retry_after_s} s", retry_after_s)
+
+
+def _waiting(now: int):
+    return console_challenges.c.consumed.is_(False), console_challenges.c.expires_at_ms > now
+
+
+def _make_room(conn: Connection, key: str, now: int) -> None:
+    """Evict this client's oldest waiting challenge at its cap; at the global cap, the oldest of
+    whichever client holds the most. Evicted challenges are marked used: nobody can approve or collect them."""
+    mine = conn.execute(select(console_challenges.c.challenge)
+                        .where(console_challenges.c.client_key == key, *_waiting(now))
+                        .order_by(console_challenges.c.created_at_ms)).scalars().all()
+    _evict(conn, mine[:max(0, len(mine) - CLIENT_PENDING_CAP + 1)])
+    waiting = conn.execute(select(func.count()).select_from(console_challenges).where(*_waiting(now))).scalar_one()
+    if waiting >= MAX_PENDING_CHALLENGES:
+        heaviest = conn.execute(select(console_challenges.c.client_key).where(*_waiting(now))
+                                .group_by(console_challenges.c.client_key)
+                                .order_by(func.count().desc(), func.min(console_challenges.c.created_at_ms))
+                                .limit(1)).scalar_one()
+        oldest = conn.execute(select(console_challenges.c.challenge)
+                              .where(console_challenges.c.client_key == heaviest, *_waiting(now))
+                              .order_by(console_challenges.c.created_at_ms)
+                              .limit(waiting - MAX_PENDING_CHALLENGES + 1)).scalars().all()
+        _evict(conn, oldest)
+
+
+def _evict(conn: Connection, challenges: list[str]) -> None:
+    if challenges:
+        conn.execute(update(console_challenges).where(console_challenges.c.challenge.in_(challenges))
+                     .values(consumed=True))
+
+
+def challenge_details(center: "Center", challenge: str) -> dict:
+    """What `wallet console-login` shows before it signs: the client facts recorded with a waiting challenge."""
+    if not isinstance(challenge, str) or not CONSOLE_CHALLENGE_PATTERN.fullmatch(challenge):
+        raise ApiError("invalid_request", "a console login code is four groups of four of A-Z and 2-7")
+    now = center.clock_ms()
+    with center.engine.connect() as conn:
+        row = conn.execute(select(console_challenges).where(console_challenges.c.challenge == challenge)).first()
+    if row is None or row.consumed or row.approved_kid is not None:
+        raise ApiError("unknown_challenge", f"no pending console login {challenge}: start a new login in the browser")
+    if now >= row.expires_at_ms:
+        raise ApiError("challenge_expired", f"console login {challenge} has expired: start a new login in the browser")
+    return {"challenge": row.challenge, "client_address": row.client_address, "user_agent": row.user_agent,
+            "created_at_ms": row.created_at_ms, "expires_at_ms": row.expires_at_ms}
 
 
 def login_status(center: "Center", browser_secret: str | None) -> tuple[dict, str | None]:
@@ -272,6 +439,14 @@ class ChallengeOut(BaseModel):
     expires_in_s: int
 
 
+class ChallengeDetailsOut(BaseModel):
+    challenge: str
+    client_address: str
+    user_agent: str
+    created_at_ms: int
+    expires_at_ms: int
+
+
 class LoginStatusOut(BaseModel):
     status: Literal["pending", "approved", "expired"]
     operator_id: str | None = None
@@ -301,17 +476,41 @@ def _clear_cookie(response: Response, name: str) -> None:
     response.delete_cookie(name, path=COOKIE_PATH, secure=True, httponly=True, samesite="strict")
 
 
+def configured_trusted_proxies() -> tuple:
+    """The trusted proxies of the center this worker serves: `center serve` names its data directory
+    in CENTER_DATA_DIR, as center.asgi reads it. An app built in-process (tests) trusts none."""
+    data_dir = os.environ.get("CENTER_DATA_DIR")
+    if not data_dir:
+        return ()
+    from center.config import CenterConfig
+
+    return parse_trusted_proxies(CenterConfig.load(Path(data_dir)).trusted_proxies)
+
+
+def request_client(request: Request) -> ClientFacts:
+    peer = request.client.host if request.client else None
+    address = source_address(peer, request.headers.getlist("x-forwarded-for"), request.app.state.trusted_proxies)
+    return ClientFacts(address=address, user_agent=clean_user_agent(request.headers.get("user-agent")))
+
+
 def install_console_auth(app: FastAPI, center: "Center | None") -> None:
     """Add the console's login routes. `center` may be None (an app built only for its OpenAPI
     spec): the routes read the center from app.state when called."""
     from center.app import ErrorOut
 
+    app.state.trusted_proxies = configured_trusted_proxies()
+
     @app.post("/console/api/challenge", response_model=ChallengeOut, tags=["console"],
               responses={429: {"model": ErrorOut}})
     def console_challenge(request: Request, response: Response) -> dict:
-        challenge, secret = create_challenge(request.app.state.center)
+        challenge, secret = create_challenge(request.app.state.center, request_client(request))
         _set_cookie(response, LOGIN_COOKIE, secret, LOGIN_COOKIE_MAX_AGE_S)
         return {"challenge": challenge, "expires_in_s": CHALLENGE_LIFETIME_MS // 1000}
+
+    @app.get("/v1/console/challenges/{challenge}", response_model=ChallengeDetailsOut, tags=["console"],
+             summary="Who asked for a console login code: shown by `wallet console-login` before it signs")
+    def console_challenge_details(challenge: str, request: Request) -> dict:
+        return challenge_details(request.app.state.center, challenge)
 
     @app.get("/console/api/login-status", response_model=LoginStatusOut, response_model_exclude_none=True,
              tags=["console"])

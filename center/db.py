@@ -14,8 +14,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import (BigInteger, Boolean, Column, Engine, ForeignKey, Integer, LargeBinary, MetaData, String, Table,
-                        Text, create_engine, event)
+from sqlalchemy import (BigInteger, Boolean, Column, Engine, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
+                        Table, Text, create_engine, event)
 
 metadata = MetaData()
 
@@ -158,6 +158,11 @@ console_challenges = Table(
     Column("approved_operator_id", String(32), ForeignKey("parties.id")),
     Column("approved_at_ms", BigInteger),
     Column("consumed", Boolean, nullable=False),
+    # Who asked (migration 0010): shown by `wallet console-login`, bound by its signature;
+    # client_key groups the per-client limits (IPv4 address or IPv6 /64; indexed with created_at_ms).
+    Column("client_address", String(64), nullable=False, server_default=""),
+    Column("client_key", String(64), nullable=False, server_default=""),
+    Column("user_agent", String(200), nullable=False, server_default=""),
 )
 
 console_sessions = Table(
@@ -204,7 +209,44 @@ key_claims = Table(
     Column("created_at_ms", BigInteger, nullable=False),
     Column("decided_at_ms", BigInteger),
     Column("decided_by", String(64)),
+    Column("proof", String(8)),  # rebind: 'code' | 'ticket' (recovery code verified) | NULL (operator decides)
+    Column("recovery_key", String(64)),  # rebind: the new enrollment's recovery key, installed when bound
 )
+
+# Recovery (center.key_lifecycle, paywire.recovery): public keys of a member's
+# recovery code (kind 'code', one active per account) and of one-time operator
+# tickets (kind 'ticket'); never a code itself.
+recovery_keys = Table(
+    "recovery_keys", metadata,
+    # Keyed by account too: a recovery key is public (receipts, audit), and copying another
+    # account's into one's own enrollment must neither collide with it nor prove anything.
+    Column("party_id", String(32), ForeignKey("parties.id"), primary_key=True),
+    Column("public_key", String(64), primary_key=True),  # Ed25519, hex
+    Column("kind", String(8), nullable=False),  # code | ticket
+    Column("status", String(16), nullable=False),  # active | used | replaced
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("expires_at_ms", BigInteger),  # tickets
+    Column("issued_by", String(64)),  # tickets: the operator
+    Column("used_at_ms", BigInteger),
+    Column("used_by_kid", String(64)),
+)
+
+# Store names (center.store_names, migration 0009): each store's name skeleton (UTS #39, as a
+# hash) and whether it was flagged at enrollment as equal to or confusable with an earlier
+# store's name. The first store of a skeleton has resembles NULL, and only one may (a unique
+# index): two look-alikes enrolling at once cannot both pass as the first.
+store_names = Table(
+    "store_names", metadata,
+    Column("store_id", String(32), ForeignKey("parties.id"), primary_key=True),
+    Column("skeleton_sha256", String(64), nullable=False, index=True),
+    Column("resembles", String(32), ForeignKey("parties.id")),  # the earlier store whose name it matches
+    Column("flag", String(16), nullable=False),  # none | flagged | cleared
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("decided_at_ms", BigInteger),
+    Column("decided_by", String(64)),
+)
+Index("ux_store_names_first_of_skeleton", store_names.c.skeleton_sha256, unique=True,
+      sqlite_where=store_names.c.resembles.is_(None), postgresql_where=store_names.c.resembles.is_(None))
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

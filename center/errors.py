@@ -59,22 +59,47 @@ STATUS_FOR_CODE = {
 }
 
 
+# Answers that mean "try again" (later, or after something else happens first): never final for
+# a message id, never signed as a refusal. Every other refusal of a message whose signature
+# verified is final (center.service records it; center.batch likewise), and the center signs it.
+RETRY_CODES = frozenset({
+    "overloaded", "database_unavailable", "too_many_requests", "rate_limited",
+    "not_yet_valid",  # the signer's clock is ahead: the same bytes are accepted once the time comes
+})
+
+
 class ApiError(Exception):
-    def __init__(self, code: str, message: str, status: int | None = None):
+    def __init__(self, code: str, message: str, status: int | None = None, refusal: dict | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status or STATUS_FOR_CODE.get(code, 400)
+        # The center-signed refusal (an envelope's JSON) binding the refused request, once
+        # center.service has signed it; sent beside the error body.
+        self.refusal = refusal
 
     @classmethod
     def from_wire(cls, error: WireError) -> "ApiError":
         return cls(error.code, error.message)
 
+    @property
+    def final(self) -> bool:
+        """Whether this refusal, of a message whose signature verified, stands for that message for good.
+
+        The one place that decides it, for the single and the batch path: 5xx and 429 answers and
+        RETRY_CODES mean "try again"; everything else is a rule refusal.
+        """
+        return self.status < 500 and self.status != 429 and self.code not in RETRY_CODES
+
     def body(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
+        body = {"error": {"code": self.code, "message": self.message}}
+        if self.refusal is not None:
+            body["refusal"] = self.refusal
+        return body
 
 
 class Refusal(ApiError):
     """A verified, well-formed request that the center's rules refuse (no funds,
-    unknown payee...). Final: it is recorded under its message id, so resending
-    the same signed bytes gets the same refusal, and its counter is used up."""
+    unknown payee...). Final, like every ApiError whose `final` holds once the
+    signature verified: it is recorded under its message id, so resending the
+    same signed bytes gets the same refusal, and its counter is used up."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from center import key_lifecycle, ledger
+from center import key_lifecycle, ledger, store_names
 from center.db import keys, parties, payments, payouts, refunds, topups
 from center.errors import ApiError, Refusal
 from center.operators import OPERATOR_ROLES
@@ -58,8 +58,13 @@ def enroll(conn: Connection, header: Header, body: dict, spki_der: bytes, now: i
         kid=header.kid, party_id=party_id, algorithm=body["alg"], spki=spki_der, status="active",
         last_ctr=header.ctr, created_at_ms=now))
     ledger.open_party_account(conn, party_id, role, now)
-    return Outcome({"action": "enrolled", "member_id": party_id, "role": role, "kid": header.kid,
-                    "algorithm": body["alg"]})
+    result = {"action": "enrolled", "member_id": party_id, "role": role, "kid": header.kid, "algorithm": body["alg"]}
+    if "recovery_key" in body:  # the wallet's recovery code, for a lost card (center.key_lifecycle)
+        key_lifecycle.register_recovery_key(conn, party_id, body["recovery_key"], now)
+        result["recovery_key"] = body["recovery_key"]
+    if role == "store" and (resembles := store_names.record_store_name(conn, party_id, body["name"], now)):
+        result |= {"name_flagged": True, "resembles": resembles}  # a look-alike name: an operator decides
+    return Outcome(result)
 
 
 def topup(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> Outcome:

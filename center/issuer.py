@@ -25,11 +25,16 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from paywire.algorithms import algorithm_for_key, key_id, load_public_key
+from paywire.algorithms import (
+    algorithm_for_key,
+    check_rsa_exponent,
+    key_id,
+    load_public_key,
+)
 from paywire.errors import WireError
 from paywire.messages import MAX_KEY_CERT_BYTES
 
@@ -167,6 +172,21 @@ def check_ca_profile(cert: x509.Certificate) -> None:
     usage = _extension(cert, x509.KeyUsage)
     if usage is None or not usage.key_cert_sign:
         raise IssuerError(f"{_subject(cert)} may not sign certificates (key usage keyCertSign is missing)")
+    _check_ca_key_cost(cert)
+
+
+def _check_ca_key_cost(cert: x509.Certificate) -> None:
+    """An RSA CA key must have e = 65537 like every key the center verifies: each enrollment with a
+    key certificate checks a signature by it, and a large exponent makes that check dear."""
+    try:
+        public_key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        return  # the chain check refuses a key it cannot use
+    if isinstance(public_key, rsa.RSAPublicKey):
+        try:
+            check_rsa_exponent(public_key)
+        except WireError as error:
+            raise IssuerError(f"{_subject(cert)}: {error.message}") from None
 
 
 def check_intermediate(cert: x509.Certificate, trusted: tuple[x509.Certificate, ...], now_s: int) -> None:

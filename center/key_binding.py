@@ -1,6 +1,7 @@
 """Operator decisions on a lost card's new key: bind it to the account it claims, or reject it.
 
-A key enrolled with `rebind` waits as 'pending_bind' (center.key_lifecycle).
+A key enrolled with `rebind` waits as 'pending_bind' (center.key_lifecycle),
+marked when its claim proved the account's recovery code or a ticket.
 Binding makes it the party's active key: same member id, balance and
 history. It needs the party to have no active key left, so the lost card's
 key must be revoked first; one party never has two active keys this way.
@@ -18,6 +19,7 @@ from sqlalchemy import Connection, Engine, select, update
 from center import audit
 from center.db import key_claims, keys, parties
 from center.errors import ApiError
+from center.key_lifecycle import register_recovery_key
 
 MAX_REASON_CHARS = 200
 MAX_LISTED_KEYS = 1000
@@ -59,6 +61,8 @@ def bind_key_in(conn: Connection, kid: str, *, decided_by: str, now_ms: int) -> 
                          .values(status="active"))
     assert bound.rowcount == 1, "the key row is locked and was pending"
     _decide_claim(conn, kid, "bound", decided_by, now_ms)
+    if claim.recovery_key is not None:  # the new key's enrollment brought the member's next recovery code
+        register_recovery_key(conn, key.party_id, claim.recovery_key, now_ms)
     return view
 
 
@@ -88,7 +92,7 @@ def list_keys(engine: Engine, *, party_id: str | None = None, status: str | None
                     key_claims.c.name.label("claimed_name"), key_claims.c.address.label("claimed_address"),
                     key_claims.c.birth_date.label("claimed_birth_date"),
                     key_claims.c.bank_account.label("claimed_bank_account"), key_claims.c.decided_by,
-                    key_claims.c.decided_at_ms)
+                    key_claims.c.decided_at_ms, key_claims.c.proof)
              .join(parties, parties.c.id == keys.c.party_id)
              .outerjoin(key_claims, key_claims.c.kid == keys.c.kid)
              .order_by(keys.c.created_at_ms.desc(), keys.c.kid).limit(limit))
@@ -110,6 +114,8 @@ def _key_view(row) -> dict:
         view["claim"] = {
             "kind": "rebind", "status": row.claim_status, "decided_by": row.decided_by,
             "decided_at_ms": row.decided_at_ms,
+            # 'code' or 'ticket': the claimant proved the account's recovery code or an operator's ticket.
+            "recovery_verified": row.proof,
             "claimed": {"name": row.claimed_name, "address": row.claimed_address,
                         "birth_date": row.claimed_birth_date, "bank_account": row.claimed_bank_account},
             "registered": {"name": row.name, "address": row.address, "birth_date": row.birth_date,
@@ -123,7 +129,7 @@ def _locked_claim(conn: Connection, kid: str):
                        .with_for_update()).first()
     if key is None:
         raise ApiError("unknown_key", f"no enrolled key {kid}", 404)
-    claim = conn.execute(select(key_claims.c.status).where(key_claims.c.kid == kid,
+    claim = conn.execute(select(key_claims.c.status, key_claims.c.recovery_key).where(key_claims.c.kid == kid,
                                                            key_claims.c.kind == "rebind")).first()
     if claim is None:
         raise ApiError("key_not_pending", f"key {kid} did not ask to be bound to an account (it is {key.status})")

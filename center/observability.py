@@ -1,4 +1,4 @@
-"""Prometheus metrics (GET /metrics) and one structured log line per request.
+"""Prometheus metrics (on a loopback-only listener) and one structured log line per request.
 
 `install_observability(app)` adds an outermost ASGI middleware that times
 every request, counts it by route template, method and status, and logs it
@@ -13,16 +13,26 @@ extra SQL. A resend of an already answered message gets the stored receipt
 again; it is not counted when that receipt was issued before this request
 began (whole seconds: a resend within the same second is counted twice).
 
-`center serve --workers N` runs N processes: metrics then live in
-prometheus_client's multiprocess files under PROMETHEUS_MULTIPROC_DIR (set by
-`prepare_metrics_dir` before the workers start) and /metrics sums them.
-prometheus_client is imported lazily: it picks its storage when imported.
+The public HTTPS port serves no metrics: payment counts and amounts polled
+around a purchase would tell anyone its amount. `center serve --metrics-port N`
+answers GET /metrics in plain HTTP on 127.0.0.1:N only (off by default), from
+the `center serve` process itself, for a Prometheus on the same host (or one
+reaching it through a tunnel or an agent there).
+
+Every worker of `center serve` counts in prometheus_client's multiprocess
+files under PROMETHEUS_MULTIPROC_DIR and the listener sums them. Each
+`center serve` process has its own directory D/metrics/<pid>-<random>/, held
+with an flock for its life: a second `center serve` on the same data
+directory (which may fail to start) removes only directories nobody holds,
+never the counters of a running one. prometheus_client is imported lazily:
+it picks its storage when imported.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -38,6 +48,16 @@ from center.logs import log_event
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_DIR_NAME = "metrics"
+# Held while a `center serve` sweeps D/metrics and creates and locks its own directory there.
+SWEEP_LOCK_NAME = ".lock"
+# Loopback only: nobody but local users (and what they forward on purpose) reaches the listener.
+METRICS_HOST = "127.0.0.1"
+METRICS_PATH = "/metrics"
+# A scraper that stops talking frees the (single-threaded) listener after this long.
+METRICS_CLIENT_TIMEOUT_S = 10
+SWEEP_LOCK_WAIT_S = 10
+# Server directories of earlier runs swept in one start; more are left for the next start.
+MAX_SWEPT_ENTRIES = 1000
 ROUTE_OTHER = "other"
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -232,22 +252,14 @@ class ObservabilityMiddleware:
 
 
 def install_observability(app) -> Metrics:
-    """Metrics, request logs, worker start/stop events and GET /metrics on a FastAPI app."""
-    from fastapi.responses import Response
+    """Metrics, request logs and worker start/stop events on a FastAPI app.
 
+    No route: the app is the public port, which answers /metrics 404 not_found like any unknown
+    path; the counters are read through `Metrics.render` (the loopback listener, tests).
+    """
     metrics = Metrics()
     app.state.metrics = metrics
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
-
-    # In the OpenAPI document like every route, so the API fuzzing reaches it too.
-    @app.get("/metrics", response_class=Response, response_model=None,
-             summary="Prometheus metrics (text exposition format)",
-             responses={200: {"description": "Counters and histograms of this center",
-                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
-    def metrics_endpoint():
-        content, media_type = metrics.render()
-        return Response(content, media_type=media_type)
-
     _log_lifespan(app)
     return metrics
 
@@ -268,19 +280,121 @@ def _log_lifespan(app) -> None:
     app.router.lifespan_context = lifespan
 
 
-def prepare_metrics_dir(data_dir: Path) -> Path:
-    """Empty D/metrics and point PROMETHEUS_MULTIPROC_DIR at it, before any worker starts.
+@dataclass
+class MetricsDir:
+    """This `center serve` process's directory under D/metrics, flocked for as long as `fd` is open."""
 
-    Counters start at zero with each `center serve`; files of an earlier run
-    would otherwise be summed in.
+    path: Path
+    fd: int
+
+    def release(self) -> None:
+        """At a clean stop; after a crash the next `center serve` sweeps it (nobody holds the lock)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self.fd)
+
+
+def prepare_metrics_dir(data_dir: Path) -> MetricsDir:
+    """A fresh, locked D/metrics/<pid>-<random>/ for this server; PROMETHEUS_MULTIPROC_DIR points at it.
+
+    Run before any worker starts. Counters start at zero with each `center serve`: what is left of
+    earlier runs (directories no live server holds, loose files of the old layout) is removed,
+    while the directory of a server still running is kept.
     """
-    directory = Path(data_dir) / METRICS_DIR_NAME
-    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
-        raise ValueError(f"{directory} is not a directory: move it away so `center serve` can keep metrics there")
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(mode=0o700)
-    os.environ[MULTIPROC_ENV] = str(directory)
-    return directory
+    root = Path(data_dir) / METRICS_DIR_NAME
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise ValueError(f"{root} is not a directory: move it away so `center serve` can keep metrics there")
+    root.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(root, 0o700)  # one made by an earlier version under a looser umask
+    with _held(root / SWEEP_LOCK_NAME):
+        _sweep(root)
+        own = root / f"{os.getpid()}-{secrets.token_hex(4)}"
+        own.mkdir(mode=0o700)
+        fd = os.open(own, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new and unseen by others: never busy
+    os.environ[MULTIPROC_ENV] = str(own)
+    return MetricsDir(own, fd)
+
+
+@contextlib.contextmanager
+def _held(lock_path: Path):
+    """The sweep lock: a starting server holds it for milliseconds; a stuck one is not waited for long."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        deadline_s = time.monotonic() + SWEEP_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline_s:
+                    raise ValueError(f"{lock_path} is held by another `center serve` that is starting; "
+                                     "try again when it has started") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sweep(root: Path) -> None:
+    for count, entry in enumerate(sorted(root.iterdir())):
+        if count >= MAX_SWEPT_ENTRIES:
+            return
+        if entry.name == SWEEP_LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if not _in_use(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _in_use(directory: Path) -> bool:
+    """A running `center serve` holds an flock on its directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the lock taken on a stale directory
+
+
+def start_metrics_listener(port: int, directory: Path):
+    """Serve GET /metrics (the sum of every worker's files in `directory`) on 127.0.0.1:port, plain HTTP.
+
+    A daemon thread of the `center serve` process; returns the server (shutdown() stops it).
+    OSError when the port is taken.
+    """
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    exposition = make_wsgi_app(registry)
+
+    def only_metrics(environ, start_response):
+        if environ.get("PATH_INFO") == METRICS_PATH and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            return exposition(environ, start_response)
+        body = json.dumps({"error": {"code": "not_found", "message": f"only GET {METRICS_PATH} is served here"}})
+        start_response("404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body.encode()]
+
+    class QuietHandler(WSGIRequestHandler):
+        timeout = METRICS_CLIENT_TIMEOUT_S
+
+        def log_message(self, *args) -> None:  # the scraper's requests are not worth a log line each
+            pass
+
+    server = make_server(METRICS_HOST, port, only_metrics, WSGIServer, handler_class=QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics-listener", daemon=True).start()
+    return server
 
 
 def _request_id(scope) -> str:
@@ -301,10 +415,12 @@ def _route_template(scope) -> str:
 
 
 def prepare_serve(data_dir: Path, *, center_id: str, db_url: str, log_format: str, log_level: str, host: str,
-                  port: int, workers: int) -> dict:
-    """Before uvicorn starts: check the log options, configure logging, empty D/metrics, log serve_start.
+                  port: int, workers: int, metrics_port: int | None) -> tuple[dict, MetricsDir, object]:
+    """Before uvicorn starts: check the log options, configure logging, make this server's metrics
+    directory, start the loopback metrics listener when asked, log serve_start.
 
-    Returns the logging dictConfig for uvicorn, which applies it in every worker.
+    Returns the logging dictConfig for uvicorn (which applies it in every worker), the metrics
+    directory and the listener (None when off); the caller releases both when uvicorn returns.
     """
     from center.logs import LOG_FORMATS, LOG_LEVELS, configure
     from token_wallet.cliutil import CliError
@@ -314,14 +430,22 @@ def prepare_serve(data_dir: Path, *, center_id: str, db_url: str, log_format: st
     if log_level not in LOG_LEVELS:
         raise CliError(f"--log-level {log_level!r} is not known: use one of {', '.join(LOG_LEVELS)}")
     try:
-        prepare_metrics_dir(data_dir)
+        metrics_dir = prepare_metrics_dir(data_dir)
     except (ValueError, OSError) as error:
         raise CliError(f"cannot prepare the metrics directory: {error}") from None
+    listener = None
+    if metrics_port is not None:
+        try:
+            listener = start_metrics_listener(metrics_port, metrics_dir.path)
+        except OSError as error:
+            metrics_dir.release()
+            raise CliError(f"cannot listen for metrics on {METRICS_HOST}:{metrics_port}: "
+                           f"{error.strerror or error}; choose another --metrics-port") from None
     log_config = configure(log_format, log_level)
     log_event("serve_start", pid=os.getpid(), center_id=center_id, host=host, port=port, workers=workers,
-              db=db_url.split(":", 1)[0].split("+", 1)[0])
+              db=db_url.split(":", 1)[0].split("+", 1)[0], metrics_port=metrics_port)
     _log_stop_on_signals()
-    return log_config
+    return log_config, metrics_dir, listener
 
 
 def _log_stop_on_signals() -> None:

@@ -8,7 +8,10 @@ counter are checked, the effect and the audit entry holding the signed bytes
 commit in one transaction, and the center signs the receipt.
 
 ACTIONS is the registry: the roles allowed to perform each action and what
-it does inside that transaction. To add an action, add its argument check to
+it does inside that transaction. A top-up decision names the top-up's member,
+amount and currency as the operator's wallet fetched (`show_topup`) and showed
+them; the center decides only when they are the top-up's own. The console's
+session never decides anything: it shows the command to run. To add an action, add its argument check to
 OPERATOR_ACTION_ARGS and its entry here.
 """
 
@@ -19,8 +22,8 @@ from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import Connection, select
 
-from center.db import parties
-from center.errors import Refusal
+from center.db import parties, topups
+from center.errors import ApiError, Refusal
 from center.funding import decide_topup_in
 from center.key_admin import revoke_key_in
 from center.key_binding import bind_key_in, reject_key_in
@@ -54,11 +57,42 @@ class OperatorAction:
 
 
 def _confirm_topup(conn: Connection, ctx: ActionContext, args: dict) -> dict:
+    _require_same_topup(conn, ctx, args)
     return decide_topup_in(conn, args["topup_id"], "confirm", decided_by=ctx.decided_by, now_ms=ctx.now_ms)
 
 
 def _decline_topup(conn: Connection, ctx: ActionContext, args: dict) -> dict:
+    _require_same_topup(conn, ctx, args)
     return decide_topup_in(conn, args["topup_id"], "decline", decided_by=ctx.decided_by, now_ms=ctx.now_ms)
+
+
+def _require_same_topup(conn: Connection, ctx: ActionContext, args: dict) -> None:
+    """The signed decision names the top-up the operator was shown (`show_topup`): its member,
+    amount and currency must be this top-up's, or nothing is decided."""
+    topup = conn.execute(select(topups.c.member_id, topups.c.amount_minor).where(topups.c.id == args["topup_id"])
+                         .with_for_update()).first()
+    if topup is None:
+        raise ApiError("unknown_topup", f"no top-up {args['topup_id']}")
+    signed = (args["member_id"], args["amount_minor"], args["currency"])
+    actual = (topup.member_id, topup.amount_minor, ctx.center.currency)
+    if signed != actual:
+        raise Refusal("topup_details_mismatch", f"top-up {args['topup_id']} is {actual[1]} minor units of {actual[2]} "
+                      f"for {actual[0]}, not {signed[1]} of {signed[2]} for {signed[0]}: nothing was decided", 409)
+
+
+def _show_topup(conn: Connection, ctx: ActionContext, args: dict) -> dict:
+    """An operator-signed read of one top-up: what `wallet operator confirm-topup|decline-topup` shows
+    before it signs the decision. Signed, so only operators and auditors get it, and audited (a
+    member's payment details, like a console read)."""
+    row = conn.execute(select(topups, parties.c.name.label("member_name"))
+                       .join(parties, parties.c.id == topups.c.member_id)
+                       .where(topups.c.id == args["topup_id"])).first()
+    if row is None:
+        raise ApiError("unknown_topup", f"no top-up {args['topup_id']}")
+    return {"action": "topup_shown", "topup_id": row.id, "member_id": row.member_id, "member_name": row.member_name,
+            "amount_minor": row.amount_minor, "currency": ctx.center.currency, "method": row.method,
+            "status": row.status, "created_at_ms": row.created_at_ms, "decided_at_ms": row.decided_at_ms,
+            "decided_by": row.decided_by}
 
 
 def _revoke_key(conn: Connection, ctx: ActionContext, args: dict) -> dict:
@@ -86,6 +120,7 @@ ACTIONS: dict[str, OperatorAction] = {
     "bind_key": OperatorAction(OPERATOR, _bind_key),
     "reject_key": OperatorAction(OPERATOR, _reject_key),
     "whoami": OperatorAction(ANY_OPERATOR_ROLE, _whoami),
+    "show_topup": OperatorAction(ANY_OPERATOR_ROLE, _show_topup),
 }
 assert set(ACTIONS) == set(OPERATOR_ACTION_ARGS), "every wire action needs a registry entry, and back"
 

@@ -1,7 +1,9 @@
 """`center restore`: a backup archive into a new data directory, then the checks.
 
-Two passes over the archive. The first writes nothing: it checks the manifest,
-every member's name, type, size and SHA-256, and config.json. The second
+Two passes over the archive. The first writes nothing: it checks the backup
+key's signature over the manifest (before reading any other member; the
+public key comes from the command line), then every member's name, type, size
+and SHA-256 against the manifest, and config.json. The second
 extracts into a private staging directory beside the target (checking every
 hash again, in case the file changed in between), rewrites the absolute paths
 in config.json and softhsm2.conf to the new directory, restores the database
@@ -9,6 +11,10 @@ in config.json and softhsm2.conf to the new directory, restores the database
 transaction), then renames the staging directory to the target. Any failure
 removes the staging directory. Finally the ledger check and the audit chain
 verification run on the restored database.
+
+The archive's `pkcs11_module` is never used: `center serve` would load that
+library, so the restored config names the module given on restore's command
+line (default: this machine's SoftHSM).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from center.backup_crypto import MAGIC as ENCRYPTED_MAGIC
 from center.backup_crypto import BackupCryptoError, DecryptingReader
 from center.backup_format import (DATA_PREFIX, GZIP_HEADER, MANIFEST_NAME, MAX_DATA_FILE_BYTES, MAX_MANIFEST_BYTES,
                                   BackupError, Manifest, MemberSpec, check_member_name, parse_manifest)
+from center.backup_signing import MAX_SIGNATURE_MEMBER_BYTES, SIGNATURE_NAME, BackupVerifier
 from center.config import CONFIG_NAME, CenterConfig, write_private_file
 
 COPY_BLOCK_BYTES = 1024 * 1024
@@ -49,18 +56,21 @@ def backup_is_encrypted(file: Path) -> bool:
         raise BackupError(f"cannot read the backup {file}: {error.strerror}") from None
 
 
-def restore_backup(file: Path, new_dir: Path, *, db_url: str | None, password: str | None) -> dict:
+def restore_backup(file: Path, new_dir: Path, *, db_url: str | None, password: str | None,
+                   verifier: BackupVerifier, pkcs11_module: str | None) -> dict:
     file, new_dir = Path(os.path.abspath(file)), Path(os.path.abspath(new_dir))
     _check_target(new_dir)
-    verified = _verify(file, password)  # writes nothing
+    module = choose_pkcs11_module(pkcs11_module)
+    verified = _verify(file, password, verifier)  # writes nothing
     manifest = verified.manifest
     target_url = _target_db_url(manifest, new_dir, db_url)
     new_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{new_dir.name}.restore-", dir=new_dir.parent))
     try:
         with _open_archive(file, password) as tar:
-            _walk(tar, lambda spec: _StagedFile(_staged_path(staging, spec.name, manifest)), expected=manifest)
-        _rewrite_config(staging, manifest.source_data_dir, new_dir, target_url)
+            _walk(tar, lambda spec: _StagedFile(staging, _staged_path(staging, spec.name, manifest)), verifier,
+                  expected=manifest)
+        _rewrite_config(staging, manifest.source_data_dir, new_dir, target_url, module)
         if manifest.db_kind == "postgresql":
             backup_db.pg_restore(staging / PG_DUMP_NAME, target_url)
             (staging / PG_DUMP_NAME).unlink()
@@ -73,7 +83,25 @@ def restore_backup(file: Path, new_dir: Path, *, db_url: str | None, password: s
     return {"schema": schema, "ok": ledger["ok"] and audit["ok"], "data_dir": str(new_dir), "center_id": manifest.center_id,
             "db_kind": manifest.db_kind, "db": backup_db.redact_url(target_url), "files": len(manifest.members),
             "backup_created_at": manifest.created_at, "encrypted": password is not None, "ledger": ledger,
-            "audit": audit}
+            "audit": audit, "signed_by_key_id": verifier.key_id, "pkcs11_module": module,
+            "archive_pkcs11_module_ignored": str(verified.config.get("pkcs11_module"))}
+
+
+def choose_pkcs11_module(given: str | None) -> str:
+    """The token module the restored center will load: the command line's, else this machine's SoftHSM."""
+    from token_wallet.tokens.softhsm import SoftHsmError, find_softhsm_module
+
+    if given is None:
+        try:
+            return find_softhsm_module()
+        except SoftHsmError:
+            raise BackupError("SoftHSM is not installed here: give --pkcs11-module PATH, this machine's token "
+                              "module (a restore never takes the archive's)") from None
+    path = Path(given)
+    if not path.is_absolute() or not path.is_file():
+        raise BackupError(f"--pkcs11-module {given} is not an absolute path to an existing file: give the path of "
+                          "this machine's token module (.so)")
+    return str(path)
 
 
 @dataclass(frozen=True)
@@ -82,11 +110,11 @@ class Verified:
     config: dict
 
 
-def _verify(file: Path, password: str | None) -> Verified:
+def _verify(file: Path, password: str | None, verifier: BackupVerifier) -> Verified:
     captured: dict[str, bytes] = {}
     with _open_archive(file, password) as tar:
         manifest = _walk(tar, lambda spec: _Capture(captured, spec.name) if spec.name == DATA_PREFIX + CONFIG_NAME
-                         else _Discard())
+                         else _Discard(), verifier)
     config = _parse_config(captured[DATA_PREFIX + CONFIG_NAME], manifest)
     return Verified(manifest, config)
 
@@ -147,21 +175,30 @@ def _open_archive(file: Path, password: str | None) -> Iterator[tarfile.TarFile]
         raise BackupError(f"cannot read the backup {file}: {error.strerror or error}") from None
 
 
-def _walk(tar: tarfile.TarFile, sink_for: Callable[[MemberSpec], object], expected: Manifest | None = None) -> Manifest:
-    """Check every member against the manifest, feeding its bytes to sink_for(spec).
+def _walk(tar: tarfile.TarFile, sink_for: Callable[[MemberSpec], object], verifier: BackupVerifier,
+          expected: Manifest | None = None) -> Manifest:
+    """Check the signature, then every member against the manifest, feeding its bytes to sink_for(spec).
 
     `expected`: the manifest the first pass checked; the file must not have changed since.
     """
     first = tar.next()
     if first is None or first.name != MANIFEST_NAME or not first.isreg() or first.size > MAX_MANIFEST_BYTES:
         raise BackupError("the archive does not start with a tokenpay manifest: not a backup, or damaged")
-    manifest = parse_manifest(tar.extractfile(first).read(MAX_MANIFEST_BYTES + 1))
+    raw_manifest = tar.extractfile(first).read(MAX_MANIFEST_BYTES + 1)
+    second = tar.next()
+    if second is None or second.name != SIGNATURE_NAME or not second.isreg() or \
+            second.size > MAX_SIGNATURE_MEMBER_BYTES:
+        raise BackupError("the backup carries no signature (made before backups were signed, or altered): refused, "
+                          "nothing was written; restore only backups made by `center backup --signing-key`")
+    # Nothing in the archive is looked at before its signature verified with the command line's key.
+    verifier.check(raw_manifest, tar.extractfile(second).read(MAX_SIGNATURE_MEMBER_BYTES + 1))
+    manifest = parse_manifest(raw_manifest)
     if expected is not None and manifest != expected:
         raise BackupError("the backup file changed during the restore: nothing was kept")
     specs = {spec.name: spec for spec in manifest.members}
     seen: set[str] = set()
     for member in tar:
-        if member is first:  # TarFile iteration starts again with the members already read
+        if member is first or member is second:  # TarFile iteration starts again with the members already read
             continue
         name = check_member_name(member.name)
         if not member.isreg():
@@ -219,10 +256,11 @@ def _staged_path(staging: Path, name: str, manifest: Manifest) -> Path:
     return path
 
 
-def _rewrite_config(staging: Path, old_dir: str, new_dir: Path, db_url: str) -> None:
+def _rewrite_config(staging: Path, old_dir: str, new_dir: Path, db_url: str, pkcs11_module: str) -> None:
     path = staging / CONFIG_NAME
     document = _rebase(json.loads(path.read_text()), old_dir, str(new_dir), 0)
     document["db_url"] = db_url
+    document["pkcs11_module"] = pkcs11_module  # a library `center serve` loads: this machine's, never the archive's
     write_private_file(path, json.dumps(document, indent=2, sort_keys=True).encode())
     conf = document.get("softhsm_conf")
     if isinstance(conf, str) and Path(conf).is_relative_to(new_dir):
@@ -291,8 +329,10 @@ def _run_checks(db_url: str) -> tuple[dict, dict]:
 
 
 class _StagedFile:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    def __init__(self, staging: Path, path: Path):
+        # Every directory 0700 (mkdir(parents=True) would leave the intermediate ones to the umask).
+        for directory in [*reversed(path.parent.relative_to(staging).parents), path.parent.relative_to(staging)]:
+            (staging / directory).mkdir(exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         self._handle = os.fdopen(fd, "wb")
 

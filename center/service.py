@@ -5,6 +5,13 @@ the pinned key and algorithm, check type, audience and freshness, then in one
 transaction: answer a resend from the idempotency record, advance the per-key
 counter, apply the effect (center.handlers), append the audit entry, sign the
 receipt, store the answer. Routes only translate HTTP.
+
+Refusals: once a message's signature verified, a refusal that is not "try
+again" (ApiError.final) is final for its message id: it is recorded like an
+answer (a resend of the same bytes gets it again, never a later success), and
+the center signs it like a receipt, binding the request's hash, so a wallet
+can tell it from an impostor's. A message that did not verify (unknown key,
+bad signature, malformed) burns nothing and gets an unsigned error.
 """
 
 from __future__ import annotations
@@ -19,15 +26,16 @@ from typing import Callable
 from sqlalchemy import Connection, Engine, bindparam, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from center import audit, funding, handlers
+from center import audit, funding, handlers, store_names
 from center.db import keys, messages, parties
-from center.errors import ApiError, Refusal
+from center.errors import ApiError
 from center.identity import CenterSigner
 from center.key_lifecycle import inactive_key_error
 from center.issuer_policy import IssuerPolicy, check_enrollment_certificate, enrollment_key_cert
 from paywire.envelope import Envelope
 from paywire.errors import WireError
 from paywire.messages import ENROLL, PAY, Header, check_freshness
+from paywire.receipts import build_refusal_payload
 from paywire.verify import verify_enrollment, verify_envelope
 
 # A request can race another with the same key or message id; after a unique
@@ -42,6 +50,9 @@ COUNTER_WINDOW = 4096
 # winner's counter or key. Retried like a unique violation; the retry's first
 # step finds the winner's answer. A genuine replay is still refused.
 LOST_RACE_CODES = ("counter_replayed", "key_already_enrolled")
+# Refusals met before the transaction that are not final by nature, so recorded there: a key
+# not bound yet may be bound later, and the same bytes must then get the same refusal.
+RECORDED_BEFORE_ACCEPT = frozenset({"key_not_bound"})
 # Enrolled keys a process remembers (spki, algorithm, party, role never change
 # for a kid). Status does change (revocation), and is not trusted from here:
 # the counter update inside each request's transaction requires status
@@ -108,7 +119,7 @@ class Center:
             header, body, spki_der = verify_enrollment(envelope)
         except WireError as error:
             raise ApiError.from_wire(error) from None
-        self._check_header(header, ENROLL)
+        self._check_verified_header(header, envelope, ENROLL)
         cert_der = enrollment_key_cert(body)
 
         def apply(conn: Connection, now: int) -> handlers.Outcome:
@@ -121,6 +132,20 @@ class Center:
             return outcome
 
         return self._accept(envelope, header, apply, advance_counter=False)
+
+    def signed_refusal(self, header: Header, envelope: Envelope, error: ApiError) -> ApiError:
+        """`error` with the center's signed refusal of these verified bytes attached, when it is final.
+
+        A "try again" answer (not final) stays unsigned: the wallet keeps the message and resends it.
+        """
+        if not error.final or error.refusal is not None:
+            return error
+        now = self.clock_ms()
+        payload = build_refusal_payload(center_kid=self.signer.kid, request_header=header, request=envelope,
+                                        code=error.code, message=error.message, status=error.status,
+                                        now_s=now // 1000)
+        error.refusal = self.signer.seal(payload).to_json()
+        return error
 
     def submit(self, envelope: Envelope, expected_type: str) -> dict:
         """Any signed request from an enrolled key (top-up, payment, refund...)."""
@@ -151,8 +176,8 @@ class Center:
         try:
             header, body = verify_envelope(envelope, spki_der=key.spki, algorithm=key.algorithm)
         except WireError as error:
-            raise ApiError.from_wire(error) from None
-        self._check_header(header, expected_type)
+            raise ApiError.from_wire(error) from None  # not verified: unsigned, burns nothing
+        self._check_verified_header(header, envelope, expected_type, key_status=key.status)
         signer = Signer(kid=key.kid, party_id=key.party_id, role=key.role)
         handler = handlers.HANDLERS[expected_type]
 
@@ -168,9 +193,10 @@ class Center:
         with self.engine.connect() as conn:
             store = conn.execute(select(parties.c.id, parties.c.name, parties.c.status)
                                  .where(parties.c.id == store_id, parties.c.role == "store")).first()
+            flag = store_names.name_flag(conn, store_id)  # a look-alike name, until an operator clears it
         if store is None:
             raise ApiError("unknown_payee", f"no store {store_id} at this center")
-        return {"store_id": store.id, "name": store.name, "active": store.status == "active"}
+        return {"store_id": store.id, "name": store.name, "active": store.status == "active", **flag}
 
     def decide_topup(self, topup_id: str, decision: str, *, decided_by: str) -> dict:
         return funding.decide_topup(self.engine, topup_id, decision, decided_by=decided_by, now_ms=self.clock_ms())
@@ -192,11 +218,33 @@ class Center:
         if key is None:
             raise ApiError("unknown_key", "this key is not enrolled at this center")
         if key.status != "active":
-            raise inactive_key_error(key.status)  # revoked, rotated, not bound yet, rejected
+            return key  # refused once its signature verified (verify_request); never cached
         if len(self._known_keys) >= MAX_CACHED_KEYS:
             self._known_keys.clear()  # rare; a cold cache costs one lookup per key
         self._known_keys[kid] = key
         return key
+
+    def _check_verified_header(self, header: Header, envelope: Envelope, expected_type: str,
+                               key_status: str = "active") -> None:
+        """Type, audience, freshness, then key status (checked after the signature, so that the
+        refusal can be signed). An expired resend of a message answered before gets that answer
+        (the next step finds it): a signed "expired" must never hide a receipt."""
+        try:
+            self._check_header(header, expected_type)
+            if key_status != "active":
+                raise inactive_key_error(key_status)  # revoked, rotated, not bound yet, rejected
+        except ApiError as error:
+            if error.code == "expired" and self._answered_before(header):
+                return
+            error = self.signed_refusal(header, envelope, error)
+            if error.code in RECORDED_BEFORE_ACCEPT:
+                self._record_refusal(header, hashlib.sha256(envelope.payload).hexdigest(), error,
+                                     advance_counter=False)
+            raise error from None
+
+    def _answered_before(self, header: Header) -> bool:
+        with self.engine.connect() as conn:
+            return _earlier_answer_row(conn, header) is not None
 
     def _check_header(self, header: Header, expected_type: str) -> None:
         if header.type != expected_type:
@@ -216,16 +264,25 @@ class Center:
                 # (kid, ctr): one statement less on every request. A retry looks.
                 return self._accept_once(envelope, header, apply, payload_sha256, advance_counter,
                                          check_counter_unused=attempt > 0)
-            except Refusal as refusal:
-                self._record_refusal(header, payload_sha256, refusal, advance_counter)
-                raise
             except IntegrityError:
                 if attempt == MAX_ATTEMPTS - 1:
                     raise
             except ApiError as error:
                 if error.code not in LOST_RACE_CODES or attempt == MAX_ATTEMPTS - 1:
-                    raise
+                    raise self._final_refusal(envelope, header, payload_sha256, error, advance_counter) from None
         raise AssertionError("unreachable")
+
+    def _final_refusal(self, envelope: Envelope, header: Header, payload_sha256: str, error: ApiError,
+                       advance_counter: bool) -> ApiError:
+        """The error to answer with: signed, and recorded when final (a resend gets the same refusal)."""
+        if not error.final or error.refusal is not None:  # "try again", or an answer recorded earlier
+            return error
+        error = self.signed_refusal(header, envelope, error)
+        try:
+            self._record_refusal(header, payload_sha256, error, advance_counter)
+        except ApiError as superseding:  # counter_replayed, key_revoked: refused for that reason instead
+            return self.signed_refusal(header, envelope, superseding)
+        return error
 
     def _accept_once(self, envelope, header, apply, payload_sha256, advance_counter, check_counter_unused) -> dict:
         """In one transaction: an earlier answer to the same message, or counter, effect, audit
@@ -246,7 +303,7 @@ class Center:
             _store_answer(conn, header, payload_sha256, response, now)
             return response
 
-    def _record_refusal(self, header: Header, payload_sha256: str, refusal: Refusal, advance_counter: bool) -> None:
+    def _record_refusal(self, header: Header, payload_sha256: str, refusal: ApiError, advance_counter: bool) -> None:
         """Make a rule refusal final for this message id (a later resend cannot succeed)."""
         try:
             with self.engine.begin() as conn:
@@ -257,7 +314,7 @@ class Center:
                 _store_answer(conn, header, payload_sha256, refusal.body() | {"status": refusal.status},
                               self.clock_ms())
         except IntegrityError:
-            pass  # a concurrent copy of this message recorded it first: the refusal stands
+            pass  # a concurrent copy of this message (or one with its counter) recorded first: the refusal stands
         # An ApiError here (counter_replayed, key_revoked) supersedes the refusal:
         # the message was not recorded, so it is refused for that reason instead.
 
@@ -277,7 +334,7 @@ class Verified:
 
 def _raise_error_answer(answer: dict) -> dict:
     if "error" in answer:
-        raise ApiError(answer["error"]["code"], answer["error"]["message"], answer["status"])
+        raise ApiError(answer["error"]["code"], answer["error"]["message"], answer["status"], answer.get("refusal"))
     return answer
 
 
@@ -329,7 +386,8 @@ def _earlier_answer(conn: Connection, header: Header, payload_sha256: str, *, of
     response = json.loads(row.response)
     if "error" in response:
         error = response["error"]
-        raise ApiError(error["code"], error["message"], response["status"])
+        # A refusal recorded before refusals were signed has none: center.service signs it now.
+        raise ApiError(error["code"], error["message"], response["status"], response.get("refusal"))
     return response
 
 

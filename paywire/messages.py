@@ -12,14 +12,17 @@ Parsing is strict: exactly these fields, each within its limits.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 
 from paywire.algorithms import ALGORITHMS
-from paywire.canonical import parse_canonical
+from paywire.canonical import canonical_bytes, parse_canonical
 from paywire.envelope import Envelope, b64url_decode
 from paywire.errors import WireError
+from paywire.recovery import RECOVERY_KEY_PATTERN, RECOVERY_PROOF_PATTERN
 
 DOMAIN = "tokenpay"
 VERSION = 1
@@ -58,6 +61,19 @@ TOPUP_ID_PATTERN = re.compile(r"U-[0-9a-f]{16}")
 # A console login challenge as the browser shows it: 16 base32 characters (80 bits) in four groups.
 CONSOLE_CHALLENGE_PATTERN = re.compile(r"[A-Z2-7]{4}(?:-[A-Z2-7]{4}){3}")
 MAX_REASON_CHARS = 200
+# Unicode categories no text field may hold (issue 17): each can make what a person reads differ
+# from what is signed. Cc: C0 and C1 controls (ESC, CSI start terminal commands); Cf: format
+# characters (bidi overrides U+202A-202E and isolates U+2066-2069, marks U+200E/200F/061C,
+# zero-width U+200B-200D, U+2060, U+FEFF, soft hyphen, tags); Zl/Zp: line and paragraph separators;
+# Cs: lone surrogates; Co: private use (any font draws anything there); Cn: unassigned in this
+# Python's Unicode tables (no defined look; a later Unicode may make one a format character).
+# Emoji joined by U+200D (ZWJ) are refused with the rest of Cf: a ZWJ also hides between letters.
+REFUSED_TEXT_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+# Letters that are drawn as nothing (Hangul fillers, Default_Ignorable in Unicode): the classic blank name.
+BLANK_LETTERS = frozenset({"\u115f", "\u1160", "\u3164", "\uffa0"})
+_CATEGORY_WORDS = {"Cc": "a control character", "Cf": "an invisible format character (bidi, zero-width or tag)",
+                   "Zl": "a line separator", "Zp": "a paragraph separator", "Cs": "a lone surrogate",
+                   "Co": "a private-use character", "Cn": "an unassigned code point", "Lo": "a letter drawn as blank"}
 MAX_COUNTER = 2**53 - 1
 MAX_KEY_CERT_BYTES = 4096  # an issuer's X.509 certificate for the enrolling key, DER
 CLOCK_SKEW_S = 300
@@ -139,6 +155,12 @@ def _check_enroll(body: dict) -> None:
     if "rebind" in body:  # a new key (lost card) asking to be bound to this existing account
         _match(body["rebind"], PARTY_ID_PATTERN, "rebind")
         common.add("rebind")
+        if "recovery_proof" in body:  # the account's recovery code signed this claim (paywire.recovery)
+            _match(body["recovery_proof"], RECOVERY_PROOF_PATTERN, "recovery_proof")
+            common.add("recovery_proof")
+    if "recovery_key" in body:  # the public key of the recovery code the wallet made (paywire.recovery)
+        _match(body["recovery_key"], RECOVERY_KEY_PATTERN, "recovery_key")
+        common.add("recovery_key")
     if "key_cert" in body:  # the card issuer's certificate for this key (center.issuer_policy)
         check_key_cert_field(body["key_cert"])
         common.add("key_cert")
@@ -256,8 +278,20 @@ def _check_notice(body: dict) -> None:
 
 
 def _check_console_login(body: dict) -> None:
-    _exact_fields(body, {"challenge"})
+    """{"challenge", "client_sha256"}: the approval names the client facts the operator was shown."""
+    if set(body) == {"challenge"}:  # a wallet from before client facts were shown and bound
+        raise WireError("console_login_outdated", "this console login approval does not name the client it "
+                                                  "approves: update the wallet, then run `wallet console-login` again")
+    _exact_fields(body, {"challenge", "client_sha256"})
     _match(body["challenge"], CONSOLE_CHALLENGE_PATTERN, "challenge")
+    _match(body["client_sha256"], SHA256_HEX_PATTERN, "client_sha256")
+
+
+def console_client_sha256(challenge: str, client_address: str, user_agent: str, created_at_ms: int) -> str:
+    """The hash a console login approval binds: the challenge's client facts as the center recorded them."""
+    facts = {"challenge": challenge, "client_address": client_address, "user_agent": user_agent,
+             "created_at_ms": created_at_ms}
+    return hashlib.sha256(canonical_bytes(facts)).hexdigest()
 
 
 def _check_operator_action(body: dict) -> None:
@@ -272,6 +306,18 @@ def _check_operator_action(body: dict) -> None:
 
 
 def _args_topup(args: dict) -> None:
+    """A decision names exactly what it decides: the top-up, its member, amount and currency."""
+    if set(args) == {"topup_id"}:  # the form from before decisions named what they decide
+        raise WireError("operator_action_outdated", "a top-up decision must name the top-up's member_id, "
+                                                    "amount_minor and currency: update the wallet")
+    _exact_args(args, {"topup_id", "member_id", "amount_minor", "currency"})
+    _match(args["topup_id"], TOPUP_ID_PATTERN, "topup_id")
+    _match(args["member_id"], PARTY_ID_PATTERN, "member_id")
+    _amount(args["amount_minor"])
+    _match(args["currency"], CURRENCY_PATTERN, "currency")
+
+
+def _args_topup_id(args: dict) -> None:
     _exact_args(args, {"topup_id"})
     _match(args["topup_id"], TOPUP_ID_PATTERN, "topup_id")
 
@@ -303,6 +349,8 @@ OPERATOR_ACTION_ARGS = {
     "confirm_topup": _args_topup, "decline_topup": _args_topup, "revoke_key": _args_revoke_key, "whoami": _args_none,
     # a lost card's new key (center.key_binding): reject_key takes a kid and a reason, like revoke_key
     "bind_key": _args_kid, "reject_key": _args_revoke_key,
+    # an operator-signed read of one top-up, fetched and shown before a decision is signed
+    "show_topup": _args_topup_id,
 }
 
 
@@ -339,9 +387,31 @@ def _int(value: object, field: str, low: int, high: int) -> int:
 def _text(value: object, field: str, max_chars: int) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > max_chars:
         raise WireError("malformed_payload", f"{field} must be non-empty text of at most {max_chars} characters")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-        raise WireError("malformed_payload", f"{field} contains control characters")
+    check_text_chars(value, field)
     return value
+
+
+def check_text_chars(value: str, field: str) -> None:
+    """The one rule for the characters of every text field (names, addresses, order references,
+    reasons): only characters a person sees as what they are. C0 controls and DEL were always
+    malformed_payload; the others text_char_problem names are text_not_allowed, naming the field and
+    the code point (never the character itself, which may be what hides or reorders the message)."""
+    for ch in value:
+        problem = text_char_problem(ch)
+        if problem is None:
+            continue
+        if ord(ch) < 0x20 or ord(ch) == 0x7F:
+            raise WireError("malformed_payload", f"{field} contains control characters")
+        raise WireError("text_not_allowed", f"{field} contains U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')}), "
+                                            f"{problem}; only visible text is allowed")
+
+
+def text_char_problem(ch: str) -> str | None:
+    """Why `ch` may not be in a text field, or None; the wallet and center escape the same set on screen."""
+    category = unicodedata.category(ch)
+    if category in REFUSED_TEXT_CATEGORIES:
+        return _CATEGORY_WORDS[category]
+    return _CATEGORY_WORDS["Lo"] if ch in BLANK_LETTERS else None
 
 
 def _date(value: object, field: str) -> dt.date:

@@ -7,6 +7,7 @@ for JPY whole yen ("1500"), for EUR cents allowed ("12.50"). Never floats.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # ISO 4217 minor-unit exponents of the currencies a center may be configured with.
 MINOR_EXPONENT = {
@@ -17,7 +18,8 @@ MINOR_EXPONENT = {
 }
 # A ceiling on any single amount: far above real prepaid use, far below 2**53.
 MAX_AMOUNT_MINOR = 10**12
-_DECIMAL = re.compile(r"(\d{1,15})(?:\.(\d{1,3}))?")
+# ASCII only: `\d` would also take Bengali, full-width or Arabic-Indic digits ('৪০০' -> 400).
+_DECIMAL = re.compile(r"([0-9]{1,15})(?:\.([0-9]{1,3}))?", re.ASCII)
 
 
 class AmountError(ValueError):
@@ -34,6 +36,7 @@ def minor_exponent(currency: str) -> int:
 def parse_amount(text: str, currency: str) -> int:
     """'12.50' EUR -> 1250; refuses more decimals than the currency has, zero, and signs."""
     exponent = minor_exponent(currency)
+    _refuse_non_ascii(text)
     match = _DECIMAL.fullmatch(text.strip())
     if not match:
         raise AmountError(f"amount {text!r} is not a plain decimal number such as {'1500' if exponent == 0 else '12.50'}")
@@ -43,6 +46,15 @@ def parse_amount(text: str, currency: str) -> int:
     minor = int(whole) * 10**exponent + int(fraction.ljust(exponent, "0") or 0)
     check_amount_minor(minor)
     return minor
+
+
+def _refuse_non_ascii(text: str) -> None:
+    """Name the first character outside ASCII: a look-alike digit must not pass as a digit."""
+    for char in text:
+        if not char.isascii():
+            name = unicodedata.name(char, "unnamed character")
+            raise AmountError(f"amount {text!r} holds the non-ASCII character U+{ord(char):04X} ({name}); "
+                              f"write it with the ASCII digits 0-9 and at most one '.'")
 
 
 def check_amount_minor(minor: int) -> int:

@@ -13,6 +13,7 @@ ROOT="$PWD"
 DEMO="$ROOT/demo-run"
 PATH="$ROOT/.venv/bin:$PATH"
 PORT="${DEMO_PORT:-8443}"
+METRICS_PORT="${DEMO_METRICS_PORT:-9464}"
 export COLUMNS="${COLUMNS:-120}"  # wide tables even without a terminal
 rm -rf "$DEMO"
 mkdir -m 700 -p "$DEMO/secrets"
@@ -25,7 +26,7 @@ secret member-a "member vault passphrase"; secret member-b "4711-member"; secret
 secret store-a "store vault passphrase";   secret store-b "4711-store";   secret store-so "so-store-123"
 secret ops-a "operator vault passphrase";  secret ops-b "4711-ops";     secret ops-so "so-ops-123"
 secret member-new-b "4712-member-new";     secret member-new-so "so-member-new-123"  # the replacement card
-secret backup "backup passphrase for the demo"
+secret backup "backup passphrase for the demo"; secret backup-key "backup key password for the demo"
 
 step "Tokens: one SoftHSM token each for the member, the store and an operator (and the member's spare card)"
 export SOFTHSM2_CONF="$DEMO/tokens/softhsm2.conf"
@@ -37,7 +38,7 @@ softhsm2-util --show-slots | grep -E 'Label:\s+(member|store|ops)-token' || true
 
 step "Center: init (SQLite, its own token key, TLS certificate) and serve on https://127.0.0.1:$PORT"
 center init --data-dir "$DEMO/center" --currency JPY
-center serve --data-dir "$DEMO/center" --port "$PORT" > "$DEMO/center.log" 2>&1 &
+center serve --data-dir "$DEMO/center" --port "$PORT" --metrics-port "$METRICS_PORT" > "$DEMO/center.log" 2>&1 &
 CENTER_PID=$!
 trap 'kill $CENTER_PID 2>/dev/null && wait $CENTER_PID 2>/dev/null || true' EXIT  # wait: the port is free once the demo ends
 for _ in $(seq 1 100); do
@@ -91,7 +92,7 @@ step "Member tops up 10000 JPY by bank transfer (a signed request; pending until
 TOPUP_ID="$(member topup 10000 --method bank --json | json_get topup_id)"
 echo "top-up $TOPUP_ID is pending"
 step "Operator confirms the top-up (the bank transfer arrived): a request signed on the operator's token"
-ops operator confirm-topup "$TOPUP_ID"
+ops operator confirm-topup "$TOPUP_ID" --yes   # shows member, amount and method, then signs them
 member balance
 
 STORE_ID="$(WALLET_PASSWORD_B_FILE= store status --json | json_get member_id)"
@@ -144,7 +145,7 @@ step "Operator console: a browser's login code approved by the operator's token;
 JAR="$DEMO/console-cookies"  # curl plays the browser here; open https://127.0.0.1:$PORT/console for the page
 console_curl() { curl -fsS --cacert "$DEMO/center/center-cert.pem" -b "$JAR" -c "$JAR" "$@"; }
 CODE="$(console_curl -X POST "https://127.0.0.1:$PORT/console/api/challenge" | json_get challenge)"
-ops console-login "$CODE"
+ops console-login "$CODE" --yes   # shows the browser's address, user agent and time, then signs
 console_curl "https://127.0.0.1:$PORT/console/api/login-status" >/dev/null
 console_curl "https://127.0.0.1:$PORT/console/api/search?q=hanako"; echo
 center operator access-log --data-dir "$DEMO/center"
@@ -155,14 +156,17 @@ center audit verify --data-dir "$DEMO/center"
 center audit export "$DEMO/audit-export.jsonl" --data-dir "$DEMO/center"
 center audit verify-export "$DEMO/audit-export.jsonl"
 
-step "Metrics: Prometheus text at /metrics (accepted payments counted from their receipts)"
-curl -fsS --cacert "$DEMO/center/center-cert.pem" "https://127.0.0.1:$PORT/metrics" \
+step "Metrics: Prometheus text on the loopback-only listener (the public port serves none)"
+curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" \
     | grep -E '^tokenpay_(payments_total|payment_amount_minor_total|errors_total)'
 
-step "Backup while the center serves (encrypted; it holds the center's token and TLS key)"
-center backup "$DEMO/center-backup.tar.gz" --data-dir "$DEMO/center" --password-file "$DEMO/secrets/backup"
+step "Backup while the center serves (encrypted; it holds the center's token and TLS key), signed by the administrator's backup key"
+center backup-key create --out "$DEMO/admin-backup-key" --password-file "$DEMO/secrets/backup-key"
+center backup "$DEMO/center-backup.tar.gz" --data-dir "$DEMO/center" --password-file "$DEMO/secrets/backup" \
+    --signing-key "$DEMO/admin-backup-key/backup-signing-key.pem" --signing-key-password-file "$DEMO/secrets/backup-key"
 step "Restore into a fresh data directory: the restore runs the ledger check and the audit verification"
-center restore "$DEMO/center-backup.tar.gz" --data-dir "$DEMO/center-restored" --password-file "$DEMO/secrets/backup"
+center restore "$DEMO/center-backup.tar.gz" --data-dir "$DEMO/center-restored" --password-file "$DEMO/secrets/backup" \
+    --backup-public-key "$DEMO/admin-backup-key/backup-signing-key.pub.pem"
 center ledger check --data-dir "$DEMO/center-restored"
 center audit verify --data-dir "$DEMO/center-restored"
 

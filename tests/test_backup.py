@@ -2,7 +2,9 @@
 `center serve` runs (and payments keep arriving), restored into a fresh data directory
 (and a fresh PostgreSQL database), passes `center ledger check` and `center audit verify`,
 and serves the same balances with receipts signed by the same token key. Damaged,
-crafted and misdirected archives are refused with one line and nothing written."""
+crafted and misdirected archives are refused with one line and nothing written.
+Every backup is signed by a backup key kept apart from the center (the attacks on
+that are in test_attack_backup.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,30 @@ from ops_support import STORE_NAME, SignedClient, center_cli, funded_member, pay
 from support import CenterProcess, cli_env, create_pg_database, drop_pg_database, free_port, run_cli
 
 PASSWORD = "a backup passphrase, long enough"
+KEY_PASSWORD = "the administrator's backup key password"
+
+
+def make_backup_key(directory, *extra: str) -> dict:
+    """`center backup-key create` into directory/key; the paths a backup and a restore need."""
+    directory.mkdir(parents=True, exist_ok=True)
+    password_file = directory / "key-password"
+    password_file.write_text(KEY_PASSWORD + "\n")
+    password_file.chmod(0o600)
+    made = run_cli("center", ["backup-key", "create", "--out", str(directory / "key"), "--password-file",
+                              str(password_file), "--json", *extra])
+    assert made.returncode == 0, made.stderr
+    summary = json.loads(made.stdout)
+    return {"key": summary["signing_key"], "public": summary["public_key"], "password_file": str(password_file),
+            "key_id": summary["key_id"]}
+
+
+def signed_by(key: dict) -> list[str]:
+    return ["--signing-key", key["key"], "--signing-key-password-file", key["password_file"]]
+
+
+@pytest.fixture(scope="session")
+def backup_key(tmp_path_factory) -> dict:
+    return make_backup_key(tmp_path_factory.mktemp("admin"))
 
 
 def one_line_error(result) -> str:
@@ -62,7 +88,8 @@ class Payer(threading.Thread):
             client.close()
 
 
-def test_backup_while_serving_restores_a_center_that_checks_and_serves_the_same(tmp_path, db_url, live_center):
+def test_backup_while_serving_restores_a_center_that_checks_and_serves_the_same(tmp_path, db_url, live_center,
+                                                                                 backup_key):
     client = SignedClient(live_center)
     store, store_id = client.enroll("store", name=STORE_NAME)
     member, _member_id = funded_member(client, live_center, 10_000)
@@ -79,7 +106,8 @@ def test_backup_while_serving_restores_a_center_that_checks_and_serves_the_same(
     while payer.paid < 3 and not payer.errors and time.monotonic() < deadline:
         time.sleep(0.05)
     archive = tmp_path / "center-backup.tgz"
-    backup = run_cli("center", ["backup", str(archive), "--data-dir", str(live_center.data_dir), "--json"])
+    backup = run_cli("center", ["backup", str(archive), "--data-dir", str(live_center.data_dir), "--json",
+                                *signed_by(backup_key)])
     payer.stop.set()
     payer.join(timeout=60)
     assert backup.returncode == 0, backup.stderr
@@ -87,13 +115,14 @@ def test_backup_while_serving_restores_a_center_that_checks_and_serves_the_same(
     summary = json.loads(backup.stdout)
     kind = "sqlite" if db_url.startswith("sqlite") else "postgresql"
     assert summary["db_kind"] == kind and summary["encrypted"] is False and summary["token_included"] is True
-    assert "token PIN" in summary["warning"]
+    assert "token PIN" in summary["warning"] and summary["signed_by_key_id"] == backup_key["key_id"]
     assert stat.S_IMODE(archive.stat().st_mode) == 0o600
     member_before = client.result(member, "balance", {})
     store_before = client.result(store, "balance", {})
 
     target, restore_db = tmp_path / "restored", None
-    restore_args = ["restore", str(archive), "--data-dir", str(target), "--json"]
+    restore_args = ["restore", str(archive), "--data-dir", str(target), "--json", "--backup-public-key",
+                    backup_key["public"]]
     if kind == "postgresql":
         refused = run_cli("center", restore_args)
         assert "--db" in one_line_error(refused) and not target.exists()
@@ -133,7 +162,7 @@ def test_backup_while_serving_restores_a_center_that_checks_and_serves_the_same(
 # --- refusals, on a center that is not serving ------------------------------------------
 
 @pytest.fixture(scope="module")
-def quiet_center(tmp_path_factory):
+def quiet_center(tmp_path_factory, backup_key):
     """A SQLite center (no activity needed) and a plain and an encrypted backup of it."""
     root = tmp_path_factory.mktemp("quiet")
     data_dir = root / "center"
@@ -141,15 +170,19 @@ def quiet_center(tmp_path_factory):
     assert made.returncode == 0, made.stderr
     (root / "password").write_text(PASSWORD + "\n")
     plain, sealed = root / "plain.tgz", root / "sealed.tpbk"
-    assert run_cli("center", ["backup", str(plain), "--data-dir", str(data_dir)]).returncode == 0
-    result = run_cli("center", ["backup", str(sealed), "--data-dir", str(data_dir), "--password-file",
-                                str(root / "password"), "--json"])
+    result = run_cli("center", ["backup", str(plain), "--data-dir", str(data_dir), *signed_by(backup_key)])
     assert result.returncode == 0, result.stderr
-    return {"root": root, "data_dir": data_dir, "plain": plain, "sealed": sealed, "password": root / "password"}
+    result = run_cli("center", ["backup", str(sealed), "--data-dir", str(data_dir), "--password-file",
+                                str(root / "password"), "--json", *signed_by(backup_key)])
+    assert result.returncode == 0, result.stderr
+    return {"root": root, "data_dir": data_dir, "plain": plain, "sealed": sealed, "password": root / "password",
+            "key": backup_key}
 
 
-def restore(archive, target, *extra: str, env=None):
-    return run_cli("center", ["restore", str(archive), "--data-dir", str(target), "--json", *extra], env=env)
+def restore(archive, target, key: dict, *extra: str, env=None):
+    """`center restore` checking the signature with `key`'s public key."""
+    return run_cli("center", ["restore", str(archive), "--data-dir", str(target), "--json", "--backup-public-key",
+                              key["public"], *extra], env=env)
 
 
 def assert_nothing_written(parent, target) -> None:
@@ -164,7 +197,7 @@ def test_a_flipped_byte_is_refused_and_nothing_written(quiet_center, tmp_path, w
     data[position] ^= 0x01
     damaged = tmp_path / "damaged.tgz"
     damaged.write_bytes(bytes(data))
-    line = one_line_error(restore(damaged, tmp_path / "new"))
+    line = one_line_error(restore(damaged, tmp_path / "new", quiet_center["key"]))
     assert "nothing was written" in line or "damaged" in line
     assert_nothing_written(tmp_path, tmp_path / "new")
 
@@ -173,19 +206,19 @@ def test_encrypted_backup_needs_its_password_and_detects_tampering(quiet_center,
     sealed = quiet_center["sealed"]
     pin = (quiet_center["data_dir"] / "secrets" / "token-pin").read_bytes()
     assert sealed.read_bytes().startswith(b"TPBKENC1") and pin not in sealed.read_bytes()
-    target = tmp_path / "new"
-    assert "--password-file" in one_line_error(restore(sealed, target))
+    target, key = tmp_path / "new", quiet_center["key"]
+    assert "--password-file" in one_line_error(restore(sealed, target, key))
     wrong = tmp_path / "wrong"
     wrong.write_text("not the right password at all\n")
-    assert "wrong backup password" in one_line_error(restore(sealed, target, "--password-file", str(wrong)))
+    assert "wrong backup password" in one_line_error(restore(sealed, target, key, "--password-file", str(wrong)))
     data = bytearray(sealed.read_bytes())
     data[len(data) // 2] ^= 0x40
     tampered = tmp_path / "tampered.tpbk"
     tampered.write_bytes(bytes(data))
-    assert "damaged" in one_line_error(restore(tampered, target, "--password-file", str(quiet_center["password"])))
+    assert "damaged" in one_line_error(restore(tampered, target, key, "--password-file", str(quiet_center["password"])))
     assert_nothing_written(tmp_path, target)
     env = cli_env(CENTER_BACKUP_PASSWORD_FILE=str(quiet_center["password"]))
-    done = restore(sealed, target, env=env)
+    done = restore(sealed, target, key, env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["ok"] is True and (target / "secrets" / "token-pin").read_bytes() == pin
     assert stat.S_IMODE((target / "secrets" / "token-pin").stat().st_mode) == 0o600
@@ -195,7 +228,7 @@ def test_restore_refuses_a_non_empty_target_and_leaves_it_alone(quiet_center, tm
     target = tmp_path / "busy"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    assert "not empty" in one_line_error(restore(quiet_center["plain"], target))
+    assert "not empty" in one_line_error(restore(quiet_center["plain"], target, quiet_center["key"]))
     assert [p.name for p in target.iterdir()] == ["keep.txt"] and (target / "keep.txt").read_text() == "mine"
 
 
@@ -248,7 +281,7 @@ def test_crafted_members_are_refused_and_nothing_written(quiet_center, tmp_path,
     rewrite_archive(quiet_center["plain"], crafted, change)
     target = tmp_path / "deep" / "new"
     (tmp_path / "deep").mkdir()
-    line = one_line_error(restore(crafted, target))
+    line = one_line_error(restore(crafted, target, quiet_center["key"]))
     assert "refused" in line, line
     assert_nothing_written(tmp_path / "deep", target)
     assert not (tmp_path / "evil").exists() and not (tmp_path / "deep" / "evil").exists()
@@ -258,26 +291,42 @@ def test_an_unchanged_rewrite_restores(quiet_center, tmp_path):
     # The crafted-archive tests above would pass for any archive this helper writes if it were broken.
     copy = tmp_path / "copy.tgz"
     rewrite_archive(quiet_center["plain"], copy, lambda members, manifest: members)
-    done = restore(copy, tmp_path / "new")
+    done = restore(copy, tmp_path / "new", quiet_center["key"])
     assert done.returncode == 0, done.stderr
 
 
 def test_backup_never_overwrites_and_stays_out_of_the_data_dir(quiet_center, tmp_path):
-    data_dir = quiet_center["data_dir"]
+    data_dir, key = quiet_center["data_dir"], signed_by(quiet_center["key"])
     existing = tmp_path / "existing.tgz"
     existing.write_bytes(b"precious")
     assert "already exists" in one_line_error(run_cli("center", ["backup", str(existing), "--data-dir",
-                                                                 str(data_dir)]))
+                                                                 str(data_dir), *key]))
     assert existing.read_bytes() == b"precious"
     inside = data_dir / "b.tgz"
     assert "outside the data directory" in one_line_error(run_cli("center", ["backup", str(inside), "--data-dir",
-                                                                           str(data_dir)]))
+                                                                           str(data_dir), *key]))
     assert not inside.exists()
     short = tmp_path / "short"
     short.write_text("short\n")
     assert "at least 12" in one_line_error(run_cli("center", ["backup", str(tmp_path / "x.tpbk"), "--data-dir",
-                                                              str(data_dir), "--password-file", str(short)]))
+                                                              str(data_dir), "--password-file", str(short), *key]))
     assert sorted(os.listdir(tmp_path)) == ["existing.tgz", "short"]
+
+
+def test_every_backup_is_signed_a_backup_without_a_key_is_refused(quiet_center, tmp_path):
+    line = one_line_error(run_cli("center", ["backup", str(tmp_path / "b.tgz"), "--data-dir",
+                                             str(quiet_center["data_dir"])]))
+    assert "--signing-key" in line and "center backup-key create --out" in line
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the key password at all\n")
+    line = one_line_error(run_cli("center", ["backup", str(tmp_path / "b.tgz"), "--data-dir",
+                                             str(quiet_center["data_dir"]), "--signing-key", quiet_center["key"]["key"],
+                                             "--signing-key-password-file", str(wrong)]))
+    assert "wrong backup key password" in line
+    assert sorted(os.listdir(tmp_path)) == ["wrong"]
+    line = one_line_error(run_cli("center", ["restore", str(quiet_center["plain"]), "--data-dir",
+                                             str(tmp_path / "new")]))
+    assert "--backup-public-key" in line and not (tmp_path / "new").exists()
 
 
 def test_a_database_password_goes_to_pg_tools_in_the_environment_only():
@@ -289,7 +338,7 @@ def test_a_database_password_goes_to_pg_tools_in_the_environment_only():
     assert "s3cret-pw" not in redact_url("postgresql://tokenpay:s3cret-pw@db.example/center")
 
 
-def test_restore_reports_a_broken_ledger_and_exits_non_zero(tmp_path):
+def test_restore_reports_a_broken_ledger_and_exits_non_zero(tmp_path, backup_key):
     import sqlite3
 
     data_dir = tmp_path / "center"
@@ -297,8 +346,9 @@ def test_restore_reports_a_broken_ledger_and_exits_non_zero(tmp_path):
     with sqlite3.connect(data_dir / "center.db") as conn:  # money out of nowhere, behind the center's back
         assert conn.execute("UPDATE accounts SET balance_minor = balance_minor + 1 WHERE id = 'funding:bank'").rowcount == 1
     archive = tmp_path / "broken.tgz"
-    assert run_cli("center", ["backup", str(archive), "--data-dir", str(data_dir)]).returncode == 0
-    result = restore(archive, tmp_path / "new")
+    made = run_cli("center", ["backup", str(archive), "--data-dir", str(data_dir), *signed_by(backup_key)])
+    assert made.returncode == 0, made.stderr
+    result = restore(archive, tmp_path / "new", backup_key)
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is False and report["ledger"]["ok"] is False and report["audit"]["ok"] is True

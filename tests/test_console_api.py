@@ -22,6 +22,7 @@ from center.db import accounts, topups
 from center.ledger import check_ledger, party_account
 from inquiry_support import world  # noqa: F401  (a fixture)
 from operator_support import BASE_URL, error_code, https_client, new_operator, signed
+from test_console_auth import approval_body
 
 READ_ROUTES = ["/console/api/search?q=a", "/console/api/payments", "/console/api/topups", "/console/api/refunds",
                "/console/api/payouts", "/console/api/stats", "/console/api/export/payments.csv"]
@@ -30,7 +31,7 @@ READ_ROUTES = ["/console/api/search?q=a", "/console/api/payments", "/console/api
 def log_in(center, client, role: str = "operator", name: str = "Ops One") -> dict:
     signer, view = new_operator(center, role=role, name=name)
     challenge = client.post("/console/api/challenge").json()["challenge"]
-    request = signed(center, signer, "console_login", {"challenge": challenge})
+    request = signed(center, signer, "console_login", approval_body(client, challenge))
     assert client.post("/v1/console/login", json=request.to_json()).status_code == 200
     status = client.get("/console/api/login-status").json()
     assert status["status"] == "approved", status
@@ -62,8 +63,10 @@ def parse_csv(response) -> list[dict]:
 def test_every_console_api_needs_a_session(world, client):
     for path in READ_ROUTES + [f"/console/api/members/{world.ids['hanako']}/statement"]:
         assert error_code(client.get(path)) == (401, "console_login_required"), path
+    assert error_code(client.get("/console/api/topups/decisions", params={"ids": world.ids["topup_h2"]})) == (
+        401, "console_login_required")
     refused = client.post(f"/console/api/topups/{world.ids['topup_h2']}/confirm")
-    assert error_code(refused) == (401, "console_login_required")
+    assert error_code(refused) == (403, "signed_action_required")
     assert topup_status(world.center, world.ids["topup_h2"]) == ("pending", None)
     page = client.get("/console")
     assert page.status_code == 200 and "wallet console-login" in page.text
@@ -96,6 +99,8 @@ def test_operator_reads_every_view(world, client):
     ("/console/api/search", {"role": "operator"}), ("/console/api/topups", {"status": "lost"}),
     ("/console/api/stats", {"days": 0}), ("/console/api/stats", {"days": 367}), ("/console/api/stats", {"top": 51}),
     ("/console/api/export/statement.csv", {}),
+    ("/console/api/topups/decisions", {"ids": "P-0123456789abcdef"}), ("/console/api/topups/decisions", {"ids": ","}),
+    ("/console/api/topups/decisions", {"ids": ",".join(["U-0123456789abcdef"] * 51)}),
 ])
 def test_bad_filters_are_refused_with_one_code(world, client, path, params):
     log_in(world.center, client)
@@ -109,52 +114,40 @@ def test_unknown_things_are_404(world, client):
     assert error_code(client.get("/console/api/export/everything.csv")) == (404, "not_found")
     assert error_code(client.get("/console/static/../config.json")) == (404, "not_found")
     assert error_code(client.get("/console/static/index.html")) == (404, "not_found")
-    csrf = client.get("/console/api/me").json()["csrf_token"]
-    response = client.post("/console/api/topups/U-0123456789abcdef/confirm", headers={"X-CSRF-Token": csrf})
-    assert error_code(response) == (404, "unknown_topup")
+    decisions = client.get("/console/api/topups/decisions", params={"ids": "U-0123456789abcdef"})
+    assert decisions.status_code == 200 and decisions.json() == {"decisions": []}
 
 
-def test_operator_confirms_a_topup_once_with_the_csrf_token(world, client):
+@pytest.mark.parametrize("role", ["operator", "auditor"])
+def test_a_console_session_decides_nothing_whatever_it_sends(world, client, role):
+    """A session with its own CSRF token, of either role: the old write routes refuse, nothing moves."""
     center, topup_id, hanako = world.center, world.ids["topup_h2"], world.ids["hanako"]
-    operator = log_in(center, client)
-    path = f"/console/api/topups/{topup_id}/confirm"
-    assert error_code(client.post(path)) == (403, "csrf_failed")
-    assert error_code(client.post(path, headers={"X-CSRF-Token": "not-the-token"})) == (403, "csrf_failed")
-    assert balance(center, hanako) == 7_900 and topup_status(center, topup_id) == ("pending", None)
-
-    confirmed = client.post(path, headers={"X-CSRF-Token": operator["csrf_token"]})
-    assert confirmed.status_code == 200, confirmed.text
-    assert confirmed.json() | {"repeated": None} == {
-        "action": "topup_confirmed", "topup_id": topup_id, "member_id": hanako, "amount_minor": 3_000,
-        "method": "cash", "status": "confirmed", "repeated": None}
-    assert balance(center, hanako) == 10_900
-    assert topup_status(center, topup_id) == ("confirmed", f"operator:{operator['operator_id']}")
-    again = client.post(path, headers={"X-CSRF-Token": operator["csrf_token"]})
-    assert again.json()["repeated"] is True and balance(center, hanako) == 10_900
-    declined = client.post(f"/console/api/topups/{topup_id}/decline", headers={"X-CSRF-Token": operator["csrf_token"]})
-    assert error_code(declined) == (409, "topup_not_pending") and balance(center, hanako) == 10_900
-    assert client.get("/console/api/topups", params={"status": "pending"}).json()["rows"] == []
+    session = log_in(center, client, role=role, name=f"{role.title()} One")
+    for decision in ("confirm", "decline"):
+        for headers in ({}, {"X-CSRF-Token": "not-the-token"}, {"X-CSRF-Token": session["csrf_token"]}):
+            response = client.post(f"/console/api/topups/{topup_id}/{decision}", headers=headers)
+            assert error_code(response) == (403, "signed_action_required"), (decision, headers)
+            assert f"wallet operator {decision}-topup {topup_id}" in response.json()["error"]["message"]
+    assert topup_status(center, topup_id) == ("pending", None) and balance(center, hanako) == 7_900
     with center.engine.connect() as conn:
         assert check_ledger(conn).problems == []
 
 
-def test_operator_declines_a_topup(world, client):
-    operator = log_in(world.center, client)
-    response = client.post(f"/console/api/topups/{world.ids['topup_h2']}/decline",
-                           headers={"X-CSRF-Token": operator["csrf_token"]})
-    assert response.json()["status"] == "declined" and balance(world.center, world.ids["hanako"]) == 7_900
-
-
-def test_auditor_reads_but_cannot_decide(world, client):
-    auditor = log_in(world.center, client, role="auditor", name="Audrey Auditor")
-    assert client.get("/console/api/me").json()["role"] == "auditor"
-    assert len(client.get("/console/api/topups").json()["rows"]) == 4
-    for decision in ("confirm", "decline"):
-        response = client.post(f"/console/api/topups/{world.ids['topup_h2']}/{decision}",
-                               headers={"X-CSRF-Token": auditor["csrf_token"]})
-        assert error_code(response) == (403, "operator_role_required")
-    assert topup_status(world.center, world.ids["topup_h2"]) == ("pending", None)
-    assert balance(world.center, world.ids["hanako"]) == 7_900
+def test_the_page_learns_decisions_made_with_a_token(world, client):
+    """What the top-ups page polls after showing the command: status and who decided, nothing else."""
+    center, topup_id = world.center, world.ids["topup_h2"]
+    log_in(center, client)
+    confirmed = [row["topup_id"] for row in client.get("/console/api/topups", params={"status": "confirmed"})
+                 .json()["rows"]]
+    before = len(trail(center))
+    answer = client.get("/console/api/topups/decisions", params={"ids": f"{topup_id},{confirmed[0]}"}).json()
+    assert [(d["topup_id"], d["status"]) for d in answer["decisions"]] == [(topup_id, "pending"),
+                                                                          (confirmed[0], "confirmed")]
+    assert set(answer["decisions"][0]) == {"topup_id", "status", "decided_at_ms", "decided_by"}
+    assert len(trail(center)) == before  # no member data in it: not a recorded read
+    center.decide_topup(topup_id, "confirm", decided_by="operator:O-test")
+    decided = client.get("/console/api/topups/decisions", params={"ids": topup_id}).json()["decisions"][0]
+    assert (decided["status"], decided["decided_by"]) == ("confirmed", "operator:O-test")
 
 
 def test_csv_export_has_the_rows_of_the_table(world, client):

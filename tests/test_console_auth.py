@@ -9,6 +9,7 @@ from typing import Annotated
 
 import pytest
 from fastapi import Depends
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from center import console_auth
@@ -19,7 +20,9 @@ from center.audit import verify_chain
 from center.db import audit_log, console_challenges, console_sessions
 from center.key_admin import revoke_key
 from center.service import Center
-from operator_support import Clock, error_code, https_client, new_operator, receipt_result, signed
+from operator_support import BASE_URL, Clock, error_code, https_client, new_operator, receipt_result, signed
+from paywire.envelope import Envelope, seal
+from paywire.messages import console_client_sha256, new_message_id
 from support import SoftwareSigner
 
 CHALLENGE_SHAPE = re.compile(r"[A-Z2-7]{4}-[A-Z2-7]{4}-[A-Z2-7]{4}-[A-Z2-7]{4}")
@@ -59,9 +62,29 @@ def set_cookies(response) -> dict[str, str]:
     return {header.split("=", 1)[0]: header for header in response.headers.get_list("set-cookie")}
 
 
-def approve(center, client, signer: SoftwareSigner, challenge: str):
-    request = signed(center, signer, "console_login", {"challenge": challenge})
+def approval_body(client, challenge: str) -> dict:
+    """What `wallet console-login` signs: the code, and the hash of the client facts the center shows for it
+    (zeros when it shows none: unknown and expired codes are refused before the hash is looked at)."""
+    details = client.get(f"/v1/console/challenges/{challenge}")
+    if details.status_code != 200:
+        return {"challenge": challenge, "client_sha256": "0" * 64}
+    facts = details.json()
+    return {"challenge": challenge, "client_sha256": console_client_sha256(
+        challenge, facts["client_address"], facts["user_agent"], facts["created_at_ms"])}
+
+
+def approve(center, client, signer: SoftwareSigner, challenge: str, body: dict | None = None):
+    request = signed(center, signer, "console_login", body or approval_body(client, challenge))
     return request, client.post("/v1/console/login", json=request.to_json())
+
+
+def signed_outdated(center, signer: SoftwareSigner, msg_type: str, body: dict) -> Envelope:
+    """A message in a form today's builder refuses (as an older wallet signed it), signed all the same."""
+    signer.counter += 1
+    now_s = center.clock_ms() // 1000
+    payload = {"dom": "tokenpay", "v": 1, "type": msg_type, "aud": center.center_id, "kid": signer.kid,
+               "msg_id": new_message_id(), "ctr": signer.counter, "iat": now_s, "exp": now_s + 3600, "body": body}
+    return seal(payload, alg=signer.algorithm, kid=signer.kid, sign=signer.sign)
 
 
 def log_in(center, browser, signer) -> dict:
@@ -285,10 +308,118 @@ def test_forged_or_odd_cookies_are_just_not_logged_in(center, browser):
         assert error_code(browser.get("/console/api/login-status")) == (404, "unknown_challenge"), value
 
 
-def test_waiting_challenges_are_capped(center, browser, monkeypatch, clock):
-    monkeypatch.setattr(console_auth, "MAX_PENDING_CHALLENGES", 3)
-    for _ in range(3):
-        assert browser.post("/console/api/challenge").status_code == 200
-    assert error_code(browser.post("/console/api/challenge")) == (429, "too_many_challenges")
-    clock.advance(CHALLENGE_LIFETIME_MS)  # expired ones no longer count
-    assert browser.post("/console/api/challenge").status_code == 200
+def client_at(app, address: str, **headers) -> TestClient:
+    """A browser whose TCP peer address the center sees as `address`."""
+    return TestClient(app, base_url=BASE_URL, client=(address, 50000), headers=headers)
+
+
+def waiting_of(center) -> dict[str, list[str]]:
+    with center.engine.connect() as conn:
+        rows = conn.execute(select(console_challenges.c.client_key, console_challenges.c.challenge)
+                            .where(console_challenges.c.consumed.is_(False))
+                            .order_by(console_challenges.c.created_at_ms)).all()
+    waiting: dict[str, list[str]] = {}
+    for key, challenge in rows:
+        waiting.setdefault(key, []).append(challenge)
+    return waiting
+
+
+def test_the_challenge_records_its_client_and_the_approval_binds_it(center, app, clock):
+    operator, view = new_operator(center)
+    with client_at(app, "203.0.113.7", **{"User-Agent": "Mozilla/5.0 [bold]x\x7f"}) as browser:
+        challenge = browser.post("/console/api/challenge").json()["challenge"]
+        details = browser.get(f"/v1/console/challenges/{challenge}").json()
+        assert details == {"challenge": challenge, "client_address": "203.0.113.7",
+                           "user_agent": "Mozilla/5.0 [bold]x?", "created_at_ms": clock.now_ms,
+                           "expires_at_ms": clock.now_ms + CHALLENGE_LIFETIME_MS}
+        # An approval naming other client facts (what another request would have shown) approves nothing.
+        other = console_client_sha256(challenge, "198.51.100.1", details["user_agent"], details["created_at_ms"])
+        request, response = approve(center, browser, operator, challenge, {"challenge": challenge,
+                                                                            "client_sha256": other})
+        assert error_code(response) == (409, "challenge_details_mismatch")
+        assert browser.get("/console/api/login-status").json() == {"status": "pending"}
+        # The old form, without client facts, is refused as outdated before anything is looked at.
+        outdated = signed_outdated(center, operator, "console_login", {"challenge": challenge})
+        response = browser.post("/v1/console/login", json=outdated.to_json())
+        assert error_code(response) == (400, "console_login_outdated")
+        assert approve(center, browser, operator, challenge)[1].status_code == 200
+        assert browser.get("/console/api/login-status").json()["operator_id"] == view["operator_id"]
+        assert error_code(browser.get(f"/v1/console/challenges/{challenge}")) == (404, "unknown_challenge")
+        assert error_code(browser.get("/v1/console/challenges/not-a-code")) == (422, "invalid_request")
+
+
+def test_a_client_at_its_cap_evicts_its_own_oldest_challenge(center, app, monkeypatch):
+    monkeypatch.setattr(console_auth, "CLIENT_PENDING_CAP", 3)
+    operator, _ = new_operator(center)
+    with client_at(app, "203.0.113.7") as browser:
+        codes = [browser.post("/console/api/challenge").json()["challenge"] for _ in range(4)]
+        assert waiting_of(center) == {"203.0.113.7": codes[1:]}
+        _, response = approve(center, browser, operator, codes[0], {"challenge": codes[0], "client_sha256": "0" * 64})
+        assert error_code(response) == (404, "unknown_challenge")  # evicted: nobody can approve it
+        assert approve(center, browser, operator, codes[3])[1].status_code == 200  # the newest logs in
+        assert browser.get("/console/api/login-status").json()["status"] == "approved"
+
+
+def test_a_client_asking_too_fast_gets_429_with_retry_after(center, app, monkeypatch, clock):
+    monkeypatch.setattr(console_auth, "CLIENT_RATE", 3)
+    with client_at(app, "203.0.113.7") as flood, client_at(app, "2001:db8::1") as other:
+        for _ in range(3):
+            assert flood.post("/console/api/challenge").status_code == 200
+            clock.advance(1_000)
+        refused = flood.post("/console/api/challenge")
+        assert error_code(refused) == (429, "too_many_challenges")
+        retry_after = refused.json()["error"]["retry_after"]
+        assert retry_after == (console_auth.CLIENT_RATE_WINDOW_MS - 3_000) // 1000
+        assert refused.headers["retry-after"] == str(retry_after) and "set-cookie" not in refused.headers
+        assert other.post("/console/api/challenge").status_code == 200  # another client is not slowed
+        clock.advance(retry_after * 1000)
+        assert flood.post("/console/api/challenge").status_code == 200
+
+
+def test_a_full_center_evicts_the_heaviest_clients_oldest_not_a_newcomer(center, app, monkeypatch):
+    monkeypatch.setattr(console_auth, "CLIENT_PENDING_CAP", 3)
+    monkeypatch.setattr(console_auth, "MAX_PENDING_CHALLENGES", 5)
+    with client_at(app, "203.0.113.7") as flood, client_at(app, "203.0.113.8") as second, \
+            client_at(app, "203.0.113.9") as newcomer:
+        flooded = [flood.post("/console/api/challenge").json()["challenge"] for _ in range(3)]
+        mine = [second.post("/console/api/challenge").json()["challenge"] for _ in range(2)]
+        assert newcomer.post("/console/api/challenge").status_code == 200
+        waiting = waiting_of(center)
+        assert waiting["203.0.113.7"] == flooded[1:] and waiting["203.0.113.8"] == mine
+        assert len(waiting["203.0.113.9"]) == 1 and sum(map(len, waiting.values())) == 5
+
+
+def test_ipv6_clients_are_limited_by_their_64(center, app, monkeypatch):
+    monkeypatch.setattr(console_auth, "CLIENT_PENDING_CAP", 2)
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2::ffff", "2001:db8:1:2:abcd::9"):
+        with client_at(app, host) as browser:
+            assert browser.post("/console/api/challenge").status_code == 200
+    assert {key: len(codes) for key, codes in waiting_of(center).items()} == {"2001:db8:1:2::/64": 2}
+
+
+@pytest.mark.parametrize("peer, forwarded, trusted, expected", [
+    ("198.51.100.4", ["203.0.113.7"], (), "198.51.100.4"),  # no trusted proxy: the header is the client's word
+    ("10.0.0.5", ["203.0.113.7"], ("10.0.0.5",), "203.0.113.7"),
+    ("10.0.0.5", ["1.2.3.4, 203.0.113.7"], ("10.0.0.5",), "203.0.113.7"),  # the left part is the client's own
+    ("10.0.0.5", ["203.0.113.7, 10.0.0.9"], ("10.0.0.0/24",), "203.0.113.7"),  # two trusted hops
+    ("10.0.0.5", [], ("10.0.0.5",), "10.0.0.5"),
+    ("10.0.0.5", ["not-an-address"], ("10.0.0.5",), "10.0.0.5"),
+    ("10.0.0.5", ["10.0.0.6"], ("10.0.0.0/24",), "10.0.0.5"),  # only proxies: count the nearest
+    ("198.51.100.4", ["203.0.113.7"], ("10.0.0.0/8",), "198.51.100.4"),
+    ("::ffff:10.0.0.5", ["203.0.113.7"], ("10.0.0.5",), "203.0.113.7"),  # a dual-stack socket's IPv4 peer
+])
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy(peer, forwarded, trusted, expected):
+    assert console_auth.source_address(peer, forwarded,
+                                       console_auth.parse_trusted_proxies(list(trusted))) == expected
+
+
+def test_the_trusted_proxy_setting_reaches_the_challenge(center, app):
+    app.state.trusted_proxies = console_auth.parse_trusted_proxies(["10.0.0.5"])
+    with client_at(app, "10.0.0.5", **{"X-Forwarded-For": "1.1.1.1, 203.0.113.7"}) as proxied, \
+            client_at(app, "10.0.0.6", **{"X-Forwarded-For": "203.0.113.8"}) as direct:
+        via_proxy = proxied.post("/console/api/challenge").json()["challenge"]
+        spoofed = direct.post("/console/api/challenge").json()["challenge"]
+        assert proxied.get(f"/v1/console/challenges/{via_proxy}").json()["client_address"] == "203.0.113.7"
+        assert direct.get(f"/v1/console/challenges/{spoofed}").json()["client_address"] == "10.0.0.6"
+    with pytest.raises(ValueError, match="not an IP address"):
+        console_auth.parse_trusted_proxies(["10.0.0.0/33"])

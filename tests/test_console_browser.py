@@ -3,10 +3,11 @@ with real wallet processes on SoftHSM tokens, on SQLite and PostgreSQL.
 
 It checks what a person would see: the login code and the command to run, the
 operator's name once `wallet console-login CODE` approved it, a member found by
-name and their statement, a top-up confirmed (the row leaves the pending list, the
-balance rises), the three charts drawn with one bar or point per figure, a CSV
-whose rows are the table's; and that a member key cannot log in and an auditor
-cannot decide.
+name and their statement, a top-up confirmed with the operator's token by running the
+command the page shows (the page then shows the result, the row leaves the pending
+list, the balance rises), the three charts drawn with one bar or point per figure, a CSV
+whose rows are the table's; and that a member key cannot log in and that no session,
+an auditor's or an operator's, can decide from the page.
 
 Chromium is Debian's (`apt-get install chromium`, in scripts/setup.sh); Playwright
 drives it and never downloads a browser of its own. The center's certificate is
@@ -156,8 +157,9 @@ def test_operator_finds_member_confirms_topup_sees_charts_and_exports(tmp_path, 
     page = open_page(live_center)
     code = login_code(page)
     snap(page, "1-login")
-    approved = operator.run("console-login", code, "--json")
+    approved = operator.run("console-login", code, "--yes", "--json")
     assert approved.returncode == 0, approved.stderr
+    assert "HeadlessChrome" in approved.stderr  # the wallet showed which browser asked for the code
     page.wait_for_selector("#app-view:not([hidden])")
     assert page.locator("#operator-name").inner_text() == "Olivia Operator"
     assert page.locator("#operator-role").inner_text() == "operator"
@@ -178,18 +180,27 @@ def test_operator_finds_member_confirms_topup_sees_charts_and_exports(tmp_path, 
     assert [(r["kind"], r["credit_minor"], r["debit_minor"], r["balance_minor"]) for r in table_rows(page, "statement")] \
         == [("topup", "5,000 JPY", "", "5,000 JPY"), ("payment", "", "1,200 JPY", "3,800 JPY")]
 
-    # Confirm the pending top-up: its row leaves the pending list.
+    # The pending top-up shows the commands that decide it with the operator's token; no button decides.
     open_tab(page, "topups")
     page.wait_for_selector(f"table[data-view='topups'] tr[data-id='{pending}']")
     row = table_rows(page, "topups")[0]
     assert (row["topup_id"], row["member_name"], row["amount_minor"], row["status"]) == (
         pending, "Hanako Yamada", "3,000 JPY", "pending")
+    assert page.locator("table[data-view='topups'] button").count() == 0
+    command = page.locator(f"tr[data-id='{pending}'] code[data-decision='confirm']").inner_text()
+    assert command == f"wallet operator confirm-topup {pending}"
+    assert page.locator(f"tr[data-id='{pending}'] code[data-decision='decline']").inner_text() == \
+        f"wallet operator decline-topup {pending}"
     snap(page, "3-topups")
-    page.once("dialog", lambda dialog: dialog.accept())
-    page.click(f"tr[data-id='{pending}'] button[data-decision='confirm']")
+    # The operator runs that command: the wallet shows the top-up, signs, and the page shows the result.
+    confirmed = operator.run(*command.split()[1:], "--yes", "--json")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert "3000 JPY" in confirmed.stderr and "Hanako Yamada" in confirmed.stderr
     page.wait_for_selector(f"tr[data-id='{pending}']", state="detached")
     page.wait_for_selector("#message:not([hidden])")
-    assert f"Top-up {pending} confirmed: 3,000 JPY for Hanako Yamada." == page.locator("#message").inner_text()
+    message = page.locator("#message").inner_text()
+    assert re.fullmatch(rf"Top-up {pending} confirmed: 3,000 JPY for Hanako Yamada, by operator:O-[0-9a-f]+\.",
+                        message), message
     assert topup_status(live_center, pending) == "confirmed"
 
     # The member's statement now shows the credit and the higher balance.
@@ -266,7 +277,7 @@ def test_member_key_cannot_log_in_and_auditor_cannot_decide(tmp_path, make_softh
 
     page = open_page(live_center)
     code = login_code(page)
-    refused = member.run("console-login", code, "--json")
+    refused = member.run("console-login", code, "--yes", "--json")
     errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
     assert refused.returncode != 0 and len(errors) == 1 and "not_an_operator" in errors[0], refused.stderr
     page.wait_for_timeout(2_500)  # a couple of polls: the page must still be waiting
@@ -275,7 +286,7 @@ def test_member_key_cannot_log_in_and_auditor_cannot_decide(tmp_path, make_softh
     assert not [c for c in page.context.cookies() if c["name"] == "tokenpay_console"]
 
     # The same code, approved by an auditor's token, logs in: the refusal did not use it up.
-    approved = auditor.run("console-login", code, "--json")
+    approved = auditor.run("console-login", code, "--yes", "--json")
     assert approved.returncode == 0, approved.stderr
     page.wait_for_selector("#app-view:not([hidden])")
     assert page.locator("#operator-name").inner_text() == "Audrey Auditor"
@@ -283,15 +294,16 @@ def test_member_key_cannot_log_in_and_auditor_cannot_decide(tmp_path, make_softh
     page.wait_for_selector(f"table[data-view='topups'] tr[data-id='{pending}']")
     snap(page, "5-auditor-topups")
     assert page.locator("table[data-view='topups'] button").count() == 0
-    assert page.locator("table[data-view='topups'] th", has_text="Decision").count() == 0
+    assert page.locator("table[data-view='topups'] code").count() == 0  # no command for a role that cannot decide
+    assert page.locator("table[data-view='topups'] th", has_text="Decide with your token").count() == 0
 
-    # A confirm the page would never offer, forged with the session's own CSRF token, is refused.
+    # A confirm forged with the session's own CSRF token is refused: no session decides.
     forged = page.evaluate("""async (topupId) => {
         const me = await (await fetch('/console/api/me')).json();
         const response = await fetch(`/console/api/topups/${topupId}/confirm`,
                                      {method: 'POST', headers: {'X-CSRF-Token': me.csrf_token}});
         return {status: response.status, body: await response.json()};
     }""", pending)
-    assert forged["status"] == 403 and forged["body"]["error"]["code"] == "operator_role_required"
+    assert forged["status"] == 403 and forged["body"]["error"]["code"] == "signed_action_required"
     assert topup_status(live_center, pending) == "pending"
     assert page.script_errors == []

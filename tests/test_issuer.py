@@ -378,7 +378,8 @@ def test_required_policy_refuses_uncertified_keys_and_writes_nothing(make_center
                    "for another key")
     assert_refused(client, enrollment(signer, center, b"\x30\x03\x02\x01\x01"), "key_not_certified",
                    "not a DER X.509")
-    assert counts(center) == (0, 0, 0, 0)
+    # No party, key or audit entry; each refusal is kept only as the final answer to its message id.
+    assert counts(center) == (0, 0, 4, 0)
 
 
 def test_oversized_or_malformed_key_cert_field_is_malformed_payload(make_center, ca):
@@ -428,7 +429,7 @@ def test_expired_certificate_is_refused_but_an_accepted_resend_keeps_its_receipt
     assert client.post("/v1/enroll", json=request.to_json()).json() == first.json()
     late = enrollment(latecomer, center, late_cert, now_s=NOW_S + 2 * DAY_S)
     assert_refused(client, late, "key_not_certified", "expired on")
-    assert counts(center) == (1, 1, 1, 1)
+    assert counts(center) == (1, 1, 2, 1)  # the refusal is kept as the final answer to its message id
 
 
 def test_policy_any_with_a_ca_checks_a_certificate_when_one_is_sent(make_center, ca, other_ca):

@@ -18,7 +18,9 @@ from center.errors import ApiError
 from center.identity import make_tls_certificate
 from center.key_admin import revoke_key
 from center.key_binding import bind_key, list_keys, reject_key
+from center.key_admin import MAX_OPEN_TICKETS_PER_PARTY, TICKET_LIFETIME_MS, issue_recovery_ticket
 from center.key_lifecycle import MAX_PENDING_CLAIMS_PER_PARTY
+from paywire import recovery
 from paywire.envelope import Envelope, b64url_encode
 from paywire.messages import parse_payload
 from fuzz_support import sealed
@@ -234,6 +236,123 @@ def test_rebind_over_http_answers_json_errors(api, center):
     balance_query = signer.envelope("balance", {}, aud=center.center_id)
     response = api.post("/v1/balance", json=balance_query.to_json())
     assert response.status_code == 403 and response.json()["error"]["code"] == "key_not_bound"
+
+
+# --- recovery codes and tickets (issue 11.4; the attack end to end: test_attack_recovery.py) -----
+
+def member_with_code(center) -> tuple[SoftwareSigner, str, str]:
+    signer, code = SoftwareSigner(), recovery.new_code()
+    request = signer.envelope("enroll", signer.enroll_body("member") | {"recovery_key": recovery.recovery_key(code)},
+                              aud=center.center_id)
+    result = result_of(center, request, center.enroll(request))
+    assert result["recovery_key"] == recovery.recovery_key(code)
+    return signer, result["member_id"], code
+
+
+def proven(center, member_id: str, code: str, **extra) -> tuple[SoftwareSigner, dict]:
+    """A rebind claim proving `code` (the account's recovery code or a ticket)."""
+    signer = SoftwareSigner()
+    proof = recovery.prove(code, center_id=center.center_id, party_id=member_id, new_kid=signer.kid)
+    return rebind_with(center, member_id, signer=signer, recovery_proof=proof, **extra)
+
+
+def rebind_with(center, member_id: str, signer: SoftwareSigner | None = None, **extra) -> tuple[SoftwareSigner, dict]:
+    signer = signer or SoftwareSigner()
+    body = signer.enroll_body("member") | {"rebind": member_id} | extra
+    request = signer.envelope("enroll", body, aud=center.center_id)
+    return signer, result_of(center, request, center.enroll(request))
+
+
+def test_a_proven_claim_is_never_capped_and_supersedes_the_strangers_claims(center):
+    old, member_id, code = member_with_code(center)
+    strangers = [rebind(center, member_id)[0].kid for _ in range(MAX_PENDING_CLAIMS_PER_PARTY)]
+    assert refusal(lambda: rebind(center, member_id)).code == "too_many_pending_keys"
+    holder, result = proven(center, member_id, code)
+    assert result["recovery_verified"] == "code" and result["status"] == "pending_bind"
+    listed = {k["kid"]: k for k in list_keys(center.engine, party_id=member_id)}
+    assert listed[holder.kid]["claim"]["recovery_verified"] == "code"
+    for kid in strangers:
+        assert listed[kid]["status"] == "rejected" and listed[kid]["claim"]["decided_by"] == "center:recovery-proof"
+    # Strangers may claim again (up to the cap); they never displace the proven claim.
+    rebind(center, member_id)
+    assert key_status(center, holder.kid) == "pending_bind"
+    revoke(center, old.kid)
+    bind(center, holder.kid)
+    assert submit(center, holder, "balance", {})["balance_minor"] == 0
+    assert audit_ok(center)
+
+
+def test_a_proof_is_for_one_key_one_account_and_one_center(center):
+    _, member_id, code = member_with_code(center)
+    _, other_id, _ = member_with_code(center)
+    signer = SoftwareSigner()
+    copied = recovery.prove(code, center_id=center.center_id, party_id=member_id, new_kid=SoftwareSigner().kid)
+    elsewhere = recovery.prove(code, center_id="another-center", party_id=member_id, new_kid=signer.kid)
+    for member, proof in [(member_id, copied), (member_id, elsewhere), (other_id, recovery.prove(
+            code, center_id=center.center_id, party_id=other_id, new_kid=signer.kid))]:
+        error = refusal(lambda member=member, proof=proof: rebind_with(center, member, signer=signer,
+                                                                      recovery_proof=proof))
+        assert (error.code, error.status) == ("wrong_recovery_code", 403)
+    assert list_keys(center.engine, status="pending_bind") == []
+
+
+def test_binding_installs_the_claims_new_code_and_ends_the_old(center):
+    old, member_id, code = member_with_code(center)
+    earlier, _ = proven(center, member_id, code)  # the code proves claims as often as needed until a bind
+    next_code = recovery.new_code()
+    holder, result = proven(center, member_id, code, recovery_key=recovery.recovery_key(next_code))
+    assert result["recovery_key"] == recovery.recovery_key(next_code)
+    assert key_status(center, earlier.kid) == "rejected"  # the newest proven claim supersedes the earlier one
+    revoke(center, old.kid)
+    bind(center, holder.kid)
+    assert refusal(lambda: proven(center, member_id, code)).code == "wrong_recovery_code"
+    assert proven(center, member_id, next_code)[1]["recovery_verified"] == "code"
+
+
+def test_tickets_are_one_time_expire_and_are_limited(center):
+    _, member_id = funded_member(center, 1_000)  # enrolled without a code, as before the fix
+    now = center.clock_ms()
+    expired = issue_recovery_ticket(center.engine, member_id, issued_by=OPERATOR, now_ms=now - TICKET_LIFETIME_MS - 1)
+    ticket = issue_recovery_ticket(center.engine, member_id, issued_by=OPERATOR, now_ms=now)
+    assert ticket["expires_at_ms"] == now + TICKET_LIFETIME_MS and ticket["ticket"] not in json.dumps(
+        {k: v for k, v in ticket.items() if k != "ticket"})
+    assert refusal(lambda: proven(center, member_id, expired["ticket"])).code == "wrong_recovery_code"
+    assert proven(center, member_id, ticket["ticket"])[1]["recovery_verified"] == "ticket"
+    assert refusal(lambda: proven(center, member_id, ticket["ticket"])).code == "wrong_recovery_code"
+    for _ in range(MAX_OPEN_TICKETS_PER_PARTY):
+        issue_recovery_ticket(center.engine, member_id, issued_by=OPERATOR, now_ms=now)
+    error = refusal(lambda: issue_recovery_ticket(center.engine, member_id, issued_by=OPERATOR, now_ms=now))
+    assert (error.code, error.status) == ("too_many_tickets", 409)
+    assert refusal(lambda: issue_recovery_ticket(center.engine, "M-0000000000000000", issued_by=OPERATOR,
+                                                 now_ms=now)).code == "unknown_party"
+    assert refusal(lambda: issue_recovery_ticket(center.engine, "x", issued_by=OPERATOR, now_ms=now)).code == \
+        "invalid_request"
+    assert audit_ok(center)
+
+
+@pytest.mark.parametrize("extra", [{"recovery_key": "ab" * 31}, {"recovery_key": "AB" * 32},
+                                   {"recovery_proof": "ab" * 63}, {"recovery_proof": 7}])
+def test_malformed_recovery_fields_are_refused_on_the_wire(center, extra):
+    _, member_id = funded_member(center, 1_000)
+    signer = SoftwareSigner()
+    request = sealed(signer, "enroll", signer.enroll_body("member") | {"rebind": member_id} | extra,
+                     aud=center.center_id)
+    assert refusal(lambda: center.enroll(request)).code == "malformed_payload"
+    # A proof belongs to a rebind claim only.
+    request = sealed(signer, "enroll", signer.enroll_body("member") | {"recovery_proof": "ab" * 64},
+                     aud=center.center_id)
+    assert refusal(lambda: center.enroll(request)).code == "malformed_payload"
+
+
+def test_recovery_codes_are_typable_and_forgiving():
+    code = recovery.new_code()
+    assert len(code) == 29 and code.count("-") == 4 and recovery.CODE_CHARS * 5 >= 100
+    assert recovery.normalise(code.lower().replace("-", " ")) == code.replace("-", "")
+    assert recovery.normalise("OIL00-11111-22222-33333-44444") == "01100111112222233333" + "44444"
+    for bad in ["ABCDE-FGHJK", "U" * 25, "x" * 100]:
+        with pytest.raises(recovery.RecoveryCodeError):
+            recovery.normalise(bad)
+    assert len({recovery.new_code() for _ in range(1000)}) == 1000
 
 
 # --- rotation --------------------------------------------------------------------------------

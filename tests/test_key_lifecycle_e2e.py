@@ -79,8 +79,11 @@ def test_lost_card_revoke_rebind_bind_and_pay_from_the_same_balance(tmp_path, ma
                        member_id, "--name", "Hanako Yamada", "--address", "1-1 Chiyoda, Tokyo", "--birth-date",
                        "1985-06-15", "--json", **new_card)
     assert claim.returncode == 0, claim.stderr
-    assert json.loads(claim.stdout) | {"msg_id": None} == {
-        "member_id": member_id, "role": "member", "kid": new_kid, "status": "pending_bind", "msg_id": None}
+    claimed = json.loads(claim.stdout)
+    assert claimed | {"msg_id": None, "recovery_code": None} == {
+        "member_id": member_id, "role": "member", "kid": new_kid, "status": "pending_bind", "msg_id": None,
+        "recovery_code": None, "recovery_verified": None}  # no code given: the operator decides as before
+    assert claimed["recovery_code"]  # the account's next recovery code, from the bind on
     assert "key_not_bound" in last_error(pay(member, store_id, "100", "pending", **new_card))
 
     # Someone else claims the same account with their own token; an operator's wallet rejects it.

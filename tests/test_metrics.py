@@ -1,6 +1,7 @@
-"""GET /metrics: after real requests the Prometheus text parses and the counters match
-what was done, in process (TestClient, SQLite and PostgreSQL) and on a live
-`center serve --workers 2`, where each worker counts in its own files and /metrics sums them."""
+"""Metrics: after real requests the Prometheus text parses and the counters match what was done,
+in process (TestClient, SQLite and PostgreSQL; the app's own exposition, since the public port
+serves none) and on a live `center serve --workers 2 --metrics-port N`, where each worker counts in
+its own files and a scrape of the loopback listener sums them."""
 
 from __future__ import annotations
 
@@ -9,24 +10,19 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from metrics_support import MetricsCenter, scrape, value
 from paywire.envelope import Envelope
 from ops_support import STORE_NAME, SignedClient, center_cli, funded_member, pay_body
-from support import CenterProcess, SoftwareSigner, free_port, run_cli
+from support import SoftwareSigner, free_port, run_cli
 from token_wallet.client import pinned_ssl_context
 
 
-def scrape(text: str) -> dict:
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+def exposition(client) -> str:
+    """What the metrics listener would serve for this app (the public port answers /metrics 404)."""
+    content, media_type = client.app.state.metrics.render()
+    assert media_type.startswith("text/plain")
+    return content.decode()
 
 
 def signed(api, signer: SoftwareSigner, center, path: str, msg_type: str, body: dict):
@@ -64,9 +60,8 @@ def test_counters_match_the_requests_made(api, center):
     assert api.post("/v1/payments", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
     assert api.post("/v1/payments", content=b"x" * 70_000).status_code == 413
 
-    response = api.get("/metrics")
-    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    samples = scrape(response.text)
+    text = exposition(api)
+    samples = scrape(text)
     assert value(samples, "tokenpay_payments_total") == 3
     assert value(samples, "tokenpay_payment_amount_minor_total") == 600
     assert value(samples, "tokenpay_errors_total", code="insufficient_funds") == 2
@@ -84,7 +79,9 @@ def test_counters_match_the_requests_made(api, center):
     assert value(samples, "tokenpay_http_request_duration_seconds_count", route="/v1/payments") == 6
     assert value(samples, "tokenpay_http_request_duration_seconds_sum", route="/v1/payments") > 0
     # Route templates only: the raw path (an id) never becomes a label value.
-    assert store_id not in response.text and "/no/such/path" not in response.text
+    assert store_id not in text and "/no/such/path" not in text
+    public = api.get("/metrics")  # not on the public port (tests/test_attack_exposure.py attacks it live)
+    assert public.status_code == 404 and public.json()["error"]["code"] == "not_found"
 
 
 def test_a_resent_payment_is_answered_again_but_counted_once(api, center):
@@ -95,7 +92,7 @@ def test_a_resent_payment_is_answered_again_but_counted_once(api, center):
     time.sleep(1.05 - time.time() % 1)  # the stored receipt is now from an earlier second than the resend
     again = api.post("/v1/payments", json=request)
     assert first.status_code == again.status_code == 200 and first.json() == again.json()
-    samples = scrape(api.get("/metrics").text)
+    samples = scrape(exposition(api))
     assert value(samples, "tokenpay_payments_total") == 1
     assert value(samples, "tokenpay_payment_amount_minor_total") == 250
     assert value(samples, "tokenpay_http_requests_total", route="/v1/payments", method="POST", status="200") == 2
@@ -121,12 +118,14 @@ def test_two_workers_count_into_one_exposition(tmp_path, db_url):
     data_dir = tmp_path / "center"
     made = run_cli("center", ["init", "--data-dir", str(data_dir), "--db", db_url])
     assert made.returncode == 0, made.stderr
-    (data_dir / "metrics").mkdir()
-    (data_dir / "metrics" / "counter_999999.db").write_bytes(b"stale file of an earlier run")
-    center = CenterProcess(data_dir=data_dir, port=free_port())
+    (data_dir / "metrics" / "999999-0123abcd").mkdir(parents=True)
+    (data_dir / "metrics" / "999999-0123abcd" / "counter_999999.db").write_bytes(b"stale file of an earlier run")
+    (data_dir / "metrics" / "counter_999998.db").write_bytes(b"stale file of the layout before one directory per server")
+    center = MetricsCenter(data_dir=data_dir, port=free_port())
     center.start(workers=2)
     try:
-        assert not (data_dir / "metrics" / "counter_999999.db").exists()
+        assert not (data_dir / "metrics" / "999999-0123abcd").exists()  # no server holds it: swept
+        assert not (data_dir / "metrics" / "counter_999998.db").exists()
         client = SignedClient(center)
         store, store_id = client.enroll("store", name=STORE_NAME)
         member, _ = funded_member(client, center, 1_000)
@@ -143,8 +142,8 @@ def test_two_workers_count_into_one_exposition(tmp_path, db_url):
             assert httpx.get(f"{center.url}/healthz", verify=context, timeout=10).status_code == 200
             health_calls += 1
         assert len(request_pids(log)) == 2, "one worker answered every connection"
-        scraped = [scrape(httpx.get(f"{center.url}/metrics", verify=context, timeout=10).text) for _ in range(3)]
-        for samples in scraped:  # whichever worker answers the scrape, the sums are the same
+        scraped = [center.scrape() for _ in range(3)]
+        for samples in scraped:  # the listener sums every worker's files
             assert value(samples, "tokenpay_payments_total") == 3
             assert value(samples, "tokenpay_payment_amount_minor_total") == 600
             assert value(samples, "tokenpay_errors_total", code="insufficient_funds") == 2
@@ -152,7 +151,7 @@ def test_two_workers_count_into_one_exposition(tmp_path, db_url):
                          status="409") == 2
             assert value(samples, "tokenpay_http_requests_total", route="/healthz", method="GET",
                          status="200") >= health_calls + 1
-        worker_files = {p.name.rsplit("_", 1)[1] for p in (data_dir / "metrics").glob("counter_*.db")}
+        worker_files = {p.name.rsplit("_", 1)[1] for p in (data_dir / "metrics").glob("*/counter_*.db")}
         assert len(worker_files) == 2
         assert center_cli(center, "ledger", "check")["ok"] is True
     finally:
@@ -180,7 +179,7 @@ def test_an_unexpected_failure_counts_as_internal_error(center):
     center.store_info = broken  # a fault injected into the domain call, nothing else replaced
     with TestClient(create_app(center), raise_server_exceptions=False) as client:
         assert client.get("/v1/stores/S-0000000000000001").status_code == 500
-        samples = scrape(client.get("/metrics").text)
+        samples = scrape(exposition(client))
     assert value(samples, "tokenpay_errors_total", code="internal_error") == 1
     assert value(samples, "tokenpay_http_requests_total", route="/v1/stores/{store_id}", method="GET",
                  status="500") == 1
@@ -197,7 +196,7 @@ def test_a_payment_batch_counts_each_accepted_payment_and_each_refusal(api, cent
     results = response.json()["results"]
     assert ["receipt" in r for r in results] == [True, True, False, False]
     assert [r["error"]["code"] for r in results[2:]] == ["insufficient_funds", "malformed_envelope"]
-    samples = scrape(api.get("/metrics").text)
+    samples = scrape(exposition(api))
     assert value(samples, "tokenpay_payments_total") == 2
     assert value(samples, "tokenpay_payment_amount_minor_total") == 350
     assert value(samples, "tokenpay_errors_total", code="insufficient_funds") == 1

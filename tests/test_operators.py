@@ -157,14 +157,14 @@ def test_list_shows_operators_and_auditors_with_their_key_status(center, client)
 
 def test_the_action_registry_and_the_wire_name_the_same_actions():
     assert set(ACTIONS) == set(OPERATOR_ACTION_ARGS) >= {"confirm_topup", "decline_topup", "revoke_key"}
-    assert {name for name, action in ACTIONS.items() if "auditor" in action.roles} == {"whoami"}
+    assert {name for name, action in ACTIONS.items() if "auditor" in action.roles} == {"whoami", "show_topup"}
 
 
 def test_an_operator_confirms_a_topup_with_a_signed_request_once(center, client):
     operator, view = new_operator(center)
     member, member_id = enroll(center, client, "member")
     topup_id = pending_topup(center, client, member, 5000)
-    request, response = act(center, client, operator, "confirm_topup", topup_id=topup_id)
+    request, response = act(center, client, operator, "confirm_topup", **decision(topup_id, member_id, 5000))
     assert response.status_code == 200, response.text
     result = receipt_result(center, request, response.json())
     assert result == {"action": "topup_confirmed", "topup_id": topup_id, "member_id": member_id,
@@ -175,8 +175,8 @@ def test_an_operator_confirms_a_topup_with_a_signed_request_once(center, client)
     again = client.post("/v1/operator/actions", json=request.to_json())
     assert again.json() == response.json() and balance(center, member_id) == 5000
     # A new request for the same decision is a harmless repeat.
-    assert receipt_result(center, *act_and_json(center, client, operator, "confirm_topup", topup_id=topup_id))[
-        "repeated"] is True
+    assert receipt_result(center, *act_and_json(center, client, operator, "confirm_topup",
+                                                **decision(topup_id, member_id, 5000)))["repeated"] is True
     assert balance(center, member_id) == 5000
     with center.engine.connect() as conn:
         entries = conn.execute(select(audit_log.c.kid, audit_log.c.payload)
@@ -185,6 +185,11 @@ def test_an_operator_confirms_a_topup_with_a_signed_request_once(center, client)
     # One audit entry per accepted request (two here), each holding the operator's exact signed bytes.
     assert len(entries) == 2 and bytes(entries[0].payload) == request.payload
     assert {row.kid for row in entries} == {operator.kid}
+
+
+def decision(topup_id: str, member_id: str, amount_minor: int, currency: str = "JPY") -> dict:
+    """A top-up decision's arguments: exactly what is decided."""
+    return {"topup_id": topup_id, "member_id": member_id, "amount_minor": amount_minor, "currency": currency}
 
 
 def act_and_json(center, client, signer, action, **args):
@@ -197,10 +202,11 @@ def test_an_operator_declines_a_topup(center, client):
     operator, _ = new_operator(center)
     member, member_id = enroll(center, client, "member")
     topup_id = pending_topup(center, client, member)
-    result = receipt_result(center, *act_and_json(center, client, operator, "decline_topup", topup_id=topup_id))
+    result = receipt_result(center, *act_and_json(center, client, operator, "decline_topup",
+                                                  **decision(topup_id, member_id, 5000)))
     assert result["status"] == "declined" and balance(center, member_id) == 0
     before = db_snapshot(center.engine)
-    _, response = act(center, client, operator, "confirm_topup", topup_id=topup_id)
+    _, response = act(center, client, operator, "confirm_topup", **decision(topup_id, member_id, 5000))
     assert error_code(response) == (409, "topup_not_pending")
     assert changed_tables(before, db_snapshot(center.engine)) <= RECORDED and balance(center, member_id) == 0
 
@@ -210,7 +216,8 @@ def test_an_auditor_cannot_act_and_nothing_changes(center, client):
     member, member_id = enroll(center, client, "member")
     topup_id = pending_topup(center, client, member)
     before = db_snapshot(center.engine)
-    for action, args in (("confirm_topup", {"topup_id": topup_id}), ("decline_topup", {"topup_id": topup_id}),
+    for action, args in (("confirm_topup", decision(topup_id, member_id, 5000)),
+                         ("decline_topup", decision(topup_id, member_id, 5000)),
                          ("revoke_key", {"kid": member.kid, "reason": "test"})):
         _, response = act(center, client, auditor, action, **args)
         assert error_code(response) == (403, "operator_role_required"), action
@@ -221,6 +228,46 @@ def test_an_auditor_cannot_act_and_nothing_changes(center, client):
     result = receipt_result(center, *act_and_json(center, client, auditor, "whoami"))
     assert result == {"action": "operator_identified", "name": "Audit Desk", "operator_action": "whoami",
                       "operator_id": view["operator_id"], "role": "auditor"}
+
+
+@pytest.mark.parametrize("role", ["operator", "auditor"])
+def test_an_operator_or_auditor_reads_a_topup_with_a_signed_request(center, client, role):
+    reader, view = new_operator(center, role=role)
+    member, member_id = enroll(center, client, "member", name="Hanako Yamada")
+    topup_id = pending_topup(center, client, member, 4200)
+    result = receipt_result(center, *act_and_json(center, client, reader, "show_topup", topup_id=topup_id))
+    assert result == {"action": "topup_shown", "topup_id": topup_id, "member_id": member_id,
+                      "member_name": "Hanako Yamada", "amount_minor": 4200, "currency": "JPY", "method": "bank",
+                      "status": "pending", "created_at_ms": result["created_at_ms"], "decided_at_ms": None,
+                      "decided_by": None, "operator_action": "show_topup", "operator_id": view["operator_id"],
+                      "role": role}
+    _, response = act(center, client, reader, "show_topup", topup_id="U-0123456789abcdef")
+    assert error_code(response) == (404, "unknown_topup")
+    _, stranger_member = enroll(center, client, "member")
+    stranger, _ = enroll(center, client, "member")
+    _, response = act(center, client, stranger, "show_topup", topup_id=topup_id)
+    assert error_code(response) == (403, "not_an_operator")  # a member reads no one's top-ups this way
+
+
+def test_a_decision_naming_other_details_than_the_topups_decides_nothing(center, client):
+    operator, _ = new_operator(center)
+    member, member_id = enroll(center, client, "member")
+    _, other_member = enroll(center, client, "member")
+    topup_id = pending_topup(center, client, member, 5000)
+    for action in ("confirm_topup", "decline_topup"):
+        for args in (decision(topup_id, member_id, 10**12), decision(topup_id, other_member, 5000),
+                     decision(topup_id, member_id, 5000, "EUR")):
+            before = db_snapshot(center.engine)
+            request, response = act(center, client, operator, action, **args)
+            assert error_code(response) == (409, "topup_details_mismatch"), args
+            after = db_snapshot(center.engine)
+            assert changed_tables(before, after) <= RECORDED and before["topups"] == after["topups"]
+            again = client.post("/v1/operator/actions", json=request.to_json())  # final for its message id
+            assert error_code(again) == (409, "topup_details_mismatch")
+    assert balance(center, member_id) == 0
+    result = receipt_result(center, *act_and_json(center, client, operator, "confirm_topup",
+                                                  **decision(topup_id, member_id, 5000)))
+    assert (result["status"], result["amount_minor"]) == ("confirmed", 5000) and balance(center, member_id) == 5000
 
 
 @pytest.mark.parametrize("role", ["member", "store"])
@@ -258,7 +305,11 @@ def test_malformed_operator_actions_are_refused_before_anything_happens(center, 
         {"action": "drop_tables", "args": {}},
         {"action": "confirm_topup", "args": {}},
         {"action": "confirm_topup", "args": {"topup_id": topup_id, "amount_minor": 1}},
-        {"action": "confirm_topup", "args": {"topup_id": "P-0123456789abcdef"}},
+        {"action": "confirm_topup", "args": decision(topup_id, "M-0123456789abcdef", 0)},
+        {"action": "confirm_topup", "args": decision(topup_id, "M-0123456789abcdef", 1, "jpy")},
+        {"action": "confirm_topup", "args": decision(topup_id, "S-x", 1)},
+        {"action": "show_topup", "args": decision(topup_id, "M-0123456789abcdef", 1)},
+        {"action": "confirm_topup", "args": decision("P-0123456789abcdef", "M-0123456789abcdef", 1)},
         {"action": "confirm_topup", "args": [topup_id]},
         {"action": "revoke_key", "args": {"kid": member.kid, "reason": "x" * 201}},
         {"action": "revoke_key", "args": {"kid": member.kid, "reason": "a\x00b"}},
@@ -270,9 +321,15 @@ def test_malformed_operator_actions_are_refused_before_anything_happens(center, 
                                                                   aud=center.center_id)))
         response = client.post("/v1/operator/actions", json=envelope.to_json())
         assert error_code(response) == (400, "malformed_payload"), body
+    # The form from before decisions named what they decide: refused as outdated, whatever the top-up.
+    for action in ("confirm_topup", "decline_topup"):
+        envelope = seal_bytes(operator, rfc8785.dumps(raw_payload(operator, "operator_action", {
+            "action": action, "args": {"topup_id": topup_id}}, aud=center.center_id)))
+        response = client.post("/v1/operator/actions", json=envelope.to_json())
+        assert error_code(response) == (400, "operator_action_outdated"), action
     # A console_login sent to the actions endpoint, and an action to the login endpoint.
     _, response = submit(center, client, operator, "/v1/operator/actions", "console_login",
-                         {"challenge": "AAAA-BBBB-CCCC-DDDD"})
+                         {"challenge": "AAAA-BBBB-CCCC-DDDD", "client_sha256": "0" * 64})
     assert error_code(response) == (400, "wrong_message_type")
     assert db_snapshot(center.engine) == before
 
@@ -299,12 +356,14 @@ def test_operator_keys_are_refused_by_every_member_and_store_endpoint(center, cl
                         "order_ref": "o-1"}
         _, response = submit(center, client, signer, path, msg_type, body)
         assert error_code(response) == (403, "wrong_role"), (path, response.text)
-    # Enrolling the operator's key as a member: refused, nothing recorded at all.
+    # Enrolling the operator's key as a member: refused; only the final refusal of that message id is kept.
     enrolled_before = db_snapshot(center.engine)
     request = signed(center, signer, "enroll", signer.enroll_body("member"))
     assert error_code(client.post("/v1/enroll", json=request.to_json())) == (403, "wrong_role")
     after = db_snapshot(center.engine)
-    assert after == enrolled_before
+    assert {t: rows for t, rows in after.items() if t != "messages"} == \
+        {t: rows for t, rows in enrolled_before.items() if t != "messages"}
+    assert len(after["messages"]) == len(enrolled_before["messages"]) + 1
     assert changed_tables(before, after) <= RECORDED
     assert before["accounts"] == after["accounts"] and before["transfers"] == after["transfers"]
 
@@ -313,12 +372,14 @@ def test_operator_signatures_verify_in_the_exported_audit_trail(center, client, 
     operator, _ = new_operator(center)
     member, _ = enroll(center, client, "member")
     topup_id = pending_topup(center, client, member)
-    act_and_json(center, client, operator, "confirm_topup", topup_id=topup_id)
+    member_id = receipt_result(center, *act_and_json(center, client, operator, "show_topup",
+                                                     topup_id=topup_id))["member_id"]
+    act_and_json(center, client, operator, "confirm_topup", **decision(topup_id, member_id, 5000))
     path = tmp_path / "audit.jsonl"
     # The in-process center has no certificate file: make one naming its receipt key.
     cert_pem, _key = make_tls_certificate(center.center_id, center.signer.spki, ["localhost"], ["127.0.0.1"])
     export_audit(center.engine, path, center_id=center.center_id, cert_pem=cert_pem)
     report = verify_export(path)
     assert report["ok"] is True, report
-    # enroll, topup and the operator's action are signed; the operator_add entry is a local action.
-    assert report["signatures_checked"] == 3
+    # enroll, topup, the operator's read and decision are signed; the operator_add entry is a local action.
+    assert report["signatures_checked"] == 4

@@ -63,11 +63,11 @@ def test_operators_act_and_log_in_with_their_tokens(tmp_path, make_softhsm_token
     assert member.enroll_member(live_center).returncode == 0
     topup_id = member.json("topup", "5000", "--method", "bank")["topup_id"]
 
-    refused = auditor.run("operator", "confirm-topup", topup_id)
+    refused = auditor.run("operator", "confirm-topup", topup_id, "--yes")
     assert "operator_role_required" in one_line_error(refused)
     assert member.json("balance")["pending_topups"][0]["topup_id"] == topup_id
 
-    confirmed = operator.json("operator", "confirm-topup", topup_id)
+    confirmed = operator.json("operator", "confirm-topup", topup_id, "--yes")
     assert (confirmed["status"], confirmed["topup_id"], confirmed["operator_id"]) == (
         "confirmed", topup_id, op_added["operator_id"])
     assert member.json("balance")["balance_minor"] == 5000
@@ -76,11 +76,11 @@ def test_operators_act_and_log_in_with_their_tokens(tmp_path, make_softhsm_token
     assert "enrolled as member" in one_line_error(member.run(*attach))
     with console_client(live_center) as browser:
         challenge = browser.post("/console/api/challenge").json()["challenge"]
-        assert "not_an_operator" in one_line_error(member.run("console-login", challenge))
+        assert "not_an_operator" in one_line_error(member.run("console-login", challenge, "--yes"))
         assert browser.get("/console/api/login-status").json() == {"status": "pending"}
 
         # The operator approves the code (typed in lower case, without dashes).
-        approved = operator.json("console-login", challenge.replace("-", "").lower())
+        approved = operator.json("console-login", challenge.replace("-", "").lower(), "--yes")
         assert (approved["status"], approved["challenge"], approved["operator_id"]) == (
             "approved", challenge, op_added["operator_id"])
         status = browser.get("/console/api/login-status")
@@ -99,13 +99,14 @@ def test_operators_act_and_log_in_with_their_tokens(tmp_path, make_softhsm_token
     assert revoked["member_id"] == au_added["operator_id"] and revoked["repeated"] is False
     with console_client(live_center) as browser:
         challenge = browser.post("/console/api/challenge").json()["challenge"]
-        assert "key_revoked" in one_line_error(auditor.run("console-login", challenge))
+        assert "key_revoked" in one_line_error(auditor.run("console-login", challenge, "--yes"))
 
     assert center_cli(live_center, "ledger", "check")["ok"] is True
     assert center_cli(live_center, "audit", "verify")["ok"] is True
     history = operator.json("history", WALLET_PASSWORD_B_FILE="")
-    assert [e["type"] for e in history["entries"]] == ["operator_action", "operator_action", "console_login",
-                                                       "operator_action"]
+    # whoami, the top-up read, its confirmation, the console login, the revocation
+    assert [e["type"] for e in history["entries"]] == ["operator_action", "operator_action", "operator_action",
+                                                       "console_login", "operator_action"]
 
 
 def test_an_undelivered_operator_action_waits_in_the_outbox_and_is_delivered_once(tmp_path, make_softhsm_token,
@@ -117,8 +118,14 @@ def test_an_undelivered_operator_action_waits_in_the_outbox_and_is_delivered_onc
     assert member.enroll_member(live_center).returncode == 0
     topup_id = member.json("topup", "700", "--method", "cash")["topup_id"]
 
+    member_kid = member.json("status")["kid"]
+
     live_center.stop()
-    queued = operator.json("operator", "confirm-topup", topup_id)
+    # A top-up decision is never queued: the wallet must fetch and show the top-up first.
+    offline = operator.run("operator", "confirm-topup", topup_id, "--yes")
+    assert "nothing was decided" in one_line_error(offline)
+    assert operator.json("status")["outbox"] == 0  # the read that could not be delivered is not kept
+    queued = operator.json("operator", "revoke-key", member_kid, "--reason", "card reported lost")
     assert queued["status"] == "queued"
     assert operator.json("status")["outbox"] == 1
     live_center.start()
@@ -126,10 +133,11 @@ def test_an_undelivered_operator_action_waits_in_the_outbox_and_is_delivered_onc
     synced = operator.run("sync", "--json")
     assert synced.returncode == 0, synced.stderr
     delivered = json.loads(synced.stdout)["delivered"]
-    assert [(d["type"], d["result"]["topup_id"], d["result"]["status"]) for d in delivered] == [
-        ("operator_action", topup_id, "confirmed")]
+    assert [(d["type"], d["result"]["action"], d["result"]["kid"]) for d in delivered] == [
+        ("operator_action", "key_revoked", member_kid)]
     assert json.loads(operator.run("sync", "--json").stdout)["delivered"] == []
-    assert member.json("balance")["balance_minor"] == 700
+    confirmed = operator.json("operator", "confirm-topup", topup_id, "--yes")
+    assert (confirmed["status"], confirmed["amount_minor"]) == ("confirmed", 700)
 
 
 def test_operator_command_lines_refuse_bad_input_in_one_line(tmp_path, make_softhsm_token, live_center):
@@ -162,5 +170,6 @@ def test_operator_command_lines_refuse_bad_input_in_one_line(tmp_path, make_soft
                  ["console-login", "ABCD-EFGH-IJKL-MNOP", "--center", live_center.url]):
         one_line_error(operator.run(*args))
     assert operator.json("status")["counter"] == counter
-    # A code nobody asked for: signed, sent, refused by the center.
-    assert "unknown_challenge" in one_line_error(operator.run("console-login", "ABCD-EFGH-IJKL-MNOP"))
+    # A code nobody asked for: the center knows no client for it, and nothing is signed.
+    assert "unknown_challenge" in one_line_error(operator.run("console-login", "ABCD-EFGH-IJKL-MNOP", "--yes"))
+    assert operator.json("status")["counter"] == counter

@@ -57,10 +57,11 @@ def test_the_whole_money_story(tmp_path, make_softhsm_token, live_center):
     paid = member.json("pay", "--store", store_id, "--amount", "3500", "--order", "A-1001", "--yes")
     assert paid["balance_minor"] == 6500 and paid["payment_id"].startswith("P-")
     too_much = member.run("pay", "--store", store_id, "--amount", "6501", "--order", "A-1002", "--yes")
-    # stderr: the confirmation line (payee, amount, order), then exactly one error line.
+    # stderr: the confirmation block (amount, store id, quoted name, order), then exactly one error line.
     assert too_much.returncode != 0
     assert too_much.stderr.strip().splitlines()[-1].startswith("error: the center refused it (insufficient_funds)")
-    assert "Corner Shop" in too_much.stderr.splitlines()[0] and "6501 JPY" in too_much.stderr
+    assert f"store id  {store_id}" in too_much.stderr and '"Corner Shop"' in too_much.stderr
+    assert "6501 JPY" in too_much.stderr.splitlines()[0]
     assert member.json("balance")["balance_minor"] == 6500
 
     notices = store.json("notices")

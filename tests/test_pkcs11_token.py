@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import KeyType as P11KeyType
 
-from token_wallet.tokens import pkcs11_token, softhsm
+from token_wallet.tokens import key_protection, pkcs11_raw, pkcs11_token, softhsm
 from token_wallet.tokens.base import (
     ALGORITHM_FOR_KEY_TYPE,
     KeyMode,
@@ -216,15 +216,73 @@ def test_wrap_key_is_created_once_public_trusted_and_locked_down(fresh, raw_toke
                 Attribute.TOKEN, Attribute.PRIVATE, Attribute.TRUSTED,
                 Attribute.EXTRACTABLE, Attribute.SENSITIVE, Attribute.WRAP,
                 Attribute.UNWRAP, Attribute.ENCRYPT, Attribute.DECRYPT,
-                Attribute.MODIFIABLE, Attribute.DESTROYABLE, Attribute.VALUE_LEN,
+                Attribute.MODIFIABLE, Attribute.COPYABLE, Attribute.DESTROYABLE, Attribute.VALUE_LEN,
             ]
         )
     assert attrs == {
         Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.TRUSTED: True,
         Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True, Attribute.WRAP: True,
         Attribute.UNWRAP: True, Attribute.ENCRYPT: False, Attribute.DECRYPT: False,
-        Attribute.MODIFIABLE: False, Attribute.DESTROYABLE: False, Attribute.VALUE_LEN: 32,
+        Attribute.MODIFIABLE: False, Attribute.COPYABLE: False, Attribute.DESTROYABLE: False,
+        Attribute.VALUE_LEN: 32,
     }
+
+
+def test_token_with_only_the_old_wrap_key_gets_the_protected_one(fresh, raw_token):
+    # A token set up before the fix: its old wrap key stays (undeletable) and still opens its blobs,
+    # but new keys need the protected wrap key, which only the SO can make.
+    from test_attack_key_extraction import Token, make_old_key_record, make_old_wrap_key
+
+    old = Token(fresh.label, fresh.so_pin, fresh.pin, fresh.token, raw_token(fresh.label))
+    make_old_wrap_key(old)
+    old_record = make_old_key_record(old)
+    assert key_protection(old_record) == "extractable_legacy_wrap"
+    verify(old_record, MESSAGE, fresh.token.sign(old_record, MESSAGE, fresh.pin))
+    assert not fresh.token.has_protected_wrap_key()
+    with pytest.raises(TokenError, match="SO PIN") as caught:
+        fresh.token.generate_key(KeyType.P256, fresh.pin, mode=KeyMode.WRAPPED)
+    assert fresh.pin not in str(caught.value)
+
+    record = fresh.token.generate_key(KeyType.P256, fresh.pin, so_pin=fresh.so_pin)
+    assert (record.mode, record.handle["wrap_key_label"]) == (KeyMode.WRAPPED, WRAP_KEY_LABEL)
+    assert key_protection(record) == "protected" and fresh.token.has_protected_wrap_key()
+    # Later keys need only the user PIN, and still go under the protected key.
+    again = fresh.token.generate_key(KeyType.P256, fresh.pin, mode=KeyMode.WRAPPED)
+    assert again.handle["wrap_key_label"] == WRAP_KEY_LABEL
+    for key in (old_record, record, again):
+        verify(key, MESSAGE, fresh.token.sign(key, MESSAGE, fresh.pin))
+
+
+def test_key_protection_of_each_kind_of_record(fresh):
+    resident = fresh.token.generate_key(KeyType.P256, fresh.pin, mode=KeyMode.RESIDENT)
+    wrapped = fresh.token.generate_key(KeyType.P256, fresh.pin, so_pin=fresh.so_pin)
+    legacy = dataclasses.replace(wrapped, handle={**wrapped.handle, "wrap_key_label": "tokenpay-wrap"})
+    card = dataclasses.replace(resident, handle={"format": "openpgp-card-v1"})
+    assert [key_protection(k) for k in (resident, wrapped, legacy, card)] == [
+        "protected", "protected", "extractable_legacy_wrap", "protected"]
+    # A record naming some other wrap key is refused, not tried.
+    forged = dataclasses.replace(wrapped, handle={**wrapped.handle, "wrap_key_label": "attacker-key"})
+    with pytest.raises(KeyNotFound, match="unknown wrap key"):
+        fresh.token.sign(forged, MESSAGE, fresh.pin)
+
+
+def test_raw_templates_are_bounded():
+    def pack(template):
+        return pkcs11_raw._pack_template(template, [], depth=0)
+
+    label = int(Attribute.LABEL)
+    assert pack([(label, "x" * pkcs11_raw.MAX_VALUE_BYTES)])[1] == 1
+    with pytest.raises(ValueError, match="bytes expected"):
+        pack([(label, "x" * (pkcs11_raw.MAX_VALUE_BYTES + 1))])
+    with pytest.raises(ValueError, match="attributes"):
+        pack([(label, "x")] * (pkcs11_raw.MAX_TEMPLATE_ATTRIBUTES + 1))
+    with pytest.raises(ValueError, match="attributes"):
+        pack([])
+    with pytest.raises(ValueError, match="cannot hold a template"):  # only array attributes nest
+        pack([(label, [(label, "x")])])
+    nested = [(int(Attribute.UNWRAP_TEMPLATE), [(int(Attribute.UNWRAP_TEMPLATE), [(label, "x")])])]
+    with pytest.raises(ValueError, match="cannot hold a template"):  # one level only
+        pack(nested)
 
 
 # --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from sqlalchemy import inspect, text
 
 from center.db import _alembic_config, head_revision, make_engine
 from support import cli_env, free_port, run_cli
+from test_backup import make_backup_key, signed_by
 
 OLDER = "0005"  # the revision before the read indexes (0006)
 
@@ -94,11 +95,13 @@ def test_restore_upgrades_a_backup_from_an_older_version(tmp_path):
     data_dir = init_center(tmp_path, db_url)
     downgrade_to(db_url, OLDER)
     archive = tmp_path / "old.backup"
-    made = run_cli("center", ["backup", str(archive), "--data-dir", str(data_dir)])
+    key = make_backup_key(tmp_path / "admin")
+    made = run_cli("center", ["backup", str(archive), "--data-dir", str(data_dir), *signed_by(key)])
     assert made.returncode == 0, made.stderr
 
     restored_dir = tmp_path / "restored"
-    restored = run_cli("center", ["restore", str(archive), "--data-dir", str(restored_dir), "--json"])
+    restored = run_cli("center", ["restore", str(archive), "--data-dir", str(restored_dir), "--json",
+                                  "--backup-public-key", key["public"]])
     assert restored.returncode == 0, restored.stderr
     report = json.loads(restored.stdout)
     assert report["ok"] is True

@@ -142,9 +142,9 @@ def test_enroll_while_center_down_then_sync_delivers_once(tmp_path, make_softhsm
 
     queued = user.enroll_member(center)
     assert queued.returncode == 0, queued.stderr
-    assert json.loads(queued.stdout) | {"msg_id": None, "reason": None} == {
+    assert json.loads(queued.stdout) | {"msg_id": None, "reason": None, "recovery_code": None} == {
         "member_id": None, "role": None, "kid": user.json("status")["kid"], "status": "queued",
-        "msg_id": None, "reason": None}
+        "msg_id": None, "reason": None, "recovery_code": None}
     assert [e["type"] for e in user.json("history")["outbox"]] == ["enroll"]
     offline = user.run("sync", "--json")
     assert offline.returncode == 3 and json.loads(offline.stdout)["pending"] == 1

@@ -344,6 +344,63 @@ def test_control_characters_in_text_fields_are_refused(field, char):
     assert code_of(verify_envelope, envelope, spki_der=_spki(P256), algorithm=ES256) == "malformed_payload"
 
 
+# Issue 17: characters that hide, reorder or fake what a person reads, refused in every text field.
+HIDDEN_CHARACTERS = [
+    "\x85", "\x9b", "\x9d",                                         # C1 controls (NEL, CSI, OSC)
+    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",                   # bidi embeddings and overrides
+    "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f", "\u061c",  # isolates and marks
+    "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\U000e0041",  # zero-width, soft hyphen, tag
+    "\u2028", "\u2029",                                                # line and paragraph separators
+    "\ue000", "\U000f0000", "\U0010fffd",                               # private use
+    "\U000e0080", "\ufffe",                                           # unassigned, noncharacter
+    "\u3164", "\u115f",                                               # Hangul fillers: letters drawn blank
+]
+
+
+@pytest.mark.parametrize("char", HIDDEN_CHARACTERS)
+def test_hidden_characters_are_refused_in_every_text_field_with_their_code_point(char):
+    text = f"Kissa{char}Hoshi"
+    fields = [("enroll", {"name": text}), ("enroll", {"address": text}), ("pay", {"payee_name": text}),
+              ("pay", {"order_ref": text}), ("store", {"bank_account": f"JP{char}1"}),
+              ("operator_action", {"reason": text})]
+    for msg_type, change in fields:
+        with pytest.raises(WireError) as caught:
+            _payload_with(msg_type, change)
+        field = next(iter(change))
+        assert caught.value.code == "text_not_allowed", (char, field)
+        assert caught.value.message.startswith(f"{field} contains U+{ord(char):04X} ("), caught.value.message
+        assert char not in caught.value.message  # named by its code point, never shown
+    # The same bytes signed properly are refused by the verifier too.
+    good = enroll_payload(P256, ES256)
+    bad = {**good, "body": {**good["body"], "name": text}}
+    assert code_of(verify_enrollment, signed_raw(ES256, P256, canonical_bytes(bad))) == "text_not_allowed"
+
+
+def _payload_with(msg_type: str, change: dict) -> dict:
+    kid = key_id(_spki(P256))
+    if msg_type == "enroll":
+        return enroll_payload(P256, ES256, **change)
+    if msg_type == "store":
+        store = _store_enroll(P256, ES256)
+        return build_payload("enroll", aud=CENTER, kid=kid, msg_id=store["msg_id"], ctr=1,
+                             body={**store["body"], **change}, now_s=NOW)
+    body = {"pay": {"payee": "S-0123456789abcdef", "payee_name": "Kissa Hoshi", "amount_minor": 1, "currency": "JPY",
+                    "order_ref": "A-100"},
+            "operator_action": {"action": "revoke_key", "args": {"kid": kid, "reason": "lost"}}}[msg_type]
+    if msg_type == "operator_action":
+        body = {**body, "args": {**body["args"], **change}}
+    else:
+        body = {**body, **change}
+    return build_payload(msg_type, aud=CENTER, kid=kid, msg_id="msg-0123456789abcdef", ctr=1, body=body, now_s=NOW)
+
+
+def test_visible_text_of_every_script_passes():
+    for text in ["山田 花子", "Hauptstraße 5, Zürich", "Kissa Hoshi [bold] :smile: \\", "Тест", "مقهى", "קפה",
+                 "Nguyễn Văn A", "☕ Café ❤️", "\u3000全角\u3000"]:
+        enroll_payload(P256, ES256, name=text)
+        _payload_with("pay", {"order_ref": text[:64], "payee_name": text})
+
+
 def test_text_fields_accept_non_ascii_and_refuse_blank_or_long():
     enroll_payload(P256, ES256, name="山田 花子", address="Hauptstraße 5, Zürich")
     for bad in ["", "   ", "x" * 201]:

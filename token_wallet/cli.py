@@ -19,9 +19,10 @@ from paywire.algorithms import key_id
 from paywire.envelope import b64url_encode
 from paywire.errors import WireError
 from paywire.messages import ENROLL
-from token_wallet.cliutil import CliError, emit, read_secret, run_cli
-from token_wallet.tokens import DEFAULT_CARD_TIMEOUT_S, open_token
-from token_wallet.tokens.base import KeyMode, KeyType, TokenError
+from token_wallet.client import check_center_url
+from token_wallet.cliutil import CliError, emit, read_option_file, read_secret, run_cli
+from token_wallet.tokens import DEFAULT_CARD_TIMEOUT_S, key_protection, open_token
+from token_wallet.tokens.base import PROTECTION_PROTECTED, KeyMode, KeyRecord, KeyType, TokenError
 from token_wallet.vault import Vault, VaultError, vault_lock
 from token_wallet.wallet import Wallet, WalletError, new_document, vault_path
 from token_wallet.cli_common import (CardTimeout, Home, JsonFlag, PasswordAFd, PasswordAFile, PasswordBFd,
@@ -71,9 +72,9 @@ def init(
     with vault_lock(path):
         Vault.create(path, password_a, new_document(token_doc, key))
     summary = {"home": str(path.parent), "kid": key_id(key.spki_der), "algorithm": key.algorithm,
-               "key_mode": key.mode.value, "token": info.to_json()}
+               "key_mode": key.mode.value, "key_protection": key_protection(key), "token": info.to_json()}
     emit(as_json, summary, lambda out: out.print(
-        f"key generated on {'card' if card else 'token'} [bold]{info.label}[/] ({key.mode.value} mode, {key.algorithm})\n"
+        f"key generated on {'card' if card else 'token'} {info.label} ({key.mode.value} mode, {key.algorithm})\n"
         f"  key id {summary['kid']}\n  vault {path}"))
 
 
@@ -107,18 +108,25 @@ def enroll(
                                                           "(PEM or DER, from `center issuer certify`)")] = None,
     rebind: Annotated[Optional[str], typer.Option(help="After a lost card: bind this new key to your existing "
                                                        "account M-... (S-... for a store); an operator confirms")] = None,
+    recovery_code: Annotated[Optional[str], typer.Option(
+        help="With --rebind: the recovery code from your enrollment, or an operator's ticket ('-': ask)")] = None,
     home: Home = None, as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
     card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Register with the center: a registration signed by the token key, sent over pinned TLS."""
+    from token_wallet.cli_keys import add_recovery_fields, check_rebind, checked_recovery_code
+
+    try:
+        check_center_url(center)  # refused before anything is read, signed or queued
+    except ValueError as error:
+        raise CliError(f"--center: {error}") from None
+    old_code = checked_recovery_code(recovery_code, rebind)
     body = _registration_body(name, address, birth_date, store, bank_account)
     identity = _read_center_cert(center_cert)
     password_a = _password_a(password_a_file, password_a_fd)
     with _open_wallet(home, password_a) as wallet:
-        from token_wallet.cli_keys import check_rebind
-
         check_rebind(wallet, rebind)  # already enrolled, waiting in the outbox, or a lost card's new key
         key = wallet.key
         body.update(public_key=b64url_encode(key.spki_der), alg=key.algorithm)
@@ -126,11 +134,13 @@ def enroll(
             body["rebind"] = rebind
         if key_cert is not None:
             body["key_cert"] = b64url_encode(read_key_certificate(key_cert, key.spki_der))
+        # A new recovery code each time: shown once below, never stored; the center keeps its public key.
+        new_code = add_recovery_fields(body, center_id=identity.center_id, new_kid=wallet.kid, old_code=old_code)
         wallet.pin_center(center, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg)
         token = _open_token(wallet, card_timeout)
         entry = _sign(wallet, token, ENROLL, body, password_b_file, password_b_fd)
         report = wallet.deliver()
-    _print_enrollment(as_json, wallet, entry, report)
+    _print_enrollment(as_json, wallet, entry, report, new_code)
 
 
 @app.command()
@@ -151,12 +161,20 @@ def sync(
             out.print(f"delivered {item['type']} {item['msg_id']}: {_describe_result(item['result'])}")
         for item in report.refused:
             out.print(f"refused {item['type']} {item['msg_id']}: {item['code']}: {item['message']}")
+        for item in report.alarms:
+            out.print(f"ALARM {item['type']} {item['msg_id']}: the center's receipt contradicts the request "
+                      f"({item['reason']}); kept in the history, not recorded as done")
+        for item in report.dropped:
+            out.print(f"expired {item['type']} {item['msg_id']}: outcome unknown; `wallet balance` shows "
+                      "whether it took effect")
         if report.unreachable:
             out.print(f"{report.pending} message(s) still waiting: {report.unreachable}")
         elif not report.delivered and not report.refused:
             out.print("nothing to send")
 
     emit(as_json, document, render)
+    if report.alarms:
+        raise typer.Exit(code=1)
     if report.unreachable:
         raise typer.Exit(code=3)
 
@@ -210,6 +228,8 @@ def status(
         "counter": doc["counter"], "outbox": len(doc["outbox"]),
         # new | pending_bind | active, and a rotation's new key not yet confirmed (token_wallet.key_rotation)
         "key_status": key_state(doc), "pending_kid": (doc.get("pending_key") or {}).get("kid"),
+        # protected | extractable_legacy_wrap (a blob under a token's old wrap key: tokens.key_protection)
+        "key_protection": key_protection(KeyRecord.from_json(doc["key"])),
     }
     emit(as_json, document, lambda out: _render_status(out, document))
 
@@ -303,28 +323,49 @@ def _registration_body(name, address, birth_date, store, bank_account) -> dict:
 
 def _read_center_cert(path: Path):
     try:
-        return read_center_certificate(path.read_bytes())
-    except OSError as error:
-        raise CliError(f"cannot read --center-cert {path}: {error.strerror}") from None
+        return read_center_certificate(read_option_file(path, "--center-cert", max_bytes=16 * 1024,
+                                                        what="a center certificate (center-cert.pem)"))
     except ValueError as error:
         raise CliError(f"--center-cert {path}: {error}") from None
 
 
-def _print_enrollment(as_json: bool, wallet: Wallet, entry: dict, report) -> None:
+def _print_enrollment(as_json: bool, wallet: Wallet, entry: dict, report, new_code: str) -> None:
+    from token_wallet.cli_keys import render_recovery_code
+
     member_id = wallet.doc["member_id"]
     refused = next((item for item in report.refused if item["msg_id"] == entry["msg_id"]), None)
     if refused:
         raise CliError(f"the center refused the enrollment ({refused['code']}): {refused['message']}")
-    queued = report.outcome_of(entry["msg_id"])[0] == "queued"
+    outcome, result = report.outcome_of(entry["msg_id"])
+    queued = outcome == "queued"
     pending = not queued and wallet.doc.get("key_status") == "pending_bind"  # a lost card's new key
     document = {"member_id": member_id, "role": wallet.doc["role"], "kid": wallet.kid,
-                "status": "queued" if queued else "pending_bind" if pending else "enrolled", "msg_id": entry["msg_id"]}
+                "status": "queued" if queued else "pending_bind" if pending else "enrolled", "msg_id": entry["msg_id"],
+                "recovery_code": new_code}
     if queued:
         document["reason"] = report.unreachable
-    emit(as_json, document, lambda out: out.print(
-        f"center unreachable; the signed enrollment waits in the outbox: run `wallet sync` later ({report.unreachable})"
-        if queued else f"new key recorded for [bold]{member_id}[/]: it signs nothing until an operator binds it "
-        "(after revoking the lost key)" if pending else f"enrolled as [bold]{member_id}[/] ({wallet.doc['role']})"))
+    if pending:
+        document["recovery_verified"] = result.get("recovery_verified")
+
+    def render(out) -> None:
+        if queued:
+            out.print(f"center unreachable; the signed enrollment waits in the outbox: run `wallet sync` later "
+                      f"({report.unreachable})")
+        elif pending:
+            verified = " (recovery code verified)" if document["recovery_verified"] else ""
+            out.print(f"new key recorded for {member_id}{verified}: it signs nothing until an operator "
+                      "binds it (after revoking the lost key)")
+        else:
+            out.print(f"enrolled as {member_id} ({wallet.doc['role']})")
+        render_recovery_code(out, new_code, pending=queued or pending)
+
+    emit(as_json, document, render)
+
+
+# One line, for a wallet whose key blob is under a token's old wrap key (no unwrap template).
+LEGACY_WRAP_WARNING = ("key protection: EXTRACTABLE: this key is wrapped under the token's old wrap key, so whoever has "
+                       "this vault with password A and password B can copy it off the token; move to a protected key "
+                       "with `wallet rotate-key --so-pin-file FILE` (the token's SO PIN, once)")
 
 
 def _render_status(out, document: dict) -> None:
@@ -338,6 +379,8 @@ def _render_status(out, document: dict) -> None:
         out.print(f"PIN: {'LOCKED' if pin['locked'] else 'ok'}, tries left: {tries}"
                   + (" (count low)" if pin["count_low"] else ""))
     out.print(f"key id: {document['kid']}\nalgorithm: {document['algorithm']} ({document['key_mode']} key)")
+    if document["key_protection"] != PROTECTION_PROTECTED:
+        out.print(LEGACY_WRAP_WARNING, soft_wrap=True)  # one line, whatever the terminal width
     out.print(f"member id: {document['member_id'] or 'not enrolled'}"
               + (f" ({document['role']})" if document["role"] else ""))
     if document["key_status"] != "active":
@@ -353,10 +396,8 @@ def _render_status(out, document: dict) -> None:
 def _read_entropy(path: Optional[Path]) -> bytes | None:
     if path is None:
         return None
-    try:
-        data = path.read_bytes()[:4096]
-    except OSError as error:
-        raise CliError(f"cannot read --entropy-file {path}: {error.strerror}") from None
+    data = read_option_file(path, "--entropy-file", max_bytes=4096,
+                            what="a seed of 16 to 4096 bytes (e.g. head -c 64 /dev/urandom > seed)")
     if len(data) < 16:
         raise CliError("--entropy-file must hold at least 16 bytes")
     return data

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Annotated, Iterator, Optional
 
 import typer
+from rich.console import RenderableType
+from rich.text import Text
 
 from paywire.money import AmountError, format_amount, parse_amount
 from token_wallet.client import CenterRefused, CenterUnreachable
-from token_wallet.cliutil import CliError, emit, read_secret, stderr_console
+from token_wallet.cliutil import CliError, emit, quoted, read_secret, stderr_console
+from token_wallet.home import check_wallet_home
 from token_wallet.tokens import open_token
 from token_wallet.tokens.base import WrongPin
 from token_wallet.vault import Vault, vault_lock
@@ -47,6 +50,7 @@ def _open_wallet(home: Optional[Path], password_a: str) -> Iterator[Wallet]:
     path = vault_path(_home(home))
     if not path.exists():
         raise CliError(f"no wallet at {path.parent}: run `wallet init` first (or give --home / WALLET_HOME)")
+    check_wallet_home(path.parent, path)
     with vault_lock(path):
         yield Wallet(Vault.open(path, password_a))
 
@@ -60,8 +64,17 @@ def _sign_and_deliver(wallet: Wallet, msg_type: str, body: dict, pin_file, pin_f
 def _deliver_checked(wallet: Wallet, entry: dict) -> tuple[str, dict | None]:
     report = wallet.deliver()
     state, result = report.outcome_of(entry["msg_id"])
-    if state == "refused":
+    if state == "refused":  # a refusal the center signed for this very request
         raise CliError(f"the center refused it ({result['code']}): {result['message']}")
+    if state == "alarm":
+        raise CliError(f"ALARM: the center's signed receipt contradicts what you signed ({result['reason']}): not "
+                       f"recorded as done, kept in the history; run `wallet balance` and contact the center")
+    if state == "unknown":
+        raise CliError(f"the center's answer ({result['code']}, HTTP {result['status']}) carries no refusal signed "
+                       f"by the center's key: outcome unknown, the signed {entry['type']} stays in the outbox: "
+                       f"run `wallet sync`")
+    if state == "expired":
+        raise CliError(f"the signed {entry['type']} expired without a receipt: outcome unknown; run `wallet balance`")
     if state == "queued":
         return state, {"reason": report.unreachable}
     return state, result
@@ -93,8 +106,11 @@ def _amount(text: str, currency: str) -> int:
     except AmountError as error:
         raise CliError(str(error)) from None
 
-def _confirm(question: str, yes: bool) -> None:
+def _confirm(question: RenderableType, yes: bool, warnings: tuple[str, ...] = ()) -> None:
+    """Show what is about to be signed (stderr), with any warning in bold red; ask unless --yes."""
     stderr_console.print(question)
+    for warning in warnings:
+        stderr_console.print(Text(f"WARNING: {warning}", style="bold red"))
     if yes:
         return
     if not sys.stdin.isatty():
@@ -144,9 +160,9 @@ def _describe_result(details: dict, currency: str | None = None) -> str:
     action = details.get("action")
     if "member_id" in details and action == "enrolled":
         return f"enrolled {details['member_id']} ({details.get('role', '')})"
-    if action == "paid":
-        return f"{money} to {details['store_name']} ({details['store_id']}), order {details['order_ref']}, " \
-               f"payment {details['payment_id']}"
+    if action == "paid":  # the store id first, the store's own name quoted after it (quoted: it cannot fake one)
+        return f"{money} to store {details['store_id']} {quoted(details['store_name'])}, " \
+               f"order {quoted(details['order_ref'])}, payment {details['payment_id']}"
     if "topup_id" in details:
         return f"top-up {details['topup_id']}: {money} by {details.get('method', '?')}, {details.get('status', '')}"
     if "refund_id" in details:
@@ -154,7 +170,7 @@ def _describe_result(details: dict, currency: str | None = None) -> str:
     if "payout_id" in details:
         return f"payout {details['payout_id']}: {money} to {details.get('bank_account', 'the bank')}"
     if "buyer_id" in details and "payment_id" in details:
-        return f"{money} from {details['buyer_id']}, order {details['order_ref']}, payment {details['payment_id']}"
+        return f"{money} from {details['buyer_id']}, order {quoted(details['order_ref'])}, payment {details['payment_id']}"
     return ", ".join(f"{k}={v}" for k, v in sorted(details.items()) if k != "action")
 
 def _when(at_ms: int) -> str:

@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from paywire import recovery
 from paywire.messages import ENROLL, PARTY_ID_PATTERN
 from token_wallet.cli_common import (CardTimeout, Home, JsonFlag, PasswordAFd, PasswordAFile, PasswordBFd,
                                      PasswordBFile, _ask_pin, _choice, _open_token, _open_wallet, _password_a,
@@ -112,7 +113,8 @@ def replace_key_command(
     emit(as_json, document, lambda out: out.print(
         f"new key {view['new_kid'][:16]}... on token {token.info().label} replaces {view['old_kid'][:16]}...; "
         f"history kept.\nnext: report the lost card to the center, then `wallet enroll --center URL --center-cert PEM "
-        f"--rebind {view['member_id']} --name ... --address ...` and wait for an operator to bind the key"))
+        f"--rebind {view['member_id']} --recovery-code CODE --name ... --address ...` (CODE: the recovery code "
+        "shown at your enrollment, or an operator's ticket) and wait for an operator to bind the key"))
 
 
 def check_rebind(wallet: Wallet, rebind: str | None) -> None:
@@ -133,6 +135,41 @@ def check_rebind(wallet: Wallet, rebind: str | None) -> None:
                        "is made with `wallet replace-key` (or `wallet init` in a new home) first")
     if doc["member_id"] and doc["member_id"] != rebind:
         raise CliError(f"this wallet belongs to {doc['member_id']}, not {rebind}")
+
+
+# --- recovery codes (paywire.recovery): the proof that a rebind claim is the holder's ---------
+
+def checked_recovery_code(code: str | None, rebind: str | None) -> str | None:
+    """`wallet enroll --recovery-code`: its canonical form, checked before anything is signed."""
+    if code is None:
+        return None
+    if rebind is None:
+        raise CliError("--recovery-code proves a claim to an existing account: use it with --rebind M-...")
+    if code == "-":  # asked without echo (or read from $WALLET_RECOVERY_CODE_FILE): not in the shell history
+        code = read_secret(what="recovery code", file_option=None, env_var="WALLET_RECOVERY_CODE_FILE")
+    try:
+        return recovery.normalise(code)
+    except recovery.RecoveryCodeError as error:
+        raise CliError(f"--recovery-code: {error}") from None
+
+
+def add_recovery_fields(body: dict, *, center_id: str, new_kid: str, old_code: str | None) -> str:
+    """A new recovery code's public key into the enrollment body (and, for a rebind, the old code's proof
+    for exactly this center, account and new key); returns the new code, which is never stored."""
+    new_code = recovery.new_code()
+    body["recovery_key"] = recovery.recovery_key(new_code)
+    if old_code is not None:
+        body["recovery_proof"] = recovery.prove(old_code, center_id=center_id, party_id=body["rebind"],
+                                                new_kid=new_kid)
+    return new_code
+
+
+def render_recovery_code(out, code: str, *, pending: bool) -> None:
+    when = " (it takes effect once the center has accepted this key)" if pending else ""
+    out.print(f"recovery code{when}: {code}\n"
+              "  Write it down now and keep it apart from the token and this computer: it is shown only once and "
+              "not stored.\n  After a lost card it proves the account is yours: `wallet enroll --rebind ID "
+              "--recovery-code CODE`.")
 
 
 # --- which token, which key ---------------------------------------------------------------
@@ -175,9 +212,10 @@ def _new_rotation_key(wallet: Wallet, options: _TokenOptions, old_token, old_pin
         record = wallet.key
         key_type = _choice(options.key_type or record.key_type.value, {"p256": KeyType.P256,
                                                                        "ed25519": KeyType.ED25519}, "--key-type")
-        # The token's wrap key exists already when the old key is wrapped: no SO PIN needed.
-        key = _with_pin_message(lambda: old_token.generate_key(key_type, old_pin, mode=options.mode or record.mode),
-                                old_token)
+        # A token set up before wrap keys were protected needs its SO PIN once, to make the protected one.
+        so_pin = read_secret(what="SO PIN", file_option=options.so_pin_file, env_var=None) if options.so_pin_file else None
+        key = _with_pin_message(lambda: old_token.generate_key(key_type, old_pin, so_pin=so_pin,
+                                                               mode=options.mode or record.mode), old_token)
         return old_token, key, current, True
     token, key, token_doc = _generate(options, lambda: _new_pin_secret(new_pin_file, new_pin_fd))
     if _same_token(token_doc, current):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-
+import re
 import time
 from typing import Annotated, Optional
 
 import typer
+from rich.console import Group
 from rich.table import Table
 
-from paywire.messages import BALANCE, FUNDING_METHODS, NOTICES, PAY, PAYOUT, REFUND, TOPUP
+from paywire.errors import WireError
+from paywire.messages import (BALANCE, FUNDING_METHODS, NOTICES, PARTY_ID_PATTERN, PAY, PAYOUT, REFUND, TOPUP,
+                              check_text_chars)
 from paywire.money import format_amount
-from token_wallet.cliutil import CliError, emit
+from token_wallet.cliutil import CliError, emit, quoted
 from token_wallet.tokens import DEFAULT_CARD_TIMEOUT_S
 from token_wallet.wallet import MAX_NOTICES_PER_FETCH
 
@@ -21,6 +24,8 @@ from token_wallet.cli_common import (CardTimeout, Home, JsonFlag, PasswordAFd, P
                                      _with_pin_message, _ask_pin)
 
 MAX_NOTICE_FETCHES = 10
+# A member or store id inside a name or order reference: worth a warning in the pay prompt.
+PARTY_ID_IN_TEXT = re.compile(r"[MS]-[0-9a-f]{16}")
 
 
 @app.command()
@@ -59,13 +64,77 @@ def pay(
         wallet.require_enrolled("member")
         currency = _learn_currency(wallet)
         amount_minor = _amount(amount, currency)
-        name = _online(lambda: wallet.store_name(store), "look up the store")
-        body = {"payee": store, "payee_name": name, "amount_minor": amount_minor, "currency": currency,
+        _visible_text(order, "--order")
+        payee = _payee(wallet, _store_id(store))
+        body = {"payee": store, "payee_name": payee["name"], "amount_minor": amount_minor, "currency": currency,
                 "order_ref": order}
-        _confirm(f"Pay {format_amount(amount_minor, currency)} to {name} ({store}) for order {order!r}?", yes)
+        _confirm_payment(payee, format_amount(amount_minor, currency), order, yes)
         outcome = _sign_and_deliver(wallet, PAY, body, password_b_file, password_b_fd, card_timeout)
-    _print_outcome(as_json, outcome, lambda r: f"paid {format_amount(r['amount_minor'], currency)} to "
-                   f"{r['store_name']}: payment {r['payment_id']}, balance {format_amount(r['balance_minor'], currency)}")
+    _print_outcome(as_json, outcome, lambda r: f"paid {format_amount(r['amount_minor'], currency)} to store "
+                   f"{r['store_id']} {quoted(r['store_name'])}: payment {r['payment_id']}, "
+                   f"balance {format_amount(r['balance_minor'], currency)}")
+
+
+def _store_id(store: str) -> str:
+    if not PARTY_ID_PATTERN.fullmatch(store) or not store.startswith("S-"):
+        raise CliError(f"--store {quoted(store, 40)} is not a store id: S- and 16 hex digits, as the store shows it")
+    return store
+
+
+def _visible_text(text: str, what: str) -> None:
+    """Refuse, before any prompt, what the wire would refuse to sign (paywire.messages.check_text_chars)."""
+    try:
+        check_text_chars(text, what)
+    except WireError as error:
+        raise CliError(f"{error.message}; nothing was signed") from None
+
+
+def _payee(wallet, store_id: str) -> dict:
+    """The store as the center registered it: name, and whether that name is flagged as a look-alike."""
+    def look_up() -> dict:
+        with wallet.client() as client:
+            return client.get_json(f"/v1/stores/{store_id}")
+
+    info = _online(look_up, "look up the store")
+    if info.get("store_id") != store_id or not info.get("active") or not isinstance(info.get("name"), str):
+        raise CliError(f"store {store_id} is not an active store at this center; nothing was signed")
+    _visible_text(info["name"], f"store {store_id}'s registered name")  # e.g. a store enrolled before the rule
+    resembles = info.get("resembles")
+    return {"store_id": store_id, "name": info["name"], "name_flagged": info.get("name_flagged") is True,
+            "resembles": resembles if isinstance(resembles, str) and PARTY_ID_PATTERN.fullmatch(resembles) else None}
+
+
+def _confirm_payment(payee: dict, money: str, order: str, yes: bool) -> None:
+    """Ask before signing; a flagged look-alike name warns, and refuses --yes until an operator clears it."""
+    block, warnings = payment_block(payee, money, order)
+    if payee["name_flagged"] and yes:
+        _confirm(block, True, warnings)
+        raise CliError(f"store {payee['store_id']} has a flagged look-alike name: --yes is refused until an operator "
+                       "clears it; pay without --yes to decide yourself; nothing was signed")
+    _confirm(block, yes, warnings)
+
+
+def payment_block(payee: dict, money: str, order: str) -> tuple[Group, tuple[str, ...]]:
+    """The pay prompt, in a layout no name can imitate (issue 17): a grid whose left column holds only
+    the wallet's own labels and whose first row is the store id the money goes to; the name and order
+    (the store's words) only in the right column, in quotes they cannot close, escaped, cut when long.
+    A value that wraps continues in the right column, under no label."""
+    store_id = payee["store_id"]
+    grid = Table.grid(padding=(0, 2), pad_edge=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row("store id", f"{store_id}   <- the money goes to this store id only")
+    grid.add_row("name", f"{quoted(payee['name'])}   (as this store registered it at the center)")
+    grid.add_row("order", quoted(order))
+    warnings = []
+    other_ids = sorted(set(PARTY_ID_IN_TEXT.findall(payee["name"] + " " + order)) - {store_id})
+    if other_ids:
+        warnings.append(f"the name or order mentions {', '.join(other_ids)}, but the payee is {store_id}")
+    if payee["name_flagged"]:
+        warnings.append(f"the center flagged this store's name: it looks like the name of store "
+                        f"{payee['resembles'] or 'another store'}, and no operator has cleared it; "
+                        f"check the store id {store_id} with the store before paying")
+    return Group(f"Pay {money} to this store? Password B signs it next.", grid), tuple(warnings)
 
 
 @app.command()

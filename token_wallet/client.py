@@ -8,6 +8,7 @@ name is refused too.
 from __future__ import annotations
 
 import ssl
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -16,6 +17,7 @@ from paywire.envelope import Envelope
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 30.0
 MAX_RESPONSE_BYTES = 1024 * 1024
+MAX_URL_CHARS = 2048
 
 
 class CenterUnreachable(Exception):
@@ -23,11 +25,37 @@ class CenterUnreachable(Exception):
 
 
 class CenterRefused(Exception):
-    """The center answered with a 4xx: it will refuse the same bytes again."""
+    """A 4xx answer. Final only once its signed `refusal` (an envelope's JSON, or None) verifies
+    against the pinned center key and names the request (token_wallet.wallet): anyone holding the
+    center's TLS key could send the rest."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, refusal: dict | None = None):
         super().__init__(f"the center refused it ({code}): {message}")
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.refusal = status, code, message, refusal
+
+
+def check_center_url(url: str) -> str:
+    """The one rule for a center URL a person gives (enroll, sync --center, operator attach): https with a
+    host and nothing else odd. Raises ValueError with a message that says what to fix.
+
+    Personal data, bank accounts and signed money messages travel to this URL: never in clear text.
+    """
+    shown = repr(url[:60])
+    if len(url) > MAX_URL_CHARS or any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise ValueError(f"the center URL {shown} is not a URL (too long, spaces or control characters)")
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "https":
+        raise ValueError(f"the center URL must start with https://, not {shown}: registration data and "
+                         "signed messages are never sent in clear text")
+    try:
+        parts.port  # noqa: B018 (parses the port; raises on a bad one)
+    except ValueError:
+        raise ValueError(f"the center URL {shown} has a bad port: give https://HOST[:PORT]") from None
+    if not parts.hostname:
+        raise ValueError(f"the center URL {shown} names no host: give https://HOST[:PORT]")
+    if parts.username is not None or parts.query or parts.fragment:
+        raise ValueError(f"the center URL {shown} carries a user name, query or fragment: give https://HOST[:PORT]")
+    return url
 
 
 def pinned_ssl_context(cert_pem: bytes) -> ssl.SSLContext:
@@ -72,15 +100,25 @@ class CenterClient:
             document = response.json()
         except ValueError:
             document = {}
+        if response.status_code == 429:  # "too many requests": the same bytes later
+            raise CenterUnreachable(f"the center is busy (HTTP 429{_retry_after(response)}); try `wallet sync` later")
         if 400 <= response.status_code < 500:
             error = document.get("error", {}) if isinstance(document, dict) else {}
-            raise CenterRefused(response.status_code, str(error.get("code", "unknown")),
-                                str(error.get("message", response.reason_phrase)))
+            error = error if isinstance(error, dict) else {}
+            refusal = document.get("refusal") if isinstance(document, dict) else None
+            raise CenterRefused(response.status_code, str(error.get("code", "unknown"))[:100],
+                                str(error.get("message", response.reason_phrase))[:500],
+                                refusal if isinstance(refusal, dict) else None)
         if response.status_code != 200 or not isinstance(document, dict):
             # 5xx: the center may or may not have applied it; resending the
             # same signed bytes is safe (idempotent), so treat as retryable.
             raise CenterUnreachable(f"the center answered HTTP {response.status_code}; try `wallet sync` later")
         return document
+
+
+def _retry_after(response: httpx.Response) -> str:
+    seconds = response.headers.get("retry-after", "")
+    return f", retry after {int(seconds)} s" if seconds.isdigit() and len(seconds) < 7 else ""
 
 
 def _reason(error: httpx.HTTPError) -> str:

@@ -10,11 +10,56 @@ from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
+from rich.text import Text
+
+from paywire.messages import text_char_problem
 
 MAX_SECRET_FILE_BYTES = 4096
+MAX_QUOTED_CHARS = 100  # a longer outside value is cut, with a marker saying how much is not shown
 
-stdout_console = Console(highlight=False)
-stderr_console = Console(stderr=True, highlight=False)
+
+def escape_unshown(text: str, *, keep: str = "") -> str:
+    r"""`text` with every character the wire refuses in a text field (paywire.messages.text_char_problem)
+    written as a Python-style escape (\x1b, \u202e, \U000e0041): controls (ESC starts terminal
+    commands), format characters (bidi overrides reorder a line, zero-width ones hide), separators,
+    surrogates, private-use and unassigned code points, blank letters. Characters in `keep` (our own
+    newlines) stay."""
+    if text.isascii() and text.isprintable():  # the common case, at C speed
+        return text
+    return "".join(ch if ch in keep or text_char_problem(ch) is None else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def quoted(value: object, max_chars: int = MAX_QUOTED_CHARS) -> str:
+    """A value from outside (a name, an order reference) as one line in double quotes it cannot
+    close: backslash and quote escaped, anything unshown escaped, a newline too; longer than
+    `max_chars`, cut with a marker outside the quotes."""
+    text = str(value)
+    body = escape_unshown(text[:max_chars].replace("\\", "\\\\").replace('"', '\\"'))
+    cut = f" ... (+{len(text) - max_chars} more characters)" if len(text) > max_chars else ""
+    return f'"{body}"{cut}'
+
+
+class PlainConsole(Console):
+    """A Rich console that shows every string as it is, never obeys it: markup ([bold], [conceal],
+    an unbalanced [/]) and emoji codes are never interpreted, nothing is highlighted, and unshown
+    characters are escaped (escape_unshown; our own newlines stay). Every str Rich renders (print
+    arguments, table cells and titles) passes render_str, so this one place covers them all."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(markup=False, highlight=False, emoji=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs) -> Text:
+        kwargs.update(markup=False, emoji=False)  # also when a caller asks for markup=True
+        return super().render_str(escape_unshown(text, keep="\n"), **kwargs)
+
+
+stdout_console = PlainConsole()
+stderr_console = PlainConsole(stderr=True)
 
 
 class CliError(Exception):
@@ -43,7 +88,7 @@ def run_cli(app: Callable[[], None], known_errors: tuple[type[BaseException], ..
 
 def _fail(message: str, exit_code: int) -> None:
     first_line = message.strip().splitlines()[0] if message.strip() else "failed"
-    print(f"error: {first_line}", file=sys.stderr)
+    print(f"error: {escape_unshown(first_line)}", file=sys.stderr)  # may quote the center's words
     sys.exit(exit_code)
 
 
@@ -62,12 +107,16 @@ def read_secret(*, what: str, file_option: str | None, env_var: str | None, fd: 
     trailing newline from `echo` does not become part of the secret.
     """
     if fd is not None:
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            return _first_line(handle.read(MAX_SECRET_FILE_BYTES + 1), what, f"descriptor {fd}")
+        try:
+            with os.fdopen(os.dup(fd), "rb") as handle:  # a pipe or /dev/stdin: read up to the limit, no further
+                data = handle.read(MAX_SECRET_FILE_BYTES + 1)
+        except OSError as error:
+            raise CliError(f"cannot read the {what} from descriptor {fd}: {error.strerror}") from None
+        return _first_line(data, what, f"descriptor {fd}")
     path = file_option or (os.environ.get(env_var) if env_var else None)
     if path:
         try:
-            data = Path(path).read_bytes()[: MAX_SECRET_FILE_BYTES + 1]
+            data = read_bounded(Path(path), MAX_SECRET_FILE_BYTES)
         except OSError as error:
             raise CliError(f"cannot read the {what} file {path}: {error.strerror}") from None
         return _first_line(data, what, path)
@@ -84,10 +133,13 @@ def read_secret(*, what: str, file_option: str | None, env_var: str | None, fd: 
 
 def read_option_file(path: Path, option: str, *, max_bytes: int, what: str) -> bytes:
     """A small file named by a command-line option (a key, a certificate), read whole up to
-    `max_bytes`; a file it cannot read, or a larger one, is one line naming the option."""
+    `max_bytes`; a file it cannot read, or a larger one, is one line naming the option.
+
+    The one reader for files named by options (secrets go through read_secret, which uses the
+    same bounded read): /dev/zero, /dev/urandom or a huge file costs max_bytes + 1 bytes of
+    reading, never the whole. Pipes (`<(...)`) work; a regular file is not required."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(max_bytes + 1)
+        data = read_bounded(Path(path), max_bytes)
     except OSError as error:
         raise CliError(f"cannot read {option} {path}: {error.strerror}") from None
     if len(data) > max_bytes:
@@ -95,9 +147,16 @@ def read_option_file(path: Path, option: str, *, max_bytes: int, what: str) -> b
     return data
 
 
+def read_bounded(path: Path, max_bytes: int) -> bytes:
+    """At most max_bytes + 1 bytes of `path` (one more than allowed tells the caller it is too large)."""
+    with open(path, "rb") as handle:
+        return handle.read(max_bytes + 1)
+
+
 def _first_line(data: bytes, what: str, where: str) -> str:
     if len(data) > MAX_SECRET_FILE_BYTES:
-        raise CliError(f"the {what} in {where} is longer than {MAX_SECRET_FILE_BYTES} bytes")
+        raise CliError(f"the {what} in {where} is longer than {MAX_SECRET_FILE_BYTES} bytes; "
+                       f"give a file whose first line is the {what}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

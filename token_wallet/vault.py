@@ -559,6 +559,7 @@ class Vault:
         document = _encode_document(data)
         keys = _new_keys(password_a, kdf)
         _ensure_private_dir(path.parent)
+        os.chmod(path.parent, DIR_MODE)  # a home that existed before (0755 from a plain mkdir) becomes private too
         vault = cls(path, data, 0, keys, b"")
         vault._write(document, replace=False)
         return vault

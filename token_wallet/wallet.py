@@ -12,6 +12,19 @@ the token (password B) -> put the envelope in the outbox and save the vault ->
 send -> verify the center's receipt -> record it and drop the outbox entry ->
 save. A resend is always the same signed bytes, which the center answers with
 the first receipt.
+
+What the wallet believes of an answer:
+- a receipt: only once it verifies against the pinned center key, names this
+  request, and states what was signed (token_wallet.answer_checks); a verified
+  receipt that contradicts the request is not recorded as done but as an alarm,
+  kept in the history (the entry leaves the outbox: resending gets the same);
+- a refusal: final only when the center's signed refusal verifies and names
+  this request. Any other 4xx (an impostor holding the center's TLS key, or an
+  error before the center verified the signature) leaves the entry in the
+  outbox, its outcome unknown, for `wallet sync`. Once such an entry has
+  expired (the center refuses expired messages before anything else), it
+  leaves the outbox as "expired, outcome unknown"; the next balance query
+  shows whether it was applied. So nothing waits for ever.
 """
 
 from __future__ import annotations
@@ -23,11 +36,12 @@ from pathlib import Path
 from paywire.algorithms import key_id
 from paywire.envelope import Envelope, b64url_decode, b64url_encode, seal
 from paywire.errors import WireError
-from paywire.messages import (BALANCE, CONSOLE_LOGIN, ENROLL, NOTICE, NOTICES, OPERATOR_ACTION, PAY, PAYOUT, REFUND,
-                              ROTATE, TOPUP, build_payload, new_message_id)
-from paywire.receipts import check_receipt
+from paywire.messages import (BALANCE, CLOCK_SKEW_S, CONSOLE_LOGIN, ENROLL, NOTICE, NOTICES, OPERATOR_ACTION, PAY,
+                              PAYOUT, REFUND, ROTATE, TOPUP, build_payload, new_message_id, parse_payload)
+from paywire.receipts import check_receipt, check_refusal
 from paywire.verify import verify_envelope
-from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable
+from token_wallet.answer_checks import Contradiction, check_answer
+from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable, check_center_url
 from token_wallet.tokens.base import KeyRecord, Token
 from token_wallet.vault import Vault
 
@@ -68,22 +82,29 @@ def vault_path(home: Path) -> Path:
 @dataclass
 class DeliveryReport:
     delivered: list[dict] = field(default_factory=list)
-    refused: list[dict] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)  # by a refusal the center signed
+    alarms: list[dict] = field(default_factory=list)  # a verified receipt contradicting its request
+    unverified: list[dict] = field(default_factory=list)  # a 4xx without a valid signed refusal: still waiting
+    dropped: list[dict] = field(default_factory=list)  # expired while its outcome was unknown
     pending: int = 0
     unreachable: str | None = None
 
     def to_json(self) -> dict:
-        return {"delivered": self.delivered, "refused": self.refused, "pending": self.pending,
+        return {"delivered": self.delivered, "refused": self.refused, "alarms": self.alarms,
+                "unverified": self.unverified, "dropped": self.dropped, "pending": self.pending,
                 "unreachable": self.unreachable}
 
     def outcome_of(self, msg_id: str) -> tuple[str, dict | None]:
-        """('delivered', result) | ('refused', {code, message}) | ('queued', None)."""
+        """('delivered', result) | ('refused', {code, message}) | ('alarm', {reason, ...}) |
+        ('unknown', {code, message, status}) | ('expired', {...}) | ('queued', None)."""
+        for state, items in (("refused", self.refused), ("alarm", self.alarms), ("unknown", self.unverified),
+                             ("expired", self.dropped)):
+            for item in items:
+                if item["msg_id"] == msg_id:
+                    return state, item
         for item in self.delivered:
             if item["msg_id"] == msg_id:
                 return "delivered", item["result"]
-        for item in self.refused:
-            if item["msg_id"] == msg_id:
-                return "refused", item
         return "queued", None
 
 
@@ -137,8 +158,10 @@ class Wallet:
         """Point at a new URL of the same center; trust still comes from the pinned certificate."""
         if self.doc["center"] is None:
             raise WalletError("this wallet knows no center yet: run `wallet enroll` first")
-        if not url.startswith("https://"):
-            raise WalletError(f"the center URL must start with https://, not {url!r}")
+        try:
+            check_center_url(url)
+        except ValueError as error:
+            raise WalletError(str(error)) from None
         self.doc["center"]["url"] = url
         self.vault.save()
 
@@ -159,13 +182,6 @@ class Wallet:
         self.doc["center"]["currency"] = str(info["currency"])
         self.vault.save()
         return self.doc["center"]["currency"]
-
-    def store_name(self, store_id: str) -> str:
-        with self.client() as client:
-            info = client.get_json(f"/v1/stores/{store_id}")
-        if info.get("store_id") != store_id or not info.get("active"):
-            raise WalletError(f"store {store_id} is not an active store at this center")
-        return str(info["name"])
 
     def sign_and_queue(self, token: Token, pin: str, msg_type: str, body: dict, *, now_s: int) -> dict:
         """Sign a new message with the token and put it in the outbox (saved before returning)."""
@@ -205,9 +221,40 @@ class Wallet:
                     report.unreachable = str(error)
                     break
                 except CenterRefused as error:
-                    report.refused.append(self._record_refusal(entry, error))
+                    if not self._settle_refusal(entry, error, report):
+                        break  # kept: later entries wait behind it, in order
+                except Contradiction as alarm:
+                    report.alarms.append(self._record_alarm(entry, str(alarm)))
         report.pending = len(self.doc["outbox"])
         return report
+
+    def _settle_refusal(self, entry: dict, error: CenterRefused, report: DeliveryReport) -> bool:
+        """Record a refusal the center signed; otherwise keep the entry (or drop it once expired).
+        Returns whether the entry left the outbox."""
+        refusal = self._checked_refusal(entry, error)
+        if refusal is not None:
+            report.refused.append(self._record_refusal(entry, refusal))
+            return True
+        seen = {"code": error.code, "message": error.message, "status": error.status}
+        if _expired(entry):
+            report.dropped.append(self._drop_expired(entry, seen))
+            return True
+        entry["attempts"] += 1
+        entry["last_answer"] = seen | {"at_ms": now_ms()}
+        self.vault.save()
+        report.unverified.append({"msg_id": entry["msg_id"], "type": entry["type"], **seen})
+        report.unreachable = (f"the center answered {error.code} (HTTP {error.status}) without a refusal signed by "
+                              "its key: not believed, the message stays in the outbox")
+        return False
+
+    def _checked_refusal(self, entry: dict, error: CenterRefused) -> dict | None:
+        if error.refusal is None:
+            return None
+        try:
+            return check_refusal(Envelope.from_json(error.refusal), center_spki=self._center_spki(),
+                                 center_alg=self._center_alg(), request=Envelope.from_json(entry["envelope"]))
+        except WireError:
+            return None
 
     def _deliver_one(self, client: CenterClient, entry: dict) -> dict:
         request = Envelope.from_json(entry["envelope"])
@@ -222,6 +269,12 @@ class Wallet:
             # same bytes will fetch the center's stored receipt again.
             raise ReceiptRejected(f"the center's answer did not verify ({error.code}): nothing was recorded") from None
         result = body["result"]
+        try:
+            check_answer(entry["type"], request_body(entry), result, self.doc, extras)
+        except Contradiction as alarm:
+            self.doc["receipts"].append({"msg_id": entry["msg_id"], "type": entry["type"],
+                                         "receipt": receipt.to_json(), "alarm": str(alarm)})
+            raise
         _RECORD_RESULT[entry["type"]](self, entry, result, extras)
         if entry["type"] not in (ENROLL, ROTATE) and self.doc.get("key_status") == "pending_bind":
             self.doc["key_status"] = "active"  # accepted: an operator has bound the new key
@@ -252,22 +305,62 @@ class Wallet:
     def _center_alg(self) -> str:
         return self.doc["center"]["receipt_alg"]
 
-    def _record_refusal(self, entry: dict, error: CenterRefused) -> dict:
+    def _record_refusal(self, entry: dict, refusal: dict) -> dict:
+        """A refusal the center signed for this very request: final."""
         self.doc["outbox"].pop(0)
-        details = {"code": error.code, "message": error.message}
+        details = {"code": refusal["code"], "message": refusal["message"]}
         if entry["type"] == ROTATE:  # the old key stays; the new one is forgotten
             from token_wallet.key_rotation import discard_pending_key
 
-            discard_pending_key(self, error.code)
+            discard_pending_key(self, refusal["code"])
         self.add_history(entry["type"], entry["msg_id"], "refused", details)
         self.vault.save()
         return {"msg_id": entry["msg_id"], "type": entry["type"], **details}
+
+    def _record_alarm(self, entry: dict, reason: str) -> dict:
+        """A verified receipt that contradicts the request: not recorded as done; kept in the history.
+        The known balance is forgotten until a balance query resyncs it."""
+        self.doc["outbox"].pop(0)
+        signed = request_body(entry)
+        details = {"code": "receipt_contradicts_request", "message": reason, "signed": signed}
+        if "amount_minor" in signed:
+            details["amount_minor"] = signed["amount_minor"]  # what may have moved (answer_checks)
+        self.doc["balance_minor"] = None
+        self.add_history(entry["type"], entry["msg_id"], f"alarm: receipt contradicts the request ({reason})",
+                         details)
+        self.vault.save()
+        return {"msg_id": entry["msg_id"], "type": entry["type"], "reason": reason}
+
+    def _drop_expired(self, entry: dict, seen: dict) -> dict:
+        """An expired message never confirmed: the center can no longer apply it, but may have before."""
+        self.doc["outbox"].pop(0)
+        signed = request_body(entry)
+        details = {"code": "expired_unconfirmed", "last_answer": seen,
+                   "message": "it expired without a receipt or a signed refusal; run `wallet balance` to see "
+                              "whether it was applied"}
+        if "amount_minor" in signed:
+            details["amount_minor"] = signed["amount_minor"]
+        if entry["type"] in (PAY, REFUND, PAYOUT, TOPUP):
+            self.doc["balance_minor"] = None
+        self.add_history(entry["type"], entry["msg_id"], "expired, outcome unknown", details)
+        self.vault.save()
+        return {"msg_id": entry["msg_id"], "type": entry["type"], **seen}
 
     def add_history(self, kind: str, ref: str, outcome: str, details: dict) -> None:
         history = self.doc["history"]
         if len(history) >= MAX_HISTORY_ENTRIES:
             raise WalletError("the history is full: export it and start a new wallet")
         history.append({"at_ms": now_ms(), "type": kind, "msg_id": ref, "outcome": outcome, "details": details})
+
+
+def request_body(entry: dict) -> dict:
+    """The body this wallet signed for an outbox entry."""
+    return parse_payload(Envelope.from_json(entry["envelope"]).payload)[1]
+
+
+def _expired(entry: dict) -> bool:
+    header, _body = parse_payload(Envelope.from_json(entry["envelope"]).payload)
+    return time.time() > header.exp + CLOCK_SKEW_S
 
 
 # --- what an accepted answer changes in the vault, per message type ---------------
@@ -317,7 +410,9 @@ def _record_balance(wallet: Wallet, entry: dict, result: dict, _extras: list) ->
     wallet.doc["balance_minor"] = result["balance_minor"]
     for topup in result.get("topups", []):
         known = wallet.doc["topups"].get(topup["topup_id"])
-        if known is not None and known["status"] != topup["status"]:
+        if known is None:  # requested from here, its receipt never recorded (answer_checks counts it)
+            wallet.doc["topups"][topup["topup_id"]] = {k: topup[k] for k in ("amount_minor", "method", "status")}
+        elif known["status"] != topup["status"]:
             known["status"] = topup["status"]
             wallet.add_history("topup_" + topup["status"], topup["topup_id"], topup["status"], topup)
     seen_refunds = {h["msg_id"] for h in wallet.doc["history"] if h["type"] == "refund_received"}

@@ -4,9 +4,11 @@
 
 (function () {
   const POLL_MS = 1000;
+  const WATCH_MS = 2000; // how often the top-ups page asks whether a shown command was run
   const PAGE_ROWS = 50;
   const state = {
     csrf: null, role: null, currency: "", exponent: 0, pollTimer: null, loginSerial: 0,
+    watched: new Map(), watchTimer: null,
     filters: {}, offsets: {}, statementParty: null, statementFilters: {}, statementOffset: 0,
   };
   const $ = (id) => document.getElementById(id);
@@ -153,6 +155,7 @@
     }
     state.csrf = null;
     state.role = null;
+    stopWatching();
     startLogin("You have logged out.");
   }
 
@@ -220,7 +223,7 @@
     const columns = COLUMNS[view];
     for (const [, label, , className] of columns) head.append(el("th", label, className === "num" ? "num" : ""));
     const withActions = view === "topups" && state.role === "operator";
-    if (withActions) head.append(el("th", "Decision"));
+    if (withActions) head.append(el("th", "Decide with your token"));
     const body = table.createTBody();
     for (const row of result.rows) {
       const tr = body.insertRow();
@@ -245,45 +248,67 @@
     box.append(table);
   }
 
+  // A console session never decides: each pending top-up shows the command that signs the decision on the
+  // operator's token (the wallet fetches and shows the top-up first). The page then watches for the result.
   function decisionCell(row) {
     const td = el("td");
     if (row.status !== "pending") return td;
-    for (const [decision, label] of [["confirm", "Confirm"], ["decline", "Decline"]]) {
-      const button = el("button", label, decision);
-      button.type = "button";
-      button.dataset.decision = decision;
-      button.addEventListener("click", () => decide(row, decision, td));
-      td.append(button, document.createTextNode(" "));
+    for (const decision of ["confirm", "decline"]) {
+      const code = el("code", `wallet operator ${decision}-topup ${row.topup_id}`, "decision-command");
+      code.dataset.decision = decision;
+      td.append(code);
     }
+    state.watched.set(row.topup_id, row);
     return td;
   }
 
-  async function decide(row, decision, cell) {
-    const question = `${decision === "confirm" ? "Confirm" : "Decline"} top-up ${row.topup_id} of ` +
-      `${formatAmount(row.amount_minor)} for ${row.member_name}?` +
-      (decision === "confirm" ? " Only when the money has arrived." : "");
-    if (!window.confirm(question)) return;
-    cell.querySelectorAll("button").forEach((button) => { button.disabled = true; });
+  function stopWatching() {
+    if (state.watchTimer !== null) clearTimeout(state.watchTimer);
+    state.watchTimer = null;
+    state.watched.clear();
+  }
+
+  function watchDecisions() {
+    if (state.watchTimer !== null) clearTimeout(state.watchTimer);
+    state.watchTimer = state.watched.size ? setTimeout(checkDecisions, WATCH_MS) : null;
+  }
+
+  async function checkDecisions() {
+    state.watchTimer = null;
+    if ($("panel-topups").hidden || !state.watched.size) return;
+    const ids = [...state.watched.keys()].slice(0, PAGE_ROWS);
     try {
-      const result = await api(`/console/api/topups/${encodeURIComponent(row.topup_id)}/${decision}`, "POST");
-      showMessage(`Top-up ${result.topup_id} ${result.status}: ${formatAmount(result.amount_minor)} for ` +
-        `${row.member_name}.`);
+      const answer = await api(`/console/api/topups/decisions?${query({ ids: ids.join(",") })}`);
+      const decided = answer.decisions.filter((d) => d.status !== "pending" && state.watched.has(d.topup_id));
+      for (const decision of decided) {
+        const row = state.watched.get(decision.topup_id);
+        showMessage(`Top-up ${decision.topup_id} ${decision.status}: ${formatAmount(row.amount_minor)} for ` +
+          `${row.member_name}, by ${decision.decided_by}.`);
+      }
+      if (decided.length) {
+        state.watched.clear();
+        await loadView("topups");
+        return;
+      }
     } catch (error) {
       showError(error);
+      return;
     }
-    await loadView("topups");
+    watchDecisions();
   }
 
   async function loadView(view) {
     const filters = state.filters[view] || {};
     const offset = state.offsets[view] || 0;
     const box = $(`table-${view}`);
+    if (view === "topups") stopWatching();
     try {
       const result = await api(`/console/api/${view}?${query({ ...filters, limit: PAGE_ROWS, offset })}`);
       renderTable(box, view, result, query(filters), (nextOffset) => {
         state.offsets[view] = nextOffset;
         loadView(view);
       });
+      if (view === "topups") watchDecisions();
     } catch (error) {
       showError(error);
     }

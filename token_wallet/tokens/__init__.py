@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from token_wallet.tokens.base import Token, TokenError
+from token_wallet.tokens.base import PROTECTION_PROTECTED, KeyRecord, Token, TokenError
 
 DEFAULT_CARD_TIMEOUT_S = 60.0
 
@@ -30,3 +30,12 @@ def open_token(token_doc: dict, *, card_timeout_s: float = DEFAULT_CARD_TIMEOUT_
         return open_openpgp_card(None if serial else token_doc.get("reader"), timeout_s=card_timeout_s,
                                  on_wait=on_wait or (lambda _message: None), serial=serial)
     raise TokenError(f"this wallet names a token of kind {kind!r}, which this version cannot open")
+
+
+def key_protection(key: KeyRecord) -> str:
+    """base.PROTECTION_*: can this key be copied off its token (a blob under a legacy wrap key)?"""
+    if str(key.handle.get("format", "")).startswith("pkcs11-wrapped"):
+        from token_wallet.tokens import pkcs11_token
+
+        return pkcs11_token.key_protection(key)
+    return PROTECTION_PROTECTED  # resident keys and cards: generated on the token, never extractable

@@ -29,6 +29,13 @@ class KeyMode(str, enum.Enum):
     RESIDENT = "resident"
 
 
+# How well a key is kept (`wallet status` shows it). PROTECTED: it never
+# leaves the token in the clear (resident, card, or wrapped under a wrap key
+# with an unwrap template). LEGACY_WRAP: wrapped under a token's pre-template
+# wrap key, so vault + password A + password B can unwrap a readable copy.
+PROTECTION_PROTECTED = "protected"
+PROTECTION_LEGACY_WRAP = "extractable_legacy_wrap"
+
 # Wire algorithm each key type signs with (see paywire.algorithms).
 ALGORITHM_FOR_KEY_TYPE = {
     KeyType.P256: "ES256",

@@ -8,7 +8,10 @@ Two key modes (DESIGN.md, "The two passwords on hardware"):
   only the blob leaves the token (into the password-A vault). Signing logs
   in with the user PIN (password B), unwraps into a session object, signs
   and destroys it. Token + PIN without the blob cannot sign; blob without
-  the token and PIN cannot sign.
+  the token and PIN cannot sign. The wrap key carries CKA_UNWRAP_TEMPLATE
+  (made through ctypes, pkcs11_raw), so even token + PIN + blob cannot
+  unwrap a copy that can be read or wrapped out; tokens set up before that
+  keep their old wrap key for their old blobs only (key_protection).
 * RESIDENT: the key pair lives on the token, private key non-extractable.
 
 Rules this module keeps:
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import hashlib
 import logging
 import os
@@ -48,8 +50,11 @@ from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass, TokenFlag
 from pkcs11 import KeyType as P11KeyType
 from pkcs11 import exceptions as p11
 
+from . import pkcs11_raw
 from .base import (
     ALGORITHM_FOR_KEY_TYPE,
+    PROTECTION_LEGACY_WRAP,
+    PROTECTION_PROTECTED,
     KeyMode,
     KeyNotFound,
     KeyRecord,
@@ -71,9 +76,34 @@ log = logging.getLogger(__name__)
 # module that talks to a module loaded here (tests, tools) must hold it too.
 LIBRARY_LOCK = threading.RLock()
 
-WRAP_KEY_LABEL = "tokenpay-wrap"
+# The wrap key every new key is wrapped under: it carries CKA_UNWRAP_TEMPLATE,
+# so whatever it unwraps is a sensitive, non-extractable session signing key.
+WRAP_KEY_LABEL = "tokenpay-wrap-protected"
+# The wrap key of tokens set up before that (no unwrap template): whoever has
+# password B and a blob made under it can unwrap the key extractable and read
+# it. It cannot be destroyed (DESTROYABLE=False), so it stays on those tokens;
+# it still unwraps its old blobs, and never wraps a new key.
+LEGACY_WRAP_KEY_LABEL = "tokenpay-wrap"
 WRAP_KEY_BITS = 256
 WRAP_MECHANISM = Mechanism.AES_KEY_WRAP_PAD
+
+# What the protected wrap key lets an unwrapped key be, and exactly what our
+# own unwrap asks for (one place for both). SoftHSM 2.6.1 refuses an unwrap
+# (CKR_TEMPLATE_INCONSISTENT) unless every attribute here is in the caller's
+# template with this value: no one can unwrap a blob into a key that can be
+# read, wrapped out, kept on the token, used to derive or decrypt, or changed.
+UNWRAPPED_KEY_TEMPLATE = {
+    Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+    Attribute.TOKEN: False,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+    Attribute.MODIFIABLE: False,
+    Attribute.SIGN: True,
+    Attribute.DECRYPT: False,
+    Attribute.UNWRAP: False,
+    Attribute.DERIVE: False,
+}
 
 HANDLE_FORMAT_WRAPPED = "pkcs11-wrapped-v1"
 HANDLE_FORMAT_RESIDENT = "pkcs11-resident-v1"
@@ -117,7 +147,7 @@ _CKR_USER_ANOTHER_ALREADY_LOGGED_IN = 0x104
 
 
 _LIBS: dict[str, pkcs11.lib] = {}
-_RAW: dict[str, "_RawModule"] = {}
+_RAW: dict[str, pkcs11_raw.RawModule] = {}
 
 
 def load_module(module_path: str) -> pkcs11.lib:
@@ -162,59 +192,16 @@ def _alias_in_python_pkcs11(lib: pkcs11.lib, *paths: str) -> None:
             loaded.setdefault(path, lib)
 
 
-def _raw_module(module_path: str) -> "_RawModule":
+def _raw_module(module_path: str) -> pkcs11_raw.RawModule:
     real_path = os.path.realpath(module_path)
     with LIBRARY_LOCK:
         if real_path not in _RAW:
             load_module(real_path)  # C_Initialize must have run first
-            _RAW[real_path] = _RawModule(real_path)
+            try:
+                _RAW[real_path] = pkcs11_raw.RawModule(real_path)
+            except pkcs11_raw.RawError as error:
+                raise TokenError(f"{error} in {real_path}") from None
         return _RAW[real_path]
-
-
-class _FunctionListPrefix(ctypes.Structure):
-    # The first entries of CK_FUNCTION_LIST, in the order of the standard;
-    # we only call C_Login and C_Logout.
-    _fields_ = [("major", ctypes.c_ubyte), ("minor", ctypes.c_ubyte)] + [
-        (name, ctypes.c_void_p)
-        for name in (
-            "C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList",
-            "C_GetSlotList", "C_GetSlotInfo", "C_GetTokenInfo",
-            "C_GetMechanismList", "C_GetMechanismInfo", "C_InitToken",
-            "C_InitPIN", "C_SetPIN", "C_OpenSession", "C_CloseSession",
-            "C_CloseAllSessions", "C_GetSessionInfo", "C_GetOperationState",
-            "C_SetOperationState", "C_Login", "C_Logout",
-        )
-    ]
-
-
-_C_LOGIN_TYPE = ctypes.CFUNCTYPE(
-    ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_ulong
-)
-_C_LOGOUT_TYPE = ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_ulong)
-
-
-class _RawModule:
-    """C_Login/C_Logout on the module python-pkcs11 already loaded.
-
-    dlopen of the same file returns the same handle, so this is the same
-    function table and the same initialised library state.
-    """
-
-    def __init__(self, real_path: str):
-        self._dll = ctypes.CDLL(real_path)
-        table = ctypes.POINTER(_FunctionListPrefix)()
-        rv = self._dll.C_GetFunctionList(ctypes.byref(table))
-        if rv != _CKR_OK:
-            raise TokenError(f"C_GetFunctionList failed in {real_path} (CKR 0x{rv:x})")
-        self._login = _C_LOGIN_TYPE(table.contents.C_Login)
-        self._logout = _C_LOGOUT_TYPE(table.contents.C_Logout)
-
-    def login(self, session_handle: int, user_type: int, pin: str) -> int:
-        pin_bytes = pin.encode("utf-8")
-        return self._login(session_handle, user_type, pin_bytes, len(pin_bytes))
-
-    def logout(self, session_handle: int) -> int:
-        return self._logout(session_handle)
 
 
 # --------------------------------------------------------------------------
@@ -384,6 +371,71 @@ _KEY_SPECS = {
 _SIGN_ONLY = MechanismFlag.SIGN | MechanismFlag.VERIFY
 
 
+def _wrap_key_template() -> pkcs11_raw.Template:
+    """CK_ATTRIBUTEs of the protected wrap key (made by the SO through ctypes)."""
+    attributes = {
+        Attribute.CLASS: ObjectClass.SECRET_KEY,
+        Attribute.KEY_TYPE: P11KeyType.AES,
+        Attribute.VALUE_LEN: WRAP_KEY_BITS // 8,
+        Attribute.LABEL: WRAP_KEY_LABEL,
+        Attribute.TOKEN: True,
+        # Public so that the user session sees it; an SO session cannot see
+        # the user's private objects anyway.
+        Attribute.PRIVATE: False,
+        Attribute.TRUSTED: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.WRAP: True,
+        Attribute.UNWRAP: True,
+        Attribute.ENCRYPT: False,
+        Attribute.DECRYPT: False,
+        # Every wrapped blob on this token depends on this key, and its unwrap
+        # template is what keeps unwrapped keys on the token: nobody may
+        # change, copy or delete it.
+        Attribute.MODIFIABLE: False,
+        Attribute.COPYABLE: False,
+        Attribute.DESTROYABLE: False,
+    }
+    template = _raw_template(attributes)
+    template.append((int(Attribute.UNWRAP_TEMPLATE), _raw_template(UNWRAPPED_KEY_TEMPLATE)))
+    return template
+
+
+def _raw_template(attributes: dict) -> pkcs11_raw.Template:
+    # Enums become plain CK_ULONGs; bools stay CK_BBOOL; labels byte strings.
+    return [
+        (int(key), value if isinstance(value, (bool, str, bytes)) else int(value))
+        for key, value in attributes.items()
+    ]
+
+
+# --------------------------------------------------------------------------
+# How well a key record's key is kept
+
+
+def _wrap_key_label_of(key: KeyRecord) -> str:
+    # Records made before wrap keys were protected name the legacy label;
+    # a record naming anything else was not made by us.
+    label = key.handle.get("wrap_key_label", LEGACY_WRAP_KEY_LABEL)
+    if label not in (WRAP_KEY_LABEL, LEGACY_WRAP_KEY_LABEL):
+        raise KeyNotFound(f"key record names an unknown wrap key {str(label)[:40]!r}")
+    return label
+
+
+def key_protection(key: KeyRecord) -> str:
+    """PROTECTION_LEGACY_WRAP for a blob under a token's old wrap key, else PROTECTION_PROTECTED.
+
+    A legacy blob can be unwrapped into an extractable key by whoever holds
+    the vault (password A) and password B; resident and card keys, and blobs
+    under the protected wrap key, never leave the token in the clear.
+    """
+    if key.handle.get("format") != HANDLE_FORMAT_WRAPPED:
+        return PROTECTION_PROTECTED
+    if key.handle.get("wrap_key_label", LEGACY_WRAP_KEY_LABEL) == WRAP_KEY_LABEL:
+        return PROTECTION_PROTECTED
+    return PROTECTION_LEGACY_WRAP
+
+
 # --------------------------------------------------------------------------
 # The token
 
@@ -495,34 +547,45 @@ class Pkcs11Token(Token):
                     "use resident mode"
                 )
             if so_pin is None and not self._wrap_key_exists():
+                # Also on a token set up before wrap keys were protected: its
+                # old wrap key never wraps a new key.
                 raise TokenError(
-                    f"wrapped mode needs the SO PIN of token {self._label!r} once, "
-                    "to create its trusted wrap key"
+                    f"wrapped mode needs the SO PIN of token {self._label!r} once "
+                    "(--so-pin-file), to create its protected wrap key"
                 )
         return mode
 
     def _wrap_key_exists(self) -> bool:
         with self._session() as session:
-            return len(self._find_wrap_keys(session)) == 1
+            return len(self._find_wrap_keys(session, WRAP_KEY_LABEL)) == 1
+
+    def has_protected_wrap_key(self) -> bool:
+        """True once the SO has made this token's protected wrap key."""
+        with LIBRARY_LOCK, self._errors():
+            return self._wrap_key_exists()
 
     @staticmethod
-    def _find_wrap_keys(session) -> list:
+    def _find_wrap_keys(session, label: str) -> list:
         # TRUSTED in the search: only the SO can set it, so a public AES key a
         # user made with the same label cannot stand in for ours.
         return list(
             session.get_objects(
                 {
                     Attribute.CLASS: ObjectClass.SECRET_KEY,
-                    Attribute.LABEL: WRAP_KEY_LABEL,
+                    Attribute.LABEL: label,
                     Attribute.TRUSTED: True,
                 }
             )
         )
 
     def _ensure_wrap_key(self, so_pin: str) -> None:
-        """Create the token's wrap key as SO unless it is already there."""
+        """Create the token's protected wrap key as SO unless it is already there.
+
+        A legacy wrap key on the token is left alone (it cannot be destroyed)
+        and never used for new keys.
+        """
         with self._session(rw=True, pin=so_pin, user_type=_CKU_SO) as session:
-            existing = self._find_wrap_keys(session)
+            existing = self._find_wrap_keys(session, WRAP_KEY_LABEL)
             if len(existing) > 1:
                 raise TokenError(
                     f"token {self._label!r} has {len(existing)} wrap keys "
@@ -530,33 +593,19 @@ class Pkcs11Token(Token):
                 )
             if existing:
                 return
-            session.generate_key(
-                P11KeyType.AES,
-                WRAP_KEY_BITS,
-                label=WRAP_KEY_LABEL,
-                store=True,
-                capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP,
-                template={
-                    # Public so that the user session sees it; an SO session
-                    # cannot see the user's private objects anyway.
-                    Attribute.PRIVATE: False,
-                    Attribute.TRUSTED: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    # Every wrapped blob on this token depends on this key:
-                    # nobody may change, copy or delete it.
-                    Attribute.MODIFIABLE: False,
-                    Attribute.COPYABLE: False,
-                    Attribute.DESTROYABLE: False,
-                },
-            )
+            try:
+                self._raw.generate_key(session.handle, Mechanism.AES_KEY_GEN, _wrap_key_template())
+            except pkcs11_raw.RawError as error:
+                raise TokenError(
+                    f"token {self._label!r} could not create its protected wrap key ({error})"
+                ) from None
 
     def _generate_wrapped(
         self, key_type: KeyType, pin: str, entropy: bytes | None, label: str
     ) -> KeyRecord:
         spec = _KEY_SPECS[key_type]
         with self._session(rw=True, pin=pin) as session:
-            wrap_key = self._wrap_key(session)
+            wrap_key = self._wrap_key(session, WRAP_KEY_LABEL)
             self._seed(session, entropy)
             public_key, private_key = self._generate_pair(
                 session, spec, label, key_id=None, store=False,
@@ -581,7 +630,7 @@ class Pkcs11Token(Token):
             handle={
                 "format": HANDLE_FORMAT_WRAPPED,
                 "token_serial": self._serial,
-                "wrap_key_label": WRAP_KEY_LABEL,
+                "wrap_key_label": WRAP_KEY_LABEL,  # the protected key, never the legacy one
                 "wrap_mechanism": WRAP_MECHANISM.name,
                 "wrapped_key_b64": base64.b64encode(blob).decode("ascii"),
                 "key_label": label,
@@ -672,7 +721,7 @@ class Pkcs11Token(Token):
         except ValueError:
             raise KeyNotFound("key record is damaged: the wrapped key is not base64") from None
         with self._session(pin=pin) as session:
-            wrap_key = self._wrap_key(session)
+            wrap_key = self._wrap_key(session, _wrap_key_label_of(key))
             try:
                 private_key = self._unwrap(wrap_key, spec, blob)
             except (p11.WrappedKeyInvalid, p11.EncryptedDataInvalid, p11.GeneralError) as exc:
@@ -703,10 +752,9 @@ class Pkcs11Token(Token):
                 Attribute.ENCRYPT: pkcs11.DEFAULT,
                 Attribute.WRAP: pkcs11.DEFAULT,
                 Attribute.VERIFY: pkcs11.DEFAULT,
-                # Unwrapped keys come back non-sensitive unless we say so.
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: False,
-                Attribute.PRIVATE: True,
+                # Exactly what the protected wrap key's unwrap template
+                # demands (unwrapped keys come back non-sensitive otherwise).
+                **UNWRAPPED_KEY_TEMPLATE,
             },
         )
 
@@ -741,12 +789,12 @@ class Pkcs11Token(Token):
             self._check_key_belongs_here(key)
         return ResidentSigner(self, key, pin)
 
-    def _wrap_key(self, session):
-        found = self._find_wrap_keys(session)
+    def _wrap_key(self, session, label: str):
+        found = self._find_wrap_keys(session, label)
         if len(found) != 1:
             raise KeyNotFound(
                 f"token {self._label!r} has {len(found)} trusted wrap keys "
-                f"labelled {WRAP_KEY_LABEL!r}; expected one"
+                f"labelled {label!r}; expected one"
             )
         return found[0]
 
