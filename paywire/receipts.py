@@ -49,13 +49,7 @@ def build_refusal_payload(*, center_kid: str, request_header: Header, request: E
 
 def check_receipt(receipt: Envelope, *, center_spki: bytes, center_alg: str, request: Envelope) -> dict:
     """Verify the center's signature and that the receipt answers `request`; return its result."""
-    header, body = verify_envelope(receipt, spki_der=center_spki, algorithm=center_alg)
-    if header.type != RECEIPT:
-        raise WireError("wrong_message_type", "the center's answer is not a receipt")
-    if header.aud != request.kid or body["for_kid"] != request.kid:
-        raise WireError("wrong_audience", "the receipt is addressed to another key")
-    if body["request_sha256"] != request_digest(request):
-        raise WireError("receipt_mismatch", "the receipt answers a different request")
+    body = _check_answer(receipt, "receipt", center_spki=center_spki, center_alg=center_alg, request=request)
     if body["result"].get("action") == REFUSED:
         raise WireError("receipt_mismatch", "the center's answer is a refusal, not a receipt")
     return body
@@ -64,15 +58,22 @@ def check_receipt(receipt: Envelope, *, center_spki: bytes, center_alg: str, req
 def check_refusal(refusal: Envelope, *, center_spki: bytes, center_alg: str, request: Envelope) -> dict:
     """Verify a signed refusal of `request` (signature, this key, this message, these bytes); return
     {"code", "message", "status"}."""
-    header, body = verify_envelope(refusal, spki_der=center_spki, algorithm=center_alg)
-    if header.type != RECEIPT:
-        raise WireError("wrong_message_type", "the center's answer is not a signed refusal")
-    if header.aud != request.kid or body["for_kid"] != request.kid:
-        raise WireError("wrong_audience", "the refusal is addressed to another key")
-    if body["request_sha256"] != request_digest(request):
-        raise WireError("receipt_mismatch", "the refusal answers a different request")
-    result = body["result"]
+    result = _check_answer(refusal, "refusal", center_spki=center_spki, center_alg=center_alg,
+                           request=request)["result"]
     if (result.get("action") != REFUSED or not isinstance(result.get("code"), str)
             or not isinstance(result.get("message"), str) or type(result.get("status")) is not int):
         raise WireError("receipt_mismatch", "the center's answer is not a refusal")
     return {"code": result["code"], "message": result["message"], "status": result["status"]}
+
+
+def _check_answer(answer: Envelope, what: str, *, center_spki: bytes, center_alg: str, request: Envelope) -> dict:
+    """The checks every signed answer passes: the center's key, a receipt-type document, addressed to
+    the request's key and naming these exact request bytes."""
+    header, body = verify_envelope(answer, spki_der=center_spki, algorithm=center_alg)
+    if header.type != RECEIPT:
+        raise WireError("wrong_message_type", f"the center's answer is not a {what}")
+    if header.aud != request.kid or body["for_kid"] != request.kid:
+        raise WireError("wrong_audience", f"the {what} is addressed to another key")
+    if body["request_sha256"] != request_digest(request):
+        raise WireError("receipt_mismatch", f"the {what} answers a different request")
+    return body

@@ -83,8 +83,11 @@ center operator add --data-dir "$DEMO/center" --public-key "$DEMO/ops-public-key
 step "Operator attaches the wallet to the center (pinned TLS; a signed whoami names the operator account)"
 ops operator attach "${CENTER[@]}"
 
-step "Member enrolls: registration signed on the token, sent over pinned TLS, receipt checked"
-member enroll "${CENTER[@]}" --name "Hanako Yamada" --address "1-1 Chiyoda, Tokyo" --birth-date 1985-06-15
+step "Member enrolls: registration signed on the token, sent over pinned TLS, receipt checked; a recovery code shown once"
+# The member writes the recovery code down (here: a file in the secrets folder), apart from the token.
+json_field recovery_code member enroll "${CENTER[@]}" --name "Hanako Yamada" --address "1-1 Chiyoda, Tokyo" \
+    --birth-date 1985-06-15 --json > "$DEMO/secrets/member-recovery-code"
+chmod 600 "$DEMO/secrets/member-recovery-code"
 step "Store enrolls"
 store enroll "${CENTER[@]}" --store --name "Corner Shop" --address "2-2 Shibuya, Tokyo" --bank-account "JP-0009-7654321"
 
@@ -122,8 +125,9 @@ expect_refusal key_revoked member pay --store "$STORE_ID" --amount 100 --order A
 step "Member: a key on the new card in the same wallet (history kept), then a rebind enrollment signed by it"
 MEMBER_CARD=member-new
 NEW_KID="$(json_field new_kid member replace-key --pkcs11-module "$MODULE" --token-label member-token-2 --json)"
-member enroll "${CENTER[@]}" --rebind "$MEMBER_ID" --name "Hanako Yamada" --address "1-1 Chiyoda, Tokyo" \
-    --birth-date 1985-06-15
+# The recovery code proves the claim is the holder's: strangers' claims naming this id cannot block it.
+WALLET_RECOVERY_CODE_FILE="$DEMO/secrets/member-recovery-code" member enroll "${CENTER[@]}" --rebind "$MEMBER_ID" \
+    --recovery-code - --name "Hanako Yamada" --address "1-1 Chiyoda, Tokyo" --birth-date 1985-06-15
 expect_refusal key_not_bound member pay --store "$STORE_ID" --amount 100 --order A-1004 --yes
 step "The administrator compares the claim with the account, then binds the new key to it"
 center operator list-keys --data-dir "$DEMO/center" --status pending_bind
