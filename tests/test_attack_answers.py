@@ -24,20 +24,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from operator_support import Clock, new_operator, signed
 from sqlalchemy import func, select
+from support import CenterProcess, SoftwareSigner, cli_env, free_port, run_cli
+from test_batch import post_batch
+from test_payments_api import (
+    STORE_NAME,
+    enroll,
+    funded_member,
+    pay_body,
+    result_of,
+    submit,
+)
+from test_payments_e2e import center_cli, count_payments
+from test_wallet_e2e import WalletUser
 
 from center.db import messages, payments
 from center.errors import ApiError
 from center.key_admin import revoke_key
 from center.key_binding import bind_key
 from paywire.envelope import Envelope, b64url_decode, b64url_encode
+from paywire.messages import OPERATOR_ACTION
 from paywire.receipts import check_refusal
-from operator_support import Clock, new_operator, signed
-from support import CenterProcess, SoftwareSigner, cli_env, free_port, run_cli
-from test_batch import post_batch
-from test_payments_api import STORE_NAME, enroll, funded_member, pay_body, result_of, submit
-from test_payments_e2e import center_cli, count_payments
-from test_wallet_e2e import WalletUser
+from token_wallet.answer_checks import Contradiction, check_answer
 
 OPERATOR = "operator:test"
 
@@ -378,3 +387,17 @@ def test_a_genuine_receipt_passes_every_check(world):
     center_cli(center, "operator", "confirm-topup", topup_id)  # the wallet has not seen it yet
     paid = member.json("pay", "--store", store_id, "--amount", "50", "--order", "G-1", "--yes")
     assert (paid["amount_minor"], paid["balance_minor"]) == (50, known + 500 - 50)
+
+
+def test_an_operator_decision_answered_for_another_top_up_is_an_alarm():
+    """A center-signed answer to a signed confirm_topup must be about that top-up, member and amount."""
+    request = {"action": "confirm_topup", "args": {"topup_id": "U-" + "1" * 16, "member_id": "M-" + "2" * 16,
+                                                   "amount_minor": 300, "currency": "JPY"}}
+    answer = {"operator_action": "confirm_topup", "action": "topup_confirmed", "topup_id": "U-" + "1" * 16,
+              "member_id": "M-" + "2" * 16, "amount_minor": 300, "method": "bank", "status": "confirmed",
+              "repeated": False, "operator_id": "O-" + "3" * 16, "role": "operator"}
+    check_answer(OPERATOR_ACTION, request, answer, {}, [])
+    for field, other in (("amount_minor", 10**12), ("topup_id", "U-" + "9" * 16), ("member_id", "M-" + "9" * 16),
+                         ("operator_action", "decline_topup")):
+        with pytest.raises(Contradiction, match=field):
+            check_answer(OPERATOR_ACTION, request, answer | {field: other}, {}, [])

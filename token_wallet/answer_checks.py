@@ -18,7 +18,16 @@ from __future__ import annotations
 
 import re
 
-from paywire.messages import BALANCE, ENROLL, NOTICES, PAY, PAYOUT, REFUND, TOPUP
+from paywire.messages import (
+    BALANCE,
+    ENROLL,
+    NOTICES,
+    OPERATOR_ACTION,
+    PAY,
+    PAYOUT,
+    REFUND,
+    TOPUP,
+)
 
 PAYMENT_ID = re.compile(r"P-[0-9a-f]{16}")
 TOPUP_ID = re.compile(r"U-[0-9a-f]{16}")
@@ -114,8 +123,17 @@ def _enroll(request: dict, result: dict, doc: dict, _extras: list) -> None:
     _shape(result, "member_id", MEMBER_ID if request["role"] == "member" else STORE_ID)
 
 
+def _operator_action(request: dict, result: dict, _doc: dict, _extras: list) -> None:
+    """The action named, and every object the operator signed for (the top-up with its member and
+    amount, the key) echoed unchanged: an answer about another top-up or key is not this decision."""
+    _expect(result, "operator_action", request["action"])
+    for field in ("topup_id", "member_id", "amount_minor", "kid"):
+        if field in request["args"]:
+            _expect(result, field, request["args"][field])
+
+
 _CHECKS = {PAY: _pay, TOPUP: _topup, REFUND: _refund, PAYOUT: _payout, BALANCE: _balance, NOTICES: _notices,
-           ENROLL: _enroll}
+           ENROLL: _enroll, OPERATOR_ACTION: _operator_action}
 
 
 def _balance_after_debit(result: dict, doc: dict, amount_minor: int) -> None:
