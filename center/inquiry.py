@@ -42,7 +42,7 @@ TOPUP_STATUSES = ("pending", "confirmed", "declined")
 PAYOUT_STATUSES = ("pending", "exported", "settled")
 _PARTY_ID = {"member": re.compile(r"M-[0-9a-f]{16}"), "store": re.compile(r"S-[0-9a-f]{16}"),
              None: re.compile(r"[MS]-[0-9a-f]{16}")}
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits only (`\d` would take any script's)
 
 
 @dataclass(frozen=True)

@@ -415,7 +415,7 @@ def text_char_problem(ch: str) -> str | None:
 
 
 def _date(value: object, field: str) -> dt.date:
-    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
         raise WireError("malformed_payload", f"{field} must be a date YYYY-MM-DD")
     try:
         return dt.date.fromisoformat(value)

@@ -467,3 +467,13 @@ def test_wallet_refuses_non_ascii_amounts_and_signs_nothing(limited_center, memb
     assert NON_ASCII_AMOUNTS[amount] in lines[0] and "ASCII" in lines[0], lines
     assert limited_center.count(messages, messages.c.kid == kid) == messages_before  # nothing reached the center
     assert user.json("status")["outbox"] == 0  # nothing signed and queued
+
+
+def test_a_retry_after_header_in_other_digits_is_ignored_not_a_crash():
+    """'²' (a Latin-1 header byte) passes str.isdigit() and int() raises on it: a hostile answer must
+    not crash the wallet."""
+    from token_wallet.client import _retry_after
+
+    hostile = httpx.Response(429, headers=[(b"retry-after", "²".encode("latin-1"))])
+    assert hostile.headers["retry-after"] == "²" and _retry_after(hostile) == ""
+    assert _retry_after(httpx.Response(429, headers={"retry-after": "7"})) == ", retry after 7 s"

@@ -118,7 +118,7 @@ class CenterClient:
 
 def _retry_after(response: httpx.Response) -> str:
     seconds = response.headers.get("retry-after", "")
-    return f", retry after {int(seconds)} s" if seconds.isdigit() and len(seconds) < 7 else ""
+    return f", retry after {int(seconds)} s" if seconds.isascii() and seconds.isdigit() and len(seconds) < 7 else ""
 
 
 def _reason(error: httpx.HTTPError) -> str:
