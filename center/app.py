@@ -295,12 +295,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, error: ApiError) -> JSONResponse:
         observability.note_error(error.code)
-        retry_after_s = getattr(error, "retry_after_s", None)
-        if retry_after_s is None:
-            return JSONResponse(error.body(), status_code=error.status)
-        body = error.body()
-        body["error"]["retry_after"] = retry_after_s  # seconds, as in the Retry-After header
-        return JSONResponse(body, status_code=error.status, headers={"Retry-After": str(retry_after_s)})
+        headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:

@@ -57,10 +57,7 @@ _STORE_ANSWERS = insert(messages)
 
 
 def error_answer(error: ApiError) -> dict:
-    answer = {"error": {"code": error.code, "message": error.message}, "status": error.status}
-    if error.refusal is not None:
-        answer["refusal"] = error.refusal
-    return answer
+    return error.body() | {"status": error.status}  # as alone, plus the status it would have had
 
 
 class _Abort(Exception):

@@ -82,7 +82,7 @@ def list_keys_command(
     from center.key_binding import list_keys
 
     found = _api_call(lambda: list_keys(_engine(data_dir), party_id=party, status=status, limit=limit))
-    emit(as_json, {"keys": found}, lambda out: out.print(_table(found)))
+    emit(as_json, {"keys": found}, lambda out: out.print(keys_table(found)))
 
 
 def _utc(at_ms: int) -> str:
@@ -95,7 +95,7 @@ def _checked_kid(kid: str) -> str:
     return kid
 
 
-def _table(found: list[dict]) -> Table:
+def keys_table(found: list[dict]) -> Table:
     table = Table(title=f"{len(found)} key(s)")
     for column in ("key id", "account", "status", "algorithm", "claim"):
         table.add_column(column)

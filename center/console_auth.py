@@ -125,12 +125,10 @@ class ClientFacts:
 
 
 class TooManyChallenges(ApiError):
-    """429 with the seconds after which this client may ask again: center.app's error handler puts
-    `retry_after_s` in the body (`retry_after`) and the Retry-After header, as for every limit."""
+    """429 with the seconds after which this client may ask again (`retry_after`, as for every limit)."""
 
     def __init__(self, message: str, retry_after_s: int):
-        super().__init__("too_many_challenges", message, 429)
-        self.retry_after_s = retry_after_s
+        super().__init__("too_many_challenges", message, 429, retry_after_s=retry_after_s)
 
 
 # --- pure helpers ---------------------------------------------------------------------

@@ -69,7 +69,8 @@ RETRY_CODES = frozenset({
 
 
 class ApiError(Exception):
-    def __init__(self, code: str, message: str, status: int | None = None, refusal: dict | None = None):
+    def __init__(self, code: str, message: str, status: int | None = None, refusal: dict | None = None,
+                 retry_after_s: int | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
@@ -77,6 +78,8 @@ class ApiError(Exception):
         # The center-signed refusal (an envelope's JSON) binding the refused request, once
         # center.service has signed it; sent beside the error body.
         self.refusal = refusal
+        # For a limit (429): when to try again, in the body (`retry_after`) and the Retry-After header.
+        self.retry_after_s = retry_after_s
 
     @classmethod
     def from_wire(cls, error: WireError) -> "ApiError":
@@ -93,6 +96,8 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         body = {"error": {"code": self.code, "message": self.message}}
+        if self.retry_after_s is not None:
+            body["error"]["retry_after"] = self.retry_after_s
         if self.refusal is not None:
             body["refusal"] = self.refusal
         return body

@@ -196,9 +196,7 @@ class Limits:
 
 def rate_limited(wait_s: float, what: str) -> ApiError:
     retry_after_s = max(1, math.ceil(wait_s))
-    error = ApiError("rate_limited", f"{what}; retry in {retry_after_s} s", 429)
-    error.retry_after_s = retry_after_s
-    return error
+    return ApiError("rate_limited", f"{what}; retry in {retry_after_s} s", 429, retry_after_s=retry_after_s)
 
 
 def limits_from_config(config) -> Limits:

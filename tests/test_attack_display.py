@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 from sqlalchemy.exc import IntegrityError
 
-from center.cli_keys import _table as list_keys_table
+from center.cli_keys import keys_table as list_keys_table
 from center.db import audit_log, normalise_url
 from paywire.envelope import Envelope
 from paywire.errors import WireError
@@ -38,7 +38,7 @@ from fuzz_support import sealed
 from support import CenterProcess, SoftwareSigner, cli_env, free_port, run_cli
 from test_payments_e2e import count_payments, fund
 from test_wallet_e2e import WalletUser
-from token_wallet.cli_common import _describe_result
+from token_wallet.cli_common import describe_result
 
 STORE_ID = re.compile(r"S-[0-9a-f]{16}")
 # What the fix adds (paywire.messages.text_char_problem, token_wallet.cli_money.payment_block,
@@ -289,7 +289,7 @@ def test_hostile_text_is_refused_by_the_wire_or_shown_literally(text):
     other_ids = set(STORE_ID.findall(text)) - {PAYEE}
     assert bool(other_ids) == any("mentions" in warning for warning in warnings)
 
-    history_line = _render(_describe_result({"action": "paid", "amount_minor": 1, "currency": "JPY",
+    history_line = _render(describe_result({"action": "paid", "amount_minor": 1, "currency": "JPY",
                                              "store_id": PAYEE, "store_name": text, "order_ref": text,
                                              "payment_id": "P-0123456789abcdef"}), 2000)
     assert history_line.startswith(f"1 JPY to store {PAYEE} {quoted(text)}, order "), history_line

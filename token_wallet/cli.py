@@ -26,7 +26,7 @@ from token_wallet.tokens.base import PROTECTION_PROTECTED, KeyMode, KeyRecord, K
 from token_wallet.vault import Vault, VaultError, vault_lock
 from token_wallet.wallet import Wallet, WalletError, new_document, vault_path
 from token_wallet.cli_common import (CardTimeout, Home, JsonFlag, PasswordAFd, PasswordAFile, PasswordBFd,
-                                     PasswordBFile, app, _choice, _describe_result, _home, _open_token, _open_wallet, _password_a,
+                                     PasswordBFile, app, _choice, describe_result, _home, _open_token, _open_wallet, _password_a,
                                      _password_b, _sign, _when, _with_pin_message, _ask_pin)
 from token_wallet.cli_card import _init_card
 from token_wallet.key_rotation import key_state
@@ -158,7 +158,7 @@ def sync(
 
     def render(out) -> None:
         for item in report.delivered:
-            out.print(f"delivered {item['type']} {item['msg_id']}: {_describe_result(item['result'])}")
+            out.print(f"delivered {item['type']} {item['msg_id']}: {describe_result(item['result'])}")
         for item in report.refused:
             out.print(f"refused {item['type']} {item['msg_id']}: {item['code']}: {item['message']}")
         for item in report.alarms:
@@ -198,7 +198,7 @@ def history(
             table.add_column(column)
         for entry in doc["history"]:
             table.add_row(_when(entry["at_ms"]), entry["type"], entry["outcome"],
-                          _describe_result(entry["details"], currency))
+                          describe_result(entry["details"], currency))
         for entry in outbox:
             table.add_row(_when(entry["queued_at_ms"]), entry["type"], "waiting in outbox", entry["msg_id"])
         out.print(table)

@@ -151,7 +151,7 @@ def _with_pin_message(action, token):
             "the token says few tries are left" if status.count_low else "the token does not tell how many tries are left")
         raise CliError(f"wrong password B (token PIN): nothing was signed; {left}") from None
 
-def _describe_result(details: dict, currency: str | None = None) -> str:
+def describe_result(details: dict, currency: str | None = None) -> str:
     """One line for a history entry or delivery result, whatever its type."""
     if "code" in details:
         return f"{details['code']}: {details.get('message', '')}"
