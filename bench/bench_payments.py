@@ -40,14 +40,14 @@ from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
-from center.db import accounts, keys, parties, payments as payments_table  # noqa: E402
+from center.storage.db import accounts, keys, parties, payments as payments_table  # noqa: E402
 from stress_support import Api, LiveCenter, pay_body  # noqa: E402
 from support import PG_ADMIN_URL, create_pg_database, drop_pg_database  # noqa: E402
 
 VERIFY_SECONDS = 3.0
 FILLER_BATCH_ROWS = 5_000
 MAX_PAYMENTS = 100_000
-BATCH_SIZE = 100  # center.batch.MAX_BATCH_ITEMS
+BATCH_SIZE = 100  # center.pipeline.batch.MAX_BATCH_ITEMS
 BATCHES_IN_FLIGHT = 4
 WRK_THREADS = 2
 # SQLite takes one writer at a time and a waiting process sleeps in SQLite's busy handler: a second

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from center.db import make_engine, migrate  # noqa: E402
+from center.storage.db import make_engine, migrate  # noqa: E402
 from scale_rows import BASELINE, fill, reads  # noqa: E402
 from support import create_pg_database, drop_pg_database  # noqa: E402
 

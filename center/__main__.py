@@ -1,3 +1,3 @@
-from center.cli import main
+from center.cli.main import main
 
 main()

@@ -40,7 +40,7 @@ STATUS_FOR_CODE = {
     "batch_too_large": 413,
     "overloaded": 503,
     "invalid_request": 422,
-    # operators and the console (center.operator_actions, center.console_auth)
+    # operators and the console (center.pipeline.operator_actions, center.console.auth)
     "not_an_operator": 403,
     "operator_role_required": 403,
     "unknown_challenge": 404,
@@ -48,7 +48,7 @@ STATUS_FOR_CODE = {
     "console_login_required": 401,
     "csrf_failed": 403,
     "too_many_challenges": 429,
-    # key lifecycle: lost card -> new key bound to the account; rotation (center.key_lifecycle, key_binding)
+    # key lifecycle: lost card -> new key bound to the account; rotation (center.keys.lifecycle, key_binding)
     "key_not_bound": 403,
     "key_rotated": 403,
     "key_rejected": 403,
@@ -61,7 +61,7 @@ STATUS_FOR_CODE = {
 
 # Answers that mean "try again" (later, or after something else happens first): never final for
 # a message id, never signed as a refusal. Every other refusal of a message whose signature
-# verified is final (center.service records it; center.batch likewise), and the center signs it.
+# verified is final (center.pipeline.service records it; center.pipeline.batch likewise), and the center signs it.
 RETRY_CODES = frozenset({
     "overloaded", "database_unavailable", "too_many_requests", "rate_limited",
     "not_yet_valid",  # the signer's clock is ahead: the same bytes are accepted once the time comes
@@ -76,7 +76,7 @@ class ApiError(Exception):
         self.message = message
         self.status = status or STATUS_FOR_CODE.get(code, 400)
         # The center-signed refusal (an envelope's JSON) binding the refused request, once
-        # center.service has signed it; sent beside the error body.
+        # center.pipeline.service has signed it; sent beside the error body.
         self.refusal = refusal
         # For a limit (429): when to try again, in the body (`retry_after`) and the Retry-After header.
         self.retry_after_s = retry_after_s

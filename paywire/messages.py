@@ -38,7 +38,7 @@ NOTICES = "notices"  # a store's signed request for its payment notices
 BALANCE = "balance"  # a signed query for balance and recent account events
 NOTICE = "notice"  # signed by the center: one payment notice for a store
 CONSOLE_LOGIN = "console_login"  # an operator approves a console login challenge
-OPERATOR_ACTION = "operator_action"  # an operator's signed action (center.operator_actions)
+OPERATOR_ACTION = "operator_action"  # an operator's signed action (center.pipeline.operator_actions)
 ROTATE = "rotate"  # signed by the old key; carries the new key's KEY_PROOF
 KEY_PROOF = "key_proof"  # signed by the new key, naming the key it replaces; only ever inside ROTATE
 MESSAGE_TYPES = frozenset({ENROLL, RECEIPT, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE, NOTICE, ROTATE, KEY_PROOF,
@@ -161,7 +161,7 @@ def _check_enroll(body: dict) -> None:
     if "recovery_key" in body:  # the public key of the recovery code the wallet made (paywire.recovery)
         _match(body["recovery_key"], RECOVERY_KEY_PATTERN, "recovery_key")
         common.add("recovery_key")
-    if "key_cert" in body:  # the card issuer's certificate for this key (center.issuer_policy)
+    if "key_cert" in body:  # the card issuer's certificate for this key (center.keys.issuer_policy)
         check_key_cert_field(body["key_cert"])
         common.add("key_cert")
     if role == "member":
@@ -343,11 +343,11 @@ def _exact_args(args: dict, expected: set[str]) -> None:
         raise WireError("malformed_payload", f"args fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
 
 
-# Operator actions and their arguments; center.operator_actions.ACTIONS says who
+# Operator actions and their arguments; center.pipeline.operator_actions.ACTIONS says who
 # may perform each and what it does (a test checks the two name the same set).
 OPERATOR_ACTION_ARGS = {
     "confirm_topup": _args_topup, "decline_topup": _args_topup, "revoke_key": _args_revoke_key, "whoami": _args_none,
-    # a lost card's new key (center.key_binding): reject_key takes a kid and a reason, like revoke_key
+    # a lost card's new key (center.keys.binding): reject_key takes a kid and a reason, like revoke_key
     "bind_key": _args_kid, "reject_key": _args_revoke_key,
     # an operator-signed read of one top-up, fetched and shown before a decision is signed
     "show_topup": _args_topup_id,

@@ -47,7 +47,7 @@ for _ in $(seq 1 100); do
 done
 curl -fsS --cacert "$DEMO/center/center-cert.pem" "https://127.0.0.1:$PORT/healthz"; echo
 
-MODULE="$(.venv/bin/python -c 'from token_wallet.tokens.softhsm import find_softhsm_module as f; print(f())')"
+MODULE="$(.venv/bin/python -c 'from tokens.softhsm import find_softhsm_module as f; print(f())')"
 MEMBER_CARD=member  # which token's PIN is the member's password B: member, then member-new after the lost card
 member() { WALLET_HOME="$DEMO/member" WALLET_PASSWORD_A_FILE="$DEMO/secrets/member-a" \
     WALLET_PASSWORD_B_FILE="$DEMO/secrets/$MEMBER_CARD-b" WALLET_SO_PIN_FILE="$DEMO/secrets/$MEMBER_CARD-so" \

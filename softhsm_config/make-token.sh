@@ -10,7 +10,7 @@
 #
 # softhsm2-util takes PINs only on its command line or from a terminal, so
 # here they are briefly visible in the process list of this machine. The
-# Python helper (token_wallet.tokens.softhsm) feeds them through a pty instead.
+# Python helper (tokens.softhsm) feeds them through a pty instead.
 set -eu
 
 usage() {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from token_wallet.tokens import softhsm
+from tokens import softhsm
 
 
 def _require(what: str, present: bool) -> None:

@@ -64,7 +64,7 @@ def _consecutive_free_ports(count: int) -> int:
 
 
 def _pcscd_answers() -> bool:
-    from token_wallet.tokens import pcsc
+    from tokens import pcsc
 
     try:
         pcsc.list_readers()
@@ -146,7 +146,7 @@ def pcscd_service(tmp_path_factory) -> PcscdService:
 
 
 def _virtual_readers() -> int:
-    from token_wallet.tokens import pcsc
+    from tokens import pcsc
 
     try:
         return sum(1 for info in pcsc.list_readers() if info.name.startswith("Virtual PCD"))
@@ -155,7 +155,7 @@ def _virtual_readers() -> int:
 
 
 def reader_has_card(reader: str) -> bool:
-    from token_wallet.tokens import pcsc
+    from tokens import pcsc
 
     return any(info.name == reader and info.card_present for info in pcsc.list_readers())
 

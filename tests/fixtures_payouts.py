@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from center.service import Center
+from center.pipeline.service import Center
 from paywire.envelope import Envelope
 from paywire.messages import parse_payload
 from support import SoftwareSigner

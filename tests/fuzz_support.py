@@ -19,7 +19,7 @@ import rfc8785
 from requests.adapters import HTTPAdapter
 from sqlalchemy import Engine, select
 
-from center.db import metadata
+from center.storage.db import metadata
 from paywire.envelope import Envelope
 from paywire.messages import new_message_id
 from support import SoftwareSigner

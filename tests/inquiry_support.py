@@ -1,4 +1,4 @@
-"""A small center spread over three UTC days, made through center.service with signed
+"""A small center spread over three UTC days, made through center.pipeline.service with signed
 requests (software keys) on a controlled clock: the data the inquiry and console tests
 read. Every figure the tests expect follows from the comments in `world`."""
 

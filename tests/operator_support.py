@@ -7,8 +7,8 @@ import time
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 
-from center.app import create_app
-from center.operators import add_operator
+from center.api.app import create_app
+from center.keys.operators import add_operator
 from paywire.envelope import Envelope
 from paywire.receipts import check_receipt
 from support import SoftwareSigner

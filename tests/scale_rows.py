@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from sqlalchemy import select, text
 
-from center import handlers, inquiry
-from center.db import payments
-from center.service import Signer
+from center.pipeline import handlers
+
+from center.console import inquiry
+from center.storage.db import payments
+from center.pipeline.service import Signer
 
 DAY_MS = 86_400_000
 NOW_MS = 1_790_000_000_000

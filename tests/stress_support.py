@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 from sqlalchemy import Engine, create_engine, func, select
 
-from center.db import accounts, audit_log, normalise_url, payments, transfers
-from center.funding import webhook_signature
-from center.ledger import party_account
+from center.storage.db import accounts, audit_log, normalise_url, payments, transfers
+from center.ledger.funding import webhook_signature
+from center.ledger.book import party_account
 from paywire.center_cert import CenterIdentity, read_center_certificate
 from paywire.envelope import Envelope
 from paywire.receipts import check_receipt

@@ -39,12 +39,12 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy import update
 
-from center.app import MAX_BODY_BYTES, create_app
-from center.ratelimit import DEFAULT_RATES, Limits, Rate
-from center.db import accounts, make_engine
+from center.api.app import MAX_BODY_BYTES, create_app
+from center.api.ratelimit import DEFAULT_RATES, Limits, Rate
+from center.storage.db import accounts, make_engine
 from center.errors import STATUS_FOR_CODE
-from center.funding import webhook_signature
-from center.ledger import party_account
+from center.ledger.funding import webhook_signature
+from center.ledger.book import party_account
 from fuzz_support import (
     Party, asgi_request, db_snapshot, enroll_party, https_raw, pinned_session, raw_payload, seal_bytes, sealed,
     tls_context,

@@ -39,10 +39,10 @@ from test_payments_api import (
 from test_payments_e2e import center_cli, count_payments
 from test_wallet_e2e import WalletUser
 
-from center.db import messages, payments
+from center.storage.db import messages, payments
 from center.errors import ApiError
-from center.key_admin import revoke_key
-from center.key_binding import bind_key
+from center.keys.admin import revoke_key
+from center.keys.binding import bind_key
 from paywire.envelope import Envelope, b64url_decode, b64url_encode
 from paywire.messages import OPERATOR_ACTION
 from paywire.receipts import check_refusal
@@ -169,12 +169,12 @@ def store(center):
 SIGN_AS_CENTER = """
 import json, sys, time
 from pathlib import Path
-from center.config import CenterConfig
-from center.identity import CenterSigner
+from center.storage.config import CenterConfig
+from center.keys.identity import CenterSigner
 from paywire.envelope import Envelope
 from paywire.messages import parse_payload
-from token_wallet.tokens.base import KeyRecord
-from token_wallet.tokens.pkcs11_token import open_pkcs11_token
+from tokens.base import KeyRecord
+from tokens.pkcs11_token import open_pkcs11_token
 config = CenterConfig.load(Path(sys.argv[1]))
 config.apply_token_environment()
 token = open_pkcs11_token(config.pkcs11_module, label=config.token_label)

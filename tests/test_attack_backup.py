@@ -90,7 +90,7 @@ def test_a_rewritten_archive_with_fresh_hashes_is_refused_before_anything_is_wri
 def test_a_rewritten_postgresql_archive_is_refused_and_its_dump_never_runs(tmp_path, postgres_available):
     if not postgres_available:
         pytest.skip("PostgreSQL is not running")
-    from center.backup_db import pg_is_empty
+    from center.ops.backup_db import pg_is_empty
 
     key = make_backup_key(tmp_path / "admin")
     source_db, fresh_db = create_pg_database(), create_pg_database()
@@ -124,7 +124,7 @@ def test_an_archive_signed_by_another_key_is_refused(site, tmp_path):
 
 
 def test_a_forgery_signed_by_the_attackers_key_in_the_administrators_name_is_refused(site, tmp_path):
-    from center.backup_signing import BackupSigner
+    from center.ops.backup_signing import BackupSigner
 
     attacker = ed25519.Ed25519PrivateKey.generate()
     legit_spki = _spki_of(site["key"]["public"])
@@ -144,7 +144,7 @@ def test_a_forgery_signed_by_the_attackers_key_in_the_administrators_name_is_ref
 
 
 def test_whoever_knows_the_encryption_password_cannot_reseal_a_forgery(site, tmp_path):
-    from center.backup_crypto import DecryptingReader, EncryptingWriter
+    from center.ops.backup_crypto import DecryptingReader, EncryptingWriter
 
     with open(site["sealed"], "rb") as handle:
         plain = DecryptingReader(handle, PASSWORD).read()

@@ -23,8 +23,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
-from center.db import accounts, normalise_url, topups
-from center.ledger import party_account
+from center.storage.db import accounts, normalise_url, topups
+from center.ledger.book import party_account
 from operator_support import public_pem
 from paywire.envelope import seal
 from paywire.messages import new_message_id

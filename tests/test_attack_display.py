@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 from sqlalchemy.exc import IntegrityError
 
-from center.cli_keys import keys_table as list_keys_table
-from center.db import audit_log, normalise_url
+from center.cli.keys import keys_table as list_keys_table
+from center.storage.db import audit_log, normalise_url
 from paywire.envelope import Envelope
 from paywire.errors import WireError
 from paywire.messages import build_payload, new_message_id, parse_payload
@@ -38,11 +38,11 @@ from fuzz_support import sealed
 from support import CenterProcess, SoftwareSigner, cli_env, free_port, run_cli
 from test_payments_e2e import count_payments, fund
 from test_wallet_e2e import WalletUser
-from token_wallet.cli_common import describe_result
+from token_wallet.cli.common import describe_result
 
 STORE_ID = re.compile(r"S-[0-9a-f]{16}")
-# What the fix adds (paywire.messages.text_char_problem, token_wallet.cli_money.payment_block,
-# center.store_names...) is imported inside the tests that use it: this module also runs, and its
+# What the fix adds (paywire.messages.text_char_problem, token_wallet.cli.money.payment_block,
+# center.keys.store_names...) is imported inside the tests that use it: this module also runs, and its
 # attack tests fail, on the code from before the fix.
 WIDE = {"FORCE_COLOR": "1", "TERM": "xterm-256color", "COLUMNS": "400"}
 
@@ -240,7 +240,7 @@ PAYEE = "S-fedcba9876543210"
 
 
 def _render(renderable, width: int) -> str:
-    from token_wallet.cliutil import PlainConsole
+    from hostkit.cli import PlainConsole
 
     console = PlainConsole(file=io.StringIO(), width=width)
     console.print(renderable)
@@ -261,8 +261,8 @@ def _wire_verdict(text: str) -> str | None:
 @given(text=HOSTILE)
 def test_hostile_text_is_refused_by_the_wire_or_shown_literally(text):
     from paywire.messages import text_char_problem
-    from token_wallet.cli_money import payment_block
-    from token_wallet.cliutil import quoted
+    from token_wallet.cli.money import payment_block
+    from hostkit.cli import quoted
 
     verdict = _wire_verdict(text)
     unshown = any(text_char_problem(ch) for ch in text[:200])  # the longer of the two fields
@@ -397,18 +397,18 @@ def _last_audit_entry(center: CenterProcess):
 @pytest.mark.parametrize("name", ["Kissa Hoshi", "kissa hoshi", "KISSA HOSHI", "Kissa  Hoshi", "Kiss\u0430 Hoshi",
                                   "\uff2b\uff49\uff53\uff53\uff41 \uff28\uff4f\uff53\uff48\uff49", "Kissa H0shi"])
 def test_skeletons_of_look_alikes_match(name):
-    from center.store_names import skeleton_sha256
+    from center.keys.store_names import skeleton_sha256
 
     assert skeleton_sha256(name) == skeleton_sha256("Kissa Hoshi")
 
 
 def test_only_one_store_is_the_first_of_a_skeleton(center):
     """Two look-alikes enrolling at once cannot both pass unflagged: the unique index refuses the
-    second first-holder (PostgreSQL commits it later and center.service retries the enrollment)."""
+    second first-holder (PostgreSQL commits it later and center.pipeline.service retries the enrollment)."""
     from sqlalchemy import insert
 
-    from center.db import parties, store_names
-    from center.store_names import record_store_name, skeleton_sha256
+    from center.storage.db import parties, store_names
+    from center.keys.store_names import record_store_name, skeleton_sha256
 
     with center.engine.begin() as conn:
         for store_id in ("S-000000000000000a", "S-000000000000000b"):
@@ -443,7 +443,7 @@ def test_migration_0009_flags_look_alikes_enrolled_before_it(db_url):
     from alembic import command
     from sqlalchemy import insert
 
-    from center.db import _alembic_config, make_engine, migrate, parties, store_names
+    from center.storage.db import _alembic_config, make_engine, migrate, parties, store_names
 
     engine = make_engine(db_url)
     config = _alembic_config()

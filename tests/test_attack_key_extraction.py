@@ -29,9 +29,9 @@ from test_key_lifecycle_e2e import pay
 from test_payments_e2e import fund
 from test_wallet_e2e import WalletUser
 
-from token_wallet.tokens import pkcs11_token
-from token_wallet.tokens.base import KeyMode, KeyRecord, KeyType
-from token_wallet.tokens.pkcs11_token import (
+from tokens import pkcs11_token
+from tokens.base import KeyMode, KeyRecord, KeyType
+from tokens.pkcs11_token import (
     LIBRARY_LOCK,
     Pkcs11Token,
     open_pkcs11_token,

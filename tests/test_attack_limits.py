@@ -33,8 +33,8 @@ from stress_support import Api, LiveCenter, enrollment, pay_body
 from support import SOFTHSM_MODULE, SoftwareSigner, cli_env
 from test_wallet_e2e import WalletUser
 
-from center.config import CenterConfig
-from center.db import keys, messages, parties
+from center.storage.config import CenterConfig
+from center.storage.db import keys, messages, parties
 from paywire import algorithms
 from paywire.algorithms import key_id, load_public_key, verify_signature
 from paywire.envelope import Envelope
@@ -299,7 +299,7 @@ def _member_id(center: LiveCenter, kid: str) -> str:
 
 
 def test_token_buckets_track_a_bounded_number_of_clients():
-    from center.ratelimit import Rate, TokenBuckets
+    from center.api.ratelimit import Rate, TokenBuckets
 
     clock = [0.0]
     buckets = TokenBuckets(Rate(burst=2, per_minute=60), max_clients=100, clock=lambda: clock[0])

@@ -20,9 +20,9 @@ import httpx
 import pytest
 from sqlalchemy import delete, select
 
-from center import db as center_db
-from center import key_lifecycle
-from center.db import audit_log, make_engine, normalise_url
+from center.storage import db as center_db
+from center.keys import lifecycle as key_lifecycle
+from center.storage.db import audit_log, make_engine, normalise_url
 from fixtures_center import DATABASES
 from paywire.envelope import Envelope
 from support import (SOFTHSM_MODULE, CenterProcess, SoftwareSigner, cli_env, create_pg_database, drop_pg_database,
@@ -67,7 +67,7 @@ class Https:
     """Requests to the served center over pinned TLS, as any client on the network could send them.
 
     Each test's client has a loopback address of its own: the center limits enrollments per source
-    address (center.ratelimit), and an attacker with many addresses gets past that limit; the cap
+    address (center.api.ratelimit), and an attacker with many addresses gets past that limit; the cap
     per account and the recovery proof are what this file tests.
     """
 

@@ -18,13 +18,15 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
-from center import audit, audit_export
-from center.audit import chain_hash, verify_chain
-from center.audit_export import export_audit, verify_export
-from center.config import CenterConfig
-from center.db import audit_log, make_engine
+from center.ledger import audit
+
+from center.ledger import audit_export
+from center.ledger.audit import chain_hash, verify_chain
+from center.ledger.audit_export import export_audit, verify_export
+from center.storage.config import CenterConfig
+from center.storage.db import audit_log, make_engine
 from center.errors import ApiError
-from center.identity import make_tls_certificate
+from center.keys.identity import make_tls_certificate
 from paywire.envelope import Envelope, b64url_encode
 from paywire.messages import parse_payload
 from support import SoftwareSigner, run_cli

@@ -20,7 +20,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from center.db import normalise_url, payments
+from center.storage.db import normalise_url, payments
 from ops_support import STORE_NAME, SignedClient, center_cli, funded_member, pay_body
 from support import CenterProcess, cli_env, create_pg_database, drop_pg_database, free_port, run_cli
 
@@ -330,7 +330,7 @@ def test_every_backup_is_signed_a_backup_without_a_key_is_refused(quiet_center, 
 
 
 def test_a_database_password_goes_to_pg_tools_in_the_environment_only():
-    from center.backup_db import _libpq_target, redact_url
+    from center.ops.backup_db import _libpq_target, redact_url
 
     uri, env = _libpq_target("postgresql://tokenpay:s3cret-pw@db.example:5433/center?sslmode=require")
     assert "s3cret-pw" not in uri and env["PGPASSWORD"] == "s3cret-pw"

@@ -9,9 +9,9 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from center.audit import verify_chain
-from center.batch import MAX_BATCH_ITEMS
-from center.db import audit_log, messages, payments, transfers
+from center.ledger.audit import verify_chain
+from center.pipeline.batch import MAX_BATCH_ITEMS
+from center.storage.db import audit_log, messages, payments, transfers
 from paywire.envelope import Envelope
 from stress_support import Api, LiveCenter, fund_members, pay_body as live_pay_body, send_concurrently
 from support import SoftwareSigner, create_pg_database, drop_pg_database
@@ -167,7 +167,7 @@ def test_concurrent_single_payments_are_committed_together(center, shop, monkeyp
     exactly half, and fewer transactions than payments were needed (they were grouped)."""
     import threading
 
-    from center import group_commit
+    from center.pipeline import group_commit
 
     buyer, buyer_id = funded_member(center, 40 * 10)
     requests = [buyer.envelope("pay", pay_body(shop, 10, f"g-{i}"), aud=center.center_id) for i in range(80)]
@@ -213,7 +213,7 @@ def _operations(seed: int, count: int) -> list[tuple]:
 
 def _materialise(center, operations: list[tuple]) -> tuple[list, list[str]]:
     """Fresh parties, then one envelope per operation: buyers with 0, 60, 300 and 5,000 and a shop."""
-    from center.key_admin import revoke_key
+    from center.keys.admin import revoke_key
 
     _, shop_id = enroll(center, "store", name="Corner Shop")
     buyers = [funded_member(center, amount) if amount else enroll(center, "member") for amount in (60, 300, 5_000)]
@@ -251,7 +251,7 @@ def _outcome(center, request, answer: dict) -> tuple:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_batches_book_payments_exactly_as_the_single_path(center, seed):
-    from center.batch import error_answer
+    from center.pipeline.batch import error_answer
     from center.errors import ApiError
 
     operations = _operations(seed, 60)

@@ -16,10 +16,10 @@ from sqlalchemy import select
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from center.app import create_app
-from center.console_access import MAX_LISTED, list_reads
-from center.db import accounts, topups
-from center.ledger import check_ledger, party_account
+from center.api.app import create_app
+from center.console.access import MAX_LISTED, list_reads
+from center.storage.db import accounts, topups
+from center.ledger.book import check_ledger, party_account
 from inquiry_support import world  # noqa: F401  (a fixture)
 from operator_support import BASE_URL, error_code, https_client, new_operator, signed
 from test_console_auth import approval_body
@@ -210,7 +210,7 @@ def test_console_answers_carry_security_headers_and_others_do_not(world, client)
 
 
 def test_page_loads_nothing_from_elsewhere_and_has_no_inline_script():
-    from center.console import PAGE_FILE, STATIC_DIR, STATIC_FILES
+    from center.console.routes import PAGE_FILE, STATIC_DIR, STATIC_FILES
 
     page = (STATIC_DIR / PAGE_FILE).read_text()
     assert "<script>" not in page and "onclick" not in page.lower() and "style=" not in page

@@ -1,4 +1,4 @@
-"""Console login bound to an operator's token (center.console_auth), at the API level,
+"""Console login bound to an operator's token (center.console.auth), at the API level,
 on SQLite and PostgreSQL: challenge, signed approval, one session per approval,
 cookies, CSRF, roles, expiry, revocation, several workers on one database."""
 
@@ -12,14 +12,14 @@ from fastapi import Depends
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from center import console_auth
-from center.app import create_app
-from center.console_auth import (CHALLENGE_LIFETIME_MS, LOGIN_COOKIE, SESSION_COOKIE, SESSION_LIFETIME_MS,
+from center.console import auth as console_auth
+from center.api.app import create_app
+from center.console.auth import (CHALLENGE_LIFETIME_MS, LOGIN_COOKIE, SESSION_COOKIE, SESSION_LIFETIME_MS,
                                  ConsoleSession, console_session)
-from center.audit import verify_chain
-from center.db import audit_log, console_challenges, console_sessions
-from center.key_admin import revoke_key
-from center.service import Center
+from center.ledger.audit import verify_chain
+from center.storage.db import audit_log, console_challenges, console_sessions
+from center.keys.admin import revoke_key
+from center.pipeline.service import Center
 from operator_support import BASE_URL, Clock, error_code, https_client, new_operator, receipt_result, signed
 from paywire.envelope import Envelope, seal
 from paywire.messages import console_client_sha256, new_message_id

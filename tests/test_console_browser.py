@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select
 
-from center.db import normalise_url, topups
+from center.storage.db import normalise_url, topups
 from conftest import _require
 from support import CenterProcess, run_cli
 from test_wallet_e2e import WalletUser

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from center.db import messages, payments
+from center.storage.db import messages, payments
 from paywire.envelope import Envelope
 from support import SoftwareSigner, create_pg_database, drop_pg_database
 from stress_support import (STORE_NAME, Answer, Api, LiveCenter, fund_members, pay_body, payment_pairing_problems,

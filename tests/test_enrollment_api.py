@@ -8,8 +8,8 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from center import audit
-from center.db import keys, parties
+from center.ledger import audit
+from center.storage.db import keys, parties
 from paywire.envelope import Envelope, b64url_encode
 from paywire.receipts import check_receipt
 from support import SoftwareSigner

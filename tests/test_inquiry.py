@@ -1,6 +1,6 @@
 """The console's read-only inquiries (center/inquiry.py) on SQLite and PostgreSQL.
 
-The data (tests/inquiry_support.py) is made through center.service with signed
+The data (tests/inquiry_support.py) is made through center.pipeline.service with signed
 requests on a controlled clock spread over three UTC days, so every sum below is
 known exactly and a wrong day boundary, a wrong sign or a wrong join changes it.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import insert
 
-from center import inquiry
-from center.db import parties
+from center.console import inquiry
+from center.storage.db import parties
 from center.errors import ApiError
-from center.inquiry import Page, Window, day_window
-from center.ledger import check_ledger
+from center.console.inquiry import Page, Window, day_window
+from center.ledger.book import check_ledger
 from inquiry_support import DAY0_MS, DAY_MS, world  # noqa: F401  (world is a fixture)
 
 

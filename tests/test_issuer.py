@@ -1,5 +1,5 @@
-"""Issuer-certified keys: the CA, key certificates and their check (center.issuer,
-center.issuer_policy) with real keys, then the enrollment policy at the API level
+"""Issuer-certified keys: the CA, key certificates and their check (center.keys.issuer,
+center.keys.issuer_policy) with real keys, then the enrollment policy at the API level
 (FastAPI TestClient, SQLite and PostgreSQL, the center's key on SoftHSM).
 The command line and the end-to-end flow are in test_issuer_e2e.py."""
 
@@ -17,13 +17,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from center import issuer
-from center.app import create_app
-from center.db import audit_log, keys, make_engine, messages, migrate, parties
+from center.keys import issuer
+from center.api.app import create_app
+from center.storage.db import audit_log, keys, make_engine, messages, migrate, parties
 from center.errors import STATUS_FOR_CODE, ApiError
-from center.identity import CenterSigner
-from center.issuer_policy import ANY, ISSUER_CERTIFIED, IssuerPolicy, check_enrollment_certificate
-from center.service import Center
+from center.keys.identity import CenterSigner
+from center.keys.issuer_policy import ANY, ISSUER_CERTIFIED, IssuerPolicy, check_enrollment_certificate
+from center.pipeline.service import Center
 from paywire.envelope import Envelope, b64url_encode, seal
 from paywire.errors import WireError
 from paywire.messages import MAX_KEY_CERT_BYTES, check_key_cert_field, new_message_id
@@ -65,7 +65,7 @@ def refused(cert_der: bytes, spki_der: bytes, trusted, **options) -> str:
 
 def hand_made(issuer_cert: x509.Certificate, issuer_key, public_key, *, ca: bool | None, digital_signature=True,
               key_cert_sign=False, eku=None, subject="hand made", days=30) -> x509.Certificate:
-    """A certificate center.issuer would never make: for the refusals."""
+    """A certificate center.keys.issuer would never make: for the refusals."""
     now = dt.datetime.fromtimestamp(NOW_S, tz=dt.timezone.utc)
     builder = (x509.CertificateBuilder()
                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
@@ -464,7 +464,7 @@ def test_a_key_certificate_trusted_as_if_it_were_the_ca_is_still_refused(ca):
 
 
 def test_a_broken_issuer_configuration_stops_the_center(tmp_path, ca):
-    from center.issuer_policy import load_policy
+    from center.keys.issuer_policy import load_policy
 
     (tmp_path / "issuer").mkdir()
     (tmp_path / "issuer" / "ca-cert.pem").write_bytes(issuer.pem(ca.cert))

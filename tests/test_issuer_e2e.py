@@ -15,10 +15,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from center import issuer
-from center.config import CenterConfig
+from center.keys import issuer
+from center.storage.config import CenterConfig
 from center.errors import ApiError
-from center.issuer_policy import check_enrollment_certificate, policy_of
+from center.keys.issuer_policy import check_enrollment_certificate, policy_of
 from support import CenterProcess, free_port, run_cli
 from test_wallet_e2e import WalletUser, count_parties
 

@@ -11,15 +11,15 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from center.audit import verify_chain
-from center.audit_export import export_audit, verify_export
-from center.db import audit_log, key_claims, keys, parties, payments
+from center.ledger.audit import verify_chain
+from center.ledger.audit_export import export_audit, verify_export
+from center.storage.db import audit_log, key_claims, keys, parties, payments
 from center.errors import ApiError
-from center.identity import make_tls_certificate
-from center.key_admin import revoke_key
-from center.key_binding import bind_key, list_keys, reject_key
-from center.key_admin import MAX_OPEN_TICKETS_PER_PARTY, TICKET_LIFETIME_MS, issue_recovery_ticket
-from center.key_lifecycle import MAX_PENDING_CLAIMS_PER_PARTY
+from center.keys.identity import make_tls_certificate
+from center.keys.admin import revoke_key
+from center.keys.binding import bind_key, list_keys, reject_key
+from center.keys.admin import MAX_OPEN_TICKETS_PER_PARTY, TICKET_LIFETIME_MS, issue_recovery_ticket
+from center.keys.lifecycle import MAX_PENDING_CLAIMS_PER_PARTY
 from paywire import recovery
 from paywire.envelope import Envelope, b64url_encode
 from paywire.messages import parse_payload
@@ -405,8 +405,8 @@ def test_a_store_rotates_too_and_a_resend_from_a_fresh_process_gets_the_receipt(
     request = rotation(center, old, key_proof(center, new, old.kid))
     first = center.submit(request, "rotate")
     # Another center process, which never saw the old key as active.
-    from center.key_lifecycle import rotate
-    from center.service import Center
+    from center.keys.lifecycle import rotate
+    from center.pipeline.service import Center
 
     fresh = Center(engine=center.engine, signer=center.signer, currency=center.currency)
     assert rotate(fresh, request) == first
@@ -544,8 +544,8 @@ def test_new_keys_from_rebind_and_rotation_pass_the_issuer_policy(api, center):
     """Under 'only issuer-certified keys', a rebind and a rotation enroll new keys: they need certificates too."""
     from cryptography.hazmat.primitives import serialization
 
-    from center.issuer import certify_key, create_ca
-    from center.issuer_policy import ISSUER_CERTIFIED, IssuerPolicy
+    from center.keys.issuer import certify_key, create_ca
+    from center.keys.issuer_policy import ISSUER_CERTIFIED, IssuerPolicy
 
     old, member_id = funded_member(center, 1_000)  # enrolled before the policy: stays as it is
     now_s = center.clock_ms() // 1000

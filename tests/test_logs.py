@@ -10,7 +10,7 @@ import logging
 
 import httpx
 
-from center.logs import JsonFormatter, TextFormatter, log_event, logging_config
+from center.ops.logs import JsonFormatter, TextFormatter, log_event, logging_config
 from ops_support import center_cli
 from support import CenterProcess, free_port, run_cli
 from test_wallet_e2e import WalletUser
@@ -118,6 +118,6 @@ def test_text_format_is_one_readable_line_per_event():
 
 def test_log_config_routes_center_and_uvicorn_to_one_stderr_handler():
     config = logging_config("json", "warning")
-    assert config["formatters"]["main"]["()"] == "center.logs.JsonFormatter"
+    assert config["formatters"]["main"]["()"] == "center.ops.logs.JsonFormatter"
     assert config["loggers"]["tokenpay"]["level"] == "WARNING" and config["loggers"]["uvicorn"]["handlers"] == ["stderr"]
     assert config["loggers"]["uvicorn.access"]["handlers"] == []  # access lines would carry client addresses

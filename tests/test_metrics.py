@@ -171,7 +171,7 @@ def test_serve_refuses_unknown_log_options(tmp_path, option):
 def test_an_unexpected_failure_counts_as_internal_error(center):
     from fastapi.testclient import TestClient
 
-    from center.app import create_app
+    from center.api.app import create_app
 
     def broken(store_id: str) -> dict:
         raise RuntimeError("a bug")

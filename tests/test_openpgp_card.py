@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from paywire.algorithms import load_public_key, verify_signature
-from token_wallet.tokens import pcsc
-from token_wallet.tokens.base import (
+from tokens import pcsc
+from tokens.base import (
     KeyMode,
     KeyNotFound,
     KeyType,
@@ -26,7 +26,7 @@ from token_wallet.tokens.base import (
     TokenRemoved,
     WrongPin,
 )
-from token_wallet.tokens.openpgp_card import OpenPgpCardToken, is_openpgp_card, open_openpgp_card
+from tokens.openpgp_card import OpenPgpCardToken, is_openpgp_card, open_openpgp_card
 
 REPO = Path(__file__).resolve().parents[1]
 PIN = "123456"
@@ -129,7 +129,7 @@ def test_open_waits_for_the_card_with_the_serial(virtual_card):
 def test_pcscd_not_running_gives_a_clear_error(tmp_path):
     # pcsc-lite's client honours PCSCLITE_CSOCK_NAME: a socket nobody serves
     # is exactly what a machine without pcscd looks like to pyscard.
-    code = ("from token_wallet.tokens import pcsc\n"
+    code = ("from tokens import pcsc\n"
             "try:\n    pcsc.list_readers()\nexcept pcsc.PcscUnavailable as exc:\n    print(exc)\n")
     env = dict(os.environ, PCSCLITE_CSOCK_NAME=str(tmp_path / "no-pcscd.comm"))
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,

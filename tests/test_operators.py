@@ -12,14 +12,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa, x25519
 from sqlalchemy import select
 
-from center.audit import verify_chain
-from center.audit_export import export_audit, verify_export
-from center.db import accounts, audit_log, keys, parties
+from center.ledger.audit import verify_chain
+from center.ledger.audit_export import export_audit, verify_export
+from center.storage.db import accounts, audit_log, keys, parties
 from center.errors import ApiError
-from center.identity import make_tls_certificate
-from center.ledger import check_ledger, party_account
-from center.operator_actions import ACTIONS
-from center.operators import add_operator, list_operators
+from center.keys.identity import make_tls_certificate
+from center.ledger.book import check_ledger, party_account
+from center.pipeline.operator_actions import ACTIONS
+from center.keys.operators import add_operator, list_operators
 from fuzz_support import db_snapshot, raw_payload, seal_bytes
 from operator_support import error_code, https_client, new_operator, public_pem, receipt_result, signed
 from paywire.algorithms import key_id

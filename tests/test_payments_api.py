@@ -10,11 +10,11 @@ import time
 import pytest
 from sqlalchemy import func, select, text
 
-from center.db import accounts, payments, transfers
+from center.storage.db import accounts, payments, transfers
 from center.errors import ApiError
-from center.service import COUNTER_WINDOW
-from center.funding import webhook_signature
-from center.ledger import check_ledger, party_account
+from center.pipeline.service import COUNTER_WINDOW
+from center.ledger.funding import webhook_signature
+from center.ledger.book import check_ledger, party_account
 from paywire.envelope import Envelope
 from paywire.messages import parse_payload
 from paywire.receipts import check_receipt
@@ -350,7 +350,7 @@ def test_transfers_are_append_only(center, store):
 
 
 def test_revoked_key_is_refused_and_history_stays(center, store):
-    from center.key_admin import revoke_key
+    from center.keys.admin import revoke_key
 
     buyer, buyer_id = funded_member(center, 1_000)
     _, store_id = store

@@ -10,7 +10,7 @@ import threading
 
 from sqlalchemy import create_engine, func, select, text
 
-from center.db import normalise_url, payments
+from center.storage.db import normalise_url, payments
 from support import CenterProcess, free_port, run_cli
 from test_wallet_e2e import WalletUser
 

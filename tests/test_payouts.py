@@ -16,17 +16,17 @@ from sqlalchemy import text as sa_text
 import rfc8785
 from sqlalchemy import func, select
 
-from center import audit as audit_module
-from center import payouts as payouts_module
-from center.audit import verify_chain
-from center.config import CenterConfig
-from center.db import audit_log, make_engine, payouts, transfers
+from center.ledger import audit as audit_module
+from center.ledger import payouts as payouts_module
+from center.ledger.audit import verify_chain
+from center.storage.config import CenterConfig
+from center.storage.db import audit_log, make_engine, payouts, transfers
 from center.errors import ApiError
-from center.identity import CenterSigner
-from center.ledger import PAYOUTS_PENDING, PAYOUTS_SETTLED, balance_of, check_ledger
-from center.payouts import (MAX_PAYOUTS_PER_FILE, PAIN_001_NS, export_payouts, format_decimal_amount,
+from center.keys.identity import CenterSigner
+from center.ledger.book import PAYOUTS_PENDING, PAYOUTS_SETTLED, balance_of, check_ledger
+from center.ledger.payouts import (MAX_PAYOUTS_PER_FILE, PAIN_001_NS, export_payouts, format_decimal_amount,
                             settle_payouts)
-from center.service import Center
+from center.pipeline.service import Center
 from fixtures_payouts import claim_payout, enroll, pay, store_with_payout, top_up
 from support import run_cli
 

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import KeyType as P11KeyType
 
-from token_wallet.tokens import key_protection, pkcs11_raw, pkcs11_token, softhsm
-from token_wallet.tokens.base import (
+from tokens import key_protection, pkcs11_raw, pkcs11_token, softhsm
+from tokens.base import (
     ALGORITHM_FOR_KEY_TYPE,
     KeyMode,
     KeyNotFound,
@@ -33,7 +33,7 @@ from token_wallet.tokens.base import (
     TokenNotFound,
     WrongPin,
 )
-from token_wallet.tokens.pkcs11_token import (
+from tokens.pkcs11_token import (
     LIBRARY_LOCK,
     WRAP_KEY_LABEL,
     Pkcs11Token,

@@ -13,7 +13,7 @@ import re
 import pytest
 from sqlalchemy import event
 
-from center.db import make_engine, migrate
+from center.storage.db import make_engine, migrate
 from scale_rows import fill, reads
 
 PAYMENTS = 3_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import inspect
 
-from center.db import make_engine, metadata, migrate
+from center.storage.db import make_engine, metadata, migrate
 
 
 def test_migrations_create_exactly_the_tables_and_columns_the_code_uses(db_url):

@@ -12,7 +12,7 @@ import sys
 from alembic import command
 from sqlalchemy import inspect, text
 
-from center.db import _alembic_config, head_revision, make_engine
+from center.storage.db import _alembic_config, head_revision, make_engine
 from support import cli_env, free_port, run_cli
 from test_backup import make_backup_key, signed_by
 

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from center.db import accounts, keys, parties, payments
-from center.ledger import party_account
+from center.storage.db import accounts, keys, parties, payments
+from center.ledger.book import party_account
 from support import SoftwareSigner, create_pg_database, drop_pg_database
 from stress_support import (STORE_NAME, Api, LiveCenter, enrollment, fund_members, pay_body,
                             payment_pairing_problems, replay_party_in_commit_order, send_concurrently)

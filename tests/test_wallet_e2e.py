@@ -12,7 +12,7 @@ import pytest
 from pkcs11 import Attribute, ObjectClass
 from sqlalchemy import create_engine, func, select
 
-from center.db import normalise_url, parties
+from center.storage.db import normalise_url, parties
 from support import SOFTHSM_MODULE, CenterProcess, cli_env, free_port, run_cli
 
 

@@ -1,3 +1,3 @@
-from token_wallet.cli import main
+from token_wallet.cli.main import main
 
 main()

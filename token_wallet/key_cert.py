@@ -2,7 +2,7 @@
 
 The wallet checks only what it alone can know: that the certificate is well
 formed and names this wallet's key. Whether the issuer is trusted and the
-certificate valid is the center's judgement (center.issuer_policy).
+certificate valid is the center's judgement (center.keys.issuer_policy).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from paywire.algorithms import key_id
 from paywire.messages import MAX_KEY_CERT_BYTES
-from token_wallet.cliutil import CliError, read_option_file
+from hostkit.cli import CliError, read_option_file
 
 MAX_FILE_BYTES = 4 * MAX_KEY_CERT_BYTES  # PEM is base64 plus headers
 

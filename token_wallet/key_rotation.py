@@ -24,7 +24,7 @@ from __future__ import annotations
 from paywire.algorithms import key_id
 from paywire.envelope import Envelope, b64url_encode, seal
 from paywire.messages import KEY_PROOF, ROTATE, build_payload, new_message_id
-from token_wallet.tokens.base import KeyRecord, Token
+from tokens.base import KeyRecord, Token
 from token_wallet.wallet import LIFETIME_S, Wallet, WalletError, now_ms
 
 MAX_PREVIOUS_KEYS = 100

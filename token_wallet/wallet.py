@@ -42,7 +42,7 @@ from paywire.receipts import check_receipt, check_refusal
 from paywire.verify import verify_envelope
 from token_wallet.answer_checks import Contradiction, check_answer
 from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable, check_center_url
-from token_wallet.tokens.base import KeyRecord, Token
+from tokens.base import KeyRecord, Token
 from token_wallet.vault import Vault
 
 DOCUMENT_VERSION = 1

@@ -1,0 +1,1 @@
+"""The `center` command: one module per command group."""

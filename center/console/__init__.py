@@ -1,0 +1,1 @@
+"""The operator console: sign-in, routes, views, read-only inquiries, static files."""

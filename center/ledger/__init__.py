@@ -1,0 +1,1 @@
+"""Money and evidence: double-entry book, funding, payouts, the audit chain and its export."""

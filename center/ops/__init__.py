@@ -1,0 +1,1 @@
+"""Running a center: bootstrap, backup and restore, metrics and logs."""

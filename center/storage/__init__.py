@@ -1,0 +1,1 @@
+"""Tables, migrations, configuration and the data directory's files."""

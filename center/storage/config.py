@@ -1,0 +1,88 @@
+"""The center's data directory and its configuration file.
+
+Layout of D:
+    config.json          this file: ids, database URL, token and TLS locations
+    center-cert.pem      the TLS certificate wallets pin (it also names the
+                         center's receipt-signing key, see center.keys.identity)
+    tls/key.pem          TLS private key (0600; TLS keys must be in software for uvicorn)
+    secrets/token-pin    PIN of the center's token (0600), read by `serve`
+    softhsm/             the center's own SoftHSM token directory, when it made one
+    center.db            SQLite database, the default
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CONFIG_NAME = "config.json"
+CERT_NAME = "center-cert.pem"
+
+
+@dataclass
+class CenterConfig:
+    data_dir: Path
+    center_id: str
+    currency: str
+    db_url: str
+    pkcs11_module: str
+    token_label: str
+    token_pin_file: str
+    softhsm_conf: str | None
+    signing_key: dict = field(default_factory=dict)  # KeyRecord as JSON
+    tls_key_file: str = ""
+    webhook_secret_file: str = ""
+    # Issuer-certified keys (center.keys.issuer_policy): "any" or "issuer_certified";
+    # file names relative to the data directory, "" when no issuer CA is configured.
+    issuer_policy: str = "any"
+    issuer_ca_file: str = ""
+    issuer_intermediates_file: str = ""
+    # Request limits per worker process (center.api.ratelimit): {"NAME": {"burst": B, "per_minute": R},
+    # "max_clients": N}; names left out keep their defaults (center.api.ratelimit.DEFAULT_RATES).
+    rate_limits: dict = field(default_factory=dict)
+    # Reverse proxies whose X-Forwarded-For the center believes (addresses or networks, e.g.
+    # ["10.0.0.5", "fd00::/64"]); default none: the client is the TCP peer (center.console.auth).
+    trusted_proxies: list = field(default_factory=list)
+
+    @property
+    def cert_file(self) -> Path:
+        return self.data_dir / CERT_NAME
+
+    def save(self) -> None:
+        document = asdict(self)
+        document.pop("data_dir")
+        write_private_file(self.data_dir / CONFIG_NAME, json.dumps(document, indent=2, sort_keys=True).encode())
+
+    @classmethod
+    def load(cls, data_dir: Path) -> "CenterConfig":
+        path = Path(data_dir) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run `center init --data-dir {data_dir}` first")
+        document = json.loads(path.read_text())
+        return cls(data_dir=Path(data_dir).resolve(), **document)
+
+    def token_pin(self) -> str:
+        # The one bounded reader of secret files: a PIN file that never ends is refused, not read.
+        from hostkit.cli import read_secret
+
+        return read_secret(what="token PIN", file_option=self.token_pin_file, env_var=None).strip()
+
+    def apply_token_environment(self) -> None:
+        # SoftHSM reads SOFTHSM2_CONF once per process, when the module is
+        # loaded: set it before the first token call (DESIGN.md).
+        if self.softhsm_conf:
+            os.environ["SOFTHSM2_CONF"] = self.softhsm_conf
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write a file readable by the owner only, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
