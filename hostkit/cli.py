@@ -6,20 +6,20 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rich.console import Console
 from rich.text import Text
 
-from paywire.messages import text_char_problem
+from paywire.text import text_char_problem
 
 MAX_SECRET_FILE_BYTES = 4096
 MAX_QUOTED_CHARS = 100  # a longer outside value is cut, with a marker saying how much is not shown
 
 
 def escape_unshown(text: str, *, keep: str = "") -> str:
-    r"""`text` with every character the wire refuses in a text field (paywire.messages.text_char_problem)
+    r"""`text` with every character the wire refuses in a text field (paywire.text.text_char_problem)
     written as a Python-style escape (\x1b, \u202e, \U000e0041): controls (ESC starts terminal
     commands), format characters (bidi overrides reorder a line, zero-width ones hide), separators,
     surrogates, private-use and unassigned code points, blank letters. Characters in `keep` (our own
@@ -99,8 +99,9 @@ def emit(as_json: bool, document: dict | list, render: Callable[[Console], None]
         render(stdout_console)
 
 
-def read_secret(*, what: str, file_option: str | None, env_var: str | None, fd: int | None = None,
-                confirm: bool = False) -> str:
+def read_secret(
+    *, what: str, file_option: str | None, env_var: str | None, fd: int | None = None, confirm: bool = False
+) -> str:
     """A secret from --...-fd, --...-file, $ENV (a file name), else a no-echo prompt.
 
     Only the first line of a file counts (like gpg --passphrase-file), so a
@@ -108,7 +109,9 @@ def read_secret(*, what: str, file_option: str | None, env_var: str | None, fd: 
     """
     if fd is not None:
         try:
-            with os.fdopen(os.dup(fd), "rb") as handle:  # a pipe or /dev/stdin: read up to the limit, no further
+            with os.fdopen(
+                os.dup(fd), "rb"
+            ) as handle:  # a pipe or /dev/stdin: read up to the limit, no further
                 data = handle.read(MAX_SECRET_FILE_BYTES + 1)
         except OSError as error:
             raise CliError(f"cannot read the {what} from descriptor {fd}: {error.strerror}") from None
@@ -155,8 +158,10 @@ def read_bounded(path: Path, max_bytes: int) -> bytes:
 
 def _first_line(data: bytes, what: str, where: str) -> str:
     if len(data) > MAX_SECRET_FILE_BYTES:
-        raise CliError(f"the {what} in {where} is longer than {MAX_SECRET_FILE_BYTES} bytes; "
-                       f"give a file whose first line is the {what}")
+        raise CliError(
+            f"the {what} in {where} is longer than {MAX_SECRET_FILE_BYTES} bytes; "
+            f"give a file whose first line is the {what}"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

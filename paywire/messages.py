@@ -15,13 +15,13 @@ import datetime as dt
 import hashlib
 import re
 import secrets
-import unicodedata
 from dataclasses import dataclass
 
 from paywire.algorithms import ALGORITHMS
 from paywire.canonical import canonical_bytes, parse_canonical
 from paywire.envelope import Envelope, b64url_decode
 from paywire.errors import WireError
+from paywire.text import check_text_chars
 from paywire.recovery import RECOVERY_KEY_PATTERN, RECOVERY_PROOF_PATTERN
 
 DOMAIN = "tokenpay"
@@ -36,16 +36,17 @@ REFUND = "refund"
 PAYOUT = "payout"
 NOTICES = "notices"  # a store's signed request for its payment notices
 BALANCE = "balance"  # a signed query for balance and recent account events
+ACCOUNT_INFO = "account_info"  # a signed query: which account this key is, its highest counter seen
 NOTICE = "notice"  # signed by the center: one payment notice for a store
 CONSOLE_LOGIN = "console_login"  # an operator approves a console login challenge
 OPERATOR_ACTION = "operator_action"  # an operator's signed action (center.pipeline.operator_actions)
 ROTATE = "rotate"  # signed by the old key; carries the new key's KEY_PROOF
 KEY_PROOF = "key_proof"  # signed by the new key, naming the key it replaces; only ever inside ROTATE
-MESSAGE_TYPES = frozenset({ENROLL, RECEIPT, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE, NOTICE, ROTATE, KEY_PROOF,
-                           CONSOLE_LOGIN, OPERATOR_ACTION})
+MESSAGE_TYPES = frozenset({ENROLL, RECEIPT, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE, NOTICE, ROTATE,
+                           KEY_PROOF, CONSOLE_LOGIN, OPERATOR_ACTION, ACCOUNT_INFO})
 # Types a member or store signs; RECEIPT and NOTICE come from the center only.
-REQUEST_TYPES = frozenset({ENROLL, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE, ROTATE, KEY_PROOF, CONSOLE_LOGIN,
-                           OPERATOR_ACTION})
+REQUEST_TYPES = frozenset({ENROLL, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE, ROTATE, KEY_PROOF,
+                           CONSOLE_LOGIN, OPERATOR_ACTION, ACCOUNT_INFO})
 FUNDING_METHODS = ("credit", "bank", "postal", "cash")
 
 PARTY_ID_PATTERN = re.compile(r"[MS]-[0-9a-f]{16}")
@@ -61,19 +62,6 @@ TOPUP_ID_PATTERN = re.compile(r"U-[0-9a-f]{16}")
 # A console login challenge as the browser shows it: 16 base32 characters (80 bits) in four groups.
 CONSOLE_CHALLENGE_PATTERN = re.compile(r"[A-Z2-7]{4}(?:-[A-Z2-7]{4}){3}")
 MAX_REASON_CHARS = 200
-# Unicode categories no text field may hold (issue 17): each can make what a person reads differ
-# from what is signed. Cc: C0 and C1 controls (ESC, CSI start terminal commands); Cf: format
-# characters (bidi overrides U+202A-202E and isolates U+2066-2069, marks U+200E/200F/061C,
-# zero-width U+200B-200D, U+2060, U+FEFF, soft hyphen, tags); Zl/Zp: line and paragraph separators;
-# Cs: lone surrogates; Co: private use (any font draws anything there); Cn: unassigned in this
-# Python's Unicode tables (no defined look; a later Unicode may make one a format character).
-# Emoji joined by U+200D (ZWJ) are refused with the rest of Cf: a ZWJ also hides between letters.
-REFUSED_TEXT_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
-# Letters that are drawn as nothing (Hangul fillers, Default_Ignorable in Unicode): the classic blank name.
-BLANK_LETTERS = frozenset({"\u115f", "\u1160", "\u3164", "\uffa0"})
-_CATEGORY_WORDS = {"Cc": "a control character", "Cf": "an invisible format character (bidi, zero-width or tag)",
-                   "Zl": "a line separator", "Zp": "a paragraph separator", "Cs": "a lone surrogate",
-                   "Co": "a private-use character", "Cn": "an unassigned code point", "Lo": "a letter drawn as blank"}
 MAX_COUNTER = 2**53 - 1
 MAX_KEY_CERT_BYTES = 4096  # an issuer's X.509 certificate for the enrolling key, DER
 CLOCK_SKEW_S = 300
@@ -264,6 +252,11 @@ def _check_balance(body: dict) -> None:
     _exact_fields(body, set())
 
 
+def _check_account_info(body: dict) -> None:
+    """Empty: the signing key names the account; the answer is the center's (center.pipeline.account_info)."""
+    _exact_fields(body, set())
+
+
 def _check_notice(body: dict) -> None:
     _exact_fields(body, {"notice_seq", "payment_id", "store_id", "buyer_id", "amount_minor", "currency",
                          "order_ref", "paid_at_ms"})
@@ -359,6 +352,7 @@ _BODY_CHECKS = {
     PAYOUT: _check_payout, NOTICES: _check_notices, BALANCE: _check_balance, NOTICE: _check_notice,
     ROTATE: _check_rotate, KEY_PROOF: _check_key_proof,
     CONSOLE_LOGIN: _check_console_login, OPERATOR_ACTION: _check_operator_action,
+    ACCOUNT_INFO: _check_account_info,
 }
 
 
@@ -389,29 +383,6 @@ def _text(value: object, field: str, max_chars: int) -> str:
         raise WireError("malformed_payload", f"{field} must be non-empty text of at most {max_chars} characters")
     check_text_chars(value, field)
     return value
-
-
-def check_text_chars(value: str, field: str) -> None:
-    """The one rule for the characters of every text field (names, addresses, order references,
-    reasons): only characters a person sees as what they are. C0 controls and DEL were always
-    malformed_payload; the others text_char_problem names are text_not_allowed, naming the field and
-    the code point (never the character itself, which may be what hides or reorders the message)."""
-    for ch in value:
-        problem = text_char_problem(ch)
-        if problem is None:
-            continue
-        if ord(ch) < 0x20 or ord(ch) == 0x7F:
-            raise WireError("malformed_payload", f"{field} contains control characters")
-        raise WireError("text_not_allowed", f"{field} contains U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')}), "
-                                            f"{problem}; only visible text is allowed")
-
-
-def text_char_problem(ch: str) -> str | None:
-    """Why `ch` may not be in a text field, or None; the wallet and center escape the same set on screen."""
-    category = unicodedata.category(ch)
-    if category in REFUSED_TEXT_CATEGORIES:
-        return _CATEGORY_WORDS[category]
-    return _CATEGORY_WORDS["Lo"] if ch in BLANK_LETTERS else None
 
 
 def _date(value: object, field: str) -> dt.date:

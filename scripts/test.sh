@@ -8,6 +8,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
+# Lint first: a style error or a broken import contract (layers, cycles) stops the run in seconds.
+# The tests run these too (tests/test_architecture.py runs lint-imports); here they fail with one line.
+lint_failed=()
+.venv/bin/ruff check --no-cache --quiet . || lint_failed+=("ruff check (see above)")
+if ! contracts="$(.venv/bin/lint-imports --no-cache --no-logo 2>&1)"; then
+    echo "$contracts"
+    lint_failed+=("lint-imports (import contracts, see above)")
+fi
+if [ "${#lint_failed[@]}" -gt 0 ]; then
+    echo "lint failed: ${lint_failed[*]}" >&2
+    exit 1
+fi
+
 PG_URL="${TOKENPAY_TEST_PG_URL:-postgresql://postgres@127.0.0.1:5432/test}"
 throwaway=""
 pg_answers() { .venv/bin/python -c "import psycopg,sys; psycopg.connect(sys.argv[1], connect_timeout=3).close()" "$1" 2>/dev/null; }

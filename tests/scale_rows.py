@@ -11,9 +11,9 @@ from sqlalchemy import select, text
 
 from center.pipeline import handlers
 
-from center.console import inquiry
+from center.console import inquiry, statistics
 from center.storage.db import payments
-from center.pipeline.service import Signer
+from center.pipeline.types import Signer
 
 DAY_MS = 86_400_000
 NOW_MS = 1_790_000_000_000
@@ -99,5 +99,5 @@ def reads(conn) -> dict:
             .order_by(payments.c.seq).limit(100)).all(),
         "console: one buyer's payments": lambda: inquiry.list_payments(conn, buyer_id=member),
         "console: pending top-ups": lambda: inquiry.list_topups(conn, status="pending"),
-        "console: statistics, 30 days": lambda: inquiry.statistics(conn, days=30, now_ms=now_ms),
+        "console: statistics, 30 days": lambda: statistics.statistics(conn, days=30, now_ms=now_ms),
     }

@@ -41,7 +41,7 @@ from test_wallet_e2e import WalletUser
 from token_wallet.cli.common import describe_result
 
 STORE_ID = re.compile(r"S-[0-9a-f]{16}")
-# What the fix adds (paywire.messages.text_char_problem, token_wallet.cli.money.payment_block,
+# What the fix adds (paywire.text.text_char_problem, token_wallet.cli.money.payment_block,
 # center.keys.store_names...) is imported inside the tests that use it: this module also runs, and its
 # attack tests fail, on the code from before the fix.
 WIDE = {"FORCE_COLOR": "1", "TERM": "xterm-256color", "COLUMNS": "400"}
@@ -260,7 +260,7 @@ def _wire_verdict(text: str) -> str | None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=HOSTILE)
 def test_hostile_text_is_refused_by_the_wire_or_shown_literally(text):
-    from paywire.messages import text_char_problem
+    from paywire.text import text_char_problem
     from token_wallet.cli.money import payment_block
     from hostkit.cli import quoted
 
@@ -308,7 +308,7 @@ def test_hostile_text_is_refused_by_the_wire_or_shown_literally(text):
     ("Kissa\x1b[8mHoshi", "malformed_payload"),
 ])
 def test_the_center_refuses_hostile_names_at_enrollment(world, name, code):
-    from paywire.messages import text_char_problem
+    from paywire.text import text_char_problem
 
     answer = enroll_http(world, "store", name=name)
     assert answer.get("error", {}).get("code") == code, answer
@@ -443,10 +443,10 @@ def test_migration_0009_flags_look_alikes_enrolled_before_it(db_url):
     from alembic import command
     from sqlalchemy import insert
 
-    from center.storage.db import _alembic_config, make_engine, migrate, parties, store_names
+    from center.storage.db import alembic_config, make_engine, migrate, parties, store_names
 
     engine = make_engine(db_url)
-    config = _alembic_config()
+    config = alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "0008")

@@ -36,8 +36,10 @@ from tokens.pkcs11_token import (
     Pkcs11Token,
     open_pkcs11_token,
 )
-from token_wallet.vault import MINIMUM_KDF, Vault, vault_lock
-from token_wallet.wallet import new_document
+from hostkit.sealing import MINIMUM_KDF
+from token_wallet.vault import Vault
+from token_wallet.vault_lock import vault_lock
+from token_wallet.document import new_document
 
 # What the code before the fix called its (only) wrap key; its tokens keep it.
 OLD_WRAP_KEY_LABEL = "tokenpay-wrap"

@@ -472,8 +472,8 @@ def test_wallet_refuses_non_ascii_amounts_and_signs_nothing(limited_center, memb
 def test_a_retry_after_header_in_other_digits_is_ignored_not_a_crash():
     """'²' (a Latin-1 header byte) passes str.isdigit() and int() raises on it: a hostile answer must
     not crash the wallet."""
-    from token_wallet.client import _retry_after
+    from token_wallet.client import retry_after_note
 
     hostile = httpx.Response(429, headers=[(b"retry-after", "²".encode("latin-1"))])
-    assert hostile.headers["retry-after"] == "²" and _retry_after(hostile) == ""
-    assert _retry_after(httpx.Response(429, headers={"retry-after": "7"})) == ", retry after 7 s"
+    assert hostile.headers["retry-after"] == "²" and retry_after_note(hostile) == ""
+    assert retry_after_note(httpx.Response(429, headers={"retry-after": "7"})) == ", retry after 7 s"

@@ -15,14 +15,16 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import rfc8785
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from center.ledger import audit
 
-from center.ledger import audit_export
+from center.ledger import audit_export, audit_export_verify
 from center.ledger.audit import chain_hash, verify_chain
-from center.ledger.audit_export import export_audit, verify_export
+from center.ledger.audit_export import export_audit
+from center.ledger.audit_export_verify import verify_export
 from center.storage.config import CenterConfig
 from center.storage.db import audit_log, make_engine
 from center.errors import ApiError
@@ -150,6 +152,19 @@ def test_clean_chain_verifies_with_signed_and_local_entries(center):
     assert (operator["kid"], operator["alg"], operator["msg_type"]) == ("operator:test", "none", "topup_confirm")
 
 
+def test_a_local_entry_is_stored_as_the_copies_it_replaced_stored_it(center):
+    # Operators' decisions, payouts runs: kid = actor, alg "none", the request's RFC 8785 bytes,
+    # no signature, kid and msg_id cut to their 64-character columns. Chains kept before verify.
+    request = {"kid": "k" * 70, "decided_by": "operator:" + "x" * 70, "note": "Jürgen"}
+    with center.engine.begin() as conn:
+        seq = audit.append_local(conn, actor=request["decided_by"], request=request, msg_type="key_bind",
+                                 msg_id=request["kid"], action={"action": "key_bound"}, now_ms=1_000)
+    row = stored_entry(center.engine, seq)
+    assert (row["kid"], row["alg"], row["msg_id"]) == (request["decided_by"][:64], "none", "k" * 64)
+    assert (bytes(row["payload"]), bytes(row["signature"])) == (rfc8785.dumps(request), b"")
+    assert check_chain(center.engine) == (seq, None)
+
+
 def test_append_only_triggers_refuse_update_and_delete(center):
     traffic(center)
     for statement in ("UPDATE audit_log SET action = '{}' WHERE seq = 2", "DELETE FROM audit_log WHERE seq = 2",
@@ -261,14 +276,14 @@ def test_line_over_the_cap_is_refused_at_its_entry(center, tmp_path, monkeypatch
     export(center, path)
     lines = export_lines(path)
     longest = max(map(len, lines))
-    monkeypatch.setattr(audit_export, "MAX_LINE_BYTES", longest)  # the cap leaves out the newline
+    monkeypatch.setattr(audit_export_verify, "MAX_LINE_BYTES", longest)  # the cap leaves out the newline
     assert verify_export(path)["ok"] is True
     # Entry 3 padded with JSON whitespace: still valid JSON, but one byte over the cap.
     lines[KEYS + 3] += b" " * (longest + 1 - len(lines[KEYS + 3]))
     report = verify_export(write_lines(tmp_path / "long.jsonl", lines))
     assert (report["ok"], report["first_bad_seq"], report["entries"]) == (False, 3, 2)
     assert f"longer than {longest} bytes" in report["problem"]
-    monkeypatch.setattr(audit_export, "MAX_LINE_BYTES", 200)  # even the header is longer
+    monkeypatch.setattr(audit_export_verify, "MAX_LINE_BYTES", 200)  # even the header is longer
     report = verify_export(path)
     assert (report["ok"], report["first_bad_seq"]) == (False, None)
     assert "line 1" in report["problem"] and "longer than 200 bytes" in report["problem"]
@@ -469,7 +484,7 @@ def test_missing_and_oversized_files(tmp_path, monkeypatch):
     assert verify_export(tmp_path / "absent.jsonl")["ok"] is False
     big = tmp_path / "big.jsonl"
     big.write_text("{" + " " * 100 + "}")
-    monkeypatch.setattr(audit_export, "MAX_EXPORT_FILE_BYTES", 50)
+    monkeypatch.setattr(audit_export_verify, "MAX_EXPORT_FILE_BYTES", 50)
     report = verify_export(big)
     assert report["ok"] is False and "50 bytes" in report["problem"]
 

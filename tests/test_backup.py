@@ -330,9 +330,9 @@ def test_every_backup_is_signed_a_backup_without_a_key_is_refused(quiet_center, 
 
 
 def test_a_database_password_goes_to_pg_tools_in_the_environment_only():
-    from center.ops.backup_db import _libpq_target, redact_url
+    from center.ops.backup_db import libpq_target, redact_url
 
-    uri, env = _libpq_target("postgresql://tokenpay:s3cret-pw@db.example:5433/center?sslmode=require")
+    uri, env = libpq_target("postgresql://tokenpay:s3cret-pw@db.example:5433/center?sslmode=require")
     assert "s3cret-pw" not in uri and env["PGPASSWORD"] == "s3cret-pw"
     assert uri == "postgresql://tokenpay@db.example:5433/center?sslmode=require"
     assert "s3cret-pw" not in redact_url("postgresql://tokenpay:s3cret-pw@db.example/center")

@@ -251,7 +251,7 @@ def _outcome(center, request, answer: dict) -> tuple:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_batches_book_payments_exactly_as_the_single_path(center, seed):
-    from center.pipeline.batch import error_answer
+    from center.pipeline.rules import error_answer
     from center.errors import ApiError
 
     operations = _operations(seed, 60)

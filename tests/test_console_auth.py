@@ -12,10 +12,13 @@ from fastapi import Depends
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from center.console import auth as console_auth
 from center.api.app import create_app
-from center.console.auth import (CHALLENGE_LIFETIME_MS, LOGIN_COOKIE, SESSION_COOKIE, SESSION_LIFETIME_MS,
-                                 ConsoleSession, console_session)
+from center.console import challenges as challenge_limits
+from center.console.auth import LOGIN_COOKIE
+from center.console.challenges import CHALLENGE_LIFETIME_MS
+from center.console.clients import parse_trusted_proxies, source_address
+from center.console.sessions import (SESSION_COOKIE, SESSION_LIFETIME_MS, ConsoleSession, console_session,
+                                     secret_hash)
 from center.ledger.audit import verify_chain
 from center.storage.db import audit_log, console_challenges, console_sessions
 from center.keys.admin import revoke_key
@@ -110,7 +113,7 @@ def test_challenge_is_typable_and_binds_this_browser_with_a_strict_cookie(center
         row = conn.execute(select(console_challenges)).one()
     # Only a hash of the browser secret is stored.
     assert row.challenge == document["challenge"] and secret not in row.browser_secret_sha256
-    assert row.browser_secret_sha256 == console_auth.secret_hash(secret) and row.consumed is False
+    assert row.browser_secret_sha256 == secret_hash(secret) and row.consumed is False
     assert browser.get("/console/api/login-status").json() == {"status": "pending"}
 
 
@@ -151,7 +154,7 @@ def test_the_whole_login_issues_one_session_to_this_browser_only(center, browser
         sessions = conn.execute(select(console_sessions)).all()
         challenge_row = conn.execute(select(console_challenges)).one()
     assert len(sessions) == 1 and challenge_row.consumed is True
-    assert sessions[0].session_sha256 == console_auth.secret_hash(session_id) != session_id
+    assert sessions[0].session_sha256 == secret_hash(session_id) != session_id
 
 
 def test_replaying_the_login_cookie_after_the_session_was_issued_gets_nothing(center, browser, app):
@@ -349,7 +352,7 @@ def test_the_challenge_records_its_client_and_the_approval_binds_it(center, app,
 
 
 def test_a_client_at_its_cap_evicts_its_own_oldest_challenge(center, app, monkeypatch):
-    monkeypatch.setattr(console_auth, "CLIENT_PENDING_CAP", 3)
+    monkeypatch.setattr(challenge_limits, "CLIENT_PENDING_CAP", 3)
     operator, _ = new_operator(center)
     with client_at(app, "203.0.113.7") as browser:
         codes = [browser.post("/console/api/challenge").json()["challenge"] for _ in range(4)]
@@ -361,7 +364,7 @@ def test_a_client_at_its_cap_evicts_its_own_oldest_challenge(center, app, monkey
 
 
 def test_a_client_asking_too_fast_gets_429_with_retry_after(center, app, monkeypatch, clock):
-    monkeypatch.setattr(console_auth, "CLIENT_RATE", 3)
+    monkeypatch.setattr(challenge_limits, "CLIENT_RATE", 3)
     with client_at(app, "203.0.113.7") as flood, client_at(app, "2001:db8::1") as other:
         for _ in range(3):
             assert flood.post("/console/api/challenge").status_code == 200
@@ -369,7 +372,7 @@ def test_a_client_asking_too_fast_gets_429_with_retry_after(center, app, monkeyp
         refused = flood.post("/console/api/challenge")
         assert error_code(refused) == (429, "too_many_challenges")
         retry_after = refused.json()["error"]["retry_after"]
-        assert retry_after == (console_auth.CLIENT_RATE_WINDOW_MS - 3_000) // 1000
+        assert retry_after == (challenge_limits.CLIENT_RATE_WINDOW_MS - 3_000) // 1000
         assert refused.headers["retry-after"] == str(retry_after) and "set-cookie" not in refused.headers
         assert other.post("/console/api/challenge").status_code == 200  # another client is not slowed
         clock.advance(retry_after * 1000)
@@ -377,8 +380,8 @@ def test_a_client_asking_too_fast_gets_429_with_retry_after(center, app, monkeyp
 
 
 def test_a_full_center_evicts_the_heaviest_clients_oldest_not_a_newcomer(center, app, monkeypatch):
-    monkeypatch.setattr(console_auth, "CLIENT_PENDING_CAP", 3)
-    monkeypatch.setattr(console_auth, "MAX_PENDING_CHALLENGES", 5)
+    monkeypatch.setattr(challenge_limits, "CLIENT_PENDING_CAP", 3)
+    monkeypatch.setattr(challenge_limits, "MAX_PENDING_CHALLENGES", 5)
     with client_at(app, "203.0.113.7") as flood, client_at(app, "203.0.113.8") as second, \
             client_at(app, "203.0.113.9") as newcomer:
         flooded = [flood.post("/console/api/challenge").json()["challenge"] for _ in range(3)]
@@ -390,7 +393,7 @@ def test_a_full_center_evicts_the_heaviest_clients_oldest_not_a_newcomer(center,
 
 
 def test_ipv6_clients_are_limited_by_their_64(center, app, monkeypatch):
-    monkeypatch.setattr(console_auth, "CLIENT_PENDING_CAP", 2)
+    monkeypatch.setattr(challenge_limits, "CLIENT_PENDING_CAP", 2)
     for host in ("2001:db8:1:2::1", "2001:db8:1:2::ffff", "2001:db8:1:2:abcd::9"):
         with client_at(app, host) as browser:
             assert browser.post("/console/api/challenge").status_code == 200
@@ -409,12 +412,11 @@ def test_ipv6_clients_are_limited_by_their_64(center, app, monkeypatch):
     ("::ffff:10.0.0.5", ["203.0.113.7"], ("10.0.0.5",), "203.0.113.7"),  # a dual-stack socket's IPv4 peer
 ])
 def test_x_forwarded_for_counts_only_from_a_trusted_proxy(peer, forwarded, trusted, expected):
-    assert console_auth.source_address(peer, forwarded,
-                                       console_auth.parse_trusted_proxies(list(trusted))) == expected
+    assert source_address(peer, forwarded, parse_trusted_proxies(list(trusted))) == expected
 
 
 def test_the_trusted_proxy_setting_reaches_the_challenge(center, app):
-    app.state.trusted_proxies = console_auth.parse_trusted_proxies(["10.0.0.5"])
+    app.state.trusted_proxies = parse_trusted_proxies(["10.0.0.5"])
     with client_at(app, "10.0.0.5", **{"X-Forwarded-For": "1.1.1.1, 203.0.113.7"}) as proxied, \
             client_at(app, "10.0.0.6", **{"X-Forwarded-For": "203.0.113.8"}) as direct:
         via_proxy = proxied.post("/console/api/challenge").json()["challenge"]
@@ -422,4 +424,4 @@ def test_the_trusted_proxy_setting_reaches_the_challenge(center, app):
         assert proxied.get(f"/v1/console/challenges/{via_proxy}").json()["client_address"] == "203.0.113.7"
         assert direct.get(f"/v1/console/challenges/{spoofed}").json()["client_address"] == "10.0.0.6"
     with pytest.raises(ValueError, match="not an IP address"):
-        console_auth.parse_trusted_proxies(["10.0.0.0/33"])
+        parse_trusted_proxies(["10.0.0.0/33"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import insert
 
-from center.console import inquiry
+from center.console import inquiry, statistics
 from center.storage.db import parties
 from center.errors import ApiError
 from center.console.inquiry import Page, Window, day_window
@@ -177,7 +177,7 @@ def test_refunds_and_payouts(world):
 
 def test_statistics_exact_per_day(world):
     with world.center.engine.connect() as conn:
-        stats = inquiry.statistics(conn, days=3, now_ms=world.clock())
+        stats = statistics.statistics(conn, days=3, now_ms=world.clock())
         assert (stats["from_day"], stats["to_day"]) == ("2026-11-20", "2026-11-22")
         assert stats["daily"] == [{"day": "2026-11-20", "count": 2, "volume_minor": 2_000},
                                   {"day": "2026-11-21", "count": 2, "volume_minor": 2_300},
@@ -192,17 +192,17 @@ def test_statistics_exact_per_day(world):
                                     {"method": "postal", "count": 0, "amount_minor": 0},
                                     {"method": "cash", "count": 0, "amount_minor": 0}]
         # The last two days leave out day 0: its payments and hanako's top-up (confirmed on day 0).
-        two = inquiry.statistics(conn, days=2, now_ms=world.clock(), top=1)
+        two = statistics.statistics(conn, days=2, now_ms=world.clock(), top=1)
         assert [d["volume_minor"] for d in two["daily"]] == [2_300, 0]
         assert [(s["name"], s["volume_minor"]) for s in two["top_stores"]] == [("Corner Shop", 2_300)]
         assert [f["amount_minor"] for f in two["funding"]] == [5_000, 0, 0, 0]
         # The last millisecond of day 0 is still day 0; a window ending there sees only day 0.
-        day0 = inquiry.statistics(conn, days=1, now_ms=DAY0_MS + DAY_MS - 1)
+        day0 = statistics.statistics(conn, days=1, now_ms=DAY0_MS + DAY_MS - 1)
         assert day0["daily"] == [{"day": "2026-11-20", "count": 2, "volume_minor": 2_000}]
         assert [f["amount_minor"] for f in day0["funding"]] == [0, 10_000, 0, 0]
         for days in (0, 367):
             with pytest.raises(ApiError):
-                inquiry.statistics(conn, days=days, now_ms=world.clock())
+                statistics.statistics(conn, days=days, now_ms=world.clock())
         with pytest.raises(ApiError):
-            inquiry.top_stores(conn, days=3, now_ms=world.clock(), limit=51)
+            statistics.top_stores(conn, days=3, now_ms=world.clock(), limit=51)
         assert check_ledger(conn).problems == []

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import func, select
 
 from center.ledger.audit import verify_chain
-from center.ledger.audit_export import export_audit, verify_export
+from center.ledger.audit_export import export_audit
+from center.ledger.audit_export_verify import verify_export
 from center.storage.db import audit_log, key_claims, keys, parties, payments
 from center.errors import ApiError
 from center.keys.identity import make_tls_certificate
@@ -187,7 +188,7 @@ def test_reject_ends_a_wrong_claim(center):
 def test_bind_and_reject_only_pending_claims(center):
     active, member_id = funded_member(center, 1_000)
     error = refusal(lambda: bind(center, "f" * 64))
-    assert (error.code, error.status) == ("unknown_key", 404)
+    assert (error.code, error.status) == ("key_not_found", 404)
     for action in (lambda: bind(center, active.kid),
                    lambda: reject_key(center.engine, active.kid, reason="no", decided_by=OPERATOR, now_ms=1)):
         error = refusal(action)
@@ -405,7 +406,7 @@ def test_a_store_rotates_too_and_a_resend_from_a_fresh_process_gets_the_receipt(
     request = rotation(center, old, key_proof(center, new, old.kid))
     first = center.submit(request, "rotate")
     # Another center process, which never saw the old key as active.
-    from center.keys.lifecycle import rotate
+    from center.pipeline.rotation import rotate
     from center.pipeline.service import Center
 
     fresh = Center(engine=center.engine, signer=center.signer, currency=center.currency)

@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa, x25
 from sqlalchemy import select
 
 from center.ledger.audit import verify_chain
-from center.ledger.audit_export import export_audit, verify_export
+from center.ledger.audit_export import export_audit
+from center.ledger.audit_export_verify import verify_export
 from center.storage.db import accounts, audit_log, keys, parties
 from center.errors import ApiError
 from center.keys.identity import make_tls_certificate
@@ -289,7 +290,7 @@ def test_an_operator_revokes_a_key_and_its_messages_are_refused(center, client):
     _, response = submit(center, client, member, "/v1/balance", "balance", {})
     assert error_code(response) == (403, "key_revoked")
     _, response = act(center, client, operator, "revoke_key", kid="0" * 64, reason="x")
-    assert error_code(response) == (404, "unknown_key")
+    assert error_code(response) == (404, "key_not_found")
     # Revoking its own key is allowed (a lost operator token); nothing it signs counts afterwards.
     act_and_json(center, client, operator, "revoke_key", kid=operator.kid, reason="token lost")
     _, response = act(center, client, operator, "whoami")

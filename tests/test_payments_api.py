@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 
 from center.storage.db import accounts, payments, transfers
 from center.errors import ApiError
-from center.pipeline.service import COUNTER_WINDOW
+from center.pipeline.rules import COUNTER_WINDOW
 from center.ledger.funding import webhook_signature
 from center.ledger.book import check_ledger, party_account
 from paywire.envelope import Envelope

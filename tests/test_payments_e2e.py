@@ -242,4 +242,4 @@ def test_revoked_key_cannot_pay_but_history_stays(tmp_path, make_softhsm_token, 
     history = member.json("history", WALLET_PASSWORD_B_FILE="")
     assert [(e["type"], e["outcome"]) for e in history["entries"]] == [("enroll", "accepted"), ("topup", "accepted"), ("pay", "refused")]
     bad = run_cli("center", ["operator", "revoke-key", "0" * 64, "--data-dir", str(live_center.data_dir)])
-    assert bad.returncode == 1 and "unknown_key" in bad.stderr
+    assert bad.returncode == 1 and "key_not_found" in bad.stderr

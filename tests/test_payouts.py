@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,8 +25,8 @@ from center.storage.db import audit_log, make_engine, payouts, transfers
 from center.errors import ApiError
 from center.keys.identity import CenterSigner
 from center.ledger.book import PAYOUTS_PENDING, PAYOUTS_SETTLED, balance_of, check_ledger
-from center.ledger.payouts import (MAX_PAYOUTS_PER_FILE, PAIN_001_NS, export_payouts, format_decimal_amount,
-                            settle_payouts)
+from center.ledger.pain001 import PAIN_001_NS, format_decimal_amount
+from center.ledger.payouts import MAX_PAYOUTS_PER_FILE, export_payouts, settle_payouts
 from center.pipeline.service import Center
 from fixtures_payouts import claim_payout, enroll, pay, store_with_payout, top_up
 from support import run_cli
@@ -350,6 +351,17 @@ def test_settle_twice_settles_nothing_the_second_time(center, out):
         entry = conn.execute(select(audit_log).where(audit_log.c.msg_type == "payouts_settle")).mappings().one()
     assert entry["kid"] == "operator:payouts" and json.loads(entry["action"])["count"] == 1
     assert_books_balanced(center)
+
+
+def test_payouts_batches_and_settlements_have_ids_of_their_own(center, out):
+    # Payouts were O- like operators and settlements S- like stores; each kind now has its letter.
+    _store, claim = store_with_payout(center, 700)
+    batch_id = export(center, out / "batch.xml")["batch_id"]
+    settle_payouts(center.engine, now_ms=NOW_MS)
+    with center.engine.connect() as conn:
+        settlement = conn.execute(select(audit_log.c.msg_id).where(audit_log.c.msg_type == "payouts_settle")).scalar()
+    assert re.fullmatch(r"W-[0-9a-f]{16}", claim["payout_id"])
+    assert re.fullmatch(r"B-[0-9a-f]{16}", batch_id) and re.fullmatch(r"C-[0-9a-f]{16}", settlement)
 
 
 def test_settle_leaves_pending_payouts_alone_and_can_take_one_batch(center, out):

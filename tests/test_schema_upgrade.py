@@ -12,7 +12,7 @@ import sys
 from alembic import command
 from sqlalchemy import inspect, text
 
-from center.storage.db import _alembic_config, head_revision, make_engine
+from center.storage.db import alembic_config, head_revision, make_engine
 from support import cli_env, free_port, run_cli
 from test_backup import make_backup_key, signed_by
 
@@ -28,7 +28,7 @@ def init_center(tmp_path, db_url):
 
 def downgrade_to(db_url: str, revision: str) -> None:
     engine = make_engine(db_url)
-    config = _alembic_config()
+    config = alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, revision)

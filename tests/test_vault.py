@@ -24,11 +24,10 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from hostkit import sealing
+from hostkit.sealing import DEFAULT_KDF, MINIMUM_KDF, KdfParams, kdf_params_from_env
 from token_wallet import vault as vault_mod
 from token_wallet.vault import (
-    DEFAULT_KDF,
-    MINIMUM_KDF,
-    KdfParams,
     Vault,
     VaultBusy,
     VaultConflict,
@@ -36,9 +35,8 @@ from token_wallet.vault import (
     VaultError,
     VaultNotFound,
     WrongPasswordA,
-    kdf_params_from_env,
-    vault_lock,
 )
+from token_wallet.vault_lock import vault_lock
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery staple A"
@@ -120,13 +118,13 @@ class Argon2Spy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        real = vault_mod.Argon2id
+        real = sealing.Argon2id
 
         def counting(**kwargs):
             self.calls += 1
             return real(**kwargs)
 
-        monkeypatch.setattr(vault_mod, "Argon2id", counting)
+        monkeypatch.setattr(sealing, "Argon2id", counting)
 
 
 def snapshot(path: pathlib.Path) -> tuple[bytes, int, list[str]]:
@@ -609,7 +607,7 @@ def test_error_messages_are_one_line_even_for_odd_paths(tmp_path):
 
 LOCK_HOLDER = """
 import sys
-from token_wallet.vault import vault_lock
+from token_wallet.vault_lock import vault_lock
 with vault_lock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()  # hold the lock until the parent closes our stdin

@@ -29,11 +29,11 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from hostkit import sealing
+from hostkit.sealing import (GENERATION_MAX, HEADER_MAX_BYTES, ITERATIONS_MAX, ITERATIONS_MIN, LANES_MAX, LANES_MIN,
+                             MEMORY_KIB_MAX, MEMORY_KIB_MIN, MINIMUM_KDF)
 from token_wallet import vault as vault_mod
-from token_wallet.vault import (
-    DOCUMENT_DEPTH_MAX, GENERATION_MAX, HEADER_MAX_BYTES, ITERATIONS_MAX, ITERATIONS_MIN, LANES_MAX, LANES_MIN, MAGIC,
-    MEMORY_KIB_MAX, MEMORY_KIB_MIN, MINIMUM_KDF, Vault, VaultCorrupt, VaultError, WrongPasswordA,
-)
+from token_wallet.vault import DOCUMENT_DEPTH_MAX, MAGIC, Vault, VaultCorrupt, VaultError, WrongPasswordA
 
 PASSWORD = "correct horse battery staple A"
 DOCUMENT = {"member_id": "M-0123456789abcdef", "wrapped_key": "blob", "history": [{"amount_minor": 1250}],
@@ -101,13 +101,13 @@ class Argon2Spy:
 
     def __init__(self, monkeypatch):
         self.calls = 0
-        real = vault_mod.Argon2id
+        real = sealing.Argon2id
 
         def counting(**kwargs):
             self.calls += 1
             return real(**kwargs)
 
-        monkeypatch.setattr(vault_mod, "Argon2id", counting)
+        monkeypatch.setattr(sealing, "Argon2id", counting)
 
 
 # --- arbitrary bytes -------------------------------------------------------------------

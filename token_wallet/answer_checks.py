@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 
 from paywire.messages import (
+    ACCOUNT_INFO,
     BALANCE,
     ENROLL,
     NOTICES,
@@ -32,7 +33,7 @@ from paywire.messages import (
 PAYMENT_ID = re.compile(r"P-[0-9a-f]{16}")
 TOPUP_ID = re.compile(r"U-[0-9a-f]{16}")
 REFUND_ID = re.compile(r"R-[0-9a-f]{16}")
-PAYOUT_ID = re.compile(r"O-[0-9a-f]{16}")
+PAYOUT_ID = re.compile(r"[WO]-[0-9a-f]{16}")  # W- from the center; O- for payouts claimed before
 MEMBER_ID = re.compile(r"M-[0-9a-f]{16}")
 STORE_ID = re.compile(r"S-[0-9a-f]{16}")
 # History outcomes whose payment may have moved money without a receipt recorded here.
@@ -52,8 +53,8 @@ def check_answer(msg_type: str, request: dict, result: dict, doc: dict, extras: 
 
 def _pay(request: dict, result: dict, doc: dict, _extras: list) -> None:
     _expect(result, "action", "paid")
-    for field, signed in (("amount_minor", "amount_minor"), ("store_id", "payee"), ("store_name", "payee_name"),
-                          ("order_ref", "order_ref"), ("currency", "currency")):
+    for field, signed in (("amount_minor", "amount_minor"), ("store_id", "payee"),
+                          ("store_name", "payee_name"), ("order_ref", "order_ref"), ("currency", "currency")):
         _expect(result, field, request[signed])
     _shape(result, "payment_id", PAYMENT_ID)
     _balance_after_debit(result, doc, request["amount_minor"])
@@ -132,8 +133,18 @@ def _operator_action(request: dict, result: dict, _doc: dict, _extras: list) -> 
             _expect(result, field, request["args"][field])
 
 
+def _account_info(_request: dict, result: dict, doc: dict, _extras: list) -> None:
+    """The account this wallet enrolled, and the key as the center has it: a receipt means the key
+    was active when it was answered. Its counter against this wallet's own: token_wallet.account_info."""
+    _expect(result, "action", "account_info")
+    _expect(result, "party_id", doc["member_id"])
+    _expect(result, "role", doc["role"])
+    _expect(result, "key_status", "active")
+    _positive(result, "highest_counter")
+
+
 _CHECKS = {PAY: _pay, TOPUP: _topup, REFUND: _refund, PAYOUT: _payout, BALANCE: _balance, NOTICES: _notices,
-           ENROLL: _enroll, OPERATOR_ACTION: _operator_action}
+           ENROLL: _enroll, OPERATOR_ACTION: _operator_action, ACCOUNT_INFO: _account_info}
 
 
 def _balance_after_debit(result: dict, doc: dict, amount_minor: int) -> None:

@@ -45,8 +45,10 @@ def check_center_url(url: str) -> str:
         raise ValueError(f"the center URL {shown} is not a URL (too long, spaces or control characters)")
     parts = urlsplit(url)
     if parts.scheme.lower() != "https":
-        raise ValueError(f"the center URL must start with https://, not {shown}: registration data and "
-                         "signed messages are never sent in clear text")
+        raise ValueError(
+            f"the center URL must start with https://, not {shown}: registration data and "
+            "signed messages are never sent in clear text"
+        )
     try:
         parts.port  # noqa: B018 (parses the port; raises on a bad one)
     except ValueError:
@@ -54,7 +56,9 @@ def check_center_url(url: str) -> str:
     if not parts.hostname:
         raise ValueError(f"the center URL {shown} names no host: give https://HOST[:PORT]")
     if parts.username is not None or parts.query or parts.fragment:
-        raise ValueError(f"the center URL {shown} carries a user name, query or fragment: give https://HOST[:PORT]")
+        raise ValueError(
+            f"the center URL {shown} carries a user name, query or fragment: give https://HOST[:PORT]"
+        )
     return url
 
 
@@ -67,10 +71,13 @@ def pinned_ssl_context(cert_pem: bytes) -> ssl.SSLContext:
 class CenterClient:
     def __init__(self, url: str, cert_pem: bytes):
         self._client = httpx.Client(
-            base_url=url.rstrip("/"), verify=pinned_ssl_context(cert_pem),
-            timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S), trust_env=False)
+            base_url=url.rstrip("/"),
+            verify=pinned_ssl_context(cert_pem),
+            timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            trust_env=False,
+        )
 
-    def __enter__(self) -> "CenterClient":
+    def __enter__(self) -> CenterClient:
         return self
 
     def __exit__(self, *_exc) -> None:
@@ -90,7 +97,9 @@ class CenterClient:
         try:
             return self._client.request(method, path, json=body)
         except httpx.HTTPError as error:
-            raise CenterUnreachable(f"cannot reach the center at {self._client.base_url}: {_reason(error)}") from None
+            raise CenterUnreachable(
+                f"cannot reach the center at {self._client.base_url}: {_reason(error)}"
+            ) from None
 
     @staticmethod
     def _parse(response: httpx.Response) -> dict:
@@ -101,24 +110,35 @@ class CenterClient:
         except ValueError:
             document = {}
         if response.status_code == 429:  # "too many requests": the same bytes later
-            raise CenterUnreachable(f"the center is busy (HTTP 429{_retry_after(response)}); try `wallet sync` later")
+            raise CenterUnreachable(
+                f"the center is busy (HTTP 429{retry_after_note(response)}); try `wallet sync` later"
+            )
         if 400 <= response.status_code < 500:
             error = document.get("error", {}) if isinstance(document, dict) else {}
             error = error if isinstance(error, dict) else {}
             refusal = document.get("refusal") if isinstance(document, dict) else None
-            raise CenterRefused(response.status_code, str(error.get("code", "unknown"))[:100],
-                                str(error.get("message", response.reason_phrase))[:500],
-                                refusal if isinstance(refusal, dict) else None)
+            raise CenterRefused(
+                response.status_code,
+                str(error.get("code", "unknown"))[:100],
+                str(error.get("message", response.reason_phrase))[:500],
+                refusal if isinstance(refusal, dict) else None,
+            )
         if response.status_code != 200 or not isinstance(document, dict):
             # 5xx: the center may or may not have applied it; resending the
             # same signed bytes is safe (idempotent), so treat as retryable.
-            raise CenterUnreachable(f"the center answered HTTP {response.status_code}; try `wallet sync` later")
+            raise CenterUnreachable(
+                f"the center answered HTTP {response.status_code}; try `wallet sync` later"
+            )
         return document
 
 
-def _retry_after(response: httpx.Response) -> str:
+def retry_after_note(response: httpx.Response) -> str:
     seconds = response.headers.get("retry-after", "")
-    return f", retry after {int(seconds)} s" if seconds.isascii() and seconds.isdigit() and len(seconds) < 7 else ""
+    return (
+        f", retry after {int(seconds)} s"
+        if seconds.isascii() and seconds.isdigit() and len(seconds) < 7
+        else ""
+    )
 
 
 def _reason(error: httpx.HTTPError) -> str:

@@ -13,27 +13,34 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from hostkit.cli import CliError, read_option_file
 from paywire.algorithms import key_id
 from paywire.messages import MAX_KEY_CERT_BYTES
-from hostkit.cli import CliError, read_option_file
 
 MAX_FILE_BYTES = 4 * MAX_KEY_CERT_BYTES  # PEM is base64 plus headers
 
 
 def read_key_certificate(path: Path, spki_der: bytes) -> bytes:
     """The certificate's DER, after checking it certifies `spki_der`; CliError otherwise."""
-    cert = _load(read_option_file(path, "--key-cert", max_bytes=MAX_FILE_BYTES, what="a key certificate"), path)
+    cert = _load(
+        read_option_file(path, "--key-cert", max_bytes=MAX_FILE_BYTES, what="a key certificate"), path
+    )
     try:
-        certified = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+        certified = cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     except (ValueError, UnsupportedAlgorithm):
         raise CliError(f"--key-cert {path} holds a key of a type the wallet does not know") from None
     if certified != spki_der:
-        raise CliError(f"--key-cert {path} is for key {key_id(certified)[:16]}..., not this wallet's key "
-                       f"{key_id(spki_der)[:16]}...: certify the key `wallet export-public-key` shows")
+        raise CliError(
+            f"--key-cert {path} is for key {key_id(certified)[:16]}..., not this wallet's key "
+            f"{key_id(spki_der)[:16]}...: certify the key `wallet export-public-key` shows"
+        )
     der = cert.public_bytes(serialization.Encoding.DER)
     if len(der) > MAX_KEY_CERT_BYTES:
-        raise CliError(f"--key-cert {path} is {len(der)} bytes of DER; a center takes at most {MAX_KEY_CERT_BYTES}")
+        raise CliError(
+            f"--key-cert {path} is {len(der)} bytes of DER; a center takes at most {MAX_KEY_CERT_BYTES}"
+        )
     return der
 
 

@@ -11,7 +11,7 @@ Two ways, both in the same wallet home (password A):
   is sent; then one `rotate` message signed by the old key, carrying the new
   key's own signed `key_proof` (naming the old kid), goes to the outbox. The
   wallet switches to the new key only when the center's verified receipt says
-  so (token_wallet.wallet._record_rotated), so a crash at any point either
+  so (token_wallet.document.switch_to_rotated_key), so a crash at any point either
   leaves the old key in use (nothing sent yet: the pending key is reused next
   time) or the rotation in the outbox, which `wallet sync` finishes.
 
@@ -24,36 +24,33 @@ from __future__ import annotations
 from paywire.algorithms import key_id
 from paywire.envelope import Envelope, b64url_encode, seal
 from paywire.messages import KEY_PROOF, ROTATE, build_payload, new_message_id
+from token_wallet.document import (
+    WalletError,
+    discard_pending_key,
+    install_key,
+    now_ms,
+    queued_rotation,
+    retire_current_key,
+)
+from token_wallet.wallet import LIFETIME_S, Wallet
 from tokens.base import KeyRecord, Token
-from token_wallet.wallet import LIFETIME_S, Wallet, WalletError, now_ms
 
-MAX_PREVIOUS_KEYS = 100
 # The new key's first counter: its proof of possession uses it, as an enrollment would.
 FIRST_COUNTER = 1
-KEY_STATES = ("new", "pending_bind", "active")
-
-
-def key_state(doc: dict) -> str:
-    """'new' (not at the center yet), 'pending_bind' (waiting for an operator) or 'active'."""
-    state = doc.get("key_status")
-    if state is None:  # vaults from before key lifecycle: enrolled means active
-        state = "active" if doc["member_id"] else "new"
-    assert state in KEY_STATES, state
-    return state
-
-
-def queued_rotation(doc: dict) -> dict | None:
-    return next((entry for entry in doc["outbox"] if entry["type"] == ROTATE), None)
 
 
 def check_can_replace(doc: dict) -> None:
     """Before generating a replacement key: refuse what `replace_key` would refuse."""
     if not doc["member_id"] or doc["center"] is None:
-        raise WalletError("this wallet was never enrolled: there is no account to keep; use `wallet init` in a "
-                          "new home instead")
+        raise WalletError(
+            "this wallet was never enrolled: there is no account to keep; use `wallet init` in a "
+            "new home instead"
+        )
     if doc["outbox"]:
-        raise WalletError(f"{len(doc['outbox'])} message(s) signed by the old key still wait in the outbox: "
-                          "run `wallet sync` first (a revoked key's messages are then refused and recorded)")
+        raise WalletError(
+            f"{len(doc['outbox'])} message(s) signed by the old key still wait in the outbox: "
+            "run `wallet sync` first (a revoked key's messages are then refused and recorded)"
+        )
 
 
 def replace_key(wallet: Wallet, token_doc: dict, key: KeyRecord) -> dict:
@@ -61,12 +58,16 @@ def replace_key(wallet: Wallet, token_doc: dict, key: KeyRecord) -> dict:
     doc = wallet.doc
     check_can_replace(doc)
     # A rotation prepared but never sent (the outbox is empty) cannot be: the old key is gone.
-    discard_pending_key(wallet, "replaced after a lost card")
+    discard_pending_key(doc, "replaced after a lost card")
     old_kid = doc["kid"]
-    _retire_current_key(doc, "replaced")
-    _install_key(doc, token_doc, key, counter=0, state="new")
-    wallet.add_history("key_replaced", doc["kid"], "new key", {"old_kid": old_kid, "new_kid": doc["kid"],
-                                                                "algorithm": key.algorithm})
+    retire_current_key(doc, "replaced")
+    install_key(doc, token_doc, key, counter=0, state="new")
+    wallet.add_history(
+        "key_replaced",
+        doc["kid"],
+        "new key",
+        {"old_kid": old_kid, "new_kid": doc["kid"], "algorithm": key.algorithm},
+    )
     wallet.vault.save()
     return {"old_kid": old_kid, "new_kid": doc["kid"], "member_id": doc["member_id"]}
 
@@ -76,14 +77,27 @@ def prepare_rotation(wallet: Wallet, token_doc: dict, key: KeyRecord) -> dict:
     doc = wallet.doc
     if doc.get("pending_key"):
         raise WalletError("a new key is already waiting to replace this one")
-    doc["pending_key"] = {"token": token_doc, "key": key.to_json(), "kid": key_id(key.spki_der),
-                          "created_at_ms": now_ms(), "msg_id": None}
+    doc["pending_key"] = {
+        "token": token_doc,
+        "key": key.to_json(),
+        "kid": key_id(key.spki_der),
+        "created_at_ms": now_ms(),
+        "msg_id": None,
+    }
     wallet.vault.save()
     return doc["pending_key"]
 
 
-def queue_rotation(wallet: Wallet, old_token: Token, old_pin: str, new_token: Token, new_pin: str, *,
-                   key_cert_der: bytes | None, now_s: int) -> dict:
+def queue_rotation(
+    wallet: Wallet,
+    old_token: Token,
+    old_pin: str,
+    new_token: Token,
+    new_pin: str,
+    *,
+    key_cert_der: bytes | None,
+    now_s: int,
+) -> dict:
     """Sign the new key's proof (new token) and the rotate message (old token); put it in the outbox."""
     doc = wallet.doc
     pending = doc["pending_key"]
@@ -96,45 +110,21 @@ def queue_rotation(wallet: Wallet, old_token: Token, old_pin: str, new_token: To
     return entry
 
 
-def discard_pending_key(wallet: Wallet, reason: str) -> None:
-    """The center refused the rotation: the old key stays; the new one is forgotten."""
-    pending = wallet.doc.get("pending_key")
-    if pending:
-        wallet.add_history("key_rotation_abandoned", pending["kid"], "discarded", {"reason": reason})
-        wallet.doc["pending_key"] = None
-
-
-def switch_to_rotated_key(wallet: Wallet, result: dict) -> None:
-    """The center's verified receipt says the rotation is in: the new key is the wallet's key from now on."""
-    doc = wallet.doc
-    pending = doc.get("pending_key")
-    if not pending or result["new_kid"] != pending["kid"] or result["old_kid"] != doc["kid"]:
-        raise WalletError("the center's rotation receipt names keys this wallet does not expect; nothing changed")
-    _retire_current_key(doc, "rotated")
-    _install_key(doc, pending["token"], KeyRecord.from_json(pending["key"]), counter=pending["counter"],
-                 state="active")
-    doc["pending_key"] = None
-
-
-def _key_proof(wallet: Wallet, token: Token, pin: str, key: KeyRecord, key_cert_der: bytes | None,
-               now_s: int) -> Envelope:
+def _key_proof(
+    wallet: Wallet, token: Token, pin: str, key: KeyRecord, key_cert_der: bytes | None, now_s: int
+) -> Envelope:
     body = {"public_key": b64url_encode(key.spki_der), "alg": key.algorithm, "replaces": wallet.kid}
     if key_cert_der is not None:
         body["key_cert"] = b64url_encode(key_cert_der)
     new_kid = key_id(key.spki_der)
-    payload = build_payload(KEY_PROOF, aud=wallet.doc["center"]["center_id"], kid=new_kid, msg_id=new_message_id(),
-                            ctr=FIRST_COUNTER, body=body, now_s=now_s, lifetime_s=LIFETIME_S[ROTATE])
+    payload = build_payload(
+        KEY_PROOF,
+        aud=wallet.doc["center"]["center_id"],
+        kid=new_kid,
+        msg_id=new_message_id(),
+        ctr=FIRST_COUNTER,
+        body=body,
+        now_s=now_s,
+        lifetime_s=LIFETIME_S[ROTATE],
+    )
     return seal(payload, alg=key.algorithm, kid=new_kid, sign=lambda data: token.sign(key, data, pin))
-
-
-def _retire_current_key(doc: dict, why: str) -> None:
-    previous = doc.setdefault("previous_keys", [])
-    if len(previous) >= MAX_PREVIOUS_KEYS:
-        raise WalletError(f"this wallet has retired {MAX_PREVIOUS_KEYS} keys already: start a new wallet home")
-    previous.append({"kid": doc["kid"], "algorithm": doc["key"]["algorithm"], "token": doc["token"],
-                     "retired": why, "retired_at_ms": now_ms()})
-
-
-def _install_key(doc: dict, token_doc: dict, key: KeyRecord, *, counter: int, state: str) -> None:
-    doc["token"], doc["key"], doc["kid"] = token_doc, key.to_json(), key_id(key.spki_der)
-    doc["counter"], doc["key_status"] = counter, state

@@ -5,123 +5,78 @@ key, member id, center URL and pinned certificate, history, receipts, outbox).
 Password A alone opens it; password B (the token PIN) is enforced by the token
 and never touches this file (DESIGN.md, "The two passwords on hardware").
 
-File layout (all of it authenticated)::
+File layout (all of it authenticated), sealed with the one password recipe of
+hostkit.sealing (Argon2id + AES-256-GCM; the header format and limits are there)::
 
     b"TPVAULT1" | header length (4 bytes, big-endian) | header | ciphertext+tag
 
-The header is UTF-8 JSON with sorted keys and no spaces::
+The whole document is one AES-GCM message; each save is a new generation
+(the header's counter) with a fresh nonce under the key derived once at open.
 
-    {"check": b64, "generation": int,
-     "kdf": {"alg": "argon2id", "m_kib": int, "p": int, "salt": b64, "t": int},
-     "nonce": b64, "v": 1}
-
-Argon2id turns password A and the salt into 64 bytes: the first 32 are the
-AES-256-GCM key, the last 32 a subkey whose HMAC over a fixed label is stored
-as ``check``. A check mismatch means "wrong password A"; a matching check with
-a failing GCM tag means the file was damaged or tampered with. The AAD is the
-magic, the length and the header bytes, so no header byte can change unnoticed.
-
-Writes are atomic: the new file goes to ``<path>.tmp`` (fsynced), the current
-file is hard-linked to ``<path>.prev`` (so a complete vault exists at every
-instant), the tmp file replaces ``<path>`` and the directory is fsynced.
-``open`` reads only ``<path>``; ``<path>.prev`` is the previous generation,
-kept for manual recovery (rename it over ``<path>`` and open it with the
-password A that was valid for that generation). ``change_password`` removes
-it, because it would still open with the old password A.
+Writes are atomic: the new file goes to ``<path>.tmp`` (hostkit.private_files:
+0600, O_NOFOLLOW, fsynced), the current file is hard-linked to ``<path>.prev``
+(so a complete vault exists at every instant), the tmp file replaces
+``<path>`` and the directory is fsynced. ``open`` reads only ``<path>``;
+``<path>.prev`` is the previous generation, kept for manual recovery (rename it
+over ``<path>`` and open it with the password A that was valid for that
+generation). ``change_password`` removes it, because it would still open with
+the old password A.
 
 Not covered: rolling the file back to an older, genuine generation (for
 example copying ``.prev`` over it) cannot be detected from the file alone.
 Python cannot wipe the derived key from memory; it lives as long as the Vault.
 
-Concurrent processes: hold ``vault_lock(path)`` from ``open`` until ``save``.
-``save`` also refuses to overwrite a file that changed since it was read
-(``VaultConflict``), so a forgotten lock loses no update silently.
+Long because the file format's refusals (each a one-line VaultError naming the fix), the
+crash-safe write (tmp, .prev, rename, fsync) and the Vault object are one file's life; the
+sealing recipe is hostkit.sealing and the lock token_wallet.vault_lock.
+
+Concurrent processes: hold ``vault_lock(path)`` (token_wallet.vault_lock) from
+``open`` until ``save``. ``save`` also refuses to overwrite a file that changed
+since it was read (``VaultConflict``), so a forgotten lock loses no update silently.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
-import errno
-import fcntl
-import hashlib
-import hmac
 import json
 import os
 import pathlib
-import secrets
-import struct
-import time
-import unicodedata
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
-# --- format constants -------------------------------------------------------
+from hostkit.private_files import (
+    NO_LINK_ERRNOS,
+    PRIVATE_DIR_MODE,
+    fsync_directory,
+    link_new_name,
+    write_new_file,
+)
+from hostkit.sealing import (
+    GENERATION_MAX,
+    HEADER_MAX_BYTES,
+    PASSWORD_MAX_BYTES,
+    PREFIX_SIZE,
+    TAG_SIZE,
+    HeaderCorrupt,
+    KdfParams,
+    PasswordTooLong,
+    SealHeader,
+    SealingKeys,
+    associated_data,
+    canonical_json,
+    derive_keys,
+    derive_new_keys,
+    header_length,
+    kdf_params_from_env,
+    kdf_problem,
+    parse_header,
+    password_bytes,
+    reject_constant,
+)
 
 MAGIC = b"TPVAULT1"
-FORMAT_VERSION = 1
-KDF_ALG = "argon2id"
-CHECK_LABEL = b"tokenpay-vault-check"
-
-LENGTH_SIZE = 4
-PREFIX_SIZE = len(MAGIC) + LENGTH_SIZE
-SALT_SIZE = 16
-NONCE_SIZE = 12
-CHECK_SIZE = 16
-TAG_SIZE = 16
-AES_KEY_SIZE = 32
-CHECK_KEY_SIZE = 32
-
-# --- limits (every input from disk or caller is bounded) ---------------------
-
-HEADER_MAX_BYTES = 4096
 FILE_MAX_BYTES = 64 * 1024 * 1024
-MEMORY_KIB_MIN = 19456
-MEMORY_KIB_MAX = 1024 * 1024
-ITERATIONS_MIN = 2
-ITERATIONS_MAX = 16
-LANES_MIN = 1
-LANES_MAX = 16
-# Random 96-bit nonces under one key are safe for 2**32 encryptions (NIST SP
-# 800-38D); a generation count below that keeps every key far under the bound.
-GENERATION_MAX = 2**32 - 1
-# Long enough for any passphrase, short enough that hashing it costs nothing.
-PASSWORD_MAX_BYTES = 1024
 # Documents are records and lists of records; deeper nesting is a bug.
 DOCUMENT_DEPTH_MAX = 64
-LOCK_TIMEOUT_MAX_MS = 600_000
-LOCK_POLL_MAX_MS = 50
-
-FILE_MODE = 0o600
-DIR_MODE = 0o700
-
-HEADER_KEYS = frozenset({"check", "generation", "kdf", "nonce", "v"})
-KDF_KEYS = frozenset({"alg", "m_kib", "p", "salt", "t"})
-
-FAST_KDF_ENV = "TOKENPAY_FAST_KDF"
-
-
-@dataclass(frozen=True)
-class KdfParams:
-    memory_kib: int
-    iterations: int
-    lanes: int
-
-
-# ~250-350 ms on the 2-core machines here: slow enough to hurt guessing.
-DEFAULT_KDF = KdfParams(memory_kib=131072, iterations=3, lanes=4)
-# OWASP's Argon2id floor; files asking for less are refused as corrupt.
-MINIMUM_KDF = KdfParams(memory_kib=MEMORY_KIB_MIN, iterations=ITERATIONS_MIN, lanes=LANES_MIN)
-
-
-def kdf_params_from_env() -> KdfParams:
-    """DEFAULT_KDF, or MINIMUM_KDF when TOKENPAY_FAST_KDF=1 (tests save time)."""
-    return MINIMUM_KDF if os.environ.get(FAST_KDF_ENV) == "1" else DEFAULT_KDF
 
 
 # --- errors -------------------------------------------------------------------
@@ -156,212 +111,58 @@ class VaultConflict(VaultError):
     """The file changed on disk after it was read; saving would lose that change."""
 
 
-# --- small helpers -------------------------------------------------------------
+# --- reading ------------------------------------------------------------------
 
 
-def _sibling(path: pathlib.Path, suffix: str) -> pathlib.Path:
+def sibling(path: pathlib.Path, suffix: str) -> pathlib.Path:
+    """<path><suffix>: the vault's .tmp, .prev and .lock files live beside it."""
     return path.with_name(path.name + suffix)
 
 
-def _is_int(value: object) -> bool:
-    # bool is an int subclass; true/false in a header is never a number.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _b64encode(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _b64decode(text: object, size: int, name: str) -> bytes:
-    if not isinstance(text, str):
-        raise VaultCorrupt(f"vault header field {name} is not text: the file is damaged")
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise VaultCorrupt(f"vault header field {name} is not base64: the file is damaged") from None
-    # Exactly one encoding per value, so the header has no malleable bytes.
-    if len(raw) != size or _b64encode(raw) != text:
-        raise VaultCorrupt(
-            f"vault header field {name} must be {size} bytes: the file is damaged or unsupported"
-        )
-    return raw
-
-
-def _show(value: object) -> str:
-    """A short repr of a value read from disk, for error messages."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError("non-finite number")
-
-
-def _encode_json(value: object, *, ascii_only: bool) -> bytes:
-    text = json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only, allow_nan=False
-    )
-    return text.encode("utf-8")
-
-
 def _password_bytes(password_a: str) -> bytes:
-    if not isinstance(password_a, str):
-        raise VaultError("password A must be text")
-    # NFC so the same password typed on different systems gives the same bytes.
-    raw = unicodedata.normalize("NFC", password_a).encode("utf-8", "strict")
-    if len(raw) > PASSWORD_MAX_BYTES:
-        raise VaultError(f"password A is longer than {PASSWORD_MAX_BYTES} bytes: choose a shorter one")
-    return raw
-
-
-def _kdf_problem(kdf: KdfParams) -> str | None:
-    """Why these KDF parameters are out of limits, or None when they are fine."""
-    bounds = (
-        ("memory_kib", kdf.memory_kib, MEMORY_KIB_MIN, MEMORY_KIB_MAX),
-        ("iterations", kdf.iterations, ITERATIONS_MIN, ITERATIONS_MAX),
-        ("lanes", kdf.lanes, LANES_MIN, LANES_MAX),
-    )
-    for name, value, low, high in bounds:
-        if not _is_int(value) or not low <= value <= high:
-            return f"KDF {name}={_show(value)} is outside [{low}, {high}]"
-    return None
-
-
-# --- keys ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Keys:
-    """Derived secrets, kept in memory so save() does not re-run Argon2id."""
-
-    kdf: KdfParams
-    salt: bytes = field(repr=False)
-    aes_key: bytes = field(repr=False)
-    check: bytes = field(repr=False)
-
-
-def _derive_keys(password: bytes, kdf: KdfParams, salt: bytes) -> _Keys:
-    assert _kdf_problem(kdf) is None, "KDF parameters are validated before deriving"
-    assert len(salt) == SALT_SIZE
-    okm = Argon2id(
-        salt=salt,
-        length=AES_KEY_SIZE + CHECK_KEY_SIZE,
-        iterations=kdf.iterations,
-        lanes=kdf.lanes,
-        memory_cost=kdf.memory_kib,
-    ).derive(password)
-    aes_key, check_key = okm[:AES_KEY_SIZE], okm[AES_KEY_SIZE:]
-    check = hmac.new(check_key, CHECK_LABEL, hashlib.sha256).digest()[:CHECK_SIZE]
-    return _Keys(kdf=kdf, salt=salt, aes_key=aes_key, check=check)
-
-
-# --- header --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Header:
-    kdf: KdfParams
-    salt: bytes
-    nonce: bytes
-    generation: int
-    check: bytes
-
-    def to_json(self) -> dict:
-        return {
-            "check": _b64encode(self.check),
-            "generation": self.generation,
-            "kdf": {
-                "alg": KDF_ALG,
-                "m_kib": self.kdf.memory_kib,
-                "p": self.kdf.lanes,
-                "salt": _b64encode(self.salt),
-                "t": self.kdf.iterations,
-            },
-            "nonce": _b64encode(self.nonce),
-            "v": FORMAT_VERSION,
-        }
-
-
-def _parse_header_json(raw: bytes) -> dict:
     try:
-        obj = json.loads(raw.decode("ascii"), parse_constant=_reject_constant, parse_float=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise VaultCorrupt("vault header is not valid JSON: the file is damaged") from None
-    if not isinstance(obj, dict):
-        raise VaultCorrupt("vault header is not a JSON object: the file is damaged")
-    # Canonical form only: rules out duplicate keys, spaces and other variants.
-    if _encode_json(obj, ascii_only=True) != raw:
-        raise VaultCorrupt("vault header is not in canonical form: the file is damaged")
-    return obj
+        return password_bytes(password_a)
+    except TypeError:
+        raise VaultError("password A must be text") from None
+    except PasswordTooLong:
+        raise VaultError(
+            f"password A is longer than {PASSWORD_MAX_BYTES} bytes: choose a shorter one"
+        ) from None
 
 
-def _check_version(obj: dict) -> None:
-    version = obj.get("v")
-    if version != FORMAT_VERSION or not _is_int(version):
-        raise VaultCorrupt(
-            f"vault format version {_show(version)} is not supported (expected {FORMAT_VERSION}): "
-            "use a wallet release that wrote this file"
-        )
-
-
-def _parse_kdf(obj: object) -> tuple[KdfParams, bytes]:
-    if not isinstance(obj, dict) or set(obj) != KDF_KEYS:
-        raise VaultCorrupt("vault header kdf section has unexpected fields: the file is damaged")
-    if obj["alg"] != KDF_ALG:
-        raise VaultCorrupt(f"vault KDF {_show(obj['alg'])} is not supported (expected {KDF_ALG})")
-    kdf = KdfParams(memory_kib=obj["m_kib"], iterations=obj["t"], lanes=obj["p"])
-    problem = _kdf_problem(kdf)
-    if problem is not None:
-        raise VaultCorrupt(f"vault refused: {problem}; the file is damaged or was not written by this wallet")
-    return kdf, _b64decode(obj["salt"], SALT_SIZE, "kdf.salt")
-
-
-def _parse_header(raw: bytes) -> _Header:
-    obj = _parse_header_json(raw)
-    _check_version(obj)
-    if set(obj) != HEADER_KEYS:
-        raise VaultCorrupt("vault header has unexpected fields: the file is damaged")
-    generation = obj["generation"]
-    if not _is_int(generation) or not 1 <= generation <= GENERATION_MAX:
-        raise VaultCorrupt(f"vault generation {_show(generation)} is out of range: the file is damaged")
-    kdf, salt = _parse_kdf(obj["kdf"])
-    return _Header(
-        kdf=kdf,
-        salt=salt,
-        nonce=_b64decode(obj["nonce"], NONCE_SIZE, "nonce"),
-        generation=generation,
-        check=_b64decode(obj["check"], CHECK_SIZE, "check"),
-    )
+def _parse_header(raw: bytes) -> SealHeader:
+    try:
+        return parse_header(raw)
+    except HeaderCorrupt as error:
+        raise VaultCorrupt(f"vault {error}") from None
 
 
 def _split_file(blob: bytes) -> tuple[bytes, bytes, bytes]:
     """(aad, header bytes, ciphertext) after checking magic and lengths."""
     if len(blob) < PREFIX_SIZE or blob[: len(MAGIC)] != MAGIC:
         raise VaultCorrupt("not a vault file (bad magic): check the path or restore a backup")
-    (header_len,) = struct.unpack(">I", blob[len(MAGIC) : PREFIX_SIZE])
+    header_len = header_length(blob[:PREFIX_SIZE])
     if not 1 <= header_len <= HEADER_MAX_BYTES:
-        raise VaultCorrupt(f"vault header length {header_len} is outside [1, {HEADER_MAX_BYTES}]: the file is damaged")
+        raise VaultCorrupt(
+            f"vault header length {header_len} is outside [1, {HEADER_MAX_BYTES}]: the file is damaged"
+        )
     body_start = PREFIX_SIZE + header_len
     if len(blob) < body_start + TAG_SIZE + 2:
         raise VaultCorrupt("vault file is truncated: restore it from <path>.prev or a backup")
     return blob[:body_start], blob[PREFIX_SIZE:body_start], blob[body_start:]
 
 
-def _build_file(header: _Header, aes_key: bytes, document: bytes) -> tuple[bytes, bytes]:
+def _build_file(header: SealHeader, keys: SealingKeys, document: bytes) -> tuple[bytes, bytes]:
     """(file bytes, header bytes) for one generation."""
-    header_raw = _encode_json(header.to_json(), ascii_only=True)
-    assert 1 <= len(header_raw) <= HEADER_MAX_BYTES
-    aad = MAGIC + struct.pack(">I", len(header_raw)) + header_raw
-    blob = aad + AESGCM(aes_key).encrypt(header.nonce, document, aad)
+    header_raw = header.encode()
+    aad = associated_data(MAGIC, header_raw)
+    blob = aad + keys.aead().encrypt(header.nonce, document, aad)
     if len(blob) > FILE_MAX_BYTES:
         raise VaultError(
             f"the vault document is too large ({len(blob)} bytes, limit {FILE_MAX_BYTES}): "
             "archive old history or receipts first (nothing was written)"
         )
     return blob, header_raw
-
-
-# --- file system ---------------------------------------------------------------
 
 
 def _read_vault_file(path: pathlib.Path) -> bytes:
@@ -392,7 +193,7 @@ def _read_header_bytes(path: pathlib.Path) -> bytes | None:
             prefix = f.read(PREFIX_SIZE)
             if len(prefix) < PREFIX_SIZE or prefix[: len(MAGIC)] != MAGIC:
                 return None
-            (header_len,) = struct.unpack(">I", prefix[len(MAGIC) :])
+            header_len = header_length(prefix)
             if header_len > HEADER_MAX_BYTES:
                 return None
             return f.read(header_len)
@@ -400,84 +201,63 @@ def _read_header_bytes(path: pathlib.Path) -> bytes | None:
         return None
 
 
-def _ensure_private_dir(directory: pathlib.Path) -> None:
+# --- writing (on hostkit.private_files) -------------------------------------------
+
+
+def ensure_private_dir(directory: pathlib.Path) -> None:
     # mode applies to the leaf only; parents follow the umask like any mkdir -p.
-    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    directory.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
 
 
-def _fsync_dir(directory: pathlib.Path) -> None:
-    # Makes the rename itself durable, not only the file contents.
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_private_file(path: pathlib.Path, blob: bytes) -> None:
-    """Write blob to a fresh 0600 file and fsync it."""
-    path.unlink(missing_ok=True)  # a stale tmp from a crash; ours by naming convention
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, FILE_MODE)
-    try:
-        os.fchmod(fd, FILE_MODE)  # the umask can only remove bits, but be explicit
-        view = memoryview(blob)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _write_tmp(tmp: pathlib.Path, blob: bytes) -> None:
+    tmp.unlink(missing_ok=True)  # a stale tmp from a crash; ours by naming convention
+    write_new_file(tmp, blob)
 
 
 def _keep_previous(path: pathlib.Path) -> None:
     """Make <path>.prev the current file without ever leaving <path> missing."""
-    prev = _sibling(path, ".prev")
+    prev = sibling(path, ".prev")
     prev.unlink(missing_ok=True)
     try:
         os.link(path, prev)
     except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        if e.errno not in NO_LINK_ERRNOS:
             raise
         # File systems without hard links: a copy serves recovery just as well.
-        _write_private_file(prev, path.read_bytes())
+        write_new_file(prev, path.read_bytes())
 
 
 def _install_new(tmp: pathlib.Path, path: pathlib.Path) -> None:
     """Move tmp to path, failing if path exists (create never overwrites)."""
     try:
-        os.link(tmp, path)  # atomic "create if absent"
+        link_new_name(tmp, path)
     except FileExistsError:
         raise VaultError(f"a vault already exists at {path}: refusing to overwrite it") from None
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-        if path.exists():
-            raise VaultError(f"a vault already exists at {path}: refusing to overwrite it") from None
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
+    tmp.unlink(missing_ok=True)
 
 
 def _commit(path: pathlib.Path, blob: bytes, *, replace: bool) -> None:
-    tmp = _sibling(path, ".tmp")
+    tmp = sibling(path, ".tmp")
     try:
-        _write_private_file(tmp, blob)
+        _write_tmp(tmp, blob)
         if replace:
             _keep_previous(path)
             os.replace(tmp, path)
         else:
             _install_new(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_directory(path.parent)
     except VaultError:
         tmp.unlink(missing_ok=True)
         raise
     except OSError as e:
         tmp.unlink(missing_ok=True)
         reason = e.strerror or type(e).__name__
-        raise VaultError(f"could not write the vault at {path}: {reason} (the previous file is unchanged)") from None
+        raise VaultError(
+            f"could not write the vault at {path}: {reason} (the previous file is unchanged)"
+        ) from None
 
 
-# --- the vault -----------------------------------------------------------------
+# --- the document ------------------------------------------------------------------
 
 
 def _check_plain_json(value: object, depth: int = 0) -> None:
@@ -486,11 +266,16 @@ def _check_plain_json(value: object, depth: int = 0) -> None:
     Messages name types only: values may be secrets.
     """
     if depth > DOCUMENT_DEPTH_MAX:
-        raise VaultError(f"the vault document nests deeper than {DOCUMENT_DEPTH_MAX} levels: nothing was written")
+        raise VaultError(
+            f"the vault document nests deeper than {DOCUMENT_DEPTH_MAX} levels: nothing was written"
+        )
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise VaultError(f"the vault document has a {type(key).__name__} key; keys must be str: nothing was written")
+                raise VaultError(
+                    f"the vault document has a {type(key).__name__} key; keys must be str: "
+                    "nothing was written"
+                )
             _check_plain_json(item, depth + 1)
     elif isinstance(value, list):
         for item in value:
@@ -507,7 +292,7 @@ def _encode_document(data: object) -> bytes:
         raise VaultError("the vault document must be a JSON object (dict): nothing was written")
     _check_plain_json(data)
     try:
-        return _encode_json(data, ascii_only=False)
+        return canonical_json(data, ascii_only=False)
     except (ValueError, UnicodeEncodeError):
         # NaN/infinity or lone surrogates; the exception text could quote secrets.
         raise VaultError(
@@ -517,7 +302,7 @@ def _encode_document(data: object) -> bytes:
 
 def _decode_document(plaintext: bytes) -> dict:
     try:
-        data = json.loads(plaintext.decode("utf-8"), parse_constant=_reject_constant)
+        data = json.loads(plaintext.decode("utf-8"), parse_constant=reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise VaultCorrupt("the vault decrypted but its document is not JSON: restore a backup") from None
     if not isinstance(data, dict):
@@ -532,7 +317,9 @@ class Vault:
     data: dict
     generation: int
 
-    def __init__(self, path: pathlib.Path, data: dict, generation: int, keys: _Keys, header_raw: bytes) -> None:
+    def __init__(
+        self, path: pathlib.Path, data: dict, generation: int, keys: SealingKeys, header_raw: bytes
+    ) -> None:
         # Use Vault.create or Vault.open; this only assembles an opened vault.
         self.path = path
         self.data = data
@@ -549,7 +336,7 @@ class Vault:
         return self._keys.kdf
 
     @classmethod
-    def create(cls, path, password_a: str, data: dict, *, kdf: KdfParams | None = None) -> "Vault":
+    def create(cls, path, password_a: str, data: dict, *, kdf: KdfParams | None = None) -> Vault:
         """Write a new vault (generation 1). Refuses to overwrite an existing file."""
         path = pathlib.Path(path)
         # Checked before the slow derivation; _install_new checks again atomically.
@@ -558,24 +345,25 @@ class Vault:
         kdf = kdf_params_from_env() if kdf is None else kdf
         document = _encode_document(data)
         keys = _new_keys(password_a, kdf)
-        _ensure_private_dir(path.parent)
-        os.chmod(path.parent, DIR_MODE)  # a home that existed before (0755 from a plain mkdir) becomes private too
+        ensure_private_dir(path.parent)
+        # A home that existed before (0755 from a plain mkdir) becomes private too.
+        os.chmod(path.parent, PRIVATE_DIR_MODE)
         vault = cls(path, data, 0, keys, b"")
         vault._write(document, replace=False)
         return vault
 
     @classmethod
-    def open(cls, path, password_a: str) -> "Vault":
+    def open(cls, path, password_a: str) -> Vault:
         """Decrypt ``path`` with password A. Reads only; never writes anything."""
         path = pathlib.Path(path)
         password = _password_bytes(password_a)
         aad, header_raw, ciphertext = _split_file(_read_vault_file(path))
         header = _parse_header(header_raw)
-        keys = _derive_keys(password, header.kdf, header.salt)
-        if not hmac.compare_digest(keys.check, header.check):
+        keys = derive_keys(password, header.kdf, header.salt)
+        if not keys.matches(header):
             raise WrongPasswordA("wrong password A: the vault was not opened (nothing changed)")
         try:
-            plaintext = AESGCM(keys.aes_key).decrypt(header.nonce, ciphertext, aad)
+            plaintext = keys.aead().decrypt(header.nonce, ciphertext, aad)
         except InvalidTag:
             raise VaultCorrupt(
                 "password A is right but the vault file was damaged or tampered with: "
@@ -605,8 +393,8 @@ class Vault:
         except BaseException:
             self._keys = old_keys  # the file still has the old password A
             raise
-        _sibling(self.path, ".prev").unlink(missing_ok=True)
-        _fsync_dir(self.path.parent)
+        sibling(self.path, ".prev").unlink(missing_ok=True)
+        fsync_directory(self.path.parent)
 
     def _check_unchanged_on_disk(self) -> None:
         if _read_header_bytes(self.path) != self._header_raw:
@@ -619,73 +407,21 @@ class Vault:
         generation = self.generation + 1
         if generation > GENERATION_MAX:
             raise VaultError("the vault has reached its write limit: create a new vault and move the data")
-        header = _Header(
-            kdf=self._keys.kdf,
-            salt=self._keys.salt,
-            nonce=secrets.token_bytes(NONCE_SIZE),
-            generation=generation,
-            check=self._keys.check,
-        )
-        blob, header_raw = _build_file(header, self._keys.aes_key, document)
+        header = self._keys.new_header(generation)
+        blob, header_raw = _build_file(header, self._keys, document)
         _commit(self.path, blob, replace=replace)
         # Only after the file is in place does memory move to the new generation.
         self.generation = generation
         self._header_raw = header_raw
 
 
-def _new_keys(password_a: str, kdf: KdfParams) -> _Keys:
+def _new_keys(password_a: str, kdf: KdfParams) -> SealingKeys:
     if not isinstance(kdf, KdfParams):
         raise VaultError("kdf must be a KdfParams")
-    problem = _kdf_problem(kdf)
+    problem = kdf_problem(kdf)
     if problem is not None:
         raise VaultError(f"{problem}: use DEFAULT_KDF or at least MINIMUM_KDF")
     password = _password_bytes(password_a)
     if not password:
         raise VaultError("password A must not be empty: choose a passphrase")
-    return _derive_keys(password, kdf, secrets.token_bytes(SALT_SIZE))
-
-
-# --- locking -------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def vault_lock(path, timeout_ms: int = 10_000) -> Iterator[None]:
-    """Hold an exclusive flock on ``<path>.lock`` for open -> edit -> save.
-
-    Waits up to timeout_ms, then raises VaultBusy. The lock file is never
-    deleted (deleting it would let two processes lock different inodes).
-    flock is per open file: nesting vault_lock on one path in one process
-    waits for itself and ends in VaultBusy.
-    """
-    if not _is_int(timeout_ms) or not 0 <= timeout_ms <= LOCK_TIMEOUT_MAX_MS:
-        raise VaultError(f"lock timeout_ms={_show(timeout_ms)} is outside [0, {LOCK_TIMEOUT_MAX_MS}]")
-    lock_path = _sibling(pathlib.Path(path), ".lock")
-    _ensure_private_dir(lock_path.parent)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-    try:
-        _acquire(fd, lock_path, timeout_ms)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _acquire(fd: int, lock_path: pathlib.Path, timeout_ms: int) -> None:
-    deadline = time.monotonic() + timeout_ms / 1000
-    poll_ms = 1
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        remaining_s = deadline - time.monotonic()
-        if remaining_s <= 0:
-            raise VaultBusy(
-                f"the vault is in use by another process (lock {lock_path} held for over {timeout_ms} ms): "
-                "wait for it to finish and retry"
-            )
-        time.sleep(min(poll_ms / 1000, remaining_s))
-        poll_ms = min(poll_ms * 2, LOCK_POLL_MAX_MS)
+    return derive_new_keys(password, kdf)

@@ -5,7 +5,8 @@ Document kept in the vault (password A):
     kid, counter (last per-key counter used), center (URL, pinned certificate,
     receipt key, currency), member_id, role, balance_minor (last known),
     history, receipts, outbox, topups, notices, notices_cursor; and, once the
-    key changes (token_wallet.key_rotation): key_status, pending_key, previous_keys.
+    key changes (token_wallet.key_rotation): key_status, pending_key, previous_keys
+    (token_wallet.document: the document's shape and history, below this module).
 
 Signing order, so that a crash never loses or doubles a message: sign with
 the token (password B) -> put the envelope in the outbox and save the vault ->
@@ -25,6 +26,11 @@ What the wallet believes of an answer:
   expired (the center refuses expired messages before anything else), it
   leaves the outbox as "expired, outcome unknown"; the next balance query
   shows whether it was applied. So nothing waits for ever.
+
+Long because delivery and recording are one state machine over the outbox:
+each outcome (delivered, refused, alarm, unverified, expired) and the
+per-type record table below change the same entry and save the same vault.
+The document's shape and history are token_wallet.document.
 """
 
 from __future__ import annotations
@@ -33,46 +39,72 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from paywire.algorithms import key_id
 from paywire.envelope import Envelope, b64url_decode, b64url_encode, seal
 from paywire.errors import WireError
-from paywire.messages import (BALANCE, CLOCK_SKEW_S, CONSOLE_LOGIN, ENROLL, NOTICE, NOTICES, OPERATOR_ACTION, PAY,
-                              PAYOUT, REFUND, ROTATE, TOPUP, build_payload, new_message_id, parse_payload)
+from paywire.messages import (
+    ACCOUNT_INFO,
+    BALANCE,
+    CLOCK_SKEW_S,
+    CONSOLE_LOGIN,
+    ENROLL,
+    NOTICE,
+    NOTICES,
+    OPERATOR_ACTION,
+    PAY,
+    PAYOUT,
+    REFUND,
+    ROTATE,
+    TOPUP,
+    build_payload,
+    new_message_id,
+    parse_payload,
+)
 from paywire.receipts import check_receipt, check_refusal
 from paywire.verify import verify_envelope
+from token_wallet.account_info import record_account_info
 from token_wallet.answer_checks import Contradiction, check_answer
 from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable, check_center_url
-from tokens.base import KeyRecord, Token
+from token_wallet.document import WalletError, add_history, discard_pending_key, now_ms, switch_to_rotated_key
 from token_wallet.vault import Vault
+from tokens.base import KeyRecord, Token
 
-DOCUMENT_VERSION = 1
 VAULT_FILENAME = "vault.tpv"
 MAX_OUTBOX_ENTRIES = 1000
-MAX_HISTORY_ENTRIES = 100_000
 MAX_NOTICES_PER_FETCH = 100
-ENDPOINTS = {ENROLL: "/v1/enroll", TOPUP: "/v1/topups", PAY: "/v1/payments", REFUND: "/v1/refunds",
-             PAYOUT: "/v1/payouts", NOTICES: "/v1/notices", BALANCE: "/v1/balance",
-             OPERATOR_ACTION: "/v1/operator/actions", CONSOLE_LOGIN: "/v1/console/login", ROTATE: "/v1/keys/rotate"}
+ENDPOINTS = {
+    ENROLL: "/v1/enroll",
+    TOPUP: "/v1/topups",
+    PAY: "/v1/payments",
+    REFUND: "/v1/refunds",
+    PAYOUT: "/v1/payouts",
+    NOTICES: "/v1/notices",
+    BALANCE: "/v1/balance",
+    ACCOUNT_INFO: "/v1/account",
+    OPERATOR_ACTION: "/v1/operator/actions",
+    CONSOLE_LOGIN: "/v1/console/login",
+    ROTATE: "/v1/keys/rotate",
+}
 # Payments and money movements must reach the center soon or not at all; an
 # enrollment may wait in the outbox for days.
-LIFETIME_S = {ENROLL: 7 * 24 * 3600, TOPUP: 24 * 3600, PAY: 24 * 3600, REFUND: 24 * 3600, PAYOUT: 24 * 3600,
-              NOTICES: 3600, BALANCE: 3600, OPERATOR_ACTION: 24 * 3600,
-              # A console login challenge lives two minutes; its approval need not outlive it by much.
-              CONSOLE_LOGIN: 300,
-              # A key rotation (token_wallet.key_rotation) may wait in the outbox like an enrollment.
-              ROTATE: 7 * 24 * 3600}
-
-
-class WalletError(Exception):
-    """A refusal the user can act on (one line)."""
+LIFETIME_S = {
+    ENROLL: 7 * 24 * 3600,
+    TOPUP: 24 * 3600,
+    PAY: 24 * 3600,
+    REFUND: 24 * 3600,
+    PAYOUT: 24 * 3600,
+    NOTICES: 3600,
+    BALANCE: 3600,
+    ACCOUNT_INFO: 3600,
+    OPERATOR_ACTION: 24 * 3600,
+    # A console login challenge lives two minutes; its approval need not outlive it by much.
+    CONSOLE_LOGIN: 300,
+    # A key rotation (token_wallet.key_rotation) may wait in the outbox like an enrollment.
+    ROTATE: 7 * 24 * 3600,
+}
 
 
 class ReceiptRejected(WalletError):
     """The center's answer did not verify against the pinned center key."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def vault_path(home: Path) -> Path:
@@ -84,21 +116,33 @@ class DeliveryReport:
     delivered: list[dict] = field(default_factory=list)
     refused: list[dict] = field(default_factory=list)  # by a refusal the center signed
     alarms: list[dict] = field(default_factory=list)  # a verified receipt contradicting its request
-    unverified: list[dict] = field(default_factory=list)  # a 4xx without a valid signed refusal: still waiting
+    unverified: list[dict] = field(
+        default_factory=list
+    )  # a 4xx without a valid signed refusal: still waiting
     dropped: list[dict] = field(default_factory=list)  # expired while its outcome was unknown
     pending: int = 0
     unreachable: str | None = None
 
     def to_json(self) -> dict:
-        return {"delivered": self.delivered, "refused": self.refused, "alarms": self.alarms,
-                "unverified": self.unverified, "dropped": self.dropped, "pending": self.pending,
-                "unreachable": self.unreachable}
+        return {
+            "delivered": self.delivered,
+            "refused": self.refused,
+            "alarms": self.alarms,
+            "unverified": self.unverified,
+            "dropped": self.dropped,
+            "pending": self.pending,
+            "unreachable": self.unreachable,
+        }
 
     def outcome_of(self, msg_id: str) -> tuple[str, dict | None]:
         """('delivered', result) | ('refused', {code, message}) | ('alarm', {reason, ...}) |
         ('unknown', {code, message, status}) | ('expired', {...}) | ('queued', None)."""
-        for state, items in (("refused", self.refused), ("alarm", self.alarms), ("unknown", self.unverified),
-                             ("expired", self.dropped)):
+        for state, items in (
+            ("refused", self.refused),
+            ("alarm", self.alarms),
+            ("unknown", self.unverified),
+            ("expired", self.dropped),
+        ):
             for item in items:
                 if item["msg_id"] == msg_id:
                     return state, item
@@ -106,14 +150,6 @@ class DeliveryReport:
             if item["msg_id"] == msg_id:
                 return "delivered", item["result"]
         return "queued", None
-
-
-def new_document(token_doc: dict, key: KeyRecord) -> dict:
-    return {
-        "version": DOCUMENT_VERSION, "token": token_doc, "key": key.to_json(), "kid": key_id(key.spki_der),
-        "counter": 0, "center": None, "member_id": None, "role": None, "balance_minor": None, "history": [],
-        "receipts": [], "outbox": [], "topups": {}, "notices": [], "notices_cursor": 0,
-    }
 
 
 class Wallet:
@@ -137,22 +173,37 @@ class Wallet:
     def require_enrolled(self, role: str | None = None) -> None:
         waiting = any(e["type"] == ENROLL for e in self.doc["outbox"])
         if not self.doc["member_id"]:
-            raise WalletError("the enrollment still waits in the outbox: run `wallet sync` first" if waiting
-                              else "this wallet is not enrolled yet: run `wallet enroll` first")
+            raise WalletError(
+                "the enrollment still waits in the outbox: run `wallet sync` first"
+                if waiting
+                else "this wallet is not enrolled yet: run `wallet enroll` first"
+            )
         if self.doc.get("key_status") == "new":  # a lost card's replacement (token_wallet.key_rotation)
-            raise WalletError("the enrollment of the new key still waits in the outbox: run `wallet sync` first"
-                              if waiting else f"this wallet's new key is not enrolled yet: run "
-                              f"`wallet enroll --rebind {self.doc['member_id']}` first")
+            raise WalletError(
+                "the enrollment of the new key still waits in the outbox: run `wallet sync` first"
+                if waiting
+                else f"this wallet's new key is not enrolled yet: run "
+                f"`wallet enroll --rebind {self.doc['member_id']}` first"
+            )
         if role and self.doc["role"] != role:
             raise WalletError(f"only a {role} wallet can do this; this one belongs to a {self.doc['role']}")
 
-    def pin_center(self, url: str, cert_pem: bytes, center_id: str, receipt_spki: bytes, receipt_alg: str) -> None:
+    def pin_center(
+        self, url: str, cert_pem: bytes, center_id: str, receipt_spki: bytes, receipt_alg: str
+    ) -> None:
         current = self.doc["center"]
         if current is not None and current["cert_pem"] != cert_pem.decode():
-            raise WalletError("this wallet is pinned to another center certificate; use a new wallet home for it")
-        self.doc["center"] = {"url": url, "cert_pem": cert_pem.decode(), "center_id": center_id,
-                              "receipt_spki": b64url_encode(receipt_spki), "receipt_alg": receipt_alg,
-                              "currency": (current or {}).get("currency")}
+            raise WalletError(
+                "this wallet is pinned to another center certificate; use a new wallet home for it"
+            )
+        self.doc["center"] = {
+            "url": url,
+            "cert_pem": cert_pem.decode(),
+            "center_id": center_id,
+            "receipt_spki": b64url_encode(receipt_spki),
+            "receipt_alg": receipt_alg,
+            "currency": (current or {}).get("currency"),
+        }
 
     def move_center(self, url: str) -> None:
         """Point at a new URL of the same center; trust still comes from the pinned certificate."""
@@ -188,18 +239,34 @@ class Wallet:
         if self.doc["center"] is None:
             raise WalletError("this wallet knows no center yet: run `wallet enroll` first")
         if len(self.doc["outbox"]) >= MAX_OUTBOX_ENTRIES:
-            raise WalletError(f"the outbox holds {MAX_OUTBOX_ENTRIES} unsent messages: run `wallet sync` first")
+            raise WalletError(
+                f"the outbox holds {MAX_OUTBOX_ENTRIES} unsent messages: run `wallet sync` first"
+            )
         if any(e["type"] == ROTATE for e in self.doc["outbox"]):
             # Anything the old key signed after its rotation would be refused.
             raise WalletError("a key rotation waits in the outbox: run `wallet sync` first")
         counter = self.doc["counter"] + 1
         key = self.key
-        payload = build_payload(msg_type, aud=self.doc["center"]["center_id"], kid=self.kid,
-                                msg_id=new_message_id(), ctr=counter, body=body, now_s=now_s,
-                                lifetime_s=LIFETIME_S[msg_type])
-        envelope = seal(payload, alg=key.algorithm, kid=self.kid, sign=lambda data: token.sign(key, data, pin))
-        entry = {"msg_id": payload["msg_id"], "type": msg_type, "envelope": envelope.to_json(),
-                 "queued_at_ms": now_ms(), "attempts": 0}
+        payload = build_payload(
+            msg_type,
+            aud=self.doc["center"]["center_id"],
+            kid=self.kid,
+            msg_id=new_message_id(),
+            ctr=counter,
+            body=body,
+            now_s=now_s,
+            lifetime_s=LIFETIME_S[msg_type],
+        )
+        envelope = seal(
+            payload, alg=key.algorithm, kid=self.kid, sign=lambda data: token.sign(key, data, pin)
+        )
+        entry = {
+            "msg_id": payload["msg_id"],
+            "type": msg_type,
+            "envelope": envelope.to_json(),
+            "queued_at_ms": now_ms(),
+            "attempts": 0,
+        }
         self.doc["counter"] = counter
         self.doc["outbox"].append(entry)
         self.vault.save()
@@ -243,16 +310,22 @@ class Wallet:
         entry["last_answer"] = seen | {"at_ms": now_ms()}
         self.vault.save()
         report.unverified.append({"msg_id": entry["msg_id"], "type": entry["type"], **seen})
-        report.unreachable = (f"the center answered {error.code} (HTTP {error.status}) without a refusal signed by "
-                              "its key: not believed, the message stays in the outbox")
+        report.unreachable = (
+            f"the center answered {error.code} (HTTP {error.status}) without a refusal signed by "
+            "its key: not believed, the message stays in the outbox"
+        )
         return False
 
     def _checked_refusal(self, entry: dict, error: CenterRefused) -> dict | None:
         if error.refusal is None:
             return None
         try:
-            return check_refusal(Envelope.from_json(error.refusal), center_spki=self._center_spki(),
-                                 center_alg=self._center_alg(), request=Envelope.from_json(entry["envelope"]))
+            return check_refusal(
+                Envelope.from_json(error.refusal),
+                center_spki=self._center_spki(),
+                center_alg=self._center_alg(),
+                request=Envelope.from_json(entry["envelope"]),
+            )
         except WireError:
             return None
 
@@ -261,24 +334,35 @@ class Wallet:
         response = client.submit(ENDPOINTS[entry["type"]], request)
         try:
             receipt = Envelope.from_json(response.get("receipt"))
-            body = check_receipt(receipt, center_spki=self._center_spki(), center_alg=self._center_alg(),
-                                 request=request)
+            body = check_receipt(
+                receipt, center_spki=self._center_spki(), center_alg=self._center_alg(), request=request
+            )
             extras = self._verified_extras(entry["type"], response)
         except WireError as error:
             # Not recorded: the entry stays in the outbox, and a resend of the
             # same bytes will fetch the center's stored receipt again.
-            raise ReceiptRejected(f"the center's answer did not verify ({error.code}): nothing was recorded") from None
+            raise ReceiptRejected(
+                f"the center's answer did not verify ({error.code}): nothing was recorded"
+            ) from None
         result = body["result"]
         try:
             check_answer(entry["type"], request_body(entry), result, self.doc, extras)
         except Contradiction as alarm:
-            self.doc["receipts"].append({"msg_id": entry["msg_id"], "type": entry["type"],
-                                         "receipt": receipt.to_json(), "alarm": str(alarm)})
+            self.doc["receipts"].append(
+                {
+                    "msg_id": entry["msg_id"],
+                    "type": entry["type"],
+                    "receipt": receipt.to_json(),
+                    "alarm": str(alarm),
+                }
+            )
             raise
         _RECORD_RESULT[entry["type"]](self, entry, result, extras)
         if entry["type"] not in (ENROLL, ROTATE) and self.doc.get("key_status") == "pending_bind":
             self.doc["key_status"] = "active"  # accepted: an operator has bound the new key
-        self.doc["receipts"].append({"msg_id": entry["msg_id"], "type": entry["type"], "receipt": receipt.to_json()})
+        self.doc["receipts"].append(
+            {"msg_id": entry["msg_id"], "type": entry["type"], "receipt": receipt.to_json()}
+        )
         self.doc["outbox"].pop(0)
         self.vault.save()
         return {"msg_id": entry["msg_id"], "type": entry["type"], "result": result}
@@ -293,8 +377,14 @@ class Wallet:
         checked = []
         for document in notices:
             envelope = Envelope.from_json(document)
-            header, body = verify_envelope(envelope, spki_der=self._center_spki(), algorithm=self._center_alg())
-            if header.type != NOTICE or header.aud != self.doc["member_id"] or body["store_id"] != self.doc["member_id"]:
+            header, body = verify_envelope(
+                envelope, spki_der=self._center_spki(), algorithm=self._center_alg()
+            )
+            if (
+                header.type != NOTICE
+                or header.aud != self.doc["member_id"]
+                or body["store_id"] != self.doc["member_id"]
+            ):
                 raise WireError("wrong_audience", "a payment notice is not addressed to this store")
             checked.append({"notice": body, "envelope": envelope.to_json()})
         return checked
@@ -310,9 +400,7 @@ class Wallet:
         self.doc["outbox"].pop(0)
         details = {"code": refusal["code"], "message": refusal["message"]}
         if entry["type"] == ROTATE:  # the old key stays; the new one is forgotten
-            from token_wallet.key_rotation import discard_pending_key
-
-            discard_pending_key(self, refusal["code"])
+            discard_pending_key(self.doc, refusal["code"])
         self.add_history(entry["type"], entry["msg_id"], "refused", details)
         self.vault.save()
         return {"msg_id": entry["msg_id"], "type": entry["type"], **details}
@@ -326,8 +414,9 @@ class Wallet:
         if "amount_minor" in signed:
             details["amount_minor"] = signed["amount_minor"]  # what may have moved (answer_checks)
         self.doc["balance_minor"] = None
-        self.add_history(entry["type"], entry["msg_id"], f"alarm: receipt contradicts the request ({reason})",
-                         details)
+        self.add_history(
+            entry["type"], entry["msg_id"], f"alarm: receipt contradicts the request ({reason})", details
+        )
         self.vault.save()
         return {"msg_id": entry["msg_id"], "type": entry["type"], "reason": reason}
 
@@ -335,9 +424,12 @@ class Wallet:
         """An expired message never confirmed: the center can no longer apply it, but may have before."""
         self.doc["outbox"].pop(0)
         signed = request_body(entry)
-        details = {"code": "expired_unconfirmed", "last_answer": seen,
-                   "message": "it expired without a receipt or a signed refusal; run `wallet balance` to see "
-                              "whether it was applied"}
+        details = {
+            "code": "expired_unconfirmed",
+            "last_answer": seen,
+            "message": "it expired without a receipt or a signed refusal; run `wallet balance` to see "
+            "whether it was applied",
+        }
         if "amount_minor" in signed:
             details["amount_minor"] = signed["amount_minor"]
         if entry["type"] in (PAY, REFUND, PAYOUT, TOPUP):
@@ -347,10 +439,7 @@ class Wallet:
         return {"msg_id": entry["msg_id"], "type": entry["type"], **seen}
 
     def add_history(self, kind: str, ref: str, outcome: str, details: dict) -> None:
-        history = self.doc["history"]
-        if len(history) >= MAX_HISTORY_ENTRIES:
-            raise WalletError("the history is full: export it and start a new wallet")
-        history.append({"at_ms": now_ms(), "type": kind, "msg_id": ref, "outcome": outcome, "details": details})
+        add_history(self.doc, kind, ref, outcome, details)
 
 
 def request_body(entry: dict) -> dict:
@@ -365,6 +454,7 @@ def _expired(entry: dict) -> bool:
 
 # --- what an accepted answer changes in the vault, per message type ---------------
 
+
 def _record_enrolled(wallet: Wallet, entry: dict, result: dict, _extras: list) -> None:
     rebinding = result["action"] == "bind_requested"  # a lost card's new key, for the same account
     if not rebinding:
@@ -376,15 +466,16 @@ def _record_enrolled(wallet: Wallet, entry: dict, result: dict, _extras: list) -
 
 
 def _record_rotated(wallet: Wallet, entry: dict, result: dict, _extras: list) -> None:
-    from token_wallet.key_rotation import switch_to_rotated_key
-
-    switch_to_rotated_key(wallet, result)
+    switch_to_rotated_key(wallet.doc, result)
     wallet.add_history(ROTATE, entry["msg_id"], "accepted", result)
 
 
 def _record_topup(wallet: Wallet, entry: dict, result: dict, _extras: list) -> None:
-    wallet.doc["topups"][result["topup_id"]] = {"amount_minor": result["amount_minor"], "method": result["method"],
-                                                "status": result["status"]}
+    wallet.doc["topups"][result["topup_id"]] = {
+        "amount_minor": result["amount_minor"],
+        "method": result["method"],
+        "status": result["status"],
+    }
     wallet.add_history(TOPUP, entry["msg_id"], "accepted", result)
 
 
@@ -400,8 +491,12 @@ def _record_notices(wallet: Wallet, entry: dict, result: dict, extras: list) -> 
         if notice["payment_id"] in known:
             continue
         wallet.doc["notices"].append(item)
-        wallet.add_history("payment_received", notice["payment_id"], "notice verified",
-                           {k: notice[k] for k in ("payment_id", "buyer_id", "amount_minor", "currency", "order_ref")})
+        wallet.add_history(
+            "payment_received",
+            notice["payment_id"],
+            "notice verified",
+            {k: notice[k] for k in ("payment_id", "buyer_id", "amount_minor", "currency", "order_ref")},
+        )
     wallet.doc["notices_cursor"] = max(wallet.doc["notices_cursor"], result["last_seq"])
 
 
@@ -411,7 +506,9 @@ def _record_balance(wallet: Wallet, entry: dict, result: dict, _extras: list) ->
     for topup in result.get("topups", []):
         known = wallet.doc["topups"].get(topup["topup_id"])
         if known is None:  # requested from here, its receipt never recorded (answer_checks counts it)
-            wallet.doc["topups"][topup["topup_id"]] = {k: topup[k] for k in ("amount_minor", "method", "status")}
+            wallet.doc["topups"][topup["topup_id"]] = {
+                k: topup[k] for k in ("amount_minor", "method", "status")
+            }
         elif known["status"] != topup["status"]:
             known["status"] = topup["status"]
             wallet.add_history("topup_" + topup["status"], topup["topup_id"], topup["status"], topup)
@@ -430,6 +527,16 @@ def _record_operator(wallet: Wallet, entry: dict, result: dict, _extras: list) -
     wallet.add_history(entry["type"], entry["msg_id"], "accepted", result)
 
 
-_RECORD_RESULT = {ENROLL: _record_enrolled, TOPUP: _record_topup, PAY: _record_money, REFUND: _record_money,
-                  PAYOUT: _record_money, NOTICES: _record_notices, BALANCE: _record_balance,
-                  OPERATOR_ACTION: _record_operator, CONSOLE_LOGIN: _record_operator, ROTATE: _record_rotated}
+_RECORD_RESULT = {
+    ENROLL: _record_enrolled,
+    TOPUP: _record_topup,
+    PAY: _record_money,
+    REFUND: _record_money,
+    PAYOUT: _record_money,
+    NOTICES: _record_notices,
+    BALANCE: _record_balance,
+    OPERATOR_ACTION: _record_operator,
+    CONSOLE_LOGIN: _record_operator,
+    ROTATE: _record_rotated,
+    ACCOUNT_INFO: record_account_info,
+}

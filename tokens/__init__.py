@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tokens.base import PROTECTION_PROTECTED, KeyRecord, Token, TokenError
 
 DEFAULT_CARD_TIMEOUT_S = 60.0
 
 
-def open_token(token_doc: dict, *, card_timeout_s: float = DEFAULT_CARD_TIMEOUT_S,
-               on_wait: Callable[[str], None] | None = None) -> Token:
+def open_token(
+    token_doc: dict,
+    *,
+    card_timeout_s: float = DEFAULT_CARD_TIMEOUT_S,
+    on_wait: Callable[[str], None] | None = None,
+) -> Token:
     """Open the token a vault names.
 
     {"kind": "pkcs11", "module", "label", "serial"} or
@@ -21,14 +25,20 @@ def open_token(token_doc: dict, *, card_timeout_s: float = DEFAULT_CARD_TIMEOUT_
     if kind == "pkcs11":
         from tokens.pkcs11_token import open_pkcs11_token
 
-        return open_pkcs11_token(token_doc["module"], label=token_doc["label"], serial=token_doc.get("serial"))
+        return open_pkcs11_token(
+            token_doc["module"], label=token_doc["label"], serial=token_doc.get("serial")
+        )
     if kind == "openpgp-card":
         from tokens.openpgp_card import open_openpgp_card
 
         # By serial in any reader: the card may come back in another reader.
         serial = token_doc.get("serial")
-        return open_openpgp_card(None if serial else token_doc.get("reader"), timeout_s=card_timeout_s,
-                                 on_wait=on_wait or (lambda _message: None), serial=serial)
+        return open_openpgp_card(
+            None if serial else token_doc.get("reader"),
+            timeout_s=card_timeout_s,
+            on_wait=on_wait or (lambda _message: None),
+            serial=serial,
+        )
     raise TokenError(f"this wallet names a token of kind {kind!r}, which this version cannot open")
 
 

@@ -15,13 +15,14 @@ import enum
 from dataclasses import dataclass, field
 
 
-class KeyType(str, enum.Enum):
+# str + Enum, not StrEnum: str(KeyType.P256) stays "KeyType.P256" wherever it is formatted today.
+class KeyType(str, enum.Enum):  # noqa: UP042
     P256 = "p256"
     ED25519 = "ed25519"
     RSA2048 = "rsa2048"
 
 
-class KeyMode(str, enum.Enum):
+class KeyMode(str, enum.Enum):  # noqa: UP042  (as KeyType)
     # Generated on the token, wrapped there under a token-resident trusted
     # AES key; the blob lives in the password-A vault (DESIGN.md).
     WRAPPED = "wrapped"
@@ -84,14 +85,23 @@ class KeyRecord:
     handle: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"mode": self.mode.value, "key_type": self.key_type.value, "algorithm": self.algorithm,
-                "spki_der": base64.b64encode(self.spki_der).decode(), "handle": dict(self.handle)}
+        return {
+            "mode": self.mode.value,
+            "key_type": self.key_type.value,
+            "algorithm": self.algorithm,
+            "spki_der": base64.b64encode(self.spki_der).decode(),
+            "handle": dict(self.handle),
+        }
 
     @classmethod
-    def from_json(cls, document: dict) -> "KeyRecord":
-        return cls(mode=KeyMode(document["mode"]), key_type=KeyType(document["key_type"]),
-                   algorithm=document["algorithm"], spki_der=base64.b64decode(document["spki_der"]),
-                   handle=dict(document["handle"]))
+    def from_json(cls, document: dict) -> KeyRecord:
+        return cls(
+            mode=KeyMode(document["mode"]),
+            key_type=KeyType(document["key_type"]),
+            algorithm=document["algorithm"],
+            spki_der=base64.b64decode(document["spki_der"]),
+            handle=dict(document["handle"]),
+        )
 
 
 class TokenError(Exception):
@@ -152,5 +162,5 @@ class Token(abc.ABC):
     @abc.abstractmethod
     def change_pin(self, old_pin: str, new_pin: str) -> None: ...
 
-    def close(self) -> None:  # pragma: no cover - default no-op
+    def close(self) -> None:  # noqa: B027  (optional: most tokens hold nothing open)
         pass

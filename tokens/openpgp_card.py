@@ -27,6 +27,12 @@ Rules this module keeps:
   is returned: a card that signs with another key fails here, not at the
   center.
 * PINs never appear in messages or logs.
+
+The card's data objects (TLV, application data, algorithm attributes, public
+key) are parsed in tokens.openpgp_data; this module holds the conversation.
+Long because the APDU layer (SELECT, chaining, GET RESPONSE, status words)
+and the commands built on it share one lock, one transaction and the card's
+facts per operation; apart, each would reach into the other's state.
 """
 
 from __future__ import annotations
@@ -35,8 +41,7 @@ import contextlib
 import hashlib
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -59,6 +64,20 @@ from .base import (
     TokenInfo,
     TokenRemoved,
     WrongPin,
+)
+from .openpgp_data import (
+    CRT_SIGNATURE,
+    DO_AID,
+    DO_ALGO_SIG,
+    DO_APPLICATION_RELATED,
+    DO_PW_STATUS,
+    DO_RESETTING_CODE,
+    CardFacts,
+    algorithm_attributes,
+    attributes_match,
+    parse_application_data,
+    pin_status_from_tries,
+    spki_from_public_key_do,
 )
 
 log = logging.getLogger(__name__)
@@ -87,23 +106,6 @@ SHORT_MAX_DATA = 255
 MAX_GET_RESPONSE_ROUNDS = 256  # 256 x 256 bytes: far above any response here
 MAX_MESSAGE_BYTES = 65535  # one extended APDU; chaining has no lower limit of ours
 
-# Data objects
-DO_AID = 0x4F
-DO_APPLICATION_RELATED = 0x6E
-DO_HISTORICAL = 0x5F52
-DO_EXTENDED_LENGTH = 0x7F66
-DO_ALGO_SIG = 0xC1
-DO_PW_STATUS = 0xC4
-DO_RESETTING_CODE = 0xD3
-DO_PUBLIC_KEY = 0x7F49
-CRT_SIGNATURE = bytes([0xB6, 0x00])
-
-# Algorithm attributes
-ALGO_RSA, ALGO_ECDSA, ALGO_EDDSA = 0x01, 0x13, 0x16
-OID_P256 = bytes.fromhex("2A8648CE3D030107")  # 1.2.840.10045.3.1.7
-OID_ED25519 = bytes.fromhex("2B06010401DA470F01")  # 1.3.6.1.4.1.11591.15.1
-RSA_BITS = 2048
-RSA_DEFAULT_EXPONENT_BITS = 32
 
 # PKCS#1 v1.5 DigestInfo prefix for SHA-256
 SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
@@ -118,204 +120,6 @@ SW_WRONG_LENGTH = 0x6700
 SW_WRONG_DATA = 0x6A80
 SW_NOT_FOUND = 0x6A88
 SW_CONDITIONS = 0x6985
-
-# Manufacturer ids of the AID (as GnuPG names them).
-MANUFACTURERS = {
-    0x0000: "test card", 0x0001: "PPC Card Systems", 0x0002: "Prism", 0x0003: "OpenFortress",
-    0x0004: "Wewid", 0x0005: "ZeitControl", 0x0006: "Yubico", 0x0007: "OpenKMS",
-    0x0008: "LogoEmail", 0x0009: "Fidesmo", 0x000B: "Feitian Technologies",
-    0x000F: "Nitrokey", 0x0042: "GnuPG e.V.", 0xF1D0: "CanoKeys", 0xF517: "FSIJ (Gnuk)",
-    0xFFFF: "test card",
-}
-
-
-# --------------------------------------------------------------------------
-# BER-TLV, just enough for the card's data objects
-
-
-def _tlv_items(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
-    """(tag, value, constructed) for each TLV at this level."""
-    try:
-        yield from _tlv_items_unchecked(data)
-    except IndexError:
-        raise TokenError("the card sent a truncated data object") from None
-
-
-def _tlv_items_unchecked(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
-    i = 0
-    for _ in range(len(data)):  # each pass consumes >= 2 bytes
-        if i >= len(data) or data[i] in (0x00, 0xFF):  # padding between objects
-            return
-        first = data[i]
-        tag, i = first, i + 1
-        if first & 0x1F == 0x1F:  # multi-byte tag
-            for _ in range(3):
-                tag, i = (tag << 8) | data[i], i + 1
-                if not data[i - 1] & 0x80:
-                    break
-        length, i = data[i], i + 1
-        if length & 0x80:
-            count = length & 0x7F
-            length, i = int.from_bytes(data[i:i + count], "big"), i + count
-        if i + length > len(data):
-            raise TokenError("the card sent a malformed data object")
-        yield tag, data[i:i + length], bool(first & 0x20)
-        i += length
-
-
-def tlv_find(data: bytes, wanted: int, depth: int = 4) -> bytes | None:
-    """The value of the first `wanted` tag, searching constructed objects too."""
-    for tag, value, constructed in _tlv_items(data):
-        if tag == wanted:
-            return value
-        if constructed and depth > 0:
-            found = tlv_find(value, wanted, depth - 1)
-            if found is not None:
-                return found
-    return None
-
-
-# --------------------------------------------------------------------------
-# What a card tells about itself
-
-
-@dataclass(frozen=True)
-class CardFacts:
-    aid: bytes
-    chaining: bool
-    extended: bool
-    max_command_bytes: int | None  # from 7F66, when the card has it
-    algo_sig: bytes
-    pw_status: bytes
-
-    @property
-    def version(self) -> tuple[int, int]:
-        return self.aid[6], self.aid[7]
-
-    @property
-    def manufacturer_id(self) -> int:
-        return int.from_bytes(self.aid[8:10], "big")
-
-    @property
-    def serial(self) -> str:
-        return self.aid[10:14].hex().upper()
-
-    @property
-    def manufacturer(self) -> str:
-        mid = self.manufacturer_id
-        if 0xFF00 <= mid <= 0xFFFE:
-            return "unmanaged serial number range"
-        return MANUFACTURERS.get(mid, f"unknown manufacturer 0x{mid:04X}")
-
-    def pin_status(self) -> PinStatus:
-        return _pin_status(self.pw_status[4])
-
-
-def _pin_status(tries: int) -> PinStatus:
-    # Cards start PW1 at 3 tries (the count's maximum is not readable).
-    return PinStatus(tries_left=tries, locked=tries == 0, count_low=0 < tries < 3, final_try=tries == 1)
-
-
-def parse_application_data(data: bytes) -> CardFacts:
-    """Application related data (6E) into CardFacts."""
-    inner = tlv_find(data, DO_APPLICATION_RELATED, depth=0)
-    body = inner if inner is not None else data
-    aid = tlv_find(body, DO_AID)
-    algo = tlv_find(body, DO_ALGO_SIG)
-    pw_status = tlv_find(body, DO_PW_STATUS)
-    if aid is None or len(aid) < 16 or algo is None or pw_status is None or len(pw_status) < 7:
-        raise TokenError("the card's application data lacks the AID, algorithm or PIN status")
-    chaining, extended = _card_capabilities(tlv_find(body, DO_HISTORICAL) or b"")
-    return CardFacts(aid=aid, chaining=chaining, extended=extended,
-                     max_command_bytes=_max_command_bytes(tlv_find(body, DO_EXTENDED_LENGTH)),
-                     algo_sig=algo, pw_status=pw_status)
-
-
-def _card_capabilities(historical: bytes) -> tuple[bool, bool]:
-    """(command chaining, extended Lc/Le) from the historical bytes."""
-    if not historical or historical[0] != 0x00:
-        return True, False  # unknown layout: every OpenPGP card v2+ chains
-    end = len(historical) - 3  # category 00: the last 3 bytes are status
-    i = 1
-    for _ in range(len(historical)):  # compact TLVs, each >= 1 byte
-        if i >= end:
-            break
-        tag, length = historical[i] >> 4, historical[i] & 0x0F
-        value = historical[i + 1:i + 1 + length]
-        if tag == 0x7 and len(value) >= 3:
-            return bool(value[2] & 0x80), bool(value[2] & 0x40)
-        i += 1 + length
-    return True, False
-
-
-def _max_command_bytes(info: bytes | None) -> int | None:
-    """Extended length information (7F66): two INTEGERs, command and response."""
-    if not info:
-        return None
-    values = [value for tag, value, _ in _tlv_items(info) if tag == 0x02]
-    return int.from_bytes(values[0], "big") if values else None
-
-
-# --------------------------------------------------------------------------
-# Key types on the card
-
-
-def algorithm_attributes(key_type: KeyType, current: bytes) -> bytes:
-    """C1 for `key_type`; an RSA request keeps the card's exponent size and format."""
-    if key_type is KeyType.ED25519:
-        return bytes([ALGO_EDDSA]) + OID_ED25519
-    if key_type is KeyType.P256:
-        return bytes([ALGO_ECDSA]) + OID_P256
-    exponent_bits, fmt = RSA_DEFAULT_EXPONENT_BITS, 0
-    if len(current) >= 6 and current[0] == ALGO_RSA:
-        # YubiKeys say 17 bits, others 32: keep what the card uses.
-        exponent_bits, fmt = int.from_bytes(current[3:5], "big"), current[5]
-    return bytes([ALGO_RSA]) + RSA_BITS.to_bytes(2, "big") + exponent_bits.to_bytes(2, "big") + bytes([fmt])
-
-
-def attributes_match(key_type: KeyType, attrs: bytes) -> bool:
-    if key_type is KeyType.RSA2048:
-        return len(attrs) >= 3 and attrs[0] == ALGO_RSA and int.from_bytes(attrs[1:3], "big") == RSA_BITS
-    wanted = algorithm_attributes(key_type, b"")
-    # An optional trailing FF ("with public key" import format) is fine.
-    return attrs == wanted or attrs == wanted + b"\xff"
-
-
-def spki_from_public_key_do(key_type: KeyType, data: bytes) -> bytes:
-    """SubjectPublicKeyInfo DER from the card's public key DO (7F49)."""
-    body = tlv_find(data, DO_PUBLIC_KEY, depth=0) or data
-    try:
-        key = _public_key(key_type, body)
-    except ValueError:
-        key = None
-    if key is None:
-        raise TokenError(_unexpected_key_message(key_type, body))
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _public_key(key_type: KeyType, body: bytes):
-    if key_type is KeyType.RSA2048:
-        modulus, exponent = tlv_find(body, 0x81), tlv_find(body, 0x82)
-        if not modulus or not exponent:
-            return None
-        n, e = int.from_bytes(modulus, "big"), int.from_bytes(exponent, "big")
-        return rsa.RSAPublicNumbers(e, n).public_key() if n.bit_length() == RSA_BITS else None
-    point = tlv_find(body, 0x86)
-    if key_type is KeyType.ED25519:
-        return ed25519.Ed25519PublicKey.from_public_bytes(point) if point and len(point) == 32 else None
-    if point and len(point) == 65 and point[0] == 0x04:
-        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
-    return None
-
-
-def _unexpected_key_message(key_type: KeyType, body: bytes) -> str:
-    point = tlv_find(body, 0x86)
-    if key_type is KeyType.P256 and point is not None and len(point) == 32:
-        # jcecard 0.1.0 does exactly this: it makes a Curve25519 key.
-        return ("this card does not make P-256 keys (it returned a 32-byte key for a P-256 "
-                "request); use ed25519 or rsa2048 on this card")
-    return f"the card returned a public key that is not a {key_type.value} key"
-
 
 # --------------------------------------------------------------------------
 # Finding and opening cards
@@ -349,7 +153,7 @@ def open_openpgp_card(
     timeout_s: float,
     on_wait: Callable[[str], None],
     serial: str | None = None,
-) -> "OpenPgpCardToken":
+) -> OpenPgpCardToken:
     """Wait (bounded) for an OpenPGP card, optionally the one with `serial`, and open it."""
     wanted = serial.upper() if serial else None
 
@@ -444,8 +248,16 @@ class OpenPgpCardToken(Token):
 
     # -- APDUs ------------------------------------------------------------------
 
-    def _command(self, ins: int, p1: int, p2: int, data: bytes = b"", *, facts: CardFacts | None = None,
-                 expect_data: bool = True) -> tuple[bytes, int]:
+    def _command(
+        self,
+        ins: int,
+        p1: int,
+        p2: int,
+        data: bytes = b"",
+        *,
+        facts: CardFacts | None = None,
+        expect_data: bool = True,
+    ) -> tuple[bytes, int]:
         """Send one command (chained or extended as needed); the whole response and SW."""
         if len(data) <= SHORT_MAX_DATA:
             apdu = bytes([0x00, ins, p1, p2]) + (bytes([len(data)]) + data if data else b"")
@@ -462,18 +274,22 @@ class OpenPgpCardToken(Token):
         if facts is None or facts.chaining or not facts.extended:
             return True
         if facts.max_command_bytes is not None and size > facts.max_command_bytes:
-            raise TokenError(f"the card in {self._reader!r} takes at most {facts.max_command_bytes} "
-                             f"bytes per command, not {size}")
+            raise TokenError(
+                f"the card in {self._reader!r} takes at most {facts.max_command_bytes} "
+                f"bytes per command, not {size}"
+            )
         return False
 
     def _chained(self, ins: int, p1: int, p2: int, data: bytes, expect_data: bool) -> tuple[bytes, int]:
-        pieces = [data[i:i + SHORT_MAX_DATA] for i in range(0, len(data), SHORT_MAX_DATA)]
+        pieces = [data[i : i + SHORT_MAX_DATA] for i in range(0, len(data), SHORT_MAX_DATA)]
         for piece in pieces[:-1]:
             _, sw = self._link.transmit(bytes([CLA_CHAIN, ins, p1, p2, len(piece)]) + piece)
             if sw != SW_OK:
                 return b"", sw  # the card refused the chain: its SW says why
         last = pieces[-1]
-        return self._exchange(bytes([0x00, ins, p1, p2, len(last)]) + last + (b"\x00" if expect_data else b""))
+        return self._exchange(
+            bytes([0x00, ins, p1, p2, len(last)]) + last + (b"\x00" if expect_data else b"")
+        )
 
     def _exchange(self, apdu: bytes) -> tuple[bytes, int]:
         """One APDU plus GET RESPONSE rounds (61xx) and one Le correction (6Cxx)."""
@@ -486,7 +302,9 @@ class OpenPgpCardToken(Token):
                 return b"".join(chunks), sw
             data, sw = self._link.transmit(bytes([0x00, INS_GET_RESPONSE, 0x00, 0x00, sw & 0xFF]))
             chunks.append(data)
-        raise TokenError(f"the card in {self._reader!r} kept sending more data (over {MAX_GET_RESPONSE_ROUNDS} rounds)")
+        raise TokenError(
+            f"the card in {self._reader!r} kept sending more data (over {MAX_GET_RESPONSE_ROUNDS} rounds)"
+        )
 
     def _get_data(self, tag: int) -> bytes:
         data, sw = self._command(INS_GET_DATA, tag >> 8, tag & 0xFF)
@@ -519,32 +337,44 @@ class OpenPgpCardToken(Token):
             if status.locked:
                 raise PinLocked(self._locked_message(reference, who))
             hint = " (the next wrong one locks it)" if status.final_try else ""
-            raise WrongPin(f"wrong {who} for the card in {self._reader!r}: "
-                           f"{status.tries_left} tries left{hint}", status)
+            raise WrongPin(
+                f"wrong {who} for the card in {self._reader!r}: {status.tries_left} tries left{hint}", status
+            )
         if sw in (SW_WRONG_LENGTH, SW_WRONG_DATA):
-            raise TokenError(f"the card in {self._reader!r} refused the {who} (length or characters; SW {sw:04X})")
+            raise TokenError(
+                f"the card in {self._reader!r} refused the {who} (length or characters; SW {sw:04X})"
+            )
         raise TokenError(f"the card in {self._reader!r} refused the {who} (SW {sw:04X})")
 
     def _retry_status(self, reference: int, sw: int) -> PinStatus:
         if sw >> 4 == 0x63C:
-            return _pin_status(sw & 0x0F)
+            return pin_status_from_tries(sw & 0x0F)
         pw_status = self._get_data(DO_PW_STATUS)
-        return _pin_status(pw_status[6] if reference == PW3 else pw_status[4])
+        return pin_status_from_tries(pw_status[6] if reference == PW3 else pw_status[4])
 
     def _locked_message(self, reference: int, who: str) -> str:
         if reference == PW3:
-            return (f"the {who} of the card in {self._reader!r} is locked; only a factory reset "
-                    "of the card's OpenPGP application can clear it (its keys are lost)")
-        return (f"the {who} of the card in {self._reader!r} is locked; use `wallet card unblock` "
-                "with the admin PIN or resetting code")
+            return (
+                f"the {who} of the card in {self._reader!r} is locked; only a factory reset "
+                "of the card's OpenPGP application can clear it (its keys are lost)"
+            )
+        return (
+            f"the {who} of the card in {self._reader!r} is locked; use `wallet card unblock` "
+            "with the admin PIN or resetting code"
+        )
 
     # -- Token interface ----------------------------------------------------------
 
     def info(self) -> TokenInfo:
         with self._session() as facts:
             major, minor = facts.version
-            return TokenInfo(kind="openpgp-card", label=self._reader, serial=facts.serial,
-                             manufacturer=facts.manufacturer, model=f"OpenPGP card v{major}.{minor}")
+            return TokenInfo(
+                kind="openpgp-card",
+                label=self._reader,
+                serial=facts.serial,
+                manufacturer=facts.manufacturer,
+                model=f"OpenPGP card v{major}.{minor}",
+            )
 
     def pin_status(self) -> PinStatus:
         with self._session() as facts:
@@ -552,7 +382,7 @@ class OpenPgpCardToken(Token):
 
     def admin_pin_status(self) -> PinStatus:
         with self._session() as facts:
-            return _pin_status(facts.pw_status[6])
+            return pin_status_from_tries(facts.pw_status[6])
 
     def generate_key(
         self,
@@ -585,15 +415,23 @@ class OpenPgpCardToken(Token):
             self._make_pin_single_use(facts)
             public_do, sw = self._command(INS_GENERATE, 0x80, 0x00, CRT_SIGNATURE)
             if sw != SW_OK:
-                raise TokenError(f"the card in {self._reader!r} could not generate a "
-                                 f"{key_type.value} key (SW {sw:04X})")
+                raise TokenError(
+                    f"the card in {self._reader!r} could not generate a {key_type.value} key (SW {sw:04X})"
+                )
             spki_der = spki_from_public_key_do(key_type, public_do)
             return KeyRecord(
-                mode=KeyMode.RESIDENT, key_type=key_type, algorithm=ALGORITHM_FOR_KEY_TYPE[key_type],
+                mode=KeyMode.RESIDENT,
+                key_type=key_type,
+                algorithm=ALGORITHM_FOR_KEY_TYPE[key_type],
                 spki_der=spki_der,
-                handle={"format": HANDLE_FORMAT, "reader": self._reader, "serial": facts.serial,
-                        "manufacturer_id": f"{facts.manufacturer_id:04X}", "slot": SIGNATURE_SLOT,
-                        "key_label": label},
+                handle={
+                    "format": HANDLE_FORMAT,
+                    "reader": self._reader,
+                    "serial": facts.serial,
+                    "manufacturer_id": f"{facts.manufacturer_id:04X}",
+                    "slot": SIGNATURE_SLOT,
+                    "key_label": label,
+                },
             )
 
     def _set_algorithm(self, key_type: KeyType, facts: CardFacts) -> None:
@@ -603,8 +441,9 @@ class OpenPgpCardToken(Token):
         _, sw = self._command(INS_PUT_DATA, 0x00, DO_ALGO_SIG, wanted, expect_data=False)
         # Some cards accept the write and keep their old value: read it back.
         if sw != SW_OK or not attributes_match(key_type, self._get_data(DO_ALGO_SIG)):
-            raise TokenError(f"the card in {self._reader!r} does not support {key_type.value} "
-                             f"signature keys (SW {sw:04X})")
+            raise TokenError(
+                f"the card in {self._reader!r} does not support {key_type.value} signature keys (SW {sw:04X})"
+            )
 
     def _make_pin_single_use(self, facts: CardFacts) -> None:
         # PW1 status byte 00: a VERIFY allows one signature only,
@@ -618,7 +457,9 @@ class OpenPgpCardToken(Token):
     def sign(self, key: KeyRecord, message: bytes, pin: str) -> bytes:
         key_type = KeyType(key.key_type)
         if len(message) > MAX_MESSAGE_BYTES:
-            raise TokenError(f"message of {len(message)} bytes is too long for a card (max {MAX_MESSAGE_BYTES})")
+            raise TokenError(
+                f"message of {len(message)} bytes is too long for a card (max {MAX_MESSAGE_BYTES})"
+            )
         public_key = _record_public_key(key)
         with self._session() as facts:
             self._check_key_on_card(key, facts)
@@ -640,8 +481,10 @@ class OpenPgpCardToken(Token):
         card_id = (f"{facts.manufacturer_id:04X}", facts.serial)
         wanted = (handle.get("manufacturer_id", card_id[0]), handle.get("serial"))
         if card_id != wanted:
-            raise KeyNotFound(f"the card in {self._reader!r} is serial {facts.serial}; this key is on "
-                              f"card {wanted[1]}: insert that card")
+            raise KeyNotFound(
+                f"the card in {self._reader!r} is serial {facts.serial}; this key is on "
+                f"card {wanted[1]}: insert that card"
+            )
         public_do, sw = self._command(INS_GENERATE, 0x81, 0x00, CRT_SIGNATURE)
         if sw != SW_OK:
             raise KeyNotFound(f"card {facts.serial} has no signature key (SW {sw:04X})")
@@ -650,8 +493,10 @@ class OpenPgpCardToken(Token):
         except TokenError:
             on_card = b""
         if on_card != key.spki_der:
-            raise KeyNotFound(f"the signature key on card {facts.serial} is no longer this key "
-                              "(it was replaced on the card)")
+            raise KeyNotFound(
+                f"the signature key on card {facts.serial} is no longer this key "
+                "(it was replaced on the card)"
+            )
 
     def _compute_signature(self, key_type: KeyType, message: bytes, facts: CardFacts) -> bytes:
         if key_type is KeyType.RSA2048:
@@ -666,8 +511,10 @@ class OpenPgpCardToken(Token):
         if sw == SW_SECURITY_NOT_SATISFIED:
             raise TokenError(f"the card in {self._reader!r} refused to sign: PIN not verified (SW 6982)")
         if sw in (SW_WRONG_LENGTH, SW_WRONG_DATA) and key_type is KeyType.ED25519:
-            raise TokenError(f"the card in {self._reader!r} cannot sign a {len(message)}-byte message with "
-                             f"Ed25519 (SW {sw:04X}); cards limit EdDSA input, use rsa2048 or p256 keys")
+            raise TokenError(
+                f"the card in {self._reader!r} cannot sign a {len(message)}-byte message with "
+                f"Ed25519 (SW {sw:04X}); cards limit EdDSA input, use rsa2048 or p256 keys"
+            )
         raise TokenError(f"the card in {self._reader!r} refused to sign (SW {sw:04X})")
 
     def change_pin(self, old_pin: str, new_pin: str) -> None:
@@ -679,7 +526,9 @@ class OpenPgpCardToken(Token):
             _, sw = self._command(INS_CHANGE_REFERENCE_DATA, 0x00, PW1_SIGN, data, expect_data=False)
             self._check_pin_sw(sw, PW1_SIGN, "password B (card PIN)")
 
-    def unblock(self, new_pin: str, *, admin_pin: str | None = None, resetting_code: str | None = None) -> None:
+    def unblock(
+        self, new_pin: str, *, admin_pin: str | None = None, resetting_code: str | None = None
+    ) -> None:
         """RESET RETRY COUNTER for PW1, with the admin PIN or the resetting code."""
         if (admin_pin is None) == (resetting_code is None):
             raise TokenError("unblocking the card PIN needs either the admin PIN or the resetting code")
@@ -687,8 +536,9 @@ class OpenPgpCardToken(Token):
             _check_new_pin(new_pin, PIN_MIN_LENGTH, facts.pw_status[1], "new card PIN")
             if admin_pin is not None:
                 self._verify(PW3, admin_pin, "admin PIN")
-                _, sw = self._command(INS_RESET_RETRY_COUNTER, 0x02, PW1_SIGN, new_pin.encode("utf-8"),
-                                      expect_data=False)
+                _, sw = self._command(
+                    INS_RESET_RETRY_COUNTER, 0x02, PW1_SIGN, new_pin.encode("utf-8"), expect_data=False
+                )
                 if sw != SW_OK:
                     raise TokenError(f"the card in {self._reader!r} refused to unblock the PIN (SW {sw:04X})")
                 return
@@ -696,19 +546,25 @@ class OpenPgpCardToken(Token):
 
     def _unblock_with_code(self, code: str, new_pin: str, facts: CardFacts) -> None:
         if facts.pw_status[5] == 0:
-            raise PinLocked(f"the card in {self._reader!r} has no usable resetting code "
-                            "(none set, or locked): use the admin PIN")
+            raise PinLocked(
+                f"the card in {self._reader!r} has no usable resetting code "
+                "(none set, or locked): use the admin PIN"
+            )
         _check_pin_length(code, ADMIN_PIN_MIN_LENGTH, "resetting code")
         data = code.encode("utf-8") + new_pin.encode("utf-8")
         _, sw = self._command(INS_RESET_RETRY_COUNTER, 0x00, PW1_SIGN, data, expect_data=False)
         if sw == SW_OK:
             return
         if sw == SW_BLOCKED:
-            raise PinLocked(f"the resetting code of the card in {self._reader!r} is locked: use the admin PIN")
+            raise PinLocked(
+                f"the resetting code of the card in {self._reader!r} is locked: use the admin PIN"
+            )
         if sw >> 4 == 0x63C or sw == SW_SECURITY_NOT_SATISFIED:
             tries = sw & 0x0F if sw >> 4 == 0x63C else self._get_data(DO_PW_STATUS)[5]
-            raise WrongPin(f"wrong resetting code for the card in {self._reader!r}: {tries} tries left",
-                           _pin_status(tries))
+            raise WrongPin(
+                f"wrong resetting code for the card in {self._reader!r}: {tries} tries left",
+                pin_status_from_tries(tries),
+            )
         raise TokenError(f"the card in {self._reader!r} refused to unblock the PIN (SW {sw:04X})")
 
     def set_resetting_code(self, code: str, *, admin_pin: str) -> None:
@@ -767,5 +623,7 @@ def _check_signature(public_key, key: KeyRecord, message: bytes, signature: byte
         else:
             public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        raise TokenError(f"card {key.handle.get('serial')} returned a signature that does not verify "
-                         "with this key; do not use this card") from None
+        raise TokenError(
+            f"card {key.handle.get('serial')} returned a signature that does not verify "
+            "with this key; do not use this card"
+        ) from None

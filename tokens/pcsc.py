@@ -13,6 +13,10 @@ specific beyond "does this card answer SELECT for an AID":
 Every function opens its own PC/SC context (a socket to pcscd; cheap), so
 they are safe to call from any thread; a `CardLink` is not thread-safe on
 its own, its owner serialises calls (OpenPgpCardToken holds a lock).
+
+Long because it is one role, the reader layer: its parts (PC/SC error
+translation, reader states, waiting, CardLink) share the private context and
+error helpers; split, each piece would import them back.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 from smartcard import scard
 from smartcard.Exceptions import CardConnectionException, NoCardException
@@ -37,14 +41,20 @@ POLL_INTERVAL_S = 0.1  # pcscd itself polls vpcd/CCID readers every ~0.4 s
 # How long to watch a reader after a failed exchange before deciding whether
 # the card was pulled (pcscd notices a removal on its next poll, 0.1-0.4 s).
 REMOVAL_SETTLE_S = 1.0
+REMOVAL_POLL_S = 0.05
 MAX_APDU_BYTES = 65544  # extended APDU: header + 3-byte Lc + 65535 + 2-byte Le
 
 _HR_REMOVED = {scard.SCARD_W_REMOVED_CARD, scard.SCARD_E_NO_SMARTCARD, scard.SCARD_W_UNPOWERED_CARD}
 _HR_READER_GONE = {scard.SCARD_E_READER_UNAVAILABLE, scard.SCARD_E_UNKNOWN_READER}
 _HR_NO_SERVICE = {scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED}
 # A failed exchange: the card was pulled mid-command, or it misbehaved.
-_HR_COMM = {scard.SCARD_E_NOT_TRANSACTED, scard.SCARD_F_COMM_ERROR, scard.SCARD_E_COMM_DATA_LOST,
-            scard.SCARD_W_UNRESPONSIVE_CARD, scard.SCARD_E_INVALID_HANDLE}
+_HR_COMM = {
+    scard.SCARD_E_NOT_TRANSACTED,
+    scard.SCARD_F_COMM_ERROR,
+    scard.SCARD_E_COMM_DATA_LOST,
+    scard.SCARD_W_UNRESPONSIVE_CARD,
+    scard.SCARD_E_INVALID_HANDLE,
+}
 
 
 class PcscUnavailable(TokenError):
@@ -83,8 +93,7 @@ def pcsc_error(hresult: int, reader: str | None, doing: str) -> TokenError:
     where = f"reader {reader!r}" if reader else "PC/SC"
     if code in {_hr(c) for c in _HR_NO_SERVICE}:
         return PcscUnavailable(
-            "the PC/SC service is not running: start pcscd "
-            "(`systemctl start pcscd`, or `pcscd` as root)"
+            "the PC/SC service is not running: start pcscd (`systemctl start pcscd`, or `pcscd` as root)"
         )
     if code in {_hr(c) for c in _HR_REMOVED}:
         return TokenRemoved(f"the card was removed from {where} ({doing})")
@@ -96,7 +105,9 @@ def pcsc_error(hresult: int, reader: str | None, doing: str) -> TokenError:
         return TokenError(f"the card in {where} is held exclusively by another program ({doing})")
     if code == _hr(scard.SCARD_E_TIMEOUT):
         return TokenError(f"{where} did not answer in time ({doing})")
-    return TokenError(f"PC/SC error on {where} while {doing}: {scard.SCardGetErrorMessage(hresult)} (0x{code:08X})")
+    return TokenError(
+        f"PC/SC error on {where} while {doing}: {scard.SCardGetErrorMessage(hresult)} (0x{code:08X})"
+    )
 
 
 def translate_exception(exc: Exception, reader: str | None, doing: str) -> TokenError:
@@ -173,8 +184,8 @@ def card_present(reader: str) -> bool:
 
 def _card_gone_after_failure(reader: str) -> bool:
     """After a failed exchange: True if the card is (now) gone from `reader`."""
-    deadline = time.monotonic() + REMOVAL_SETTLE_S
-    for _ in range(int(REMOVAL_SETTLE_S / 0.05) + 1):  # bounded by the deadline, too
+    deadline_s = time.monotonic() + REMOVAL_SETTLE_S
+    for _ in range(int(REMOVAL_SETTLE_S / REMOVAL_POLL_S) + 1):  # bounded by the deadline, too
         try:
             if not card_present(reader):
                 return True
@@ -182,9 +193,9 @@ def _card_gone_after_failure(reader: str) -> bool:
             raise  # pcscd itself went away: say that, not "card removed"
         except TokenError:
             return True  # the reader itself is gone
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline_s:
             break
-        time.sleep(0.05)
+        time.sleep(REMOVAL_POLL_S)
     return False
 
 
@@ -206,7 +217,7 @@ def has_application(reader: str, aid: bytes) -> bool:
     link = CardLink(reader)
     try:
         link.connect()
-        data, sw = link.transmit(bytes([0x00, 0xA4, 0x04, 0x00, len(aid)]) + aid + b"\x00")
+        _data, sw = link.transmit(bytes([0x00, 0xA4, 0x04, 0x00, len(aid)]) + aid + b"\x00")
         return sw == 0x9000 or sw >> 8 == 0x61
     except TokenError:
         return False
@@ -231,7 +242,7 @@ def wait_for_card(
     PcscUnavailable without pcscd.
     """
     accept = accept or (lambda name: has_application(name, OPENPGP_AID))
-    deadline = time.monotonic() + max(0.0, timeout_s)
+    deadline_s = time.monotonic() + max(0.0, timeout_s)
     rejected: set[tuple[str, str]] = set()  # (reader, ATR) already probed: not wanted
     told = False
     seen: list[ReaderInfo] = []
@@ -244,15 +255,16 @@ def wait_for_card(
         if not told:
             on_wait(_wait_message(reader, seen, what))
             told = True
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        remaining_s = deadline_s - time.monotonic()
+        if remaining_s <= 0:
             break
-        time.sleep(min(POLL_INTERVAL_S, remaining))
+        time.sleep(min(POLL_INTERVAL_S, remaining_s))
     raise NoCard(_timeout_message(reader, seen, timeout_s, what))
 
 
-def _first_wanted(seen: list[ReaderInfo], accept: Callable[[str], bool],
-                  rejected: set[tuple[str, str]]) -> str | None:
+def _first_wanted(
+    seen: list[ReaderInfo], accept: Callable[[str], bool], rejected: set[tuple[str, str]]
+) -> str | None:
     for info in seen:
         if not info.card_present or (info.name, info.atr) in rejected:
             continue
@@ -380,12 +392,12 @@ class CardLink:
         hresult = _hr(getattr(exc, "hresult", -1))
         # vpcd answers a transmission to a card that vanished with success
         # and no bytes; pyscard reports "no valid response" with hresult 0.
-        if hresult in {_hr(c) for c in _HR_COMM} or hresult == scard.SCARD_S_SUCCESS:
-            # vpcd and CCID report a card pulled mid-command as a failed
-            # transmission; pcscd only marks the reader empty on its next
-            # poll. Watch briefly so that a removal is called a removal.
-            if _card_gone_after_failure(self.reader):
-                error = TokenRemoved(f"the card was removed from reader {self.reader!r} during an operation")
+        # vpcd and CCID report a card pulled mid-command as a failed
+        # transmission; pcscd only marks the reader empty on its next
+        # poll. Watch briefly so that a removal is called a removal.
+        failed = hresult in {_hr(c) for c in _HR_COMM} or hresult == scard.SCARD_S_SUCCESS
+        if failed and _card_gone_after_failure(self.reader):
+            error = TokenRemoved(f"the card was removed from reader {self.reader!r} during an operation")
         if not isinstance(error, CardWasReset):
             self.close()
         return error
@@ -406,11 +418,8 @@ _DISPOSITION = scard.SCARD_LEAVE_CARD
 
 
 def _release(conn: PCSCCardConnection) -> None:
-    try:
+    # The card may already be gone: then there is nothing to release on it.
+    with contextlib.suppress(CardConnectionException, NoCardException):
         conn.disconnect()
-    except (CardConnectionException, NoCardException):
-        pass  # the card is already gone: nothing to release on it
-    try:
+    with contextlib.suppress(CardConnectionException, NoCardException):
         conn.release()
-    except (CardConnectionException, NoCardException):
-        pass

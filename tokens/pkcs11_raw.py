@@ -34,21 +34,64 @@ MAX_PIN_BYTES = 255  # SoftHSM's own maximum PIN length
 # The first entries of CK_FUNCTION_LIST, in the order of the standard
 # (v2.40, also the start of the 3.x lists); we stop at the last one we call.
 _FUNCTION_NAMES = (
-    "C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList",
-    "C_GetSlotList", "C_GetSlotInfo", "C_GetTokenInfo", "C_GetMechanismList",
-    "C_GetMechanismInfo", "C_InitToken", "C_InitPIN", "C_SetPIN",
-    "C_OpenSession", "C_CloseSession", "C_CloseAllSessions", "C_GetSessionInfo",
-    "C_GetOperationState", "C_SetOperationState", "C_Login", "C_Logout",
-    "C_CreateObject", "C_CopyObject", "C_DestroyObject", "C_GetObjectSize",
-    "C_GetAttributeValue", "C_SetAttributeValue", "C_FindObjectsInit",
-    "C_FindObjects", "C_FindObjectsFinal", "C_EncryptInit", "C_Encrypt",
-    "C_EncryptUpdate", "C_EncryptFinal", "C_DecryptInit", "C_Decrypt",
-    "C_DecryptUpdate", "C_DecryptFinal", "C_DigestInit", "C_Digest",
-    "C_DigestUpdate", "C_DigestKey", "C_DigestFinal", "C_SignInit", "C_Sign",
-    "C_SignUpdate", "C_SignFinal", "C_SignRecoverInit", "C_SignRecover",
-    "C_VerifyInit", "C_Verify", "C_VerifyUpdate", "C_VerifyFinal",
-    "C_VerifyRecoverInit", "C_VerifyRecover", "C_DigestEncryptUpdate",
-    "C_DecryptDigestUpdate", "C_SignEncryptUpdate", "C_DecryptVerifyUpdate",
+    "C_Initialize",
+    "C_Finalize",
+    "C_GetInfo",
+    "C_GetFunctionList",
+    "C_GetSlotList",
+    "C_GetSlotInfo",
+    "C_GetTokenInfo",
+    "C_GetMechanismList",
+    "C_GetMechanismInfo",
+    "C_InitToken",
+    "C_InitPIN",
+    "C_SetPIN",
+    "C_OpenSession",
+    "C_CloseSession",
+    "C_CloseAllSessions",
+    "C_GetSessionInfo",
+    "C_GetOperationState",
+    "C_SetOperationState",
+    "C_Login",
+    "C_Logout",
+    "C_CreateObject",
+    "C_CopyObject",
+    "C_DestroyObject",
+    "C_GetObjectSize",
+    "C_GetAttributeValue",
+    "C_SetAttributeValue",
+    "C_FindObjectsInit",
+    "C_FindObjects",
+    "C_FindObjectsFinal",
+    "C_EncryptInit",
+    "C_Encrypt",
+    "C_EncryptUpdate",
+    "C_EncryptFinal",
+    "C_DecryptInit",
+    "C_Decrypt",
+    "C_DecryptUpdate",
+    "C_DecryptFinal",
+    "C_DigestInit",
+    "C_Digest",
+    "C_DigestUpdate",
+    "C_DigestKey",
+    "C_DigestFinal",
+    "C_SignInit",
+    "C_Sign",
+    "C_SignUpdate",
+    "C_SignFinal",
+    "C_SignRecoverInit",
+    "C_SignRecover",
+    "C_VerifyInit",
+    "C_Verify",
+    "C_VerifyUpdate",
+    "C_VerifyFinal",
+    "C_VerifyRecoverInit",
+    "C_VerifyRecover",
+    "C_DigestEncryptUpdate",
+    "C_DecryptDigestUpdate",
+    "C_SignEncryptUpdate",
+    "C_DecryptVerifyUpdate",
     "C_GenerateKey",
 )
 
@@ -70,7 +113,11 @@ class _Mechanism(ctypes.Structure):
 _C_LOGIN = ctypes.CFUNCTYPE(CK_ULONG, CK_ULONG, CK_ULONG, ctypes.c_char_p, CK_ULONG)
 _C_LOGOUT = ctypes.CFUNCTYPE(CK_ULONG, CK_ULONG)
 _C_GENERATE_KEY = ctypes.CFUNCTYPE(
-    CK_ULONG, CK_ULONG, ctypes.POINTER(_Mechanism), ctypes.POINTER(_Attribute), CK_ULONG,
+    CK_ULONG,
+    CK_ULONG,
+    ctypes.POINTER(_Mechanism),
+    ctypes.POINTER(_Attribute),
+    CK_ULONG,
     ctypes.POINTER(CK_ULONG),
 )
 
@@ -130,7 +177,7 @@ def _pack_template(template: Template, keep: list, *, depth: int):
         raise ValueError(f"a template holds 1 to {MAX_TEMPLATE_ATTRIBUTES} attributes, not {len(template)}")
     array = (_Attribute * len(template))()
     keep.append(array)
-    for slot, (attribute_type, value) in zip(array, template):
+    for slot, (attribute_type, value) in zip(array, template, strict=True):
         buffer, length = _pack_value(attribute_type, value, keep, depth)
         slot.type, slot.pValue, slot.ulValueLen = attribute_type, ctypes.cast(buffer, ctypes.c_void_p), length
     return array, len(template)
@@ -149,7 +196,9 @@ def _pack_value(attribute_type: int, value: Value, keep: list, depth: int):
     else:
         data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
         if not 0 < len(data) <= MAX_VALUE_BYTES:
-            raise ValueError(f"attribute 0x{attribute_type:x}: value of 1 to {MAX_VALUE_BYTES} bytes expected")
+            raise ValueError(
+                f"attribute 0x{attribute_type:x}: value of 1 to {MAX_VALUE_BYTES} bytes expected"
+            )
         buffer = ctypes.create_string_buffer(data, len(data))
     keep.append(buffer)
     return ctypes.pointer(buffer), ctypes.sizeof(buffer)

@@ -27,6 +27,12 @@ Rules this module keeps:
   session handle when the PIN is wrong, and a leaked read-only session later
   blocks the SO login (CKR_SESSION_READ_ONLY_EXISTS).
 * PINs never appear in messages or logs.
+
+Long because the rules above are one discipline around one class: every
+method takes the library lock, opens its own session and logs in through the
+same ctypes path, and key generation, wrapping and signing each need all of
+that; the raw ctypes layer is already apart (pkcs11_raw). Not split yet:
+key specs and SPKI/signature conversion could move to a pure module.
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pkcs11
 from cryptography.hazmat.primitives import serialization
@@ -210,7 +216,7 @@ def _raw_module(module_path: str) -> pkcs11_raw.RawModule:
 
 def open_pkcs11_token(
     module_path: str, *, label: str | None = None, serial: str | None = None
-) -> "Pkcs11Token":
+) -> Pkcs11Token:
     """Find a token by label and/or serial (slot ids change after init).
 
     With neither given, the only initialised token is taken. If the token is
@@ -220,7 +226,7 @@ def open_pkcs11_token(
     between calls, so only code holding its own python-pkcs11 sessions
     (tests, tools) has to mind it.
     """
-    delays_s = (0.0,) + OPEN_RETRY_DELAYS_S
+    delays_s = (0.0, *OPEN_RETRY_DELAYS_S)
     seen: list[str] = []
     for attempt, delay_s in enumerate(delays_s):
         time.sleep(delay_s)
@@ -236,8 +242,7 @@ def open_pkcs11_token(
             return Pkcs11Token(module_path, found[0])
         if len(found) > 1:
             raise TokenNotFound(
-                f"{len(found)} tokens match {_describe_wanted(label, serial)}; "
-                "give the serial to choose one"
+                f"{len(found)} tokens match {_describe_wanted(label, serial)}; give the serial to choose one"
             )
     raise TokenNotFound(
         f"no PKCS#11 token {_describe_wanted(label, serial)} in {module_path}; "
@@ -310,9 +315,7 @@ def _rsa_spki_der(public_key: pkcs11.PublicKey) -> bytes:
 
 
 def _spki_der(key) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _strip_octet_string(value: bytes, raw_length: int) -> bytes:
@@ -355,16 +358,28 @@ def _sign_rsa(private_key: pkcs11.PrivateKey, message: bytes) -> bytes:
 
 _KEY_SPECS = {
     KeyType.P256: _KeySpec(
-        P11KeyType.EC, Mechanism.EC_KEY_PAIR_GEN, None,
-        {Attribute.EC_PARAMS: EC_PARAMS_SECP256R1}, _p256_spki_der, _sign_p256,
+        P11KeyType.EC,
+        Mechanism.EC_KEY_PAIR_GEN,
+        None,
+        {Attribute.EC_PARAMS: EC_PARAMS_SECP256R1},
+        _p256_spki_der,
+        _sign_p256,
     ),
     KeyType.ED25519: _KeySpec(
-        P11KeyType.EC_EDWARDS, Mechanism.EC_EDWARDS_KEY_PAIR_GEN, None,
-        {Attribute.EC_PARAMS: EC_PARAMS_EDWARDS25519}, _ed25519_spki_der, _sign_ed25519,
+        P11KeyType.EC_EDWARDS,
+        Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+        None,
+        {Attribute.EC_PARAMS: EC_PARAMS_EDWARDS25519},
+        _ed25519_spki_der,
+        _sign_ed25519,
     ),
     KeyType.RSA2048: _KeySpec(
-        P11KeyType.RSA, Mechanism.RSA_PKCS_KEY_PAIR_GEN, RSA_KEY_BITS,
-        {}, _rsa_spki_der, _sign_rsa,
+        P11KeyType.RSA,
+        Mechanism.RSA_PKCS_KEY_PAIR_GEN,
+        RSA_KEY_BITS,
+        {},
+        _rsa_spki_der,
+        _sign_rsa,
     ),
 }
 
@@ -531,8 +546,7 @@ class Pkcs11Token(Token):
                         f"token {self._label!r} cannot wrap {key_type.value} keys; "
                         "use resident mode or another key type"
                     ) from None
-                log.info("token %r cannot wrap %s keys; key made resident",
-                         self._label, key_type.value)
+                log.info("token %r cannot wrap %s keys; key made resident", self._label, key_type.value)
                 return self._generate_resident(key_type, pin, entropy, label)
 
     def _choose_mode(self, mode: KeyMode | None, so_pin: str | None) -> KeyMode:
@@ -543,8 +557,7 @@ class Pkcs11Token(Token):
         if mode is KeyMode.WRAPPED:
             if not self.supports_wrapping():
                 raise TokenError(
-                    f"token {self._label!r} cannot wrap keys (no AES_KEY_WRAP_PAD); "
-                    "use resident mode"
+                    f"token {self._label!r} cannot wrap keys (no AES_KEY_WRAP_PAD); use resident mode"
                 )
             if so_pin is None and not self._wrap_key_exists():
                 # Also on a token set up before wrap keys were protected: its
@@ -600,15 +613,17 @@ class Pkcs11Token(Token):
                     f"token {self._label!r} could not create its protected wrap key ({error})"
                 ) from None
 
-    def _generate_wrapped(
-        self, key_type: KeyType, pin: str, entropy: bytes | None, label: str
-    ) -> KeyRecord:
+    def _generate_wrapped(self, key_type: KeyType, pin: str, entropy: bytes | None, label: str) -> KeyRecord:
         spec = _KEY_SPECS[key_type]
         with self._session(rw=True, pin=pin) as session:
             wrap_key = self._wrap_key(session, WRAP_KEY_LABEL)
             self._seed(session, entropy)
             public_key, private_key = self._generate_pair(
-                session, spec, label, key_id=None, store=False,
+                session,
+                spec,
+                label,
+                key_id=None,
+                store=False,
                 private_extra={
                     Attribute.EXTRACTABLE: True,  # or it cannot be wrapped at all
                     Attribute.WRAP_WITH_TRUSTED: True,  # ... and only under our key
@@ -637,15 +652,17 @@ class Pkcs11Token(Token):
             },
         )
 
-    def _generate_resident(
-        self, key_type: KeyType, pin: str, entropy: bytes | None, label: str
-    ) -> KeyRecord:
+    def _generate_resident(self, key_type: KeyType, pin: str, entropy: bytes | None, label: str) -> KeyRecord:
         spec = _KEY_SPECS[key_type]
         key_id = secrets.token_bytes(KEY_ID_BYTES)
         with self._session(rw=True, pin=pin) as session:
             self._seed(session, entropy)
             public_key, _ = self._generate_pair(
-                session, spec, label, key_id=key_id, store=True,
+                session,
+                spec,
+                label,
+                key_id=key_id,
+                store=True,
                 private_extra={Attribute.EXTRACTABLE: False},
             )
             spki_der = spec.spki_der(public_key)
@@ -711,8 +728,7 @@ class Pkcs11Token(Token):
         owner = key.handle.get("token_serial")
         if owner != self._serial:
             raise KeyNotFound(
-                f"key belongs to token serial {owner}, not to {self._label!r} "
-                f"(serial {self._serial})"
+                f"key belongs to token serial {owner}, not to {self._label!r} (serial {self._serial})"
             )
 
     def _sign_wrapped(self, spec: _KeySpec, key: KeyRecord, message: bytes, pin: str) -> bytes:
@@ -765,18 +781,15 @@ class Pkcs11Token(Token):
             raise KeyNotFound("key record is damaged: the key id is not hex") from None
         with self._session(pin=pin) as session:
             found = list(
-                session.get_objects(
-                    {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id}
-                )
+                session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id})
             )
             if len(found) != 1:
                 raise KeyNotFound(
-                    f"{len(found)} private keys with id {key_id.hex()} on token "
-                    f"{self._label!r}; expected one"
+                    f"{len(found)} private keys with id {key_id.hex()} on token {self._label!r}; expected one"
                 )
             return spec.sign(found[0], message)
 
-    def resident_signer(self, key: KeyRecord, pin: str) -> "ResidentSigner":
+    def resident_signer(self, key: KeyRecord, pin: str) -> ResidentSigner:
         """A signer that logs in once and keeps the session: for a service's own key.
 
         Per-call login costs ~1 ms on SoftHSM (745 signatures/s against ~9.5k/s
@@ -793,8 +806,7 @@ class Pkcs11Token(Token):
         found = self._find_wrap_keys(session, label)
         if len(found) != 1:
             raise KeyNotFound(
-                f"token {self._label!r} has {len(found)} trusted wrap keys "
-                f"labelled {label!r}; expected one"
+                f"token {self._label!r} has {len(found)} trusted wrap keys labelled {label!r}; expected one"
             )
         return found[0]
 
@@ -802,16 +814,14 @@ class Pkcs11Token(Token):
 
     def change_pin(self, old_pin: str, new_pin: str) -> None:
         """C_SetPIN in a read/write public session (python-pkcs11 binds it)."""
-        with LIBRARY_LOCK, self._errors():
-            with self._session(rw=True) as session:
-                try:
-                    session.set_pin(old_pin, new_pin)
-                except (p11.PinLenRange, p11.PinInvalid):
-                    # C_SetPIN checks the old PIN first, so this is the new one.
-                    raise TokenError(
-                        f"token {self._label!r} does not accept the new PIN "
-                        "(length or characters)"
-                    ) from None
+        with LIBRARY_LOCK, self._errors(), self._session(rw=True) as session:
+            try:
+                session.set_pin(old_pin, new_pin)
+            except (p11.PinLenRange, p11.PinInvalid):
+                # C_SetPIN checks the old PIN first, so this is the new one.
+                raise TokenError(
+                    f"token {self._label!r} does not accept the new PIN (length or characters)"
+                ) from None
 
     # -- sessions and errors ------------------------------------------------
 
@@ -886,9 +896,7 @@ class Pkcs11Token(Token):
         except p11.UserNotLoggedIn:
             raise TokenError(f"token {self._label!r} refused: not logged in") from None
         except p11.PKCS11Error as exc:
-            raise TokenError(
-                f"PKCS#11 error on token {self._label!r}: {type(exc).__name__}"
-            ) from exc
+            raise TokenError(f"PKCS#11 error on token {self._label!r}: {type(exc).__name__}") from exc
 
 
 class ResidentSigner:
@@ -927,9 +935,13 @@ class ResidentSigner:
         try:
             token._login(session, _CKU_USER, self._pin)
             key_id = bytes.fromhex(self._key.handle["key_id_hex"])
-            found = list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id}))
+            found = list(
+                session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id})
+            )
             if len(found) != 1:
-                raise KeyNotFound(f"{len(found)} private keys with id {key_id.hex()} on token {token.label!r}")
+                raise KeyNotFound(
+                    f"{len(found)} private keys with id {key_id.hex()} on token {token.label!r}"
+                )
         except BaseException:
             session.close()
             raise

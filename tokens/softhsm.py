@@ -67,9 +67,7 @@ def write_softhsm_config(directory: str | os.PathLike) -> Path:
     return conf_path
 
 
-def init_softhsm_token(
-    conf_path: str | os.PathLike, label: str, so_pin: str, user_pin: str
-) -> None:
+def init_softhsm_token(conf_path: str | os.PathLike, label: str, so_pin: str, user_pin: str) -> None:
     """Initialise a free token in the directory `conf_path` configures.
 
     softhsm2-util takes PINs on its command line (visible to `ps`) or from a
@@ -89,9 +87,7 @@ def init_softhsm_token(
     if result.returncode != 0:
         # The output holds prompts and asterisks only, never the PINs.
         last_line = result.stdout.decode(errors="replace").strip().splitlines()[-1:]
-        raise SoftHsmError(
-            f"softhsm2-util could not initialise token {label!r}: {' '.join(last_line)}"
-        )
+        raise SoftHsmError(f"softhsm2-util could not initialise token {label!r}: {' '.join(last_line)}")
 
 
 def _run_with_terminal_input(

@@ -8,9 +8,9 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from center.api.app import create_app
+from center.api.ratelimit import limits_from_config
 from center.ops.bootstrap import load_center
 from center.storage.config import CenterConfig
-from center.api.ratelimit import limits_from_config
 
 
 def create_from_environment() -> FastAPI:

@@ -8,10 +8,14 @@ Who is limited, and why (issue 17, point 6):
   each pay ~2,000 times in a burst).
 Per-key buckets are charged only once the request's signature verified, so nobody can spend
 another member's allowance by sending messages that merely name their key id.
+Every per-key decision is made here, by Limits: check_key before the work (refuses a key whose
+allowance is spent, spends nothing), then charge_answered once the answer is known (charges unless
+it came before the signature verified, UNVERIFIED_CODES), or charge_key when the signature has
+already verified (the payment path: take a token or refuse).
 
-Enrollments are counted per client as center.console.auth counts console logins: the TCP peer, or
-behind a configured trusted proxy ("trusted_proxies") the X-Forwarded-For hop it vouches for; an
-IPv4 address or an IPv6 /64 (console_auth.source_address, client_key).
+Enrollments are counted per client as the console counts login codes: the TCP peer, or behind a
+configured trusted proxy ("trusted_proxies") the X-Forwarded-For hop it vouches for; an IPv4
+address or an IPv6 /64 (center.console.clients: source_address, client_key).
 
 A refused request gets 429 {"error": {"code": "rate_limited", "retry_after": S, ...}} and a
 Retry-After header (whole seconds). The buckets live in each worker process: with
@@ -30,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from center.console.auth import client_key
+from center.console.clients import client_key
 from center.errors import ApiError
 
 ENROLL_PER_ADDRESS = "enroll_per_address"
@@ -47,7 +51,12 @@ DEFAULT_RATES = {
 }
 DEFAULT_MAX_CLIENTS = 50_000  # per limit; ~150 bytes each
 MAX_RATE_SETTING = 10**9
+MAX_CLIENTS_SETTING = 10_000_000
 MAX_RETRY_AFTER_S = 24 * 3600
+# Answers that come before a signature is known good: a request naming someone else's key id
+# gets one of these and must not spend that key's allowance.
+UNVERIFIED_CODES = frozenset({"unknown_key", "bad_signature", "algorithm_mismatch", "kid_mismatch",
+                              "bad_public_key", "unsupported_algorithm", "key_not_allowed"})
 
 
 @dataclass(frozen=True)
@@ -147,7 +156,8 @@ class Limits:
     _enrolling_kids: RecentIds = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._buckets = {name: TokenBuckets(rate, self.max_clients, self.clock) for name, rate in self.rates.items()}
+        self._buckets = {name: TokenBuckets(rate, self.max_clients, self.clock)
+                         for name, rate in self.rates.items()}
         self._enrolling_kids = RecentIds(self.max_clients)
 
     def begin_enrollment(self, address: str, kid: str) -> Callable[[bool], None]:
@@ -173,25 +183,38 @@ class Limits:
 
         return done
 
+    def check_key(self, kid: str, names: Iterable[str]) -> None:
+        """Refuse a key whose allowance is spent; spends nothing (the signature is not checked yet)."""
+        for name in names:
+            wait_s = self._buckets[name].wait_s(kid)
+            if wait_s:
+                raise _key_limited(wait_s, name)
+
     def charge_key(self, kid: str, names: Iterable[str]) -> None:
-        """A verified request from `kid`: take one token from each named per-key limit, or raise."""
+        """A verified request from `kid`: take one token from each named per-key limit, or refuse."""
         taken = []
         for name in names:
             wait_s = self._buckets[name].take(kid)
             if wait_s:
                 for earlier in taken:
                     self._buckets[earlier].refund(kid)
-                raise rate_limited(wait_s, f"too many requests from this key ({name.replace('_', ' ')})")
+                raise _key_limited(wait_s, name)
             taken.append(name)
 
-    def key_wait_s(self, kid: str, name: str) -> float:
-        return self._buckets[name].wait_s(kid)
-
-    def charge_key_after(self, kid: str, name: str) -> None:
-        self._buckets[name].charge(kid)
+    def charge_answered(self, kid: str, names: Iterable[str], error_code: str | None = None) -> None:
+        """A request naming `kid` was answered (error_code None: accepted): charge the key after the
+        fact, into debt if need be, unless the answer came before its signature was known good."""
+        if error_code in UNVERIFIED_CODES:
+            return
+        for name in names:
+            self._buckets[name].charge(kid)
 
     def tracked(self, name: str) -> int:
         return len(self._buckets[name])
+
+
+def _key_limited(wait_s: float, name: str) -> ApiError:
+    return rate_limited(wait_s, f"too many requests from this key ({name.replace('_', ' ')})")
 
 
 def rate_limited(wait_s: float, what: str) -> ApiError:
@@ -205,11 +228,13 @@ def limits_from_config(config) -> Limits:
     Missing names keep their defaults; unknown names and bad numbers are refused (ValueError, one line).
     """
     if not isinstance(config.rate_limits, dict):
-        raise ValueError("config.json: rate_limits must be an object")  # noqa: TRY004 (serve reports ValueError)
+        # ValueError, not TypeError: `center serve` reports a ValueError in one line.
+        raise ValueError("config.json: rate_limits must be an object")
     settings = dict(config.rate_limits)
     max_clients = settings.pop("max_clients", DEFAULT_MAX_CLIENTS)
-    if isinstance(max_clients, bool) or not isinstance(max_clients, int) or not 1 <= max_clients <= 10_000_000:
-        raise ValueError("config.json: rate_limits.max_clients must be an integer from 1 to 10000000")
+    if not _whole_number_in(max_clients, 1, MAX_CLIENTS_SETTING):
+        raise ValueError("config.json: rate_limits.max_clients must be an integer from 1 to "
+                         f"{MAX_CLIENTS_SETTING}")
     rates = {name: Rate(*rate) for name, rate in DEFAULT_RATES.items()}
     for name, value in settings.items():
         if name not in DEFAULT_RATES:
@@ -224,9 +249,18 @@ def _rate(name: str, value) -> Rate:
         raise ValueError(f"config.json: rate_limits.{name} must be {{\"burst\": B, \"per_minute\": R}}")
     burst, per_minute = value["burst"], value["per_minute"]
     for number in (burst, per_minute):
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= MAX_RATE_SETTING:
+        if not _number_in(number, 0, MAX_RATE_SETTING):
             raise ValueError(f"config.json: rate_limits.{name}: burst and per_minute must be numbers "
                              f"from 0 to {MAX_RATE_SETTING}")
     if not isinstance(burst, int) or burst < 1:
         raise ValueError(f"config.json: rate_limits.{name}.burst must be a whole number of at least 1")
     return Rate(burst, float(per_minute))
+
+
+def _number_in(value, low: float, high: float) -> bool:
+    """An int or float (not a bool) from low to high."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and low <= value <= high
+
+
+def _whole_number_in(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and _number_in(value, low, high)

@@ -1,42 +1,68 @@
-"""`center operator bind-key|reject-key|list-keys|issue-recovery-ticket`: a lost card's new key, decided by an operator.
+"""`center operator revoke-key|bind-key|reject-key|list-keys|issue-recovery-ticket`: operators decide on keys.
 
-A member who lost their card enrolls a new token key with `wallet enroll
---rebind M-...`; it waits as pending_bind. The operator finds it with
-`list-keys --status pending_bind` (claimed and registered identity side by
-side, and "recovery code verified" when the claimant proved the account's
-recovery code), revokes the lost key (`revoke-key`) and binds the new one, or
-rejects a wrong claim. `issue-recovery-ticket` gives a member without a code a
-one-time one. Registered on center.cli.main's `operator` group.
+A lost or compromised key is revoked (`revoke-key`). A member who lost their card enrolls a new token key
+with `wallet enroll --rebind M-...`; it waits as pending_bind. The operator finds it with
+`list-keys --status pending_bind` (claimed and registered identity side by side, and "recovery code
+verified" when the claimant proved the account's recovery code), revokes the lost key and binds the new
+one, or rejects a wrong claim. `issue-recovery-ticket` gives a member without a code a one-time one.
+Assembled into the `operator` group by center.cli.main. The center's modules are imported inside the
+commands (center.cli.common says why).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from center.cli.main import DataDir, JsonFlag, _api_call, _engine, _operator_name, operator_app
+from center.cli.common import DataDir, JsonFlag, api_call, open_engine, operator_name
 from hostkit.cli import CliError, emit
 
+app = typer.Typer()
+
 VERIFIED_LABELS = {"code": "recovery code verified", "ticket": "recovery ticket verified"}
+# center.keys.binding.MAX_LISTED_KEYS, copied so that `center --help` need not import the database layers
+# (tests/test_architecture.py checks the copy).
+MAX_LISTED_KEYS = 1000
+DEFAULT_LISTED_KEYS = 100
+KEY_ID_HEX_DIGITS = 64
 Kid = Annotated[str, typer.Argument(help="The key id (64 hex digits) of the new key")]
 
 
-@operator_app.command("bind-key")
-def bind_key_command(kid: Kid, data_dir: DataDir, as_json: JsonFlag = False) -> None:
-    """Bind a pending key to the account it claims (same member id, balance, history); the old key must be revoked."""
-    from center.keys.binding import bind_key
-    from center.pipeline.service import now_ms
+@app.command("revoke-key")
+def revoke_key_command(
+    kid: Annotated[str, typer.Argument(help="The key id (64 hex digits) of the lost or compromised key")],
+    data_dir: DataDir,
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail")] = "reported lost",
+    as_json: JsonFlag = False,
+) -> None:
+    """Revoke a key: every message it signs from now on is refused; its history stays."""
+    from center.keys.admin import revoke_key
+    from center.pipeline.types import now_ms
 
-    view = _api_call(lambda: bind_key(_engine(data_dir), _checked_kid(kid),
-                                      decided_by=f"operator:{_operator_name()}", now_ms=now_ms()))
+    view = api_call(lambda: revoke_key(open_engine(data_dir), kid, reason=reason,
+                                       decided_by=f"operator:{operator_name()}", now_ms=now_ms()))
+    emit(as_json, view, lambda out: out.print(
+        f"key {kid[:16]}... of {view['member_id']} "
+        + ("was already revoked" if view["repeated"] else "revoked")))
+
+
+@app.command("bind-key", help=(
+    "Bind a pending key to the account it claims (same member id, balance, history); "
+    "the old key must be revoked."))
+def bind_key_command(kid: Kid, data_dir: DataDir, as_json: JsonFlag = False) -> None:
+    from center.keys.binding import bind_key
+    from center.pipeline.types import now_ms
+
+    view = api_call(lambda: bind_key(open_engine(data_dir), _checked_kid(kid),
+                                     decided_by=f"operator:{operator_name()}", now_ms=now_ms()))
     emit(as_json, view, lambda out: out.print(
         f"key {kid[:16]}... {'was already' if view['repeated'] else 'is now'} bound to {view['member_id']}"))
 
 
-@operator_app.command("reject-key")
+@app.command("reject-key")
 def reject_key_command(
     kid: Kid, data_dir: DataDir,
     reason: Annotated[str, typer.Option(help="Why, for the audit trail")] = "identity not confirmed",
@@ -44,25 +70,27 @@ def reject_key_command(
 ) -> None:
     """Reject a pending key's claim to an account: it can then sign nothing."""
     from center.keys.binding import reject_key
-    from center.pipeline.service import now_ms
+    from center.pipeline.types import now_ms
 
-    view = _api_call(lambda: reject_key(_engine(data_dir), _checked_kid(kid), reason=reason,
-                                        decided_by=f"operator:{_operator_name()}", now_ms=now_ms()))
+    view = api_call(lambda: reject_key(open_engine(data_dir), _checked_kid(kid), reason=reason,
+                                       decided_by=f"operator:{operator_name()}", now_ms=now_ms()))
     emit(as_json, view, lambda out: out.print(
-        f"key {kid[:16]}... {'was already' if view['repeated'] else 'is now'} rejected for {view['member_id']}"))
+        f"key {kid[:16]}... {'was already' if view['repeated'] else 'is now'} rejected for "
+        f"{view['member_id']}"))
 
 
-@operator_app.command("issue-recovery-ticket")
+@app.command("issue-recovery-ticket")
 def issue_recovery_ticket_command(
-    party_id: Annotated[str, typer.Argument(help="The account (M-... or S-...) whose holder lost card and code")],
+    party_id: Annotated[str, typer.Argument(
+        help="The account (M-... or S-...) whose holder lost card and code")],
     data_dir: DataDir, as_json: JsonFlag = False,
 ) -> None:
     """A one-time recovery code for an account (after checking who asks): the member rebinds with it."""
     from center.keys.admin import issue_recovery_ticket
-    from center.pipeline.service import now_ms
+    from center.pipeline.types import now_ms
 
-    view = _api_call(lambda: issue_recovery_ticket(_engine(data_dir), party_id,
-                                                   issued_by=f"operator:{_operator_name()}", now_ms=now_ms()))
+    view = api_call(lambda: issue_recovery_ticket(open_engine(data_dir), party_id,
+                                                  issued_by=f"operator:{operator_name()}", now_ms=now_ms()))
     emit(as_json, view, lambda out: out.print(
         f"recovery ticket for {view['member_id']} (shown once, valid for one claim until "
         f"{_utc(view['expires_at_ms'])}):\n  {view['ticket']}\n"
@@ -70,27 +98,30 @@ def issue_recovery_ticket_command(
         f"{view['member_id']} --recovery-code TICKET ...`, then you bind the key (it shows as verified)"))
 
 
-@operator_app.command("list-keys")
+@app.command("list-keys")
 def list_keys_command(
     data_dir: DataDir,
-    party: Annotated[Optional[str], typer.Option("--party", help="Only this member's or store's keys (M-... / S-...)")] = None,
-    status: Annotated[Optional[str], typer.Option(help="active, revoked, pending_bind, rotated or rejected")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many keys, newest first")] = 100,
+    party: Annotated[str | None, typer.Option(
+        "--party", help="Only this member's or store's keys (M-... / S-...)")] = None,
+    status: Annotated[str | None, typer.Option(
+        help="active, revoked, pending_bind, rotated or rejected")] = None,
+    limit: Annotated[int, typer.Option(
+        min=1, max=MAX_LISTED_KEYS, help="At most this many keys, newest first")] = DEFAULT_LISTED_KEYS,
     as_json: JsonFlag = False,
 ) -> None:
     """Keys with their status; a pending key shows the identity it claims beside the account's."""
     from center.keys.binding import list_keys
 
-    found = _api_call(lambda: list_keys(_engine(data_dir), party_id=party, status=status, limit=limit))
+    found = api_call(lambda: list_keys(open_engine(data_dir), party_id=party, status=status, limit=limit))
     emit(as_json, {"keys": found}, lambda out: out.print(keys_table(found)))
 
 
 def _utc(at_ms: int) -> str:
-    return dt.datetime.fromtimestamp(at_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _checked_kid(kid: str) -> str:
-    if len(kid) != 64 or any(ch not in "0123456789abcdef" for ch in kid):
+    if len(kid) != KEY_ID_HEX_DIGITS or any(ch not in "0123456789abcdef" for ch in kid):
         raise CliError(f"{kid[:70]!r} is not a key id: give the 64 lower-case hex digits `list-keys` shows")
     return kid
 

@@ -15,10 +15,10 @@ from dataclasses import fields
 
 from sqlalchemy import Connection, insert, select
 
-from center.console.auth import ConsoleSession
+from center.console.inquiry import Page
+from center.console.sessions import ConsoleSession
 from center.console.views import Filters
 from center.storage.db import console_reads
-from center.console.inquiry import Page
 
 MAX_LISTED = 1_000
 DEFAULT_LISTED = 100
@@ -31,8 +31,8 @@ def filters_document(filters: Filters, page: Page | None) -> dict:
     for field in fields(Filters):
         value = getattr(filters, field.name)
         if field.name == "window":
-            document.update({name: bound for name, bound in (("from_ms", value.from_ms), ("to_ms", value.to_ms))
-                             if bound is not None})
+            bounds = (("from_ms", value.from_ms), ("to_ms", value.to_ms))
+            document.update({name: bound for name, bound in bounds if bound is not None})
         elif value != getattr(_DEFAULTS, field.name):
             document[field.name] = value
     if page is not None:

@@ -1,9 +1,9 @@
 """Read-only inquiries for the operator console: search, statements, lists, statistics.
 
-Plain functions over a SQLAlchemy Connection, no HTTP (center/console.py serves
-them). Everything is bounded: a page is at most MAX_PAGE_ROWS rows, a search
-string at most MAX_QUERY_CHARS, statistics at most MAX_STAT_DAYS days, so no
-operator click makes the center read without limit. Lists carry what an
+Plain functions over a SQLAlchemy Connection, no HTTP (center.console.routes serves
+them; statistics are center.console.statistics). Everything is bounded: a page is at
+most MAX_PAGE_ROWS rows, a search string at most MAX_QUERY_CHARS, so no operator
+click makes the center read without limit. Lists carry what an
 operator needs to act on a row and nothing more: no birth dates, no addresses.
 
 Times are epoch milliseconds; days are UTC. Every list has a total order (a
@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Select, and_, case, func, literal, or_, select
 from sqlalchemy.sql import ColumnElement
 
-from center.storage.db import accounts, keys, parties, payments, payouts, refunds, topups, transfers
 from center.errors import ApiError
 from center.ledger.book import party_account
-from paywire.messages import FUNDING_METHODS
+from center.storage.db import accounts, keys, parties, payments, payouts, refunds, topups, transfers
 
 MAX_PAGE_ROWS = 200
 DEFAULT_PAGE_ROWS = 50
@@ -31,9 +30,6 @@ MAX_OFFSET = 10_000
 # CSV export of one view: one query, at most this many rows (the answer says when there were more).
 MAX_EXPORT_ROWS = 10_000
 MAX_QUERY_CHARS = 100
-MAX_STAT_DAYS = 366
-DEFAULT_STAT_DAYS = 30
-MAX_TOP_STORES = 50
 KIDS_PER_PARTY = 8
 DAY_MS = 86_400_000
 
@@ -55,11 +51,12 @@ class Page:
         assert 1 <= self.limit <= MAX_EXPORT_ROWS and 0 <= self.offset <= MAX_OFFSET, self
 
     @classmethod
-    def of(cls, limit: int, offset: int) -> "Page":
+    def of(cls, limit: int, offset: int) -> Page:
         if not 1 <= limit <= MAX_PAGE_ROWS:
             raise ApiError("invalid_request", f"limit must be 1..{MAX_PAGE_ROWS}")
         if not 0 <= offset <= MAX_OFFSET:
-            raise ApiError("invalid_request", f"offset must be 0..{MAX_OFFSET}; narrow the filters to see further")
+            raise ApiError("invalid_request",
+                           f"offset must be 0..{MAX_OFFSET}; narrow the filters to see further")
         return cls(limit, offset)
 
 
@@ -100,7 +97,8 @@ def _day_start_ms(day: str, name: str) -> int:
             raise ValueError(day)
         date = dt.date.fromisoformat(day)
     except ValueError:
-        raise ApiError("invalid_request", f"{name} must be a day as YYYY-MM-DD (UTC), not {day[:20]!r}") from None
+        raise ApiError("invalid_request",
+                       f"{name} must be a day as YYYY-MM-DD (UTC), not {day[:20]!r}") from None
     return day_number_ms(date.toordinal() - dt.date(1970, 1, 1).toordinal())
 
 
@@ -117,7 +115,8 @@ def check_party_id(party_id: str | None, role: str | None, name: str) -> str | N
         return None
     if not _PARTY_ID[role].fullmatch(party_id):
         expected = {"member": "M-", "store": "S-", None: "M- or S-"}[role]
-        raise ApiError("invalid_request", f"{name} must be a {role or 'party'} id ({expected} and 16 hex digits)")
+        raise ApiError("invalid_request",
+                       f"{name} must be a {role or 'party'} id ({expected} and 16 hex digits)")
     return party_id
 
 
@@ -163,8 +162,8 @@ def search_parties(conn: Connection, text: str, *, role: str | None = None, page
              .join(accounts, accounts.c.id == literal("party:") + parties.c.id)
              .where(*conditions).order_by(parties.c.name, parties.c.id))
     result = _rows(conn, query, page, lambda r: {
-        "party_id": r.id, "role": r.role, "name": r.name, "status": r.status, "created_at_ms": r.created_at_ms,
-        "balance_minor": r.balance_minor})
+        "party_id": r.id, "role": r.role, "name": r.name, "status": r.status,
+        "created_at_ms": r.created_at_ms, "balance_minor": r.balance_minor})
     kids = _kids_of(conn, [row["party_id"] for row in result["rows"]])
     for row in result["rows"]:
         row["kids"] = kids.get(row["party_id"], [])
@@ -176,7 +175,8 @@ def _kids_of(conn: Connection, party_ids: list[str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     if not party_ids:
         return found
-    query = (select(keys.c.party_id, keys.c.kid).where(keys.c.party_id.in_(party_ids), keys.c.status == "active")
+    query = (select(keys.c.party_id, keys.c.kid)
+             .where(keys.c.party_id.in_(party_ids), keys.c.status == "active")
              .order_by(keys.c.party_id, keys.c.created_at_ms, keys.c.kid))
     for row in conn.execute(query):
         party_kids = found.setdefault(row.party_id, [])
@@ -211,12 +211,15 @@ def statement(conn: Connection, party_id: str, *, window: Window = Window(), pag
     """
     summary = party_summary(conn, party_id)
     account = party_account(party_id)
-    signed = case((transfers.c.credit_account == account, transfers.c.amount_minor), else_=-transfers.c.amount_minor)
+    signed = case((transfers.c.credit_account == account, transfers.c.amount_minor),
+                  else_=-transfers.c.amount_minor)
     mine = or_(transfers.c.debit_account == account, transfers.c.credit_account == account)
     in_window = and_(mine, *window.where(transfers.c.created_at_ms))
     order = (transfers.c.created_at_ms, transfers.c.id)
-    opening = _sum_before_window(conn, signed, mine, window) + _sum_of_first(conn, signed, in_window, order, page.offset)
-    other = case((transfers.c.debit_account == account, transfers.c.credit_account), else_=transfers.c.debit_account)
+    opening = (_sum_before_window(conn, signed, mine, window)
+               + _sum_of_first(conn, signed, in_window, order, page.offset))
+    other = case((transfers.c.debit_account == account, transfers.c.credit_account),
+                 else_=transfers.c.debit_account)
     # The page first, then the counterparties' names for its rows only: joined on the
     # CASE above, PostgreSQL hashed every account (18 ms at 100,000 members, growing).
     found = (select(transfers.c.id, transfers.c.created_at_ms, transfers.c.kind, transfers.c.ref,
@@ -232,8 +235,9 @@ def statement(conn: Connection, party_id: str, *, window: Window = Window(), pag
     shaped = []
     for row in rows[:page.limit]:
         running += row.signed_minor
-        shaped.append({"transfer_id": row.id, "created_at_ms": row.created_at_ms, "kind": row.kind, "ref": row.ref,
-                       "counterparty": row.counterparty, "counterparty_name": row.counterparty_name or "",
+        shaped.append({"transfer_id": row.id, "created_at_ms": row.created_at_ms, "kind": row.kind,
+                       "ref": row.ref, "counterparty": row.counterparty,
+                       "counterparty_name": row.counterparty_name or "",
                        "debit_minor": max(-row.signed_minor, 0), "credit_minor": max(row.signed_minor, 0),
                        "balance_minor": running})
     return {"rows": shaped, "limit": page.limit, "offset": page.offset, "has_more": len(rows) > page.limit,
@@ -272,12 +276,13 @@ def list_payments(conn: Connection, *, store_id: str | None = None, buyer_id: st
     if buyer_id:
         conditions.append(payments.c.buyer_id == buyer_id)
     query = (select(payments, buyers.c.name.label("buyer_name"), stores.c.name.label("store_name"))
-             .join(buyers, buyers.c.id == payments.c.buyer_id).join(stores, stores.c.id == payments.c.store_id)
+             .join(buyers, buyers.c.id == payments.c.buyer_id)
+             .join(stores, stores.c.id == payments.c.store_id)
              .where(*conditions).order_by(payments.c.seq.desc()))
     return _rows(conn, query, page, lambda r: {
-        "payment_id": r.id, "created_at_ms": r.created_at_ms, "buyer_id": r.buyer_id, "buyer_name": r.buyer_name,
-        "store_id": r.store_id, "store_name": r.store_name, "amount_minor": r.amount_minor,
-        "refunded_minor": r.refunded_minor, "order_ref": r.order_ref})
+        "payment_id": r.id, "created_at_ms": r.created_at_ms, "buyer_id": r.buyer_id,
+        "buyer_name": r.buyer_name, "store_id": r.store_id, "store_name": r.store_name,
+        "amount_minor": r.amount_minor, "refunded_minor": r.refunded_minor, "order_ref": r.order_ref})
 
 
 def list_topups(conn: Connection, *, status: str | None = None, member_id: str | None = None,
@@ -291,11 +296,12 @@ def list_topups(conn: Connection, *, status: str | None = None, member_id: str |
     if member_id:
         conditions.append(topups.c.member_id == member_id)
     query = (select(topups, parties.c.name.label("member_name"))
-             .join(parties, parties.c.id == topups.c.member_id).where(*conditions).order_by(*_topup_order(status)))
+             .join(parties, parties.c.id == topups.c.member_id)
+             .where(*conditions).order_by(*_topup_order(status)))
     return _rows(conn, query, page, lambda r: {
-        "topup_id": r.id, "created_at_ms": r.created_at_ms, "member_id": r.member_id, "member_name": r.member_name,
-        "amount_minor": r.amount_minor, "method": r.method, "status": r.status, "decided_at_ms": r.decided_at_ms,
-        "decided_by": r.decided_by or ""})
+        "topup_id": r.id, "created_at_ms": r.created_at_ms, "member_id": r.member_id,
+        "member_name": r.member_name, "amount_minor": r.amount_minor, "method": r.method, "status": r.status,
+        "decided_at_ms": r.decided_at_ms, "decided_by": r.decided_by or ""})
 
 
 def _topup_order(status: str | None) -> tuple:
@@ -306,7 +312,8 @@ def _topup_order(status: str | None) -> tuple:
     if status is not None:
         return topups.c.created_at_ms.desc(), topups.c.id
     pending = topups.c.status == "pending"
-    return (case((pending, 0), else_=1), case((pending, topups.c.created_at_ms), else_=-topups.c.created_at_ms),
+    return (case((pending, 0), else_=1),
+            case((pending, topups.c.created_at_ms), else_=-topups.c.created_at_ms),
             topups.c.id)
 
 
@@ -320,15 +327,17 @@ def list_refunds(conn: Connection, *, store_id: str | None = None, buyer_id: str
         conditions.append(payments.c.store_id == store_id)
     if buyer_id:
         conditions.append(payments.c.buyer_id == buyer_id)
-    query = (select(refunds, payments.c.store_id, payments.c.buyer_id, payments.c.amount_minor.label("paid_minor"),
+    query = (select(refunds, payments.c.store_id, payments.c.buyer_id,
+                    payments.c.amount_minor.label("paid_minor"),
                     buyers.c.name.label("buyer_name"), stores.c.name.label("store_name"))
              .join(payments, payments.c.id == refunds.c.payment_id)
-             .join(buyers, buyers.c.id == payments.c.buyer_id).join(stores, stores.c.id == payments.c.store_id)
+             .join(buyers, buyers.c.id == payments.c.buyer_id)
+             .join(stores, stores.c.id == payments.c.store_id)
              .where(*conditions).order_by(refunds.c.created_at_ms.desc(), refunds.c.id.desc()))
     return _rows(conn, query, page, lambda r: {
-        "refund_id": r.id, "created_at_ms": r.created_at_ms, "payment_id": r.payment_id, "store_id": r.store_id,
-        "store_name": r.store_name, "buyer_id": r.buyer_id, "buyer_name": r.buyer_name,
-        "amount_minor": r.amount_minor, "paid_minor": r.paid_minor})
+        "refund_id": r.id, "created_at_ms": r.created_at_ms, "payment_id": r.payment_id,
+        "store_id": r.store_id, "store_name": r.store_name, "buyer_id": r.buyer_id,
+        "buyer_name": r.buyer_name, "amount_minor": r.amount_minor, "paid_minor": r.paid_minor})
 
 
 def list_payouts(conn: Connection, *, store_id: str | None = None, status: str | None = None,
@@ -341,71 +350,11 @@ def list_payouts(conn: Connection, *, store_id: str | None = None, status: str |
         conditions.append(payouts.c.store_id == store_id)
     if status:
         conditions.append(payouts.c.status == status)
-    query = (select(payouts, parties.c.name.label("store_name")).join(parties, parties.c.id == payouts.c.store_id)
+    query = (select(payouts, parties.c.name.label("store_name"))
+             .join(parties, parties.c.id == payouts.c.store_id)
              .where(*conditions).order_by(payouts.c.created_at_ms.desc(), payouts.c.id.desc()))
     return _rows(conn, query, page, lambda r: {
-        "payout_id": r.id, "created_at_ms": r.created_at_ms, "store_id": r.store_id, "store_name": r.store_name,
-        "amount_minor": r.amount_minor, "bank_account": r.bank_account, "status": r.status,
-        "batch_id": r.batch_id or "", "exported_at_ms": r.exported_at_ms, "settled_at_ms": r.settled_at_ms})
-
-
-# --- statistics -------------------------------------------------------------------
-
-def stat_days(days: int, now_ms: int) -> tuple[int, int]:
-    """(first day number, last day number) of the last `days` UTC days up to today."""
-    if not 1 <= days <= MAX_STAT_DAYS:
-        raise ApiError("invalid_request", f"days must be 1..{MAX_STAT_DAYS}")
-    assert now_ms > 0
-    last = now_ms // DAY_MS
-    return last - days + 1, last
-
-
-def daily_payments(conn: Connection, *, days: int, now_ms: int) -> list[dict]:
-    """Per UTC day, oldest first, every day present: payment count and volume (before refunds)."""
-    first, last = stat_days(days, now_ms)
-    day = (payments.c.created_at_ms // DAY_MS).label("day")
-    query = (select(day, func.count().label("count"), func.sum(payments.c.amount_minor).label("volume"))
-             .where(payments.c.created_at_ms >= day_number_ms(first),
-                    payments.c.created_at_ms < day_number_ms(last + 1))
-             .group_by(day))
-    found = {int(row.day): (int(row.count), int(row.volume)) for row in conn.execute(query)}
-    assert set(found) <= set(range(first, last + 1)), found
-    return [{"day": day_label(number), "count": found.get(number, (0, 0))[0],
-             "volume_minor": found.get(number, (0, 0))[1]} for number in range(first, last + 1)]
-
-
-def top_stores(conn: Connection, *, days: int, now_ms: int, limit: int = 10) -> list[dict]:
-    """The stores with the largest payment volume in the last `days` UTC days, largest first."""
-    if not 1 <= limit <= MAX_TOP_STORES:
-        raise ApiError("invalid_request", f"limit must be 1..{MAX_TOP_STORES}")
-    first, last = stat_days(days, now_ms)
-    volume = func.sum(payments.c.amount_minor)
-    query = (select(payments.c.store_id, parties.c.name, func.count().label("count"), volume.label("volume"),
-                    func.sum(payments.c.refunded_minor).label("refunded"))
-             .join(parties, parties.c.id == payments.c.store_id)
-             .where(payments.c.created_at_ms >= day_number_ms(first),
-                    payments.c.created_at_ms < day_number_ms(last + 1))
-             .group_by(payments.c.store_id, parties.c.name).order_by(volume.desc(), payments.c.store_id).limit(limit))
-    return [{"store_id": row.store_id, "name": row.name, "count": int(row.count), "volume_minor": int(row.volume),
-             "refunded_minor": int(row.refunded)} for row in conn.execute(query)]
-
-
-def funding_by_method(conn: Connection, *, days: int, now_ms: int) -> list[dict]:
-    """Confirmed top-ups per funding method, by the day they were confirmed (when value came in)."""
-    first, last = stat_days(days, now_ms)
-    query = (select(topups.c.method, func.count().label("count"), func.sum(topups.c.amount_minor).label("amount"))
-             .where(topups.c.status == "confirmed", topups.c.decided_at_ms >= day_number_ms(first),
-                    topups.c.decided_at_ms < day_number_ms(last + 1))
-             .group_by(topups.c.method))
-    found = {row.method: (int(row.count), int(row.amount)) for row in conn.execute(query)}
-    assert set(found) <= set(FUNDING_METHODS), found
-    return [{"method": method, "count": found.get(method, (0, 0))[0], "amount_minor": found.get(method, (0, 0))[1]}
-            for method in FUNDING_METHODS]
-
-
-def statistics(conn: Connection, *, days: int = DEFAULT_STAT_DAYS, now_ms: int, top: int = 10) -> dict:
-    first, last = stat_days(days, now_ms)
-    return {"days": days, "from_day": day_label(first), "to_day": day_label(last),
-            "daily": daily_payments(conn, days=days, now_ms=now_ms),
-            "top_stores": top_stores(conn, days=days, now_ms=now_ms, limit=top),
-            "funding": funding_by_method(conn, days=days, now_ms=now_ms)}
+        "payout_id": r.id, "created_at_ms": r.created_at_ms, "store_id": r.store_id,
+        "store_name": r.store_name, "amount_minor": r.amount_minor, "bank_account": r.bank_account,
+        "status": r.status, "batch_id": r.batch_id or "", "exported_at_ms": r.exported_at_ms,
+        "settled_at_ms": r.settled_at_ms})

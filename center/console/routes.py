@@ -1,14 +1,15 @@
 """The operator console under /console: the page, its static files, its JSON and CSV APIs.
 
-Login and sessions are center.console.auth's: every API here depends on
-`console_session()`. A session only reads: nothing here changes money or keys.
-A top-up is confirmed or declined by a request signed on the operator's token
+Login is center.console.auth's, sessions center.console.sessions': every API here
+depends on `console_session()`. A session only reads: nothing here changes money or
+keys. A top-up is confirmed or declined by a request signed on the operator's token
 (`wallet operator confirm-topup ID`, which fetches and shows the top-up first);
 the page shows that command for each pending top-up and then, polling the
 decisions route, the result. The old session routes for deciding answer
-403 signed_action_required whatever the cookie and CSRF header say. The page is plain HTML, CSS and JavaScript served from
-center/console/static/ (nothing from elsewhere), under a Content-Security-Policy
-that allows scripts, styles and connections to this origin only.
+403 signed_action_required whatever the cookie and CSRF header say. The page is
+plain HTML, CSS and JavaScript served from center/console/static/ (nothing from
+elsewhere), under a Content-Security-Policy that allows scripts, styles and
+connections to this origin only.
 
 These routes are not in the OpenAPI document: they are the page's own API,
 authenticated by a browser cookie, not the signed API wallets use.
@@ -26,12 +27,18 @@ from fastapi.responses import Response
 from sqlalchemy import Connection, Engine, select
 
 from center.console.access import record_read
-from center.console.auth import ConsoleSession, console_session
+from center.console.inquiry import EXPORT_PAGE, MAX_OFFSET, MAX_PAGE_ROWS, MAX_QUERY_CHARS, Page, day_window
+from center.console.sessions import ConsoleSession, console_session
+from center.console.statistics import (
+    DEFAULT_STAT_DAYS,
+    DEFAULT_TOP_STORES,
+    MAX_STAT_DAYS,
+    MAX_TOP_STORES,
+    statistics,
+)
 from center.console.views import VIEWS, Filters, to_csv
-from center.storage.db import topups
 from center.errors import ApiError
-from center.console.inquiry import (EXPORT_PAGE, MAX_OFFSET, MAX_PAGE_ROWS, MAX_QUERY_CHARS, MAX_STAT_DAYS, MAX_TOP_STORES,
-                            Page, day_window, statistics)
+from center.storage.db import topups
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Served by name from this list only: no path from the request ever reaches the file system.
@@ -39,13 +46,21 @@ STATIC_FILES = {"console.js": "text/javascript", "charts.js": "text/javascript",
                 "favicon.svg": "image/svg+xml"}
 PAGE_FILE = "index.html"
 TOPUP_ID = re.compile(r"U-[0-9a-f]{16}")
+TOPUP_ID_LIST_CHARS = len("U-") + 16 + len(",")  # per id in the decisions route's comma-separated list
+# Query bounds: longer values are refused before any lookup (ids are 18 characters today).
+MAX_PARTY_ID_CHARS = 32
+MAX_CHOICE_CHARS = 16  # a role or status name
+DAY_CHARS = len("YYYY-MM-DD")
+MAX_SHOWN_CHARS = 64  # of a bad file name quoted back in an error
+MAX_SHOWN_VIEW_CHARS = 32
 TABLE_VIEWS = ("search", "payments", "topups", "refunds", "payouts")
 MAX_DECISION_IDS = 50  # one page of the top-ups table (console.js PAGE_ROWS)
 
 CONSOLE_PREFIX = "/console"
 SECURITY_HEADERS = (
     (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-                                 b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+                                 b"connect-src 'self'; base-uri 'none'; form-action 'none'; "
+                                 b"frame-ancestors 'none'"),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -57,7 +72,8 @@ SECURITY_HEADERS = (
 )
 
 AnySession = Annotated[ConsoleSession, Depends(console_session())]
-PartyId = Annotated[str | None, Query(max_length=32)]
+DecisionIds = Annotated[str, Query(max_length=MAX_DECISION_IDS * TOPUP_ID_LIST_CHARS)]
+PartyId = Annotated[str | None, Query(max_length=MAX_PARTY_ID_CHARS)]
 
 
 def install_console_headers(app: FastAPI) -> None:
@@ -73,16 +89,17 @@ def install_console(app: FastAPI, center) -> None:
 
 def filters(
     q: Annotated[str, Query(max_length=MAX_QUERY_CHARS)] = "",
-    role: Annotated[str | None, Query(max_length=16)] = None,
-    party: Annotated[str | None, Query(alias="party_id", max_length=32)] = None,  # not the path's party_id
+    role: Annotated[str | None, Query(max_length=MAX_CHOICE_CHARS)] = None,
+    # not the path's party_id
+    party: Annotated[str | None, Query(alias="party_id", max_length=MAX_PARTY_ID_CHARS)] = None,
     store_id: PartyId = None,
     buyer_id: PartyId = None,
     member_id: PartyId = None,
-    status: Annotated[str | None, Query(max_length=16)] = None,
-    from_day: Annotated[str | None, Query(alias="from", max_length=10)] = None,
-    to_day: Annotated[str | None, Query(alias="to", max_length=10)] = None,
-    days: Annotated[int, Query(ge=1, le=MAX_STAT_DAYS)] = 30,
-    top: Annotated[int, Query(ge=1, le=MAX_TOP_STORES)] = 10,
+    status: Annotated[str | None, Query(max_length=MAX_CHOICE_CHARS)] = None,
+    from_day: Annotated[str | None, Query(alias="from", max_length=DAY_CHARS)] = None,
+    to_day: Annotated[str | None, Query(alias="to", max_length=DAY_CHARS)] = None,
+    days: Annotated[int, Query(ge=1, le=MAX_STAT_DAYS)] = DEFAULT_STAT_DAYS,
+    top: Annotated[int, Query(ge=1, le=MAX_TOP_STORES)] = DEFAULT_TOP_STORES,
 ) -> Filters:
     # Empty form fields arrive as "": they mean "no filter".
     return Filters(q=q, role=role or None, party_id=party or None, store_id=store_id or None,
@@ -102,7 +119,8 @@ ViewPage = Annotated[Page, Depends(page)]
 def _router(center) -> APIRouter:
     router = APIRouter(prefix="/console", include_in_schema=False)
 
-    def read(session: ConsoleSession, view: str, chosen: Filters, chosen_page: Page, *, trail_as: str = "") -> dict:
+    def read(session: ConsoleSession, view: str, chosen: Filters, chosen_page: Page, *,
+             trail_as: str = "") -> dict:
         with _snapshot(center.engine) as conn:
             result = VIEWS[view].fetch(conn, chosen, chosen_page, center.clock_ms())
         _trail(center, session, trail_as or view, chosen, chosen_page, len(result["rows"]))
@@ -115,16 +133,17 @@ def _router(center) -> APIRouter:
     @router.get("/static/{name}")
     def static_file(name: str) -> Response:
         if name not in STATIC_FILES:
-            raise ApiError("not_found", f"no console file {name[:64]!r}", 404)
+            raise ApiError("not_found", f"no console file {name[:MAX_SHOWN_CHARS]!r}", 404)
         return Response((STATIC_DIR / name).read_bytes(), media_type=STATIC_FILES[name] + "; charset=utf-8")
 
     for view in TABLE_VIEWS:
         _add_table_route(router, read, view)
 
     @router.get("/api/members/{party_id}/statement")
-    def member_statement(party_id: str, session: AnySession, chosen: ViewFilters, chosen_page: ViewPage) -> dict:
-        if len(party_id) > 32:
-            raise ApiError("invalid_request", "party id is at most 32 characters")
+    def member_statement(party_id: str, session: AnySession, chosen: ViewFilters,
+                         chosen_page: ViewPage) -> dict:
+        if len(party_id) > MAX_PARTY_ID_CHARS:
+            raise ApiError("invalid_request", f"party id is at most {MAX_PARTY_ID_CHARS} characters")
         return read(session, "statement", Filters(party_id=party_id, window=chosen.window), chosen_page)
 
     @router.get("/api/stats")
@@ -136,7 +155,7 @@ def _router(center) -> APIRouter:
         return result
 
     @router.get("/api/topups/decisions")
-    def decisions(session: AnySession, ids: Annotated[str, Query(max_length=MAX_DECISION_IDS * 19)]) -> dict:
+    def decisions(session: AnySession, ids: DecisionIds) -> dict:
         return {"decisions": _decisions(center, ids)}
 
     # A phished or stolen session must not move money: these refuse before looking at the session.
@@ -151,9 +170,11 @@ def _router(center) -> APIRouter:
     @router.get("/api/export/{view}.csv")
     def export(view: str, session: AnySession, chosen: ViewFilters) -> Response:
         if view not in VIEWS:
-            raise ApiError("not_found", f"no console view {view[:32]!r}; one of {', '.join(VIEWS)}", 404)
+            shown = view[:MAX_SHOWN_VIEW_CHARS]
+            raise ApiError("not_found", f"no console view {shown!r}; one of {', '.join(VIEWS)}", 404)
         result = read(session, view, chosen, EXPORT_PAGE, trail_as=f"export:{view}")
-        stamp = dt.datetime.fromtimestamp(center.clock_ms() / 1000, tz=dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        moment = dt.datetime.fromtimestamp(center.clock_ms() / 1000, tz=dt.UTC)
+        stamp = moment.strftime("%Y%m%dT%H%M%SZ")
         headers = {"content-disposition": f'attachment; filename="tokenpay-{view}-{stamp}.csv"',
                    "x-tokenpay-export-truncated": "true" if result["has_more"] else "false"}
         return Response(to_csv(VIEWS[view].columns, result["rows"]), media_type="text/csv; charset=utf-8",
@@ -174,7 +195,8 @@ def _snapshot(engine: Engine) -> Connection:
     return conn
 
 
-def _trail(center, session: ConsoleSession, view: str, chosen: Filters, chosen_page: Page | None, rows: int) -> None:
+def _trail(center, session: ConsoleSession, view: str, chosen: Filters, chosen_page: Page | None,
+           rows: int) -> None:
     """Record the read before its answer leaves (center.console.access); a failure here fails the read."""
     with center.engine.begin() as conn:
         record_read(conn, session, view, chosen, chosen_page, rows, center.clock_ms())

@@ -6,12 +6,11 @@ message signed by it afterwards is refused with `key_revoked`.
 
 from __future__ import annotations
 
-import rfc8785
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
+from center.errors import ApiError
 from center.ledger import audit
 from center.storage.db import keys, parties, recovery_keys
-from center.errors import ApiError
 from paywire import recovery
 from paywire.messages import PARTY_ID_PATTERN
 
@@ -24,8 +23,8 @@ def revoke_key(engine: Engine, kid: str, *, reason: str, decided_by: str, now_ms
         if view["repeated"]:
             return view
         request = {"kid": kid, "reason": reason, "decided_by": decided_by}
-        audit.append(conn, kid=decided_by[:64], alg="none", payload=rfc8785.dumps(request), signature=b"",
-                     msg_type="key_revoke", msg_id=kid[:64], action=view, now_ms=now_ms)
+        audit.append_local(conn, actor=decided_by, request=request, msg_type="key_revoke", msg_id=kid,
+                           action=view, now_ms=now_ms)
         return view
 
 
@@ -37,7 +36,7 @@ def revoke_key_in(conn: Connection, kid: str, *, reason: str) -> dict:
     key = conn.execute(select(keys.c.kid, keys.c.party_id, keys.c.status).where(keys.c.kid == kid)
                        .with_for_update()).first()
     if key is None:
-        raise ApiError("unknown_key", f"no enrolled key {kid}", 404)
+        raise ApiError("key_not_found", f"no enrolled key {kid}", 404)
     view = {"action": "key_revoked", "kid": kid, "member_id": key.party_id, "reason": reason,
             "repeated": key.status == "revoked"}
     if key.status != "revoked":
@@ -81,6 +80,6 @@ def issue_recovery_ticket(engine: Engine, party_id: str, *, issued_by: str, now_
         view = {"action": "recovery_ticket_issued", "member_id": party_id, "recovery_key": public_key,
                 "expires_at_ms": expires_at_ms}
         request = {"party_id": party_id, "decided_by": issued_by}
-        audit.append(conn, kid=issued_by[:64], alg="none", payload=rfc8785.dumps(request), signature=b"",
-                     msg_type="recovery_ticket", msg_id=public_key[:64], action=view, now_ms=now_ms)
+        audit.append_local(conn, actor=issued_by, request=request, msg_type="recovery_ticket", msg_id=public_key,
+                           action=view, now_ms=now_ms)
     return view | {"ticket": ticket}

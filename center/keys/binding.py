@@ -13,13 +13,12 @@ signed pipeline audits with their own bytes (center.pipeline.operator_actions).
 
 from __future__ import annotations
 
-import rfc8785
 from sqlalchemy import Connection, Engine, select, update
 
-from center.ledger import audit
-from center.storage.db import key_claims, keys, parties
 from center.errors import ApiError
 from center.keys.lifecycle import register_recovery_key
+from center.ledger import audit
+from center.storage.db import key_claims, keys, parties
 
 MAX_REASON_CHARS = 200
 MAX_LISTED_KEYS = 1000
@@ -128,7 +127,7 @@ def _locked_claim(conn: Connection, kid: str):
     key = conn.execute(select(keys.c.kid, keys.c.party_id, keys.c.status).where(keys.c.kid == kid)
                        .with_for_update()).first()
     if key is None:
-        raise ApiError("unknown_key", f"no enrolled key {kid}", 404)
+        raise ApiError("key_not_found", f"no enrolled key {kid}", 404)
     claim = conn.execute(select(key_claims.c.status, key_claims.c.recovery_key).where(key_claims.c.kid == kid,
                                                            key_claims.c.kind == "rebind")).first()
     if claim is None:
@@ -147,5 +146,5 @@ def _decide_claim(conn: Connection, kid: str, status: str, decided_by: str, now_
 
 
 def _audit(conn: Connection, msg_type: str, request: dict, view: dict, decided_by: str, now_ms: int) -> None:
-    audit.append(conn, kid=decided_by[:64], alg="none", payload=rfc8785.dumps(request), signature=b"",
-                 msg_type=msg_type, msg_id=request["kid"][:64], action=view, now_ms=now_ms)
+    audit.append_local(conn, actor=decided_by, request=request, msg_type=msg_type, msg_id=request["kid"],
+                       action=view, now_ms=now_ms)

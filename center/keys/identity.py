@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from typing import Callable
+from collections.abc import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,6 +19,8 @@ from paywire.receipts import build_receipt_payload
 from tokens.base import KeyRecord
 
 CERT_VALIDITY_DAYS = 825
+# Valid from a little earlier: a wallet whose clock is a few minutes behind still accepts it.
+CERT_BACKDATE_MINUTES = 5
 
 
 def make_tls_certificate(center_id: str, receipt_spki: bytes, dns_names: list[str],
@@ -27,15 +29,15 @@ def make_tls_certificate(center_id: str, receipt_spki: bytes, dns_names: list[st
     tls_key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, center_id),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tokenpay settlement center")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now_utc = dt.datetime.now(dt.UTC)
     alt_names = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
     cert = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name)
         .public_key(tls_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_VALIDITY_DAYS))
+        .not_valid_before(now_utc - dt.timedelta(minutes=CERT_BACKDATE_MINUTES))
+        .not_valid_after(now_utc + dt.timedelta(days=CERT_VALIDITY_DAYS))
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -14,6 +14,10 @@ failure its own plain message.
 
 Chains: the end-entity certificate, at most one intermediate CA the center
 knows, then a CA certificate the center trusts.
+
+Long because making certificates (create_ca, certify_key: the issuance station) and checking
+them (verify_key_certificate: the center) share one profile (key usage, path length, validity,
+accepted keys), and keeping both beside it is what keeps them from drifting apart.
 """
 
 from __future__ import annotations
@@ -397,5 +401,5 @@ def _subject(cert: x509.Certificate) -> str:
     return f"'{cert.subject.rfc4514_string()[:80]}'"
 
 
-def _time(seconds: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
+def _time(at_s: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(at_s, tz=dt.UTC)

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from cryptography import x509
 
+from center.errors import ApiError
 from center.keys import issuer
 from center.storage.config import CenterConfig
-from center.errors import ApiError
 from paywire.errors import WireError
 from paywire.messages import check_key_cert_field
 

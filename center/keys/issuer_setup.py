@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from center.keys import issuer
-from center.storage.config import CenterConfig, write_private_file
-from center.keys.issuer_policy import ANY, CA_FILE, INTERMEDIATES_FILE, ISSUER_CERTIFIED
+from center.keys.issuer_policy import ANY, CA_FILE, INTERMEDIATES_FILE, ISSUER_CERTIFIED, policy_of
+from center.storage.config import CenterConfig
 from hostkit.cli import CliError, read_option_file
+from hostkit.private_files import PRIVATE_DIR_MODE, replace_file
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,12 @@ def install(config: CenterConfig, trust: Trust | None, policy: str | None) -> No
     if new_policy == ISSUER_CERTIFIED and trust is None and not config.issuer_ca_file:
         raise CliError("requiring certified keys needs the issuer's CA certificate: add --ca-cert CA.pem")
     if trust is not None:
-        write_private_file(config.data_dir / CA_FILE, trust.trusted_pem)
+        # Certificates are public, but kept 0600 like everything in the data directory.
+        (config.data_dir / CA_FILE).parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        replace_file(config.data_dir / CA_FILE, trust.trusted_pem)
         intermediates_path = config.data_dir / INTERMEDIATES_FILE
         if trust.intermediates_pem:
-            write_private_file(intermediates_path, trust.intermediates_pem)
+            replace_file(intermediates_path, trust.intermediates_pem)
         elif intermediates_path.exists():
             intermediates_path.unlink()
         config.issuer_ca_file = CA_FILE
@@ -83,8 +86,6 @@ def read_init_trust(issuer_ca: Path | None, require_certified_keys: bool, now_s:
 
 def summary(config: CenterConfig) -> dict:
     """What `center issuer status` and `trust` print: policy and configured certificates."""
-    from center.keys.issuer_policy import policy_of
-
     try:
         policy = policy_of(config)
     except ValueError as error:

@@ -9,20 +9,19 @@ who has the data directory; the action is recorded in the audit chain.
 
 from __future__ import annotations
 
-import secrets
-
-import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sqlalchemy import Connection, Engine, insert, select
 
-from center.ledger import audit
-from center.storage.db import keys, parties
 from center.errors import ApiError
+from center.ledger import audit
+from center.ledger.book import new_id
+from center.storage.db import keys, parties
 from paywire.algorithms import ED25519, ES256, RS256, RSA_MAX_BITS, RSA_MIN_BITS, key_id, load_public_key
 from paywire.errors import WireError
 
 OPERATOR_ROLES = ("operator", "auditor")
+OPERATOR_ID_PREFIX = "O"  # the one kind of id starting O- (payouts were O- too; now W-)
 MAX_PEM_BYTES = 16 * 1024
 MAX_NAME_CHARS = 200
 MAX_LISTED = 1000
@@ -30,7 +29,7 @@ DEFAULT_NAME = "operator"
 
 
 def operator_id_new() -> str:
-    return "O-" + secrets.token_hex(8)
+    return new_id(OPERATOR_ID_PREFIX)
 
 
 def spki_from_pem(pem: bytes) -> tuple[bytes, str]:
@@ -95,8 +94,8 @@ def add_operator(engine: Engine, pem: bytes, *, role: str, name: str, added_by: 
         view = {"action": "operator_added", "operator_id": operator_id, "kid": kid, "role": role,
                 "algorithm": algorithm, "name": name}
         request = {"operator_id": operator_id, "kid": kid, "role": role, "name": name, "added_by": added_by}
-        audit.append(conn, kid=added_by[:64], alg="none", payload=rfc8785.dumps(request), signature=b"",
-                     msg_type="operator_add", msg_id=operator_id, action=view, now_ms=now_ms)
+        audit.append_local(conn, actor=added_by, request=request, msg_type="operator_add", msg_id=operator_id,
+                           action=view, now_ms=now_ms)
     return {k: view[k] for k in ("operator_id", "kid", "role", "algorithm", "name")}
 
 

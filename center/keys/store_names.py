@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import hashlib
 
-import rfc8785
 from disarm import skeleton_key
 from sqlalchemy import Connection, Engine, insert, select, update
 
+from center.errors import ApiError
 from center.ledger import audit
 from center.storage.db import parties, store_names
-from center.errors import ApiError
 
 FLAG_NONE, FLAG_FLAGGED, FLAG_CLEARED = "none", "flagged", "cleared"
 MAX_LISTED = 1000
@@ -95,6 +94,6 @@ def clear_store(engine: Engine, store_id: str, *, decided_by: str, now_ms: int) 
         conn.execute(update(store_names).where(store_names.c.store_id == store_id, store_names.c.flag == FLAG_FLAGGED)
                      .values(flag=FLAG_CLEARED, decided_by=decided_by[:64], decided_at_ms=now_ms))
         request = {"store_id": store_id, "decided_by": decided_by}
-        audit.append(conn, kid=decided_by[:64], alg="none", payload=rfc8785.dumps(request), signature=b"",
-                     msg_type="store_name_clear", msg_id=store_id[:64], action=view, now_ms=now_ms)
+        audit.append_local(conn, actor=decided_by, request=request, msg_type="store_name_clear", msg_id=store_id,
+                           action=view, now_ms=now_ms)
         return view

@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+import rfc8785
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from center.storage.db import audit_head, audit_log
@@ -20,7 +21,15 @@ from paywire.envelope import Envelope, b64url_encode
 
 GENESIS_HASH = "0" * 64
 MAX_ENTRIES_PER_APPEND = 1000
-# Built once (see center/ledger.py): every accepted request appends an entry.
+# Entries of actions taken at the center carry no member signature: an operator's decision or a
+# payouts run ("none"), a funding webhook authenticated by its HMAC ("hmac-sha256").
+LOCAL_ALG = "none"
+WEBHOOK_ALG = "hmac-sha256"
+UNSIGNED_ALGS = frozenset({LOCAL_ALG, WEBHOOK_ALG})
+# audit_log.kid and audit_log.msg_id are String(64): a longer actor name or reference is cut.
+MAX_KID_CHARS = 64
+MAX_MSG_ID_CHARS = 64
+# Built once (see center.ledger.book): every accepted request appends an entry.
 _LOCK_HEAD = select(audit_head.c.seq, audit_head.c.entry_hash).where(audit_head.c.id == 1).with_for_update()
 _INSERT_ENTRY = insert(audit_log)
 _MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(seq=bindparam("h_seq"),
@@ -33,17 +42,29 @@ class AuditProblem:
     reason: str
 
 
-def append(conn: Connection, *, kid: str, alg: str, payload: bytes, signature: bytes, msg_type: str, msg_id: str,
-           action: dict, now_ms: int) -> int:
+def append(conn: Connection, *, kid: str, alg: str, payload: bytes, signature: bytes, msg_type: str,
+           msg_id: str, action: dict, now_ms: int) -> int:
     """Add one entry inside the caller's transaction; returns its seq.
 
     Signed requests are recorded with their exact bytes and signature. Local
     actions (an operator at the console, a funding webhook) are recorded with
-    kid 'operator:<who>' / 'webhook:<name>', alg 'none' / 'hmac-sha256'.
+    kid 'operator:<who>' / 'webhook:<name>', alg LOCAL_ALG (through append_local) / WEBHOOK_ALG.
     """
     [seq] = append_many(conn, [{"kid": kid, "alg": alg, "payload": payload, "signature": signature,
                                 "msg_type": msg_type, "msg_id": msg_id, "action": action, "now_ms": now_ms}])
     return seq
+
+
+def append_local(conn: Connection, *, actor: str, request: dict, msg_type: str, msg_id: str, action: dict,
+                 now_ms: int) -> int:
+    """Record an action taken at the center (alg "none"): no member key signed it.
+
+    `actor` names who acted ("operator:<who>", "operator:payouts"); `request` (what was asked, as
+    canonical JSON) stands where a signed message's bytes would be; the signature is empty.
+    """
+    return append(conn, kid=actor[:MAX_KID_CHARS], alg=LOCAL_ALG, payload=rfc8785.dumps(request),
+                  signature=b"", msg_type=msg_type, msg_id=msg_id[:MAX_MSG_ID_CHARS], action=action,
+                  now_ms=now_ms)
 
 
 def append_many(conn: Connection, entries: list[dict]) -> list[int]:
@@ -91,7 +112,8 @@ def verify_chain(conn: Connection, *, batch_rows: int = 1000) -> tuple[int, Audi
                             .order_by(audit_log.c.seq).limit(batch_rows)).mappings().all()
         for row in rows:
             if row["seq"] != expected_seq:
-                return checked, AuditProblem(expected_seq, f"entry {expected_seq} is missing (next is {row['seq']})")
+                missing = f"entry {expected_seq} is missing (next is {row['seq']})"
+                return checked, AuditProblem(expected_seq, missing)
             if row["prev_hash"] != prev_hash:
                 return checked, AuditProblem(row["seq"], "entry does not link to the one before it")
             if chain_hash(prev_hash, dict(row)) != row["entry_hash"]:
@@ -102,5 +124,6 @@ def verify_chain(conn: Connection, *, batch_rows: int = 1000) -> tuple[int, Audi
             break
     head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).one()
     if head.seq != last_seq or head.entry_hash != prev_hash:
-        return checked, AuditProblem(last_seq + 1, f"chain ends at {last_seq} but the head says {head.seq}: entries removed")
+        removed = f"chain ends at {last_seq} but the head says {head.seq}: entries removed"
+        return checked, AuditProblem(last_seq + 1, removed)
     return checked, None

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
-from center.storage.db import accounts, payments, refunds, transfers
 from center.errors import Refusal
+from center.storage.db import accounts, payments, refunds, transfers
 from paywire.canonical import MAX_SAFE_INTEGER
 
 PAYOUTS_PENDING = "payouts:pending"
@@ -33,8 +33,22 @@ def funding_account(method: str) -> str:
     return FUNDING_PREFIX + method
 
 
+# What an id names, by its first letter: "<letter>-" and 16 hex digits. Members are M-, stores S-
+# and operators O- (party ids, center.pipeline.handlers and center.keys.operators). Payouts were
+# O- and settlement references S- until they got letters of their own; ids issued before stay
+# valid (the wallet's receipt check accepts O- and W- payout ids).
+PAYMENT_ID_PREFIX = "P"
+TOPUP_ID_PREFIX = "U"
+REFUND_ID_PREFIX = "R"
+PAYOUT_ID_PREFIX = "W"  # the store's balance withdrawn to its bank
+PAYOUT_BATCH_ID_PREFIX = "B"
+SETTLEMENT_ID_PREFIX = "C"  # the audit reference of a settle run: the bank cleared the payouts
+TRANSFER_ID_PREFIX = "T"
+ID_HEX_DIGITS = 16
+
+
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(8)}"
+    return f"{prefix}-{secrets.token_hex(ID_HEX_DIGITS // 2)}"
 
 
 def open_party_account(conn: Connection, party_id: str, role: str, now_ms: int) -> None:
@@ -83,7 +97,7 @@ def move(conn: Connection, *, debit: str, credit: str, amount_minor: int, kind: 
             debit_balance_minor = _debit(conn, debit, amount_minor)
         else:
             _credit(conn, credit, amount_minor)
-    conn.execute(_INSERT_TRANSFER, {"id": new_id("T"), "debit_account": debit, "credit_account": credit,
+    conn.execute(_INSERT_TRANSFER, {"id": new_id(TRANSFER_ID_PREFIX), "debit_account": debit, "credit_account": credit,
                                     "amount_minor": amount_minor, "kind": kind, "ref": ref, "created_at_ms": now_ms})
     assert debit_balance_minor is not None
     return debit_balance_minor
@@ -146,7 +160,7 @@ class Book:
         self._balance[debit] = debit_after
         self._balance[credit] += amount_minor
         self._changed.update((debit, credit))
-        self.transfers.append({"id": new_id("T"), "debit_account": debit, "credit_account": credit,
+        self.transfers.append({"id": new_id(TRANSFER_ID_PREFIX), "debit_account": debit, "credit_account": credit,
                                "amount_minor": amount_minor, "kind": kind, "ref": ref, "created_at_ms": now_ms})
         return debit_after
 

@@ -15,14 +15,12 @@ import hmac
 import json
 import re
 
-import rfc8785
 from sqlalchemy import Connection, Engine, select, update
 
+from center.errors import ApiError, Refusal
 from center.ledger import audit
-
 from center.ledger import book as ledger
 from center.storage.db import topups
-from center.errors import ApiError, Refusal
 
 DECISIONS = {"confirm": "confirmed", "decline": "declined"}
 WEBHOOK_MAX_AGE_S = 300
@@ -37,9 +35,13 @@ def decide_topup(engine: Engine, topup_id: str, decision: str, *, decided_by: st
                                expected_amount_minor=expected_amount_minor)
         if view["repeated"]:
             return view
-        request = {"topup_id": topup_id, "decision": decision, "decided_by": decided_by}
-        audit.append(conn, kid=decided_by[:64], alg=evidence_alg, payload=evidence or rfc8785.dumps(request),
-                     signature=b"", msg_type=f"topup_{decision}", msg_id=topup_id, action=view, now_ms=now_ms)
+        if evidence:  # a webhook: the body it authenticated is the record
+            audit.append(conn, kid=decided_by[:audit.MAX_KID_CHARS], alg=evidence_alg, payload=evidence,
+                         signature=b"", msg_type=f"topup_{decision}", msg_id=topup_id, action=view, now_ms=now_ms)
+        else:
+            request = {"topup_id": topup_id, "decision": decision, "decided_by": decided_by}
+            audit.append_local(conn, actor=decided_by, request=request, msg_type=f"topup_{decision}",
+                               msg_id=topup_id, action=view, now_ms=now_ms)
         return view
 
 

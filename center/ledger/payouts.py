@@ -30,7 +30,7 @@ pure function of the batch's rows (the creation time is the rows'
 exported_at_ms), so the re-created file is byte-identical to the lost one as
 long as store names and the settlement account have not changed; the summary
 says whether it is (`identical_to_original`). A settled batch is never
-re-exported: the bank has already paid it.
+re-exported: the bank has already paid it. The document itself: center.ledger.pain001.
 """
 
 from __future__ import annotations
@@ -38,58 +38,36 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass
-from datetime import datetime, timezone
+import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-import rfc8785
 from sqlalchemy import Connection, Engine, select, update
 
-from center.ledger import audit
-
-from center.ledger import book as ledger
-from center.storage.db import audit_log, parties, payouts
-from center.storage.files import fsync_directory, link_no_clobber, remove_quietly
 from center.errors import ApiError
-from paywire.money import AmountError, minor_exponent
+from center.ledger import audit
+from center.ledger import book as ledger
+from center.ledger.pain001 import (
+    MAX_NAME_CHARS,
+    Batch,
+    PayoutLine,
+    build_pain001,
+    check_currency,
+    checked_debtor_account,
+    valid_account,
+    xml_text,
+)
+from center.storage.db import audit_log, parties, payouts
+from hostkit.private_files import fsync_directory, link_new_name, write_new_file
 
-PAIN_001_NS = "urn:iso:std:iso:20022:tech:xsd:pain.001.001.09"
 # One file, one batch: at most this many payouts. More stay pending for the
 # next file. Keeps the transaction, the file and the audit entry bounded.
 MAX_PAYOUTS_PER_FILE = 10_000
 MAX_SETTLE_PER_RUN = 10_000
 # Ids per UPDATE ... WHERE id IN (...): far below SQLite's 32,766 host parameters.
 UPDATE_CHUNK_ROWS = 500
-# Field lengths from the pain.001.001.09 schema (Max34Text, Max140Text). The ids
-# (MsgId, PmtInfId, EndToEndId: Max35Text) are ours and at most 24 characters.
-MAX_ACCOUNT_CHARS = 34
-MAX_NAME_CHARS = 140
+# Who the audit chain names for an export or a settlement: the payouts run, not a member key.
 OPERATOR_KID = "operator:payouts"
-NOT_PROVIDED = "NOTPROVIDED"
-# Characters XML 1.0 cannot carry at all; ElementTree would write them and make the file unreadable.
-_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-@dataclass(frozen=True)
-class PayoutLine:
-    payout_id: str
-    store_name: str
-    bank_account: str
-    amount_minor: int
-
-
-@dataclass(frozen=True)
-class Batch:
-    batch_id: str
-    exported_at_ms: int
-    lines: tuple[PayoutLine, ...]
-
-    @property
-    def total_minor(self) -> int:
-        return sum(line.amount_minor for line in self.lines)
 
 
 # --- export ---------------------------------------------------------------------
@@ -106,8 +84,8 @@ def export_payouts(engine: Engine, path: Path, *, center_id: str, currency: str,
     path = Path(path)
     if not 1 <= max_payouts <= MAX_PAYOUTS_PER_FILE:
         raise ValueError(f"max_payouts must be 1..{MAX_PAYOUTS_PER_FILE}")
-    _check_currency(currency)
-    debtor_account = _debtor_account(settlement_account or center_id)
+    check_currency(currency)
+    debtor_account = checked_debtor_account(settlement_account or center_id)
     _refuse_existing(path)
 
     def file_for(batch: Batch) -> bytes:
@@ -135,7 +113,7 @@ def _commit_then_publish(engine: Engine, path: Path, step: Step, now_ms: int) ->
             _audit(conn, msg_type, summary["batch_id"], summary, now_ms)
     except BaseException:
         if tmp is not None:
-            remove_quietly(tmp)  # the batch was rolled back: no file may name it
+            tmp.unlink(missing_ok=True)  # the batch was rolled back: no file may name it
         raise
     _publish(tmp, path, summary["batch_id"])
     return summary
@@ -149,7 +127,7 @@ def _export_step(conn: Connection, file_for, path: Path, currency: str, now_ms: 
     if not lines:
         empty = {"batch_id": None, "count": 0, "total_minor": 0, "currency": currency, "file": None, "payout_ids": []}
         return empty | extras, None, ""
-    batch = Batch(ledger.new_id("B"), now_ms, tuple(lines))
+    batch = Batch(ledger.new_id(ledger.PAYOUT_BATCH_ID_PREFIX), now_ms, tuple(lines))
     document = file_for(batch)
     _mark_exported(conn, batch)
     summary = _batch_summary("payouts_exported", batch, currency, path, document)
@@ -183,8 +161,8 @@ def _split_exportable(rows) -> tuple[list[PayoutLine], list[str]]:
     """
     lines, held = [], []
     for row in rows:
-        if _valid_account(row.bank_account):
-            name = _xml_text(row.store_name, MAX_NAME_CHARS) or row.store_id
+        if valid_account(row.bank_account):
+            name = xml_text(row.store_name, MAX_NAME_CHARS) or row.store_id
             lines.append(PayoutLine(row.id, name, row.bank_account, row.amount_minor))
         else:
             held.append(row.id)
@@ -235,101 +213,6 @@ def _batch_summary(action: str, batch: Batch, currency: str, path: Path, documen
             "payout_ids": [line.payout_id for line in batch.lines]}
 
 
-# --- the pain.001.001.09 document ---------------------------------------------------
-
-def build_pain001(batch: Batch, *, initiator: str, currency: str, debtor_account: str) -> bytes:
-    """The CustomerCreditTransferInitiation for one batch: one PmtInf, one CdtTrfTxInf per payout."""
-    # The default namespace as a plain attribute: no global ET.register_namespace state.
-    root = ET.Element("Document", {"xmlns": PAIN_001_NS})
-    initiation = _el(root, "CstmrCdtTrfInitn")
-    header = _el(initiation, "GrpHdr")
-    _el(header, "MsgId", batch.batch_id)
-    _el(header, "CreDtTm", iso_datetime(batch.exported_at_ms))
-    _el(header, "NbOfTxs", str(len(batch.lines)))
-    _el(header, "CtrlSum", format_decimal_amount(batch.total_minor, currency))
-    _el(_el(header, "InitgPty"), "Nm", _xml_text(initiator, MAX_NAME_CHARS))
-    _payment_information(initiation, batch, initiator=initiator, currency=currency, debtor_account=debtor_account)
-    ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
-
-
-def _payment_information(parent: ET.Element, batch: Batch, *, initiator: str, currency: str,
-                         debtor_account: str) -> None:
-    info = _el(parent, "PmtInf")
-    _el(info, "PmtInfId", batch.batch_id)
-    _el(info, "PmtMtd", "TRF")
-    _el(info, "NbOfTxs", str(len(batch.lines)))
-    _el(info, "CtrlSum", format_decimal_amount(batch.total_minor, currency))
-    _el(_el(info, "ReqdExctnDt"), "Dt", iso_date(batch.exported_at_ms))
-    _el(_el(info, "Dbtr"), "Nm", _xml_text(initiator, MAX_NAME_CHARS))
-    _other_id(_el(_el(info, "DbtrAcct"), "Id"), debtor_account)
-    _other_id(_el(_el(info, "DbtrAgt"), "FinInstnId"), NOT_PROVIDED)
-    for line in batch.lines:
-        _credit_transfer(info, line, currency)
-
-
-def _credit_transfer(parent: ET.Element, line: PayoutLine, currency: str) -> None:
-    transfer = _el(parent, "CdtTrfTxInf")
-    _el(_el(transfer, "PmtId"), "EndToEndId", line.payout_id)
-    _el(_el(transfer, "Amt"), "InstdAmt", format_decimal_amount(line.amount_minor, currency), Ccy=currency)
-    _el(_el(transfer, "Cdtr"), "Nm", line.store_name)
-    _other_id(_el(_el(transfer, "CdtrAcct"), "Id"), line.bank_account)
-    _el(_el(transfer, "RmtInf"), "Ustrd", f"tokenpay payout {line.payout_id}")
-
-
-def _other_id(parent: ET.Element, identifier: str) -> None:
-    _el(_el(parent, "Othr"), "Id", identifier)
-
-
-def _el(parent: ET.Element, tag: str, text: str | None = None, **attributes: str) -> ET.Element:
-    element = ET.SubElement(parent, tag, attributes)
-    if text is not None:
-        element.text = text
-    return element
-
-
-def format_decimal_amount(amount_minor: int, currency: str) -> str:
-    """Integer minor units as the schema's decimal: 1250 EUR -> '12.50', 1500 JPY -> '1500'. No floats."""
-    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor < 0:
-        raise ValueError("amounts in a payment file are non-negative integers of minor units")
-    exponent = _check_currency(currency)
-    whole, fraction = divmod(amount_minor, 10**exponent)
-    return f"{whole}.{fraction:0{exponent}d}" if exponent else str(whole)
-
-
-def iso_datetime(at_ms: int) -> str:
-    # Whole seconds in UTC with an explicit offset (xs:dateTime); from integer ms, no float arithmetic.
-    return datetime.fromtimestamp(at_ms // 1000, tz=timezone.utc).isoformat()
-
-
-def iso_date(at_ms: int) -> str:
-    return datetime.fromtimestamp(at_ms // 1000, tz=timezone.utc).date().isoformat()
-
-
-def _xml_text(text: str, max_chars: int) -> str:
-    """For names only (display text): drop what XML cannot hold, cut to the schema's length."""
-    return _NOT_XML.sub("", text).strip()[:max_chars]
-
-
-def _valid_account(account: str | None) -> bool:
-    return bool(account) and account.strip() == account and len(account) <= MAX_ACCOUNT_CHARS \
-        and not _NOT_XML.search(account)
-
-
-def _debtor_account(account: str) -> str:
-    if not _valid_account(account):
-        raise ApiError("invalid_request", f"settlement account {account!r} must be 1-{MAX_ACCOUNT_CHARS} characters "
-                                          "without surrounding spaces (pain.001 Max34Text)")
-    return account
-
-
-def _check_currency(currency: str) -> int:
-    try:
-        return minor_exponent(currency)
-    except AmountError as error:
-        raise ApiError("invalid_request", str(error)) from None
-
-
 # --- the file on disk ---------------------------------------------------------------
 
 def _refuse_existing(path: Path) -> None:
@@ -339,26 +222,23 @@ def _refuse_existing(path: Path) -> None:
 
 
 def _write_tmp(path: Path, document: bytes, batch_id: str) -> Path:
-    # Beside the target, so the final link stays on one filesystem. 0600: the file holds bank accounts.
-    tmp = path.with_name(f".{path.name}.{batch_id}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(document)
-        handle.flush()
-        os.fsync(handle.fileno())
+    # Beside the target, so the final link stays on one filesystem; 0600 (the file holds bank
+    # accounts). The random part: a re-export of the same batch never meets a stale copy's name.
+    tmp = path.with_name(f".{path.name}.{batch_id}.{secrets.token_hex(4)}.tmp")
+    write_new_file(tmp, document)
     return tmp
 
 
 def _publish(tmp: Path, path: Path, batch_id: str) -> None:
     """Give the committed file its name; never replace a file that appeared meanwhile."""
     try:
-        link_no_clobber(tmp, path)
+        link_new_name(tmp, path)
     except OSError as error:
         raise ApiError("file_not_written", f"batch {batch_id} is recorded as exported but {path} could not be "
                                            f"written ({error.strerror or error}); re-create the file with the "
                                            f"batch id {batch_id}", 500) from None
     finally:
-        remove_quietly(tmp)
+        tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
 
 
@@ -382,7 +262,7 @@ def settle_payouts(engine: Engine, *, now_ms: int, batch_id: str | None = None,
                    "batch_ids": sorted({r.batch_id for r in rows}), "payout_ids": [r.id for r in rows],
                    "settled_at_ms": now_ms}
         if rows:  # a run that changed nothing leaves no trace in the audit chain
-            _audit(conn, "payouts_settle", ledger.new_id("S"), summary, now_ms)
+            _audit(conn, "payouts_settle", ledger.new_id(ledger.SETTLEMENT_ID_PREFIX), summary, now_ms)
     return summary | {"more_exported": more_exported}
 
 
@@ -405,5 +285,6 @@ def _settle_one(conn: Connection, row, now_ms: int) -> None:
 
 
 def _audit(conn: Connection, msg_type: str, msg_id: str, summary: dict, now_ms: int) -> None:
-    audit.append(conn, kid=OPERATOR_KID, alg="none", payload=rfc8785.dumps(summary), signature=b"",
-                 msg_type=msg_type, msg_id=msg_id, action=summary, now_ms=now_ms)
+    # The summary is both what was asked and what was done: no request arrived signed.
+    audit.append_local(conn, actor=OPERATOR_KID, request=summary, msg_type=msg_type, msg_id=msg_id,
+                       action=summary, now_ms=now_ms)

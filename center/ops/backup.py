@@ -27,13 +27,23 @@ from pathlib import Path
 
 from center.ops import backup_db
 from center.ops.backup_crypto import EncryptingWriter
-from center.ops.backup_format import (DATA_PREFIX, DATABASE_MEMBERS, GZIP_LEVEL, MANIFEST_NAME,
-                                  MAX_DATA_FILE_BYTES, MAX_DATA_TOTAL_BYTES, MAX_MEMBERS, BackupError, Manifest,
-                                  MemberSpec, check_member_name)
+from center.ops.backup_format import (
+    DATA_PREFIX,
+    DATABASE_MEMBERS,
+    GZIP_LEVEL,
+    MANIFEST_NAME,
+    MAX_DATA_FILE_BYTES,
+    MAX_DATA_TOTAL_BYTES,
+    MAX_MEMBERS,
+    BackupError,
+    Manifest,
+    MemberSpec,
+    check_member_name,
+)
 from center.ops.backup_signing import SIGNATURE_NAME, load_signer
+from center.ops.metrics import METRICS_DIR_NAME
 from center.storage.config import CenterConfig
-from center.storage.files import fsync_directory, link_no_clobber, remove_quietly
-from center.ops.observability import METRICS_DIR_NAME
+from hostkit.private_files import fsync_directory, link_new_name, new_file_stream
 
 COPY_BLOCK_BYTES = 1024 * 1024
 FILE_MODE = 0o600
@@ -63,7 +73,7 @@ def create_backup(data_dir: Path, file: Path, *, password: str | None, signing_k
             backup_db.snapshot_sqlite(backup_db.sqlite_path(config.db_url), snapshot)
         else:
             backup_db.pg_dump(config.db_url, snapshot)
-        created_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         database = MemberSpec(DATABASE_MEMBERS[kind], *_size_and_sha256(snapshot))
         manifest = Manifest(center_id=config.center_id, db_kind=kind, created_at=created_at,
                             source_data_dir=str(config.data_dir), members=(
@@ -139,26 +149,30 @@ def _check_destination(file: Path, data_dir: Path) -> None:
 def _write_file(file: Path, manifest: Manifest, signature: bytes, files: list[DataFile], snapshot: Path,
                 password: str | None) -> tuple[int, str]:
     tmp = file.with_name(file.name + ".tmp")
+    sink = _write_tmp(tmp, manifest, signature, files, snapshot, password)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        link_new_name(tmp, file)
+        fsync_directory(file.parent)
     except FileExistsError:
-        raise BackupError(f"{tmp} exists (another backup running, or one interrupted): remove it and retry") from None
+        raise BackupError(f"{file} appeared meanwhile: refusing to overwrite it; choose a new file name") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sink.size, sink.sha256.hexdigest()
+
+
+def _write_tmp(tmp: Path, manifest: Manifest, signature: bytes, files: list[DataFile], snapshot: Path,
+               password: str | None) -> _HashingWriter:
+    """The whole archive into `tmp`, fsynced; a partial one is removed, one already at `tmp` left alone."""
     try:
-        with os.fdopen(fd, "wb") as raw:
+        with new_file_stream(tmp, mode=FILE_MODE) as raw:
             sink = _HashingWriter(raw)
             sealed = EncryptingWriter(sink, password) if password is not None else None
             _write_archive(sealed or sink, manifest, signature, files, snapshot)
             if sealed is not None:
                 sealed.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        link_no_clobber(tmp, file)
-        fsync_directory(file.parent)
-    except FileExistsError:
-        raise BackupError(f"{file} appeared meanwhile: refusing to overwrite it; choose a new file name") from None
-    finally:
-        remove_quietly(tmp)
-    return sink.size, sink.sha256.hexdigest()
+    except FileExistsError:  # only the creation of `tmp` can raise it: the archive goes into an open file
+        raise BackupError(f"{tmp} exists (another backup running, or one interrupted): remove it and retry") from None
+    return sink
 
 
 def _write_archive(sink, manifest: Manifest, signature: bytes, files: list[DataFile], snapshot: Path) -> None:

@@ -1,8 +1,8 @@
 """Password encryption of a backup archive: Argon2id + AES-256-GCM in 1 MiB chunks.
 
-The key derivation, header and password handling are the wallet vault's
-(token_wallet.vault): same Argon2id parameters and limits, same check value
-that tells a wrong password from a damaged file. A backup can be far larger
+The key derivation, header and password handling are the one password sealing
+recipe the wallet's vault uses too (hostkit.sealing): same Argon2id parameters
+and limits, same check value that tells a wrong password from a damaged file. A backup can be far larger
 than one AES-GCM call should take, so the archive is sealed chunk by chunk
 (the STREAM construction, Hoang et al. 2015):
 
@@ -16,16 +16,26 @@ cutting the file at any point or appending to it fails authentication.
 
 from __future__ import annotations
 
-import hmac
-import secrets
 import struct
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-# The vault's primitives, reused rather than copied (they are module-private there).
-from token_wallet.vault import (HEADER_MAX_BYTES, NONCE_SIZE, SALT_SIZE, TAG_SIZE, VaultError, _derive_keys,
-                                _encode_json, _Header, _parse_header, _password_bytes, kdf_params_from_env)
+from hostkit.sealing import (
+    HEADER_MAX_BYTES,
+    NONCE_SIZE,
+    PASSWORD_MAX_BYTES,
+    PREFIX_SIZE,
+    TAG_SIZE,
+    HeaderCorrupt,
+    PasswordTooLong,
+    associated_data,
+    derive_keys,
+    derive_new_keys,
+    header_length,
+    kdf_params_from_env,
+    parse_header,
+    password_bytes,
+)
 
 MAGIC = b"TPBKENC1"
 CHUNK_BYTES = 1 << 20
@@ -55,9 +65,11 @@ def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
 
 def _key_bytes(password: str) -> bytes:
     try:
-        return _password_bytes(password)
-    except VaultError:
-        raise BackupCryptoError("the backup password is too long (at most 1024 bytes)") from None
+        return password_bytes(password)
+    except PasswordTooLong:
+        raise BackupCryptoError(
+            f"the backup password is too long (at most {PASSWORD_MAX_BYTES} bytes)"
+        ) from None
 
 
 class EncryptingWriter:
@@ -65,15 +77,10 @@ class EncryptingWriter:
 
     def __init__(self, raw, password: str):
         check_new_password(password)
-        kdf = kdf_params_from_env()
-        salt = secrets.token_bytes(SALT_SIZE)
-        keys = _derive_keys(_key_bytes(password), kdf, salt)
-        header = _Header(kdf=kdf, salt=salt, nonce=secrets.token_bytes(NONCE_SIZE), generation=BACKUP_GENERATION,
-                         check=keys.check)
-        header_raw = _encode_json(header.to_json(), ascii_only=True)
-        assert len(header_raw) <= HEADER_MAX_BYTES
-        self._aad = MAGIC + struct.pack(">I", len(header_raw)) + header_raw
-        self._aead = AESGCM(keys.aes_key)
+        keys = derive_new_keys(_key_bytes(password), kdf_params_from_env())
+        header = keys.new_header(BACKUP_GENERATION)
+        self._aad = associated_data(MAGIC, header.encode())
+        self._aead = keys.aead()
         self._prefix = header.nonce[:NONCE_PREFIX_BYTES]
         self._raw = raw
         self._buffer = bytearray()
@@ -110,22 +117,22 @@ class DecryptingReader:
     """A read-only file object over an encrypted backup; raises BackupCryptoError on any damage."""
 
     def __init__(self, raw, password: str):
-        prefix = _read_exact(raw, len(MAGIC) + 4)
-        if len(prefix) < len(MAGIC) + 4 or prefix[: len(MAGIC)] != MAGIC:
+        prefix = _read_exact(raw, PREFIX_SIZE)
+        if len(prefix) < PREFIX_SIZE or prefix[: len(MAGIC)] != MAGIC:
             raise BackupCryptoError("not an encrypted tokenpay backup")
-        (header_len,) = struct.unpack(">I", prefix[len(MAGIC):])
+        header_len = header_length(prefix)
         if not 1 <= header_len <= HEADER_MAX_BYTES:
             raise BackupCryptoError("the encryption header is damaged (length out of range)")
         header_raw = _read_exact(raw, header_len)
         try:
-            header = _parse_header(header_raw)
-        except VaultError as error:
+            header = parse_header(header_raw)
+        except HeaderCorrupt as error:
             raise BackupCryptoError(f"the encryption header is damaged: {error}") from None
-        keys = _derive_keys(_key_bytes(password), header.kdf, header.salt)
-        if not hmac.compare_digest(keys.check, header.check):
+        keys = derive_keys(_key_bytes(password), header.kdf, header.salt)
+        if not keys.matches(header):
             raise BackupCryptoError("wrong backup password (nothing was written)")
         self._aad = prefix + header_raw
-        self._aead = AESGCM(keys.aes_key)
+        self._aead = keys.aead()
         self._prefix = header.nonce[:NONCE_PREFIX_BYTES]
         self._raw = raw
         self._index = 0
@@ -143,7 +150,7 @@ class DecryptingReader:
         # At most one chunk per call, sliced by offset: no copying of what is left.
         while self._offset == len(self._plain) and not self._ended:
             self._open_next()
-        data = self._plain[self._offset:self._offset + size]
+        data = self._plain[self._offset : self._offset + size]
         self._offset += len(data)
         return data
 
@@ -156,12 +163,18 @@ class DecryptingReader:
         sealed = self._pending
         following = _read_exact(self._raw, SEALED_CHUNK_BYTES)
         last = not following
-        if len(sealed) < TAG_SIZE or (not last and len(sealed) != SEALED_CHUNK_BYTES) or self._index > MAX_CHUNKS:
+        if (
+            len(sealed) < TAG_SIZE
+            or (not last and len(sealed) != SEALED_CHUNK_BYTES)
+            or self._index > MAX_CHUNKS
+        ):
             raise BackupCryptoError("the encrypted backup is truncated or damaged")
         try:
             plain = self._aead.decrypt(_nonce(self._prefix, self._index, last), sealed, self._aad)
         except InvalidTag:
-            raise BackupCryptoError("the encrypted backup is damaged or was changed (authentication failed)") from None
+            raise BackupCryptoError(
+                "the encrypted backup is damaged or was changed (authentication failed)"
+            ) from None
         self._plain, self._offset = plain, 0
         self._pending, self._index, self._ended = following, self._index + 1, last
 

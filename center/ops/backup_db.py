@@ -64,13 +64,13 @@ def snapshot_sqlite(source: Path, target: Path) -> None:
 
 
 def pg_dump(db_url: str, target: Path) -> None:
-    uri, env = _libpq_target(db_url)
+    uri, env = libpq_target(db_url)
     _run_pg_tool(["pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--file={target}",
                   f"--dbname={uri}"], env, "pg_dump")
 
 
 def pg_restore(dump: Path, db_url: str) -> None:
-    uri, env = _libpq_target(db_url)
+    uri, env = libpq_target(db_url)
     _run_pg_tool(["pg_restore", "--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error",
                   f"--dbname={uri}", str(dump)], env, "pg_restore")
 
@@ -98,7 +98,7 @@ def redact_url(db_url: str) -> str:
     return make_url(db_url).render_as_string(hide_password=True)
 
 
-def _libpq_target(db_url: str) -> tuple[str, dict[str, str]]:
+def libpq_target(db_url: str) -> tuple[str, dict[str, str]]:
     """(connection URI without password, environment with PGPASSWORD if the URL had one)."""
     url = make_url(normalise_url(db_url))
     env = dict(os.environ)

@@ -9,16 +9,19 @@ import socket
 import time
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from center.keys import issuer_setup
-from center.storage.config import CenterConfig, write_private_file
+from center.keys.identity import CenterSigner, make_tls_certificate
 from center.keys.issuer_policy import policy_of
+from center.ops.metrics import METRICS_DIR_NAME
+from center.pipeline.service import Center
+from center.storage.config import CenterConfig
 from center.storage.db import make_engine, migrate
 from center.storage.files import first_open_path, make_tree_private
-from center.keys.identity import CenterSigner, make_tls_certificate
-from center.pipeline.service import Center
-from paywire.money import MINOR_EXPONENT
 from hostkit.cli import CliError
-from hostkit.private_files import access_problem, make_private
+from hostkit.private_files import access_problem, make_private, write_new_file
+from paywire.money import MINOR_EXPONENT
 from tokens.base import KeyMode, KeyRecord, KeyType
 from tokens.pkcs11_token import open_pkcs11_token
 from tokens.softhsm import find_softhsm_module, init_softhsm_token, write_softhsm_config
@@ -60,7 +63,7 @@ def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id:
     config.signing_key = key.to_json()
     _write_tls(config, key.spki_der, tls_names)
     config.webhook_secret_file = str(data_dir / "secrets" / "webhook-secret")
-    write_private_file(Path(config.webhook_secret_file), secrets.token_hex(32).encode())
+    _write_secret(Path(config.webhook_secret_file), secrets.token_hex(32).encode())
     migrate(make_engine(config.db_url))
     issuer_setup.install(config, issuer_trust, issuer_setup.choose_policy(require_certified_keys, False))
     config.save()
@@ -79,8 +82,6 @@ def check_private_files(config: CenterConfig) -> None:
     metrics files (`center serve` replaces them), the SQLite database with its -wal/-shm/-journal
     files and the token PIN file wherever they are.
     """
-    from center.ops.observability import METRICS_DIR_NAME
-
     skip = frozenset({config.cert_file, config.data_dir / METRICS_DIR_NAME})
     extra = (*_sqlite_files(config.db_url), *([Path(config.token_pin_file)] if config.token_pin_file else []))
     try:
@@ -92,8 +93,6 @@ def check_private_files(config: CenterConfig) -> None:
 
 
 def _sqlite_files(db_url: str) -> tuple[Path, ...]:
-    from sqlalchemy.engine import make_url
-
     url = make_url(db_url)
     database = url.database or ""
     if url.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
@@ -122,8 +121,8 @@ def _check_fresh_dir(data_dir: Path) -> None:
 def _make_own_softhsm_token(config: CenterConfig) -> None:
     secrets_dir = config.data_dir / "secrets"
     pin, so_pin = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-    write_private_file(secrets_dir / "token-pin", pin.encode())
-    write_private_file(secrets_dir / "token-so-pin", so_pin.encode())
+    _write_secret(secrets_dir / "token-pin", pin.encode())
+    _write_secret(secrets_dir / "token-so-pin", so_pin.encode())
     conf = write_softhsm_config(config.data_dir / "softhsm")
     init_softhsm_token(conf, config.token_label, so_pin, pin)
     config.softhsm_conf = str(conf)
@@ -142,9 +141,17 @@ def _write_tls(config: CenterConfig, receipt_spki: bytes, extra_names: list[str]
     ips = sorted({"127.0.0.1", "::1", *[n for n in extra_names if _is_ip(n)]})
     cert_pem, key_pem = make_tls_certificate(config.center_id, receipt_spki, dns_names, ips)
     key_file = config.data_dir / "tls" / "key.pem"
-    write_private_file(key_file, key_pem)
-    config.cert_file.write_bytes(cert_pem)
+    _write_secret(key_file, key_pem)
+    # Public (wallets pin it; hand out copies freely), yet 0600 here like everything in D:
+    # make_tree_private would tighten it anyway, and `serve` does not mind if it is opened up.
+    write_new_file(config.cert_file, cert_pem)
     config.tls_key_file = str(key_file)
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """A new file in a fresh data directory (secrets/, tls/ made 0700 on first use)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_new_file(path, data)
 
 
 def _is_ip(name: str) -> bool:

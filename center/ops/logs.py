@@ -100,7 +100,7 @@ def configure(log_format: str, log_level: str) -> dict:
 
 
 def _timestamp(created_s: float) -> str:
-    moment = dt.datetime.fromtimestamp(created_s, dt.timezone.utc)
+    moment = dt.datetime.fromtimestamp(created_s, dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 

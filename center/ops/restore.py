@@ -28,17 +28,32 @@ import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
+from center.ledger.audit import verify_chain
+from center.ledger.book import check_ledger
 from center.ops import backup_db
 from center.ops.backup_crypto import MAGIC as ENCRYPTED_MAGIC
 from center.ops.backup_crypto import BackupCryptoError, DecryptingReader
-from center.ops.backup_format import (DATA_PREFIX, GZIP_HEADER, MANIFEST_NAME, MAX_DATA_FILE_BYTES, MAX_MANIFEST_BYTES,
-                                  BackupError, Manifest, MemberSpec, check_member_name, parse_manifest)
+from center.ops.backup_format import (
+    DATA_PREFIX,
+    GZIP_HEADER,
+    MANIFEST_NAME,
+    MAX_DATA_FILE_BYTES,
+    MAX_MANIFEST_BYTES,
+    BackupError,
+    Manifest,
+    MemberSpec,
+    check_member_name,
+    parse_manifest,
+)
 from center.ops.backup_signing import MAX_SIGNATURE_MEMBER_BYTES, SIGNATURE_NAME, BackupVerifier
-from center.storage.config import CONFIG_NAME, CenterConfig, write_private_file
+from center.storage.config import CONFIG_NAME, CenterConfig
+from center.storage.db import current_revision, make_engine, migrate, schema_status
+from hostkit.private_files import PRIVATE_DIR_MODE, new_file_stream, replace_file
+from tokens.softhsm import SoftHsmError, find_softhsm_module
 
 COPY_BLOCK_BYTES = 1024 * 1024
 SQLITE_NAME = "center.db"
@@ -89,8 +104,6 @@ def restore_backup(file: Path, new_dir: Path, *, db_url: str | None, password: s
 
 def choose_pkcs11_module(given: str | None) -> str:
     """The token module the restored center will load: the command line's, else this machine's SoftHSM."""
-    from tokens.softhsm import SoftHsmError, find_softhsm_module
-
     if given is None:
         try:
             return find_softhsm_module()
@@ -261,7 +274,7 @@ def _rewrite_config(staging: Path, old_dir: str, new_dir: Path, db_url: str, pkc
     document = _rebase(json.loads(path.read_text()), old_dir, str(new_dir), 0)
     document["db_url"] = db_url
     document["pkcs11_module"] = pkcs11_module  # a library `center serve` loads: this machine's, never the archive's
-    write_private_file(path, json.dumps(document, indent=2, sort_keys=True).encode())
+    replace_file(path, json.dumps(document, indent=2, sort_keys=True).encode())
     conf = document.get("softhsm_conf")
     if isinstance(conf, str) and Path(conf).is_relative_to(new_dir):
         _rewrite_softhsm_conf(staging / Path(conf).relative_to(new_dir), old_dir, str(new_dir))
@@ -286,7 +299,7 @@ def _rewrite_softhsm_conf(path: Path, old_dir: str, new_dir: str) -> None:
         key, _, value = line.partition("=")
         if key.strip() == SOFTHSM_TOKENDIR_KEY:
             lines[index] = f"{SOFTHSM_TOKENDIR_KEY} = {_rebase(value.strip(), old_dir, new_dir, 0)}\n"
-    write_private_file(path, "".join(lines).encode())
+    replace_file(path, "".join(lines).encode())
 
 
 def _move_into_place(staging: Path, new_dir: Path) -> None:
@@ -299,8 +312,6 @@ def _move_into_place(staging: Path, new_dir: Path) -> None:
 def _upgrade_schema(db_url: str) -> dict:
     """A backup from an older version comes back upgraded (as `center migrate` would); one from a newer
     version is left as it is, and `center serve` says which version to run."""
-    from center.storage.db import current_revision, make_engine, migrate, schema_status
-
     engine = make_engine(db_url)
     try:
         status = schema_status(engine)
@@ -312,10 +323,6 @@ def _upgrade_schema(db_url: str) -> dict:
 
 
 def _run_checks(db_url: str) -> tuple[dict, dict]:
-    from center.ledger.audit import verify_chain
-    from center.storage.db import make_engine
-    from center.ledger.book import check_ledger
-
     engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
@@ -332,17 +339,16 @@ class _StagedFile:
     def __init__(self, staging: Path, path: Path):
         # Every directory 0700 (mkdir(parents=True) would leave the intermediate ones to the umask).
         for directory in [*reversed(path.parent.relative_to(staging).parents), path.parent.relative_to(staging)]:
-            (staging / directory).mkdir(exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        self._handle = os.fdopen(fd, "wb")
+            (staging / directory).mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
+        # The stream is held open across write() calls; close() ends it (fsync of file and directory).
+        self._stream = new_file_stream(path)
+        self._handle = self._stream.__enter__()
 
     def write(self, block: bytes) -> None:
         self._handle.write(block)
 
     def close(self) -> None:
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
+        self._stream.__exit__(None, None, None)
 
 
 class _Capture:

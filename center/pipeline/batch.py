@@ -12,12 +12,15 @@ Why it is cheap: the statements do not grow with the batch. One transaction
 2. reads, locking in one global order (keys, then accounts, each sorted; the audit head last,
    as a single request does), the key rows, the earlier answers, the payees and the accounts;
 3. books each payment in memory, in order, with the same rules as the single path
-   (center.pipeline.handlers.check_payment, center.ledger.book.Book: same checks, same refusals);
+   (center.pipeline.handlers.check_payment, center.ledger.book.Book: same checks, same refusals;
+   the counter window, earlier answers and conflicts by center.pipeline.rules);
 4. writes everything back with one statement per table (executemany: pipelined on
-   PostgreSQL), appends the audit entries at once, signs the receipts, stores the answers.
+   PostgreSQL), appends the audit entries at once, signs the receipts, stores the answers
+   (center.pipeline.rules.seal and answer_row: the single path's entries, receipts and rows).
 A refusal before any booking leaves only the counter advanced, which its recorded refusal needs.
 Every refusal of a verified payment that is not "try again" (ApiError.final) is signed by the
-center like a receipt (Center.signed_refusal); a rule refusal is also recorded under its message id.
+center like a receipt (center.pipeline.rules.signed_refusal); a rule refusal is also recorded
+under its message id.
 `balance_limit` (a credit past 2**53) aborts the batch. On an abort, or when the batch meets a
 concurrent request for the same key or message (a unique violation), or PostgreSQL names it a
 deadlock victim, the transaction rolls back and each payment is answered alone by the
@@ -26,21 +29,21 @@ single-request path, which knows how to find a concurrent winner's answer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from typing import Protocol
 
-from sqlalchemy import Connection, bindparam, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from center.ledger import audit
-
-from center.pipeline import handlers
-
-from center.ledger import book as ledger
-from center.storage.db import keys, messages, parties
 from center.errors import ApiError
 from center.keys.lifecycle import inactive_key_error
-from center.pipeline.service import COUNTER_WINDOW, counter_reused, counter_too_old
+from center.ledger import book as ledger
+from center.pipeline import handlers, rules
+from center.pipeline.accept import accept_verified
+from center.pipeline.rules import error_answer
+from center.pipeline.types import CenterContext, Outcome, Verified
+from center.storage.db import keys, messages, parties
+from paywire.envelope import Envelope
 from paywire.messages import PAY
 
 MAX_BATCH_ITEMS = 100
@@ -49,19 +52,21 @@ REFUSALS_AFTER_WRITES = frozenset({"balance_limit"})
 # PostgreSQL: deadlock_detected, serialization_failure.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
-# Built once (see center/ledger.py). Keys are locked sorted, before the accounts (ledger.Book).
-_LOCK_KEYS = (select(keys.c.kid, keys.c.status, keys.c.last_ctr).where(keys.c.kid.in_(bindparam("kids", expanding=True)))
+# Built once (see center/ledger/book.py). Keys are locked sorted, before the accounts (ledger.Book).
+_LOCK_KEYS = (select(keys.c.kid, keys.c.status, keys.c.last_ctr)
+              .where(keys.c.kid.in_(bindparam("kids", expanding=True)))
               .order_by(keys.c.kid).with_for_update())
 _WRITE_COUNTER = update(keys).where(keys.c.kid == bindparam("k_kid")).values(last_ctr=bindparam("k_last"))
-_EARLIER_ANSWERS = select(messages.c.kid, messages.c.msg_id, messages.c.payload_sha256, messages.c.response).where(
-    tuple_(messages.c.kid, messages.c.msg_id).in_(bindparam("pairs", expanding=True)))
+_EARLIER_ANSWERS = (select(messages.c.kid, messages.c.msg_id, messages.c.payload_sha256, messages.c.response)
+                    .where(tuple_(messages.c.kid, messages.c.msg_id).in_(bindparam("pairs", expanding=True))))
 _STORES = select(parties.c.id, parties.c.name, parties.c.status).where(
     parties.c.id.in_(bindparam("ids", expanding=True)), parties.c.role == "store")
-_STORE_ANSWERS = insert(messages)
 
 
-def error_answer(error: ApiError) -> dict:
-    return error.body() | {"status": error.status}  # as alone, plus the status it would have had
+class VerifyingCenter(CenterContext, Protocol):
+    """What the batch needs of the center beyond a handler's context: its verification step."""
+
+    def verify_request(self, envelope: Envelope, expected_type: str) -> Verified: ...
 
 
 class _Abort(Exception):
@@ -70,16 +75,16 @@ class _Abort(Exception):
 
 @dataclass
 class _Item:
-    request: object  # center.pipeline.service.Verified
+    request: Verified
     answer: dict | None = None
-    same_as: "_Item | None" = None
+    same_as: _Item | None = None
     conflict: ApiError | None = None  # reuses a message id or counter of an earlier item in the batch
-    outcome: handlers.Outcome | None = None
+    outcome: Outcome | None = None
     refusal: ApiError | None = None  # a final refusal by the rules, recorded with the batch
     now_ms: int = 0
 
 
-def submit_batch(center, envelopes: list, expected_type: str) -> list[dict]:
+def submit_batch(center: VerifyingCenter, envelopes: list[Envelope], expected_type: str) -> list[dict]:
     """One answer per envelope, in order: {"receipt": ...} or {"error": {...}, "status": N}."""
     if len(envelopes) > MAX_BATCH_ITEMS:
         raise ApiError("batch_too_large", f"a batch holds at most {MAX_BATCH_ITEMS} signed messages")
@@ -91,13 +96,14 @@ def submit_batch(center, envelopes: list, expected_type: str) -> list[dict]:
             verified.append((index, center.verify_request(envelope, expected_type)))
         except ApiError as error:
             answers[index] = error_answer(error)
-    for (index, _), answer in zip(verified, answer_verified(center, [request for _, request in verified])):
+    for (index, _), answer in zip(verified, answer_verified(center, [request for _, request in verified]),
+                                  strict=True):
         answers[index] = answer
     assert all(answer is not None for answer in answers)
     return answers
 
 
-def answer_verified(center, requests: list) -> list[dict]:
+def answer_verified(center: CenterContext, requests: list[Verified]) -> list[dict]:
     """Answers to verified payment requests, in order, committed together when they can be."""
     assert len(requests) <= MAX_BATCH_ITEMS
     items = [_Item(request) for request in requests]
@@ -135,19 +141,20 @@ def _settle_duplicates(items: list[_Item]) -> list[_Item]:
             continue
         # Refused, but only after the checks a single request meets first (key status, earlier answer).
         if first is not None:
-            item.conflict = ApiError("message_id_conflict", "this message id was already used for a different message")
+            item.conflict = rules.message_id_conflict()
         elif (header.kid, header.ctr) in by_counter:
-            item.conflict = counter_reused()
+            item.conflict = rules.counter_reused()
         else:
             by_message[(header.kid, header.msg_id)] = by_counter[(header.kid, header.ctr)] = item
         unique.append(item)
     return unique
 
 
-def _answer_together(center, conn: Connection, items: list[_Item]) -> None:
+def _answer_together(center: CenterContext, conn: Connection, items: list[_Item]) -> None:
     counters = _Counters(conn, items)
     earlier = _earlier_answers(conn, items)
-    stores = {row.id: row for row in conn.execute(_STORES, {"ids": sorted({i.request.body["payee"] for i in items})})}
+    payees = sorted({item.request.body["payee"] for item in items})
+    stores = {row.id: row for row in conn.execute(_STORES, {"ids": payees})}
     book = ledger.Book(conn, [ledger.party_account(party) for item in items
                               for party in (item.request.signer.party_id, item.request.body["payee"])])
     payments = []
@@ -159,28 +166,33 @@ def _answer_together(center, conn: Connection, items: list[_Item]) -> None:
         handlers.insert_payments(conn, payments)
     accepted = [item for item in items if item.outcome is not None]
     if accepted:
-        _seal(center, conn, accepted)
+        handled = [rules.Handled(i.request.envelope, i.request.header, i.outcome, i.now_ms) for i in accepted]
+        for item, answer in zip(accepted, rules.seal(center, conn, handled), strict=True):
+            item.answer = answer
     stored = [item for item in items if item.outcome is not None or item.refusal is not None]
     if stored:
-        conn.execute(_STORE_ANSWERS, [_answer_row(item) for item in stored])
+        rules.store_answers(conn, [_answer_row(item) for item in stored])
 
 
-def _book_one(center, item: _Item, counters: "_Counters", earlier: dict, stores: dict, book, payments: list) -> None:
-    """One payment, as center.pipeline.service answers it alone: key status, earlier answer, counter, rules, money."""
+def _book_one(center: CenterContext, item: _Item, counters: _Counters, earlier: dict, stores: dict, book,
+              payments: list) -> None:
+    """One payment, as center.pipeline.service answers it alone: key status, earlier answer, counter,
+    rules, money."""
     header, signer, body = item.request.header, item.request.signer, item.request.body
 
     def refused(error: ApiError) -> dict:  # final for these bytes by nature; not recorded
-        return error_answer(center.signed_refusal(header, item.request.envelope, error))
+        return error_answer(rules.signed_refusal(center, header, item.request.envelope, error))
 
     status = counters.status(header.kid)
     if status != "active":  # revoked, rotated, not bound yet, rejected
         item.answer = refused(inactive_key_error(status or "revoked"))
         return
     if (header.kid, header.msg_id) in earlier:
-        item.answer = _recorded_answer(earlier[(header.kid, header.msg_id)], item.request.payload_sha256)
-        if "error" in item.answer and "refusal" not in item.answer:  # recorded before refusals were signed
-            item.answer = refused(ApiError(item.answer["error"]["code"], item.answer["error"]["message"],
-                                           item.answer["status"]))
+        try:
+            item.answer = rules.raise_error_answer(
+                rules.recorded_answer(earlier[(header.kid, header.msg_id)], item.request.payload_sha256))
+        except ApiError as error:  # a recorded refusal (signed now if it was recorded unsigned), a conflict
+            item.answer = refused(error)
         return
     if item.conflict is not None:
         item.answer = refused(item.conflict)
@@ -195,13 +207,13 @@ def _book_one(center, item: _Item, counters: "_Counters", earlier: dict, stores:
     try:
         handlers.check_payment(center, signer, body, store)
         payment_id = ledger.new_id("P")
-        balance_minor = book.move(debit=ledger.party_account(signer.party_id), credit=ledger.party_account(store.id),
-                                  amount_minor=body["amount_minor"], kind="payment", ref=payment_id,
-                                  now_ms=item.now_ms)
+        balance_minor = book.move(debit=ledger.party_account(signer.party_id),
+                                  credit=ledger.party_account(store.id), amount_minor=body["amount_minor"],
+                                  kind="payment", ref=payment_id, now_ms=item.now_ms)
     except ApiError as refusal:
         if refusal.code in REFUSALS_AFTER_WRITES or not refusal.final:
             raise _Abort(refusal.code) from None
-        item.refusal = center.signed_refusal(header, item.request.envelope, refusal)
+        item.refusal = rules.signed_refusal(center, header, item.request.envelope, refusal)
         item.answer = error_answer(item.refusal)
         return
     payments.append(handlers.payment_row(payment_id, signer, store, body, item.now_ms))
@@ -209,7 +221,8 @@ def _book_one(center, item: _Item, counters: "_Counters", earlier: dict, stores:
 
 
 class _Counters:
-    """Key rows of the batch, locked (sorted) and advanced in memory like service._advance_counter."""
+    """Key rows of the batch, locked (sorted) and advanced in memory by the counter rule
+    (center.pipeline.rules.advanced_counter, the single path's statement in memory)."""
 
     def __init__(self, conn: Connection, items: list[_Item]):
         rows = conn.execute(_LOCK_KEYS, {"kids": sorted({item.request.header.kid for item in items})}).all()
@@ -223,15 +236,15 @@ class _Counters:
     def advance(self, header) -> None:
         """Accept the counter within the window below the highest; a reused one is left to the unique
         index on messages (kid, ctr), as on the single path's first attempt."""
-        if not self._last_ctr[header.kid] < header.ctr + COUNTER_WINDOW:
-            raise counter_too_old()
-        if header.ctr > self._last_ctr[header.kid]:
-            self._last_ctr[header.kid] = header.ctr
+        last_ctr = rules.advanced_counter(self._last_ctr[header.kid], header.ctr)
+        if last_ctr != self._last_ctr[header.kid]:
+            self._last_ctr[header.kid] = last_ctr
             self._changed.add(header.kid)
 
     def write(self, conn: Connection) -> None:
         if self._changed:
-            conn.execute(_WRITE_COUNTER, [{"k_kid": kid, "k_last": self._last_ctr[kid]} for kid in sorted(self._changed)])
+            conn.execute(_WRITE_COUNTER, [{"k_kid": kid, "k_last": self._last_ctr[kid]}
+                                          for kid in sorted(self._changed)])
 
 
 def _earlier_answers(conn: Connection, items: list[_Item]) -> dict:
@@ -239,40 +252,15 @@ def _earlier_answers(conn: Connection, items: list[_Item]) -> dict:
     return {(row.kid, row.msg_id): row for row in conn.execute(_EARLIER_ANSWERS, {"pairs": pairs})}
 
 
-def _recorded_answer(row, payload_sha256: str) -> dict:
-    if row.payload_sha256 != payload_sha256:
-        return error_answer(ApiError("message_id_conflict", "this message id was already used for a different "
-                                                            "message"))
-    response = json.loads(row.response)
-    if "error" in response:
-        kept = ("error", "status", "refusal")  # "refusal": absent when recorded before refusals were signed
-        return {key: response[key] for key in kept if key in response}
-    return response
-
-
-def _seal(center, conn: Connection, accepted: list[_Item]) -> None:
-    """Audit entries for the accepted payments, then their receipts, which name the entries' seqs."""
-    seqs = audit.append_many(conn, [
-        {"kid": item.request.envelope.kid, "alg": item.request.envelope.alg, "payload": item.request.envelope.payload,
-         "signature": item.request.envelope.sig, "msg_type": item.request.header.type,
-         "msg_id": item.request.header.msg_id, "action": item.outcome.result, "now_ms": item.now_ms}
-        for item in accepted])
-    for item, seq in zip(accepted, seqs):
-        receipt = center.signer.sign_receipt(request_header=item.request.header, request=item.request.envelope,
-                                             result=item.outcome.result, ctr=seq, now_s=item.now_ms // 1000)
-        item.answer = {"receipt": receipt.to_json(), **item.outcome.extras}
-
-
 def _answer_row(item: _Item) -> dict:
-    header = item.request.header
-    response = item.answer if item.refusal is None else item.refusal.body() | {"status": item.refusal.status}
-    return {"kid": header.kid, "msg_id": header.msg_id, "msg_type": header.type, "ctr": header.ctr,
-            "payload_sha256": item.request.payload_sha256, "response": json.dumps(response, separators=(",", ":")),
-            "created_at_ms": item.now_ms}
+    request = item.request
+    if item.refusal is not None:
+        return rules.refusal_row(request.header, request.payload_sha256, item.refusal, item.now_ms)
+    return rules.answer_row(request.header, request.payload_sha256, item.answer, item.now_ms)
 
 
-def _answer_alone(center, request) -> dict:
+def _answer_alone(center: CenterContext, request: Verified) -> dict:
     try:
-        return center.accept_verified(request)
+        return accept_verified(center, request)
     except ApiError as error:
         return error_answer(error)

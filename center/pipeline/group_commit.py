@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
-from center.pipeline.batch import MAX_BATCH_ITEMS, answer_verified
 from center.errors import ApiError
+from center.pipeline.batch import MAX_BATCH_ITEMS, answer_verified
+from center.pipeline.types import CenterContext, Verified
 
 IDLE_EXIT_S = 5.0
 # Payments waiting beyond this are refused at once rather than queued without bound.
@@ -30,14 +31,15 @@ Done = Callable[[dict | None, BaseException | None], None]
 
 
 class GroupCommit:
-    def __init__(self, center):
+    def __init__(self, center: CenterContext):
         self._center = center
         self._waiting: queue.Queue = queue.Queue(maxsize=MAX_WAITING)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def submit(self, request, done: Done) -> None:
-        """Queue a verified payment; `done(answer, None)` or `done(None, failure)` runs on the committer thread."""
+    def submit(self, request: Verified, done: Done) -> None:
+        """Queue a verified payment; `done(answer, None)` or `done(None, failure)` runs on the committer
+        thread."""
         try:
             self._waiting.put_nowait((request, done))
         except queue.Full:
@@ -45,7 +47,7 @@ class GroupCommit:
                                          "retry the same signed message later", 503) from None
         self._ensure_committer()
 
-    def answer(self, request) -> dict:
+    def answer(self, request: Verified) -> dict:
         """Block until the payment's answer ({"receipt": ...} or {"error": ..., "status": N}) is committed."""
         finished = threading.Event()
         outcome: list = []
@@ -58,7 +60,7 @@ class GroupCommit:
         finished.wait()
         return _unwrap(*outcome)
 
-    async def answer_async(self, request) -> dict:
+    async def answer_async(self, request: Verified) -> dict:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
 
@@ -99,7 +101,7 @@ class GroupCommit:
             for _, done in batch:
                 done(None, failure)
             return
-        for (_, done), answer in zip(batch, answers):
+        for (_, done), answer in zip(batch, answers, strict=True):
             done(answer, None)
 
 

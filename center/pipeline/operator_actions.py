@@ -17,22 +17,19 @@ OPERATOR_ACTION_ARGS and its entry here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import Connection, select
 
-from center.storage.db import parties, topups
 from center.errors import ApiError, Refusal
-from center.ledger.funding import decide_topup_in
 from center.keys.admin import revoke_key_in
 from center.keys.binding import bind_key_in, reject_key_in
 from center.keys.operators import OPERATOR_ROLES
+from center.ledger.funding import decide_topup_in
+from center.pipeline.types import CenterContext, Outcome, Signer
+from center.storage.db import parties, topups
 from paywire.messages import OPERATOR_ACTION_ARGS, Header
-
-if TYPE_CHECKING:
-    from center.pipeline.handlers import Outcome
-    from center.pipeline.service import Center, Signer
 
 OPERATOR = frozenset({"operator"})
 ANY_OPERATOR_ROLE = frozenset(OPERATOR_ROLES)
@@ -40,8 +37,8 @@ ANY_OPERATOR_ROLE = frozenset(OPERATOR_ROLES)
 
 @dataclass(frozen=True)
 class ActionContext:
-    center: "Center"
-    signer: "Signer"
+    center: CenterContext
+    signer: Signer
     header: Header
     now_ms: int
 
@@ -69,15 +66,16 @@ def _decline_topup(conn: Connection, ctx: ActionContext, args: dict) -> dict:
 def _require_same_topup(conn: Connection, ctx: ActionContext, args: dict) -> None:
     """The signed decision names the top-up the operator was shown (`show_topup`): its member,
     amount and currency must be this top-up's, or nothing is decided."""
-    topup = conn.execute(select(topups.c.member_id, topups.c.amount_minor).where(topups.c.id == args["topup_id"])
-                         .with_for_update()).first()
+    topup = conn.execute(select(topups.c.member_id, topups.c.amount_minor)
+                         .where(topups.c.id == args["topup_id"]).with_for_update()).first()
     if topup is None:
         raise ApiError("unknown_topup", f"no top-up {args['topup_id']}")
     signed = (args["member_id"], args["amount_minor"], args["currency"])
     actual = (topup.member_id, topup.amount_minor, ctx.center.currency)
     if signed != actual:
-        raise Refusal("topup_details_mismatch", f"top-up {args['topup_id']} is {actual[1]} minor units of {actual[2]} "
-                      f"for {actual[0]}, not {signed[1]} of {signed[2]} for {signed[0]}: nothing was decided", 409)
+        raise Refusal("topup_details_mismatch",
+                      f"top-up {args['topup_id']} is {actual[1]} minor units of {actual[2]} for {actual[0]}, "
+                      f"not {signed[1]} of {signed[2]} for {signed[0]}: nothing was decided", 409)
 
 
 def _show_topup(conn: Connection, ctx: ActionContext, args: dict) -> dict:
@@ -89,10 +87,10 @@ def _show_topup(conn: Connection, ctx: ActionContext, args: dict) -> dict:
                        .where(topups.c.id == args["topup_id"])).first()
     if row is None:
         raise ApiError("unknown_topup", f"no top-up {args['topup_id']}")
-    return {"action": "topup_shown", "topup_id": row.id, "member_id": row.member_id, "member_name": row.member_name,
-            "amount_minor": row.amount_minor, "currency": ctx.center.currency, "method": row.method,
-            "status": row.status, "created_at_ms": row.created_at_ms, "decided_at_ms": row.decided_at_ms,
-            "decided_by": row.decided_by}
+    return {"action": "topup_shown", "topup_id": row.id, "member_id": row.member_id,
+            "member_name": row.member_name, "amount_minor": row.amount_minor, "currency": ctx.center.currency,
+            "method": row.method, "status": row.status, "created_at_ms": row.created_at_ms,
+            "decided_at_ms": row.decided_at_ms, "decided_by": row.decided_by}
 
 
 def _revoke_key(conn: Connection, ctx: ActionContext, args: dict) -> dict:
@@ -104,7 +102,8 @@ def _bind_key(conn: Connection, ctx: ActionContext, args: dict) -> dict:
 
 
 def _reject_key(conn: Connection, ctx: ActionContext, args: dict) -> dict:
-    return reject_key_in(conn, args["kid"], reason=args["reason"], decided_by=ctx.decided_by, now_ms=ctx.now_ms)
+    return reject_key_in(conn, args["kid"], reason=args["reason"], decided_by=ctx.decided_by,
+                         now_ms=ctx.now_ms)
 
 
 def _whoami(conn: Connection, ctx: ActionContext, args: dict) -> dict:
@@ -125,22 +124,23 @@ ACTIONS: dict[str, OperatorAction] = {
 assert set(ACTIONS) == set(OPERATOR_ACTION_ARGS), "every wire action needs a registry entry, and back"
 
 
-def require_operator_key(signer: "Signer") -> None:
+def require_operator_key(signer: Signer) -> None:
     """Operator endpoints take operator and auditor keys only; a member's or store's key is refused."""
     if signer.role not in OPERATOR_ROLES:
-        raise Refusal("not_an_operator", f"this key belongs to a {signer.role}, not to an operator or auditor")
+        raise Refusal("not_an_operator",
+                      f"this key belongs to a {signer.role}, not to an operator or auditor")
 
 
-def perform(center: "Center", conn: Connection, signer: "Signer", header: Header, body: dict, now: int) -> "Outcome":
+def perform(center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict,
+            now_ms: int) -> Outcome:
     """The `operator_action` handler (center.pipeline.handlers.HANDLERS), inside the request's transaction."""
-    from center.pipeline.handlers import Outcome
-
     require_operator_key(signer)
     name = body["action"]
     action = ACTIONS[name]  # the wire check admits only registered actions
     if signer.role not in action.roles:
         raise Refusal("operator_role_required",
-                      f"{name} needs the role {' or '.join(sorted(action.roles))}; this key's role is {signer.role}")
-    result = action.run(conn, ActionContext(center, signer, header, now), body["args"])
+                      f"{name} needs the role {' or '.join(sorted(action.roles))}; "
+                      f"this key's role is {signer.role}")
+    result = action.run(conn, ActionContext(center, signer, header, now_ms), body["args"])
     assert "operator_id" not in result and "operator_action" not in result
     return Outcome(result | {"operator_action": name, "operator_id": signer.party_id, "role": signer.role})

@@ -17,6 +17,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hostkit.cli import read_secret
+from hostkit.private_files import replace_file
+
 CONFIG_NAME = "config.json"
 CERT_NAME = "center-cert.pem"
 
@@ -53,10 +56,10 @@ class CenterConfig:
     def save(self) -> None:
         document = asdict(self)
         document.pop("data_dir")
-        write_private_file(self.data_dir / CONFIG_NAME, json.dumps(document, indent=2, sort_keys=True).encode())
+        replace_file(self.data_dir / CONFIG_NAME, json.dumps(document, indent=2, sort_keys=True).encode())
 
     @classmethod
-    def load(cls, data_dir: Path) -> "CenterConfig":
+    def load(cls, data_dir: Path) -> CenterConfig:
         path = Path(data_dir) / CONFIG_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: run `center init --data-dir {data_dir}` first")
@@ -65,8 +68,6 @@ class CenterConfig:
 
     def token_pin(self) -> str:
         # The one bounded reader of secret files: a PIN file that never ends is refused, not read.
-        from hostkit.cli import read_secret
-
         return read_secret(what="token PIN", file_option=self.token_pin_file, env_var=None).strip()
 
     def apply_token_environment(self) -> None:
@@ -74,15 +75,3 @@ class CenterConfig:
         # loaded: set it before the first token call (DESIGN.md).
         if self.softhsm_conf:
             os.environ["SOFTHSM2_CONF"] = self.softhsm_conf
-
-
-def write_private_file(path: Path, data: bytes) -> None:
-    """Write a file readable by the owner only, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

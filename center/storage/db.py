@@ -14,8 +14,22 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import (BigInteger, Boolean, Column, Engine, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
-                        Table, Text, create_engine, event)
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
 
 metadata = MetaData()
 
@@ -249,6 +263,8 @@ Index("ux_store_names_first_of_skeleton", store_names.c.skeleton_sha256, unique=
       sqlite_where=store_names.c.resembles.is_(None), postgresql_where=store_names.c.resembles.is_(None))
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# A writer waits this long for SQLite's write lock before giving up ("database is locked").
+SQLITE_BUSY_TIMEOUT_S = 30
 
 
 def normalise_url(url: str) -> str:
@@ -261,7 +277,7 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
@@ -277,7 +293,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")  # an acknowledged payment survives power loss
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -286,7 +302,7 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _alembic_config() -> Config:
+def alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
@@ -294,7 +310,7 @@ def _alembic_config() -> Config:
 
 def head_revision() -> str:
     """The schema revision this code is written for (the newest migration)."""
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
@@ -317,7 +333,7 @@ class SchemaStatus:
 
 def schema_status(engine: Engine) -> SchemaStatus:
     current = current_revision(engine)
-    scripts = ScriptDirectory.from_config(_alembic_config())
+    scripts = ScriptDirectory.from_config(alembic_config())
     head = scripts.get_current_head()
     assert head is not None
     if current == head:
@@ -330,7 +346,7 @@ def schema_status(engine: Engine) -> SchemaStatus:
 
 
 def migrate(engine: Engine) -> None:
-    config = _alembic_config()
+    config = alembic_config()
     with engine.connect() as connection:
         sqlite = engine.dialect.name == "sqlite"
         if sqlite:

@@ -1,53 +1,18 @@
-"""Files the center hands to people (payout files, audit exports): written
-completely, fsynced, and given their name only at the end, never over an
-existing file."""
+"""The center's data directory: its permissions checked and tightened (the rule itself is
+hostkit.private_files, which also writes every file the center hands out)."""
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
-# Filesystems that cannot hard-link (FAT on an auditor's USB stick, some mounts).
-NO_LINK_ERRNOS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
-
-
-def link_no_clobber(tmp: Path, path: Path) -> None:
-    """Give `tmp` the name `path`; FileExistsError if that name exists.
-
-    link() is atomic and fails on an existing name, where rename() would
-    silently replace it. Without hard links: check, then rename (the window is
-    two writers choosing the same name at the same instant).
-    """
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError as error:
-        if error.errno not in NO_LINK_ERRNOS:
-            raise
-        if os.path.lexists(path):
-            raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
-        os.rename(tmp, path)
-
-
-def fsync_directory(directory: Path) -> None:
-    """The new directory entry must survive a crash too, not only the data."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from hostkit.private_files import access_problem, make_private
 
 
 def remove_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    """`path.unlink(missing_ok=True)`, kept for center.cli.issuer."""
+    path.unlink(missing_ok=True)
 
-
-# --- the data directory: the owner's alone (hostkit.private_files holds the rule) ------------------
 
 # A data directory holds a few dozen files; a walk stops here rather than run for ever.
 MAX_TREE_ENTRIES = 10_000
@@ -68,8 +33,6 @@ def _walk_tree(root: Path, skip: frozenset[Path]) -> list[Path]:
 
 def make_tree_private(root: Path) -> None:
     """Directories 0700 and files 0600 under root (root included), whatever they were before."""
-    from hostkit.private_files import make_private
-
     for path in _walk_tree(root, frozenset()):
         make_private(path)
 
@@ -81,8 +44,6 @@ def first_open_path(root: Path, *, skip: frozenset[Path] = frozenset(),
     The root itself is checked first: with a private root nothing below it is reachable by others,
     but an open file under it still is once someone loosens the directory again.
     """
-    from hostkit.private_files import access_problem
-
     for path in (*_walk_tree(root, skip), *extra):
         problem = access_problem(path)
         if problem is not None:

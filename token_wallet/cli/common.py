@@ -1,98 +1,168 @@
-"""What the wallet's commands share: the Typer app, option types, secrets,
-opening the vault and the token, signing and delivering, output helpers."""
+"""What the wallet's commands share: the Typer app objects, option types, secrets, opening the
+vault and the token, signing and delivering, output helpers.
+
+Command modules (token_wallet.cli.card, wallet_home, keys, money, operator, operator_keys, ...)
+import this module and helper modules (token_wallet.cli.recovery), never each other: each registers
+its commands on `app` (or a group here) when token_wallet.cli.main imports it, in main's order.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated
 
 import typer
+from cryptography.hazmat.primitives import serialization
 from rich.console import RenderableType
 from rich.text import Text
 
+from hostkit.cli import CliError, emit, quoted, read_option_file, read_secret, stderr_console
+from hostkit.private_files import write_new_file
+from paywire.center_cert import CenterIdentity, read_center_certificate
+from paywire.messages import ENROLL
 from paywire.money import AmountError, format_amount, parse_amount
 from token_wallet.client import CenterRefused, CenterUnreachable
-from hostkit.cli import CliError, emit, quoted, read_secret, stderr_console
 from token_wallet.home import check_wallet_home
+from token_wallet.vault import Vault
+from token_wallet.vault_lock import vault_lock
+from token_wallet.wallet import Wallet, vault_path
 from tokens import open_token
 from tokens.base import WrongPin
-from token_wallet.vault import Vault, vault_lock
-from token_wallet.wallet import Wallet, vault_path
 
-app = typer.Typer(help="tokenpay wallet: pay with a key that lives on your token", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-Home = Annotated[Optional[Path], typer.Option("--home", envvar="WALLET_HOME", help="Wallet home directory")]
+DEFAULT_HOME_NAME = ".tokenpay-wallet"  # under the user's home directory
+CENTER_CERT_MAX_BYTES = 16 * 1024
+# A public key file is for others to read (an operator, an issuer); still never written over.
+PUBLIC_FILE_MODE = 0o644
+MEMBER_ROLES = ("member", "store")
+
+app = typer.Typer(
+    help="tokenpay wallet: pay with a key that lives on your token",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# The command groups, added here so that their place in `wallet --help` is fixed (after the commands).
+card_app = typer.Typer(help="OpenPGP smartcard: status and PIN unblocking", no_args_is_help=True)
+app.add_typer(card_app, name="card")
+operator_app = typer.Typer(
+    help="Operator actions, each signed with this wallet's token key", no_args_is_help=True
+)
+app.add_typer(operator_app, name="operator")
+
+Home = Annotated[Path | None, typer.Option("--home", envvar="WALLET_HOME", help="Wallet home directory")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout")]
-PasswordAFile = Annotated[Optional[str], typer.Option("--password-a-file", envvar="WALLET_PASSWORD_A_FILE",
-                                                      help="File whose first line is password A")]
-PasswordBFile = Annotated[Optional[str], typer.Option("--password-b-file", envvar="WALLET_PASSWORD_B_FILE",
-                                                      help="File whose first line is password B (token PIN)")]
-PasswordAFd = Annotated[Optional[int], typer.Option("--password-a-fd", help="Read password A from this descriptor")]
-PasswordBFd = Annotated[Optional[int], typer.Option("--password-b-fd", help="Read password B from this descriptor")]
-CardTimeout = Annotated[float, typer.Option("--card-timeout", min=0, max=3600,
-                                            help="Seconds to wait for the smartcard to be inserted")]
+PasswordAFile = Annotated[
+    str | None,
+    typer.Option(
+        "--password-a-file", envvar="WALLET_PASSWORD_A_FILE", help="File whose first line is password A"
+    ),
+]
+PasswordBFile = Annotated[
+    str | None,
+    typer.Option(
+        "--password-b-file",
+        envvar="WALLET_PASSWORD_B_FILE",
+        help="File whose first line is password B (token PIN)",
+    ),
+]
+PasswordAFd = Annotated[
+    int | None, typer.Option("--password-a-fd", help="Read password A from this descriptor")
+]
+PasswordBFd = Annotated[
+    int | None, typer.Option("--password-b-fd", help="Read password B from this descriptor")
+]
+CardTimeout = Annotated[
+    float,
+    typer.Option("--card-timeout", min=0, max=3600, help="Seconds to wait for the smartcard to be inserted"),
+]
 
-def _home(home: Optional[Path]) -> Path:
-    return (home or Path.home() / ".tokenpay-wallet").expanduser().resolve()
 
-def _password_a(file: Optional[str], fd: Optional[int], *, confirm: bool = False) -> str:
+def home_dir(home: Path | None) -> Path:
+    return (home or Path.home() / DEFAULT_HOME_NAME).expanduser().resolve()
+
+
+def read_password_a(file: str | None, fd: int | None, *, confirm: bool = False) -> str:
     return read_secret(what="password A", file_option=file, env_var=None, fd=fd, confirm=confirm)
 
-def _password_b(file: Optional[str], fd: Optional[int]) -> str:
+
+def read_password_b(file: str | None, fd: int | None) -> str:
     return read_secret(what="password B", file_option=file, env_var=None, fd=fd)
 
+
 @contextmanager
-def _open_wallet(home: Optional[Path], password_a: str) -> Iterator[Wallet]:
-    path = vault_path(_home(home))
+def open_wallet(home: Path | None, password_a: str) -> Iterator[Wallet]:
+    path = vault_path(home_dir(home))
     if not path.exists():
         raise CliError(f"no wallet at {path.parent}: run `wallet init` first (or give --home / WALLET_HOME)")
     check_wallet_home(path.parent, path)
     with vault_lock(path):
         yield Wallet(Vault.open(path, password_a))
 
-def _sign_and_deliver(wallet: Wallet, msg_type: str, body: dict, pin_file, pin_fd,
-                      card_timeout: float) -> tuple[str, dict | None, dict]:
-    token = _open_token(wallet, card_timeout)
-    entry = _sign(wallet, token, msg_type, body, pin_file, pin_fd)
-    state, result = _deliver_checked(wallet, entry)
+
+def sign_and_deliver(
+    wallet: Wallet, msg_type: str, body: dict, pin_file, pin_fd, card_timeout_s: float
+) -> tuple[str, dict | None, dict]:
+    token = open_wallet_token(wallet, card_timeout_s)
+    entry = sign_message(wallet, token, msg_type, body, pin_file, pin_fd)
+    state, result = deliver_checked(wallet, entry)
     return state, result, entry
 
-def _deliver_checked(wallet: Wallet, entry: dict) -> tuple[str, dict | None]:
+
+def deliver_checked(wallet: Wallet, entry: dict) -> tuple[str, dict | None]:
     report = wallet.deliver()
     state, result = report.outcome_of(entry["msg_id"])
     if state == "refused":  # a refusal the center signed for this very request
         raise CliError(f"the center refused it ({result['code']}): {result['message']}")
     if state == "alarm":
-        raise CliError(f"ALARM: the center's signed receipt contradicts what you signed ({result['reason']}): not "
-                       f"recorded as done, kept in the history; run `wallet balance` and contact the center")
+        raise CliError(
+            f"ALARM: the center's signed receipt contradicts what you signed ({result['reason']}): not "
+            f"recorded as done, kept in the history; run `wallet balance` and contact the center"
+        )
     if state == "unknown":
-        raise CliError(f"the center's answer ({result['code']}, HTTP {result['status']}) carries no refusal signed "
-                       f"by the center's key: outcome unknown, the signed {entry['type']} stays in the outbox: "
-                       f"run `wallet sync`")
+        raise CliError(
+            f"the center's answer ({result['code']}, HTTP {result['status']}) carries no refusal signed "
+            f"by the center's key: outcome unknown, the signed {entry['type']} stays in the outbox: "
+            f"run `wallet sync`"
+        )
     if state == "expired":
-        raise CliError(f"the signed {entry['type']} expired without a receipt: outcome unknown; run `wallet balance`")
+        raise CliError(
+            f"the signed {entry['type']} expired without a receipt: outcome unknown; run `wallet balance`"
+        )
     if state == "queued":
         return state, {"reason": report.unreachable}
     return state, result
 
-def _print_outcome(as_json: bool, outcome: tuple, describe) -> None:
+
+def print_outcome(as_json: bool, outcome: tuple, describe) -> None:
     state, result, entry = outcome
     if state == "queued":
         document = {"status": "queued", "msg_id": entry["msg_id"], "reason": result["reason"]}
-        emit(as_json, document, lambda out: out.print(
-            f"the center could not be reached; the signed {entry['type']} waits in the outbox: "
-            f"run `wallet sync` later ({result['reason']})"))
+        emit(
+            as_json,
+            document,
+            lambda out: out.print(
+                f"the center could not be reached; the signed {entry['type']} waits in the outbox: "
+                f"run `wallet sync` later ({result['reason']})"
+            ),
+        )
         return
-    emit(as_json, {"status": "accepted", "msg_id": entry["msg_id"], **result}, lambda out: out.print(describe(result)))
+    emit(
+        as_json,
+        {"status": "accepted", "msg_id": entry["msg_id"], **result},
+        lambda out: out.print(describe(result)),
+    )
 
-def _learn_currency(wallet: Wallet) -> str:
-    return _online(wallet.learn_currency, "learn its currency")
 
-def _online(action, what: str):
+def learn_currency(wallet: Wallet) -> str:
+    return online(wallet.learn_currency, "learn its currency")
+
+
+def online(action, what: str):
     try:
         return action()
     except CenterUnreachable as error:
@@ -100,13 +170,15 @@ def _online(action, what: str):
     except CenterRefused as error:
         raise CliError(f"cannot {what}: {error}") from None
 
-def _amount(text: str, currency: str) -> int:
+
+def read_amount(text: str, currency: str) -> int:
     try:
         return parse_amount(text, currency)
     except AmountError as error:
         raise CliError(str(error)) from None
 
-def _confirm(question: RenderableType, yes: bool, warnings: tuple[str, ...] = ()) -> None:
+
+def ask_confirmation(question: RenderableType, yes: bool, warnings: tuple[str, ...] = ()) -> None:
     """Show what is about to be signed (stderr), with any warning in bold red; ask unless --yes."""
     stderr_console.print(question)
     for warning in warnings:
@@ -114,14 +186,18 @@ def _confirm(question: RenderableType, yes: bool, warnings: tuple[str, ...] = ()
     if yes:
         return
     if not sys.stdin.isatty():
-        raise CliError("confirmation needed and there is no terminal: re-run with --yes to confirm; nothing was signed")
+        raise CliError(
+            "confirmation needed and there is no terminal: re-run with --yes to confirm; nothing was signed"
+        )
     if not typer.confirm("Confirm", default=False, err=True):
         raise CliError("not confirmed; nothing was signed")
 
-def _open_token(wallet: Wallet, card_timeout: float):
-    return open_token(wallet.doc["token"], card_timeout_s=card_timeout, on_wait=_say)
 
-def _ask_pin(token, pin_file, pin_fd) -> str:
+def open_wallet_token(wallet: Wallet, card_timeout_s: float):
+    return open_token(wallet.doc["token"], card_timeout_s=card_timeout_s, on_wait=say)
+
+
+def ask_pin(token, pin_file, pin_fd) -> str:
     """Password B; a card tells its tries left first, and a blocked PIN is not asked at all."""
     from tokens.openpgp_card import OpenPgpCardToken
 
@@ -129,54 +205,136 @@ def _ask_pin(token, pin_file, pin_fd) -> str:
     if isinstance(token, OpenPgpCardToken):
         status = token.pin_status()
         if status.locked:
-            raise CliError("the card PIN (password B) is blocked: run `wallet card unblock` with the admin PIN")
-        _say(f"card PIN (password B): {status.tries_left} tries left")
-    return _password_b(pin_file, pin_fd)
+            raise CliError(
+                "the card PIN (password B) is blocked: run `wallet card unblock` with the admin PIN"
+            )
+        say(f"card PIN (password B): {status.tries_left} tries left")
+    return read_password_b(pin_file, pin_fd)
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     stderr_console.print(message)
 
-def _sign(wallet: Wallet, token, msg_type: str, body: dict, pin_file, pin_fd) -> dict:
-    pin = _ask_pin(token, pin_file, pin_fd)
-    return _with_pin_message(lambda: wallet.sign_and_queue(token, pin, msg_type, body, now_s=int(time.time())), token)
 
-def _with_pin_message(action, token):
+def sign_message(wallet: Wallet, token, msg_type: str, body: dict, pin_file, pin_fd) -> dict:
+    pin = ask_pin(token, pin_file, pin_fd)
+    return with_pin_message(
+        lambda: wallet.sign_and_queue(token, pin, msg_type, body, now_s=int(time.time())), token
+    )
+
+
+def with_pin_message(action, token):
     try:
         return action()
     except WrongPin as error:
         status = error.status or token.pin_status()
-        left = f"{status.tries_left} tries left" if status.tries_left is not None else (
-            "the token says this is the final try" if status.final_try else
-            "the token says few tries are left" if status.count_low else "the token does not tell how many tries are left")
+        left = (
+            f"{status.tries_left} tries left"
+            if status.tries_left is not None
+            else (
+                "the token says this is the final try"
+                if status.final_try
+                else "the token says few tries are left"
+                if status.count_low
+                else "the token does not tell how many tries are left"
+            )
+        )
         raise CliError(f"wrong password B (token PIN): nothing was signed; {left}") from None
+
 
 def describe_result(details: dict, currency: str | None = None) -> str:
     """One line for a history entry or delivery result, whatever its type."""
     if "code" in details:
         return f"{details['code']}: {details.get('message', '')}"
-    money = format_amount(details["amount_minor"], details.get("currency") or currency or "JPY") \
-        if "amount_minor" in details else ""
+    money = (
+        format_amount(details["amount_minor"], details.get("currency") or currency or "JPY")
+        if "amount_minor" in details
+        else ""
+    )
     action = details.get("action")
     if "member_id" in details and action == "enrolled":
         return f"enrolled {details['member_id']} ({details.get('role', '')})"
-    if action == "paid":  # the store id first, the store's own name quoted after it (quoted: it cannot fake one)
-        return f"{money} to store {details['store_id']} {quoted(details['store_name'])}, " \
-               f"order {quoted(details['order_ref'])}, payment {details['payment_id']}"
+    if (
+        action == "paid"
+    ):  # the store id first, the store's own name quoted after it (quoted: it cannot fake one)
+        return (
+            f"{money} to store {details['store_id']} {quoted(details['store_name'])}, "
+            f"order {quoted(details['order_ref'])}, payment {details['payment_id']}"
+        )
     if "topup_id" in details:
-        return f"top-up {details['topup_id']}: {money} by {details.get('method', '?')}, {details.get('status', '')}"
+        return (
+            f"top-up {details['topup_id']}: {money} by {details.get('method', '?')}, "
+            f"{details.get('status', '')}"
+        )
     if "refund_id" in details:
         return f"refund {details['refund_id']} of payment {details['payment_id']}: {money}"
     if "payout_id" in details:
         return f"payout {details['payout_id']}: {money} to {details.get('bank_account', 'the bank')}"
     if "buyer_id" in details and "payment_id" in details:
-        return f"{money} from {details['buyer_id']}, order {quoted(details['order_ref'])}, payment {details['payment_id']}"
+        return (
+            f"{money} from {details['buyer_id']}, order {quoted(details['order_ref'])}, "
+            f"payment {details['payment_id']}"
+        )
     return ", ".join(f"{k}={v}" for k, v in sorted(details.items()) if k != "action")
 
-def _when(at_ms: int) -> str:
-    return dt.datetime.fromtimestamp(at_ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
-def _choice(value: str, options: dict, option_name: str):
+def format_when(at_ms: int) -> str:
+    return dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def choice(value: str, options: dict, option_name: str):
     if value not in options:
         raise CliError(f"{option_name} must be one of {', '.join(options)}, not {value!r}")
     return options[value]
+
+
+def read_center_cert(path: Path) -> CenterIdentity:
+    """The center certificate a wallet pins (`wallet enroll`, `wallet operator attach`), checked."""
+    try:
+        return read_center_certificate(
+            read_option_file(
+                path,
+                "--center-cert",
+                max_bytes=CENTER_CERT_MAX_BYTES,
+                what="a center certificate (center-cert.pem)",
+            )
+        )
+    except ValueError as error:
+        raise CliError(f"--center-cert {path}: {error}") from None
+
+
+def public_key_pem(spki_der: bytes) -> str:
+    public_key = serialization.load_der_public_key(spki_der)
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def write_public_file(path: Path, data: bytes, option: str) -> None:
+    """A new file others may read (a public key); otherwise written like a secret: never over what is
+    there."""
+    try:
+        write_new_file(path, data, mode=PUBLIC_FILE_MODE)
+    except FileExistsError:
+        raise CliError(f"{path} already exists; choose another {option} file or remove it") from None
+    except OSError as error:
+        raise CliError(f"cannot write {path}: {error.strerror}") from None
+
+
+def refuse_member_wallet(wallet: Wallet) -> None:
+    if wallet.doc["role"] in MEMBER_ROLES:
+        raise CliError(
+            f"this wallet is enrolled as {wallet.doc['role']} {wallet.doc['member_id']}; an operator needs "
+            "a token key of its own (`wallet init --home NEW_DIR`)"
+        )
+    if any(entry["type"] == ENROLL for entry in wallet.doc["outbox"]):
+        raise CliError("an enrollment waits in this wallet's outbox; an operator's wallet does not enroll")
+
+
+def require_operator_wallet(wallet: Wallet) -> None:
+    refuse_member_wallet(wallet)
+    if wallet.doc["center"] is None:
+        raise CliError(
+            "this wallet is not attached to a center: run `wallet operator attach --center URL "
+            "--center-cert PEM` first"
+        )

@@ -9,183 +9,237 @@ signing key changes (token_wallet.key_rotation has the crash-safe order).
 - replace-key: after a lost card, a key on a new token becomes the wallet's
   key; `wallet enroll --rebind M-...` then asks to bind it to the same account,
   which an operator does once the lost key is revoked.
+
+Long because each command declares its options one per line (Typer signatures, ~15 lines a
+command), and both commands choose and open a new token (PKCS#11 or card) with the same
+helpers, which belong next to them.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from paywire import recovery
-from paywire.messages import ENROLL, PARTY_ID_PATTERN
-from token_wallet.cli.common import (CardTimeout, Home, JsonFlag, PasswordAFd, PasswordAFile, PasswordBFd,
-                                     PasswordBFile, _ask_pin, _choice, _open_token, _open_wallet, _password_a,
-                                     _password_b, _say, _with_pin_message, app)
 from hostkit.cli import CliError, emit, read_secret
-from token_wallet.key_rotation import (check_can_replace, key_state, prepare_rotation, queue_rotation,
-                                       queued_rotation, replace_key)
+from token_wallet.cli.common import (
+    CardTimeout,
+    Home,
+    JsonFlag,
+    PasswordAFd,
+    PasswordAFile,
+    PasswordBFd,
+    PasswordBFile,
+    app,
+    ask_pin,
+    choice,
+    open_wallet,
+    open_wallet_token,
+    public_key_pem,
+    read_password_a,
+    read_password_b,
+    say,
+    with_pin_message,
+)
+from token_wallet.document import key_state, queued_rotation
+from token_wallet.key_cert import read_key_certificate
+from token_wallet.key_rotation import check_can_replace, prepare_rotation, queue_rotation, replace_key
+from token_wallet.wallet import Wallet
 from tokens import DEFAULT_CARD_TIMEOUT_S, open_token
 from tokens.base import KeyMode, KeyRecord, KeyType
-from token_wallet.wallet import Wallet
 
-Pkcs11Module = Annotated[Optional[str], typer.Option(help="PKCS#11 module (.so) of the token for the new key")]
-TokenLabel = Annotated[Optional[str], typer.Option(help="Label of the PKCS#11 token for the new key")]
-TokenSerial = Annotated[Optional[str], typer.Option(help="Serial, when several tokens share a label")]
+Pkcs11Module = Annotated[str | None, typer.Option(help="PKCS#11 module (.so) of the token for the new key")]
+TokenLabel = Annotated[str | None, typer.Option(help="Label of the PKCS#11 token for the new key")]
+TokenSerial = Annotated[str | None, typer.Option(help="Serial, when several tokens share a label")]
 Card = Annotated[bool, typer.Option("--card", help="Put the new key on an OpenPGP smartcard")]
-Reader = Annotated[Optional[str], typer.Option(help="Reader name (or part of it) for --card")]
-KeyTypeOption = Annotated[Optional[str], typer.Option(help="p256 or ed25519 (token); ed25519, rsa2048 or p256 (card)")]
+Reader = Annotated[str | None, typer.Option(help="Reader name (or part of it) for --card")]
+KeyTypeOption = Annotated[
+    str | None, typer.Option(help="p256 or ed25519 (token); ed25519, rsa2048 or p256 (card)")
+]
 KeyModeOption = Annotated[str, typer.Option(help="auto, wrapped or resident (PKCS#11)")]
-SoPinFile = Annotated[Optional[str], typer.Option(envvar="WALLET_SO_PIN_FILE",
-                                                  help="File with the new token's SO PIN (wrapped mode, once per token)")]
-AdminPinFile = Annotated[Optional[str], typer.Option(envvar="WALLET_ADMIN_PIN_FILE",
-                                                     help="File with the new card's admin PIN (PW3)")]
+SoPinFile = Annotated[
+    str | None,
+    typer.Option(
+        envvar="WALLET_SO_PIN_FILE", help="File with the new token's SO PIN (wrapped mode, once per token)"
+    ),
+]
+AdminPinFile = Annotated[
+    str | None,
+    typer.Option(envvar="WALLET_ADMIN_PIN_FILE", help="File with the new card's admin PIN (PW3)"),
+]
 
 
 @app.command("rotate-key")
 def rotate_key(
-    pkcs11_module: Pkcs11Module = None, token_label: TokenLabel = None, token_serial: TokenSerial = None,
-    card: Card = False, reader: Reader = None, key_type: KeyTypeOption = None, key_mode: KeyModeOption = "auto",
-    so_pin_file: SoPinFile = None, admin_pin_file: AdminPinFile = None,
-    new_password_b_file: Annotated[Optional[str], typer.Option(
-        help="File with the new token's PIN, when the new key is on another token")] = None,
-    new_password_b_fd: Annotated[Optional[int], typer.Option(help="Read the new token's PIN from this descriptor")] = None,
-    key_cert: Annotated[Optional[Path], typer.Option(
-        help="The card issuer's certificate for the new key (centers that accept only certified keys)")] = None,
-    prepare_only: Annotated[bool, typer.Option(
-        "--prepare-only", help="Only generate the new key and show its public key (to have it certified first)")] = False,
-    home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    pkcs11_module: Pkcs11Module = None,
+    token_label: TokenLabel = None,
+    token_serial: TokenSerial = None,
+    card: Card = False,
+    reader: Reader = None,
+    key_type: KeyTypeOption = None,
+    key_mode: KeyModeOption = "auto",
+    so_pin_file: SoPinFile = None,
+    admin_pin_file: AdminPinFile = None,
+    new_password_b_file: Annotated[
+        str | None,
+        typer.Option(help="File with the new token's PIN, when the new key is on another token"),
+    ] = None,
+    new_password_b_fd: Annotated[
+        int | None, typer.Option(help="Read the new token's PIN from this descriptor")
+    ] = None,
+    key_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="The card issuer's certificate for the new key (centers that accept only certified keys)"
+        ),
+    ] = None,
+    prepare_only: Annotated[
+        bool,
+        typer.Option(
+            "--prepare-only",
+            help="Only generate the new key and show its public key (to have it certified first)",
+        ),
+    ] = False,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
-    """Replace the signing key by a new one: one message signed by both keys; account, balance and history stay."""
-    options = _TokenOptions(pkcs11_module, token_label, token_serial, card, reader, key_type, key_mode, so_pin_file,
-                            admin_pin_file, card_timeout)
-    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+    """Replace the signing key by a new one: one message signed by both keys; account, balance and history stay."""  # noqa: E501  (the --help line)
+    options = _TokenOptions(
+        pkcs11_module,
+        token_label,
+        token_serial,
+        card,
+        reader,
+        key_type,
+        key_mode,
+        so_pin_file,
+        admin_pin_file,
+        card_timeout_s,
+    )
+    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
         _check_can_rotate(wallet)
-        old_token = _open_token(wallet, card_timeout)
-        old_pin = _ask_pin(old_token, password_b_file, password_b_fd)
+        old_token = open_wallet_token(wallet, card_timeout_s)
+        old_pin = ask_pin(old_token, password_b_file, password_b_fd)
         pending = wallet.doc.get("pending_key")
         if pending is None:
-            new_token, key, token_doc, same = _new_rotation_key(wallet, options, old_token, old_pin,
-                                                                new_password_b_file, new_password_b_fd)
+            new_token, key, token_doc, same = _new_rotation_key(
+                wallet, options, old_token, old_pin, new_password_b_file, new_password_b_fd
+            )
             pending = prepare_rotation(wallet, token_doc, key)
         else:
             new_token, same = _pending_token(wallet, pending, options)
-            _say(f"using the new key {pending['kid'][:16]}... generated earlier")
+            say(f"using the new key {pending['kid'][:16]}... generated earlier")
         key = KeyRecord.from_json(pending["key"])
         if prepare_only:
             return _print_prepared(as_json, pending, key)
         new_pin = old_pin if same else _new_pin(new_token, new_password_b_file, new_password_b_fd)
         cert_der = _key_cert(key_cert, key)
-        entry = _with_pin_message(lambda: queue_rotation(wallet, old_token, old_pin, new_token, new_pin,
-                                                         key_cert_der=cert_der, now_s=int(time.time())), new_token)
+        entry = with_pin_message(
+            lambda: queue_rotation(
+                wallet, old_token, old_pin, new_token, new_pin, key_cert_der=cert_der, now_s=int(time.time())
+            ),
+            new_token,
+        )
         report = wallet.deliver()
     _print_rotation(as_json, wallet, entry, pending, report)
 
 
 @app.command("replace-key")
 def replace_key_command(
-    pkcs11_module: Pkcs11Module = None, token_label: TokenLabel = None, token_serial: TokenSerial = None,
-    card: Card = False, reader: Reader = None, key_type: KeyTypeOption = None, key_mode: KeyModeOption = "auto",
-    so_pin_file: SoPinFile = None, admin_pin_file: AdminPinFile = None,
-    home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    pkcs11_module: Pkcs11Module = None,
+    token_label: TokenLabel = None,
+    token_serial: TokenSerial = None,
+    card: Card = False,
+    reader: Reader = None,
+    key_type: KeyTypeOption = None,
+    key_mode: KeyModeOption = "auto",
+    so_pin_file: SoPinFile = None,
+    admin_pin_file: AdminPinFile = None,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """After a lost card: a key on a new token becomes this wallet's key (password B: the NEW token's PIN)."""
-    options = _TokenOptions(pkcs11_module, token_label, token_serial, card, reader, key_type, key_mode, so_pin_file,
-                            admin_pin_file, card_timeout)
+    options = _TokenOptions(
+        pkcs11_module,
+        token_label,
+        token_serial,
+        card,
+        reader,
+        key_type,
+        key_mode,
+        so_pin_file,
+        admin_pin_file,
+        card_timeout_s,
+    )
     if not options.names_a_token:
         raise CliError("give the new token: --pkcs11-module and --token-label, or --card")
-    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
         check_can_replace(wallet.doc)
         _refuse_lost_token(wallet, options)
-        token, key, token_doc = _generate(options, lambda: _password_b(password_b_file, password_b_fd))
+        token, key, token_doc = _generate(options, lambda: read_password_b(password_b_file, password_b_fd))
         view = replace_key(wallet, token_doc, key)
-    document = {"status": "replaced", "member_id": view["member_id"], "old_kid": view["old_kid"],
-                "new_kid": view["new_kid"], "algorithm": key.algorithm, "key_mode": key.mode.value,
-                "next": f"wallet enroll --rebind {view['member_id']}"}
-    emit(as_json, document, lambda out: out.print(
-        f"new key {view['new_kid'][:16]}... on token {token.info().label} replaces {view['old_kid'][:16]}...; "
-        f"history kept.\nnext: report the lost card to the center, then `wallet enroll --center URL --center-cert PEM "
-        f"--rebind {view['member_id']} --recovery-code CODE --name ... --address ...` (CODE: the recovery code "
-        "shown at your enrollment, or an operator's ticket) and wait for an operator to bind the key"))
-
-
-def check_rebind(wallet: Wallet, rebind: str | None) -> None:
-    """`wallet enroll [--rebind ID]`: may this wallet's key enroll, and for which account?"""
-    doc = wallet.doc
-    if any(entry["type"] == ENROLL for entry in doc["outbox"]):
-        raise CliError("an enrollment is already waiting in the outbox: run `wallet sync` to deliver it")
-    state = key_state(doc)
-    if rebind is None:
-        if doc["member_id"]:
-            raise CliError(f"this wallet's new key replaces one of {doc['member_id']}: add --rebind {doc['member_id']}"
-                           if state == "new" else f"this wallet is already enrolled as {doc['member_id']}")
-        return
-    if not PARTY_ID_PATTERN.fullmatch(rebind):
-        raise CliError(f"--rebind {rebind[:40]!r} is not an account id: give your member id M-... (or store id S-...)")
-    if state != "new":
-        raise CliError(f"this wallet's key is already enrolled ({doc['member_id']}, {state}): a lost card's new key "
-                       "is made with `wallet replace-key` (or `wallet init` in a new home) first")
-    if doc["member_id"] and doc["member_id"] != rebind:
-        raise CliError(f"this wallet belongs to {doc['member_id']}, not {rebind}")
-
-
-# --- recovery codes (paywire.recovery): the proof that a rebind claim is the holder's ---------
-
-def checked_recovery_code(code: str | None, rebind: str | None) -> str | None:
-    """`wallet enroll --recovery-code`: its canonical form, checked before anything is signed."""
-    if code is None:
-        return None
-    if rebind is None:
-        raise CliError("--recovery-code proves a claim to an existing account: use it with --rebind M-...")
-    if code == "-":  # asked without echo (or read from $WALLET_RECOVERY_CODE_FILE): not in the shell history
-        code = read_secret(what="recovery code", file_option=None, env_var="WALLET_RECOVERY_CODE_FILE")
-    try:
-        return recovery.normalise(code)
-    except recovery.RecoveryCodeError as error:
-        raise CliError(f"--recovery-code: {error}") from None
-
-
-def add_recovery_fields(body: dict, *, center_id: str, new_kid: str, old_code: str | None) -> str:
-    """A new recovery code's public key into the enrollment body (and, for a rebind, the old code's proof
-    for exactly this center, account and new key); returns the new code, which is never stored."""
-    new_code = recovery.new_code()
-    body["recovery_key"] = recovery.recovery_key(new_code)
-    if old_code is not None:
-        body["recovery_proof"] = recovery.prove(old_code, center_id=center_id, party_id=body["rebind"],
-                                                new_kid=new_kid)
-    return new_code
-
-
-def render_recovery_code(out, code: str, *, pending: bool) -> None:
-    when = " (it takes effect once the center has accepted this key)" if pending else ""
-    out.print(f"recovery code{when}: {code}\n"
-              "  Write it down now and keep it apart from the token and this computer: it is shown only once and "
-              "not stored.\n  After a lost card it proves the account is yours: `wallet enroll --rebind ID "
-              "--recovery-code CODE`.")
+    document = {
+        "status": "replaced",
+        "member_id": view["member_id"],
+        "old_kid": view["old_kid"],
+        "new_kid": view["new_kid"],
+        "algorithm": key.algorithm,
+        "key_mode": key.mode.value,
+        "next": f"wallet enroll --rebind {view['member_id']}",
+    }
+    emit(
+        as_json,
+        document,
+        lambda out: out.print(
+            f"new key {view['new_kid'][:16]}... on token {token.info().label} replaces "
+            f"{view['old_kid'][:16]}...; history kept.\nnext: report the lost card to the center, then "
+            f"`wallet enroll --center URL --center-cert PEM "
+            f"--rebind {view['member_id']} --recovery-code CODE --name ... --address ...` "
+            "(CODE: the recovery code shown at your enrollment, or an operator's ticket) "
+            "and wait for an operator to bind the key"
+        ),
+    )
 
 
 # --- which token, which key ---------------------------------------------------------------
 
+
 class _TokenOptions:
-    def __init__(self, module, label, serial, card, reader, key_type, key_mode, so_pin_file, admin_pin_file,
-                 card_timeout):
+    def __init__(
+        self,
+        module,
+        label,
+        serial,
+        card,
+        reader,
+        key_type,
+        key_mode,
+        so_pin_file,
+        admin_pin_file,
+        card_timeout_s,
+    ):
         if card and (module or label):
             raise CliError("--card and --pkcs11-module/--token-label exclude each other: choose one token")
         if bool(module) != bool(label) and not card:
             raise CliError("give both --pkcs11-module and --token-label for a PKCS#11 token")
         self.module, self.label, self.serial, self.card, self.reader = module, label, serial, card, reader
         self.key_type, self.so_pin_file, self.admin_pin_file = key_type, so_pin_file, admin_pin_file
-        self.card_timeout = card_timeout
-        self.mode = _choice(key_mode, {"auto": None, "wrapped": KeyMode.WRAPPED, "resident": KeyMode.RESIDENT},
-                            "--key-mode")
+        self.card_timeout_s = card_timeout_s
+        self.mode = choice(
+            key_mode, {"auto": None, "wrapped": KeyMode.WRAPPED, "resident": KeyMode.RESIDENT}, "--key-mode"
+        )
 
     @property
     def names_a_token(self) -> bool:
@@ -196,26 +250,44 @@ def _check_can_rotate(wallet: Wallet) -> None:
     wallet.require_enrolled()
     state = key_state(wallet.doc)
     if state != "active":
-        raise CliError("this wallet's key is waiting for an operator to bind it; rotate once it is bound"
-                       if state == "pending_bind" else "this wallet's key is not enrolled yet")
+        raise CliError(
+            "this wallet's key is waiting for an operator to bind it; rotate once it is bound"
+            if state == "pending_bind"
+            else "this wallet's key is not enrolled yet"
+        )
     if queued_rotation(wallet.doc):
         raise CliError("a key rotation already waits in the outbox: run `wallet sync` to finish it")
 
 
-def _new_rotation_key(wallet: Wallet, options: _TokenOptions, old_token, old_pin: str, new_pin_file, new_pin_fd):
+def _new_rotation_key(
+    wallet: Wallet, options: _TokenOptions, old_token, old_pin: str, new_pin_file, new_pin_fd
+):
     """(token, key, token_doc, same_token): the new key, on the wallet's token unless options name another."""
     current = wallet.doc["token"]
     if not options.names_a_token:
         if current.get("kind") != "pkcs11":
-            raise CliError("an OpenPGP card holds one signature key, so it cannot rotate onto itself: give --card "
-                           "for another card, or --pkcs11-module/--token-label")
+            raise CliError(
+                "an OpenPGP card holds one signature key, so it cannot rotate onto itself: give --card "
+                "for another card, or --pkcs11-module/--token-label"
+            )
         record = wallet.key
-        key_type = _choice(options.key_type or record.key_type.value, {"p256": KeyType.P256,
-                                                                       "ed25519": KeyType.ED25519}, "--key-type")
+        key_type = choice(
+            options.key_type or record.key_type.value,
+            {"p256": KeyType.P256, "ed25519": KeyType.ED25519},
+            "--key-type",
+        )
         # A token set up before wrap keys were protected needs its SO PIN once, to make the protected one.
-        so_pin = read_secret(what="SO PIN", file_option=options.so_pin_file, env_var=None) if options.so_pin_file else None
-        key = _with_pin_message(lambda: old_token.generate_key(key_type, old_pin, so_pin=so_pin,
-                                                               mode=options.mode or record.mode), old_token)
+        so_pin = (
+            read_secret(what="SO PIN", file_option=options.so_pin_file, env_var=None)
+            if options.so_pin_file
+            else None
+        )
+        key = with_pin_message(
+            lambda: old_token.generate_key(
+                key_type, old_pin, so_pin=so_pin, mode=options.mode or record.mode
+            ),
+            old_token,
+        )
         return old_token, key, current, True
     token, key, token_doc = _generate(options, lambda: _new_pin_secret(new_pin_file, new_pin_fd))
     if _same_token(token_doc, current):
@@ -228,54 +300,76 @@ def _generate(options: _TokenOptions, read_pin):
     if options.card:
         from tokens.openpgp_card import open_openpgp_card
 
-        key_type = _choice(options.key_type or "ed25519",
-                           {"ed25519": KeyType.ED25519, "rsa2048": KeyType.RSA2048, "p256": KeyType.P256}, "--key-type")
-        token = open_openpgp_card(options.reader, timeout_s=options.card_timeout, on_wait=_say)
-        _say(f"this replaces the signature key on the card in {token.info().label}")
+        key_type = choice(
+            options.key_type or "ed25519",
+            {"ed25519": KeyType.ED25519, "rsa2048": KeyType.RSA2048, "p256": KeyType.P256},
+            "--key-type",
+        )
+        token = open_openpgp_card(options.reader, timeout_s=options.card_timeout_s, on_wait=say)
+        say(f"this replaces the signature key on the card in {token.info().label}")
         admin_pin = read_secret(what="admin PIN", file_option=options.admin_pin_file, env_var=None)
         pin = read_pin()
-        key = _with_pin_message(lambda: token.generate_key(key_type, pin, so_pin=admin_pin), token)
+        key = with_pin_message(lambda: token.generate_key(key_type, pin, so_pin=admin_pin), token)
         info = token.info()
         return token, key, {"kind": "openpgp-card", "reader": info.label, "serial": info.serial}
     from tokens.pkcs11_token import open_pkcs11_token
 
-    key_type = _choice(options.key_type or "p256", {"p256": KeyType.P256, "ed25519": KeyType.ED25519},
-                       "--key-type")
+    key_type = choice(
+        options.key_type or "p256", {"p256": KeyType.P256, "ed25519": KeyType.ED25519}, "--key-type"
+    )
     token = open_pkcs11_token(options.module, label=options.label, serial=options.serial)
     wants_wrapping = options.mode is KeyMode.WRAPPED or (options.mode is None and token.supports_wrapping())
-    so_pin = read_secret(what="SO PIN", file_option=options.so_pin_file, env_var=None) if wants_wrapping else None
+    so_pin = (
+        read_secret(what="SO PIN", file_option=options.so_pin_file, env_var=None) if wants_wrapping else None
+    )
     pin = read_pin()
-    key = _with_pin_message(lambda: token.generate_key(key_type, pin, so_pin=so_pin, mode=options.mode), token)
+    key = with_pin_message(lambda: token.generate_key(key_type, pin, so_pin=so_pin, mode=options.mode), token)
     info = token.info()
-    return token, key, {"kind": "pkcs11", "module": options.module, "label": info.label, "serial": info.serial}
+    return (
+        token,
+        key,
+        {"kind": "pkcs11", "module": options.module, "label": info.label, "serial": info.serial},
+    )
 
 
 def _pending_token(wallet: Wallet, pending: dict, options: _TokenOptions):
     """The token of a new key generated earlier (a rotation interrupted before it was signed)."""
     if options.names_a_token:
-        raise CliError(f"a new key generated earlier ({pending['kid'][:16]}...) waits to replace this one: run "
-                       "`wallet rotate-key` without token options to use it")
+        raise CliError(
+            f"a new key generated earlier ({pending['kid'][:16]}...) waits to replace this one: run "
+            "`wallet rotate-key` without token options to use it"
+        )
     same = _same_token(pending["token"], wallet.doc["token"])
-    return open_token(pending["token"], card_timeout_s=options.card_timeout, on_wait=_say), same
+    return open_token(pending["token"], card_timeout_s=options.card_timeout_s, on_wait=say), same
 
 
 def _same_token(a: dict, b: dict) -> bool:
-    return a.get("kind") == b.get("kind") and a.get("serial") == b.get("serial") and a.get("label") == b.get("label")
+    return (
+        a.get("kind") == b.get("kind")
+        and a.get("serial") == b.get("serial")
+        and a.get("label") == b.get("label")
+    )
 
 
 def _refuse_lost_token(wallet: Wallet, options: _TokenOptions) -> None:
     current = wallet.doc["token"]
-    if options.label and current.get("kind") == "pkcs11" and options.label == current.get("label") \
-            and options.serial in (None, current.get("serial")):
-        raise CliError("that is the token of the key being replaced: a lost card's key is replaced by one on a "
-                       "new token (to change keys on a token you still have, use `wallet rotate-key`)")
+    if (
+        options.label
+        and current.get("kind") == "pkcs11"
+        and options.label == current.get("label")
+        and options.serial in (None, current.get("serial"))
+    ):
+        raise CliError(
+            "that is the token of the key being replaced: a lost card's key is replaced by one on a "
+            "new token (to change keys on a token you still have, use `wallet rotate-key`)"
+        )
 
 
-def _new_pin_secret(file: Optional[str], fd: Optional[int]) -> str:
+def _new_pin_secret(file: str | None, fd: int | None) -> str:
     return read_secret(what="new token's password B", file_option=file, env_var=None, fd=fd)
 
 
-def _new_pin(token, file: Optional[str], fd: Optional[int]) -> str:
+def _new_pin(token, file: str | None, fd: int | None) -> str:
     from tokens.openpgp_card import OpenPgpCardToken
 
     if isinstance(token, OpenPgpCardToken):
@@ -285,39 +379,59 @@ def _new_pin(token, file: Optional[str], fd: Optional[int]) -> str:
     return _new_pin_secret(file, fd)
 
 
-def _key_cert(path: Optional[Path], key: KeyRecord) -> bytes | None:
+def _key_cert(path: Path | None, key: KeyRecord) -> bytes | None:
     if path is None:
         return None
-    from token_wallet.key_cert import read_key_certificate
-
     return read_key_certificate(path, key.spki_der)
 
 
 # --- output ------------------------------------------------------------------------------------
 
-def _print_prepared(as_json: bool, pending: dict, key: KeyRecord) -> None:
-    from token_wallet.cli.main import _public_key_pem
 
-    document = {"status": "prepared", "new_kid": pending["kid"], "algorithm": key.algorithm,
-                "key_mode": key.mode.value, "public_key_pem": _public_key_pem(key.spki_der)}
-    emit(as_json, document, lambda out: out.print(
-        f"new key {pending['kid']} is ready; nothing was sent. Have it certified if the center requires it, then "
-        f"run `wallet rotate-key` (with --key-cert CERT) to switch to it.\n{document['public_key_pem']}"))
+def _print_prepared(as_json: bool, pending: dict, key: KeyRecord) -> None:
+    document = {
+        "status": "prepared",
+        "new_kid": pending["kid"],
+        "algorithm": key.algorithm,
+        "key_mode": key.mode.value,
+        "public_key_pem": public_key_pem(key.spki_der),
+    }
+    emit(
+        as_json,
+        document,
+        lambda out: out.print(
+            f"new key {pending['kid']} is ready; nothing was sent. Have it certified if the center "
+            "requires it, then "
+            f"run `wallet rotate-key` (with --key-cert CERT) to switch to it.\n{document['public_key_pem']}"
+        ),
+    )
 
 
 def _print_rotation(as_json: bool, wallet: Wallet, entry: dict, pending: dict, report) -> None:
     state, result = report.outcome_of(entry["msg_id"])
     if state == "refused":
-        raise CliError(f"the center refused the rotation ({result['code']}): {result['message']}; "
-                       "the old key stays in use")
-    document = {"status": "rotated" if state == "delivered" else "queued", "msg_id": entry["msg_id"],
-                "member_id": wallet.doc["member_id"], "new_kid": pending["kid"],
-                "old_kid": result["old_kid"] if result else wallet.kid,
-                "algorithm": KeyRecord.from_json(pending["key"]).algorithm}
+        raise CliError(
+            f"the center refused the rotation ({result['code']}): {result['message']}; "
+            "the old key stays in use"
+        )
+    document = {
+        "status": "rotated" if state == "delivered" else "queued",
+        "msg_id": entry["msg_id"],
+        "member_id": wallet.doc["member_id"],
+        "new_kid": pending["kid"],
+        "old_kid": result["old_kid"] if result else wallet.kid,
+        "algorithm": KeyRecord.from_json(pending["key"]).algorithm,
+    }
     if state == "queued":
         document["reason"] = report.unreachable
-    emit(as_json, document, lambda out: out.print(
-        f"key rotated: {document['new_kid'][:16]}... now signs for {document['member_id']} "
-        f"(old key {document['old_kid'][:16]}... is retired)" if state == "delivered" else
-        f"center unreachable; the signed rotation waits in the outbox: run `wallet sync` later "
-        f"({report.unreachable}); the old key signs nothing else until then"))
+    emit(
+        as_json,
+        document,
+        lambda out: out.print(
+            f"key rotated: {document['new_kid'][:16]}... now signs for {document['member_id']} "
+            f"(old key {document['old_kid'][:16]}... is retired)"
+            if state == "delivered"
+            else f"center unreachable; the signed rotation waits in the outbox: run `wallet sync` later "
+            f"({report.unreachable}); the old key signs nothing else until then"
+        ),
+    )

@@ -4,24 +4,52 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Group
 from rich.table import Table
 
-from paywire.errors import WireError
-from paywire.messages import (BALANCE, FUNDING_METHODS, NOTICES, PARTY_ID_PATTERN, PAY, PAYOUT, REFUND, TOPUP,
-                              check_text_chars)
-from paywire.money import format_amount
 from hostkit.cli import CliError, emit, quoted
-from tokens import DEFAULT_CARD_TIMEOUT_S
+from paywire.errors import WireError
+from paywire.messages import (
+    BALANCE,
+    FUNDING_METHODS,
+    NOTICES,
+    PARTY_ID_PATTERN,
+    PAY,
+    PAYOUT,
+    REFUND,
+    TOPUP,
+)
+from paywire.money import format_amount
+from paywire.text import check_text_chars
+from token_wallet.cli.common import (
+    CardTimeout,
+    Home,
+    JsonFlag,
+    PasswordAFd,
+    PasswordAFile,
+    PasswordBFd,
+    PasswordBFile,
+    app,
+    ask_confirmation,
+    ask_pin,
+    choice,
+    deliver_checked,
+    format_when,
+    learn_currency,
+    online,
+    open_wallet,
+    open_wallet_token,
+    print_outcome,
+    read_amount,
+    read_password_a,
+    sign_and_deliver,
+    with_pin_message,
+)
 from token_wallet.wallet import MAX_NOTICES_PER_FETCH
-
-from token_wallet.cli.common import (CardTimeout, Home, JsonFlag, PasswordAFd, PasswordAFile, PasswordBFd, PasswordBFile, app, _choice,
-                                     _amount, _confirm, _deliver_checked, _learn_currency, _online, _open_token,
-                                     _open_wallet, _password_a, _print_outcome, _sign_and_deliver, _when,
-                                     _with_pin_message, _ask_pin)
+from tokens import DEFAULT_CARD_TIMEOUT_S
 
 MAX_NOTICE_FETCHES = 10
 # A member or store id inside a name or order reference: worth a warning in the pay prompt.
@@ -30,22 +58,33 @@ PARTY_ID_IN_TEXT = re.compile(r"[MS]-[0-9a-f]{16}")
 
 @app.command()
 def topup(
-    amount: Annotated[str, typer.Argument(help="Amount in the center's currency, e.g. 5000 (JPY) or 12.50 (EUR)")],
+    amount: Annotated[
+        str, typer.Argument(help="Amount in the center's currency, e.g. 5000 (JPY) or 12.50 (EUR)")
+    ],
     method: Annotated[str, typer.Option(help="credit, bank, postal or cash")],
-    home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Ask to load prepaid value; it is credited once the funding is confirmed."""
-    _choice(method, {m: m for m in FUNDING_METHODS}, "--method")
-    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+    choice(method, {m: m for m in FUNDING_METHODS}, "--method")
+    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
         wallet.require_enrolled("member")
-        currency = _learn_currency(wallet)
-        body = {"amount_minor": _amount(amount, currency), "currency": currency, "method": method}
-        outcome = _sign_and_deliver(wallet, TOPUP, body, password_b_file, password_b_fd, card_timeout)
-    _print_outcome(as_json, outcome, lambda r: f"top-up {r['topup_id']} of {format_amount(r['amount_minor'], currency)} "
-                   f"by {r['method']} is {r['status']}: it is credited once the funding is confirmed")
+        currency = learn_currency(wallet)
+        body = {"amount_minor": read_amount(amount, currency), "currency": currency, "method": method}
+        outcome = sign_and_deliver(wallet, TOPUP, body, password_b_file, password_b_fd, card_timeout_s)
+    print_outcome(
+        as_json,
+        outcome,
+        lambda r: (
+            f"top-up {r['topup_id']} of {format_amount(r['amount_minor'], currency)} "
+            f"by {r['method']} is {r['status']}: it is credited once the funding is confirmed"
+        ),
+    )
 
 
 @app.command()
@@ -53,36 +92,54 @@ def pay(
     store: Annotated[str, typer.Option(help="The store's id (S-...)")],
     amount: Annotated[str, typer.Option(help="Amount in the center's currency")],
     order: Annotated[str, typer.Option(help="The store's order reference")],
-    yes: Annotated[bool, typer.Option("--yes", help="Skip the confirmation question (not password B)")] = False,
-    home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Skip the confirmation question (not password B)")
+    ] = False,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Pay a store from the prepaid balance with a payment signed on the token."""
-    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
         wallet.require_enrolled("member")
-        currency = _learn_currency(wallet)
-        amount_minor = _amount(amount, currency)
+        currency = learn_currency(wallet)
+        amount_minor = read_amount(amount, currency)
         _visible_text(order, "--order")
         payee = _payee(wallet, _store_id(store))
-        body = {"payee": store, "payee_name": payee["name"], "amount_minor": amount_minor, "currency": currency,
-                "order_ref": order}
+        body = {
+            "payee": store,
+            "payee_name": payee["name"],
+            "amount_minor": amount_minor,
+            "currency": currency,
+            "order_ref": order,
+        }
         _confirm_payment(payee, format_amount(amount_minor, currency), order, yes)
-        outcome = _sign_and_deliver(wallet, PAY, body, password_b_file, password_b_fd, card_timeout)
-    _print_outcome(as_json, outcome, lambda r: f"paid {format_amount(r['amount_minor'], currency)} to store "
-                   f"{r['store_id']} {quoted(r['store_name'])}: payment {r['payment_id']}, "
-                   f"balance {format_amount(r['balance_minor'], currency)}")
+        outcome = sign_and_deliver(wallet, PAY, body, password_b_file, password_b_fd, card_timeout_s)
+    print_outcome(
+        as_json,
+        outcome,
+        lambda r: (
+            f"paid {format_amount(r['amount_minor'], currency)} to store "
+            f"{r['store_id']} {quoted(r['store_name'])}: payment {r['payment_id']}, "
+            f"balance {format_amount(r['balance_minor'], currency)}"
+        ),
+    )
 
 
 def _store_id(store: str) -> str:
     if not PARTY_ID_PATTERN.fullmatch(store) or not store.startswith("S-"):
-        raise CliError(f"--store {quoted(store, 40)} is not a store id: S- and 16 hex digits, as the store shows it")
+        raise CliError(
+            f"--store {quoted(store, 40)} is not a store id: S- and 16 hex digits, as the store shows it"
+        )
     return store
 
 
 def _visible_text(text: str, what: str) -> None:
-    """Refuse, before any prompt, what the wire would refuse to sign (paywire.messages.check_text_chars)."""
+    """Refuse, before any prompt, what the wire would refuse to sign (paywire.text.check_text_chars)."""
     try:
         check_text_chars(text, what)
     except WireError as error:
@@ -91,27 +148,38 @@ def _visible_text(text: str, what: str) -> None:
 
 def _payee(wallet, store_id: str) -> dict:
     """The store as the center registered it: name, and whether that name is flagged as a look-alike."""
+
     def look_up() -> dict:
         with wallet.client() as client:
             return client.get_json(f"/v1/stores/{store_id}")
 
-    info = _online(look_up, "look up the store")
+    info = online(look_up, "look up the store")
     if info.get("store_id") != store_id or not info.get("active") or not isinstance(info.get("name"), str):
         raise CliError(f"store {store_id} is not an active store at this center; nothing was signed")
-    _visible_text(info["name"], f"store {store_id}'s registered name")  # e.g. a store enrolled before the rule
+    _visible_text(
+        info["name"], f"store {store_id}'s registered name"
+    )  # e.g. a store enrolled before the rule
     resembles = info.get("resembles")
-    return {"store_id": store_id, "name": info["name"], "name_flagged": info.get("name_flagged") is True,
-            "resembles": resembles if isinstance(resembles, str) and PARTY_ID_PATTERN.fullmatch(resembles) else None}
+    return {
+        "store_id": store_id,
+        "name": info["name"],
+        "name_flagged": info.get("name_flagged") is True,
+        "resembles": resembles
+        if isinstance(resembles, str) and PARTY_ID_PATTERN.fullmatch(resembles)
+        else None,
+    }
 
 
 def _confirm_payment(payee: dict, money: str, order: str, yes: bool) -> None:
     """Ask before signing; a flagged look-alike name warns, and refuses --yes until an operator clears it."""
     block, warnings = payment_block(payee, money, order)
     if payee["name_flagged"] and yes:
-        _confirm(block, True, warnings)
-        raise CliError(f"store {payee['store_id']} has a flagged look-alike name: --yes is refused until an operator "
-                       "clears it; pay without --yes to decide yourself; nothing was signed")
-    _confirm(block, yes, warnings)
+        ask_confirmation(block, True, warnings)
+        raise CliError(
+            f"store {payee['store_id']} has a flagged look-alike name: --yes is refused until an operator "
+            "clears it; pay without --yes to decide yourself; nothing was signed"
+        )
+    ask_confirmation(block, yes, warnings)
 
 
 def payment_block(payee: dict, money: str, order: str) -> tuple[Group, tuple[str, ...]]:
@@ -131,58 +199,85 @@ def payment_block(payee: dict, money: str, order: str) -> tuple[Group, tuple[str
     if other_ids:
         warnings.append(f"the name or order mentions {', '.join(other_ids)}, but the payee is {store_id}")
     if payee["name_flagged"]:
-        warnings.append(f"the center flagged this store's name: it looks like the name of store "
-                        f"{payee['resembles'] or 'another store'}, and no operator has cleared it; "
-                        f"check the store id {store_id} with the store before paying")
+        warnings.append(
+            f"the center flagged this store's name: it looks like the name of store "
+            f"{payee['resembles'] or 'another store'}, and no operator has cleared it; "
+            f"check the store id {store_id} with the store before paying"
+        )
     return Group(f"Pay {money} to this store? Password B signs it next.", grid), tuple(warnings)
 
 
 @app.command()
 def balance(
-    offline: Annotated[bool, typer.Option("--offline", help="Show the last known balance (password A only)")] = False,
-    home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Show the last known balance (password A only)")
+    ] = False,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Ask the center for the balance (a signed query), or show the last known one."""
-    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
         wallet.require_enrolled()
-        currency = wallet.currency if offline else _learn_currency(wallet)
+        currency = wallet.currency if offline else learn_currency(wallet)
         if not offline:
-            outcome = _sign_and_deliver(wallet, BALANCE, {}, password_b_file, password_b_fd, card_timeout)
+            outcome = sign_and_deliver(wallet, BALANCE, {}, password_b_file, password_b_fd, card_timeout_s)
             if outcome[0] != "delivered":
-                raise CliError("the center could not be reached; the query waits in the outbox "
-                               "(use --offline for the last known balance)")
+                raise CliError(
+                    "the center could not be reached; the query waits in the outbox "
+                    "(use --offline for the last known balance)"
+                )
         doc = wallet.doc
     pending = [{"topup_id": k, **v} for k, v in doc["topups"].items() if v["status"] == "pending"]
-    document = {"balance_minor": doc["balance_minor"], "currency": currency, "member_id": doc["member_id"],
-                "pending_topups": pending, "source": "vault" if offline else "center"}
-    emit(as_json, document, lambda out: out.print(
-        f"balance: {format_amount(doc['balance_minor'] or 0, currency or 'JPY')}"
-        + (" (last known)" if offline else "")
-        + "".join(f"\n  pending top-up {t['topup_id']}: {format_amount(t['amount_minor'], currency)} by {t['method']}"
-                  for t in pending)))
+    document = {
+        "balance_minor": doc["balance_minor"],
+        "currency": currency,
+        "member_id": doc["member_id"],
+        "pending_topups": pending,
+        "source": "vault" if offline else "center",
+    }
+    emit(
+        as_json,
+        document,
+        lambda out: out.print(
+            f"balance: {format_amount(doc['balance_minor'] or 0, currency or 'JPY')}"
+            + (" (last known)" if offline else "")
+            + "".join(
+                f"\n  pending top-up {t['topup_id']}: {format_amount(t['amount_minor'], currency)} "
+                f"by {t['method']}"
+                for t in pending
+            )
+        ),
+    )
 
 
 @app.command()
 def notices(
-    home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Fetch the store's payment notices; each is checked against the center's signature."""
-    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
         wallet.require_enrolled("store")
         before = len(wallet.doc["notices"])
-        token = _open_token(wallet, card_timeout)
-        pin = _ask_pin(token, password_b_file, password_b_fd)
+        token = open_wallet_token(wallet, card_timeout_s)
+        pin = ask_pin(token, password_b_file, password_b_fd)
         for _ in range(MAX_NOTICE_FETCHES):
             body = {"after": wallet.doc["notices_cursor"], "limit": MAX_NOTICES_PER_FETCH}
-            entry = _with_pin_message(lambda: wallet.sign_and_queue(token, pin, NOTICES, body, now_s=int(time.time())),
-                                      token)
-            state, result = _deliver_checked(wallet, entry)
+            entry = with_pin_message(
+                lambda body=body: wallet.sign_and_queue(token, pin, NOTICES, body, now_s=int(time.time())),
+                token,
+            )
+            state, result = deliver_checked(wallet, entry)
             if state != "delivered" or result["count"] < MAX_NOTICES_PER_FETCH:
                 break
         all_notices = [n["notice"] for n in wallet.doc["notices"]]
@@ -194,8 +289,13 @@ def notices(
         for column in ("payment", "buyer", "amount", "order", "paid (UTC)"):
             table.add_column(column)
         for n in all_notices:
-            table.add_row(n["payment_id"], n["buyer_id"], format_amount(n["amount_minor"], n["currency"]),
-                          n["order_ref"], _when(n["paid_at_ms"]))
+            table.add_row(
+                n["payment_id"],
+                n["buyer_id"],
+                format_amount(n["amount_minor"], n["currency"]),
+                n["order_ref"],
+                format_when(n["paid_at_ms"]),
+            )
         out.print(table)
         if state == "queued":
             out.print("the center could not be reached; run `wallet sync` later")
@@ -205,35 +305,58 @@ def notices(
 
 @app.command()
 def payout(
-    home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Claim the store's whole balance as a payout to its bank account."""
-    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
         wallet.require_enrolled("store")
-        currency = _learn_currency(wallet)
-        outcome = _sign_and_deliver(wallet, PAYOUT, {"currency": currency}, password_b_file, password_b_fd, card_timeout)
-    _print_outcome(as_json, outcome, lambda r: f"payout {r['payout_id']} of {format_amount(r['amount_minor'], currency)} "
-                   f"to {r['bank_account']} is {r['status']}")
+        currency = learn_currency(wallet)
+        outcome = sign_and_deliver(
+            wallet, PAYOUT, {"currency": currency}, password_b_file, password_b_fd, card_timeout_s
+        )
+    print_outcome(
+        as_json,
+        outcome,
+        lambda r: (
+            f"payout {r['payout_id']} of {format_amount(r['amount_minor'], currency)} "
+            f"to {r['bank_account']} is {r['status']}"
+        ),
+    )
 
 
 @app.command()
 def refund(
     payment_id: Annotated[str, typer.Argument(help="The payment to refund (P-...)")],
-    amount: Annotated[Optional[str], typer.Option(help="Part to refund (default: all not yet refunded)")] = None,
-    home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    amount: Annotated[str | None, typer.Option(help="Part to refund (default: all not yet refunded)")] = None,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Return money of a payment to the buyer (stores only; never more than was paid)."""
-    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
         wallet.require_enrolled("store")
-        currency = _learn_currency(wallet)
-        body = {"payment_id": payment_id, "amount_minor": _amount(amount, currency) if amount else None,
-                "currency": currency}
-        outcome = _sign_and_deliver(wallet, REFUND, body, password_b_file, password_b_fd, card_timeout)
-    _print_outcome(as_json, outcome, lambda r: f"refunded {format_amount(r['amount_minor'], currency)} of payment "
-                   f"{r['payment_id']} to {r['buyer_id']} (refund {r['refund_id']})")
+        currency = learn_currency(wallet)
+        body = {
+            "payment_id": payment_id,
+            "amount_minor": read_amount(amount, currency) if amount else None,
+            "currency": currency,
+        }
+        outcome = sign_and_deliver(wallet, REFUND, body, password_b_file, password_b_fd, card_timeout_s)
+    print_outcome(
+        as_json,
+        outcome,
+        lambda r: (
+            f"refunded {format_amount(r['amount_minor'], currency)} of payment "
+            f"{r['payment_id']} to {r['buyer_id']} (refund {r['refund_id']})"
+        ),
+    )

@@ -14,6 +14,10 @@ amount and currency; the center decides only if they are still the top-up's.
 `console-login` first fetches who asked for the code (address, user agent, time,
 as the center recorded them), shows it, asks, and signs the code with a hash of
 those facts. Neither can be queued offline: what is approved must be seen first.
+
+Long because each command declares its options one per line (Typer signatures, ~15 lines a
+command), and the fetch-show-ask-sign steps of each decision are kept beside the command that
+shows them.
 """
 
 from __future__ import annotations
@@ -21,169 +25,299 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-
 from rich.text import Text
 
-from paywire.messages import (CONSOLE_CHALLENGE_PATTERN, CONSOLE_LOGIN, ENROLL, KID_PATTERN, MAX_REASON_CHARS,
-                              OPERATOR_ACTION, TOPUP_ID_PATTERN, console_client_sha256)
-from paywire.money import format_amount
-from token_wallet.cli.common import (CardTimeout, Home, JsonFlag, PasswordAFd, PasswordAFile, PasswordBFd,
-                                     PasswordBFile, _ask_pin, _confirm, _deliver_checked, _learn_currency, _online,
-                                     _open_token, _open_wallet, _password_a, _print_outcome,
-                                     _sign_and_deliver, _when, _with_pin_message, app)
 from hostkit.cli import CliError, emit
+from paywire.messages import (
+    CONSOLE_CHALLENGE_PATTERN,
+    CONSOLE_LOGIN,
+    KID_PATTERN,
+    MAX_REASON_CHARS,
+    OPERATOR_ACTION,
+    TOPUP_ID_PATTERN,
+    console_client_sha256,
+)
+from paywire.money import format_amount
+from token_wallet.cli.common import (
+    CardTimeout,
+    Home,
+    JsonFlag,
+    PasswordAFd,
+    PasswordAFile,
+    PasswordBFd,
+    PasswordBFile,
+    app,
+    ask_confirmation,
+    ask_pin,
+    deliver_checked,
+    format_when,
+    learn_currency,
+    online,
+    open_wallet,
+    open_wallet_token,
+    operator_app,
+    print_outcome,
+    read_center_cert,
+    read_password_a,
+    refuse_member_wallet,
+    require_operator_wallet,
+    sign_and_deliver,
+    with_pin_message,
+)
 from token_wallet.client import check_center_url
-from tokens import DEFAULT_CARD_TIMEOUT_S
 from token_wallet.wallet import Wallet
-
-operator_app = typer.Typer(help="Operator actions, each signed with this wallet's token key", no_args_is_help=True)
-app.add_typer(operator_app, name="operator")
+from tokens import DEFAULT_CARD_TIMEOUT_S
 
 CenterUrl = Annotated[str, typer.Option("--center", help="Center URL, e.g. https://127.0.0.1:8443")]
-CenterCert = Annotated[Path, typer.Option("--center-cert", help="The center's certificate (center-cert.pem) to pin")]
-MEMBER_ROLES = ("member", "store")
+CenterCert = Annotated[
+    Path, typer.Option("--center-cert", help="The center's certificate (center-cert.pem) to pin")
+]
 # Base32 has no 0, 1 or 8: read them as the letters they are mistaken for.
 LOOKALIKES = str.maketrans({"0": "O", "1": "I", "8": "B"})
 QUEUED_EXIT_CODE = 3
-Yes = Annotated[bool, typer.Option("--yes", help="Skip the confirmation question (not password B); "
-                                                 "the details are still shown")]
+Yes = Annotated[
+    bool,
+    typer.Option(
+        "--yes", help="Skip the confirmation question (not password B); the details are still shown"
+    ),
+]
 
 
 @operator_app.command("attach")
 def attach(
-    center: CenterUrl, center_cert: CenterCert,
-    home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    center: CenterUrl,
+    center_cert: CenterCert,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Pin the center and ask it (a signed request) which operator account this token key belongs to."""
     identity = _center_identity(center, center_cert)
-    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
-        _refuse_member_wallet(wallet)
+    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+        refuse_member_wallet(wallet)
         previous = wallet.doc["center"]
-        wallet.pin_center(center, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg)
+        wallet.pin_center(
+            center, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg
+        )
         try:
-            state, result, entry = _sign_and_deliver(wallet, OPERATOR_ACTION, {"action": "whoami", "args": {}},
-                                                     password_b_file, password_b_fd, card_timeout)
+            state, result, entry = sign_and_deliver(
+                wallet,
+                OPERATOR_ACTION,
+                {"action": "whoami", "args": {}},
+                password_b_file,
+                password_b_fd,
+                card_timeout_s,
+            )
         except CliError:
             # Not attached: leave the wallet as it was (a refusal is kept in the history).
             wallet.doc["center"] = previous
             wallet.vault.save()
             raise
         if state == "delivered":
-            _learn_currency(wallet)  # kept in the vault: later actions need not ask before signing
-    document = {"status": "attached" if state == "delivered" else "queued", "center": center,
-                "center_id": identity.center_id, "kid": wallet.kid, "msg_id": entry["msg_id"],
-                "operator_id": wallet.doc["member_id"], "role": wallet.doc["role"],
-                "name": result.get("name") if state == "delivered" else None}
+            learn_currency(wallet)  # kept in the vault: later actions need not ask before signing
+    document = {
+        "status": "attached" if state == "delivered" else "queued",
+        "center": center,
+        "center_id": identity.center_id,
+        "kid": wallet.kid,
+        "msg_id": entry["msg_id"],
+        "operator_id": wallet.doc["member_id"],
+        "role": wallet.doc["role"],
+        "name": result.get("name") if state == "delivered" else None,
+    }
     if state != "delivered":
         document["reason"] = result["reason"]
-    emit(as_json, document, lambda out: out.print(
-        f"attached to {identity.center_id} as {document['role']} {document['operator_id']} "
-        f"({document['name']})" if state == "delivered" else
-        f"center unreachable; the check waits in the outbox: run `wallet sync` later ({document['reason']})"))
+    emit(
+        as_json,
+        document,
+        lambda out: out.print(
+            f"attached to {identity.center_id} as {document['role']} {document['operator_id']} "
+            f"({document['name']})"
+            if state == "delivered"
+            else "center unreachable; the check waits in the outbox: run `wallet sync` later "
+            f"({document['reason']})"
+        ),
+    )
 
 
 @operator_app.command("confirm-topup")
 def confirm_topup(
     topup_id: Annotated[str, typer.Argument(help="The pending top-up (U-...)")],
-    yes: Yes = False, home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    yes: Yes = False,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Confirm a pending top-up: the member's balance is credited (operators only); shown and asked first."""
-    _decide_topup("confirm_topup", topup_id, yes, home, as_json, password_a_file, password_a_fd, password_b_file,
-                  password_b_fd, card_timeout)
+    _decide_topup(
+        "confirm_topup",
+        topup_id,
+        yes,
+        home,
+        as_json,
+        password_a_file,
+        password_a_fd,
+        password_b_file,
+        password_b_fd,
+        card_timeout_s,
+    )
 
 
 @operator_app.command("decline-topup")
 def decline_topup(
     topup_id: Annotated[str, typer.Argument(help="The pending top-up (U-...)")],
-    yes: Yes = False, home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    yes: Yes = False,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Decline a pending top-up: nothing is credited (operators only); shown and asked first."""
-    _decide_topup("decline_topup", topup_id, yes, home, as_json, password_a_file, password_a_fd, password_b_file,
-                  password_b_fd, card_timeout)
+    _decide_topup(
+        "decline_topup",
+        topup_id,
+        yes,
+        home,
+        as_json,
+        password_a_file,
+        password_a_fd,
+        password_b_file,
+        password_b_fd,
+        card_timeout_s,
+    )
 
 
 @operator_app.command("revoke-key")
 def revoke_key(
     kid: Annotated[str, typer.Argument(help="The key id (64 hex digits) of the lost or compromised key")],
     reason: Annotated[str, typer.Option(help="Why, for the audit trail")] = "reported lost",
-    home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Revoke a key: every message it signs from now on is refused; its history stays (operators only)."""
     if not KID_PATTERN.fullmatch(kid):
-        raise CliError("KID must be a key id: 64 lower-case hex digits (as `center operator list` or the "
-                       "member's `wallet status` shows)")
+        raise CliError(
+            "KID must be a key id: 64 lower-case hex digits (as `center operator list` or the "
+            "member's `wallet status` shows)"
+        )
     if not reason.strip() or len(reason) > MAX_REASON_CHARS or not reason.isprintable():
         raise CliError(f"--reason must be 1 to {MAX_REASON_CHARS} printable characters")
-    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
-        _require_operator_wallet(wallet)
-        outcome = _sign_and_deliver(wallet, OPERATOR_ACTION, {"action": "revoke_key",
-                                                               "args": {"kid": kid, "reason": reason}},
-                                    password_b_file, password_b_fd, card_timeout)
-    _print_outcome(as_json, outcome, lambda r: f"key {r['kid'][:16]}... of {r['member_id']} "
-                   + ("was already revoked" if r["repeated"] else "revoked"))
+    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+        require_operator_wallet(wallet)
+        outcome = sign_and_deliver(
+            wallet,
+            OPERATOR_ACTION,
+            {"action": "revoke_key", "args": {"kid": kid, "reason": reason}},
+            password_b_file,
+            password_b_fd,
+            card_timeout_s,
+        )
+    print_outcome(
+        as_json,
+        outcome,
+        lambda r: (
+            f"key {r['kid'][:16]}... of {r['member_id']} "
+            + ("was already revoked" if r["repeated"] else "revoked")
+        ),
+    )
 
 
 @app.command("console-login")
 def console_login(
     challenge: Annotated[str, typer.Argument(help="The code the console shows, e.g. ABCD-EFGH-IJKL-MNOP")],
-    center: Annotated[Optional[str], typer.Option("--center", help="Center URL (default: the attached one)")] = None,
-    center_cert: Annotated[Optional[Path], typer.Option("--center-cert", help="Its certificate, with --center")] = None,
-    yes: Yes = False, home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
-    card_timeout: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
+    center: Annotated[
+        str | None, typer.Option("--center", help="Center URL (default: the attached one)")
+    ] = None,
+    center_cert: Annotated[
+        Path | None, typer.Option("--center-cert", help="Its certificate, with --center")
+    ] = None,
+    yes: Yes = False,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
+    card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Log the browser showing CHALLENGE in to the operator console, with a signature from this token."""
     code = normalise_challenge(challenge)
     if (center is None) != (center_cert is None):
         raise CliError("give --center and --center-cert together (or neither, to use the attached center)")
-    with _open_wallet(home, _password_a(password_a_file, password_a_fd)) as wallet:
+    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
         if center is not None:
             identity = _center_identity(center, center_cert)
-            wallet.pin_center(center, identity.cert_pem, identity.center_id, identity.receipt_spki,
-                              identity.receipt_alg)
+            wallet.pin_center(
+                center, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg
+            )
         elif wallet.doc["center"] is None:
-            raise CliError("this wallet knows no center: run `wallet operator attach --center URL --center-cert PEM` "
-                           "first, or give --center and --center-cert")
-        details = _online(lambda: _challenge_details(wallet, code), "fetch who asked for this code")
+            raise CliError(
+                "this wallet knows no center: run `wallet operator attach --center URL --center-cert PEM` "
+                "first, or give --center and --center-cert"
+            )
+        details = online(lambda: _challenge_details(wallet, code), "fetch who asked for this code")
         # Device-style logins can be phished: whoever shows you a code gets the session you approve.
-        _confirm(_login_question(code, wallet.doc["center"]["url"], details), yes)
-        body = {"challenge": code, "client_sha256": console_client_sha256(
-            code, details["client_address"], details["user_agent"], details["created_at_ms"])}
-        state, result, entry = _sign_and_deliver(wallet, CONSOLE_LOGIN, body, password_b_file, password_b_fd,
-                                                 card_timeout)
+        ask_confirmation(_login_question(code, wallet.doc["center"]["url"], details), yes)
+        body = {
+            "challenge": code,
+            "client_sha256": console_client_sha256(
+                code, details["client_address"], details["user_agent"], details["created_at_ms"]
+            ),
+        }
+        state, result, entry = sign_and_deliver(
+            wallet, CONSOLE_LOGIN, body, password_b_file, password_b_fd, card_timeout_s
+        )
     if state != "delivered":
-        raise CliError(f"cannot reach the center ({result['reason']}): the approval waits in the outbox and is "
-                       "refused once the login expires; start a new login in the browser", QUEUED_EXIT_CODE)
-    document = {"status": "approved", "challenge": code, "operator_id": result["operator_id"],
-                "role": result["role"], "msg_id": entry["msg_id"], "expires_at_ms": result["expires_at_ms"]}
-    emit(as_json, document, lambda out: out.print(
-        f"console login {code} approved: the browser is now logged in as {result['role']} "
-        f"{result['operator_id']}"))
+        raise CliError(
+            f"cannot reach the center ({result['reason']}): the approval waits in the outbox and is "
+            "refused once the login expires; start a new login in the browser",
+            QUEUED_EXIT_CODE,
+        )
+    document = {
+        "status": "approved",
+        "challenge": code,
+        "operator_id": result["operator_id"],
+        "role": result["role"],
+        "msg_id": entry["msg_id"],
+        "expires_at_ms": result["expires_at_ms"],
+    }
+    emit(
+        as_json,
+        document,
+        lambda out: out.print(
+            f"console login {code} approved: the browser is now logged in as {result['role']} "
+            f"{result['operator_id']}"
+        ),
+    )
 
 
 def normalise_challenge(text: str) -> str:
     """What the operator typed, as the wire carries it: upper case, four groups of four."""
     compact = re.sub(r"[\s-]", "", text[:64]).upper().translate(LOOKALIKES)
-    grouped = "-".join(compact[i:i + 4] for i in range(0, len(compact), 4))
+    grouped = "-".join(compact[i : i + 4] for i in range(0, len(compact), 4))
     if not CONSOLE_CHALLENGE_PATTERN.fullmatch(grouped):
-        raise CliError(f"{text[:40]!r} is not a console login code: 16 letters and digits 2-7, "
-                       "like ABCD-EFGH-IJKL-MNOP")
+        raise CliError(
+            f"{text[:40]!r} is not a console login code: 16 letters and digits 2-7, like ABCD-EFGH-IJKL-MNOP"
+        )
     return grouped
 
 
@@ -191,8 +325,17 @@ def _challenge_details(wallet: Wallet, code: str) -> dict:
     """Who asked for this code, as the center recorded it (a read over the pinned TLS connection)."""
     with wallet.client() as client:
         details = client.get_json(f"/v1/console/challenges/{code}")
-    kinds = {"challenge": str, "client_address": str, "user_agent": str, "created_at_ms": int, "expires_at_ms": int}
-    if any(type(details.get(name)) is not kind for name, kind in kinds.items()) or details["challenge"] != code:
+    kinds = {
+        "challenge": str,
+        "client_address": str,
+        "user_agent": str,
+        "created_at_ms": int,
+        "expires_at_ms": int,
+    }
+    if (
+        any(type(details.get(name)) is not kind for name, kind in kinds.items())
+        or details["challenge"] != code
+    ):
         raise CliError(f"the center's description of console login {code} is malformed; nothing was signed")
     return details
 
@@ -200,58 +343,80 @@ def _challenge_details(wallet: Wallet, code: str) -> dict:
 def _login_question(code: str, url: str, details: dict) -> Text:
     # A Text, never markup: the user agent is whatever the requesting browser sent.
     question = Text(f"Console login {code} at {url} was asked for by:\n")
-    for label, value in (("address", details["client_address"] or "(not recorded)"),
-                         ("browser", details["user_agent"] or "(no user agent)"),
-                         ("asked at", f"{_when(details['created_at_ms'])} UTC")):
+    for label, value in (
+        ("address", details["client_address"] or "(not recorded)"),
+        ("browser", details["user_agent"] or "(no user agent)"),
+        ("asked at", f"{format_when(details['created_at_ms'])} UTC"),
+    ):
         question.append(f"  {label:<9} ").append(value, style="bold").append("\n")
-    question.append("Approve only if that is your own browser, now: whoever approves a code gives that "
-                    "browser a console session.")
+    question.append(
+        "Approve only if that is your own browser, now: whoever approves a code gives that "
+        "browser a console session."
+    )
     return question
 
 
-def _decide_topup(action: str, topup_id: str, yes: bool, home, as_json, a_file, a_fd, b_file, b_fd,
-                  card_timeout) -> None:
+def _decide_topup(
+    action: str, topup_id: str, yes: bool, home, as_json, a_file, a_fd, b_file, b_fd, card_timeout_s
+) -> None:
     if not TOPUP_ID_PATTERN.fullmatch(topup_id):
         raise CliError(f"TOPUP_ID {topup_id[:40]!r} is not a top-up id (U- and 16 hex digits)")
-    with _open_wallet(home, _password_a(a_file, a_fd)) as wallet:
-        _require_operator_wallet(wallet)
-        currency = _learn_currency(wallet)
-        token = _open_token(wallet, card_timeout)
-        pin = _ask_pin(token, b_file, b_fd)  # asked once: for the read, then the decision
+    with open_wallet(home, read_password_a(a_file, a_fd)) as wallet:
+        require_operator_wallet(wallet)
+        currency = learn_currency(wallet)
+        token = open_wallet_token(wallet, card_timeout_s)
+        pin = ask_pin(token, b_file, b_fd)  # asked once: for the read, then the decision
         topup = _fetch_topup(wallet, token, pin, topup_id, currency)
-        _confirm(_decision_question(action, topup), yes)
-        args = {"topup_id": topup_id, "member_id": topup["member_id"], "amount_minor": topup["amount_minor"],
-                "currency": topup["currency"]}
+        ask_confirmation(_decision_question(action, topup), yes)
+        args = {
+            "topup_id": topup_id,
+            "member_id": topup["member_id"],
+            "amount_minor": topup["amount_minor"],
+            "currency": topup["currency"],
+        }
         entry = _signed(wallet, token, pin, {"action": action, "args": args})
-        state, result = _deliver_checked(wallet, entry)
-    _print_outcome(as_json, (state, result, entry), lambda r: f"top-up {r['topup_id']} {r['status']}"
-                   + (" (already)" if r["repeated"] else "")
-                   + f": {format_amount(r['amount_minor'], currency)} for {r['member_id']} by {r['method']}")
+        state, result = deliver_checked(wallet, entry)
+    print_outcome(
+        as_json,
+        (state, result, entry),
+        lambda r: (
+            f"top-up {r['topup_id']} {r['status']}"
+            + (" (already)" if r["repeated"] else "")
+            + f": {format_amount(r['amount_minor'], currency)} for {r['member_id']} by {r['method']}"
+        ),
+    )
 
 
 def _signed(wallet: Wallet, token, pin: str, body: dict) -> dict:
-    return _with_pin_message(lambda: wallet.sign_and_queue(token, pin, OPERATOR_ACTION, body,
-                                                           now_s=int(time.time())), token)
+    return with_pin_message(
+        lambda: wallet.sign_and_queue(token, pin, OPERATOR_ACTION, body, now_s=int(time.time())), token
+    )
 
 
 def _fetch_topup(wallet: Wallet, token, pin: str, topup_id: str, currency: str) -> dict:
     """The top-up as the center has it, by an operator-signed read; a read that cannot be delivered
     now is dropped from the outbox (worthless later), and nothing is decided."""
     entry = _signed(wallet, token, pin, {"action": "show_topup", "args": {"topup_id": topup_id}})
-    state, result = _deliver_checked(wallet, entry)
+    state, result = deliver_checked(wallet, entry)
     if state == "queued":
         wallet.doc["outbox"] = [e for e in wallet.doc["outbox"] if e["msg_id"] != entry["msg_id"]]
         wallet.vault.save()
-        raise CliError(f"cannot fetch top-up {topup_id} from the center ({result['reason']}); nothing was decided: "
-                       "try again when it answers")
+        raise CliError(
+            f"cannot fetch top-up {topup_id} from the center ({result['reason']}); nothing was decided: "
+            "try again when it answers"
+        )
     if result.get("action") != "topup_shown" or result.get("topup_id") != topup_id:
         raise CliError(f"the center answered the read of {topup_id} with something else; nothing was decided")
     if result["currency"] != currency:
-        raise CliError(f"top-up {topup_id} is in {result['currency']}, this center's currency is {currency}; "
-                       "nothing was decided")
+        raise CliError(
+            f"top-up {topup_id} is in {result['currency']}, this center's currency is {currency}; "
+            "nothing was decided"
+        )
     if result["status"] != "pending":
-        raise CliError(f"top-up {topup_id} is already {result['status']} (by {result['decided_by']} at "
-                       f"{_when(result['decided_at_ms'])} UTC); nothing was decided")
+        raise CliError(
+            f"top-up {topup_id} is already {result['status']} (by {result['decided_by']} at "
+            f"{format_when(result['decided_at_ms'])} UTC); nothing was decided"
+        )
     return result
 
 
@@ -259,35 +424,22 @@ def _decision_question(action: str, topup: dict) -> Text:
     # A Text, never markup: the member's name is theirs to choose.
     verb = "Confirm" if action == "confirm_topup" else "Decline"
     question = Text(f"{verb} top-up {topup['topup_id']}?\n")
-    for label, value in (("member", f"{topup['member_name']} ({topup['member_id']})"),
-                         ("amount", format_amount(topup["amount_minor"], topup["currency"])),
-                         ("method", topup["method"]), ("asked at", f"{_when(topup['created_at_ms'])} UTC")):
+    for label, value in (
+        ("member", f"{topup['member_name']} ({topup['member_id']})"),
+        ("amount", format_amount(topup["amount_minor"], topup["currency"])),
+        ("method", topup["method"]),
+        ("asked at", f"{format_when(topup['created_at_ms'])} UTC"),
+    ):
         question.append(f"  {label:<9} ").append(value, style="bold").append("\n")
-    question.append("Confirm only when this money has arrived." if verb == "Confirm"
-                    else "Nothing will be credited.")
+    question.append(
+        "Confirm only when this money has arrived." if verb == "Confirm" else "Nothing will be credited."
+    )
     return question
 
 
 def _center_identity(url: str, cert_path: Path):
-    from token_wallet.cli.main import _read_center_cert  # the same reading and checks as `wallet enroll`
-
     try:
         check_center_url(url)
     except ValueError as error:
         raise CliError(str(error)) from None
-    return _read_center_cert(cert_path)
-
-
-def _refuse_member_wallet(wallet: Wallet) -> None:
-    if wallet.doc["role"] in MEMBER_ROLES:
-        raise CliError(f"this wallet is enrolled as {wallet.doc['role']} {wallet.doc['member_id']}; an operator needs "
-                       "a token key of its own (`wallet init --home NEW_DIR`)")
-    if any(entry["type"] == ENROLL for entry in wallet.doc["outbox"]):
-        raise CliError("an enrollment waits in this wallet's outbox; an operator's wallet does not enroll")
-
-
-def _require_operator_wallet(wallet: Wallet) -> None:
-    _refuse_member_wallet(wallet)
-    if wallet.doc["center"] is None:
-        raise CliError("this wallet is not attached to a center: run `wallet operator attach --center URL "
-                       "--center-cert PEM` first")
+    return read_center_cert(cert_path)

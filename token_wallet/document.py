@@ -1,0 +1,118 @@
+"""The vault document: its shape, its history, and which key signs (below Wallet and key_rotation).
+
+token_wallet.wallet (signing, delivering, recording answers) and token_wallet.key_rotation
+(replacing and rotating the key) both change the document; what both need lives here, so neither
+imports the other back: the history, and the key fields a rotation's receipt or refusal changes.
+
+Key fields: token, key, kid, counter (the current key's); key_status ('new', 'pending_bind' or
+'active'); pending_key (a rotation's new key, saved before anything is sent); previous_keys (kid,
+algorithm, token, why and when retired, so the history can still name the key of an old entry).
+"""
+
+from __future__ import annotations
+
+import time
+
+from paywire.algorithms import key_id
+from paywire.messages import ROTATE
+from tokens.base import KeyRecord
+
+DOCUMENT_VERSION = 1
+MAX_HISTORY_ENTRIES = 100_000
+MAX_PREVIOUS_KEYS = 100
+KEY_STATES = ("new", "pending_bind", "active")
+
+
+class WalletError(Exception):
+    """A refusal the user can act on (one line)."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_document(token_doc: dict, key: KeyRecord) -> dict:
+    return {
+        "version": DOCUMENT_VERSION,
+        "token": token_doc,
+        "key": key.to_json(),
+        "kid": key_id(key.spki_der),
+        "counter": 0,
+        "center": None,
+        "member_id": None,
+        "role": None,
+        "balance_minor": None,
+        "history": [],
+        "receipts": [],
+        "outbox": [],
+        "topups": {},
+        "notices": [],
+        "notices_cursor": 0,
+    }
+
+
+def add_history(doc: dict, kind: str, ref: str, outcome: str, details: dict) -> None:
+    history = doc["history"]
+    if len(history) >= MAX_HISTORY_ENTRIES:
+        raise WalletError("the history is full: export it and start a new wallet")
+    history.append({"at_ms": now_ms(), "type": kind, "msg_id": ref, "outcome": outcome, "details": details})
+
+
+# --- the key ----------------------------------------------------------------------------------
+
+
+def key_state(doc: dict) -> str:
+    """'new' (not at the center yet), 'pending_bind' (waiting for an operator) or 'active'."""
+    state = doc.get("key_status")
+    if state is None:  # vaults from before key lifecycle: enrolled means active
+        state = "active" if doc["member_id"] else "new"
+    assert state in KEY_STATES, state
+    return state
+
+
+def queued_rotation(doc: dict) -> dict | None:
+    return next((entry for entry in doc["outbox"] if entry["type"] == ROTATE), None)
+
+
+def discard_pending_key(doc: dict, reason: str) -> None:
+    """The center refused the rotation (or the old key is lost): the new key is forgotten."""
+    pending = doc.get("pending_key")
+    if pending:
+        add_history(doc, "key_rotation_abandoned", pending["kid"], "discarded", {"reason": reason})
+        doc["pending_key"] = None
+
+
+def switch_to_rotated_key(doc: dict, result: dict) -> None:
+    """The center's verified receipt says the rotation is in: the new key is the wallet's key from now on."""
+    pending = doc.get("pending_key")
+    if not pending or result["new_kid"] != pending["kid"] or result["old_kid"] != doc["kid"]:
+        raise WalletError(
+            "the center's rotation receipt names keys this wallet does not expect; nothing changed"
+        )
+    retire_current_key(doc, "rotated")
+    install_key(
+        doc, pending["token"], KeyRecord.from_json(pending["key"]), counter=pending["counter"], state="active"
+    )
+    doc["pending_key"] = None
+
+
+def retire_current_key(doc: dict, why: str) -> None:
+    previous = doc.setdefault("previous_keys", [])
+    if len(previous) >= MAX_PREVIOUS_KEYS:
+        raise WalletError(
+            f"this wallet has retired {MAX_PREVIOUS_KEYS} keys already: start a new wallet home"
+        )
+    previous.append(
+        {
+            "kid": doc["kid"],
+            "algorithm": doc["key"]["algorithm"],
+            "token": doc["token"],
+            "retired": why,
+            "retired_at_ms": now_ms(),
+        }
+    )
+
+
+def install_key(doc: dict, token_doc: dict, key: KeyRecord, *, counter: int, state: str) -> None:
+    doc["token"], doc["key"], doc["kid"] = token_doc, key.to_json(), key_id(key.spki_der)
+    doc["counter"], doc["key_status"] = counter, state
