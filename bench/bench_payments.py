@@ -17,6 +17,7 @@ included), the figure to watch when the machine is shared. Members beyond the pa
 ones are bulk-inserted filler rows, to see how the cost grows with the number of enrolled members.
 Not part of the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the test helpers start center
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
-
-from center.storage.db import accounts, keys, parties, payments as payments_table  # noqa: E402
 from stress_support import Api, LiveCenter, pay_body  # noqa: E402
 from support import PG_ADMIN_URL, create_pg_database, drop_pg_database  # noqa: E402
+
+from center.storage.db import accounts, keys, parties  # noqa: E402
+from center.storage.db import payments as payments_table
 
 VERIFY_SECONDS = 3.0
 FILLER_BATCH_ROWS = 5_000
@@ -84,14 +86,50 @@ def add_filler_members(center: LiveCenter, count: int) -> None:
         size = min(FILLER_BATCH_ROWS, count - start)
         ids = [f"M-{secrets.token_hex(8)}" for _ in range(size)]
         with engine.begin() as conn:
-            conn.execute(insert(parties), [{"id": i, "role": "member", "name": "Filler", "address": "-",
-                                            "birth_date": "1990-01-01", "bank_account": None, "status": "active",
-                                            "created_at_ms": now} for i in ids])
-            conn.execute(insert(keys), [{"kid": secrets.token_hex(32), "party_id": i, "algorithm": "ES256",
-                                         "spki": spki, "status": "active", "last_ctr": 1, "created_at_ms": now}
-                                        for i in ids])
-            conn.execute(insert(accounts), [{"id": f"party:{i}", "kind": "member", "party_id": i, "balance_minor": 0,
-                                             "created_at_ms": now} for i in ids])
+            conn.execute(
+                insert(parties),
+                [
+                    {
+                        "id": i,
+                        "role": "member",
+                        "name": "Filler",
+                        "address": "-",
+                        "birth_date": "1990-01-01",
+                        "bank_account": None,
+                        "status": "active",
+                        "created_at_ms": now,
+                    }
+                    for i in ids
+                ],
+            )
+            conn.execute(
+                insert(keys),
+                [
+                    {
+                        "kid": secrets.token_hex(32),
+                        "party_id": i,
+                        "algorithm": "ES256",
+                        "spki": spki,
+                        "status": "active",
+                        "last_ctr": 1,
+                        "created_at_ms": now,
+                    }
+                    for i in ids
+                ],
+            )
+            conn.execute(
+                insert(accounts),
+                [
+                    {
+                        "id": f"party:{i}",
+                        "kind": "member",
+                        "party_id": i,
+                        "balance_minor": 0,
+                        "created_at_ms": now,
+                    }
+                    for i in ids
+                ],
+            )
 
 
 def presigned_payments(center: LiveCenter, api: Api, store_id: str, payers: int, payments: int) -> list:
@@ -104,8 +142,11 @@ def presigned_payments(center: LiveCenter, api: Api, store_id: str, payers: int,
     envelopes = []
     for index in range(payments):
         signer = signers[index % payers]
-        envelopes.append(signer.envelope("pay", pay_body(store_id, 10, f"b-{index}"), aud=center.center_id,
-                                         lifetime_s=3600))
+        envelopes.append(
+            signer.envelope(
+                "pay", pay_body(store_id, 10, f"b-{index}"), aud=center.center_id, lifetime_s=3600
+            )
+        )
     return envelopes
 
 
@@ -116,9 +157,25 @@ def write_bodies(path: Path, bodies: list[dict]) -> None:
 def run_wrk(center: LiveCenter, route: str, bodies_file: Path, connections: int, delay_ms: int) -> dict:
     """Send every body once with wrk (C, epoll: the client must not be what is measured)."""
     threads = min(WRK_THREADS, connections)
-    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{WRK_MAX_SECONDS}s", "--timeout", "60s",
-               "-s", str(ROOT / "bench" / "wrk_bodies.lua"), center.url, "--", route, str(bodies_file),
-               str(threads), str(delay_ms)]
+    command = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{WRK_MAX_SECONDS}s",
+        "--timeout",
+        "60s",
+        "-s",
+        str(ROOT / "bench" / "wrk_bodies.lua"),
+        center.url,
+        "--",
+        route,
+        str(bodies_file),
+        str(threads),
+        str(delay_ms),
+    ]
     wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     output, finished_threads = [], 0
     for line in wrk.stdout:  # wrk sleeps for all of -d; interrupt it once every thread is done
@@ -129,10 +186,14 @@ def run_wrk(center: LiveCenter, route: str, bodies_file: Path, connections: int,
     wrk.wait(timeout=60)
     lines = [line for line in output if line.startswith("{")]
     if not lines:
-        raise SystemExit(f"wrk failed ({wrk.returncode}): {wrk.stderr.read().strip() or ''.join(output)[-500:]}")
+        raise SystemExit(
+            f"wrk failed ({wrk.returncode}): {wrk.stderr.read().strip() or ''.join(output)[-500:]}"
+        )
     result = json.loads(lines[-1])
     if result["answers"] != result["bodies"]:
-        raise SystemExit(f"wrk got {result['answers']} answers to {result['bodies']} bodies within {WRK_MAX_SECONDS} s")
+        raise SystemExit(
+            f"wrk got {result['answers']} answers to {result['bodies']} bodies within {WRK_MAX_SECONDS} s"
+        )
     return result
 
 
@@ -151,8 +212,9 @@ def process_group_cpu_s(pgid: int) -> float:
     return total_ticks / os.sysconf("SC_CLK_TCK")
 
 
-def run_measured(center: LiveCenter, route: str, bodies_file: Path, connections: int, delay_ms: int,
-                 payments: int) -> dict:
+def run_measured(
+    center: LiveCenter, route: str, bodies_file: Path, connections: int, delay_ms: int, payments: int
+) -> dict:
     """run_wrk, plus the center's CPU time per payment (all its worker processes; not PostgreSQL's)."""
     pgid = center.process.process.pid
     before_s = process_group_cpu_s(pgid)
@@ -173,12 +235,19 @@ def run_one(db: str, members: int, payments: int, connections: int, workers: int
                 add_filler_members(center, max(0, members - payers - 1))
                 envelopes = presigned_payments(center, api, store_id, payers, payments)
             third = len(envelopes) // 3
-            full_file, half_file, batch_file = (Path(tmp) / name for name in ("full.jsonl", "half.jsonl", "batch.jsonl"))
+            full_file, half_file, batch_file = (
+                Path(tmp) / name for name in ("full.jsonl", "half.jsonl", "batch.jsonl")
+            )
             write_bodies(full_file, [e.to_json() for e in envelopes[:third]])
-            write_bodies(half_file, [e.to_json() for e in envelopes[third:2 * third]])
-            batched = envelopes[2 * third:]
-            write_bodies(batch_file, [{"payments": [e.to_json() for e in batched[i:i + BATCH_SIZE]]}
-                                      for i in range(0, len(batched), BATCH_SIZE)])
+            write_bodies(half_file, [e.to_json() for e in envelopes[third : 2 * third]])
+            batched = envelopes[2 * third :]
+            write_bodies(
+                batch_file,
+                [
+                    {"payments": [e.to_json() for e in batched[i : i + BATCH_SIZE]]}
+                    for i in range(0, len(batched), BATCH_SIZE)
+                ],
+            )
             full = run_measured(center, "/v1/payments", full_file, connections, 0, third)
             rate = full["bodies"] / (full["duration_us"] / 1e6)
             # Half load: each connection waits between requests so that together they offer half
@@ -193,24 +262,38 @@ def run_one(db: str, members: int, payments: int, connections: int, workers: int
             if db != "sqlite":
                 drop_pg_database(url)
     assert committed == len(envelopes), f"{committed} payments committed, {len(envelopes)} sent"
-    return {"db": db, "members": members, "workers": workers, "payments_per_s": rate, "ratio": rate / verify_rate,
-            "p50_ms": full["p50_us"] / 1000, "p99_ms": full["p99_us"] / 1000,
-            "p99_half_load_ms": half["p99_us"] / 1000, "half_load_per_s": half["bodies"] / (half["duration_us"] / 1e6),
-            "failures": full["non_200"] + half["non_200"], "batch_per_s": batch_rate,
-            "batch_ratio": batch_rate / verify_rate, "batch_p99_ms": batch["p99_us"] / 1000,
-            "batch_failures": batch["non_200"], "cpu_ms": full["center_cpu_ms_per_payment"],
-            "batch_cpu_ms": batch["center_cpu_ms_per_payment"]}
+    return {
+        "db": db,
+        "members": members,
+        "workers": workers,
+        "payments_per_s": rate,
+        "ratio": rate / verify_rate,
+        "p50_ms": full["p50_us"] / 1000,
+        "p99_ms": full["p99_us"] / 1000,
+        "p99_half_load_ms": half["p99_us"] / 1000,
+        "half_load_per_s": half["bodies"] / (half["duration_us"] / 1e6),
+        "failures": full["non_200"] + half["non_200"],
+        "batch_per_s": batch_rate,
+        "batch_ratio": batch_rate / verify_rate,
+        "batch_p99_ms": batch["p99_us"] / 1000,
+        "batch_failures": batch["non_200"],
+        "cpu_ms": full["center_cpu_ms_per_payment"],
+        "batch_cpu_ms": batch["center_cpu_ms_per_payment"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--members", type=int, nargs="+", default=[1000])
-    parser.add_argument("--payments", type=int, default=9000, help="split in thirds: full load, half load, batches")
+    parser.add_argument(
+        "--payments", type=int, default=9000, help="split in thirds: full load, half load, batches"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--runs", type=int, default=1, help="repeat each case; prints the median and range")
-    parser.add_argument("--workers", type=int, default=None,
-                        help=f"center serve --workers (default: {DEFAULT_WORKERS})")
+    parser.add_argument(
+        "--workers", type=int, default=None, help=f"center serve --workers (default: {DEFAULT_WORKERS})"
+    )
     args = parser.parse_args()
     if not 1 <= args.runs <= MAX_RUNS:
         parser.error(f"--runs must be in [1, {MAX_RUNS}]")
@@ -221,37 +304,55 @@ def main() -> None:
     os.environ.setdefault("TOKENPAY_TEST_PG_URL", PG_ADMIN_URL)
     verify_rate = raw_verify_rate()
     print(f"raw ECDSA P-256 verify, {os.cpu_count()} cores: {verify_rate:,.0f}/s (baseline 1.00)")
-    for db in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
+    for db in ["sqlite", "postgres"] if args.db == "both" else [args.db]:
         for members in args.members:
             runs = []
             for _ in range(args.runs):
-                runs.append(run_one(db, members, args.payments, args.concurrency,
-                                    args.workers or DEFAULT_WORKERS[db], verify_rate))
+                runs.append(
+                    run_one(
+                        db,
+                        members,
+                        args.payments,
+                        args.concurrency,
+                        args.workers or DEFAULT_WORKERS[db],
+                        verify_rate,
+                    )
+                )
                 print_run(runs[-1])
             if args.runs > 1:
                 print_spread(runs, verify_rate)
 
 
 def print_run(r: dict) -> None:
-    print(f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} single-payment path: {r['payments_per_s']:7.0f}/s "
-          f"= {r['ratio']:.3f} x verify (target 0.08), p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-          f"p99 at half load ({r['half_load_per_s']:.0f}/s) {r['p99_half_load_ms']:.1f} ms (target < 50), "
-          f"center CPU {r['cpu_ms']:.2f} ms/payment, failures {r['failures']}")
-    print(f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} batch path ({BATCH_SIZE} per request, {BATCHES_IN_FLIGHT} "
-          f"in flight): {r['batch_per_s']:7.0f}/s = {r['batch_ratio']:.3f} x verify (target 0.20), "
-          f"p99 per batch {r['batch_p99_ms']:.1f} ms, center CPU {r['batch_cpu_ms']:.2f} ms/payment, "
-          f"failures {r['batch_failures']}", flush=True)
+    print(
+        f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} single-payment path: {r['payments_per_s']:7.0f}/s "
+        f"= {r['ratio']:.3f} x verify (target 0.08), p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+        f"p99 at half load ({r['half_load_per_s']:.0f}/s) {r['p99_half_load_ms']:.1f} ms (target < 50), "
+        f"center CPU {r['cpu_ms']:.2f} ms/payment, failures {r['failures']}"
+    )
+    print(
+        f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} batch path ({BATCH_SIZE} per request, {BATCHES_IN_FLIGHT} "
+        f"in flight): {r['batch_per_s']:7.0f}/s = {r['batch_ratio']:.3f} x verify (target 0.20), "
+        f"p99 per batch {r['batch_p99_ms']:.1f} ms, center CPU {r['batch_cpu_ms']:.2f} ms/payment, "
+        f"failures {r['batch_failures']}",
+        flush=True,
+    )
 
 
 def print_spread(runs: list[dict], verify_rate: float) -> None:
     """Median and range over the runs: one run is not a figure (the spread here is about +-20 %)."""
     first = runs[0]
-    for label, key, unit in (("single-payment path", "payments_per_s", "/s"), ("p99 at half load", "p99_half_load_ms", " ms"),
-                             ("batch path", "batch_per_s", "/s")):
+    for label, key, unit in (
+        ("single-payment path", "payments_per_s", "/s"),
+        ("p99 at half load", "p99_half_load_ms", " ms"),
+        ("batch path", "batch_per_s", "/s"),
+    ):
         values = sorted(r[key] for r in runs)
         ratio = f" = {statistics.median(values) / verify_rate:.3f} x verify" if unit == "/s" else ""
-        print(f"{first['db']:8} workers={first['workers']} members={first['members']:>9,} {label}, {len(runs)} runs: "
-              f"median {statistics.median(values):.1f}{unit}{ratio}, range {values[0]:.1f}-{values[-1]:.1f}{unit}")
+        print(
+            f"{first['db']:8} workers={first['workers']} members={first['members']:>9,} {label}, {len(runs)} runs: "
+            f"median {statistics.median(values):.1f}{unit}{ratio}, range {values[0]:.1f}-{values[-1]:.1f}{unit}"
+        )
 
 
 if __name__ == "__main__":

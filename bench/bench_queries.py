@@ -11,6 +11,7 @@ buyer, its pending top-ups and its statistics. Each is printed in milliseconds (
 REPEATS runs) and as a ratio to a primary-key lookup of one payment measured in the same run: a read
 that grows with the books shows a ratio that grows with `--payments`. Not part of the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from center.storage.db import make_engine, migrate  # noqa: E402
 from scale_rows import BASELINE, fill, reads  # noqa: E402
 from support import create_pg_database, drop_pg_database  # noqa: E402
+
+from center.storage.db import make_engine, migrate  # noqa: E402
 
 REPEATS = 7
 MAX_PAYMENTS = 10_000_000
@@ -59,7 +61,9 @@ def run(db: str, payments_count: int) -> None:
                 drop_pg_database(url)
     baseline = timings[BASELINE]
     for name, ms in timings.items():
-        print(f"{db:8} payments={payments_count:>9,} {name:42} {ms:9.2f} ms = {ms / baseline:8.1f} x baseline")
+        print(
+            f"{db:8} payments={payments_count:>9,} {name:42} {ms:9.2f} ms = {ms / baseline:8.1f} x baseline"
+        )
 
 
 def main() -> None:

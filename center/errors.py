@@ -128,10 +128,13 @@ def status_for(code: str) -> int:
 # a message id, never signed as a refusal. Every other refusal of a message whose signature
 # verified is final (center.pipeline.service records it; center.pipeline.batch likewise), and the
 # center signs it.
-RETRY_CODES = frozenset({
-    "overloaded", "rate_limited",
-    "not_yet_valid",  # the signer's clock is ahead: the same bytes are accepted once the time comes
-})
+RETRY_CODES = frozenset(
+    {
+        "overloaded",
+        "rate_limited",
+        "not_yet_valid",  # the signer's clock is ahead: the same bytes are accepted once the time comes
+    }
+)
 
 
 def means_try_again(code: str, status: int) -> bool:
@@ -147,8 +150,14 @@ class ApiError(Exception):
     table's (tests/test_api_reference.py checks every one).
     """
 
-    def __init__(self, code: str, message: str, status: int | None = None, refusal: dict | None = None,
-                 retry_after_s: int | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int | None = None,
+        refusal: dict | None = None,
+        retry_after_s: int | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message

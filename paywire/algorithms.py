@@ -20,7 +20,6 @@ support (PKCS#11 tokens, OpenPGP cards, `cryptography`) uses 65537.
 from __future__ import annotations
 
 import functools
-
 import hashlib
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -58,14 +57,19 @@ def key_id(spki_der: bytes) -> str:
 def load_public_key(spki_der: bytes, algorithm: str) -> PublicKey:
     """Load an SPKI and insist it is a key the named algorithm may use."""
     if algorithm not in ALGORITHMS:
-        raise WireError("unsupported_algorithm", f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        raise WireError(
+            "unsupported_algorithm", f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}"
+        )
     if len(spki_der) > MAX_SPKI_BYTES:
         raise WireError("bad_public_key", "public key is too large")
     try:
         key = serialization.load_der_public_key(spki_der)
     except (ValueError, UnsupportedAlgorithm):
         raise WireError("bad_public_key", "public key is not a valid DER SubjectPublicKeyInfo") from None
-    if key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != spki_der:
+    if (
+        key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        != spki_der
+    ):
         raise WireError("bad_public_key", "public key is not in canonical DER form")
     _check_key_fits(key, algorithm)
     return key
@@ -127,7 +131,9 @@ def check_rsa_exponent(key: rsa.RSAPublicKey) -> None:
     exponent = key.public_numbers().e
     if exponent != RSA_EXPONENT:
         shown = str(exponent) if exponent.bit_length() <= 64 else f"of {exponent.bit_length()} bits"
-        raise WireError("key_not_allowed", f"RSA public exponent {shown} is not allowed; only {RSA_EXPONENT} is")
+        raise WireError(
+            "key_not_allowed", f"RSA public exponent {shown} is not allowed; only {RSA_EXPONENT} is"
+        )
 
 
 def _verify_es256(key, message: bytes, signature: bytes) -> None:

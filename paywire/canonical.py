@@ -28,15 +28,23 @@ def canonical_bytes(document: dict) -> bytes:
 
 def parse_canonical(data: bytes) -> dict:
     if len(data) > MAX_PAYLOAD_BYTES:
-        raise WireError("payload_too_large", f"payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+        raise WireError(
+            "payload_too_large", f"payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}"
+        )
     try:
         text = data.decode("utf-8", errors="strict")
-        document = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_float=_refuse_float,
-                              parse_constant=_refuse_constant)
+        document = json.loads(
+            text,
+            object_pairs_hook=_no_duplicate_keys,
+            parse_float=_refuse_float,
+            parse_constant=_refuse_constant,
+        )
     except WireError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise WireError("malformed_payload", f"payload is not valid UTF-8 JSON: {exc.__class__.__name__}") from None
+        raise WireError(
+            "malformed_payload", f"payload is not valid UTF-8 JSON: {exc.__class__.__name__}"
+        ) from None
     if not isinstance(document, dict):
         raise WireError("malformed_payload", "payload must be a JSON object")
     _check_value(document, depth=0)

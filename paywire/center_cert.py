@@ -21,6 +21,7 @@ from paywire.algorithms import algorithm_for_key, key_id, load_public_key
 # 2.25.<UUID> is the arc for private OIDs that need no registration.
 RECEIPT_KEY_OID = x509.ObjectIdentifier("2.25.111060597276157756867596700772769877186")
 
+
 @dataclass(frozen=True)
 class CenterIdentity:
     center_id: str
@@ -42,9 +43,15 @@ def read_center_certificate(cert_pem: bytes) -> CenterIdentity:
     try:
         receipt_spki = cert.extensions.get_extension_for_oid(RECEIPT_KEY_OID).value.value
     except x509.ExtensionNotFound:
-        raise ValueError("this certificate names no receipt key: it is not a tokenpay center certificate") from None
+        raise ValueError(
+            "this certificate names no receipt key: it is not a tokenpay center certificate"
+        ) from None
     center_id = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     algorithm = algorithm_for_key(serialization.load_der_public_key(receipt_spki))
     load_public_key(receipt_spki, algorithm)  # refuses keys the wire format would not verify
-    return CenterIdentity(center_id=center_id, receipt_spki=receipt_spki, receipt_alg=algorithm,
-                          cert_pem=cert.public_bytes(serialization.Encoding.PEM))
+    return CenterIdentity(
+        center_id=center_id,
+        receipt_spki=receipt_spki,
+        receipt_alg=algorithm,
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+    )

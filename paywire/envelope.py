@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from paywire.algorithms import ALGORITHMS, MAX_SIGNATURE_BYTES
 from paywire.canonical import MAX_PAYLOAD_BYTES, canonical_bytes
@@ -31,17 +31,26 @@ class Envelope:
     sig: bytes
 
     def to_json(self) -> dict:
-        return {"payload": b64url_encode(self.payload), "alg": self.alg, "kid": self.kid, "sig": b64url_encode(self.sig)}
+        return {
+            "payload": b64url_encode(self.payload),
+            "alg": self.alg,
+            "kid": self.kid,
+            "sig": b64url_encode(self.sig),
+        }
 
     @classmethod
-    def from_json(cls, document: object) -> "Envelope":
+    def from_json(cls, document: object) -> Envelope:
         if not isinstance(document, dict) or set(document) != ENVELOPE_FIELDS:
-            raise WireError("malformed_envelope", f"envelope must be an object with exactly {sorted(ENVELOPE_FIELDS)}")
+            raise WireError(
+                "malformed_envelope", f"envelope must be an object with exactly {sorted(ENVELOPE_FIELDS)}"
+            )
         alg, kid = document["alg"], document["kid"]
         if not isinstance(alg, str) or alg not in ALGORITHMS:
             raise WireError("unsupported_algorithm", f"alg must be one of {', '.join(ALGORITHMS)}")
         if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
-            raise WireError("malformed_envelope", "kid must be 64 lower-case hex digits (SHA-256 of the SPKI)")
+            raise WireError(
+                "malformed_envelope", "kid must be 64 lower-case hex digits (SHA-256 of the SPKI)"
+            )
         payload = b64url_decode(document["payload"], "payload", MAX_PAYLOAD_BYTES)
         sig = b64url_decode(document["sig"], "sig", MAX_SIGNATURE_BYTES)
         return cls(payload=payload, alg=alg, kid=kid, sig=sig)
@@ -51,7 +60,9 @@ def seal(payload: dict, *, alg: str, kid: str, sign: Callable[[bytes], bytes]) -
     """Canonicalise `payload`, have `sign` sign those exact bytes, wrap it up."""
     data = canonical_bytes(payload)
     if len(data) > MAX_PAYLOAD_BYTES:
-        raise WireError("payload_too_large", f"payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+        raise WireError(
+            "payload_too_large", f"payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}"
+        )
     return Envelope(payload=data, alg=alg, kid=kid, sig=sign(data))
 
 
@@ -61,12 +72,16 @@ def b64url_encode(data: bytes) -> str:
 
 def b64url_decode(text: object, field: str, max_bytes: int) -> bytes:
     if not isinstance(text, str) or len(text) > (max_bytes * 4) // 3 + 4:
-        raise WireError("malformed_envelope", f"{field} must be a base64url string of at most {max_bytes} bytes")
+        raise WireError(
+            "malformed_envelope", f"{field} must be a base64url string of at most {max_bytes} bytes"
+        )
     try:
         data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise WireError("malformed_envelope", f"{field} is not valid base64url") from None
     # One spelling per value: no padding, no non-zero trailing bits.
     if b64url_encode(data) != text:
-        raise WireError("malformed_envelope", f"{field} is not canonical base64url (no padding, no stray bits)")
+        raise WireError(
+            "malformed_envelope", f"{field} is not canonical base64url (no padding, no stray bits)"
+        )
     return data

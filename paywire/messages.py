@@ -21,8 +21,8 @@ from paywire.algorithms import ALGORITHMS
 from paywire.canonical import canonical_bytes, parse_canonical
 from paywire.envelope import Envelope, b64url_decode
 from paywire.errors import WireError
-from paywire.text import check_text_chars
 from paywire.recovery import RECOVERY_KEY_PATTERN, RECOVERY_PROOF_PATTERN
+from paywire.text import check_text_chars
 
 DOMAIN = "tokenpay"
 VERSION = 1
@@ -42,11 +42,41 @@ CONSOLE_LOGIN = "console_login"  # an operator approves a console login challeng
 OPERATOR_ACTION = "operator_action"  # an operator's signed action (center.pipeline.operator_actions)
 ROTATE = "rotate"  # signed by the old key; carries the new key's KEY_PROOF
 KEY_PROOF = "key_proof"  # signed by the new key, naming the key it replaces; only ever inside ROTATE
-MESSAGE_TYPES = frozenset({ENROLL, RECEIPT, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE, NOTICE, ROTATE,
-                           KEY_PROOF, CONSOLE_LOGIN, OPERATOR_ACTION, ACCOUNT_INFO})
+MESSAGE_TYPES = frozenset(
+    {
+        ENROLL,
+        RECEIPT,
+        TOPUP,
+        PAY,
+        REFUND,
+        PAYOUT,
+        NOTICES,
+        BALANCE,
+        NOTICE,
+        ROTATE,
+        KEY_PROOF,
+        CONSOLE_LOGIN,
+        OPERATOR_ACTION,
+        ACCOUNT_INFO,
+    }
+)
 # Types a member or store signs; RECEIPT and NOTICE come from the center only.
-REQUEST_TYPES = frozenset({ENROLL, TOPUP, PAY, REFUND, PAYOUT, NOTICES, BALANCE, ROTATE, KEY_PROOF,
-                           CONSOLE_LOGIN, OPERATOR_ACTION, ACCOUNT_INFO})
+REQUEST_TYPES = frozenset(
+    {
+        ENROLL,
+        TOPUP,
+        PAY,
+        REFUND,
+        PAYOUT,
+        NOTICES,
+        BALANCE,
+        ROTATE,
+        KEY_PROOF,
+        CONSOLE_LOGIN,
+        OPERATOR_ACTION,
+        ACCOUNT_INFO,
+    }
+)
 FUNDING_METHODS = ("credit", "bank", "postal", "cash")
 
 PARTY_ID_PATTERN = re.compile(r"[MS]-[0-9a-f]{16}")
@@ -87,11 +117,28 @@ def new_message_id() -> str:
     return secrets.token_hex(16)
 
 
-def build_payload(msg_type: str, *, aud: str, kid: str, msg_id: str, ctr: int, body: dict,
-                  now_s: int, lifetime_s: int = DEFAULT_LIFETIME_S) -> dict:
+def build_payload(
+    msg_type: str,
+    *,
+    aud: str,
+    kid: str,
+    msg_id: str,
+    ctr: int,
+    body: dict,
+    now_s: int,
+    lifetime_s: int = DEFAULT_LIFETIME_S,
+) -> dict:
     payload = {
-        "dom": DOMAIN, "v": VERSION, "type": msg_type, "aud": aud, "kid": kid, "msg_id": msg_id,
-        "ctr": ctr, "iat": now_s, "exp": now_s + lifetime_s, "body": body,
+        "dom": DOMAIN,
+        "v": VERSION,
+        "type": msg_type,
+        "aud": aud,
+        "kid": kid,
+        "msg_id": msg_id,
+        "ctr": ctr,
+        "iat": now_s,
+        "exp": now_s + lifetime_s,
+        "body": body,
     }
     parse_payload_document(payload)  # the builder refuses what a verifier would refuse
     return payload
@@ -105,7 +152,10 @@ def parse_payload(data: bytes) -> tuple[Header, dict]:
 def parse_payload_document(document: dict) -> tuple[Header, dict]:
     if set(document) != HEADER_FIELDS:
         missing, extra = HEADER_FIELDS - set(document), set(document) - HEADER_FIELDS
-        raise WireError("malformed_payload", f"payload fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        raise WireError(
+            "malformed_payload",
+            f"payload fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}",
+        )
     # type() check: True == 1 in Python, and "v": true must not be a second spelling of v1.
     if document["dom"] != DOMAIN or type(document["v"]) is not int or document["v"] != VERSION:
         raise WireError("wrong_domain", f"payload is not a {DOMAIN} v{VERSION} message")
@@ -258,8 +308,19 @@ def _check_account_info(body: dict) -> None:
 
 
 def _check_notice(body: dict) -> None:
-    _exact_fields(body, {"notice_seq", "payment_id", "store_id", "buyer_id", "amount_minor", "currency",
-                         "order_ref", "paid_at_ms"})
+    _exact_fields(
+        body,
+        {
+            "notice_seq",
+            "payment_id",
+            "store_id",
+            "buyer_id",
+            "amount_minor",
+            "currency",
+            "order_ref",
+            "paid_at_ms",
+        },
+    )
     _int(body["notice_seq"], "notice_seq", 1, MAX_COUNTER)
     _match(body["payment_id"], OBJECT_ID_PATTERN, "payment_id")
     _match(body["store_id"], PARTY_ID_PATTERN, "store_id")
@@ -273,8 +334,11 @@ def _check_notice(body: dict) -> None:
 def _check_console_login(body: dict) -> None:
     """{"challenge", "client_sha256"}: the approval names the client facts the operator was shown."""
     if set(body) == {"challenge"}:  # a wallet from before client facts were shown and bound
-        raise WireError("console_login_outdated", "this console login approval does not name the client it "
-                                                  "approves: update the wallet, then run `wallet console-login` again")
+        raise WireError(
+            "console_login_outdated",
+            "this console login approval does not name the client it "
+            "approves: update the wallet, then run `wallet console-login` again",
+        )
     _exact_fields(body, {"challenge", "client_sha256"})
     _match(body["challenge"], CONSOLE_CHALLENGE_PATTERN, "challenge")
     _match(body["client_sha256"], SHA256_HEX_PATTERN, "client_sha256")
@@ -282,8 +346,12 @@ def _check_console_login(body: dict) -> None:
 
 def console_client_sha256(challenge: str, client_address: str, user_agent: str, created_at_ms: int) -> str:
     """The hash a console login approval binds: the challenge's client facts as the center recorded them."""
-    facts = {"challenge": challenge, "client_address": client_address, "user_agent": user_agent,
-             "created_at_ms": created_at_ms}
+    facts = {
+        "challenge": challenge,
+        "client_address": client_address,
+        "user_agent": user_agent,
+        "created_at_ms": created_at_ms,
+    }
     return hashlib.sha256(canonical_bytes(facts)).hexdigest()
 
 
@@ -292,7 +360,9 @@ def _check_operator_action(body: dict) -> None:
     _exact_fields(body, {"action", "args"})
     action = body["action"]
     if not isinstance(action, str) or action not in OPERATOR_ACTION_ARGS:
-        raise WireError("malformed_payload", f"action must be one of {', '.join(sorted(OPERATOR_ACTION_ARGS))}")
+        raise WireError(
+            "malformed_payload", f"action must be one of {', '.join(sorted(OPERATOR_ACTION_ARGS))}"
+        )
     if not isinstance(body["args"], dict):
         raise WireError("malformed_payload", "args must be an object")
     OPERATOR_ACTION_ARGS[action](body["args"])
@@ -301,8 +371,11 @@ def _check_operator_action(body: dict) -> None:
 def _args_topup(args: dict) -> None:
     """A decision names exactly what it decides: the top-up, its member, amount and currency."""
     if set(args) == {"topup_id"}:  # the form from before decisions named what they decide
-        raise WireError("operator_action_outdated", "a top-up decision must name the top-up's member_id, "
-                                                    "amount_minor and currency: update the wallet")
+        raise WireError(
+            "operator_action_outdated",
+            "a top-up decision must name the top-up's member_id, "
+            "amount_minor and currency: update the wallet",
+        )
     _exact_args(args, {"topup_id", "member_id", "amount_minor", "currency"})
     _match(args["topup_id"], TOPUP_ID_PATTERN, "topup_id")
     _match(args["member_id"], PARTY_ID_PATTERN, "member_id")
@@ -333,25 +406,40 @@ def _args_none(args: dict) -> None:
 def _exact_args(args: dict, expected: set[str]) -> None:
     if set(args) != expected:
         missing, extra = expected - set(args), set(args) - expected
-        raise WireError("malformed_payload", f"args fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        raise WireError(
+            "malformed_payload", f"args fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}"
+        )
 
 
 # Operator actions and their arguments; center.pipeline.operator_actions.ACTIONS says who
 # may perform each and what it does (a test checks the two name the same set).
 OPERATOR_ACTION_ARGS = {
-    "confirm_topup": _args_topup, "decline_topup": _args_topup, "revoke_key": _args_revoke_key, "whoami": _args_none,
+    "confirm_topup": _args_topup,
+    "decline_topup": _args_topup,
+    "revoke_key": _args_revoke_key,
+    "whoami": _args_none,
     # a lost card's new key (center.keys.binding): reject_key takes a kid and a reason, like revoke_key
-    "bind_key": _args_kid, "reject_key": _args_revoke_key,
+    "bind_key": _args_kid,
+    "reject_key": _args_revoke_key,
     # an operator-signed read of one top-up, fetched and shown before a decision is signed
     "show_topup": _args_topup_id,
 }
 
 
 _BODY_CHECKS = {
-    ENROLL: _check_enroll, RECEIPT: _check_receipt, TOPUP: _check_topup, PAY: _check_pay, REFUND: _check_refund,
-    PAYOUT: _check_payout, NOTICES: _check_notices, BALANCE: _check_balance, NOTICE: _check_notice,
-    ROTATE: _check_rotate, KEY_PROOF: _check_key_proof,
-    CONSOLE_LOGIN: _check_console_login, OPERATOR_ACTION: _check_operator_action,
+    ENROLL: _check_enroll,
+    RECEIPT: _check_receipt,
+    TOPUP: _check_topup,
+    PAY: _check_pay,
+    REFUND: _check_refund,
+    PAYOUT: _check_payout,
+    NOTICES: _check_notices,
+    BALANCE: _check_balance,
+    NOTICE: _check_notice,
+    ROTATE: _check_rotate,
+    KEY_PROOF: _check_key_proof,
+    CONSOLE_LOGIN: _check_console_login,
+    OPERATOR_ACTION: _check_operator_action,
     ACCOUNT_INFO: _check_account_info,
 }
 
@@ -363,7 +451,9 @@ def _amount(value: object) -> int:
 def _exact_fields(body: dict, expected: set[str]) -> None:
     if set(body) != expected:
         missing, extra = expected - set(body), set(body) - expected
-        raise WireError("malformed_payload", f"body fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        raise WireError(
+            "malformed_payload", f"body fields wrong: missing {sorted(missing)}, unexpected {sorted(extra)}"
+        )
 
 
 def _match(value: object, pattern: re.Pattern, field: str) -> str:
@@ -380,7 +470,9 @@ def _int(value: object, field: str, low: int, high: int) -> int:
 
 def _text(value: object, field: str, max_chars: int) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > max_chars:
-        raise WireError("malformed_payload", f"{field} must be non-empty text of at most {max_chars} characters")
+        raise WireError(
+            "malformed_payload", f"{field} must be non-empty text of at most {max_chars} characters"
+        )
     check_text_chars(value, field)
     return value
 

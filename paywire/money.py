@@ -11,10 +11,32 @@ import unicodedata
 
 # ISO 4217 minor-unit exponents of the currencies a center may be configured with.
 MINOR_EXPONENT = {
-    "JPY": 0, "KRW": 0, "ISK": 0, "CLP": 0, "VND": 0,
-    "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "CNY": 2, "SEK": 2, "NOK": 2, "DKK": 2,
-    "SGD": 2, "HKD": 2, "NZD": 2, "INR": 2, "PLN": 2, "CZK": 2,
-    "BHD": 3, "KWD": 3, "JOD": 3, "OMR": 3, "TND": 3,
+    "JPY": 0,
+    "KRW": 0,
+    "ISK": 0,
+    "CLP": 0,
+    "VND": 0,
+    "USD": 2,
+    "EUR": 2,
+    "GBP": 2,
+    "CHF": 2,
+    "CAD": 2,
+    "AUD": 2,
+    "CNY": 2,
+    "SEK": 2,
+    "NOK": 2,
+    "DKK": 2,
+    "SGD": 2,
+    "HKD": 2,
+    "NZD": 2,
+    "INR": 2,
+    "PLN": 2,
+    "CZK": 2,
+    "BHD": 3,
+    "KWD": 3,
+    "JOD": 3,
+    "OMR": 3,
+    "TND": 3,
 }
 # A ceiling on any single amount: far above real prepaid use, far below 2**53.
 MAX_AMOUNT_MINOR = 10**12
@@ -30,7 +52,9 @@ def minor_exponent(currency: str) -> int:
     try:
         return MINOR_EXPONENT[currency]
     except KeyError:
-        raise AmountError(f"currency {currency!r} is not supported; use one of {', '.join(sorted(MINOR_EXPONENT))}") from None
+        raise AmountError(
+            f"currency {currency!r} is not supported; use one of {', '.join(sorted(MINOR_EXPONENT))}"
+        ) from None
 
 
 def parse_amount(text: str, currency: str) -> int:
@@ -39,7 +63,9 @@ def parse_amount(text: str, currency: str) -> int:
     _refuse_non_ascii(text)
     match = _DECIMAL.fullmatch(text.strip())
     if not match:
-        raise AmountError(f"amount {text!r} is not a plain decimal number such as {'1500' if exponent == 0 else '12.50'}")
+        raise AmountError(
+            f"amount {text!r} is not a plain decimal number such as {'1500' if exponent == 0 else '12.50'}"
+        )
     whole, fraction = match.group(1), match.group(2) or ""
     if len(fraction) > exponent:
         raise AmountError(f"{currency} has {exponent} decimal place(s); {text!r} has {len(fraction)}")
@@ -53,8 +79,10 @@ def _refuse_non_ascii(text: str) -> None:
     for char in text:
         if not char.isascii():
             name = unicodedata.name(char, "unnamed character")
-            raise AmountError(f"amount {text!r} holds the non-ASCII character U+{ord(char):04X} ({name}); "
-                              f"write it with the ASCII digits 0-9 and at most one '.'")
+            raise AmountError(
+                f"amount {text!r} holds the non-ASCII character U+{ord(char):04X} ({name}); "
+                f"write it with the ASCII digits 0-9 and at most one '.'"
+            )
 
 
 def check_amount_minor(minor: int) -> int:

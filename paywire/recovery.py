@@ -48,7 +48,7 @@ def new_code() -> str:
 
 
 def group(canonical: str) -> str:
-    return "-".join(canonical[i:i + GROUP_CHARS] for i in range(0, len(canonical), GROUP_CHARS))
+    return "-".join(canonical[i : i + GROUP_CHARS] for i in range(0, len(canonical), GROUP_CHARS))
 
 
 def normalise(text: str) -> str:
@@ -57,11 +57,14 @@ def normalise(text: str) -> str:
         raise RecoveryCodeError(f"a recovery code has {CODE_CHARS} characters; this text is far longer")
     canonical = "".join(ch for ch in text.upper() if ch not in "- ").translate(_LOOK_ALIKES)
     if len(canonical) != CODE_CHARS:
-        raise RecoveryCodeError(f"a recovery code has {CODE_CHARS} letters and digits (5 groups of 5); "
-                                f"this one has {len(canonical)}")
+        raise RecoveryCodeError(
+            f"a recovery code has {CODE_CHARS} letters and digits (5 groups of 5); "
+            f"this one has {len(canonical)}"
+        )
     if any(ch not in ALPHABET for ch in canonical):
-        raise RecoveryCodeError("a recovery code holds only digits and the letters A-Z without U; "
-                                "check for a typo")
+        raise RecoveryCodeError(
+            "a recovery code holds only digits and the letters A-Z without U; check for a typo"
+        )
     return canonical
 
 

@@ -21,9 +21,16 @@ from paywire.errors import WireError
 REFUSED_TEXT_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
 # Letters that are drawn as nothing (Hangul fillers, Default_Ignorable in Unicode): the classic blank name.
 BLANK_LETTERS = frozenset({"\u115f", "\u1160", "\u3164", "\uffa0"})
-_CATEGORY_WORDS = {"Cc": "a control character", "Cf": "an invisible format character (bidi, zero-width or tag)",
-                   "Zl": "a line separator", "Zp": "a paragraph separator", "Cs": "a lone surrogate",
-                   "Co": "a private-use character", "Cn": "an unassigned code point", "Lo": "a letter drawn as blank"}
+_CATEGORY_WORDS = {
+    "Cc": "a control character",
+    "Cf": "an invisible format character (bidi, zero-width or tag)",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+    "Cs": "a lone surrogate",
+    "Co": "a private-use character",
+    "Cn": "an unassigned code point",
+    "Lo": "a letter drawn as blank",
+}
 
 
 def check_text_chars(value: str, field: str) -> None:
@@ -37,8 +44,11 @@ def check_text_chars(value: str, field: str) -> None:
             continue
         if ord(ch) < 0x20 or ord(ch) == 0x7F:
             raise WireError("malformed_payload", f"{field} contains control characters")
-        raise WireError("text_not_allowed", f"{field} contains U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')}), "
-                                            f"{problem}; only visible text is allowed")
+        raise WireError(
+            "text_not_allowed",
+            f"{field} contains U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')}), "
+            f"{problem}; only visible text is allowed",
+        )
 
 
 def text_char_problem(ch: str) -> str | None:

@@ -20,7 +20,9 @@ from paywire.messages import ENROLL, KEY_PROOF, Header, parse_payload
 
 def verify_envelope(envelope: Envelope, *, spki_der: bytes, algorithm: str) -> tuple[Header, dict]:
     if envelope.alg != algorithm:
-        raise WireError("algorithm_mismatch", f"key is pinned to {algorithm}; the message says {envelope.alg}")
+        raise WireError(
+            "algorithm_mismatch", f"key is pinned to {algorithm}; the message says {envelope.alg}"
+        )
     if envelope.kid != key_id(spki_der):
         raise WireError("kid_mismatch", "envelope kid is not the id of the key it is checked against")
     verify_signature(algorithm, load_public_key(spki_der, algorithm), envelope.payload, envelope.sig)

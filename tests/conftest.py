@@ -67,5 +67,5 @@ def make_softhsm_token(softhsm_conf):
     return make
 
 
-from fixtures_center import *  # noqa: E402,F401,F403  (center and database fixtures)
-from fixtures_card import *  # noqa: E402,F401,F403  (pcscd, vpcd readers, virtual OpenPGP cards)
+from fixtures_card import *  # noqa: E402, F403  (pcscd, vpcd readers, virtual OpenPGP cards)
+from fixtures_center import *  # noqa: E402, F403  (center and database fixtures)

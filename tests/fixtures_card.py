@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from support import in_ci
 
 PCSCD = "/usr/sbin/pcscd"
@@ -131,13 +130,20 @@ def pcscd_service(tmp_path_factory) -> PcscdService:
     )
     log_path = base / "pcscd.log"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen([PCSCD, "--foreground", "--config", str(conf_dir)],
-                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [PCSCD, "--foreground", "--config", str(conf_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     service = PcscdService(conf_dir, log_path, port, process)
     try:
-        _wait(lambda: process.poll() is not None or _virtual_readers() >= VPCD_SLOTS,
-              START_TIMEOUT_S, "pcscd did not list the vpcd readers")
+        _wait(
+            lambda: process.poll() is not None or _virtual_readers() >= VPCD_SLOTS,
+            START_TIMEOUT_S,
+            "pcscd did not list the vpcd readers",
+        )
         if process.poll() is not None:
             raise RuntimeError(f"pcscd exited with {process.returncode}; see {log_path}")
         yield service
@@ -205,18 +211,36 @@ class VirtualCard:
         # never reported as inserted. Wait for "empty", then one more poll.
         if self.process is not None and self.stopped_at < self.started_at:
             _reader_freed(self.reader)  # it ended without stop() seeing when: count from now
-        _wait(lambda: not reader_has_card(self.reader), START_TIMEOUT_S,
-              f"{self.reader} still shows the previous card")
+        _wait(
+            lambda: not reader_has_card(self.reader),
+            START_TIMEOUT_S,
+            f"{self.reader} still shows the previous card",
+        )
         time.sleep(max(0.0, _READER_FREED_AT.get(self.reader, 0.0) + PCSCD_POLL_S - time.monotonic()))
         self.started_at = time.monotonic()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(ADAPTER), "--port", str(self.service.port(self.reader_index)),
-                 "--storage", str(self.storage), "--give-up-s", "60"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    sys.executable,
+                    str(ADAPTER),
+                    "--port",
+                    str(self.service.port(self.reader_index)),
+                    "--storage",
+                    str(self.storage),
+                    "--give-up-s",
+                    "60",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         if wait:
-            _wait(lambda: self.process.poll() is not None or reader_has_card(self.reader),
-                  START_TIMEOUT_S, f"card did not appear in {self.reader}")
+            _wait(
+                lambda: self.process.poll() is not None or reader_has_card(self.reader),
+                START_TIMEOUT_S,
+                f"card did not appear in {self.reader}",
+            )
             if self.process.poll() is not None:
                 raise RuntimeError(f"card adapter exited with {self.process.returncode}; see {self.log_path}")
 
@@ -228,8 +252,11 @@ class VirtualCard:
             self.stopped_at = time.monotonic()
             _reader_freed(self.reader)
         if wait:
-            _wait(lambda: not reader_has_card(self.reader), START_TIMEOUT_S,
-                  f"card still present in {self.reader}")
+            _wait(
+                lambda: not reader_has_card(self.reader),
+                START_TIMEOUT_S,
+                f"card still present in {self.reader}",
+            )
 
 
 @pytest.fixture
@@ -248,8 +275,7 @@ def virtual_card(pcscd_service, tmp_path):
         if any(card.reader_index == reader_index and card.running for card in cards):
             raise RuntimeError(f"reader {reader_index} already holds a card; stop() it first")
         storage = storage or tmp_path / f"card-{len(cards)}-{secrets.token_hex(3)}"
-        card = VirtualCard(pcscd_service, reader_index, storage,
-                           tmp_path / f"card-{len(cards)}.log")
+        card = VirtualCard(pcscd_service, reader_index, storage, tmp_path / f"card-{len(cards)}.log")
         cards.append(card)
         card.start()
         return card
@@ -260,4 +286,4 @@ def virtual_card(pcscd_service, tmp_path):
             card.stop()  # also waits until pcscd has seen the reader empty
 
 
-__all__ = ["pcscd_service", "virtual_card", "VirtualCard", "PcscdService", "reader_has_card"]
+__all__ = ["PcscdService", "VirtualCard", "pcscd_service", "reader_has_card", "virtual_card"]

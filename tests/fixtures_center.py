@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from support import (
+    CenterProcess,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    in_ci,
+    pg_reachable,
+    run_cli,
+)
 
 from center.api.app import create_app
-from center.storage.db import make_engine, migrate
 from center.keys.identity import CenterSigner
 from center.pipeline.service import Center
-from support import CenterProcess, create_pg_database, drop_pg_database, free_port, in_ci, pg_reachable, run_cli
+from center.storage.db import make_engine, migrate
 from tokens.base import KeyMode, KeyType
 from tokens.pkcs11_token import open_pkcs11_token
 

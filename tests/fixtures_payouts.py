@@ -9,10 +9,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from support import SoftwareSigner
+
 from center.pipeline.service import Center
 from paywire.envelope import Envelope
 from paywire.messages import parse_payload
-from support import SoftwareSigner
 
 _order_numbers = itertools.count(1)
 
@@ -46,8 +47,13 @@ def top_up(center: Center, member: Party, amount_minor: int) -> None:
 
 
 def pay(center: Center, member: Party, store: Party, amount_minor: int) -> None:
-    body = {"payee": store.party_id, "payee_name": store.name, "amount_minor": amount_minor,
-            "currency": center.currency, "order_ref": f"order-{next(_order_numbers)}"}
+    body = {
+        "payee": store.party_id,
+        "payee_name": store.name,
+        "amount_minor": amount_minor,
+        "currency": center.currency,
+        "order_ref": f"order-{next(_order_numbers)}",
+    }
     center.submit(member.signer.envelope("pay", body, aud=center.center_id), "pay")
 
 
@@ -56,8 +62,14 @@ def claim_payout(center: Center, store: Party) -> dict:
     return result_of(center.submit(store.signer.envelope("payout", body, aud=center.center_id), "payout"))
 
 
-def store_with_payout(center: Center, amount_minor: int, *, name: str = "Corner Shop",
-                      bank_account: str = "JP-0001-1234567", member: Party | None = None) -> tuple[Party, dict]:
+def store_with_payout(
+    center: Center,
+    amount_minor: int,
+    *,
+    name: str = "Corner Shop",
+    bank_account: str = "JP-0001-1234567",
+    member: Party | None = None,
+) -> tuple[Party, dict]:
     """A store paid `amount_minor` by a (new or given) member, which then claims its payout."""
     store = enroll(center, "store", name=name, bank_account=bank_account)
     if member is None:

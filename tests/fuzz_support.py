@@ -18,13 +18,14 @@ import requests
 import rfc8785
 from requests.adapters import HTTPAdapter
 from sqlalchemy import Engine, select
+from support import SoftwareSigner
 
 from center.storage.db import metadata
 from paywire.envelope import Envelope
 from paywire.messages import new_message_id
-from support import SoftwareSigner
 
 # --- "nothing changed": every row of every table ----------------------------------
+
 
 def db_snapshot(engine: Engine) -> dict[str, list[tuple]]:
     """All rows of all center tables, in primary-key order (the test databases are small)."""
@@ -38,14 +39,33 @@ def db_snapshot(engine: Engine) -> dict[str, list[tuple]]:
 
 # --- signed envelopes with any body -----------------------------------------------
 
-def raw_payload(signer: SoftwareSigner, msg_type: str, body: object, *, aud: str, ctr: int | None = None,
-                now_s: int | None = None, lifetime_s: int = 3600, **overrides) -> dict:
+
+def raw_payload(
+    signer: SoftwareSigner,
+    msg_type: str,
+    body: object,
+    *,
+    aud: str,
+    ctr: int | None = None,
+    now_s: int | None = None,
+    lifetime_s: int = 3600,
+    **overrides,
+) -> dict:
     """A header like build_payload's, but the body is not checked (so it can break the rules)."""
     signer.counter = ctr if ctr is not None else signer.counter + 1
     now_s = now_s or int(time.time())
-    payload = {"dom": "tokenpay", "v": 1, "type": msg_type, "aud": aud, "kid": signer.kid,
-               "msg_id": new_message_id(), "ctr": signer.counter, "iat": now_s, "exp": now_s + lifetime_s,
-               "body": body}
+    payload = {
+        "dom": "tokenpay",
+        "v": 1,
+        "type": msg_type,
+        "aud": aud,
+        "kid": signer.kid,
+        "msg_id": new_message_id(),
+        "ctr": signer.counter,
+        "iat": now_s,
+        "exp": now_s + lifetime_s,
+        "body": body,
+    }
     payload.update(overrides)
     return payload
 
@@ -61,6 +81,7 @@ def sealed(signer: SoftwareSigner, msg_type: str, body: object, *, aud: str, **h
 
 
 # --- enrolled parties ---------------------------------------------------------------
+
 
 @dataclass
 class Party:
@@ -83,6 +104,7 @@ def enroll_party(post, center_id: str, role: str, *, name: str = "Fuzz Party") -
 
 # --- raw ASGI: headers and chunking that HTTP clients will not send -----------------
 
+
 @dataclass
 class RawResponse:
     status: int
@@ -91,18 +113,31 @@ class RawResponse:
     exception: BaseException | None = None
 
 
-def asgi_request(app, method: str, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes],
-                 query: bytes = b"") -> RawResponse:
+def asgi_request(
+    app, method: str, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes], query: bytes = b""
+) -> RawResponse:
     """One request straight into the ASGI app, the body in `chunks` (more_body between them).
 
     An exception escaping the app is returned (as a server would turn it into a 500), not raised.
     """
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
-             "raw_path": path.encode(), "root_path": "", "scheme": "http", "query_string": query,
-             "headers": [(name.lower(), value) for name, value in headers], "client": ("127.0.0.1", 40000),
-             "server": ("testserver", 80)}
-    pending = [{"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
-               for index, chunk in enumerate(chunks or [b""])]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "scheme": "http",
+        "query_string": query,
+        "headers": [(name.lower(), value) for name, value in headers],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    pending = [
+        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
+        for index, chunk in enumerate(chunks or [b""])
+    ]
     sent: list[dict] = []
 
     async def receive() -> dict:
@@ -114,7 +149,7 @@ def asgi_request(app, method: str, path: str, headers: list[tuple[bytes, bytes]]
     async def run() -> BaseException | None:
         try:
             await app(scope, receive, send)
-        except Exception as error:  # noqa: BLE001  (reported, not hidden: see RawResponse.exception)
+        except Exception as error:
             return error
         return None
 
@@ -129,12 +164,15 @@ def asgi_request(app, method: str, path: str, headers: list[tuple[bytes, bytes]]
 
 # --- raw HTTPS: bytes on the wire to a live center ----------------------------------
 
+
 def tls_context(cert_path) -> ssl.SSLContext:
     """Trust exactly the center's pinned certificate."""
     return ssl.create_default_context(cafile=str(cert_path))  # the certificate names 127.0.0.1 (IP SAN)
 
 
-def https_raw(port: int, context: ssl.SSLContext, request: bytes, timeout_s: float = 15.0) -> tuple[int, bytes]:
+def https_raw(
+    port: int, context: ssl.SSLContext, request: bytes, timeout_s: float = 15.0
+) -> tuple[int, bytes]:
     """Send raw HTTP/1.1 bytes over TLS; return (status, whole response). The request must say Connection: close."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as plain:
         with context.wrap_socket(plain, server_hostname="127.0.0.1") as tls:
@@ -170,6 +208,8 @@ def pinned_session(cert_path) -> requests.Session:
 
     session = requests.Session()
     session.trust_env = False
-    session.verify = str(cert_path)  # the only CA file requests hands to urllib3 (loaded into `context` again)
+    session.verify = str(
+        cert_path
+    )  # the only CA file requests hands to urllib3 (loaded into `context` again)
     session.mount("https://", PinnedAdapter())
     return session

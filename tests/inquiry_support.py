@@ -8,12 +8,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 import pytest
+from support import SoftwareSigner
 
 from paywire.envelope import Envelope
 from paywire.receipts import check_receipt
-from support import SoftwareSigner
 
-DAY0_MS = int(dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc).timestamp() * 1000)
+DAY0_MS = int(dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp() * 1000)
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 
@@ -43,17 +43,29 @@ class World:
         signer = self.signers[who]
         request = signer.envelope(msg_type, body, aud=self.center.center_id, now_s=self.clock() // 1000)
         response = self.center.submit(request, msg_type)
-        return check_receipt(Envelope.from_json(response["receipt"]), center_spki=self.center.signer.spki,
-                             center_alg=self.center.signer.alg, request=request)["result"]
+        return check_receipt(
+            Envelope.from_json(response["receipt"]),
+            center_spki=self.center.signer.spki,
+            center_alg=self.center.signer.alg,
+            request=request,
+        )["result"]
 
     def enroll(self, who: str, role: str, name: str) -> str:
         signer = SoftwareSigner()
         self.signers[who] = signer
-        request = signer.envelope("enroll", signer.enroll_body(role, name=name), aud=self.center.center_id,
-                                  now_s=self.clock() // 1000)
+        request = signer.envelope(
+            "enroll",
+            signer.enroll_body(role, name=name),
+            aud=self.center.center_id,
+            now_s=self.clock() // 1000,
+        )
         response = self.center.enroll(request)
-        result = check_receipt(Envelope.from_json(response["receipt"]), center_spki=self.center.signer.spki,
-                               center_alg=self.center.signer.alg, request=request)["result"]
+        result = check_receipt(
+            Envelope.from_json(response["receipt"]),
+            center_spki=self.center.signer.spki,
+            center_alg=self.center.signer.alg,
+            request=request,
+        )["result"]
         self.ids[who] = result["member_id"]
         return result["member_id"]
 
@@ -62,8 +74,13 @@ class World:
         return self.signed(who, "topup", body)["topup_id"]
 
     def pay(self, who: str, store: str, amount_minor: int, name: str, order: str) -> str:
-        body = {"payee": self.ids[store], "payee_name": name, "amount_minor": amount_minor, "currency": "JPY",
-                "order_ref": order}
+        body = {
+            "payee": self.ids[store],
+            "payee_name": name,
+            "amount_minor": amount_minor,
+            "currency": "JPY",
+            "order_ref": order,
+        }
         return self.signed(who, "pay", body)["payment_id"]
 
 
@@ -96,7 +113,9 @@ def world(center) -> World:
     clock.at(0, 11)
     w.ids["topup_t2"] = w.topup("taro", 700, "postal")
     clock.at(1, 1)
-    center.decide_topup(w.ids["topup_t1"], "confirm", decided_by="operator:test")  # taro 5_000, confirmed on day 1
+    center.decide_topup(
+        w.ids["topup_t1"], "confirm", decided_by="operator:test"
+    )  # taro 5_000, confirmed on day 1
     clock.at(1, 2)
     w.ids["pay_t1"] = w.pay("taro", "corner", 2_000, "Corner Shop", "o-3")
     clock.at(1, 3)
@@ -106,9 +125,12 @@ def world(center) -> World:
     clock.at(1, 5)
     w.ids["topup_h2"] = w.topup("hanako", 3_000, "cash")  # stays pending
     clock.at(2, 1)
-    w.ids["refund"] = w.signed("corner", "refund", {"payment_id": w.ids["pay_h1"], "amount_minor": 200,
-                                                    "currency": "JPY"})["refund_id"]  # hanako 7_900
+    w.ids["refund"] = w.signed(
+        "corner", "refund", {"payment_id": w.ids["pay_h1"], "amount_minor": 200, "currency": "JPY"}
+    )["refund_id"]  # hanako 7_900
     clock.at(2, 2)
-    w.ids["payout"] = w.signed("corner", "payout", {"currency": "JPY"})["payout_id"]  # 1200+2000+300-200 = 3300
+    w.ids["payout"] = w.signed("corner", "payout", {"currency": "JPY"})[
+        "payout_id"
+    ]  # 1200+2000+300-200 = 3300
     clock.at(2, 3)
     return w

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-
 from support import CenterProcess, cli_env, free_port
 
 
@@ -41,9 +40,26 @@ class MetricsCenter(CenterProcess):
     def start(self, workers: int = 1) -> None:
         with open(self.data_dir.parent / f"center-{self.port}.log", "ab") as log:  # the child keeps its copy
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "center", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
-                 "--workers", str(workers), "--metrics-port", str(self.metrics_port)],
-                env=cli_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "center",
+                    "serve",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(workers),
+                    "--metrics-port",
+                    str(self.metrics_port),
+                ],
+                env=cli_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self._wait_healthy()
 
     def scrape(self) -> dict:

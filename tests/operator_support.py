@@ -6,12 +6,12 @@ import time
 
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
+from support import SoftwareSigner
 
 from center.api.app import create_app
 from center.keys.operators import add_operator
 from paywire.envelope import Envelope
 from paywire.receipts import check_receipt
-from support import SoftwareSigner
 
 # Secure cookies travel over https only, also in the test client.
 BASE_URL = "https://testserver"
@@ -32,14 +32,22 @@ class Clock:
 
 def public_pem(spki_der: bytes) -> bytes:
     return serialization.load_der_public_key(spki_der).public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
-def new_operator(center, role: str = "operator", name: str = "Ops One",
-                 algorithm: str = "ES256") -> tuple[SoftwareSigner, dict]:
+def new_operator(
+    center, role: str = "operator", name: str = "Ops One", algorithm: str = "ES256"
+) -> tuple[SoftwareSigner, dict]:
     signer = SoftwareSigner(algorithm)
-    view = add_operator(center.engine, public_pem(signer.spki), role=role, name=name, added_by="admin:test",
-                        now_ms=center.clock_ms())
+    view = add_operator(
+        center.engine,
+        public_pem(signer.spki),
+        role=role,
+        name=name,
+        added_by="admin:test",
+        now_ms=center.clock_ms(),
+    )
     return signer, view
 
 
@@ -53,8 +61,9 @@ def signed(center, signer: SoftwareSigner, msg_type: str, body: dict, **kw) -> E
 
 def receipt_result(center, request: Envelope, response_json: dict) -> dict:
     receipt = Envelope.from_json(response_json["receipt"])
-    return check_receipt(receipt, center_spki=center.signer.spki, center_alg=center.signer.alg,
-                         request=request)["result"]
+    return check_receipt(
+        receipt, center_spki=center.signer.spki, center_alg=center.signer.alg, request=request
+    )["result"]
 
 
 def error_code(response) -> tuple[int, str]:

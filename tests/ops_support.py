@@ -6,15 +6,22 @@ from __future__ import annotations
 import json
 
 import httpx
+from support import CenterProcess, SoftwareSigner, run_cli
 
 from paywire.center_cert import read_center_certificate
 from paywire.envelope import Envelope
 from paywire.receipts import check_receipt
-from support import CenterProcess, SoftwareSigner, run_cli
 from token_wallet.client import pinned_ssl_context
 
-PATHS = {"enroll": "/v1/enroll", "topup": "/v1/topups", "pay": "/v1/payments", "refund": "/v1/refunds",
-         "payout": "/v1/payouts", "balance": "/v1/balance", "notices": "/v1/notices"}
+PATHS = {
+    "enroll": "/v1/enroll",
+    "topup": "/v1/topups",
+    "pay": "/v1/payments",
+    "refund": "/v1/refunds",
+    "payout": "/v1/payouts",
+    "balance": "/v1/balance",
+    "notices": "/v1/notices",
+}
 STORE_NAME = "Corner Shop"
 
 
@@ -49,8 +56,12 @@ class SignedClient:
         assert response.status_code == 200, response.text
         receipt = Envelope.from_json(response.json()["receipt"])
         assert receipt.kid == self.identity.receipt_kid
-        return check_receipt(receipt, center_spki=self.identity.receipt_spki, center_alg=self.identity.receipt_alg,
-                             request=request)["result"]
+        return check_receipt(
+            receipt,
+            center_spki=self.identity.receipt_spki,
+            center_alg=self.identity.receipt_alg,
+            request=request,
+        )["result"]
 
     def refused(self, signer: SoftwareSigner, msg_type: str, body: dict) -> str:
         _request, response = self.post(signer, msg_type, body)
@@ -63,12 +74,21 @@ class SignedClient:
 
 
 def pay_body(store_id: str, amount_minor: int, order: str) -> dict:
-    return {"payee": store_id, "payee_name": STORE_NAME, "amount_minor": amount_minor, "currency": "JPY",
-            "order_ref": order}
+    return {
+        "payee": store_id,
+        "payee_name": STORE_NAME,
+        "amount_minor": amount_minor,
+        "currency": "JPY",
+        "order_ref": order,
+    }
 
 
-def funded_member(client: SignedClient, center: CenterProcess, amount_minor: int) -> tuple[SoftwareSigner, str]:
+def funded_member(
+    client: SignedClient, center: CenterProcess, amount_minor: int
+) -> tuple[SoftwareSigner, str]:
     member, member_id = client.enroll("member")
-    topup = client.result(member, "topup", {"amount_minor": amount_minor, "currency": "JPY", "method": "bank"})
+    topup = client.result(
+        member, "topup", {"amount_minor": amount_minor, "currency": "JPY", "method": "bank"}
+    )
     assert center_cli(center, "operator", "confirm-topup", topup["topup_id"])["status"] == "confirmed"
     return member, member_id

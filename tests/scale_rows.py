@@ -5,15 +5,15 @@ small size that no read scans a table that grows with the books. Rows are genera
 with one SQL statement per table (a million payments in seconds); ids derive from a row number so
 that they join; balances are not meant to add up (nothing here checks the ledger).
 """
+
 from __future__ import annotations
 
 from sqlalchemy import select, text
 
-from center.pipeline import handlers
-
 from center.console import inquiry, statistics
-from center.storage.db import payments
+from center.pipeline import handlers
 from center.pipeline.types import Signer
+from center.storage.db import payments
 
 DAY_MS = 86_400_000
 NOW_MS = 1_790_000_000_000
@@ -31,9 +31,13 @@ class _Currency:
 
 def fill(conn, payments_count: int) -> dict:
     """Bulk rows, one statement per table; ids derive from a row number so that they join."""
-    sizes = {"members": max(1, payments_count // PAYMENTS_PER_MEMBER),
-             "stores": max(1, payments_count // PAYMENTS_PER_STORE), "payments": payments_count,
-             "topups": max(1, payments_count // 10), "refunds": max(1, payments_count // 100)}
+    sizes = {
+        "members": max(1, payments_count // PAYMENTS_PER_MEMBER),
+        "stores": max(1, payments_count // PAYMENTS_PER_STORE),
+        "payments": payments_count,
+        "topups": max(1, payments_count // 10),
+        "refunds": max(1, payments_count // 100),
+    }
     sizes["payouts"] = sizes["stores"] * 10
     for statement in fill_statements(conn.dialect.name):
         conn.execute(text(statement), sizes | {"now_ms": NOW_MS, "span_ms": SPAN_DAYS * DAY_MS})
@@ -92,11 +96,17 @@ def reads(conn) -> dict:
         BASELINE: lambda: conn.execute(select(payments).where(payments.c.id == "P-" + "0" * 15 + "9")).all(),
         "member statement, first page": lambda: inquiry.statement(conn, member),
         "member statement, last 30 days": lambda: inquiry.statement(
-            conn, member, window=inquiry.Window(now_ms - 30 * DAY_MS, now_ms)),
-        "member balance (recent top-ups, refunds)": lambda: handlers.balance(_Currency(), conn, signer, None, {}, now_ms),
+            conn, member, window=inquiry.Window(now_ms - 30 * DAY_MS, now_ms)
+        ),
+        "member balance (recent top-ups, refunds)": lambda: handlers.balance(
+            _Currency(), conn, signer, None, {}, now_ms
+        ),
         "store notices after the newest": lambda: conn.execute(
-            select(payments).where(payments.c.store_id == store, payments.c.seq > 0)
-            .order_by(payments.c.seq).limit(100)).all(),
+            select(payments)
+            .where(payments.c.store_id == store, payments.c.seq > 0)
+            .order_by(payments.c.seq)
+            .limit(100)
+        ).all(),
         "console: one buyer's payments": lambda: inquiry.list_payments(conn, buyer_id=member),
         "console: pending top-ups": lambda: inquiry.list_topups(conn, status="pending"),
         "console: statistics, 30 days": lambda: statistics.statistics(conn, days=30, now_ms=now_ms),

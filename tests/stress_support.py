@@ -15,14 +15,14 @@ from pathlib import Path
 
 import httpx
 from sqlalchemy import Engine, create_engine, func, select
+from support import CenterProcess, SoftwareSigner, free_port, run_cli
 
-from center.storage.db import accounts, audit_log, normalise_url, payments, transfers
-from center.ledger.funding import webhook_signature
 from center.ledger.book import party_account
+from center.ledger.funding import webhook_signature
+from center.storage.db import accounts, audit_log, normalise_url, payments, transfers
 from paywire.center_cert import CenterIdentity, read_center_certificate
 from paywire.envelope import Envelope
 from paywire.receipts import check_receipt
-from support import CenterProcess, SoftwareSigner, free_port, run_cli
 from token_wallet.client import pinned_ssl_context
 
 CURRENCY = "JPY"
@@ -58,12 +58,16 @@ class LiveCenter:
     _ssl = None
 
     @classmethod
-    def create(cls, root: Path, db_url: str) -> "LiveCenter":
+    def create(cls, root: Path, db_url: str) -> LiveCenter:
         data_dir = root / "center"
-        result = run_cli("center", ["init", "--data-dir", str(data_dir), "--db", db_url, "--currency", CURRENCY])
+        result = run_cli(
+            "center", ["init", "--data-dir", str(data_dir), "--db", db_url, "--currency", CURRENCY]
+        )
         assert result.returncode == 0, result.stderr
         process = CenterProcess(data_dir=data_dir, port=free_port())
-        return cls(process=process, db_url=db_url, identity=read_center_certificate(process.cert.read_bytes()))
+        return cls(
+            process=process, db_url=db_url, identity=read_center_certificate(process.cert.read_bytes())
+        )
 
     @property
     def url(self) -> str:
@@ -116,8 +120,12 @@ class LiveCenter:
         """Verify the receipt against the key named by the pinned certificate; return its result."""
         assert answer.status == 200, (answer.status, answer.body[:300])
         receipt = Envelope.from_json(answer.json["receipt"])
-        body = check_receipt(receipt, center_spki=self.identity.receipt_spki, center_alg=self.identity.receipt_alg,
-                             request=request)
+        body = check_receipt(
+            receipt,
+            center_spki=self.identity.receipt_spki,
+            center_alg=self.identity.receipt_alg,
+            request=request,
+        )
         header = json.loads(receipt.payload)
         assert header["kid"] == self.identity.receipt_kid
         assert body["for_kid"] == request.kid and body["for_msg_id"] == json.loads(request.payload)["msg_id"]
@@ -127,8 +135,9 @@ class LiveCenter:
 
     def balance(self, party_id: str) -> int:
         with self.engine().connect() as conn:
-            return conn.execute(select(accounts.c.balance_minor)
-                                .where(accounts.c.id == party_account(party_id))).scalar_one()
+            return conn.execute(
+                select(accounts.c.balance_minor).where(accounts.c.id == party_account(party_id))
+            ).scalar_one()
 
     def count(self, table, *where) -> int:
         with self.engine().connect() as conn:
@@ -139,7 +148,9 @@ class LiveCenter:
 
 
 def endpoint(msg_type: str) -> str:
-    return {"enroll": "/v1/enroll", "topup": "/v1/topups", "pay": "/v1/payments", "balance": "/v1/balance"}[msg_type]
+    return {"enroll": "/v1/enroll", "topup": "/v1/topups", "pay": "/v1/payments", "balance": "/v1/balance"}[
+        msg_type
+    ]
 
 
 class Api:
@@ -147,10 +158,11 @@ class Api:
 
     def __init__(self, center: LiveCenter, timeout_s: float = 60.0):
         self.center = center
-        self.client = httpx.Client(base_url=center.url, verify=center.ssl_context(), timeout=timeout_s,
-                                   trust_env=False)
+        self.client = httpx.Client(
+            base_url=center.url, verify=center.ssl_context(), timeout=timeout_s, trust_env=False
+        )
 
-    def __enter__(self) -> "Api":
+    def __enter__(self) -> Api:
         return self
 
     def __exit__(self, *_exc) -> None:
@@ -171,7 +183,9 @@ class Api:
         return signer, self.center.result_of(request, self.post("/v1/enroll", request))["member_id"]
 
     def topup(self, signer: SoftwareSigner, amount_minor: int) -> str:
-        result = self.submit(signer, "topup", {"amount_minor": amount_minor, "currency": CURRENCY, "method": "bank"})
+        result = self.submit(
+            signer, "topup", {"amount_minor": amount_minor, "currency": CURRENCY, "method": "bank"}
+        )
         assert result["status"] == "pending"
         return result["topup_id"]
 
@@ -181,12 +195,25 @@ class Api:
 
     def confirm_by_webhook(self, topup_id: str, amount_minor: int) -> None:
         """The funding company's signed webhook (fast enough to confirm dozens of top-ups)."""
-        body = json.dumps({"topup_id": topup_id, "decision": "confirm", "amount_minor": amount_minor,
-                           "reference": f"bank-{topup_id}"}).encode()
+        body = json.dumps(
+            {
+                "topup_id": topup_id,
+                "decision": "confirm",
+                "amount_minor": amount_minor,
+                "reference": f"bank-{topup_id}",
+            }
+        ).encode()
         timestamp = str(int(time.time()))
-        response = self.client.post("/v1/funding/webhook", content=body, headers={
-            "content-type": "application/json", "x-tokenpay-timestamp": timestamp,
-            "x-tokenpay-signature": "sha256=" + webhook_signature(self.center.webhook_secret(), timestamp, body)})
+        response = self.client.post(
+            "/v1/funding/webhook",
+            content=body,
+            headers={
+                "content-type": "application/json",
+                "x-tokenpay-timestamp": timestamp,
+                "x-tokenpay-signature": "sha256="
+                + webhook_signature(self.center.webhook_secret(), timestamp, body),
+            },
+        )
         assert response.status_code == 200 and response.json()["status"] == "confirmed", response.text
 
 
@@ -195,12 +222,22 @@ def enrollment(center: LiveCenter, signer: SoftwareSigner, role: str = "member",
 
 
 def pay_body(store_id: str, amount_minor: int, order_ref: str, payee_name: str = STORE_NAME) -> dict:
-    return {"payee": store_id, "payee_name": payee_name, "amount_minor": amount_minor, "currency": CURRENCY,
-            "order_ref": order_ref}
+    return {
+        "payee": store_id,
+        "payee_name": payee_name,
+        "amount_minor": amount_minor,
+        "currency": CURRENCY,
+        "order_ref": order_ref,
+    }
 
 
-def send_concurrently(center: LiveCenter, requests: list[tuple[str, Envelope]], *, connections: int = 48,
-                      timeout_s: float = 120.0) -> tuple[list[Answer], float]:
+def send_concurrently(
+    center: LiveCenter,
+    requests: list[tuple[str, Envelope]],
+    *,
+    connections: int = 48,
+    timeout_s: float = 120.0,
+) -> tuple[list[Answer], float]:
     """POST every (path, envelope) with `connections` requests in flight at once (asyncio + httpx).
 
     The envelopes are signed before this is called: the concurrent phase only
@@ -209,17 +246,34 @@ def send_concurrently(center: LiveCenter, requests: list[tuple[str, Envelope]], 
     async def run() -> list[Answer]:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         gate = asyncio.Semaphore(connections)
-        async with httpx.AsyncClient(base_url=center.url, verify=center.ssl_context(), limits=limits,
-                                     timeout=timeout_s, trust_env=False) as client:
+        async with httpx.AsyncClient(
+            base_url=center.url,
+            verify=center.ssl_context(),
+            limits=limits,
+            timeout=timeout_s,
+            trust_env=False,
+        ) as client:
+
             async def one(path: str, envelope: Envelope) -> Answer:
                 async with gate:
                     started = time.monotonic()
                     try:
                         response = await client.post(path, json=envelope.to_json())
-                    except httpx.TransportError as error:  # no answer at all: status 0, kept for the assertion
-                        return Answer(0, json.dumps({"error": {"code": f"transport:{type(error).__name__}",
-                                                               "message": str(error)}}).encode(),
-                                      time.monotonic() - started)
+                    except (
+                        httpx.TransportError
+                    ) as error:  # no answer at all: status 0, kept for the assertion
+                        return Answer(
+                            0,
+                            json.dumps(
+                                {
+                                    "error": {
+                                        "code": f"transport:{type(error).__name__}",
+                                        "message": str(error),
+                                    }
+                                }
+                            ).encode(),
+                            time.monotonic() - started,
+                        )
                     return Answer(response.status_code, response.content, time.monotonic() - started)
 
             return await asyncio.gather(*(one(path, envelope) for path, envelope in requests))
@@ -236,8 +290,14 @@ def fund_members(api: Api, count: int, amount_minor: int) -> list[tuple[Software
     requests = [enrollment(center, s, "member", name=f"Buyer {i}") for i, s in enumerate(signers)]
     answers, _ = send_concurrently(center, [("/v1/enroll", r) for r in requests], connections=16)
     members = [(s, center.result_of(r, a)["member_id"]) for s, r, a in zip(signers, requests, answers)]
-    topup_requests = [s.envelope("topup", {"amount_minor": amount_minor, "currency": CURRENCY, "method": "bank"},
-                                 aud=center.center_id) for s, _ in members]
+    topup_requests = [
+        s.envelope(
+            "topup",
+            {"amount_minor": amount_minor, "currency": CURRENCY, "method": "bank"},
+            aud=center.center_id,
+        )
+        for s, _ in members
+    ]
     answers, _ = send_concurrently(center, [("/v1/topups", r) for r in topup_requests], connections=16)
     for request, answer in zip(topup_requests, answers):
         api.confirm_by_webhook(center.result_of(request, answer)["topup_id"], amount_minor)
@@ -245,6 +305,7 @@ def fund_members(api: Api, count: int, amount_minor: int) -> list[tuple[Software
 
 
 # --- checks on the database -------------------------------------------------------------
+
 
 def replay_party_in_commit_order(center: LiveCenter, party_id: str) -> dict:
     """Replay every transfer that touches the party's account in commit order and
@@ -257,10 +318,16 @@ def replay_party_in_commit_order(center: LiveCenter, party_id: str) -> dict:
     top-up decision names the top-up id)."""
     account = party_account(party_id)
     with center.engine().connect() as conn:
-        touching = conn.execute(select(transfers).where((transfers.c.debit_account == account)
-                                                        | (transfers.c.credit_account == account))).all()
-        entries = conn.execute(select(audit_log.c.seq, audit_log.c.msg_type, audit_log.c.msg_id, audit_log.c.action)
-                               .order_by(audit_log.c.seq)).all()
+        touching = conn.execute(
+            select(transfers).where(
+                (transfers.c.debit_account == account) | (transfers.c.credit_account == account)
+            )
+        ).all()
+        entries = conn.execute(
+            select(audit_log.c.seq, audit_log.c.msg_type, audit_log.c.msg_id, audit_log.c.action).order_by(
+                audit_log.c.seq
+            )
+        ).all()
         final = conn.execute(select(accounts.c.balance_minor).where(accounts.c.id == account)).scalar_one()
     by_ref: dict[str, list] = {}
     for row in touching:
@@ -268,8 +335,15 @@ def replay_party_in_commit_order(center: LiveCenter, party_id: str) -> dict:
     running, lowest, seen = 0, 0, Counter()
     for entry in entries:
         action = json.loads(entry.action)
-        ref = action.get("payment_id") if entry.msg_type == "pay" else (
-            entry.msg_id if entry.msg_type.startswith("topup_") else action.get("refund_id") or action.get("payout_id"))
+        ref = (
+            action.get("payment_id")
+            if entry.msg_type == "pay"
+            else (
+                entry.msg_id
+                if entry.msg_type.startswith("topup_")
+                else action.get("refund_id") or action.get("payout_id")
+            )
+        )
         for row in by_ref.get(ref, ()):
             seen[row.id] += 1
             if row.debit_account == account:
@@ -278,8 +352,9 @@ def replay_party_in_commit_order(center: LiveCenter, party_id: str) -> dict:
                 running += row.amount_minor
             lowest = min(lowest, running)
             assert running >= 0, f"after audit entry {entry.seq} the balance of {party_id} would be {running}"
-    assert set(seen) == {row.id for row in touching} and set(seen.values()) <= {1}, \
+    assert set(seen) == {row.id for row in touching} and set(seen.values()) <= {1}, (
         "a transfer touching the party is not covered exactly once by the audit chain"
+    )
     assert running == final, (running, final)
     return {"transfers": len(touching), "lowest": lowest, "final": final}
 
@@ -300,8 +375,12 @@ def payment_pairing_problems(center: LiveCenter) -> list[str]:
             continue
         t = found[0]
         if (t.amount_minor, t.debit_account, t.credit_account) != (
-                payment.amount_minor, party_account(payment.buyer_id), party_account(payment.store_id)):
+            payment.amount_minor,
+            party_account(payment.buyer_id),
+            party_account(payment.store_id),
+        ):
             problems.append(f"payment {payment.id}: transfer {t.id} does not match it")
-    problems.extend(f"payment transfer(s) {[t.id for t in ts]} for unknown payment {ref}" for ref, ts in by_ref.items())
+    problems.extend(
+        f"payment transfer(s) {[t.id for t in ts]} for unknown payment {ref}" for ref, ts in by_ref.items()
+    )
     return problems
-

@@ -35,6 +35,7 @@ def in_ci() -> bool:
 
 # --- PostgreSQL: one throwaway database per test -----------------------------
 
+
 def pg_reachable() -> bool:
     import psycopg
 
@@ -64,6 +65,7 @@ def drop_pg_database(url: str) -> None:
 
 # --- processes ------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -77,11 +79,18 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(program: str, args: list[str], env: dict[str, str] | None = None,
-            timeout_s: float = 120.0) -> subprocess.CompletedProcess:
+def run_cli(
+    program: str, args: list[str], env: dict[str, str] | None = None, timeout_s: float = 120.0
+) -> subprocess.CompletedProcess:
     module = {"wallet": "token_wallet", "center": "center"}[program]
-    return subprocess.run([sys.executable, "-m", module, *args], env=env or cli_env(), capture_output=True,
-                          text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @dataclass
@@ -101,9 +110,24 @@ class CenterProcess:
     def start(self, workers: int = 1) -> None:
         log = open(self.data_dir.parent / f"center-{self.port}.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "center", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port),
-             "--workers", str(workers)],
-            env=cli_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "center",
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
+            env=cli_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self._wait_healthy()
 
     def _wait_healthy(self) -> None:
@@ -134,6 +158,7 @@ class CenterProcess:
 
 # --- software signers (clients of the center API in unit-level tests) -------------
 
+
 class SoftwareSigner:
     """A member key in memory, for API tests; end-to-end tests use real tokens."""
 
@@ -145,8 +170,9 @@ class SoftwareSigner:
             self._key = ed25519.Ed25519PrivateKey.generate()
         else:
             raise ValueError(algorithm)
-        self.spki = self._key.public_key().public_bytes(serialization.Encoding.DER,
-                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.spki = self._key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         self.kid = key_id(self.spki)
         self.counter = 0
 
@@ -157,16 +183,39 @@ class SoftwareSigner:
 
         return ecdsa_der_low_s(*decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256()))))
 
-    def envelope(self, msg_type: str, body: dict, *, aud: str, now_s: int | None = None, ctr: int | None = None,
-                 msg_id: str | None = None, lifetime_s: int = 3600, kid: str | None = None) -> Envelope:
+    def envelope(
+        self,
+        msg_type: str,
+        body: dict,
+        *,
+        aud: str,
+        now_s: int | None = None,
+        ctr: int | None = None,
+        msg_id: str | None = None,
+        lifetime_s: int = 3600,
+        kid: str | None = None,
+    ) -> Envelope:
         self.counter = ctr if ctr is not None else self.counter + 1
-        payload = build_payload(msg_type, aud=aud, kid=kid or self.kid, msg_id=msg_id or new_message_id(),
-                                ctr=self.counter, body=body, now_s=now_s or int(time.time()), lifetime_s=lifetime_s)
+        payload = build_payload(
+            msg_type,
+            aud=aud,
+            kid=kid or self.kid,
+            msg_id=msg_id or new_message_id(),
+            ctr=self.counter,
+            body=body,
+            now_s=now_s or int(time.time()),
+            lifetime_s=lifetime_s,
+        )
         return seal(payload, alg=self.algorithm, kid=kid or self.kid, sign=self.sign)
 
     def enroll_body(self, role: str = "member", **fields) -> dict:
-        body = {"role": role, "public_key": b64url_encode(self.spki), "alg": self.algorithm,
-                "name": fields.get("name", "Test Person"), "address": fields.get("address", "1-2-3 Chiyoda, Tokyo")}
+        body = {
+            "role": role,
+            "public_key": b64url_encode(self.spki),
+            "alg": self.algorithm,
+            "name": fields.get("name", "Test Person"),
+            "address": fields.get("address", "1-2-3 Chiyoda, Tokyo"),
+        }
         if role == "member":
             body["birth_date"] = fields.get("birth_date", "1990-04-01")
         else:

@@ -51,13 +51,24 @@ def audited(center, msg_type: str) -> list[str]:
 
 # --- the center -----------------------------------------------------------------------
 
+
 def test_member_and_store_learn_their_account(center):
     member, member_id = enroll(center, "member")
     store, store_id = enroll(center, "store")
-    assert ask(center, member) == {"action": "account_info", "party_id": member_id, "role": "member",
-                                   "key_status": "active", "highest_counter": 2}  # enroll 1, this query 2
-    assert ask(center, store) == {"action": "account_info", "party_id": store_id, "role": "store",
-                                  "key_status": "active", "highest_counter": 2}
+    assert ask(center, member) == {
+        "action": "account_info",
+        "party_id": member_id,
+        "role": "member",
+        "key_status": "active",
+        "highest_counter": 2,
+    }  # enroll 1, this query 2
+    assert ask(center, store) == {
+        "action": "account_info",
+        "party_id": store_id,
+        "role": "store",
+        "key_status": "active",
+        "highest_counter": 2,
+    }
 
 
 def test_highest_counter_is_the_keys_after_this_request(center):
@@ -70,8 +81,10 @@ def test_highest_counter_is_the_keys_after_this_request(center):
 
 
 def ledger_state(conn) -> tuple:
-    return (conn.execute(select(func.count()).select_from(transfers)).scalar_one(),
-            conn.execute(select(accounts.c.id, accounts.c.balance_minor).order_by(accounts.c.id)).all())
+    return (
+        conn.execute(select(func.count()).select_from(transfers)).scalar_one(),
+        conn.execute(select(accounts.c.id, accounts.c.balance_minor).order_by(accounts.c.id)).all(),
+    )
 
 
 def test_account_info_is_read_only_and_audited(center):
@@ -107,8 +120,15 @@ def test_operators_are_refused_and_pointed_to_whoami(center):
 
 def test_the_body_is_empty():
     with pytest.raises(WireError) as caught:
-        build_payload(ACCOUNT_INFO, aud="center-test", kid="0" * 64, msg_id=new_message_id(), ctr=1,
-                      body={"party_id": "M-0000000000000000"}, now_s=int(time.time()))
+        build_payload(
+            ACCOUNT_INFO,
+            aud="center-test",
+            kid="0" * 64,
+            msg_id=new_message_id(),
+            ctr=1,
+            body={"party_id": "M-0000000000000000"},
+            now_s=int(time.time()),
+        )
     assert caught.value.code == "malformed_payload"
 
 
@@ -128,15 +148,33 @@ def test_the_route(center, api):
 
 # --- the wallet's checks ------------------------------------------------------------------
 
-WALLET_DOC = {"member_id": "M-00000000000000aa", "role": "member", "counter": 5, "balance_minor": 700,
-              "history": []}
-GOOD_ANSWER = {"action": "account_info", "party_id": "M-00000000000000aa", "role": "member",
-               "key_status": "active", "highest_counter": 5}
+WALLET_DOC = {
+    "member_id": "M-00000000000000aa",
+    "role": "member",
+    "counter": 5,
+    "balance_minor": 700,
+    "history": [],
+}
+GOOD_ANSWER = {
+    "action": "account_info",
+    "party_id": "M-00000000000000aa",
+    "role": "member",
+    "key_status": "active",
+    "highest_counter": 5,
+}
 
 
-@pytest.mark.parametrize("field, value", [("party_id", "M-00000000000000bb"), ("role", "store"),
-                                          ("key_status", "revoked"), ("highest_counter", 0),
-                                          ("highest_counter", "5"), ("action", "balance")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("party_id", "M-00000000000000bb"),
+        ("role", "store"),
+        ("key_status", "revoked"),
+        ("highest_counter", 0),
+        ("highest_counter", "5"),
+        ("action", "balance"),
+    ],
+)
 def test_the_wallet_checks_what_the_answer_echoes(field, value):
     check_answer(ACCOUNT_INFO, {}, GOOD_ANSWER, WALLET_DOC, [])
     with pytest.raises(Contradiction):
@@ -159,8 +197,11 @@ def test_a_counter_above_the_wallets_is_an_alarm_kept_in_the_history():
     entry = alarmed.doc["history"][-1]
     assert entry["outcome"] == ALARM_OUTCOME and entry["details"]["wallet_counter"] == 5
     assert alarmed.doc["balance_minor"] is None, "the key may have paid: the known balance is forgotten"
-    refused = {"type": ACCOUNT_INFO, "msg_id": "m3",
-               "details": {"code": "counter_replayed", "message": "used"}}
+    refused = {
+        "type": ACCOUNT_INFO,
+        "msg_id": "m3",
+        "details": {"code": "counter_replayed", "message": "used"},
+    }
     other = FakeWallet(json.loads(json.dumps(WALLET_DOC)))
     assert record_replayed_alarm(other.doc, [refused | {"type": BALANCE}]) is None
     assert other.doc["history"] == []
@@ -169,6 +210,7 @@ def test_a_counter_above_the_wallets_is_an_alarm_kept_in_the_history():
 
 
 # --- end to end -------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
@@ -196,13 +238,21 @@ def last_history(member: WalletUser) -> dict:
 def test_wallet_account_info(tmp_path, make_softhsm_token, live):
     member, member_id = enrolled_member(tmp_path, make_softhsm_token, live, "m")
     answer = member.json("account-info")
-    assert {field: answer[field] for field in FIELDS} == {"party_id": member_id, "role": "member",
-                                                          "key_status": "active", "highest_counter": 2}
+    assert {field: answer[field] for field in FIELDS} == {
+        "party_id": member_id,
+        "role": "member",
+        "key_status": "active",
+        "highest_counter": 2,
+    }
     assert answer["wallet_counter"] == 2 and answer["alarm"] is None
     plain = member.run("account-info")
     assert plain.returncode == 0, plain.stderr
-    assert plain.stdout.splitlines() == [f"party_id: {member_id}", "role: member", "key_status: active",
-                                         "highest_counter: 3"]
+    assert plain.stdout.splitlines() == [
+        f"party_id: {member_id}",
+        "role: member",
+        "key_status: active",
+        "highest_counter: 3",
+    ]
     assert last_history(member)["type"] == ACCOUNT_INFO and last_history(member)["outcome"] == "accepted"
 
 
@@ -214,8 +264,9 @@ def test_an_older_vault_put_back_after_a_signature_alarms(tmp_path, make_softhsm
     shutil.copy2(older, member.vault)  # the vault that never saw counter 2
     alarmed = member.run("account-info")
     assert alarmed.returncode == 1, alarmed.stderr
-    assert alarmed.stderr.startswith("error: ALARM: the center refused this query's counter 2"), \
+    assert alarmed.stderr.startswith("error: ALARM: the center refused this query's counter 2"), (
         alarmed.stderr
+    )
     assert "Traceback" not in alarmed.stderr
     assert last_history(member)["outcome"] == ALARM_OUTCOME
 
@@ -238,9 +289,17 @@ def sign_outside_the_wallet(member: WalletUser, center: CenterProcess, *, counte
     sent without the wallet (the vault is read, never saved)."""
     doc = Vault.open(member.vault, Path(member.files["a"]).read_text().strip()).data
     key, token = KeyRecord.from_json(doc["key"]), open_token(doc["token"])
-    payload = build_payload(BALANCE, aud=doc["center"]["center_id"], kid=doc["kid"], msg_id=new_message_id(),
-                            ctr=doc["counter"] + counter_jump, body={}, now_s=int(time.time()))
-    envelope = seal(payload, alg=key.algorithm, kid=doc["kid"],
-                    sign=lambda data: token.sign(key, data, member.pin))
+    payload = build_payload(
+        BALANCE,
+        aud=doc["center"]["center_id"],
+        kid=doc["kid"],
+        msg_id=new_message_id(),
+        ctr=doc["counter"] + counter_jump,
+        body={},
+        now_s=int(time.time()),
+    )
+    envelope = seal(
+        payload, alg=key.algorithm, kid=doc["kid"], sign=lambda data: token.sign(key, data, member.pin)
+    )
     with CenterClient(center.url, center.cert.read_bytes()) as client:
         assert "receipt" in client.submit("/v1/balance", envelope)

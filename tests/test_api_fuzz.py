@@ -25,36 +25,46 @@ import time
 
 import httpx
 import pytest
+import rfc8785
 import schemathesis
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
-import rfc8785
+from fuzz_support import (
+    Party,
+    asgi_request,
+    db_snapshot,
+    enroll_party,
+    https_raw,
+    pinned_session,
+    raw_payload,
+    seal_bytes,
+    sealed,
+    tls_context,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
-    content_type_conformance, response_schema_conformance, status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
 )
 from sqlalchemy import update
+from support import SoftwareSigner
 
 from center.api.app import create_app
 from center.api.middleware import MAX_BODY_BYTES
 from center.api.ratelimit import DEFAULT_RATES, Limits, Rate
-from center.storage.db import accounts, make_engine
 from center.errors import STATUS_FOR_CODE
-from center.ledger.funding import webhook_signature
 from center.ledger.book import party_account
-from fuzz_support import (
-    Party, asgi_request, db_snapshot, enroll_party, https_raw, pinned_session, raw_payload, seal_bytes, sealed,
-    tls_context,
-)
+from center.ledger.funding import webhook_signature
+from center.storage.db import accounts, make_engine
 from paywire.canonical import MAX_DEPTH, MAX_PAYLOAD_BYTES, MAX_SAFE_INTEGER
 from paywire.envelope import Envelope
 from paywire.messages import MAX_AMOUNT_MINOR, MAX_NOTICES_PER_REQUEST
 from paywire.receipts import check_receipt
-from support import SoftwareSigner
 
 # --- the spec and how it is fuzzed ---------------------------------------------------
 
@@ -62,9 +72,15 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 SEED = 20240601
 MAX_EXAMPLES = 50
 SCHEMATHESIS_CONFIG = schemathesis.Config.from_dict(
-    {"seed": SEED, "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True}})
-FUZZ_SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-                         suppress_health_check=list(HealthCheck))
+    {"seed": SEED, "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True}}
+)
+FUZZ_SETTINGS = settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 WEBHOOK_SECRET = b"fuzz-webhook-secret"
 
 # The spec does not depend on the center's state: an app built for it alone
@@ -82,8 +98,17 @@ SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 # Rule refusals are final and recorded (message id and counter used up: the
 # `messages` and `keys` tables change); every other refusal changes nothing.
-RULE_REFUSALS = {"unknown_payee", "payee_name_mismatch", "insufficient_funds", "refund_exceeds_payment",
-                 "unknown_payment", "not_your_payment", "wrong_role", "currency_mismatch", "nothing_to_pay_out"}
+RULE_REFUSALS = {
+    "unknown_payee",
+    "payee_name_mismatch",
+    "insufficient_funds",
+    "refund_exceeds_payment",
+    "unknown_payment",
+    "not_your_payment",
+    "wrong_role",
+    "currency_mismatch",
+    "nothing_to_pay_out",
+}
 
 
 @pytest.fixture
@@ -109,11 +134,14 @@ def parties(client, center) -> dict[str, Party]:
 
 
 def fund(client, center, member: Party, amount_minor: int) -> None:
-    envelope = member.signer.envelope("topup", {"amount_minor": amount_minor, "currency": "JPY", "method": "bank"},
-                                      aud=center.center_id)
+    envelope = member.signer.envelope(
+        "topup", {"amount_minor": amount_minor, "currency": "JPY", "method": "bank"}, aud=center.center_id
+    )
     response = client.post("/v1/topups", json=envelope.to_json())
     assert response.status_code == 200, response.text
-    topup_id = json.loads(Envelope.from_json(response.json()["receipt"]).payload)["body"]["result"]["topup_id"]
+    topup_id = json.loads(Envelope.from_json(response.json()["receipt"]).payload)["body"]["result"][
+        "topup_id"
+    ]
     center.decide_topup(topup_id, "confirm", decided_by="operator:test")
 
 
@@ -136,6 +164,7 @@ def post_envelope(client, path: str, envelope: Envelope):
 
 # --- 1. schemathesis over the whole spec ---------------------------------------------
 
+
 @SQLITE_ONLY
 @asgi_schema.parametrize()
 @FUZZ_SETTINGS
@@ -147,8 +176,10 @@ def test_schemathesis_in_process(case, app, center):
 
 # Served but not in the spec, so schemathesis never sends them anything; each with the reason
 # and where its bad input is tested instead. A new route must be documented or listed here.
-CONSOLE_PAGE_API = "the console page's own API (browser cookie session + CSRF header, not the signed API); " \
-                   "bad input in tests/test_console_api.py, the page in tests/test_console_browser.py"
+CONSOLE_PAGE_API = (
+    "the console page's own API (browser cookie session + CSRF header, not the signed API); "
+    "bad input in tests/test_console_api.py, the page in tests/test_console_browser.py"
+)
 UNDOCUMENTED_ROUTES = {
     ("GET", "/openapi.json"): "the spec itself (fetched and compared in test_schemathesis_live_https)",
     ("GET", "/docs"): "FastAPI's Swagger UI page: static HTML, no input",
@@ -168,7 +199,9 @@ UNDOCUMENTED_ROUTES = {
     ("GET", "/console/api/topups/decisions"): CONSOLE_PAGE_API,
     ("GET", "/console/api/export/{view}.csv"): CONSOLE_PAGE_API,
 }
-DOCUMENTED_ROUTE_COUNT = 21  # 16 under /v1, /healthz, and the console's 4 login routes (/metrics: own listener)
+DOCUMENTED_ROUTE_COUNT = (
+    21  # 16 under /v1, /healthz, and the console's 4 login routes (/metrics: own listener)
+)
 
 
 def served_routes(app) -> set[tuple[str, str]]:
@@ -189,12 +222,18 @@ def test_fuzzed_spec_covers_every_route():
     """Every route the app serves is in the spec schemathesis fuzzes, or listed with its reason above."""
     served = served_routes(SPEC_APP)
     documented = {(method.upper(), path) for path, item in SPEC["paths"].items() for method in item}
-    assert set(UNDOCUMENTED_ROUTES) <= served, sorted(set(UNDOCUMENTED_ROUTES) - served)  # the list is not stale
+    assert set(UNDOCUMENTED_ROUTES) <= served, sorted(
+        set(UNDOCUMENTED_ROUTES) - served
+    )  # the list is not stale
     assert not set(UNDOCUMENTED_ROUTES) & documented, sorted(set(UNDOCUMENTED_ROUTES) & documented)
     assert sorted(served - set(UNDOCUMENTED_ROUTES)) == sorted(documented)
     assert (len(documented), len(UNDOCUMENTED_ROUTES), len(served)) == (DOCUMENTED_ROUTE_COUNT, 17, 38)
-    assert {("POST", "/v1/keys/rotate"), ("POST", "/v1/operator/actions"),
-            ("POST", "/v1/console/login"), ("POST", "/v1/payments/batch")} <= documented
+    assert {
+        ("POST", "/v1/keys/rotate"),
+        ("POST", "/v1/operator/actions"),
+        ("POST", "/v1/console/login"),
+        ("POST", "/v1/payments/batch"),
+    } <= documented
 
 
 def _resolve(schema: dict) -> dict:
@@ -252,7 +291,9 @@ def test_bug_spec_leaves_success_bodies_and_the_webhook_request_untyped():
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("db_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize(
+    "db_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 def test_schemathesis_live_https(live_center):
     """The same spec against `center serve` over TLS, the pinned certificate verified.
 
@@ -260,25 +301,29 @@ def test_schemathesis_live_https(live_center):
     modes, every operation, all failures collected before the test fails.
     """
     failures, statuses = [], collections.Counter()
-    with pinned_session(live_center.cert) as session:  # closed, or uvicorn waits for its keep-alive connections
+    with pinned_session(
+        live_center.cert
+    ) as session:  # closed, or uvicorn waits for its keep-alive connections
         # The fuzzed spec is the one served. (No response object is kept: one that outlives the
         # session keeps its TLS connection open, and `center serve` then waits 15 s for it at stop.)
         assert session.get(f"{live_center.url}/openapi.json", timeout=10).json() == SPEC
         for result in http_schema.get_all_operations():
             operation = result.ok()
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
                 @FUZZ_SETTINGS
                 @given(case=operation.as_strategy(generation_mode=mode))
                 def check(case):
-                    response = case.call_and_validate(base_url=live_center.url, session=session, checks=CHECKS,
-                                                      timeout=10)
+                    response = case.call_and_validate(
+                        base_url=live_center.url, session=session, checks=CHECKS, timeout=10
+                    )
                     statuses[response.status_code] += 1
 
                 try:
                     check()
                 except Unsatisfiable:
                     continue  # nothing in this operation can be made invalid (no parameters, or free-form strings)
-                except Exception as failure:  # noqa: BLE001  (all operations run; all failures are reported)
+                except Exception as failure:
                     failures.append(f"{operation.label} [{mode.value}]: {failure}")
     assert not failures, "\n\n".join(failures)
     assert sum(statuses.values()) > 400 and {200, 400, 404, 422} <= set(statuses), statuses
@@ -287,25 +332,54 @@ def test_schemathesis_live_https(live_center):
 # --- 2. hypothesis over correctly signed requests ---------------------------------------
 
 JSON_SCALARS = st.one_of(
-    st.none(), st.booleans(), st.text(max_size=40),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=40),
     st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER),
-    st.sampled_from([0, 1, -1, MAX_AMOUNT_MINOR, MAX_AMOUNT_MINOR + 1, MAX_NOTICES_PER_REQUEST + 1,
-                     MAX_SAFE_INTEGER, -MAX_SAFE_INTEGER]),
+    st.sampled_from(
+        [
+            0,
+            1,
+            -1,
+            MAX_AMOUNT_MINOR,
+            MAX_AMOUNT_MINOR + 1,
+            MAX_NOTICES_PER_REQUEST + 1,
+            MAX_SAFE_INTEGER,
+            -MAX_SAFE_INTEGER,
+        ]
+    ),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from(["", " ", "JPY", "EUR", "jpy", "bank", "x" * 65, "x" * 201, "\x00", "\u202e", "\U0001f600"]),
+    st.sampled_from(
+        ["", " ", "JPY", "EUR", "jpy", "bank", "x" * 65, "x" * 201, "\x00", "\u202e", "\U0001f600"]
+    ),
 )
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 
-ROUTES = {"topup": "/v1/topups", "pay": "/v1/payments", "refund": "/v1/refunds", "payout": "/v1/payouts",
-          "notices": "/v1/notices", "balance": "/v1/balance", "account_info": "/v1/account"}
+ROUTES = {
+    "topup": "/v1/topups",
+    "pay": "/v1/payments",
+    "refund": "/v1/refunds",
+    "payout": "/v1/payouts",
+    "notices": "/v1/notices",
+    "balance": "/v1/balance",
+    "account_info": "/v1/account",
+}
 
 
 def valid_body(msg_type: str, store: Party) -> dict:
     return {
         "topup": {"amount_minor": 100, "currency": "JPY", "method": "bank"},
-        "pay": {"payee": store.party_id, "payee_name": store.name, "amount_minor": 1, "currency": "JPY",
-                "order_ref": "order-1"},
+        "pay": {
+            "payee": store.party_id,
+            "payee_name": store.name,
+            "amount_minor": 1,
+            "currency": "JPY",
+            "order_ref": "order-1",
+        },
         "refund": {"payment_id": "P-0123456789abcdef", "amount_minor": None, "currency": "JPY"},
         "payout": {"currency": "JPY"},
         "notices": {"after": 0, "limit": 10},
@@ -320,8 +394,17 @@ def signed_requests(draw):
     msg_type = draw(st.sampled_from(sorted(ROUTES)))
     route = ROUTES[msg_type] if draw(st.integers(0, 9)) else draw(st.sampled_from(sorted(ROUTES.values())))
     role = draw(st.sampled_from(["member", "store"]))
-    changes = draw(st.lists(st.tuples(st.sampled_from(["replace", "delete", "add"]), st.integers(0, 5),
-                                      st.text(max_size=12), JSON_VALUES), max_size=3))
+    changes = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["replace", "delete", "add"]),
+                st.integers(0, 5),
+                st.text(max_size=12),
+                JSON_VALUES,
+            ),
+            max_size=3,
+        )
+    )
     return role, msg_type, route, changes
 
 
@@ -343,8 +426,13 @@ def test_signed_requests_with_generated_bodies(client, center, parties):
     refusals (recorded by design) change anything, and then only the message record and the key's counter."""
     outcomes = collections.Counter()
 
-    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=300,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(generated=signed_requests())
     def check(generated):
         role, msg_type, route, changes = generated
@@ -361,7 +449,9 @@ def test_signed_requests_with_generated_bodies(client, center, parties):
         assert response.status_code < 500, (msg_type, route, body, response.text)
         if response.status_code == 200:
             receipt = Envelope.from_json(response.json()["receipt"])
-            check_receipt(receipt, center_spki=center.signer.spki, center_alg=center.signer.alg, request=envelope)
+            check_receipt(
+                receipt, center_spki=center.signer.spki, center_alg=center.signer.alg, request=envelope
+            )
             outcomes["accepted"] += 1
             return
         code = response.json()["error"]["code"]
@@ -382,16 +472,24 @@ def test_signed_requests_with_generated_bodies(client, center, parties):
 
 # --- 3. targeted limits: one stable code each, nothing changed -------------------------
 
+
 def test_body_over_64_kib_is_413_and_changes_nothing(client, center, parties):
     before = db_snapshot(center.engine)
     big = b'{"payload":"' + b"A" * MAX_BODY_BYTES + b'","alg":"ES256","kid":"0","sig":"A"}'
     for path in ["/v1/enroll", "/v1/payments", "/v1/funding/webhook", "/v1/notices"]:
-        assert_error(client.post(path, content=big, headers={"content-type": "application/json"}),
-                     413, "body_too_large")
+        assert_error(
+            client.post(path, content=big, headers={"content-type": "application/json"}),
+            413,
+            "body_too_large",
+        )
     # Exactly at the limit the body is read (and refused for what it is, not for its size).
     at_limit = b"{" + b" " * (MAX_BODY_BYTES - 2) + b"}"
-    assert client.post("/v1/enroll", content=at_limit, headers={"content-type": "application/json"}
-                       ).json()["error"]["code"] == "invalid_request"
+    assert (
+        client.post("/v1/enroll", content=at_limit, headers={"content-type": "application/json"}).json()[
+            "error"
+        ]["code"]
+        == "invalid_request"
+    )
     assert db_snapshot(center.engine) == before
 
 
@@ -420,8 +518,9 @@ def test_bug_chunked_body_over_64_kib_bypasses_the_limit(app, center):
     (at most 64 KiB) is replayed to the app through a new `receive`.
     """
     before = db_snapshot(center.engine)
-    response = asgi_request(app, "POST", "/v1/enroll", [(b"content-type", b"application/json")],
-                            list(_chunked_megabyte()))
+    response = asgi_request(
+        app, "POST", "/v1/enroll", [(b"content-type", b"application/json")], list(_chunked_megabyte())
+    )
     assert response.exception is None
     assert (response.status, json.loads(response.body)["error"]["code"]) == (413, "body_too_large")
     assert db_snapshot(center.engine) == before
@@ -434,8 +533,13 @@ def test_bug_content_length_with_non_ascii_digits_is_a_500(app):
     `int("²")` raises ValueError -> 500. Fix: the ASGI middleware above tests
     the raw bytes (`bytes.isdigit()` is ASCII only), or `length.isascii() and
     length.isdigit()` in _install_body_limit."""
-    response = asgi_request(app, "POST", "/v1/enroll", [(b"content-type", b"application/json"),
-                                                        (b"content-length", b"\xb2")], [b"{}"])
+    response = asgi_request(
+        app,
+        "POST",
+        "/v1/enroll",
+        [(b"content-type", b"application/json"), (b"content-length", b"\xb2")],
+        [b"{}"],
+    )
     assert response.exception is None, repr(response.exception)
     assert response.status in (400, 413)
 
@@ -446,9 +550,15 @@ def _enroll_with(client, center, role: str, **fields):
     return client.post("/v1/enroll", json=sealed(signer, "enroll", body, aud=center.center_id).to_json())
 
 
-@pytest.mark.parametrize("role, field, limit", [
-    ("member", "name", 200), ("member", "address", 500), ("store", "name", 200), ("store", "bank_account", 34),
-])
+@pytest.mark.parametrize(
+    "role, field, limit",
+    [
+        ("member", "name", 200),
+        ("member", "address", 500),
+        ("store", "name", 200),
+        ("store", "bank_account", 34),
+    ],
+)
 def test_enroll_text_limits(client, center, role, field, limit):
     before = db_snapshot(center.engine)
     for value in ["x" * (limit + 1), "é" * (limit + 1), "", "   ", "a\x00b", 42, None, ["x"]]:
@@ -464,8 +574,9 @@ def test_pay_text_limits(client, center, parties, field, limit):
     body = valid_body("pay", store)
     before = db_snapshot(center.engine)
     for value in ["x" * (limit + 1), "", "\t", 7, None]:
-        response = post_envelope(client, "/v1/payments",
-                                 sealed(member.signer, "pay", body | {field: value}, aud=center.center_id))
+        response = post_envelope(
+            client, "/v1/payments", sealed(member.signer, "pay", body | {field: value}, aud=center.center_id)
+        )
         assert_error(response, 400, "malformed_payload")
     assert db_snapshot(center.engine) == before  # the counter did not move either
     if field == "order_ref":
@@ -486,7 +597,9 @@ def test_amount_limits(client, center, parties, msg_type):
         assert_error(post_envelope(client, ROUTES[msg_type], envelope), 400, "malformed_payload")
     # Beyond the safe-integer range the canonical-JSON layer refuses first, with the same code.
     huge = rfc8785.dumps(raw_payload(signer, msg_type, body, aud=center.center_id)).replace(
-        b'"amount_minor":' + json.dumps(body["amount_minor"]).encode(), b'"amount_minor":' + str(2**64).encode())
+        b'"amount_minor":' + json.dumps(body["amount_minor"]).encode(),
+        b'"amount_minor":' + str(2**64).encode(),
+    )
     assert_error(post_envelope(client, ROUTES[msg_type], seal_bytes(signer, huge)), 400, "malformed_payload")
     assert db_snapshot(center.engine) == before
     if msg_type == "topup":  # the limit itself is accepted
@@ -497,8 +610,17 @@ def test_amount_limits(client, center, parties, msg_type):
 def test_notices_limits(client, center, parties):
     store = parties["store"].signer
     before = db_snapshot(center.engine)
-    for changes in [{"limit": 0}, {"limit": MAX_NOTICES_PER_REQUEST + 1}, {"limit": -1}, {"limit": True},
-                    {"limit": 1.5}, {"limit": "10"}, {"limit": None}, {"after": -1}, {"after": "0"}]:
+    for changes in [
+        {"limit": 0},
+        {"limit": MAX_NOTICES_PER_REQUEST + 1},
+        {"limit": -1},
+        {"limit": True},
+        {"limit": 1.5},
+        {"limit": "10"},
+        {"limit": None},
+        {"after": -1},
+        {"after": "0"},
+    ]:
         envelope = sealed(store, "notices", {"after": 0, "limit": 10} | changes, aud=center.center_id)
         assert_error(post_envelope(client, "/v1/notices", envelope), 400, "malformed_payload")
     assert db_snapshot(center.engine) == before
@@ -518,13 +640,25 @@ def test_payload_nesting_limit(client, center, parties):
     """Depth counts from the payload object: body is level 1, its fields level 2."""
     member = parties["member"].signer
     before = db_snapshot(center.engine)
-    too_deep = rfc8785.dumps(raw_payload(member, "topup", {"amount_minor": 1, "currency": "JPY",
-                                                           "method": _nested(MAX_DEPTH - 1)}, aud=center.center_id))
+    too_deep = rfc8785.dumps(
+        raw_payload(
+            member,
+            "topup",
+            {"amount_minor": 1, "currency": "JPY", "method": _nested(MAX_DEPTH - 1)},
+            aud=center.center_id,
+        )
+    )
     response = post_envelope(client, "/v1/topups", seal_bytes(member, too_deep))
     assert_error(response, 400, "malformed_payload")
     assert "nests deeper" in response.json()["error"]["message"]
-    at_limit = rfc8785.dumps(raw_payload(member, "topup", {"amount_minor": 1, "currency": "JPY",
-                                                          "method": _nested(MAX_DEPTH - 2)}, aud=center.center_id))
+    at_limit = rfc8785.dumps(
+        raw_payload(
+            member,
+            "topup",
+            {"amount_minor": 1, "currency": "JPY", "method": _nested(MAX_DEPTH - 2)},
+            aud=center.center_id,
+        )
+    )
     response = post_envelope(client, "/v1/topups", seal_bytes(member, at_limit))
     assert_error(response, 400, "malformed_payload")  # the depth passes; the method is what is wrong now
     assert "nests deeper" not in response.json()["error"]["message"]
@@ -540,10 +674,23 @@ def test_payload_size_limit(client, center, parties):
     member = parties["member"].signer
     before = db_snapshot(center.engine)
     ctr = 1000  # counters of one digit count, so the padding gives exact sizes
-    base = len(rfc8785.dumps(raw_payload(member, "topup", {"amount_minor": 1, "currency": "JPY", "method": ""},
-                                         aud=center.center_id, ctr=ctr)))
-    for size, code in [(MAX_PAYLOAD_BYTES + 1, "payload_too_large"), (MAX_PAYLOAD_BYTES + 2, "payload_too_large"),
-                       (MAX_PAYLOAD_BYTES + 100, "malformed_envelope"), (40_000, "malformed_envelope")]:
+    base = len(
+        rfc8785.dumps(
+            raw_payload(
+                member,
+                "topup",
+                {"amount_minor": 1, "currency": "JPY", "method": ""},
+                aud=center.center_id,
+                ctr=ctr,
+            )
+        )
+    )
+    for size, code in [
+        (MAX_PAYLOAD_BYTES + 1, "payload_too_large"),
+        (MAX_PAYLOAD_BYTES + 2, "payload_too_large"),
+        (MAX_PAYLOAD_BYTES + 100, "malformed_envelope"),
+        (40_000, "malformed_envelope"),
+    ]:
         # Two codes for one limit: within the base64 slack of Envelope.from_json the payload is decoded and
         # refused as payload_too_large; further over, its text is refused undecoded as malformed_envelope
         # (pinned by test_wire.test_envelope_refuses_oversize_base64_before_decoding).
@@ -559,15 +706,33 @@ def test_payload_size_limit(client, center, parties):
 
 
 @SQLITE_ONLY
-@pytest.mark.parametrize("path", ["/", "/v1", "/v1/", "/v1/nothing", "/v1/stores", "/v1/stores/S-1/x", "/V1/center",
-                                  "/v2/center", "/v1/enroll/extra", "/%00", "/v1/funding"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/v1",
+        "/v1/",
+        "/v1/nothing",
+        "/v1/stores",
+        "/v1/stores/S-1/x",
+        "/V1/center",
+        "/v2/center",
+        "/v1/enroll/extra",
+        "/%00",
+        "/v1/funding",
+    ],
+)
 def test_unknown_routes_are_404_not_found(client, path):
     for method in ("GET", "POST", "DELETE"):
         assert_error(client.request(method, path), 404, "not_found")
 
 
-WRONG_METHODS = [(method, path) for path, item in SPEC["paths"].items()
-                 for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS") if method.lower() not in item]
+WRONG_METHODS = [
+    (method, path)
+    for path, item in SPEC["paths"].items()
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    if method.lower() not in item
+]
 
 
 @SQLITE_ONLY
@@ -595,17 +760,26 @@ def test_bug_body_that_is_not_utf8_gets_a_generic_code(client, center):
     invalid_request. Fix (center/app.py _install_error_handlers.http_error):
     answer StarletteHTTPException 400 as ApiError("invalid_request", "request
     body is not UTF-8 JSON") with status 422, so every unparsable body has one code."""
-    response = client.post("/v1/enroll", content=b'{"payload": "\xe9"}', headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/enroll", content=b'{"payload": "\xe9"}', headers={"content-type": "application/json"}
+    )
     assert_error(response, 422, "invalid_request")
 
 
 # --- 4. the funding webhook and other inputs that reach code without a signature ----------
 
+
 def _webhook(client, body: bytes, timestamp: str | None = None, secret: bytes = WEBHOOK_SECRET):
     timestamp = timestamp or str(int(time.time()))
-    return client.post("/v1/funding/webhook", content=body, headers={
-        "content-type": "application/json", "x-tokenpay-timestamp": timestamp,
-        "x-tokenpay-signature": "sha256=" + webhook_signature(secret, timestamp, body)})
+    return client.post(
+        "/v1/funding/webhook",
+        content=body,
+        headers={
+            "content-type": "application/json",
+            "x-tokenpay-timestamp": timestamp,
+            "x-tokenpay-signature": "sha256=" + webhook_signature(secret, timestamp, body),
+        },
+    )
 
 
 def test_webhook_refusals_change_nothing(client, center):
@@ -613,19 +787,34 @@ def test_webhook_refusals_change_nothing(client, center):
     assert_error(client.post("/v1/funding/webhook", content=b"{}"), 401, "bad_webhook_signature")
     assert_error(_webhook(client, b"{}", secret=b"wrong"), 401, "bad_webhook_signature")
     assert_error(_webhook(client, b"{}", timestamp=str(int(time.time()) - 301)), 401, "bad_webhook_signature")
-    for body in [b"not json", b"[]", b"{}", b'{"topup_id":"U-1","decision":"confirm","amount_minor":0,"reference":""}',
-                 b'{"topup_id":"U-1","decision":"confirm","amount_minor":true,"reference":""}',
-                 b'{"topup_id":"U-1","decision":"confirm","amount_minor":1,"reference":"' + b"r" * 129 + b'"}']:
+    for body in [
+        b"not json",
+        b"[]",
+        b"{}",
+        b'{"topup_id":"U-1","decision":"confirm","amount_minor":0,"reference":""}',
+        b'{"topup_id":"U-1","decision":"confirm","amount_minor":true,"reference":""}',
+        b'{"topup_id":"U-1","decision":"confirm","amount_minor":1,"reference":"' + b"r" * 129 + b'"}',
+    ]:
         assert_error(_webhook(client, body), 422, "invalid_request")
-    assert_error(_webhook(client, b'{"topup_id":"U-1","decision":"maybe","amount_minor":1,"reference":""}'),
-                 422, "invalid_request")
-    assert_error(_webhook(client, b'{"topup_id":"U-0123456789abcdef","decision":"confirm","amount_minor":1,'
-                                  b'"reference":""}'), 404, "unknown_topup")
+    assert_error(
+        _webhook(client, b'{"topup_id":"U-1","decision":"maybe","amount_minor":1,"reference":""}'),
+        422,
+        "invalid_request",
+    )
+    assert_error(
+        _webhook(
+            client, b'{"topup_id":"U-0123456789abcdef","decision":"confirm","amount_minor":1,"reference":""}'
+        ),
+        404,
+        "unknown_topup",
+    )
     assert db_snapshot(center.engine) == before
 
 
 @SQLITE_ONLY
-@pytest.mark.parametrize("header, value", [("x-tokenpay-timestamp", b"\xb2"), ("x-tokenpay-signature", b"\xe9")])
+@pytest.mark.parametrize(
+    "header, value", [("x-tokenpay-timestamp", b"\xb2"), ("x-tokenpay-signature", b"\xe9")]
+)
 def test_bug_webhook_header_with_latin1_characters_is_a_500(app, center, header, value):
     """BUG, no secret needed: header values arrive as latin-1 text. A timestamp
     "²" (byte 0xB2) passes `timestamp.isdigit()` in center/funding.py
@@ -637,23 +826,34 @@ def test_bug_webhook_header_with_latin1_characters_is_a_500(app, center, header,
         if not timestamp or not signature or not timestamp.isascii() or not signature.isascii() \\
                 or not timestamp.isdigit() or len(timestamp) > 12:
             raise ApiError("bad_webhook_signature", ...)"""
-    headers = {"x-tokenpay-timestamp": str(int(time.time())).encode(), "x-tokenpay-signature": b"sha256=" + b"0" * 64}
+    headers = {
+        "x-tokenpay-timestamp": str(int(time.time())).encode(),
+        "x-tokenpay-signature": b"sha256=" + b"0" * 64,
+    }
     headers[header] = value
     before = db_snapshot(center.engine)
-    response = asgi_request(app, "POST", "/v1/funding/webhook",
-                            [(b"content-type", b"application/json"), *((k.encode(), v) for k, v in headers.items())],
-                            [b"{}"])
+    response = asgi_request(
+        app,
+        "POST",
+        "/v1/funding/webhook",
+        [(b"content-type", b"application/json"), *((k.encode(), v) for k, v in headers.items())],
+        [b"{}"],
+    )
     assert response.exception is None, repr(response.exception)
     assert (response.status, json.loads(response.body)["error"]["code"]) == (401, "bad_webhook_signature")
     assert db_snapshot(center.engine) == before
 
 
 @SQLITE_ONLY
-@pytest.mark.parametrize("body", [
-    b'{"topup_id":"U-0123456789abcdef","decision":[],"amount_minor":1,"reference":""}',
-    b'{"topup_id":"U-0123456789abcdef","decision":{"a":1},"amount_minor":1,"reference":""}',
-    b"[" * 30_000 + b"]" * 30_000,
-], ids=["decision-list", "decision-object", "nested-30000"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"topup_id":"U-0123456789abcdef","decision":[],"amount_minor":1,"reference":""}',
+        b'{"topup_id":"U-0123456789abcdef","decision":{"a":1},"amount_minor":1,"reference":""}',
+        b"[" * 30_000 + b"]" * 30_000,
+    ],
+    ids=["decision-list", "decision-object", "nested-30000"],
+)
 def test_bug_signed_webhook_bodies_that_are_a_500(client, center, body):
     """BUG (needs the webhook secret, so only the funding provider or a
     leaked secret): center/funding.py parse_webhook does not check the type of
@@ -671,8 +871,11 @@ def test_bug_signed_webhook_bodies_that_are_a_500(client, center, body):
 def test_store_info_refusals(client, center, parties):
     store = parties["store"]
     answer = client.get(f"/v1/stores/{store.party_id}").json()
-    assert {key: answer[key] for key in ("store_id", "name", "active")} == {"store_id": store.party_id,
-                                                                           "name": store.name, "active": True}
+    assert {key: answer[key] for key in ("store_id", "name", "active")} == {
+        "store_id": store.party_id,
+        "name": store.name,
+        "active": True,
+    }
     for store_id in [parties["member"].party_id, "S-0123456789abcdef", "x" * 5000, "%20", "'; --", "%C3%A9"]:
         assert_error(client.get(f"/v1/stores/{store_id}"), 404, "unknown_payee")
 
@@ -706,21 +909,30 @@ def test_bug_balance_beyond_the_wire_range_locks_the_account(client, center, par
     matched (the operator's confirm of such a top-up is then refused too)."""
     member = parties["member"]
     with center.engine.begin() as conn:
-        conn.execute(update(accounts).where(accounts.c.id == party_account(member.party_id))
-                     .values(balance_minor=MAX_SAFE_INTEGER))
-    fund_envelope = member.signer.envelope("topup", {"amount_minor": 1, "currency": "JPY", "method": "bank"},
-                                           aud=center.center_id)
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.id == party_account(member.party_id))
+            .values(balance_minor=MAX_SAFE_INTEGER)
+        )
+    fund_envelope = member.signer.envelope(
+        "topup", {"amount_minor": 1, "currency": "JPY", "method": "bank"}, aud=center.center_id
+    )
     response = client.post("/v1/topups", json=fund_envelope.to_json())
-    topup_id = json.loads(Envelope.from_json(response.json()["receipt"]).payload)["body"]["result"]["topup_id"]
+    topup_id = json.loads(Envelope.from_json(response.json()["receipt"]).payload)["body"]["result"][
+        "topup_id"
+    ]
     try:
         center.decide_topup(topup_id, "confirm", decided_by="operator:test")
-    except Exception:  # noqa: BLE001  (the fix may refuse the credit here)
+    except Exception:
         pass
-    response = post_envelope(client, "/v1/balance", member.signer.envelope("balance", {}, aud=center.center_id))
+    response = post_envelope(
+        client, "/v1/balance", member.signer.envelope("balance", {}, aud=center.center_id)
+    )
     assert response.status_code < 500, response.text
 
 
 # --- 5. the limits over real HTTPS --------------------------------------------------------
+
 
 @SQLITE_ONLY
 def test_live_content_length_over_the_limit_is_413(live_center, db_url):
@@ -728,8 +940,11 @@ def test_live_content_length_over_the_limit_is_413(live_center, db_url):
     before = db_snapshot(engine)
     with httpx.Client(verify=tls_context(live_center.cert), timeout=30) as http:
         for path in ("/v1/enroll", "/v1/payments", "/v1/funding/webhook"):
-            response = http.post(f"{live_center.url}{path}", content=b"{" + b" " * MAX_BODY_BYTES + b"}",
-                                 headers={"content-type": "application/json"})
+            response = http.post(
+                f"{live_center.url}{path}",
+                content=b"{" + b" " * MAX_BODY_BYTES + b"}",
+                headers={"content-type": "application/json"},
+            )
             assert_error(response, 413, "body_too_large")
     assert db_snapshot(engine) == before
     engine.dispose()
@@ -742,8 +957,11 @@ def test_bug_live_chunked_body_over_the_limit_is_read_whole(live_center, db_url)
     engine = make_engine(db_url)
     before = db_snapshot(engine)
     with httpx.Client(verify=tls_context(live_center.cert), timeout=30) as http:
-        response = http.post(f"{live_center.url}/v1/enroll", content=_chunked_megabyte(),
-                             headers={"content-type": "application/json"})
+        response = http.post(
+            f"{live_center.url}/v1/enroll",
+            content=_chunked_megabyte(),
+            headers={"content-type": "application/json"},
+        )
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert "content-length" not in response.request.headers
     assert db_snapshot(engine) == before
@@ -756,9 +974,11 @@ def test_bug_live_webhook_header_with_latin1_characters_is_a_500(live_center):
     """The same bug as test_bug_webhook_header_with_latin1_characters_is_a_500, over real HTTPS: uvicorn passes
     obs-text bytes in header values to the app."""
     context = tls_context(live_center.cert)
-    request = (b"POST /v1/funding/webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               b"Content-Length: 2\r\nX-Tokenpay-Timestamp: \xb2\r\nX-Tokenpay-Signature: sha256=00\r\n"
-               b"Connection: close\r\n\r\n{}")
+    request = (
+        b"POST /v1/funding/webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\nX-Tokenpay-Timestamp: \xb2\r\nX-Tokenpay-Signature: sha256=00\r\n"
+        b"Connection: close\r\n\r\n{}"
+    )
     status, raw = https_raw(live_center.port, context, request)
     assert status == 401, raw[:300]
 

@@ -36,14 +36,16 @@ PROBE_TIMEOUT_S = 60
 
 # --- the checkers (the same code runs on the project and on the throwaway package) ---
 
+
 def run_lint_imports(directory: Path, config: Path | None = None) -> subprocess.CompletedProcess:
     """lint-imports on the packages importable from `directory`, with the contracts in `config`."""
     command = [str(LINT_IMPORTS), "--no-cache", "--no-logo"]
     if config is not None:
         command += ["--config", str(config)]
     env = {**os.environ, "PYTHONPATH": str(directory)}
-    return subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True,
-                          timeout=LINT_TIMEOUT_S)
+    return subprocess.run(
+        command, cwd=directory, env=env, capture_output=True, text=True, timeout=LINT_TIMEOUT_S
+    )
 
 
 def import_cycles(graph: grimp.ImportGraph) -> list[list[str]]:
@@ -153,6 +155,7 @@ def build_graph(*packages: str) -> grimp.ImportGraph:
 
 # --- the project ---
 
+
 def test_import_contracts_hold():
     result = run_lint_imports(ROOT)
     assert result.returncode == 0, f"lint-imports failed:\n{result.stdout}\n{result.stderr}"
@@ -171,8 +174,10 @@ def test_no_import_cycles():
 
 def test_long_modules_say_why():
     found = long_modules_without_reason(our_modules())
-    assert not found, (f"over {MAX_MODULE_LINES} lines without a sentence starting {LONG_REASON!r} in the "
-                       "module docstring (split it by role, or say why not):\n" + "\n".join(found))
+    assert not found, (
+        f"over {MAX_MODULE_LINES} lines without a sentence starting {LONG_REASON!r} in the "
+        "module docstring (split it by role, or say why not):\n" + "\n".join(found)
+    )
 
 
 def private_names_imported(paths: Iterable[Path]) -> list[str]:
@@ -182,8 +187,11 @@ def private_names_imported(paths: Iterable[Path]) -> list[str]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.ImportFrom):
                 continue
-            found += [f"{path.relative_to(ROOT)}:{node.lineno} imports {alias.name} from {node.module}"
-                      for alias in node.names if is_private(alias.name)]
+            found += [
+                f"{path.relative_to(ROOT)}:{node.lineno} imports {alias.name} from {node.module}"
+                for alias in node.names
+                if is_private(alias.name)
+            ]
     return found
 
 
@@ -199,11 +207,19 @@ def test_no_private_name_is_imported_from_another_module():
 def test_center_help_loads_no_database_or_web_framework():
     """`center --help` and the commands that need no database (backup-key, issuer certify) start fast:
     the CLI imports the database and API layers inside the commands that use them."""
-    probe = ("import sys; import center.cli.main; "
-             "print(' '.join(sorted(m for m in ('sqlalchemy', 'alembic', 'fastapi', 'uvicorn') "
-             "if m in sys.modules)))")
-    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
-                            timeout=PROBE_TIMEOUT_S, check=True)
+    probe = (
+        "import sys; import center.cli.main; "
+        "print(' '.join(sorted(m for m in ('sqlalchemy', 'alembic', 'fastapi', 'uvicorn') "
+        "if m in sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=PROBE_TIMEOUT_S,
+        check=True,
+    )
     assert result.stdout.strip() == ""
 
 
@@ -242,8 +258,12 @@ ancestors = ["archtoy"]
 
 
 def make_toy(root: Path, files: dict[str, str]) -> None:
-    for name, text in {"archtoy/__init__.py": "", "archtoy/high/__init__.py": "",
-                       "archtoy/low/__init__.py": "", **files}.items():
+    for name, text in {
+        "archtoy/__init__.py": "",
+        "archtoy/high/__init__.py": "",
+        "archtoy/low/__init__.py": "",
+        **files,
+    }.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
@@ -256,8 +276,9 @@ UPWARD_LAZY = {
 }
 UPWARD_TYPE_CHECKING = {
     "archtoy/high/app.py": "from archtoy.low import store\n",
-    "archtoy/low/store.py": ("from typing import TYPE_CHECKING\n"
-                             "if TYPE_CHECKING:\n    from archtoy.high.app import App\n"),
+    "archtoy/low/store.py": (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from archtoy.high.app import App\n"
+    ),
 }
 SIBLING_CYCLE = {  # no layer is crossed upwards: only the cycle check can see it
     "archtoy/low/one.py": "from archtoy.low import two\n",
@@ -273,8 +294,9 @@ def toy(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
-@pytest.mark.parametrize(("files", "upward_line"), [(UPWARD_LAZY, 2), (UPWARD_TYPE_CHECKING, 3)],
-                         ids=["lazy", "type_checking"])
+@pytest.mark.parametrize(
+    ("files", "upward_line"), [(UPWARD_LAZY, 2), (UPWARD_TYPE_CHECKING, 3)], ids=["lazy", "type_checking"]
+)
 def test_checks_catch_an_upward_import_that_makes_a_cycle(toy, files, upward_line):
     make_toy(toy, files)
     result = run_lint_imports(toy, toy / "pyproject.toml")
@@ -298,8 +320,9 @@ def test_checks_catch_a_cycle_between_sibling_modules(toy):
     graph = build_graph("archtoy")
     cycles = import_cycles(graph)
     assert cycles == [["archtoy.low.one", "archtoy.low.two", "archtoy.low.one"]]
-    assert describe_cycle(graph, cycles[0]) == ("archtoy.low.one -> archtoy.low.two (archtoy.low.one l.1) -> "
-                                                "archtoy.low.one (archtoy.low.two l.2)")
+    assert describe_cycle(graph, cycles[0]) == (
+        "archtoy.low.one -> archtoy.low.two (archtoy.low.one l.1) -> archtoy.low.one (archtoy.low.two l.2)"
+    )
 
 
 def test_checks_pass_a_clean_toy(toy):
@@ -321,6 +344,7 @@ def test_long_module_check_wants_a_reason(tmp_path, monkeypatch):
 def test_private_import_check_finds_a_lazy_one(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     module = tmp_path / "user.py"
-    module.write_text("from a import public, __version__\n\ndef run():\n    from b import _helper\n",
-                      encoding="utf-8")
+    module.write_text(
+        "from a import public, __version__\n\ndef run():\n    from b import _helper\n", encoding="utf-8"
+    )
     assert private_names_imported([module]) == ["user.py:4 imports _helper from b"]

@@ -39,10 +39,10 @@ from test_payments_api import (
 from test_payments_e2e import center_cli, count_payments
 from test_wallet_e2e import WalletUser
 
-from center.storage.db import messages, payments
 from center.errors import ApiError
 from center.keys.admin import revoke_key
 from center.keys.binding import bind_key
+from center.storage.db import messages, payments
 from paywire.envelope import Envelope, b64url_decode, b64url_encode
 from paywire.messages import OPERATOR_ACTION
 from paywire.receipts import check_refusal
@@ -53,13 +53,19 @@ OPERATOR = "operator:test"
 
 def refusal_of(center, request: Envelope, answer: dict) -> dict:
     """The center's signed refusal in an answer, checked as a wallet checks it."""
-    return check_refusal(Envelope.from_json(answer["refusal"]), center_spki=center.signer.spki,
-                         center_alg=center.signer.alg, request=request)
+    return check_refusal(
+        Envelope.from_json(answer["refusal"]),
+        center_spki=center.signer.spki,
+        center_alg=center.signer.alg,
+        request=request,
+    )
 
 
 def rebind_claim(center, member_id: str) -> SoftwareSigner:
     signer = SoftwareSigner()
-    request = signer.envelope("enroll", signer.enroll_body("member") | {"rebind": member_id}, aud=center.center_id)
+    request = signer.envelope(
+        "enroll", signer.enroll_body("member") | {"rebind": member_id}, aud=center.center_id
+    )
     assert result_of(center, request, center.enroll(request))["action"] == "bind_requested"
     return signer
 
@@ -70,6 +76,7 @@ def answered_messages(center) -> int:
 
 
 # --- 11.10: a rule refusal is final for its message id -------------------------------------------
+
 
 def test_operator_action_refused_by_a_rule_stays_refused_after_the_state_changes(center, api):
     old, member_id = funded_member(center, 1_000)
@@ -83,8 +90,11 @@ def test_operator_action_refused_by_a_rule_stays_refused_after_the_state_changes
 
     again = api.post("/v1/operator/actions", json=bind.to_json())  # the same bytes: would succeed now
     assert again.status_code == 409 and again.json() == first.json(), "a rule refusal must be final"
-    assert refusal_of(center, bind, first.json()) == {"code": "party_has_active_key", "status": 409,
-                                                      "message": first.json()["error"]["message"]}
+    assert refusal_of(center, bind, first.json()) == {
+        "code": "party_has_active_key",
+        "status": 409,
+        "message": first.json()["error"]["message"],
+    }
     # A new message for the same action is a new decision, and it is taken.
     rebound = signed(center, operator, "operator_action", {"action": "bind_key", "args": {"kid": new.kid}})
     assert api.post("/v1/operator/actions", json=rebound.to_json()).status_code == 200
@@ -128,7 +138,9 @@ def test_try_again_answers_are_not_final(center, store):
     center.clock_ms = clock
     buyer, _ = funded_member(center, 1_000)
     _, store_id = store
-    payment = buyer.envelope("pay", pay_body(store_id, 100), aud=center.center_id, now_s=clock() // 1000 + 3600)
+    payment = buyer.envelope(
+        "pay", pay_body(store_id, 100), aud=center.center_id, now_s=clock() // 1000 + 3600
+    )
     early = refused_alone(center, payment)
     assert early.code == "not_yet_valid" and getattr(early, "refusal", None) is None
     clock.advance(3600 * 1000)
@@ -191,9 +203,14 @@ print(json.dumps(receipt.to_json()))
 
 def sign_as_center(center: CenterProcess, request: dict, result: dict, ctr: int) -> dict:
     """A receipt signed with the center's own token key (the test opens the center's token)."""
-    done = subprocess.run([sys.executable, "-c", SIGN_AS_CENTER, str(center.data_dir)], env=cli_env(), text=True,
-                          input=json.dumps({"request": request, "result": result, "ctr": ctr}), capture_output=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", SIGN_AS_CENTER, str(center.data_dir)],
+        env=cli_env(),
+        text=True,
+        input=json.dumps({"request": request, "result": result, "ctr": ctr}),
+        capture_output=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -205,9 +222,12 @@ class ImpostorProxy:
     def __init__(self, center: CenterProcess):
         config = json.loads((center.data_dir / "config.json").read_text())
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(center.cert, config.get("tls_key_file") or center.data_dir / "tls" / "key.pem")
-        upstream = httpx.Client(base_url=center.url, verify=ssl.create_default_context(cafile=str(center.cert)),
-                                timeout=30)
+        context.load_cert_chain(
+            center.cert, config.get("tls_key_file") or center.data_dir / "tls" / "key.pem"
+        )
+        upstream = httpx.Client(
+            base_url=center.url, verify=ssl.create_default_context(cafile=str(center.cert)), timeout=30
+        )
         self.lie = None
         proxy = self
 
@@ -261,12 +281,27 @@ def world(tmp_path_factory, make_softhsm_token):
     center.start()
     proxy = ImpostorProxy(center)
     try:
-        member, store = WalletUser(tmp_path, make_softhsm_token, "m"), WalletUser(tmp_path, make_softhsm_token, "s")
+        member, store = (
+            WalletUser(tmp_path, make_softhsm_token, "m"),
+            WalletUser(tmp_path, make_softhsm_token, "s"),
+        )
         member.init()
         store.init("--key-type", "ed25519")
         assert member.enroll_member(center).returncode == 0
-        enrolled = store.json("enroll", "--center", center.url, "--center-cert", str(center.cert), "--store",
-                              "--name", "Corner Shop", "--address", "2-2 Shibuya", "--bank-account", "JP-0009-76")
+        enrolled = store.json(
+            "enroll",
+            "--center",
+            center.url,
+            "--center-cert",
+            str(center.cert),
+            "--store",
+            "--name",
+            "Corner Shop",
+            "--address",
+            "2-2 Shibuya",
+            "--bank-account",
+            "JP-0009-76",
+        )
         topup_id = member.json("topup", "2000", "--method", "bank")["topup_id"]
         assert center_cli(center, "operator", "confirm-topup", topup_id)["status"] == "confirmed"
         assert member.json("balance")["balance_minor"] == 2000
@@ -354,7 +389,9 @@ def test_a_receipt_contradicting_the_request_is_an_alarm(world):
     last = member.json("history")["entries"][-1]
     assert last["type"] == "pay" and last["outcome"].startswith("alarm: receipt contradicts the request")
     assert "amount_minor 1 != 300" in last["outcome"]
-    assert member.json("balance", "--offline")["balance_minor"] is None, "the contradicted balance is not kept"
+    assert member.json("balance", "--offline")["balance_minor"] is None, (
+        "the contradicted balance is not kept"
+    )
 
     proxy.lie = None
     assert member.json("sync")["delivered"] == []  # nothing resent: paid once
@@ -374,8 +411,12 @@ def test_a_receipt_with_a_balance_that_does_not_follow_is_an_alarm(world):
     proxy.lie = deflate
     lied = pay(member, store_id, "100", "C-2")
     proxy.lie = None
-    assert lied.returncode != 0 and "ALARM" in lied.stderr and "balance" in lied.stderr.strip().splitlines()[-1]
-    assert member.json("history")["entries"][-1]["outcome"].startswith("alarm: receipt contradicts the request")
+    assert (
+        lied.returncode != 0 and "ALARM" in lied.stderr and "balance" in lied.stderr.strip().splitlines()[-1]
+    )
+    assert member.json("history")["entries"][-1]["outcome"].startswith(
+        "alarm: receipt contradicts the request"
+    )
 
 
 def test_a_genuine_receipt_passes_every_check(world):
@@ -391,13 +432,33 @@ def test_a_genuine_receipt_passes_every_check(world):
 
 def test_an_operator_decision_answered_for_another_top_up_is_an_alarm():
     """A center-signed answer to a signed confirm_topup must be about that top-up, member and amount."""
-    request = {"action": "confirm_topup", "args": {"topup_id": "U-" + "1" * 16, "member_id": "M-" + "2" * 16,
-                                                   "amount_minor": 300, "currency": "JPY"}}
-    answer = {"operator_action": "confirm_topup", "action": "topup_confirmed", "topup_id": "U-" + "1" * 16,
-              "member_id": "M-" + "2" * 16, "amount_minor": 300, "method": "bank", "status": "confirmed",
-              "repeated": False, "operator_id": "O-" + "3" * 16, "role": "operator"}
+    request = {
+        "action": "confirm_topup",
+        "args": {
+            "topup_id": "U-" + "1" * 16,
+            "member_id": "M-" + "2" * 16,
+            "amount_minor": 300,
+            "currency": "JPY",
+        },
+    }
+    answer = {
+        "operator_action": "confirm_topup",
+        "action": "topup_confirmed",
+        "topup_id": "U-" + "1" * 16,
+        "member_id": "M-" + "2" * 16,
+        "amount_minor": 300,
+        "method": "bank",
+        "status": "confirmed",
+        "repeated": False,
+        "operator_id": "O-" + "3" * 16,
+        "role": "operator",
+    }
     check_answer(OPERATOR_ACTION, request, answer, {}, [])
-    for field, other in (("amount_minor", 10**12), ("topup_id", "U-" + "9" * 16), ("member_id", "M-" + "9" * 16),
-                         ("operator_action", "decline_topup")):
+    for field, other in (
+        ("amount_minor", 10**12),
+        ("topup_id", "U-" + "9" * 16),
+        ("member_id", "M-" + "9" * 16),
+        ("operator_action", "decline_topup"),
+    ):
         with pytest.raises(Contradiction, match=field):
             check_answer(OPERATOR_ACTION, request, answer | {field: other}, {}, [])

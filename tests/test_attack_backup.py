@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
-
 from support import create_pg_database, drop_pg_database, run_cli
 from test_backup import make_backup_key, one_line_error, rewrite_archive, signed_by
 
@@ -47,8 +46,19 @@ def forge_config(members, manifest, *, keep_signature: bool = True, evil_module:
 
 
 def restore(archive, target, public_key: str, *extra: str):
-    return run_cli("center", ["restore", str(archive), "--data-dir", str(target), "--json",
-                              "--backup-public-key", public_key, *extra])
+    return run_cli(
+        "center",
+        [
+            "restore",
+            str(archive),
+            "--data-dir",
+            str(target),
+            "--json",
+            "--backup-public-key",
+            public_key,
+            *extra,
+        ],
+    )
 
 
 def assert_nothing_written(target) -> None:
@@ -67,13 +77,17 @@ def site(tmp_path_factory):
     (root / "password").write_text(PASSWORD + "\n")
     plain, sealed = root / "plain.tgz", root / "sealed.tpbk"
     for archive, extra in ((plain, []), (sealed, ["--password-file", str(root / "password")])):
-        result = run_cli("center", ["backup", str(archive), "--data-dir", str(data_dir), *signed_by(key), *extra])
+        result = run_cli(
+            "center", ["backup", str(archive), "--data-dir", str(data_dir), *signed_by(key), *extra]
+        )
         assert result.returncode == 0, result.stderr
     return {"root": root, "key": key, "data_dir": data_dir, "plain": plain, "sealed": sealed}
 
 
 @pytest.mark.parametrize("keep_signature", [True, False], ids=["stale_signature", "signature_dropped"])
-def test_a_rewritten_archive_with_fresh_hashes_is_refused_before_anything_is_written(site, tmp_path, keep_signature):
+def test_a_rewritten_archive_with_fresh_hashes_is_refused_before_anything_is_written(
+    site, tmp_path, keep_signature
+):
     forged = tmp_path / "forged.tgz"
     rewrite_archive(site["plain"], forged, lambda m, man: forge_config(m, man, keep_signature=keep_signature))
     target = tmp_path / "new"
@@ -96,7 +110,9 @@ def test_a_rewritten_postgresql_archive_is_refused_and_its_dump_never_runs(tmp_p
     source_db, fresh_db = create_pg_database(), create_pg_database()
     try:
         data_dir = tmp_path / "center"
-        made = run_cli("center", ["init", "--data-dir", str(data_dir), "--db", source_db, "--currency", "JPY"])
+        made = run_cli(
+            "center", ["init", "--data-dir", str(data_dir), "--db", source_db, "--currency", "JPY"]
+        )
         assert made.returncode == 0, made.stderr
         archive, forged = tmp_path / "pg.tgz", tmp_path / "forged.tgz"
         made = run_cli("center", ["backup", str(archive), "--data-dir", str(data_dir), *signed_by(key)])
@@ -156,14 +172,22 @@ def test_whoever_knows_the_encryption_password_cannot_reseal_a_forgery(site, tmp
     writer.close()
     (tmp_path / "forged.tpbk").write_bytes(resealed.getvalue())
     password_file = site["root"] / "password"
-    line = one_line_error(restore(tmp_path / "forged.tpbk", tmp_path / "new", site["key"]["public"],
-                                  "--password-file", str(password_file)))
+    line = one_line_error(
+        restore(
+            tmp_path / "forged.tpbk",
+            tmp_path / "new",
+            site["key"]["public"],
+            "--password-file",
+            str(password_file),
+        )
+    )
     assert "does not verify" in line, line
     assert_nothing_written(tmp_path / "new")
 
 
-def test_restore_takes_the_token_module_from_its_command_line_never_from_a_signed_archive(site, tmp_path,
-                                                                                           softhsm_module):
+def test_restore_takes_the_token_module_from_its_command_line_never_from_a_signed_archive(
+    site, tmp_path, softhsm_module
+):
     # A signed archive whose config names another library (a compromised or mistaken source center).
     data_dir = tmp_path / "center"
     assert run_cli("center", ["init", "--data-dir", str(data_dir)]).returncode == 0
@@ -175,7 +199,9 @@ def test_restore_takes_the_token_module_from_its_command_line_never_from_a_signe
     made = run_cli("center", ["backup", str(archive), "--data-dir", str(data_dir), *signed_by(site["key"])])
     assert made.returncode == 0, made.stderr
 
-    relative = one_line_error(restore(archive, tmp_path / "a", site["key"]["public"], "--pkcs11-module", "evil.so"))
+    relative = one_line_error(
+        restore(archive, tmp_path / "a", site["key"]["public"], "--pkcs11-module", "evil.so")
+    )
     assert "--pkcs11-module" in relative and not (tmp_path / "a").exists()
     done = restore(archive, tmp_path / "b", site["key"]["public"])
     assert done.returncode == 0, done.stderr
@@ -192,25 +218,52 @@ def test_restore_takes_the_token_module_from_its_command_line_never_from_a_signe
 def test_the_backup_key_is_kept_apart_from_what_it_signs(site, tmp_path):
     data_dir, key = site["data_dir"], site["key"]
     inside = data_dir / "admin-key"
-    line = one_line_error(run_cli("center", ["backup-key", "create", "--out", str(inside), "--password-file",
-                                             key["password_file"]]))
+    line = one_line_error(
+        run_cli(
+            "center", ["backup-key", "create", "--out", str(inside), "--password-file", key["password_file"]]
+        )
+    )
     assert "inside a center's data directory" in line and not inside.exists()
     copied = data_dir / "backup-signing-key.pem"
     copied.write_bytes(Path(key["key"]).read_bytes())
     copied.chmod(0o600)
     try:
-        line = one_line_error(run_cli("center", ["backup", str(tmp_path / "b.tgz"), "--data-dir", str(data_dir),
-                                                 "--signing-key", str(copied), "--signing-key-password-file",
-                                                 key["password_file"]]))
+        line = one_line_error(
+            run_cli(
+                "center",
+                [
+                    "backup",
+                    str(tmp_path / "b.tgz"),
+                    "--data-dir",
+                    str(data_dir),
+                    "--signing-key",
+                    str(copied),
+                    "--signing-key-password-file",
+                    key["password_file"],
+                ],
+            )
+        )
         assert "inside the data directory" in line
     finally:
         copied.unlink()
     loose = tmp_path / "loose.pem"
     loose.write_bytes(Path(key["key"]).read_bytes())
     loose.chmod(0o644)
-    line = one_line_error(run_cli("center", ["backup", str(tmp_path / "b.tgz"), "--data-dir", str(data_dir),
-                                             "--signing-key", str(loose), "--signing-key-password-file",
-                                             key["password_file"]]))
+    line = one_line_error(
+        run_cli(
+            "center",
+            [
+                "backup",
+                str(tmp_path / "b.tgz"),
+                "--data-dir",
+                str(data_dir),
+                "--signing-key",
+                str(loose),
+                "--signing-key-password-file",
+                key["password_file"],
+            ],
+        )
+    )
     assert "chmod 600" in line
     assert not (tmp_path / "b.tgz").exists()
     assert stat.S_IMODE(os.stat(key["key"]).st_mode) == 0o600
@@ -220,15 +273,40 @@ def test_a_backup_key_on_the_administrators_own_token_signs_and_restores(site, t
     label, _so_pin, pin = make_softhsm_token()
     pin_file = tmp_path / "pin"
     pin_file.write_text(pin + "\n")
-    made = run_cli("center", ["backup-key", "create", "--out", str(tmp_path / "key"), "--token-label", label,
-                              "--pin-file", str(pin_file), "--key-type", "p256", "--json"])
+    made = run_cli(
+        "center",
+        [
+            "backup-key",
+            "create",
+            "--out",
+            str(tmp_path / "key"),
+            "--token-label",
+            label,
+            "--pin-file",
+            str(pin_file),
+            "--key-type",
+            "p256",
+            "--json",
+        ],
+    )
     assert made.returncode == 0, made.stderr
     summary = json.loads(made.stdout)
     reference = json.loads(Path(summary["signing_key"]).read_text())
     assert reference["key"]["mode"] == "resident" and "PRIVATE KEY" not in json.dumps(reference)
     archive = tmp_path / "token-signed.tgz"
-    made = run_cli("center", ["backup", str(archive), "--data-dir", str(site["data_dir"]), "--signing-key",
-                              summary["signing_key"], "--signing-key-password-file", str(pin_file)])
+    made = run_cli(
+        "center",
+        [
+            "backup",
+            str(archive),
+            "--data-dir",
+            str(site["data_dir"]),
+            "--signing-key",
+            summary["signing_key"],
+            "--signing-key-password-file",
+            str(pin_file),
+        ],
+    )
     assert made.returncode == 0, made.stderr
     assert restore(archive, tmp_path / "new", summary["public_key"]).returncode == 0
     line = one_line_error(restore(archive, tmp_path / "other", site["key"]["public"]))

@@ -21,15 +21,15 @@ import time
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
-
-from center.storage.db import accounts, normalise_url, topups
-from center.ledger.book import party_account
 from operator_support import public_pem
-from paywire.envelope import seal
-from paywire.messages import new_message_id
+from sqlalchemy import create_engine, select
 from support import CenterProcess, SoftwareSigner, free_port, run_cli
 from test_wallet_e2e import WalletUser
+
+from center.ledger.book import party_account
+from center.storage.db import accounts, normalise_url, topups
+from paywire.envelope import seal
+from paywire.messages import new_message_id
 
 ATTACKER = "127.0.0.2"
 OPERATOR_DESK = "127.0.0.1"
@@ -42,17 +42,30 @@ class World:
     def __init__(self, root, make_softhsm_token):
         self.root = root
         data_dir = root / "center"
-        made = run_cli("center", ["init", "--data-dir", str(data_dir), "--db", f"sqlite:///{root / 'center.db'}",
-                                  "--currency", "JPY"])
+        made = run_cli(
+            "center",
+            [
+                "init",
+                "--data-dir",
+                str(data_dir),
+                "--db",
+                f"sqlite:///{root / 'center.db'}",
+                "--currency",
+                "JPY",
+            ],
+        )
         assert made.returncode == 0, made.stderr
         self.center = CenterProcess(data_dir=data_dir, port=free_port())
         self.center.start()
-        self.engine = create_engine(normalise_url(json.loads((data_dir / "config.json").read_text())["db_url"]))
+        self.engine = create_engine(
+            normalise_url(json.loads((data_dir / "config.json").read_text())["db_url"])
+        )
         self.operator = WalletUser(root, make_softhsm_token, "ops")
         self.operator.init()
         self.operator_id = self.add_operator(self.operator.json("export-public-key")["public_key_pem"])
-        attached = self.operator.json("operator", "attach", "--center", self.center.url, "--center-cert",
-                                      str(self.center.cert))
+        attached = self.operator.json(
+            "operator", "attach", "--center", self.center.url, "--center-cert", str(self.center.cert)
+        )
         assert attached["role"] == "operator", attached
         self.attacker = WalletUser(root, make_softhsm_token, "attacker")  # an ordinary enrolled member
         self.attacker.init()
@@ -63,8 +76,22 @@ class World:
     def add_operator(self, pem: str, name: str = "Olivia Operator") -> str:
         path = self.root / f"operator-{len(pem)}-{name[:4]}.pem"
         path.write_text(pem)
-        added = run_cli("center", ["operator", "add", "--data-dir", str(self.center.data_dir), "--public-key",
-                                   str(path), "--role", "operator", "--name", name, "--json"])
+        added = run_cli(
+            "center",
+            [
+                "operator",
+                "add",
+                "--data-dir",
+                str(self.center.data_dir),
+                "--public-key",
+                str(path),
+                "--role",
+                "operator",
+                "--name",
+                name,
+                "--json",
+            ],
+        )
         assert added.returncode == 0, added.stderr
         return json.loads(added.stdout)["operator_id"]
 
@@ -72,14 +99,20 @@ class World:
         """A browser at `source`: the center sees that TCP peer address."""
         context = ssl.create_default_context(cafile=str(self.center.cert))
         transport = httpx.HTTPTransport(verify=context, local_address=source)
-        return httpx.Client(base_url=self.center.url, transport=transport, timeout=30.0, trust_env=False,
-                            headers={"User-Agent": user_agent})
+        return httpx.Client(
+            base_url=self.center.url,
+            transport=transport,
+            timeout=30.0,
+            trust_env=False,
+            headers={"User-Agent": user_agent},
+        )
 
     def topup(self, topup_id: str) -> tuple[str, int]:
         with self.engine.connect() as conn:
             status = conn.execute(select(topups.c.status).where(topups.c.id == topup_id)).scalar_one()
-            balance = conn.execute(select(accounts.c.balance_minor)
-                                   .where(accounts.c.id == party_account(self.attacker_id))).scalar_one()
+            balance = conn.execute(
+                select(accounts.c.balance_minor).where(accounts.c.id == party_account(self.attacker_id))
+            ).scalar_one()
         return status, balance
 
     def close(self) -> None:
@@ -116,7 +149,9 @@ def test_a_phished_console_session_cannot_confirm_the_attackers_own_topup(world)
         csrf = attacker.get("/console/api/me").json()["csrf_token"]
         assert csrf == status["csrf_token"]
         for decision in ("confirm", "decline"):
-            forged = attacker.post(f"/console/api/topups/{topup_id}/{decision}", headers={"X-CSRF-Token": csrf})
+            forged = attacker.post(
+                f"/console/api/topups/{topup_id}/{decision}", headers={"X-CSRF-Token": csrf}
+            )
             assert forged.status_code == 403, forged.text
             assert forged.json()["error"]["code"] == "signed_action_required"
             assert world.topup(topup_id) == ("pending", 0)
@@ -132,9 +167,18 @@ def signed_outdated(center_id: str, signer: SoftwareSigner, body: dict):
     """An operator_action in the form an older wallet signed (today's builder refuses to make it)."""
     signer.counter += 1
     now_s = int(time.time())
-    payload = {"dom": "tokenpay", "v": 1, "type": "operator_action", "aud": center_id,
-               "kid": signer.kid, "msg_id": new_message_id(), "ctr": signer.counter, "iat": now_s,
-               "exp": now_s + 3600, "body": body}
+    payload = {
+        "dom": "tokenpay",
+        "v": 1,
+        "type": "operator_action",
+        "aud": center_id,
+        "kid": signer.kid,
+        "msg_id": new_message_id(),
+        "ctr": signer.counter,
+        "iat": now_s,
+        "exp": now_s + 3600,
+        "body": body,
+    }
     return seal(payload, alg=signer.algorithm, kid=signer.kid, sign=signer.sign)
 
 
@@ -148,11 +192,24 @@ def test_topup_decisions_are_signed_over_exactly_what_is_decided(world):
         for action in ("confirm_topup", "decline_topup"):
             old = signed_outdated(center_id, signer, {"action": action, "args": {"topup_id": topup_id}})
             response = client.post("/v1/operator/actions", json=old.to_json())
-            assert (response.status_code, response.json()["error"]["code"]) == (400, "operator_action_outdated")
+            assert (response.status_code, response.json()["error"]["code"]) == (
+                400,
+                "operator_action_outdated",
+            )
         for amount_minor in (HUGE_MINOR, 3001):
-            wrong = signer.envelope("operator_action", {"action": "confirm_topup", "args": {
-                "topup_id": topup_id, "member_id": world.attacker_id, "amount_minor": amount_minor,
-                "currency": "JPY"}}, aud=center_id)
+            wrong = signer.envelope(
+                "operator_action",
+                {
+                    "action": "confirm_topup",
+                    "args": {
+                        "topup_id": topup_id,
+                        "member_id": world.attacker_id,
+                        "amount_minor": amount_minor,
+                        "currency": "JPY",
+                    },
+                },
+                aud=center_id,
+            )
             response = client.post("/v1/operator/actions", json=wrong.to_json())
             assert (response.status_code, response.json()["error"]["code"]) == (409, "topup_details_mismatch")
     assert world.topup(topup_id) == ("pending", 0)
@@ -192,7 +249,9 @@ def test_forwarded_for_from_an_untrusted_peer_is_not_believed(world):
     """No trusted proxy is configured: a client's own X-Forwarded-For changes neither its recorded address
     nor the limit it counts against."""
     with world.browser(OPERATOR_DESK, "curl/8") as client:
-        code = client.post("/console/api/challenge", headers={"X-Forwarded-For": "198.51.100.9"}).json()["challenge"]
+        code = client.post("/console/api/challenge", headers={"X-Forwarded-For": "198.51.100.9"}).json()[
+            "challenge"
+        ]
         assert client.get(f"/v1/console/challenges/{code}").json()["client_address"] == OPERATOR_DESK
 
 

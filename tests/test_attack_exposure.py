@@ -20,10 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from metrics_support import MetricsCenter, value
 from ops_support import STORE_NAME, SignedClient, funded_member, pay_body
 from support import SOFTHSM_MODULE, cli_env, free_port, run_cli
+
 from token_wallet.client import pinned_ssl_context
 
 PURCHASE_MINOR = 4_321  # an amount that shows in the counters if they are served
@@ -71,6 +71,7 @@ def served(initialised):
 
 # --- (b) init leaves nothing open --------------------------------------------------------------
 
+
 def test_init_makes_an_existing_open_directory_and_every_file_private(initialised):
     data_dir, database = initialised
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
@@ -81,13 +82,15 @@ def test_init_makes_an_existing_open_directory_and_every_file_private(initialise
 
 # --- (c) serve refuses open files, before anything listens ----------------------------------------
 
+
 def _refused_serve(data_dir: Path, path: Path, mode: int, fix: str) -> None:
     port = free_port()
     original = stat.S_IMODE(path.stat().st_mode)
     os.chmod(path, mode)
     try:
-        result = run_cli("center", ["serve", "--data-dir", str(data_dir), "--port", str(port)],
-                         timeout_s=REFUSAL_TIMEOUT_S)
+        result = run_cli(
+            "center", ["serve", "--data-dir", str(data_dir), "--port", str(port)], timeout_s=REFUSAL_TIMEOUT_S
+        )
     finally:
         os.chmod(path, original)
     lines = result.stderr.strip().splitlines()
@@ -97,12 +100,16 @@ def _refused_serve(data_dir: Path, path: Path, mode: int, fix: str) -> None:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-@pytest.mark.parametrize(("name", "mode", "fix"), [
-    ("", 0o755, "700"),                   # the data directory itself
-    ("secrets/token-pin", 0o644, "600"),  # the PIN of the center's token
-    ("tls/key.pem", 0o640, "600"),        # group-readable is open too
-    ("config.json", 0o604, "600"),
-], ids=["data-dir", "token-pin", "tls-key", "config"])
+@pytest.mark.parametrize(
+    ("name", "mode", "fix"),
+    [
+        ("", 0o755, "700"),  # the data directory itself
+        ("secrets/token-pin", 0o644, "600"),  # the PIN of the center's token
+        ("tls/key.pem", 0o640, "600"),  # group-readable is open too
+        ("config.json", 0o604, "600"),
+    ],
+    ids=["data-dir", "token-pin", "tls-key", "config"],
+)
 def test_serve_refuses_a_data_directory_others_can_read(initialised, name, mode, fix):
     data_dir, _database = initialised
     _refused_serve(data_dir, data_dir / name if name else data_dir, mode, fix)
@@ -115,8 +122,11 @@ def test_serve_refuses_a_database_others_can_read(initialised):
 
 # --- (a) the public port serves no metrics; the loopback listener does ----------------------------
 
+
 def test_public_port_shows_no_payment_volume_and_the_loopback_scrape_does(served, initialised):
-    public = httpx.Client(base_url=served.url, verify=pinned_ssl_context(served.cert.read_bytes()), timeout=30)
+    public = httpx.Client(
+        base_url=served.url, verify=pinned_ssl_context(served.cert.read_bytes()), timeout=30
+    )
     client = SignedClient(served)
     try:
         before = public.get("/metrics")
@@ -144,18 +154,21 @@ def test_public_port_shows_no_payment_volume_and_the_loopback_scrape_does(served
 
 # --- (e) a failed second server leaves the running one's counters ---------------------------------
 
+
 def test_a_second_serve_that_fails_leaves_the_first_ones_metrics(served):
     counted = value(served.scrape(), "tokenpay_payments_total")
     files = sorted((served.data_dir / "metrics").rglob("*.db"))
     assert counted >= 1 and files
-    second = run_cli("center", ["serve", "--data-dir", str(served.data_dir), "--port", str(served.port)],
-                     timeout_s=60)
+    second = run_cli(
+        "center", ["serve", "--data-dir", str(served.data_dir), "--port", str(served.port)], timeout_s=60
+    )
     assert second.returncode != 0  # the port is taken
     assert all(path.exists() for path in files)
     assert value(served.scrape(), "tokenpay_payments_total") == counted
 
 
 # --- (d) the wallet home ---------------------------------------------------------------------------
+
 
 def test_wallet_refuses_a_home_or_vault_others_can_read(tmp_path, make_softhsm_token):
     label, _so_pin, pin = make_softhsm_token()
@@ -164,10 +177,25 @@ def test_wallet_refuses_a_home_or_vault_others_can_read(tmp_path, make_softhsm_t
     os.chmod(home, 0o755)  # made by a plain mkdir before `wallet init`
     (tmp_path / "a").write_text("A-exposure-passphrase\n")
     (tmp_path / "b").write_text(pin + "\n")
-    env = cli_env(WALLET_HOME=str(home), WALLET_PASSWORD_A_FILE=str(tmp_path / "a"),
-                  WALLET_PASSWORD_B_FILE=str(tmp_path / "b"))
-    made = run_cli("wallet", ["init", "--pkcs11-module", SOFTHSM_MODULE, "--token-label", label,
-                              "--key-mode", "resident", "--json"], env=env)
+    env = cli_env(
+        WALLET_HOME=str(home),
+        WALLET_PASSWORD_A_FILE=str(tmp_path / "a"),
+        WALLET_PASSWORD_B_FILE=str(tmp_path / "b"),
+    )
+    made = run_cli(
+        "wallet",
+        [
+            "init",
+            "--pkcs11-module",
+            SOFTHSM_MODULE,
+            "--token-label",
+            label,
+            "--key-mode",
+            "resident",
+            "--json",
+        ],
+        env=env,
+    )
     assert made.returncode == 0, made.stderr
     home = Path(json.loads(made.stdout)["home"])  # as the wallet names it (resolved)
     vault = home / "vault.tpv"

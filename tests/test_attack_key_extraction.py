@@ -29,6 +29,10 @@ from test_key_lifecycle_e2e import pay
 from test_payments_e2e import fund
 from test_wallet_e2e import WalletUser
 
+from hostkit.sealing import MINIMUM_KDF
+from token_wallet.document import new_document
+from token_wallet.vault import Vault
+from token_wallet.vault_lock import vault_lock
 from tokens import pkcs11_token
 from tokens.base import KeyMode, KeyRecord, KeyType
 from tokens.pkcs11_token import (
@@ -36,10 +40,6 @@ from tokens.pkcs11_token import (
     Pkcs11Token,
     open_pkcs11_token,
 )
-from hostkit.sealing import MINIMUM_KDF
-from token_wallet.vault import Vault
-from token_wallet.vault_lock import vault_lock
-from token_wallet.document import new_document
 
 # What the code before the fix called its (only) wrap key; its tokens keep it.
 OLD_WRAP_KEY_LABEL = "tokenpay-wrap"
@@ -66,17 +66,28 @@ def open_token(make_softhsm_token, module: str) -> Token:
 
 # --- a token as the code before the fix left it ---------------------------------------------
 
+
 def make_old_wrap_key(t: Token) -> None:
     """The wrap key exactly as the old _ensure_wrap_key made it: trusted, locked down, no unwrap template."""
     with LIBRARY_LOCK, t.raw.open(rw=True, so_pin=t.so_pin) as session:
         if list(session.get_objects({Attribute.LABEL: OLD_WRAP_KEY_LABEL, Attribute.TRUSTED: True})):
             return
         session.generate_key(
-            P11KeyType.AES, 256, label=OLD_WRAP_KEY_LABEL, store=True,
+            P11KeyType.AES,
+            256,
+            label=OLD_WRAP_KEY_LABEL,
+            store=True,
             capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP,
-            template={Attribute.PRIVATE: False, Attribute.TRUSTED: True, Attribute.SENSITIVE: True,
-                      Attribute.EXTRACTABLE: False, Attribute.MODIFIABLE: False, Attribute.COPYABLE: False,
-                      Attribute.DESTROYABLE: False})
+            template={
+                Attribute.PRIVATE: False,
+                Attribute.TRUSTED: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.MODIFIABLE: False,
+                Attribute.COPYABLE: False,
+                Attribute.DESTROYABLE: False,
+            },
+        )
 
 
 def make_old_key_record(t: Token) -> KeyRecord:
@@ -85,18 +96,31 @@ def make_old_key_record(t: Token) -> KeyRecord:
     with LIBRARY_LOCK, t.raw.open(rw=True, user_pin=t.pin) as session:
         wrap_key = session.get_key(label=OLD_WRAP_KEY_LABEL)
         public_key, private_key = session.generate_keypair(
-            P11KeyType.EC, mechanism=Mechanism.EC_KEY_PAIR_GEN, store=False,
+            P11KeyType.EC,
+            mechanism=Mechanism.EC_KEY_PAIR_GEN,
+            store=False,
             capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
             public_template={Attribute.PRIVATE: False, Attribute.EC_PARAMS: pkcs11_token.EC_PARAMS_SECP256R1},
-            private_template={Attribute.PRIVATE: True, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True,
-                              Attribute.WRAP_WITH_TRUSTED: True})
+            private_template={
+                Attribute.PRIVATE: True,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: True,
+                Attribute.WRAP_WITH_TRUSTED: True,
+            },
+        )
         spki_der = spec.spki_der(public_key)
         blob = wrap_key.wrap_key(private_key, mechanism=KWP)
-    handle = {"format": "pkcs11-wrapped-v1", "token_serial": t.token.serial, "wrap_key_label": OLD_WRAP_KEY_LABEL,
-              "wrap_mechanism": KWP.name, "wrapped_key_b64": base64.b64encode(blob).decode(),
-              "key_label": "tokenpay-signing"}
-    return KeyRecord(mode=KeyMode.WRAPPED, key_type=KeyType.P256, algorithm="ES256", spki_der=spki_der,
-                     handle=handle)
+    handle = {
+        "format": "pkcs11-wrapped-v1",
+        "token_serial": t.token.serial,
+        "wrap_key_label": OLD_WRAP_KEY_LABEL,
+        "wrap_mechanism": KWP.name,
+        "wrapped_key_b64": base64.b64encode(blob).decode(),
+        "key_label": "tokenpay-signing",
+    }
+    return KeyRecord(
+        mode=KeyMode.WRAPPED, key_type=KeyType.P256, algorithm="ES256", spki_der=spki_der, handle=handle
+    )
 
 
 # --- what the attacker does -----------------------------------------------------------------
@@ -105,11 +129,17 @@ READABLE = {Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}
 # Templates an attacker with password B and the blob may try on the wrap key.
 INSECURE_UNWRAPS = {
     "readable": (ObjectClass.PRIVATE_KEY, P11KeyType.EC, READABLE),
-    "extractable, to wrap out later": (ObjectClass.PRIVATE_KEY, P11KeyType.EC,
-                                       {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True}),
+    "extractable, to wrap out later": (
+        ObjectClass.PRIVATE_KEY,
+        P11KeyType.EC,
+        {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True},
+    ),
     "sensitivity left to the token": (ObjectClass.PRIVATE_KEY, P11KeyType.EC, {}),
-    "a copy kept on the token": (ObjectClass.PRIVATE_KEY, P11KeyType.EC,
-                                 {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.TOKEN: True}),
+    "a copy kept on the token": (
+        ObjectClass.PRIVATE_KEY,
+        P11KeyType.EC,
+        {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.TOKEN: True},
+    ),
     "as a readable secret key": (ObjectClass.SECRET_KEY, P11KeyType.GENERIC_SECRET, READABLE),
 }
 
@@ -119,8 +149,15 @@ def attacker_unwrap(session, wrap_label: str, blob: bytes, object_class, key_typ
     capabilities = MechanismFlag.SIGN if object_class is ObjectClass.PRIVATE_KEY else 0
     # python-pkcs11 would send ENCRYPT/WRAP/VERIFY=False, which SoftHSM refuses on a private key.
     defaults = dict.fromkeys((Attribute.ENCRYPT, Attribute.WRAP, Attribute.VERIFY), pkcs11.DEFAULT)
-    return wrap_key.unwrap_key(object_class, key_type, blob, mechanism=KWP, capabilities=capabilities,
-                               store=bool(template.get(Attribute.TOKEN)), template={**defaults, **template})
+    return wrap_key.unwrap_key(
+        object_class,
+        key_type,
+        blob,
+        mechanism=KWP,
+        capabilities=capabilities,
+        store=bool(template.get(Attribute.TOKEN)),
+        template={**defaults, **template},
+    )
 
 
 def private_key_from_value(value: bytes) -> ec.EllipticCurvePrivateKey:
@@ -128,8 +165,9 @@ def private_key_from_value(value: bytes) -> ec.EllipticCurvePrivateKey:
 
 
 def spki_of(private_key) -> bytes:
-    return private_key.public_key().public_bytes(serialization.Encoding.DER,
-                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def blob_of(record: KeyRecord) -> bytes:
@@ -148,13 +186,18 @@ def upgraded(make_softhsm_token, softhsm_module):
 
 # --- (a) the unwrap attack ------------------------------------------------------------------
 
+
 def test_the_attack_reads_the_key_under_an_old_wrap_key(upgraded):
     # The control: on a wrap key without an unwrap template the attack works, so the test below can fail.
     t, old_record, _ = upgraded
     with LIBRARY_LOCK, t.raw.open(rw=True, user_pin=t.pin) as session:
-        stolen = attacker_unwrap(session, OLD_WRAP_KEY_LABEL, blob_of(old_record), *INSECURE_UNWRAPS["readable"])
+        stolen = attacker_unwrap(
+            session, OLD_WRAP_KEY_LABEL, blob_of(old_record), *INSECURE_UNWRAPS["readable"]
+        )
         value = stolen[Attribute.VALUE]
-    assert spki_of(private_key_from_value(value)) == old_record.spki_der  # a copy that signs without the token
+    assert (
+        spki_of(private_key_from_value(value)) == old_record.spki_der
+    )  # a copy that signs without the token
 
 
 @pytest.mark.parametrize("attempt", list(INSECURE_UNWRAPS))
@@ -162,10 +205,15 @@ def test_unwrap_with_an_insecure_template_is_refused_by_the_token(upgraded, atte
     t, _, record = upgraded
     with LIBRARY_LOCK, t.raw.open(rw=True, user_pin=t.pin) as session:
         with pytest.raises(p11.TemplateInconsistent):
-            attacker_unwrap(session, record.handle["wrap_key_label"], blob_of(record), *INSECURE_UNWRAPS[attempt])
+            attacker_unwrap(
+                session, record.handle["wrap_key_label"], blob_of(record), *INSECURE_UNWRAPS[attempt]
+            )
         # Nothing was made that could be read.
         assert list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})) == []
-        assert list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.PRIVATE: True})) == []
+        assert (
+            list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.PRIVATE: True}))
+            == []
+        )
 
 
 def test_unwrap_into_an_extractable_key_and_wrap_it_out_is_refused(upgraded):
@@ -174,12 +222,19 @@ def test_unwrap_into_an_extractable_key_and_wrap_it_out_is_refused(upgraded):
     t, old_record, record = upgraded
     for target, works in ((old_record, True), (record, False)):
         with LIBRARY_LOCK, t.raw.open(rw=True, user_pin=t.pin) as session:
-            own = session.generate_key(P11KeyType.AES, 256, template={Attribute.SENSITIVE: False,
-                                                                      Attribute.EXTRACTABLE: True},
-                                       capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP)
+            own = session.generate_key(
+                P11KeyType.AES,
+                256,
+                template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
+                capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP,
+            )
             try:
-                copy = attacker_unwrap(session, target.handle["wrap_key_label"], blob_of(target),
-                                       *INSECURE_UNWRAPS["extractable, to wrap out later"])
+                copy = attacker_unwrap(
+                    session,
+                    target.handle["wrap_key_label"],
+                    blob_of(target),
+                    *INSECURE_UNWRAPS["extractable, to wrap out later"],
+                )
                 pkcs8 = aes_key_unwrap_with_padding(own[Attribute.VALUE], own.wrap_key(copy, mechanism=KWP))
             except p11.TemplateInconsistent:
                 pkcs8 = None
@@ -190,14 +245,20 @@ def test_unwrap_into_an_extractable_key_and_wrap_it_out_is_refused(upgraded):
 
 # --- (b) the key unwrapped the wallet's way -------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def other_trusted_key(upgraded):
     """A second trusted wrap key, made by the SO (the old wrap key is a third)."""
     t, _, _ = upgraded
     with LIBRARY_LOCK, t.raw.open(rw=True, so_pin=t.so_pin) as session:
-        session.generate_key(P11KeyType.AES, 256, label="another-trusted", store=True,
-                             capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP,
-                             template={Attribute.PRIVATE: False, Attribute.TRUSTED: True})
+        session.generate_key(
+            P11KeyType.AES,
+            256,
+            label="another-trusted",
+            store=True,
+            capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP,
+            template={Attribute.PRIVATE: False, Attribute.TRUSTED: True},
+        )
     return "another-trusted"
 
 
@@ -208,12 +269,19 @@ def test_the_wallets_unwrapped_key_cannot_be_read_or_wrapped_out(upgraded, other
         wrap_key = session.get_key(label=record.handle["wrap_key_label"])
         key = Pkcs11Token._unwrap(wrap_key, spec, blob_of(record))  # exactly the wallet's own unwrap call
         assert key.get_attributes([Attribute.SENSITIVE, Attribute.EXTRACTABLE, Attribute.TOKEN]) == {
-            Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.TOKEN: False}
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.TOKEN: False,
+        }
         with pytest.raises(p11.AttributeSensitive):
             key[Attribute.VALUE]
-        own = session.generate_key(P11KeyType.AES, 256, capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP)
-        trusted = [session.get_key(label=label)
-                   for label in (OLD_WRAP_KEY_LABEL, other_trusted_key, record.handle["wrap_key_label"])]
+        own = session.generate_key(
+            P11KeyType.AES, 256, capabilities=MechanismFlag.WRAP | MechanismFlag.UNWRAP
+        )
+        trusted = [
+            session.get_key(label=label)
+            for label in (OLD_WRAP_KEY_LABEL, other_trusted_key, record.handle["wrap_key_label"])
+        ]
         for wrapping_key in [own, *trusted]:
             with pytest.raises((p11.KeyUnextractable, p11.KeyNotWrappable)):
                 wrapping_key.wrap_key(key, mechanism=KWP)
@@ -239,6 +307,7 @@ def test_old_blobs_still_sign_and_new_keys_use_only_the_protected_wrap_key(upgra
 
 
 # --- (c) `wallet status` on a wallet made before the fix, and the way out --------------------
+
 
 def make_old_wallet(member: WalletUser, softhsm_module: str) -> None:
     """A wallet home as `wallet init` made it before the fix: its blob under the token's old wrap key."""
@@ -268,15 +337,28 @@ def status_warning(member: WalletUser) -> list[str]:
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # one database is enough for this story
 def test_status_names_an_extractable_key_and_rotate_key_moves_it_under_the_protected_wrap_key(
-        tmp_path, make_softhsm_token, softhsm_module, live_center):
+    tmp_path, make_softhsm_token, softhsm_module, live_center
+):
     member = WalletUser(tmp_path, make_softhsm_token, "old")
     make_old_wallet(member, softhsm_module)
     assert member.enroll_member(live_center).returncode == 0  # the old blob still signs
     store = WalletUser(tmp_path, make_softhsm_token, "s")
     store.init("--key-type", "ed25519")
-    enrolled = store.run("enroll", "--center", live_center.url, "--center-cert", str(live_center.cert), "--store",
-                         "--name", "Corner Shop", "--address", "2-2 Shibuya", "--bank-account", "JP-0009-7654321",
-                         "--json")
+    enrolled = store.run(
+        "enroll",
+        "--center",
+        live_center.url,
+        "--center-cert",
+        str(live_center.cert),
+        "--store",
+        "--name",
+        "Corner Shop",
+        "--address",
+        "2-2 Shibuya",
+        "--bank-account",
+        "JP-0009-7654321",
+        "--json",
+    )
     assert enrolled.returncode == 0, enrolled.stderr
     store_id = json.loads(enrolled.stdout)["member_id"]
     fund(member, live_center, "5000")

@@ -46,7 +46,9 @@ LIMIT_ENROLL_BURST = 20
 LIMIT_SIGNED_BURST = 30
 LIMIT_NOTICES_BURST = 5
 LIMIT_PAYMENTS_BURST = 12
-CHILD_MEMORY_CAP_BYTES = 2 * 1024**3  # RLIMIT_AS for the option-file children: a reader that reads all dies here
+CHILD_MEMORY_CAP_BYTES = (
+    2 * 1024**3
+)  # RLIMIT_AS for the option-file children: a reader that reads all dies here
 CHILD_MAX_RSS_KB = 200 * 1024
 CHILD_TIMEOUT_S = 60
 
@@ -57,8 +59,9 @@ class RsaSigner(SoftwareSigner):
     def __init__(self, private_key: rsa.RSAPrivateKey):
         self.algorithm = "RS256"
         self._key = private_key
-        self.spki = private_key.public_key().public_bytes(serialization.Encoding.DER,
-                                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.spki = private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         self.kid = key_id(self.spki)
         self.counter = 0
         self.forge = False
@@ -79,8 +82,15 @@ def huge_exponent_key(bits: int = 3072) -> rsa.RSAPrivateKey:
         if _gcd(e, lam) == 1:
             break
     d = pow(e, -1, lam)
-    numbers = rsa.RSAPrivateNumbers(p=p, q=q, d=d, dmp1=d % (p - 1), dmq1=d % (q - 1), iqmp=pow(q, -1, p),
-                                    public_numbers=rsa.RSAPublicNumbers(e, p * q))
+    numbers = rsa.RSAPrivateNumbers(
+        p=p,
+        q=q,
+        d=d,
+        dmp1=d % (p - 1),
+        dmq1=d % (q - 1),
+        iqmp=pow(q, -1, p),
+        public_numbers=rsa.RSAPublicNumbers(e, p * q),
+    )
     return numbers.private_key(unsafe_skip_rsa_key_validation=True)
 
 
@@ -96,6 +106,7 @@ def rsa4096_key() -> rsa.RSAPrivateKey:
 
 
 # --- 17.5: expensive keys -----------------------------------------------------------------------
+
 
 def enroll_direct(center, signer, role: str = "member", **fields) -> str:
     request = signer.envelope("enroll", signer.enroll_body(role, **fields), aud=center.center_id)
@@ -126,7 +137,9 @@ def test_rsa_key_with_a_huge_exponent_is_refused_at_enrollment(api, center):
 def test_verification_refuses_an_rsa_key_with_another_exponent_even_if_stored_before():
     """A key enrolled before the rule (e = 3 here) is refused when it signs, not verified."""
     key = huge_exponent_key(2048)
-    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     with pytest.raises(WireError) as caught:
         load_public_key(spki, "RS256")
     assert caught.value.code == "key_not_allowed"
@@ -153,10 +166,12 @@ def test_rsa_payment_signatures_are_verified_off_the_event_loop(api, center, rsa
     member, attacker = SoftwareSigner(), RsaSigner(rsa4096_key)
     for signer in (member, attacker):
         enroll_direct(center, signer)
-        topup = signer.envelope("topup", {"amount_minor": 10_000, "currency": "JPY", "method": "bank"},
-                                aud=center.center_id)
-        center.decide_topup(_result(center, center.submit(topup, "topup"))["topup_id"], "confirm",
-                            decided_by="operator:test")
+        topup = signer.envelope(
+            "topup", {"amount_minor": 10_000, "currency": "JPY", "method": "bank"}, aud=center.center_id
+        )
+        center.decide_topup(
+            _result(center, center.submit(topup, "topup"))["topup_id"], "confirm", decided_by="operator:test"
+        )
     where = []
     real_verify = algorithms._VERIFIERS["RS256"]
 
@@ -183,6 +198,7 @@ def test_rsa_payment_signatures_are_verified_off_the_event_loop(api, center, rsa
 
 
 # --- 17.6: limits per source address and per key (a live center) --------------------------------
+
 
 @pytest.fixture(scope="module")
 def limited_center(tmp_path_factory):
@@ -227,7 +243,9 @@ def test_an_enrollment_flood_from_one_address_is_cut_while_another_address_enrol
             if response.status_code == 429:
                 assert_rate_limited(response)
     accepted = statuses.count(200)
-    assert LIMIT_ENROLL_BURST <= accepted <= LIMIT_ENROLL_BURST + 1, statuses  # + what 1/min refills meanwhile
+    assert LIMIT_ENROLL_BURST <= accepted <= LIMIT_ENROLL_BURST + 1, (
+        statuses
+    )  # + what 1/min refills meanwhile
     assert statuses.count(429) == 300 - accepted
     assert center.count(parties) - parties_before == accepted  # a refused one stored nothing
     with client_from(center, "127.0.0.1") as member:
@@ -249,13 +267,14 @@ def test_a_balance_flood_from_one_key_is_cut_while_another_key_is_served(limited
             answer = api.post("/v1/balance", flooder.envelope("balance", {}, aud=center.center_id))
             statuses.append(answer.status)
         assert statuses[:LIMIT_SIGNED_BURST] == [200] * LIMIT_SIGNED_BURST, statuses
-        assert statuses[LIMIT_SIGNED_BURST + 1:] == [429] * 9, statuses
+        assert statuses[LIMIT_SIGNED_BURST + 1 :] == [429] * 9, statuses
         # nothing was written for the refused ones
         assert center.count(messages, messages.c.kid == flooder.kid) <= LIMIT_SIGNED_BURST + 1
         assert api.post("/v1/balance", other.envelope("balance", {}, aud=center.center_id)).status == 200
     with client_from(center, "127.0.0.1") as http:
-        assert_rate_limited(http.post("/v1/balance", json=flooder.envelope("balance", {}, aud=center.center_id)
-                                      .to_json()))
+        assert_rate_limited(
+            http.post("/v1/balance", json=flooder.envelope("balance", {}, aud=center.center_id).to_json())
+        )
 
 
 def test_forgeries_naming_a_key_do_not_spend_its_allowance(limited_center):
@@ -277,16 +296,27 @@ def test_notices_and_payments_have_their_own_per_key_limits(limited_center):
         store, store_id = api.enroll("store", name=STORE_NAME)
         buyer, _ = api.enroll("member", name="Paying Member")
         api.confirm_by_webhook(api.topup(buyer, 10_000), 10_000)
-        notices = [api.post("/v1/notices", store.envelope("notices", {"after": 0, "limit": 100},
-                                                              aud=center.center_id)).status
-                   for _ in range(LIMIT_NOTICES_BURST + 2)]
+        notices = [
+            api.post(
+                "/v1/notices", store.envelope("notices", {"after": 0, "limit": 100}, aud=center.center_id)
+            ).status
+            for _ in range(LIMIT_NOTICES_BURST + 2)
+        ]
         assert notices == [200] * LIMIT_NOTICES_BURST + [429, 429], notices
-        paid = [api.post("/v1/payments", buyer.envelope("pay", pay_body(store_id, 10, f"o-{i}", STORE_NAME),
-                                                         aud=center.center_id)).status
-                for i in range(LIMIT_PAYMENTS_BURST + 2)]
+        paid = [
+            api.post(
+                "/v1/payments",
+                buyer.envelope("pay", pay_body(store_id, 10, f"o-{i}", STORE_NAME), aud=center.center_id),
+            ).status
+            for i in range(LIMIT_PAYMENTS_BURST + 2)
+        ]
         assert paid == [200] * LIMIT_PAYMENTS_BURST + [429, 429], paid
-        batch = [buyer.envelope("pay", pay_body(store_id, 10, f"b-{i}", STORE_NAME), aud=center.center_id).to_json()
-                 for i in range(3)]
+        batch = [
+            buyer.envelope(
+                "pay", pay_body(store_id, 10, f"b-{i}", STORE_NAME), aud=center.center_id
+            ).to_json()
+            for i in range(3)
+        ]
         with client_from(center, "127.0.0.1") as http:
             results = http.post("/v1/payments/batch", json={"payments": batch}).json()["results"]
         assert [r["error"]["code"] for r in results] == ["rate_limited"] * 3
@@ -313,14 +343,27 @@ def test_token_buckets_track_a_bounded_number_of_clients():
 
 # --- 17.7: files named by options are read with a bound ------------------------------------------
 
+
 def run_measured(program: str, args: list[str], env: dict, pass_fds: tuple = ()) -> tuple[int, str, int]:
     """Run `python -m program args` under the memory cap; (exit code, stderr, the child's own max RSS
     in KiB), measured by tests/measure_child.py (see there why not from here)."""
     module = {"wallet": "token_wallet", "center": "center"}[program]
     fds = ",".join(str(fd) for fd in pass_fds) or "-"
-    launcher = [sys.executable, str(Path(__file__).with_name("measure_child.py")), str(CHILD_MEMORY_CAP_BYTES), fds]
-    result = subprocess.run([*launcher, sys.executable, "-m", module, *args], env=env, stdin=subprocess.DEVNULL,
-                            capture_output=True, pass_fds=pass_fds, timeout=CHILD_TIMEOUT_S, check=False)
+    launcher = [
+        sys.executable,
+        str(Path(__file__).with_name("measure_child.py")),
+        str(CHILD_MEMORY_CAP_BYTES),
+        fds,
+    ]
+    result = subprocess.run(
+        [*launcher, sys.executable, "-m", module, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        pass_fds=pass_fds,
+        timeout=CHILD_TIMEOUT_S,
+        check=False,
+    )
     code, max_rss_kb = (int(word) for word in result.stdout.split())
     return code, result.stderr.decode(errors="replace"), max_rss_kb
 
@@ -331,8 +374,12 @@ def option_files(tmp_path_factory, make_softhsm_token):
     root = tmp_path_factory.mktemp("option-files")
     label, so_pin, pin = make_softhsm_token()
     files = {}
-    for name, value in {"so": so_pin, "a": "A-passphrase-for-limits", "b": pin,
-                        "backup": "a backup password long enough 1"}.items():
+    for name, value in {
+        "so": so_pin,
+        "a": "A-passphrase-for-limits",
+        "b": pin,
+        "backup": "a backup password long enough 1",
+    }.items():
         files[name] = root / name
         files[name].write_text(value + "\n")
         files[name].chmod(0o600)
@@ -349,28 +396,94 @@ def _option_cases(root: Path, label: str, files: dict, source: str):
         args = dict(good, **{option: source})
         return ("wallet", init + [x for pair in args.items() for x in (pair[0], str(pair[1]))], None, [home])
 
-    enroll = ["enroll", "--center", "https://127.0.0.1:9", "--name", "N", "--address", "A", "--birth-date",
-              "1980-01-01", "--home", str(home), "--password-a-file", str(files["a"])]
+    enroll = [
+        "enroll",
+        "--center",
+        "https://127.0.0.1:9",
+        "--name",
+        "N",
+        "--address",
+        "A",
+        "--birth-date",
+        "1980-01-01",
+        "--home",
+        str(home),
+        "--password-a-file",
+        str(files["a"]),
+    ]
     out = root / f"out-{secrets.token_hex(3)}"
-    backup = ["backup", str(out / "b.tar"), "--data-dir", str(root / "no-center"), "--signing-key", str(root / "k")]
+    backup = [
+        "backup",
+        str(out / "b.tar"),
+        "--data-dir",
+        str(root / "no-center"),
+        "--signing-key",
+        str(root / "k"),
+    ]
     return {
-        "wallet init --entropy-file": ("wallet", init + ["--entropy-file", source] + _flat(good), None, [home]),
+        "wallet init --entropy-file": (
+            "wallet",
+            init + ["--entropy-file", source] + _flat(good),
+            None,
+            [home],
+        ),
         "wallet init --so-pin-file": wallet_init("--so-pin-file"),
         "wallet init --password-a-file": wallet_init("--password-a-file"),
         "wallet init --password-b-file": wallet_init("--password-b-file"),
-        "wallet init --password-a-fd": ("wallet", init + ["--password-a-fd", "FD", "--so-pin-file", str(files["so"]),
-                                                          "--password-b-file", str(files["b"])], source, [home]),
+        "wallet init --password-a-fd": (
+            "wallet",
+            init
+            + [
+                "--password-a-fd",
+                "FD",
+                "--so-pin-file",
+                str(files["so"]),
+                "--password-b-file",
+                str(files["b"]),
+            ],
+            source,
+            [home],
+        ),
         "wallet enroll --center-cert": ("wallet", enroll + ["--center-cert", source], None, [home]),
-        "wallet operator attach --center-cert": ("wallet", ["operator", "attach", "--center", "https://127.0.0.1:9",
-                                                            "--center-cert", source, "--home", str(home)], None, [home]),
-        "center backup --signing-key-password-file": ("center", backup + ["--signing-key-password-file", source],
-                                                      None, [out]),
-        "center backup --password-file": ("center", backup + ["--signing-key-password-file", str(files["backup"]),
-                                                              "--password-file", source], None, [out]),
-        "center backup-key create --password-file": ("center", ["backup-key", "create", "--out", str(out),
-                                                                "--password-file", source], None, [out]),
-        "center issuer create-ca --password-file": ("center", ["issuer", "create-ca", "--out-dir", str(out), "--name",
-                                                               "Issuer", "--password-file", source], None, [out]),
+        "wallet operator attach --center-cert": (
+            "wallet",
+            [
+                "operator",
+                "attach",
+                "--center",
+                "https://127.0.0.1:9",
+                "--center-cert",
+                source,
+                "--home",
+                str(home),
+            ],
+            None,
+            [home],
+        ),
+        "center backup --signing-key-password-file": (
+            "center",
+            backup + ["--signing-key-password-file", source],
+            None,
+            [out],
+        ),
+        "center backup --password-file": (
+            "center",
+            backup + ["--signing-key-password-file", str(files["backup"]), "--password-file", source],
+            None,
+            [out],
+        ),
+        "center backup-key create --password-file": (
+            "center",
+            ["backup-key", "create", "--out", str(out), "--password-file", source],
+            None,
+            [out],
+        ),
+        "center issuer create-ca --password-file": (
+            "center",
+            ["issuer", "create-ca", "--out-dir", str(out), "--name", "Issuer", "--password-file", source],
+            None,
+            [out],
+        ),
     }
 
 
@@ -378,17 +491,25 @@ def _flat(options: dict) -> list[str]:
     return [x for pair in options.items() for x in (pair[0], str(pair[1]))]
 
 
-OPTION_CASES = list(_option_cases(Path("/"), "l", {k: Path("/") for k in ("so", "a", "b", "backup")}, "/dev/zero"))
+OPTION_CASES = list(
+    _option_cases(Path("/"), "l", {k: Path("/") for k in ("so", "a", "b", "backup")}, "/dev/zero")
+)
 
 
 # /dev/urandom for one option of each reader (secret file, descriptor, option file, center side): every
 # option is one of these readers, and each child costs ~1 s of the suite.
-URANDOM_CASES = ["wallet init --password-b-file", "wallet init --password-a-fd", "wallet enroll --center-cert",
-                 "center backup --password-file"]
+URANDOM_CASES = [
+    "wallet init --password-b-file",
+    "wallet init --password-a-fd",
+    "wallet enroll --center-cert",
+    "center backup --password-file",
+]
 
 
-@pytest.mark.parametrize("case, source", [(case, "/dev/zero") for case in OPTION_CASES]
-                         + [(case, "/dev/urandom") for case in URANDOM_CASES])
+@pytest.mark.parametrize(
+    "case, source",
+    [(case, "/dev/zero") for case in OPTION_CASES] + [(case, "/dev/urandom") for case in URANDOM_CASES],
+)
 def test_an_option_file_that_never_ends_is_refused_in_one_line(option_files, case, source):
     root, label, files = option_files
     program, args, fd_source, must_not_exist = _option_cases(root, label, files, source)[case]
@@ -417,10 +538,31 @@ def test_a_password_from_standard_input_by_descriptor_still_works(option_files):
     root, label, files = option_files
     home = root / "home-stdin"
     result = subprocess.run(
-        [sys.executable, "-m", "token_wallet", "init", "--pkcs11-module", SOFTHSM_MODULE, "--token-label", label,
-         "--home", str(home), "--password-a-fd", "0", "--so-pin-file", str(files["so"]),
-         "--password-b-file", str(files["b"]), "--json"],
-        input=b"A-from-stdin\n", env=cli_env(), capture_output=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "token_wallet",
+            "init",
+            "--pkcs11-module",
+            SOFTHSM_MODULE,
+            "--token-label",
+            label,
+            "--home",
+            str(home),
+            "--password-a-fd",
+            "0",
+            "--so-pin-file",
+            str(files["so"]),
+            "--password-b-file",
+            str(files["b"]),
+            "--json",
+        ],
+        input=b"A-from-stdin\n",
+        env=cli_env(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert (home / "vault.tpv").exists()
 
@@ -453,8 +595,10 @@ def member_wallet(limited_center, tmp_path_factory, make_softhsm_token):
     return user, store_id, user.json("status")["kid"]
 
 
-@pytest.mark.parametrize("command, amount", [("topup", "１５００"), ("topup", "٣"), ("topup", "²"),
-                                             ("pay", "৪০০"), ("pay", "１５００")])
+@pytest.mark.parametrize(
+    "command, amount",
+    [("topup", "１５００"), ("topup", "٣"), ("topup", "²"), ("pay", "৪০০"), ("pay", "１５００")],
+)
 def test_wallet_refuses_non_ascii_amounts_and_signs_nothing(limited_center, member_wallet, command, amount):
     user, store_id, kid = member_wallet
     messages_before = limited_center.count(messages, messages.c.kid == kid)
@@ -465,7 +609,9 @@ def test_wallet_refuses_non_ascii_amounts_and_signs_nothing(limited_center, memb
     lines = result.stderr.strip().splitlines()
     assert result.returncode not in (0, 70) and len(lines) == 1, result.stderr
     assert NON_ASCII_AMOUNTS[amount] in lines[0] and "ASCII" in lines[0], lines
-    assert limited_center.count(messages, messages.c.kid == kid) == messages_before  # nothing reached the center
+    assert (
+        limited_center.count(messages, messages.c.kid == kid) == messages_before
+    )  # nothing reached the center
     assert user.json("status")["outbox"] == 0  # nothing signed and queued
 
 

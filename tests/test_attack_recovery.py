@@ -18,18 +18,26 @@ import re
 
 import httpx
 import pytest
-from sqlalchemy import delete, select
-
-from center.storage import db as center_db
-from center.keys import lifecycle as key_lifecycle
-from center.storage.db import audit_log, make_engine, normalise_url
 from fixtures_center import DATABASES
-from paywire.envelope import Envelope
-from support import (SOFTHSM_MODULE, CenterProcess, SoftwareSigner, cli_env, create_pg_database, drop_pg_database,
-                     free_port, run_cli)
+from sqlalchemy import delete, select
+from support import (
+    SOFTHSM_MODULE,
+    CenterProcess,
+    SoftwareSigner,
+    cli_env,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    run_cli,
+)
 from test_key_lifecycle_e2e import last_error, new_token_files, pay, vault_document
 from test_payments_e2e import center_cli
 from test_wallet_e2e import WalletUser
+
+from center.keys import lifecycle as key_lifecycle
+from center.storage import db as center_db
+from center.storage.db import audit_log, make_engine, normalise_url
+from paywire.envelope import Envelope
 from token_wallet.client import pinned_ssl_context
 
 STRANGERS = 50
@@ -73,18 +81,26 @@ class Https:
 
     def __init__(self, center: CenterProcess, source_address: str):
         context = pinned_ssl_context(center.cert.read_bytes())
-        self.client = httpx.Client(base_url=center.url, timeout=10, transport=httpx.HTTPTransport(
-            verify=context, local_address=source_address))
+        self.client = httpx.Client(
+            base_url=center.url,
+            timeout=10,
+            transport=httpx.HTTPTransport(verify=context, local_address=source_address),
+        )
         self.center_id = self.client.get("/v1/center").json()["center_id"]
 
     def claim(self, member_id: str, *, code: str | None = None, signer: SoftwareSigner | None = None):
         """A rebind claim from a throwaway key, with a proof made from `code` if given."""
         signer = signer or SoftwareSigner()
-        body = signer.enroll_body("member", name="Not Hanako", birth_date="1970-01-01") | {"rebind": member_id}
+        body = signer.enroll_body("member", name="Not Hanako", birth_date="1970-01-01") | {
+            "rebind": member_id
+        }
         if code is not None:
-            body["recovery_proof"] = recovery().prove(code, center_id=self.center_id, party_id=member_id,
-                                                    new_kid=signer.kid)
-        return self.client.post("/v1/enroll", json=signer.envelope("enroll", body, aud=self.center_id).to_json())
+            body["recovery_proof"] = recovery().prove(
+                code, center_id=self.center_id, party_id=member_id, new_kid=signer.kid
+            )
+        return self.client.post(
+            "/v1/enroll", json=signer.envelope("enroll", body, aud=self.center_id).to_json()
+        )
 
     def flood(self, member_id: str) -> list[str]:
         """STRANGERS claims naming the account; the error codes (or 'accepted') they got."""
@@ -117,12 +133,26 @@ def store_id(served, tmp_path_factory, make_softhsm_token) -> str:
     """One store per served center, paid by the recovered members."""
     store = WalletUser(tmp_path_factory.mktemp("store"), make_softhsm_token, "s")
     store.init("--key-type", "ed25519")
-    return store.json("enroll", "--center", served.url, "--center-cert", str(served.cert), "--store", "--name",
-                      "Corner Shop", "--address", "2-2 Shibuya", "--bank-account", "JP-0009-7654321")["member_id"]
+    return store.json(
+        "enroll",
+        "--center",
+        served.url,
+        "--center-cert",
+        str(served.cert),
+        "--store",
+        "--name",
+        "Corner Shop",
+        "--address",
+        "2-2 Shibuya",
+        "--bank-account",
+        "JP-0009-7654321",
+    )["member_id"]
 
 
 def fund(member: WalletUser, center: CenterProcess, amount: str) -> None:
-    center_cli(center, "operator", "confirm-topup", member.json("topup", amount, "--method", "bank")["topup_id"])
+    center_cli(
+        center, "operator", "confirm-topup", member.json("topup", amount, "--method", "bank")["topup_id"]
+    )
 
 
 def lose_card(center: CenterProcess, enrolled: dict) -> None:
@@ -131,18 +161,37 @@ def lose_card(center: CenterProcess, enrolled: dict) -> None:
 
 
 def rebind(user: WalletUser, center: CenterProcess, member_id: str, code: str, **env: str):
-    return user.run("enroll", "--center", center.url, "--center-cert", str(center.cert), "--rebind", member_id,
-                    "--recovery-code", code, "--name", "Hanako Yamada", "--address", "1-1 Chiyoda, Tokyo",
-                    "--birth-date", "1985-06-15", "--json", **env)
+    return user.run(
+        "enroll",
+        "--center",
+        center.url,
+        "--center-cert",
+        str(center.cert),
+        "--rebind",
+        member_id,
+        "--recovery-code",
+        code,
+        "--name",
+        "Hanako Yamada",
+        "--address",
+        "1-1 Chiyoda, Tokyo",
+        "--birth-date",
+        "1985-06-15",
+        "--json",
+        **env,
+    )
 
 
 def pending_claims(center: CenterProcess, member_id: str) -> dict[str, dict]:
-    keys = center_cli(center, "operator", "list-keys", "--party", member_id, "--status", "pending_bind")["keys"]
+    keys = center_cli(center, "operator", "list-keys", "--party", member_id, "--status", "pending_bind")[
+        "keys"
+    ]
     return {key["kid"]: key["claim"] for key in keys}
 
 
-def test_fifty_strangers_claims_do_not_block_the_holders_recovery_code(tmp_path, make_softhsm_token, served, https,
-                                                                        store_id):
+def test_fifty_strangers_claims_do_not_block_the_holders_recovery_code(
+    tmp_path, make_softhsm_token, served, https, store_id
+):
     member = WalletUser(tmp_path, make_softhsm_token, "m")
     enrolled = enroll_member(member, served)
     member_id, code = enrolled["member_id"], enrolled["recovery_code"]
@@ -159,20 +208,30 @@ def test_fifty_strangers_claims_do_not_block_the_holders_recovery_code(tmp_path,
     # The holder: a new token in the same wallet home, and the recovery code.
     label, files = new_token_files(tmp_path, make_softhsm_token, "new-card")
     new_card = {"WALLET_PASSWORD_B_FILE": files["b"], "WALLET_SO_PIN_FILE": files["so"]}
-    replaced = member.json("replace-key", "--pkcs11-module", SOFTHSM_MODULE, "--token-label", label, **new_card)
+    replaced = member.json(
+        "replace-key", "--pkcs11-module", SOFTHSM_MODULE, "--token-label", label, **new_card
+    )
     new_kid = replaced["new_kid"]
     claim = rebind(member, served, member_id, code.lower(), **new_card)  # typed in any case
     assert claim.returncode == 0, claim.stderr
     claimed = json.loads(claim.stdout)
-    assert (claimed["status"], claimed["kid"], claimed["recovery_verified"]) == ("pending_bind", new_kid, "code")
+    assert (claimed["status"], claimed["kid"], claimed["recovery_verified"]) == (
+        "pending_bind",
+        new_kid,
+        "code",
+    )
     next_code = claimed["recovery_code"]
     assert next_code != code
 
     # The operator sees one pending claim, marked verified (the strangers' ones are superseded).
     assert {kid: claim["recovery_verified"] for kid, claim in pending_claims(served, member_id).items()} == {
-        new_kid: "code"}
-    table = run_cli("center", ["operator", "list-keys", "--party", member_id, "--data-dir", str(served.data_dir)],
-                    env=cli_env(COLUMNS="300"))
+        new_kid: "code"
+    }
+    table = run_cli(
+        "center",
+        ["operator", "list-keys", "--party", member_id, "--data-dir", str(served.data_dir)],
+        env=cli_env(COLUMNS="300"),
+    )
     assert "recovery code verified" in table.stdout, table.stdout
     assert center_cli(served, "operator", "bind-key", new_kid)["member_id"] == member_id
     assert json.loads(pay(member, store_id, "1000", "after-bind", **new_card).stdout)["balance_minor"] == 9000
@@ -184,7 +243,8 @@ def test_fifty_strangers_claims_do_not_block_the_holders_recovery_code(tmp_path,
 
 
 def test_an_account_from_before_codes_recovers_with_an_operator_ticket_from_a_new_home(
-        tmp_path, make_softhsm_token, served, https, store_id):
+    tmp_path, make_softhsm_token, served, https, store_id
+):
     member = WalletUser(tmp_path, make_softhsm_token, "old")
     enrolled = enroll_member(member, served)
     member_id = enrolled["member_id"]
@@ -201,7 +261,9 @@ def test_an_account_from_before_codes_recovers_with_an_operator_ticket_from_a_ne
     fresh = WalletUser(tmp_path, make_softhsm_token, "fresh")
     fresh.init()
     ticket_file = tmp_path / "ticket"
-    ticket_file.write_text(ticket["ticket"] + "\n")  # '-': read without echo, here from the file named in the env
+    ticket_file.write_text(
+        ticket["ticket"] + "\n"
+    )  # '-': read without echo, here from the file named in the env
     claim = rebind(fresh, served, member_id, "-", WALLET_RECOVERY_CODE_FILE=str(ticket_file))
     assert claim.returncode == 0, claim.stderr
     claimed = json.loads(claim.stdout)
@@ -219,12 +281,17 @@ def test_an_account_from_before_codes_recovers_with_an_operator_ticket_from_a_ne
 
 
 def test_wrong_codes_are_refused_and_limited_but_never_block_the_right_one(
-        tmp_path, make_softhsm_token, served, https):
+    tmp_path, make_softhsm_token, served, https
+):
     holder = SoftwareSigner()
     code = recovery().new_code()
     body = holder.enroll_body("member") | {"recovery_key": recovery().recovery_key(code)}
-    enrolled = https.client.post("/v1/enroll", json=holder.envelope("enroll", body, aud=https.center_id).to_json())
-    member_id = json.loads(Envelope.from_json(enrolled.json()["receipt"]).payload)["body"]["result"]["member_id"]
+    enrolled = https.client.post(
+        "/v1/enroll", json=holder.envelope("enroll", body, aud=https.center_id).to_json()
+    )
+    member_id = json.loads(Envelope.from_json(enrolled.json()["receipt"]).payload)["body"]["result"][
+        "member_id"
+    ]
 
     # A wallet with a wrong code: one line, the reason, non-zero.
     guesser = WalletUser(tmp_path, make_softhsm_token, "guess")
@@ -239,8 +306,8 @@ def test_wrong_codes_are_refused_and_limited_but_never_block_the_right_one(
     answers = [https.claim(member_id, code=recovery().new_code()) for _ in range(limit + 3)]
     codes = [answer.json()["error"]["code"] for answer in answers]
     # The wallet's wrong code counted as the first of the window.
-    assert codes[:limit - 1] == ["wrong_recovery_code"] * (limit - 1)
-    assert codes[limit - 1:] == ["too_many_recovery_attempts"] * 4
+    assert codes[: limit - 1] == ["wrong_recovery_code"] * (limit - 1)
+    assert codes[limit - 1 :] == ["too_many_recovery_attempts"] * 4
     assert answers[-1].status_code == 429
     assert pending_claims(served, member_id) == {}  # no wrong-code claim was recorded
 
@@ -249,16 +316,31 @@ def test_wrong_codes_are_refused_and_limited_but_never_block_the_right_one(
     assert [claim["recovery_verified"] for claim in pending_claims(served, member_id).values()] == ["code"]
 
 
-PLAIN_OR_MALFORMED_URLS = ["http://127.0.0.1:1", "ftp://127.0.0.1", "https://", "https://127.0.0.1:99999",
-                           "https://user:pw@127.0.0.1"]
+PLAIN_OR_MALFORMED_URLS = [
+    "http://127.0.0.1:1",
+    "ftp://127.0.0.1",
+    "https://",
+    "https://127.0.0.1:99999",
+    "https://user:pw@127.0.0.1",
+]
 
 
 @pytest.fixture(scope="module")
 def center_cert(tmp_path_factory):
     """A real center's certificate (`center init`), so that only the URL is wrong."""
     data_dir = tmp_path_factory.mktemp("cert-center") / "center"
-    result = run_cli("center", ["init", "--data-dir", str(data_dir), "--db", f"sqlite:///{data_dir.parent / 'c.db'}",
-                                "--currency", "JPY"])
+    result = run_cli(
+        "center",
+        [
+            "init",
+            "--data-dir",
+            str(data_dir),
+            "--db",
+            f"sqlite:///{data_dir.parent / 'c.db'}",
+            "--currency",
+            "JPY",
+        ],
+    )
     assert result.returncode == 0, result.stderr
     return data_dir / "center-cert.pem"
 
@@ -268,17 +350,39 @@ def test_enroll_refuses_a_center_url_that_is_not_https_at_once(tmp_path, make_so
     user.init()
     before = user.vault.read_bytes()
     for url in PLAIN_OR_MALFORMED_URLS:
-        result = user.run("enroll", "--center", url, "--center-cert", str(center_cert), "--name", "Hanako Yamada",
-                          "--address", "1-1 Chiyoda, Tokyo", "--birth-date", "1985-06-15")
+        result = user.run(
+            "enroll",
+            "--center",
+            url,
+            "--center-cert",
+            str(center_cert),
+            "--name",
+            "Hanako Yamada",
+            "--address",
+            "1-1 Chiyoda, Tokyo",
+            "--birth-date",
+            "1985-06-15",
+        )
         assert result.returncode != 0 and result.stderr.startswith("error: --center"), (url, result.stderr)
         assert result.stderr.strip().count("\n") == 0, result.stderr
         assert user.vault.read_bytes() == before, url  # nothing signed, pinned or queued
     assert vault_document(user)["outbox"] == [] and vault_document(user)["center"] is None
     # The control: an https URL passes the rule (here nobody answers, so the enrollment is queued), and the
     # recovery code is shown once, with the advice, and kept nowhere.
-    queued = user.run("enroll", "--center", "https://127.0.0.1:1", "--center-cert", str(center_cert), "--name",
-                      "Hanako Yamada", "--address", "1-1 Chiyoda, Tokyo", "--birth-date", "1985-06-15",
-                      COLUMNS="200")
+    queued = user.run(
+        "enroll",
+        "--center",
+        "https://127.0.0.1:1",
+        "--center-cert",
+        str(center_cert),
+        "--name",
+        "Hanako Yamada",
+        "--address",
+        "1-1 Chiyoda, Tokyo",
+        "--birth-date",
+        "1985-06-15",
+        COLUMNS="200",
+    )
     assert queued.returncode == 0, queued.stderr
     code = re.search(r"\b[0-9A-Z]{5}(?:-[0-9A-Z]{5}){4}\b", queued.stdout).group(0)
     assert "apart from the token" in queued.stdout and recovery().normalise(code)

@@ -18,20 +18,18 @@ import pytest
 import rfc8785
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
+from support import SoftwareSigner, run_cli
 
-from center.ledger import audit
-
-from center.ledger import audit_export, audit_export_verify
+from center.errors import ApiError
+from center.keys.identity import make_tls_certificate
+from center.ledger import audit, audit_export, audit_export_verify
 from center.ledger.audit import chain_hash, verify_chain
 from center.ledger.audit_export import export_audit
 from center.ledger.audit_export_verify import verify_export
 from center.storage.config import CenterConfig
 from center.storage.db import audit_log, make_engine
-from center.errors import ApiError
-from center.keys.identity import make_tls_certificate
 from paywire.envelope import Envelope, b64url_encode
 from paywire.messages import parse_payload
-from support import SoftwareSigner, run_cli
 
 # What `traffic` writes: enroll member, enroll store, top-up, operator
 # confirmation (unsigned), two payments.
@@ -43,6 +41,7 @@ KEYS = 2
 
 # --- helpers ----------------------------------------------------------------------
 
+
 def receipt_result(response: dict) -> dict:
     _header, body = parse_payload(Envelope.from_json(response["receipt"]).payload)
     return body["result"]
@@ -51,14 +50,24 @@ def receipt_result(response: dict) -> dict:
 def traffic(center) -> dict:
     member, store = SoftwareSigner(), SoftwareSigner("Ed25519")
     center.enroll(member.envelope("enroll", member.enroll_body("member"), aud=center.center_id))
-    store_id = receipt_result(center.enroll(store.envelope(
-        "enroll", store.enroll_body("store", name="Kissa Shop"), aud=center.center_id)))["member_id"]
+    store_id = receipt_result(
+        center.enroll(
+            store.envelope("enroll", store.enroll_body("store", name="Kissa Shop"), aud=center.center_id)
+        )
+    )["member_id"]
     topup = {"amount_minor": 5000, "currency": "JPY", "method": "bank"}
-    topup_id = receipt_result(center.submit(member.envelope("topup", topup, aud=center.center_id), "topup"))["topup_id"]
+    topup_id = receipt_result(center.submit(member.envelope("topup", topup, aud=center.center_id), "topup"))[
+        "topup_id"
+    ]
     center.decide_topup(topup_id, "confirm", decided_by="operator:test")
     for order in ("o-1", "o-2"):
-        pay = {"payee": store_id, "payee_name": "Kissa Shop", "amount_minor": 1200, "currency": "JPY",
-               "order_ref": order}
+        pay = {
+            "payee": store_id,
+            "payee_name": "Kissa Shop",
+            "amount_minor": 1200,
+            "currency": "JPY",
+            "order_ref": order,
+        }
         center.submit(member.envelope("pay", pay, aud=center.center_id), "pay")
     return {"member": member, "store": store, "store_id": store_id}
 
@@ -101,7 +110,7 @@ def check_chain(engine):
 
 
 def flip_byte(data: bytes, index: int) -> bytes:
-    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1:]
+    return data[:index] + bytes([data[index] ^ 0x01]) + data[index + 1 :]
 
 
 def export(center, path: Path) -> dict:
@@ -123,8 +132,10 @@ def write_lines(target: Path, lines: list[bytes]) -> Path:
 def load_document(path: Path) -> dict:
     """The export gathered into one dict: the header's fields plus "keys" and "entries" lists."""
     header, *records = map(json.loads, export_lines(path))
-    return header | {"keys": [r["key"] for r in records if "key" in r],
-                     "entries": [r["entry"] for r in records if "entry" in r]}
+    return header | {
+        "keys": [r["key"] for r in records if "key" in r],
+        "entries": [r["entry"] for r in records if "entry" in r],
+    }
 
 
 def rewrite(source: Path, target: Path, change) -> Path:
@@ -145,11 +156,16 @@ def entry(document: dict, seq: int) -> dict:
 
 # --- the chain in the database ---------------------------------------------------------------
 
+
 def test_clean_chain_verifies_with_signed_and_local_entries(center):
     traffic(center)
     assert check_chain(center.engine) == (ENTRIES, None)
     operator = stored_entry(center.engine, OPERATOR_SEQ)
-    assert (operator["kid"], operator["alg"], operator["msg_type"]) == ("operator:test", "none", "topup_confirm")
+    assert (operator["kid"], operator["alg"], operator["msg_type"]) == (
+        "operator:test",
+        "none",
+        "topup_confirm",
+    )
 
 
 def test_a_local_entry_is_stored_as_the_copies_it_replaced_stored_it(center):
@@ -157,8 +173,15 @@ def test_a_local_entry_is_stored_as_the_copies_it_replaced_stored_it(center):
     # no signature, kid and msg_id cut to their 64-character columns. Chains kept before verify.
     request = {"kid": "k" * 70, "decided_by": "operator:" + "x" * 70, "note": "Jürgen"}
     with center.engine.begin() as conn:
-        seq = audit.append_local(conn, actor=request["decided_by"], request=request, msg_type="key_bind",
-                                 msg_id=request["kid"], action={"action": "key_bound"}, now_ms=1_000)
+        seq = audit.append_local(
+            conn,
+            actor=request["decided_by"],
+            request=request,
+            msg_type="key_bind",
+            msg_id=request["kid"],
+            action={"action": "key_bound"},
+            now_ms=1_000,
+        )
     row = stored_entry(center.engine, seq)
     assert (row["kid"], row["alg"], row["msg_id"]) == (request["decided_by"][:64], "none", "k" * 64)
     assert (bytes(row["payload"]), bytes(row["signature"])) == (rfc8785.dumps(request), b"")
@@ -167,11 +190,13 @@ def test_a_local_entry_is_stored_as_the_copies_it_replaced_stored_it(center):
 
 def test_append_only_triggers_refuse_update_and_delete(center):
     traffic(center)
-    for statement in ("UPDATE audit_log SET action = '{}' WHERE seq = 2", "DELETE FROM audit_log WHERE seq = 2",
-                      f"DELETE FROM audit_log WHERE seq = {ENTRIES}"):
-        with pytest.raises(DBAPIError, match="append-only"):
-            with center.engine.begin() as conn:
-                conn.exec_driver_sql(statement)
+    for statement in (
+        "UPDATE audit_log SET action = '{}' WHERE seq = 2",
+        "DELETE FROM audit_log WHERE seq = 2",
+        f"DELETE FROM audit_log WHERE seq = {ENTRIES}",
+    ):
+        with pytest.raises(DBAPIError, match="append-only"), center.engine.begin() as conn:
+            conn.exec_driver_sql(statement)
     assert check_chain(center.engine) == (ENTRIES, None)
 
 
@@ -205,8 +230,12 @@ def test_deleted_entry_is_reported_at_its_seq(center):
 def test_swapped_entries_are_reported(center):
     traffic(center)
     # Reorder: entries 2 and 3 trade places (seq is the primary key: via -1).
-    attacker_sql(center.engine, "UPDATE audit_log SET seq = -1 WHERE seq = 2",
-                 "UPDATE audit_log SET seq = 2 WHERE seq = 3", "UPDATE audit_log SET seq = 3 WHERE seq = -1")
+    attacker_sql(
+        center.engine,
+        "UPDATE audit_log SET seq = -1 WHERE seq = 2",
+        "UPDATE audit_log SET seq = 2 WHERE seq = 3",
+        "UPDATE audit_log SET seq = 3 WHERE seq = -1",
+    )
     checked, problem = check_chain(center.engine)
     assert (checked, problem.seq) == (1, 2)
 
@@ -221,6 +250,7 @@ def test_deleted_last_entry_is_reported_through_the_head(center):
 
 # --- export and offline verification ----------------------------------------------------------
 
+
 def test_export_verifies_offline_in_process_and_without_a_data_dir(center, tmp_path):
     traffic(center)
     path = tmp_path / "audit.jsonl"
@@ -228,8 +258,15 @@ def test_export_verifies_offline_in_process_and_without_a_data_dir(center, tmp_p
     assert path.stat().st_mode & 0o077 == 0  # names, addresses and birth dates inside
     report = verify_export(path)
     assert report | {"head_entry_hash": None} == {
-        "ok": True, "entries": ENTRIES, "signatures_checked": SIGNED_ENTRIES, "unsigned_entries": 1,
-        "first_bad_seq": None, "problem": None, "center_id": center.center_id, "head_entry_hash": None}
+        "ok": True,
+        "entries": ENTRIES,
+        "signatures_checked": SIGNED_ENTRIES,
+        "unsigned_entries": 1,
+        "first_bad_seq": None,
+        "problem": None,
+        "center_id": center.center_id,
+        "head_entry_hash": None,
+    }
     assert report["head_entry_hash"] == stored_entry(center.engine, ENTRIES)["entry_hash"]
     # A separate process with no data dir, no database, no center config.
     result = run_cli("center", ["audit", "verify-export", str(path), "--json"])
@@ -242,17 +279,31 @@ def test_export_contents(center, tmp_path):
     path = tmp_path / "audit.jsonl"
     export(center, path)
     lines = export_lines(path)
-    assert all(json.dumps(json.loads(line), ensure_ascii=False, separators=(",", ":")).encode() == line
-               for line in lines)  # compact, one object per line
+    assert all(
+        json.dumps(json.loads(line), ensure_ascii=False, separators=(",", ":")).encode() == line
+        for line in lines
+    )  # compact, one object per line
     header, *records = map(json.loads, lines)
-    assert set(header) == {"format", "format_version", "center_id", "center_cert_pem", "exported_at_ms", "head"}
+    assert set(header) == {
+        "format",
+        "format_version",
+        "center_id",
+        "center_cert_pem",
+        "exported_at_ms",
+        "head",
+    }
     assert [list(record) for record in records] == [["key"]] * KEYS + [["entry"]] * ENTRIES  # keys first
     document = load_document(path)
     assert (document["format"], document["format_version"], document["center_id"]) == (
-        "tokenpay-audit-export", 2, center.center_id)
+        "tokenpay-audit-export",
+        2,
+        center.center_id,
+    )
     assert document["head"] == {"seq": ENTRIES, "entry_hash": document["entries"][-1]["entry_hash"]}
-    assert {k["kid"]: k["algorithm"] for k in document["keys"]} == {people["member"].kid: "ES256",
-                                                                    people["store"].kid: "Ed25519"}
+    assert {k["kid"]: k["algorithm"] for k in document["keys"]} == {
+        people["member"].kid: "ES256",
+        people["store"].kid: "Ed25519",
+    }
     assert [e["seq"] for e in document["entries"]] == list(range(1, ENTRIES + 1))
     first = document["entries"][0]
     assert b64url_decode(first["payload"]) == stored_entry(center.engine, 1)["payload"]
@@ -294,7 +345,7 @@ def test_key_line_after_an_entry_line_is_refused(center, tmp_path):
     path = tmp_path / "audit.jsonl"
     export(center, path)
     lines = export_lines(path)
-    store_key = next(line for line in lines[1:KEYS + 1] if people["store"].kid.encode() in line)
+    store_key = next(line for line in lines[1 : KEYS + 1] if people["store"].kid.encode() in line)
     lines.remove(store_key)
     lines.insert(KEYS + 1, store_key)  # after entry 1 (the member's), before entry 2 (the store's)
     report = verify_export(write_lines(tmp_path / "late-key.jsonl", lines))
@@ -302,8 +353,20 @@ def test_key_line_after_an_entry_line_is_refused(center, tmp_path):
     assert "before the entries" in report["problem"]
 
 
-@pytest.mark.parametrize("line", [b"", b"   ", b"garbage", b"[1]", b'{"entry": {}, "key": {}}', b'{"other": {}}',
-                                  b'{"entry": {"seq": 3, "seq": 3}}', b'{"key": NaN}', b"\xff"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"   ",
+        b"garbage",
+        b"[1]",
+        b'{"entry": {}, "key": {}}',
+        b'{"other": {}}',
+        b'{"entry": {"seq": 3, "seq": 3}}',
+        b'{"key": NaN}',
+        b"\xff",
+    ],
+)
 def test_blank_or_garbage_line_is_reported_at_its_place(center, tmp_path, line):
     traffic(center)
     path = tmp_path / "audit.jsonl"
@@ -359,9 +422,13 @@ def test_forged_payload_with_recomputed_chain_fails_its_signature(center, tmp_pa
         target = entry(document, forged_seq)
         target["payload"] = b64url_encode(b64url_decode(target["payload"]).replace(b"1200", b"9900"))
         prev = entry(document, forged_seq - 1)["entry_hash"]
-        for later in document["entries"][forged_seq - 1:]:
-            row = later | {"payload": b64url_decode(later["payload"]), "signature": b64url_decode(later["signature"]),
-                           "action": json.dumps(later["action"]), "prev_hash": prev}
+        for later in document["entries"][forged_seq - 1 :]:
+            row = later | {
+                "payload": b64url_decode(later["payload"]),
+                "signature": b64url_decode(later["signature"]),
+                "action": json.dumps(later["action"]),
+                "prev_hash": prev,
+            }
             later["prev_hash"], later["entry_hash"] = prev, chain_hash(prev, row)
             prev = later["entry_hash"]
         document["head"]["entry_hash"] = prev
@@ -457,12 +524,25 @@ def test_export_refuses_a_certificate_of_another_center(center, tmp_path):
 V2_HEADER = b'{"format": "tokenpay-audit-export", "format_version": 2'
 
 
-@pytest.mark.parametrize("content", [
-    b"", b"\n", b"not json\n", b"[]\n", b"{\n", V2_HEADER + b"\n", V2_HEADER + b"}", V2_HEADER + b"}\n",
-    b'{"format": NaN}\n', b"\xff\xfe\n", b'{"a": 1} trailing\n', b"[" * 100_000 + b"\n",
-    V2_HEADER + b', "format_version": 2}\n',  # a repeated name
-    b'{\n"format": "tokenpay-audit-export",\n"format_version": 1\n}\n',  # the old one-document format
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\n",
+        b"not json\n",
+        b"[]\n",
+        b"{\n",
+        V2_HEADER + b"\n",
+        V2_HEADER + b"}",
+        V2_HEADER + b"}\n",
+        b'{"format": NaN}\n',
+        b"\xff\xfe\n",
+        b'{"a": 1} trailing\n',
+        b"[" * 100_000 + b"\n",
+        V2_HEADER + b', "format_version": 2}\n',  # a repeated name
+        b'{\n"format": "tokenpay-audit-export",\n"format_version": 1\n}\n',  # the old one-document format
+    ],
+)
 def test_malformed_files_are_reported_not_raised(tmp_path, content):
     path = tmp_path / "bad.jsonl"
     path.write_bytes(content)
@@ -474,8 +554,12 @@ def test_malformed_entry_names_its_seq(center, tmp_path):
     traffic(center)
     path = tmp_path / "audit.jsonl"
     export(center, path)
-    for change in (lambda d: entry(d, 3).pop("action"), lambda d: entry(d, 3).update(payload="!!"),
-                   lambda d: entry(d, 3).update(seq="3"), lambda d: entry(d, 3).update(action=[1])):
+    for change in (
+        lambda d: entry(d, 3).pop("action"),
+        lambda d: entry(d, 3).update(payload="!!"),
+        lambda d: entry(d, 3).update(seq="3"),
+        lambda d: entry(d, 3).update(action=[1]),
+    ):
         report = verify_export(rewrite(path, tmp_path / "bad.jsonl", change))
         assert (report["ok"], report["first_bad_seq"]) == (False, 3), report
 
@@ -491,6 +575,7 @@ def test_missing_and_oversized_files(tmp_path, monkeypatch):
 
 # --- the command line -------------------------------------------------------------------------------
 
+
 def test_cli_verify_finds_tampering_in_a_center_data_dir(tmp_path):
     data_dir = tmp_path / "center"
     result = run_cli("center", ["init", "--data-dir", str(data_dir), "--currency", "JPY"])
@@ -503,8 +588,17 @@ def test_cli_verify_finds_tampering_in_a_center_data_dir(tmp_path):
     engine = make_engine(db_url)
     with engine.begin() as conn:  # three local entries, as an operator's decisions would write
         for number in range(1, 4):
-            audit.append(conn, kid="operator:test", alg="none", payload=b'{"n":%d}' % number, signature=b"",
-                         msg_type="topup_confirm", msg_id=f"U-{number:016x}", action={"n": number}, now_ms=number)
+            audit.append(
+                conn,
+                kid="operator:test",
+                alg="none",
+                payload=b'{"n":%d}' % number,
+                signature=b"",
+                msg_type="topup_confirm",
+                msg_id=f"U-{number:016x}",
+                action={"n": number},
+                now_ms=number,
+            )
     engine.dispose()
 
     exported = tmp_path / "audit.jsonl"

@@ -18,11 +18,11 @@ import threading
 import time
 
 import pytest
+from ops_support import STORE_NAME, SignedClient, center_cli, funded_member, pay_body
 from sqlalchemy import create_engine, func, select
+from support import CenterProcess, cli_env, create_pg_database, drop_pg_database, free_port, run_cli
 
 from center.storage.db import normalise_url, payments
-from ops_support import STORE_NAME, SignedClient, center_cli, funded_member, pay_body
-from support import CenterProcess, cli_env, create_pg_database, drop_pg_database, free_port, run_cli
 
 PASSWORD = "a backup passphrase, long enough"
 KEY_PASSWORD = "the administrator's backup key password"
@@ -34,12 +34,27 @@ def make_backup_key(directory, *extra: str) -> dict:
     password_file = directory / "key-password"
     password_file.write_text(KEY_PASSWORD + "\n")
     password_file.chmod(0o600)
-    made = run_cli("center", ["backup-key", "create", "--out", str(directory / "key"), "--password-file",
-                              str(password_file), "--json", *extra])
+    made = run_cli(
+        "center",
+        [
+            "backup-key",
+            "create",
+            "--out",
+            str(directory / "key"),
+            "--password-file",
+            str(password_file),
+            "--json",
+            *extra,
+        ],
+    )
     assert made.returncode == 0, made.stderr
     summary = json.loads(made.stdout)
-    return {"key": summary["signing_key"], "public": summary["public_key"], "password_file": str(password_file),
-            "key_id": summary["key_id"]}
+    return {
+        "key": summary["signing_key"],
+        "public": summary["public_key"],
+        "password_file": str(password_file),
+        "key_id": summary["key_id"],
+    }
 
 
 def signed_by(key: dict) -> list[str]:
@@ -62,7 +77,9 @@ def payments_by(config_dir, buyer_id: str) -> int:
     config = json.loads((config_dir / "config.json").read_text())
     engine = create_engine(normalise_url(config["db_url"]))
     with engine.connect() as conn:
-        count = conn.execute(select(func.count()).select_from(payments).where(payments.c.buyer_id == buyer_id))
+        count = conn.execute(
+            select(func.count()).select_from(payments).where(payments.c.buyer_id == buyer_id)
+        )
         total = count.scalar_one()
     engine.dispose()
     return total
@@ -82,21 +99,26 @@ class Payer(threading.Thread):
             while not self.stop.is_set():
                 client.result(self.signer, "pay", pay_body(self.store_id, 7, f"B-{self.paid + 1}"))
                 self.paid += 1
-        except Exception as error:  # noqa: BLE001 - reported by the test
+        except Exception as error:
             self.errors.append(repr(error))
         finally:
             client.close()
 
 
-def test_backup_while_serving_restores_a_center_that_checks_and_serves_the_same(tmp_path, db_url, live_center,
-                                                                                 backup_key):
+def test_backup_while_serving_restores_a_center_that_checks_and_serves_the_same(
+    tmp_path, db_url, live_center, backup_key
+):
     client = SignedClient(live_center)
     store, store_id = client.enroll("store", name=STORE_NAME)
     member, _member_id = funded_member(client, live_center, 10_000)
     paid = client.result(member, "pay", pay_body(store_id, 3_000, "A-1"))
     client.result(member, "pay", pay_body(store_id, 1_500, "A-2"))
-    assert client.result(store, "refund", {"payment_id": paid["payment_id"], "amount_minor": 500,
-                                           "currency": "JPY"})["balance_minor"] == 4_000
+    assert (
+        client.result(
+            store, "refund", {"payment_id": paid["payment_id"], "amount_minor": 500, "currency": "JPY"}
+        )["balance_minor"]
+        == 4_000
+    )
     assert client.result(store, "payout", {"currency": "JPY"})["amount_minor"] == 4_000
     busy, busy_id = funded_member(client, live_center, 1_000_000)
 
@@ -106,8 +128,10 @@ def test_backup_while_serving_restores_a_center_that_checks_and_serves_the_same(
     while payer.paid < 3 and not payer.errors and time.monotonic() < deadline:
         time.sleep(0.05)
     archive = tmp_path / "center-backup.tgz"
-    backup = run_cli("center", ["backup", str(archive), "--data-dir", str(live_center.data_dir), "--json",
-                                *signed_by(backup_key)])
+    backup = run_cli(
+        "center",
+        ["backup", str(archive), "--data-dir", str(live_center.data_dir), "--json", *signed_by(backup_key)],
+    )
     payer.stop.set()
     payer.join(timeout=60)
     assert backup.returncode == 0, backup.stderr
@@ -121,8 +145,15 @@ def test_backup_while_serving_restores_a_center_that_checks_and_serves_the_same(
     store_before = client.result(store, "balance", {})
 
     target, restore_db = tmp_path / "restored", None
-    restore_args = ["restore", str(archive), "--data-dir", str(target), "--json", "--backup-public-key",
-                    backup_key["public"]]
+    restore_args = [
+        "restore",
+        str(archive),
+        "--data-dir",
+        str(target),
+        "--json",
+        "--backup-public-key",
+        backup_key["public"],
+    ]
     if kind == "postgresql":
         refused = run_cli("center", restore_args)
         assert "--db" in one_line_error(refused) and not target.exists()
@@ -134,7 +165,12 @@ def test_backup_while_serving_restores_a_center_that_checks_and_serves_the_same(
         restored = run_cli("center", restore_args)
         assert restored.returncode == 0, restored.stderr
         report = json.loads(restored.stdout)
-        assert report["ok"] and report["ledger"]["ok"] and report["audit"]["ok"] and report["audit"]["entries"] > 8
+        assert (
+            report["ok"]
+            and report["ledger"]["ok"]
+            and report["audit"]["ok"]
+            and report["audit"]["entries"] > 8
+        )
         assert center_cli(restored_center, "ledger", "check")["ok"] is True
         assert center_cli(restored_center, "audit", "verify")["ok"] is True
 
@@ -161,6 +197,7 @@ def test_backup_while_serving_restores_a_center_that_checks_and_serves_the_same(
 
 # --- refusals, on a center that is not serving ------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def quiet_center(tmp_path_factory, backup_key):
     """A SQLite center (no activity needed) and a plain and an encrypted backup of it."""
@@ -172,17 +209,46 @@ def quiet_center(tmp_path_factory, backup_key):
     plain, sealed = root / "plain.tgz", root / "sealed.tpbk"
     result = run_cli("center", ["backup", str(plain), "--data-dir", str(data_dir), *signed_by(backup_key)])
     assert result.returncode == 0, result.stderr
-    result = run_cli("center", ["backup", str(sealed), "--data-dir", str(data_dir), "--password-file",
-                                str(root / "password"), "--json", *signed_by(backup_key)])
+    result = run_cli(
+        "center",
+        [
+            "backup",
+            str(sealed),
+            "--data-dir",
+            str(data_dir),
+            "--password-file",
+            str(root / "password"),
+            "--json",
+            *signed_by(backup_key),
+        ],
+    )
     assert result.returncode == 0, result.stderr
-    return {"root": root, "data_dir": data_dir, "plain": plain, "sealed": sealed, "password": root / "password",
-            "key": backup_key}
+    return {
+        "root": root,
+        "data_dir": data_dir,
+        "plain": plain,
+        "sealed": sealed,
+        "password": root / "password",
+        "key": backup_key,
+    }
 
 
 def restore(archive, target, key: dict, *extra: str, env=None):
     """`center restore` checking the signature with `key`'s public key."""
-    return run_cli("center", ["restore", str(archive), "--data-dir", str(target), "--json", "--backup-public-key",
-                              key["public"], *extra], env=env)
+    return run_cli(
+        "center",
+        [
+            "restore",
+            str(archive),
+            "--data-dir",
+            str(target),
+            "--json",
+            "--backup-public-key",
+            key["public"],
+            *extra,
+        ],
+        env=env,
+    )
 
 
 def assert_nothing_written(parent, target) -> None:
@@ -210,12 +276,16 @@ def test_encrypted_backup_needs_its_password_and_detects_tampering(quiet_center,
     assert "--password-file" in one_line_error(restore(sealed, target, key))
     wrong = tmp_path / "wrong"
     wrong.write_text("not the right password at all\n")
-    assert "wrong backup password" in one_line_error(restore(sealed, target, key, "--password-file", str(wrong)))
+    assert "wrong backup password" in one_line_error(
+        restore(sealed, target, key, "--password-file", str(wrong))
+    )
     data = bytearray(sealed.read_bytes())
     data[len(data) // 2] ^= 0x40
     tampered = tmp_path / "tampered.tpbk"
     tampered.write_bytes(bytes(data))
-    assert "damaged" in one_line_error(restore(tampered, target, key, "--password-file", str(quiet_center["password"])))
+    assert "damaged" in one_line_error(
+        restore(tampered, target, key, "--password-file", str(quiet_center["password"]))
+    )
     assert_nothing_written(tmp_path, target)
     env = cli_env(CENTER_BACKUP_PASSWORD_FILE=str(quiet_center["password"]))
     done = restore(sealed, target, key, env=env)
@@ -299,33 +369,61 @@ def test_backup_never_overwrites_and_stays_out_of_the_data_dir(quiet_center, tmp
     data_dir, key = quiet_center["data_dir"], signed_by(quiet_center["key"])
     existing = tmp_path / "existing.tgz"
     existing.write_bytes(b"precious")
-    assert "already exists" in one_line_error(run_cli("center", ["backup", str(existing), "--data-dir",
-                                                                 str(data_dir), *key]))
+    assert "already exists" in one_line_error(
+        run_cli("center", ["backup", str(existing), "--data-dir", str(data_dir), *key])
+    )
     assert existing.read_bytes() == b"precious"
     inside = data_dir / "b.tgz"
-    assert "outside the data directory" in one_line_error(run_cli("center", ["backup", str(inside), "--data-dir",
-                                                                           str(data_dir), *key]))
+    assert "outside the data directory" in one_line_error(
+        run_cli("center", ["backup", str(inside), "--data-dir", str(data_dir), *key])
+    )
     assert not inside.exists()
     short = tmp_path / "short"
     short.write_text("short\n")
-    assert "at least 12" in one_line_error(run_cli("center", ["backup", str(tmp_path / "x.tpbk"), "--data-dir",
-                                                              str(data_dir), "--password-file", str(short), *key]))
+    assert "at least 12" in one_line_error(
+        run_cli(
+            "center",
+            [
+                "backup",
+                str(tmp_path / "x.tpbk"),
+                "--data-dir",
+                str(data_dir),
+                "--password-file",
+                str(short),
+                *key,
+            ],
+        )
+    )
     assert sorted(os.listdir(tmp_path)) == ["existing.tgz", "short"]
 
 
 def test_every_backup_is_signed_a_backup_without_a_key_is_refused(quiet_center, tmp_path):
-    line = one_line_error(run_cli("center", ["backup", str(tmp_path / "b.tgz"), "--data-dir",
-                                             str(quiet_center["data_dir"])]))
+    line = one_line_error(
+        run_cli("center", ["backup", str(tmp_path / "b.tgz"), "--data-dir", str(quiet_center["data_dir"])])
+    )
     assert "--signing-key" in line and "center backup-key create --out" in line
     wrong = tmp_path / "wrong"
     wrong.write_text("not the key password at all\n")
-    line = one_line_error(run_cli("center", ["backup", str(tmp_path / "b.tgz"), "--data-dir",
-                                             str(quiet_center["data_dir"]), "--signing-key", quiet_center["key"]["key"],
-                                             "--signing-key-password-file", str(wrong)]))
+    line = one_line_error(
+        run_cli(
+            "center",
+            [
+                "backup",
+                str(tmp_path / "b.tgz"),
+                "--data-dir",
+                str(quiet_center["data_dir"]),
+                "--signing-key",
+                quiet_center["key"]["key"],
+                "--signing-key-password-file",
+                str(wrong),
+            ],
+        )
+    )
     assert "wrong backup key password" in line
     assert sorted(os.listdir(tmp_path)) == ["wrong"]
-    line = one_line_error(run_cli("center", ["restore", str(quiet_center["plain"]), "--data-dir",
-                                             str(tmp_path / "new")]))
+    line = one_line_error(
+        run_cli("center", ["restore", str(quiet_center["plain"]), "--data-dir", str(tmp_path / "new")])
+    )
     assert "--backup-public-key" in line and not (tmp_path / "new").exists()
 
 
@@ -344,7 +442,12 @@ def test_restore_reports_a_broken_ledger_and_exits_non_zero(tmp_path, backup_key
     data_dir = tmp_path / "center"
     assert run_cli("center", ["init", "--data-dir", str(data_dir)]).returncode == 0
     with sqlite3.connect(data_dir / "center.db") as conn:  # money out of nowhere, behind the center's back
-        assert conn.execute("UPDATE accounts SET balance_minor = balance_minor + 1 WHERE id = 'funding:bank'").rowcount == 1
+        assert (
+            conn.execute(
+                "UPDATE accounts SET balance_minor = balance_minor + 1 WHERE id = 'funding:bank'"
+            ).rowcount
+            == 1
+        )
     archive = tmp_path / "broken.tgz"
     made = run_cli("center", ["backup", str(archive), "--data-dir", str(data_dir), *signed_by(backup_key)])
     assert made.returncode == 0, made.stderr

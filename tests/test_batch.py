@@ -8,14 +8,15 @@ import json
 
 import pytest
 from sqlalchemy import func, select
+from stress_support import Api, LiveCenter, fund_members, send_concurrently
+from stress_support import pay_body as live_pay_body
+from support import SoftwareSigner
+from test_payments_api import balance, enroll, funded_member, ledger_ok, pay_body, result_of
 
 from center.ledger.audit import verify_chain
 from center.pipeline.batch import MAX_BATCH_ITEMS
 from center.storage.db import audit_log, messages, payments, transfers
 from paywire.envelope import Envelope
-from stress_support import Api, LiveCenter, fund_members, pay_body as live_pay_body, send_concurrently
-from support import SoftwareSigner, create_pg_database, drop_pg_database
-from test_payments_api import balance, enroll, funded_member, ledger_ok, pay_body, result_of
 
 BATCH = "/v1/payments/batch"
 
@@ -41,7 +42,9 @@ def test_each_item_is_answered_on_its_own(center, api, shop):
     requests = [rich.envelope("pay", pay_body(shop, 100, f"r-{i}"), aud=center.center_id) for i in range(3)]
     requests.append(poor.envelope("pay", pay_body(shop, 80, "p-1"), aud=center.center_id))  # more than it has
     requests.append(stranger.envelope("pay", pay_body(shop, 10, "s-1"), aud=center.center_id))
-    requests.append(rich.envelope("pay", pay_body(shop, 5, "wrong-name", name="Someone Else"), aud=center.center_id))
+    requests.append(
+        rich.envelope("pay", pay_body(shop, 5, "wrong-name", name="Someone Else"), aud=center.center_id)
+    )
 
     response = post_batch(api, requests)
     assert response.status_code == 200, response.text
@@ -52,7 +55,11 @@ def test_each_item_is_answered_on_its_own(center, api, shop):
     assert results[3]["error"]["code"] == "insufficient_funds" and results[3]["status"] == 409
     assert results[4]["error"]["code"] == "unknown_key" and results[4]["status"] == 401
     assert results[5]["error"]["code"] == "payee_name_mismatch" and "receipt" not in results[5]
-    assert [result_of(center, r, a)["balance_minor"] for r, a in zip(requests[:3], results[:3])] == [900, 800, 700]
+    assert [result_of(center, r, a)["balance_minor"] for r, a in zip(requests[:3], results[:3])] == [
+        900,
+        800,
+        700,
+    ]
     assert balance(center, rich_id) == 700 and balance(center, poor_id) == 50 and balance(center, shop) == 300
     assert count(center, payments) == 3 and count(center, audit_log) >= 3
     assert ledger_ok(center)
@@ -88,8 +95,10 @@ def test_the_same_message_twice_in_one_batch_has_one_effect(center, api, shop):
 
 def test_batch_limits(center, api, shop):
     buyer, _ = funded_member(center, 10_000)
-    too_many = [buyer.envelope("pay", pay_body(shop, 1, f"o-{i}"), aud=center.center_id)
-                for i in range(MAX_BATCH_ITEMS + 1)]
+    too_many = [
+        buyer.envelope("pay", pay_body(shop, 1, f"o-{i}"), aud=center.center_id)
+        for i in range(MAX_BATCH_ITEMS + 1)
+    ]
     response = post_batch(api, too_many)
     assert response.status_code == 413 and response.json()["error"]["code"] == "batch_too_large"
     empty = api.post(BATCH, json={"payments": []})
@@ -97,7 +106,9 @@ def test_batch_limits(center, api, shop):
     garbled = too_many[0].to_json() | {"sig": "not base64url!"}
     mixed = api.post(BATCH, json={"payments": [garbled, too_many[1].to_json()]}).json()["results"]
     assert mixed[0]["error"]["code"] == "malformed_envelope" and "receipt" in mixed[1]
-    topup = buyer.envelope("topup", {"amount_minor": 5, "currency": "JPY", "method": "bank"}, aud=center.center_id)
+    topup = buyer.envelope(
+        "topup", {"amount_minor": 5, "currency": "JPY", "method": "bank"}, aud=center.center_id
+    )
     assert post_batch(api, [topup]).json()["results"][0]["error"]["code"] == "wrong_message_type"
     assert count(center, payments) == 1
     with center.engine.connect() as conn:
@@ -122,9 +133,11 @@ def test_concurrent_batches_never_overdraw(live):
     with Api(live) as api:
         _, store_id = api.enroll("store", name="Hot Store")
         [(buyer, buyer_id)] = fund_members(api, 1, 60 * 10)
-    requests = [buyer.envelope("pay", live_pay_body(store_id, 10, f"o-{i}"), aud=live.center_id, lifetime_s=600)
-                for i in range(120)]
-    batches = [requests[i:i + 20] for i in range(0, 100, 20)]
+    requests = [
+        buyer.envelope("pay", live_pay_body(store_id, 10, f"o-{i}"), aud=live.center_id, lifetime_s=600)
+        for i in range(120)
+    ]
+    batches = [requests[i : i + 20] for i in range(0, 100, 20)]
     bodies = [json.dumps({"payments": [r.to_json() for r in batch]}).encode() for batch in batches]
 
     import httpx
@@ -133,14 +146,20 @@ def test_concurrent_batches_never_overdraw(live):
         import concurrent.futures
 
         with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
-            batch_futures = [pool.submit(client.post, BATCH, content=body,
-                                         headers={"content-type": "application/json"}) for body in bodies]
-            singles, _ = send_concurrently(live, [("/v1/payments", r) for r in requests[100:]], connections=10)
+            batch_futures = [
+                pool.submit(client.post, BATCH, content=body, headers={"content-type": "application/json"})
+                for body in bodies
+            ]
+            singles, _ = send_concurrently(
+                live, [("/v1/payments", r) for r in requests[100:]], connections=10
+            )
             batch_answers = [future.result() for future in batch_futures]
     outcomes = []
     for response in batch_answers:
         assert response.status_code == 200, response.text
-        outcomes += ["paid" if "receipt" in item else item["error"]["code"] for item in response.json()["results"]]
+        outcomes += [
+            "paid" if "receipt" in item else item["error"]["code"] for item in response.json()["results"]
+        ]
     outcomes += ["paid" if answer.status == 200 else answer.code for answer in singles]
     assert outcomes.count("paid") == 60 and outcomes.count("insufficient_funds") == 60, outcomes
     assert live.balance(buyer_id) == 0 and live.balance(store_id) == 600
@@ -184,8 +203,10 @@ def test_concurrent_single_payments_are_committed_together(center, shop, monkeyp
     def pay(index: int) -> None:
         gate.wait()
         try:
-            outcomes[index] = result_of(center, requests[index], center.submit(requests[index], "pay"))["action"]
-        except Exception as error:  # noqa: BLE001 - the refusal's code is the outcome
+            outcomes[index] = result_of(center, requests[index], center.submit(requests[index], "pay"))[
+                "action"
+            ]
+        except Exception as error:
             outcomes[index] = getattr(error, "code", repr(error))
 
     threads = [threading.Thread(target=pay, args=(i,)) for i in range(len(requests))]
@@ -216,7 +237,9 @@ def _materialise(center, operations: list[tuple]) -> tuple[list, list[str]]:
     from center.keys.admin import revoke_key
 
     _, shop_id = enroll(center, "store", name="Corner Shop")
-    buyers = [funded_member(center, amount) if amount else enroll(center, "member") for amount in (60, 300, 5_000)]
+    buyers = [
+        funded_member(center, amount) if amount else enroll(center, "member") for amount in (60, 300, 5_000)
+    ]
     buyers.append(funded_member(center, 1_000))
     revoke_key(center.engine, buyers[3][0].kid, reason="lost", decided_by="operator:test", now_ms=1)
     envelopes = []
@@ -234,11 +257,17 @@ def _materialise(center, operations: list[tuple]) -> tuple[list, list[str]]:
             payee = buyers[(buyer_index + 1) % 4][1]
         elif kind == "currency":
             currency = "EUR"
-        body = {"payee": payee, "payee_name": name, "amount_minor": amount, "currency": currency,
-                "order_ref": f"o-{len(envelopes)}"}
+        body = {
+            "payee": payee,
+            "payee_name": name,
+            "amount_minor": amount,
+            "currency": currency,
+            "order_ref": f"o-{len(envelopes)}",
+        }
         reuse = kind == "reuse_counter" and signer.counter > 0
-        envelopes.append(signer.envelope("pay", body, aud=center.center_id,
-                                         ctr=signer.counter if reuse else None))
+        envelopes.append(
+            signer.envelope("pay", body, aud=center.center_id, ctr=signer.counter if reuse else None)
+        )
     return envelopes, [shop_id] + [member_id for _, member_id in buyers]
 
 
@@ -251,25 +280,29 @@ def _outcome(center, request, answer: dict) -> tuple:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_batches_book_payments_exactly_as_the_single_path(center, seed):
-    from center.pipeline.rules import error_answer
     from center.errors import ApiError
+    from center.pipeline.rules import error_answer
 
     operations = _operations(seed, 60)
     alone_requests, alone_parties = _materialise(center, operations)
     alone = []
     for request in alone_requests:
         try:
-            alone.append(_outcome(center, request, center.accept_verified(center.verify_request(request, "pay"))))
+            alone.append(
+                _outcome(center, request, center.accept_verified(center.verify_request(request, "pay")))
+            )
         except ApiError as error:
             alone.append(_outcome(center, request, error_answer(error)))
 
     batch_requests, batch_parties = _materialise(center, operations)
     together = []
     for start in range(0, len(batch_requests), 25):
-        chunk = batch_requests[start:start + 25]
+        chunk = batch_requests[start : start + 25]
         together += [_outcome(center, r, a) for r, a in zip(chunk, center.submit_batch(chunk, "pay"))]
 
     assert together == alone
     assert {outcome[0] for outcome in alone} == {"paid", "refused"}  # the scenario exercises both
-    assert [balance(center, party) for party in batch_parties] == [balance(center, party) for party in alone_parties]
+    assert [balance(center, party) for party in batch_parties] == [
+        balance(center, party) for party in alone_parties
+    ]
     assert ledger_ok(center)

@@ -24,22 +24,30 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 from sqlalchemy import select
+from stress_support import (
+    STORE_NAME,
+    Answer,
+    Api,
+    LiveCenter,
+    fund_members,
+    pay_body,
+    payment_pairing_problems,
+    replay_party_in_commit_order,
+)
+from support import SoftwareSigner, create_pg_database, drop_pg_database
+from test_payments_e2e import count_payments, enrolled_pair, fund
 
 from center.storage.db import messages, payments
 from paywire.envelope import Envelope
-from support import SoftwareSigner, create_pg_database, drop_pg_database
-from stress_support import (STORE_NAME, Answer, Api, LiveCenter, fund_members, pay_body, payment_pairing_problems,
-                            replay_party_in_commit_order)
-from test_payments_e2e import count_payments, enrolled_pair, fund
 
 SEED = random.randrange(2**32)
 CLIENTS = 4
 KILLS = 4
 WORKERS = 2
 FUNDING = 10_000_000
-MAX_PAYMENTS_PER_CLIENT = 400       # bounds the load by count ...
-LOAD_DEADLINE_S = 60.0              # ... and by time
-MAX_ATTEMPTS = 150                  # per request, with backoff: covers a restart (~1.5-2.5 s) many times over
+MAX_PAYMENTS_PER_CLIENT = 400  # bounds the load by count ...
+LOAD_DEADLINE_S = 60.0  # ... and by time
+MAX_ATTEMPTS = 150  # per request, with backoff: covers a restart (~1.5-2.5 s) many times over
 REQUEST_DEADLINE_S = 30.0
 
 
@@ -57,6 +65,7 @@ def crash_db_url(request, tmp_path):
 
 # --- the harness ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Sent:
     """One signed payment and everything the center answered to it."""
@@ -66,7 +75,7 @@ class Sent:
     amount: int
     answers: list[Answer] = field(default_factory=list)
     transport_errors: int = 0
-    first: Answer | None = None   # the first definitive answer (200 or 4xx)
+    first: Answer | None = None  # the first definitive answer (200 or 4xx)
     acknowledged_at: float = 0.0
 
     @property
@@ -79,7 +88,9 @@ class CrashHarness:
     until answered) while a killer thread SIGKILLs the center's process group
     KILLS times at random moments and restarts it."""
 
-    def __init__(self, center: LiveCenter, buyers: list[tuple[SoftwareSigner, str]], store_id: str, seed: int):
+    def __init__(
+        self, center: LiveCenter, buyers: list[tuple[SoftwareSigner, str]], store_id: str, seed: int
+    ):
         self.center, self.buyers, self.store_id = center, buyers, store_id
         self.rng = random.Random(seed)
         self.stop = threading.Event()
@@ -91,19 +102,23 @@ class CrashHarness:
         self.resends_checked = 0
 
     def run(self) -> float:
-        clients = [threading.Thread(target=self._guard, args=(self._client, i), daemon=True)
-                   for i in range(len(self.buyers))]
+        clients = [
+            threading.Thread(target=self._guard, args=(self._client, i), daemon=True)
+            for i in range(len(self.buyers))
+        ]
         killer = threading.Thread(target=self._guard, args=(self._killer,), daemon=True)
         started = time.monotonic()
         for thread in clients:
             thread.start()
         killer.start()
         killer.join(LOAD_DEADLINE_S)
-        time.sleep(0.5)   # some calm load after the last restart
+        time.sleep(0.5)  # some calm load after the last restart
         self.stop.set()
         for thread in clients:
             thread.join(REQUEST_DEADLINE_S + 5)
-        assert not killer.is_alive() and not any(t.is_alive() for t in clients), "the harness did not finish in time"
+        assert not killer.is_alive() and not any(t.is_alive() for t in clients), (
+            "the harness did not finish in time"
+        )
         return time.monotonic() - started
 
     def _guard(self, target, *args) -> None:
@@ -128,14 +143,16 @@ class CrashHarness:
         signer, member_id = self.buyers[index]
         rng = random.Random(self.rng.random())
         timeout = httpx.Timeout(10.0, connect=2.0)
-        with httpx.Client(base_url=self.center.url, verify=self.center.ssl_context(), timeout=timeout,
-                          trust_env=False) as client:
+        with httpx.Client(
+            base_url=self.center.url, verify=self.center.ssl_context(), timeout=timeout, trust_env=False
+        ) as client:
             for n in range(MAX_PAYMENTS_PER_CLIENT):
                 if self.stop.is_set():
                     return
                 amount = rng.randint(1, 500)
-                envelope = signer.envelope("pay", pay_body(self.store_id, amount, f"K{index}-{n}"),
-                                           aud=self.center.center_id)
+                envelope = signer.envelope(
+                    "pay", pay_body(self.store_id, amount, f"K{index}-{n}"), aud=self.center.center_id
+                )
                 sent = Sent(envelope, member_id, amount)
                 self.sent[index].append(sent)
                 if not self._send_until_answered(client, sent, rng):
@@ -143,7 +160,7 @@ class CrashHarness:
                     return
                 sent.first = sent.answers[-1]
                 sent.acknowledged_at = time.time()
-                if rng.random() < 0.2:   # an immediate resend of the same bytes
+                if rng.random() < 0.2:  # an immediate resend of the same bytes
                     if not self._send_until_answered(client, sent, rng):
                         self.unanswered.append(sent)
                         return
@@ -163,7 +180,7 @@ class CrashHarness:
             sent.transport_errors += 1
             if time.monotonic() > deadline:
                 return False
-            time.sleep(min(0.02 * 1.5 ** attempt, 0.25) * rng.uniform(0.5, 1.0))
+            time.sleep(min(0.02 * 1.5**attempt, 0.25) * rng.uniform(0.5, 1.0))
         return False
 
     # --- after the load --------------------------------------------------------------------
@@ -177,8 +194,9 @@ class CrashHarness:
         acknowledged = [s for s in self.all_sent if s.first is not None and s.first.status == 200]
 
         def resend(sent: Sent) -> str | None:
-            with httpx.Client(base_url=self.center.url, verify=self.center.ssl_context(), timeout=30.0,
-                              trust_env=False) as client:
+            with httpx.Client(
+                base_url=self.center.url, verify=self.center.ssl_context(), timeout=30.0, trust_env=False
+            ) as client:
                 response = client.post("/v1/payments", json=sent.envelope.to_json())
             if response.status_code != 200 or response.content != sent.first.body:
                 return f"{sent.msg_id}: {response.status_code} {response.content[:120]!r}"
@@ -207,15 +225,28 @@ def test_center_killed_repeatedly_under_payment_load(tmp_path, crash_db_url, rec
         sent = harness.all_sent
         interrupted = [s for s in sent if s.transport_errors]
         with center.engine().connect() as conn:
-            applied_at = dict(conn.execute(select(messages.c.msg_id, messages.c.created_at_ms)
-                                           .where(messages.c.msg_type == "pay")).all())
+            applied_at = dict(
+                conn.execute(
+                    select(messages.c.msg_id, messages.c.created_at_ms).where(messages.c.msg_type == "pay")
+                ).all()
+            )
         # Applied before a kill, answered only after the restart: the idempotency record answered the retry.
-        recovered = sum(1 for s in interrupted
-                        if any(applied_at[s.msg_id] / 1000 < k < s.acknowledged_at for k in harness.kill_times))
-        figures = {"db": center.db_url.split(":")[0], "kills": len(harness.kill_times), "payments": len(sent),
-                   "payments_per_s": round(len(sent) / load_s, 1), "load_s": round(load_s, 1),
-                   "requests_interrupted": len(interrupted), "answered_from_record_after_kill": recovered,
-                   "resends_checked": harness.resends_checked, "seed": SEED}
+        recovered = sum(
+            1
+            for s in interrupted
+            if any(applied_at[s.msg_id] / 1000 < k < s.acknowledged_at for k in harness.kill_times)
+        )
+        figures = {
+            "db": center.db_url.split(":")[0],
+            "kills": len(harness.kill_times),
+            "payments": len(sent),
+            "payments_per_s": round(len(sent) / load_s, 1),
+            "load_s": round(load_s, 1),
+            "requests_interrupted": len(interrupted),
+            "answered_from_record_after_kill": recovered,
+            "resends_checked": harness.resends_checked,
+            "seed": SEED,
+        }
         record_property("crash_figures", figures)
         print(f"[crash] {figures}")
         assert interrupted, "no request was in flight when the center was killed: the test proved nothing"
@@ -240,8 +271,9 @@ def check_after_crashes(center: LiveCenter, harness: CrashHarness, store_id: str
 
     with center.engine().connect() as conn:
         rows = {r.id: r for r in conn.execute(select(payments)).all()}
-        pay_messages = Counter(r.msg_id for r in conn.execute(select(messages.c.msg_id)
-                                                              .where(messages.c.msg_type == "pay")))
+        pay_messages = Counter(
+            r.msg_id for r in conn.execute(select(messages.c.msg_id).where(messages.c.msg_type == "pay"))
+        )
     # Every acknowledged payment is in the table exactly once, as acknowledged.
     payment_ids = Counter(r["payment_id"] for r in results.values())
     assert set(payment_ids.values()) == {1}
@@ -261,13 +293,16 @@ def check_after_crashes(center: LiveCenter, harness: CrashHarness, store_id: str
     for _, member_id in buyers:
         assert center.balance(member_id) == FUNDING - spent[member_id]
         replay = replay_party_in_commit_order(center, member_id)
-        assert replay["lowest"] >= 0 and replay["transfers"] == 1 + sum(1 for s in sent if s.member_id == member_id)
+        assert replay["lowest"] >= 0 and replay["transfers"] == 1 + sum(
+            1 for s in sent if s.member_id == member_id
+        )
     assert center.balance(store_id) == sum(spent.values())
     center.ledger_check()
     center.audit_verify()
 
 
 # --- the wallet killed between signing and hearing the answer -------------------------------------------
+
 
 class StallingProxy:
     """A TCP proxy in front of the center. Connections before `first_stalled`
@@ -363,7 +398,7 @@ class TlsRecords:
                 break
             if self.buffer[0] == 23:
                 self.seen_application_data = True
-            self.buffer = self.buffer[5 + length:]
+            self.buffer = self.buffer[5 + length :]
         return self.seen_application_data
 
 
@@ -381,9 +416,25 @@ def test_wallet_killed_between_signing_and_the_answer_then_sync_applies_it_once(
                 assert member.json("sync", "--center", proxy.url)["delivered"] == []  # only moves the URL
                 vault_before = member.vault.stat().st_mtime_ns
                 wallet = subprocess.Popen(
-                    [sys.executable, "-m", "token_wallet", "pay", "--store", store_id, "--amount", str(amount),
-                     "--order", f"KILL-{mode}", "--yes", "--json"],
-                    env=member.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                    [
+                        sys.executable,
+                        "-m",
+                        "token_wallet",
+                        "pay",
+                        "--store",
+                        store_id,
+                        "--amount",
+                        str(amount),
+                        "--order",
+                        f"KILL-{mode}",
+                        "--yes",
+                        "--json",
+                    ],
+                    env=member.env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
                 try:
                     deadline = time.monotonic() + 30
                     while not proxy.stalled.wait(0.05):
@@ -391,7 +442,9 @@ def test_wallet_killed_between_signing_and_the_answer_then_sync_applies_it_once(
                         assert time.monotonic() < deadline, "the payment never reached the proxy"
                     if mode == "withhold":
                         while count_payments(center.process) != expected_payments + 1:
-                            assert time.monotonic() < deadline, "the center never applied the forwarded payment"
+                            assert time.monotonic() < deadline, (
+                                "the center never applied the forwarded payment"
+                            )
                             time.sleep(0.05)
                     assert wallet.poll() is None, "the wallet must still be waiting for the answer"
                     wallet.send_signal(signal.SIGKILL)
@@ -404,7 +457,9 @@ def test_wallet_killed_between_signing_and_the_answer_then_sync_applies_it_once(
             finally:
                 proxy.close()
             assert proxy.connections == 2, f"the wallet opened {proxy.connections} connection(s), expected 2"
-            assert member.vault.stat().st_mtime_ns != vault_before, "the signed payment was not saved before sending"
+            assert member.vault.stat().st_mtime_ns != vault_before, (
+                "the signed payment was not saved before sending"
+            )
             if mode == "silent":
                 assert count_payments(center.process) == expected_payments, "the silent proxy forwarded it"
 

@@ -7,12 +7,12 @@ import time
 
 import pytest
 from sqlalchemy import func, select
+from support import SoftwareSigner
 
 from center.ledger import audit
 from center.storage.db import keys, parties
 from paywire.envelope import Envelope, b64url_encode
 from paywire.receipts import check_receipt
-from support import SoftwareSigner
 
 
 def enroll(api, signer, envelope: Envelope):
@@ -31,7 +31,9 @@ def test_enrollment_creates_member_and_signed_receipt(api, center, algorithm):
     response = enroll(api, signer, request)
     assert response.status_code == 200, response.text
     receipt = Envelope.from_json(response.json()["receipt"])
-    body = check_receipt(receipt, center_spki=center.signer.spki, center_alg=center.signer.alg, request=request)
+    body = check_receipt(
+        receipt, center_spki=center.signer.spki, center_alg=center.signer.alg, request=request
+    )
     assert body["result"]["member_id"].startswith("M-")
     assert body["result"]["kid"] == signer.kid
     assert count(center, parties) == 1 and count(center, keys) == 1
@@ -46,8 +48,9 @@ def test_store_enrollment(api, center):
     response = enroll(api, signer, request)
     assert response.status_code == 200, response.text
     result = Envelope.from_json(response.json()["receipt"])
-    assert check_receipt(result, center_spki=center.signer.spki, center_alg="ES256", request=request)["result"][
-        "member_id"].startswith("S-")
+    assert check_receipt(result, center_spki=center.signer.spki, center_alg="ES256", request=request)[
+        "result"
+    ]["member_id"].startswith("S-")
 
 
 def test_same_enrollment_twice_creates_one_member_and_same_receipt(api, center):
@@ -64,7 +67,9 @@ def test_enrollment_signed_by_another_key_is_refused(api, center):
     body = carried.enroll_body()
     # The payload names the carried key; the signature comes from another key.
     request = carried.envelope("enroll", body, aud=center.center_id)
-    forged = Envelope(payload=request.payload, alg="ES256", kid=request.kid, sig=actual_signer.sign(request.payload))
+    forged = Envelope(
+        payload=request.payload, alg="ES256", kid=request.kid, sig=actual_signer.sign(request.payload)
+    )
     response = enroll(api, carried, forged)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "bad_signature"
@@ -73,7 +78,10 @@ def test_enrollment_signed_by_another_key_is_refused(api, center):
 
 def test_conflicting_enrollment_same_key_is_refused(api, center):
     signer = SoftwareSigner()
-    assert enroll(api, signer, signer.envelope("enroll", signer.enroll_body(), aud=center.center_id)).status_code == 200
+    assert (
+        enroll(api, signer, signer.envelope("enroll", signer.enroll_body(), aud=center.center_id)).status_code
+        == 200
+    )
     again = signer.envelope("enroll", signer.enroll_body(name="Someone Else"), aud=center.center_id)
     response = enroll(api, signer, again)
     assert response.status_code == 409
@@ -85,7 +93,9 @@ def test_same_message_id_other_bytes_is_refused(api, center):
     signer = SoftwareSigner()
     first = signer.envelope("enroll", signer.enroll_body(), aud=center.center_id, msg_id="m" * 20)
     assert enroll(api, signer, first).status_code == 200
-    other = signer.envelope("enroll", signer.enroll_body(name="Changed"), aud=center.center_id, msg_id="m" * 20)
+    other = signer.envelope(
+        "enroll", signer.enroll_body(name="Changed"), aud=center.center_id, msg_id="m" * 20
+    )
     response = enroll(api, signer, other)
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "message_id_conflict"
@@ -96,8 +106,9 @@ def test_wrong_audience_and_expired_are_refused(api, center):
     elsewhere = signer.envelope("enroll", signer.enroll_body(), aud="center-other")
     response = enroll(api, signer, elsewhere)
     assert (response.status_code, response.json()["error"]["code"]) == (403, "wrong_audience")
-    old = signer.envelope("enroll", signer.enroll_body(), aud=center.center_id, now_s=int(time.time()) - 7200,
-                          lifetime_s=3600)
+    old = signer.envelope(
+        "enroll", signer.enroll_body(), aud=center.center_id, now_s=int(time.time()) - 7200, lifetime_s=3600
+    )
     response = enroll(api, signer, old)
     assert (response.status_code, response.json()["error"]["code"]) == (403, "expired")
     assert count(center, parties) == 0
@@ -118,12 +129,15 @@ def test_algorithm_substitution_is_refused(api, center):
     assert response.json()["error"]["code"] == "algorithm_mismatch"
 
 
-@pytest.mark.parametrize("mutate, code", [
-    (lambda doc: doc | {"payload": doc["payload"] + "="}, "malformed_envelope"),
-    (lambda doc: doc | {"extra": 1}, "invalid_request"),
-    (lambda doc: doc | {"alg": "HS256"}, "unsupported_algorithm"),
-    (lambda doc: {k: v for k, v in doc.items() if k != "sig"}, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    "mutate, code",
+    [
+        (lambda doc: doc | {"payload": doc["payload"] + "="}, "malformed_envelope"),
+        (lambda doc: doc | {"extra": 1}, "invalid_request"),
+        (lambda doc: doc | {"alg": "HS256"}, "unsupported_algorithm"),
+        (lambda doc: {k: v for k, v in doc.items() if k != "sig"}, "invalid_request"),
+    ],
+)
 def test_malformed_envelopes_get_stable_codes(api, center, mutate, code):
     signer = SoftwareSigner()
     document = mutate(signer.envelope("enroll", signer.enroll_body(), aud=center.center_id).to_json())
@@ -134,7 +148,9 @@ def test_malformed_envelopes_get_stable_codes(api, center, mutate, code):
 
 
 def test_oversized_body_is_refused(api):
-    response = api.post("/v1/enroll", content=b"{" + b" " * 70_000 + b"}", headers={"content-type": "application/json"})
+    response = api.post(
+        "/v1/enroll", content=b"{" + b" " * 70_000 + b"}", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "body_too_large"
 
@@ -142,7 +158,12 @@ def test_oversized_body_is_refused(api):
 def test_accepted_enrollments_are_in_the_audit_chain(api, center):
     for _ in range(3):
         signer = SoftwareSigner()
-        assert enroll(api, signer, signer.envelope("enroll", signer.enroll_body(), aud=center.center_id)).status_code == 200
+        assert (
+            enroll(
+                api, signer, signer.envelope("enroll", signer.enroll_body(), aud=center.center_id)
+            ).status_code
+            == 200
+        )
     with center.engine.connect() as conn:
         checked, problem = audit.verify_chain(conn)
     assert (checked, problem) == (3, None)

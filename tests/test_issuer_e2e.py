@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-
-from center.keys import issuer
-from center.storage.config import CenterConfig
-from center.errors import ApiError
-from center.keys.issuer_policy import check_enrollment_certificate, policy_of
 from support import CenterProcess, free_port, run_cli
 from test_wallet_e2e import WalletUser, count_parties
+
+from center.errors import ApiError
+from center.keys import issuer
+from center.keys.issuer_policy import check_enrollment_certificate, policy_of
+from center.storage.config import CenterConfig
 
 PASSWORD = "issuer station passphrase"
 
@@ -41,9 +41,22 @@ class Station:
         return self.directory / "ca-key.pem"
 
     def certify(self, public_key: Path, out: Path, *extra: str) -> dict:
-        result = center("issuer", "certify", "--ca-cert", str(self.cert), "--ca-key", str(self.key),
-                        "--password-file", str(self.password_file), "--public-key", str(public_key),
-                        "--out", str(out), "--json", *extra)
+        result = center(
+            "issuer",
+            "certify",
+            "--ca-cert",
+            str(self.cert),
+            "--ca-key",
+            str(self.key),
+            "--password-file",
+            str(self.password_file),
+            "--public-key",
+            str(public_key),
+            "--out",
+            str(out),
+            "--json",
+            *extra,
+        )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
@@ -61,8 +74,17 @@ def one_line_error(result) -> str:
 def make_station(tmp_path: Path, name: str = "Example Card Issuer", directory: str = "issuer") -> Station:
     password_file = tmp_path / f"{directory}-password"
     password_file.write_text(PASSWORD + "\n")
-    result = center("issuer", "create-ca", "--out-dir", str(tmp_path / directory), "--name", name,
-                    "--password-file", str(password_file), "--json")
+    result = center(
+        "issuer",
+        "create-ca",
+        "--out-dir",
+        str(tmp_path / directory),
+        "--name",
+        name,
+        "--password-file",
+        str(password_file),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["subject"] == f"CN={name}" and document["intermediate"] is False
@@ -77,23 +99,38 @@ def export_public_key(user: WalletUser, path: Path) -> Path:
 
 # --- end to end over HTTPS -------------------------------------------------------------
 
+
 def test_center_requiring_certified_keys_over_https(tmp_path, make_softhsm_token, db_url):
     station = make_station(tmp_path)
     foreign_station = make_station(tmp_path, "Some Other Issuer", "foreign")
     data_dir = tmp_path / "center"
-    result = center("init", "--data-dir", str(data_dir), "--db", db_url, "--issuer-ca", str(station.cert),
-                    "--require-certified-keys", "--json")
+    result = center(
+        "init",
+        "--data-dir",
+        str(data_dir),
+        "--db",
+        db_url,
+        "--issuer-ca",
+        str(station.cert),
+        "--require-certified-keys",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["issuer_policy"] == "issuer_certified"
     live = CenterProcess(data_dir=data_dir, port=free_port())
     live.start()
     try:
-        member, other = WalletUser(tmp_path, make_softhsm_token, "m"), WalletUser(tmp_path, make_softhsm_token, "o")
+        member, other = (
+            WalletUser(tmp_path, make_softhsm_token, "m"),
+            WalletUser(tmp_path, make_softhsm_token, "o"),
+        )
         member.init()
         other.init("--key-type", "ed25519")
         member_key = export_public_key(member, tmp_path / "member.pub.pem")
         member_cert = station.certify(member_key, tmp_path / "member-cert.pem", "--subject", "card 0001")
-        other_cert = station.certify(export_public_key(other, tmp_path / "other.pub.pem"), tmp_path / "other-cert.pem")
+        other_cert = station.certify(
+            export_public_key(other, tmp_path / "other.pub.pem"), tmp_path / "other-cert.pem"
+        )
         foreign_station.certify(member_key, tmp_path / "member-foreign.pem")
         assert member_cert["kid"] == member.json("status")["kid"] and member_cert["key_type"] == "p256"
 
@@ -101,9 +138,12 @@ def test_center_requiring_certified_keys_over_https(tmp_path, make_softhsm_token
         assert "key_not_certified" in one_line_error(member.enroll_member(live))
         # A certificate made for another token's key: refused before anything is signed or sent.
         assert "not this wallet's key" in one_line_error(
-            member.enroll_member(live, "--key-cert", str(tmp_path / "other-cert.pem")))
+            member.enroll_member(live, "--key-cert", str(tmp_path / "other-cert.pem"))
+        )
         # The right key, but certified by an issuer this center does not trust.
-        refusal = one_line_error(member.enroll_member(live, "--key-cert", str(tmp_path / "member-foreign.pem")))
+        refusal = one_line_error(
+            member.enroll_member(live, "--key-cert", str(tmp_path / "member-foreign.pem"))
+        )
         assert "key_not_certified" in refusal and "not issued by the configured issuer CA" in refusal
         assert count_parties(live) == 0
 
@@ -132,6 +172,7 @@ def test_center_requiring_certified_keys_over_https(tmp_path, make_softhsm_token
 
 # --- configuring a center ----------------------------------------------------------------
 
+
 def test_trust_configures_an_existing_center(tmp_path):
     station = make_station(tmp_path)
     data_dir = tmp_path / "center"
@@ -141,20 +182,41 @@ def test_trust_configures_an_existing_center(tmp_path):
     config_before = (data_dir / "config.json").read_bytes()
 
     assert "needs the issuer's CA certificate" in one_line_error(
-        center("issuer", "trust", "--data-dir", str(data_dir), "--require-certified"))
+        center("issuer", "trust", "--data-dir", str(data_dir), "--require-certified")
+    )
     key_cert = tmp_path / "key-cert.pem"
     _certify_new_key(station, tmp_path, key_cert)
     assert "not a CA certificate" in one_line_error(
-        center("issuer", "trust", "--data-dir", str(data_dir), "--ca-cert", str(key_cert), "--require-certified"))
-    assert "exclude each other" in one_line_error(center("issuer", "trust", "--data-dir", str(data_dir), "--ca-cert",
-                                                         str(station.cert), "--require-certified",
-                                                         "--allow-uncertified"))
+        center(
+            "issuer", "trust", "--data-dir", str(data_dir), "--ca-cert", str(key_cert), "--require-certified"
+        )
+    )
+    assert "exclude each other" in one_line_error(
+        center(
+            "issuer",
+            "trust",
+            "--data-dir",
+            str(data_dir),
+            "--ca-cert",
+            str(station.cert),
+            "--require-certified",
+            "--allow-uncertified",
+        )
+    )
     assert "nothing to change" in one_line_error(center("issuer", "trust", "--data-dir", str(data_dir)))
     assert (data_dir / "config.json").read_bytes() == config_before
     assert not (data_dir / "issuer").exists()
 
-    result = center("issuer", "trust", "--data-dir", str(data_dir), "--ca-cert", str(station.cert),
-                    "--require-certified", "--json")
+    result = center(
+        "issuer",
+        "trust",
+        "--data-dir",
+        str(data_dir),
+        "--ca-cert",
+        str(station.cert),
+        "--require-certified",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["policy"] == "issuer_certified" and document["restart_needed"] is True
@@ -169,16 +231,34 @@ def test_trust_configures_an_existing_center(tmp_path):
 
     # A center whose configured issuer CA file is gone refuses to start, in one line.
     (data_dir / "issuer" / "ca-cert.pem").unlink()
-    served = run_cli("center", ["serve", "--data-dir", str(data_dir), "--port", str(free_port())], timeout_s=60)
+    served = run_cli(
+        "center", ["serve", "--data-dir", str(data_dir), "--port", str(free_port())], timeout_s=60
+    )
     assert "cannot read the issuer file" in one_line_error(served)
 
 
 def test_intermediate_ca_from_the_command_line(tmp_path):
     root = make_station(tmp_path)
     branch_dir = tmp_path / "branch"
-    result = center("issuer", "create-ca", "--out-dir", str(branch_dir), "--name", "Branch Office CA", "--days", "1000",
-                    "--password-file", str(root.password_file), "--parent-cert", str(root.cert),
-                    "--parent-key", str(root.key), "--parent-password-file", str(root.password_file), "--json")
+    result = center(
+        "issuer",
+        "create-ca",
+        "--out-dir",
+        str(branch_dir),
+        "--name",
+        "Branch Office CA",
+        "--days",
+        "1000",
+        "--password-file",
+        str(root.password_file),
+        "--parent-cert",
+        str(root.cert),
+        "--parent-key",
+        str(root.key),
+        "--parent-password-file",
+        str(root.password_file),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     made = json.loads(result.stdout)
     assert made["intermediate"] is True and made["issuer"] == "CN=Example Card Issuer"
@@ -195,11 +275,30 @@ def test_intermediate_ca_from_the_command_line(tmp_path):
         check_enrollment_certificate(policy_of(CenterConfig.load(data_dir)), spki, cert_der, now_s)
     # An intermediate must come from the trusted CA: another issuer's CA is not one.
     stranger = make_station(tmp_path, "Stranger", "stranger")
-    assert "not issued by a trusted CA" in one_line_error(center(
-        "issuer", "trust", "--data-dir", str(data_dir), "--ca-cert", str(root.cert), "--intermediate",
-        str(stranger.cert)))
-    result = center("issuer", "trust", "--data-dir", str(data_dir), "--ca-cert", str(root.cert), "--intermediate",
-                    str(branch.cert), "--require-certified", "--json")
+    assert "not issued by a trusted CA" in one_line_error(
+        center(
+            "issuer",
+            "trust",
+            "--data-dir",
+            str(data_dir),
+            "--ca-cert",
+            str(root.cert),
+            "--intermediate",
+            str(stranger.cert),
+        )
+    )
+    result = center(
+        "issuer",
+        "trust",
+        "--data-dir",
+        str(data_dir),
+        "--ca-cert",
+        str(root.cert),
+        "--intermediate",
+        str(branch.cert),
+        "--require-certified",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert [c["subject"] for c in json.loads(result.stdout)["intermediates"]] == ["CN=Branch Office CA"]
     facts = check_enrollment_certificate(policy_of(CenterConfig.load(data_dir)), spki, cert_der, now_s)
@@ -210,17 +309,21 @@ def test_init_refuses_bad_issuer_options_before_creating_anything(tmp_path):
     station = make_station(tmp_path)
     data_dir = tmp_path / "center"
     assert "--require-certified-keys needs --issuer-ca" in one_line_error(
-        center("init", "--data-dir", str(data_dir), "--require-certified-keys"))
+        center("init", "--data-dir", str(data_dir), "--require-certified-keys")
+    )
     key_cert = tmp_path / "key-cert.pem"
     _certify_new_key(station, tmp_path, key_cert)
     assert "not a CA certificate" in one_line_error(
-        center("init", "--data-dir", str(data_dir), "--issuer-ca", str(key_cert), "--require-certified-keys"))
+        center("init", "--data-dir", str(data_dir), "--issuer-ca", str(key_cert), "--require-certified-keys")
+    )
     assert "cannot read --issuer-ca" in one_line_error(
-        center("init", "--data-dir", str(data_dir), "--issuer-ca", str(tmp_path / "missing.pem")))
+        center("init", "--data-dir", str(data_dir), "--issuer-ca", str(tmp_path / "missing.pem"))
+    )
     assert not data_dir.exists()
 
 
 # --- the issuance station ----------------------------------------------------------------
+
 
 def test_create_ca_files_and_refusals(tmp_path):
     station = make_station(tmp_path)
@@ -234,20 +337,50 @@ def test_create_ca_files_and_refusals(tmp_path):
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
 
     before = (station.cert.read_bytes(), key_pem)
-    again = center("issuer", "create-ca", "--out-dir", str(station.directory), "--name", "Again",
-                   "--password-file", str(station.password_file))
+    again = center(
+        "issuer",
+        "create-ca",
+        "--out-dir",
+        str(station.directory),
+        "--name",
+        "Again",
+        "--password-file",
+        str(station.password_file),
+    )
     assert "already exists" in one_line_error(again)
     assert (station.cert.read_bytes(), station.key.read_bytes()) == before
 
     short = tmp_path / "short"
     short.write_text("too short\n")
-    assert "at least 12 characters" in one_line_error(center(
-        "issuer", "create-ca", "--out-dir", str(tmp_path / "s"), "--name", "S", "--password-file", str(short)))
-    assert "1 to 3650" in one_line_error(center(
-        "issuer", "create-ca", "--out-dir", str(tmp_path / "d"), "--name", "D", "--days", "5000",
-        "--password-file", str(station.password_file)))
-    assert "no terminal" in one_line_error(center("issuer", "create-ca", "--out-dir", str(tmp_path / "p"),
-                                                  "--name", "P"))
+    assert "at least 12 characters" in one_line_error(
+        center(
+            "issuer",
+            "create-ca",
+            "--out-dir",
+            str(tmp_path / "s"),
+            "--name",
+            "S",
+            "--password-file",
+            str(short),
+        )
+    )
+    assert "1 to 3650" in one_line_error(
+        center(
+            "issuer",
+            "create-ca",
+            "--out-dir",
+            str(tmp_path / "d"),
+            "--name",
+            "D",
+            "--days",
+            "5000",
+            "--password-file",
+            str(station.password_file),
+        )
+    )
+    assert "no terminal" in one_line_error(
+        center("issuer", "create-ca", "--out-dir", str(tmp_path / "p"), "--name", "P")
+    )
     assert not any((tmp_path / name).exists() for name in ("s", "d", "p"))
 
 
@@ -258,24 +391,61 @@ def test_certify_contract_and_refusals(tmp_path):
     cert = x509.load_pem_x509_certificate(out.read_bytes())
     assert cert.subject.rfc4514_string() == "CN=card 7"
     assert 29 * 86400 < cert.not_valid_after_utc.timestamp() - time.time() <= 30 * 86400
-    assert issuer.verify_key_certificate(issuer.der(cert), spki, trusted=(x509.load_pem_x509_certificate(
-        station.cert.read_bytes()),), intermediates=(), now_s=int(time.time()))
+    assert issuer.verify_key_certificate(
+        issuer.der(cert),
+        spki,
+        trusted=(x509.load_pem_x509_certificate(station.cert.read_bytes()),),
+        intermediates=(),
+        now_s=int(time.time()),
+    )
     public_key = tmp_path / "key.pub.pem"
-    base = ["issuer", "certify", "--ca-cert", str(station.cert), "--ca-key", str(station.key),
-            "--public-key", str(public_key)]
+    base = [
+        "issuer",
+        "certify",
+        "--ca-cert",
+        str(station.cert),
+        "--ca-key",
+        str(station.key),
+        "--public-key",
+        str(public_key),
+    ]
     written = out.read_bytes()
-    assert "already exists" in one_line_error(center(*base, "--out", str(out), "--password-file",
-                                                     str(station.password_file)))
+    assert "already exists" in one_line_error(
+        center(*base, "--out", str(out), "--password-file", str(station.password_file))
+    )
     assert out.read_bytes() == written
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not the right password\n")
-    assert "wrong password" in one_line_error(center(*base, "--out", str(tmp_path / "a.pem"),
-                                                     "--password-file", str(wrong)))
-    assert "1 to 1825" in one_line_error(center(*base, "--out", str(tmp_path / "b.pem"), "--days", "4000",
-                                                "--password-file", str(station.password_file)))
-    assert "not a PEM public key" in one_line_error(center(
-        "issuer", "certify", "--ca-cert", str(station.cert), "--ca-key", str(station.key), "--public-key",
-        str(station.cert), "--out", str(tmp_path / "c.pem"), "--password-file", str(station.password_file)))
+    assert "wrong password" in one_line_error(
+        center(*base, "--out", str(tmp_path / "a.pem"), "--password-file", str(wrong))
+    )
+    assert "1 to 1825" in one_line_error(
+        center(
+            *base,
+            "--out",
+            str(tmp_path / "b.pem"),
+            "--days",
+            "4000",
+            "--password-file",
+            str(station.password_file),
+        )
+    )
+    assert "not a PEM public key" in one_line_error(
+        center(
+            "issuer",
+            "certify",
+            "--ca-cert",
+            str(station.cert),
+            "--ca-key",
+            str(station.key),
+            "--public-key",
+            str(station.cert),
+            "--out",
+            str(tmp_path / "c.pem"),
+            "--password-file",
+            str(station.password_file),
+        )
+    )
     assert not any((tmp_path / name).exists() for name in ("a.pem", "b.pem", "c.pem"))
 
 
@@ -285,7 +455,10 @@ def _certify_new_key(station: Station, tmp_path: Path, out: Path, *extra: str) -
 
     public_key = ec.generate_private_key(ec.SECP256R1()).public_key()
     pem_file = tmp_path / "key.pub.pem"
-    pem_file.write_bytes(public_key.public_bytes(serialization.Encoding.PEM,
-                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
+    pem_file.write_bytes(
+        public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     station.certify(pem_file, out, *extra)
-    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

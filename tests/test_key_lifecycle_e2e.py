@@ -11,12 +11,12 @@ import shutil
 from pathlib import Path
 
 import httpx
-
-from paywire.envelope import Envelope
 from support import SOFTHSM_MODULE, run_cli
 from test_operators_e2e import add_operator
 from test_payments_e2e import AnswerDroppingProxy, center_cli, enrolled_pair, fund
 from test_wallet_e2e import WalletUser
+
+from paywire.envelope import Envelope
 from token_wallet.client import pinned_ssl_context
 from token_wallet.vault import Vault
 
@@ -33,7 +33,9 @@ def new_token_files(tmp_path: Path, make_softhsm_token, name: str) -> tuple[str,
 
 
 def pay(member: WalletUser, store_id: str, amount: str, order: str, **env):
-    return member.run("pay", "--store", store_id, "--amount", amount, "--order", order, "--yes", "--json", **env)
+    return member.run(
+        "pay", "--store", store_id, "--amount", amount, "--order", order, "--yes", "--json", **env
+    )
 
 
 def last_error(result) -> str:
@@ -50,12 +52,17 @@ def center_checks_pass(center, tmp_path: Path) -> None:
     assert center_cli(center, "ledger", "check")["ok"] is True
     assert center_cli(center, "audit", "verify")["ok"] is True
     export = tmp_path / "audit.jsonl"
-    assert run_cli("center", ["audit", "export", str(export), "--data-dir", str(center.data_dir)]).returncode == 0
+    assert (
+        run_cli("center", ["audit", "export", str(export), "--data-dir", str(center.data_dir)]).returncode
+        == 0
+    )
     offline = run_cli("center", ["audit", "verify-export", str(export), "--json"])
     assert offline.returncode == 0 and json.loads(offline.stdout)["ok"] is True, offline.stdout
 
 
-def test_lost_card_revoke_rebind_bind_and_pay_from_the_same_balance(tmp_path, make_softhsm_token, live_center):
+def test_lost_card_revoke_rebind_bind_and_pay_from_the_same_balance(
+    tmp_path, make_softhsm_token, live_center
+):
     member, _store, store_id = enrolled_pair(tmp_path, make_softhsm_token, live_center)
     fund(member, live_center, "10000")
     before = json.loads(pay(member, store_id, "3000", "before-loss").stdout)
@@ -71,39 +78,80 @@ def test_lost_card_revoke_rebind_bind_and_pay_from_the_same_balance(tmp_path, ma
     # A new token in the same wallet home; the history stays.
     label, files = new_token_files(tmp_path, make_softhsm_token, "new-card")
     new_card = {"WALLET_PASSWORD_B_FILE": files["b"], "WALLET_SO_PIN_FILE": files["so"]}
-    replaced = member.json("replace-key", "--pkcs11-module", SOFTHSM_MODULE, "--token-label", label, **new_card)
+    replaced = member.json(
+        "replace-key", "--pkcs11-module", SOFTHSM_MODULE, "--token-label", label, **new_card
+    )
     assert replaced["old_kid"] == old_kid and replaced["member_id"] == member_id
     new_kid = replaced["new_kid"]
     assert "wallet enroll --rebind" in last_error(pay(member, store_id, "100", "not-enrolled", **new_card))
-    claim = member.run("enroll", "--center", live_center.url, "--center-cert", str(live_center.cert), "--rebind",
-                       member_id, "--name", "Hanako Yamada", "--address", "1-1 Chiyoda, Tokyo", "--birth-date",
-                       "1985-06-15", "--json", **new_card)
+    claim = member.run(
+        "enroll",
+        "--center",
+        live_center.url,
+        "--center-cert",
+        str(live_center.cert),
+        "--rebind",
+        member_id,
+        "--name",
+        "Hanako Yamada",
+        "--address",
+        "1-1 Chiyoda, Tokyo",
+        "--birth-date",
+        "1985-06-15",
+        "--json",
+        **new_card,
+    )
     assert claim.returncode == 0, claim.stderr
     claimed = json.loads(claim.stdout)
     assert claimed | {"msg_id": None, "recovery_code": None} == {
-        "member_id": member_id, "role": "member", "kid": new_kid, "status": "pending_bind", "msg_id": None,
-        "recovery_code": None, "recovery_verified": None}  # no code given: the operator decides as before
+        "member_id": member_id,
+        "role": "member",
+        "kid": new_kid,
+        "status": "pending_bind",
+        "msg_id": None,
+        "recovery_code": None,
+        "recovery_verified": None,
+    }  # no code given: the operator decides as before
     assert claimed["recovery_code"]  # the account's next recovery code, from the bind on
     assert "key_not_bound" in last_error(pay(member, store_id, "100", "pending", **new_card))
 
     # Someone else claims the same account with their own token; an operator's wallet rejects it.
     impostor = WalletUser(tmp_path, make_softhsm_token, "impostor")
     impostor.init()
-    claimed = impostor.run("enroll", "--center", live_center.url, "--center-cert", str(live_center.cert), "--rebind",
-                           member_id, "--name", "Not Hanako", "--address", "9-9 Elsewhere", "--birth-date",
-                           "1970-01-01", "--json")
+    claimed = impostor.run(
+        "enroll",
+        "--center",
+        live_center.url,
+        "--center-cert",
+        str(live_center.cert),
+        "--rebind",
+        member_id,
+        "--name",
+        "Not Hanako",
+        "--address",
+        "9-9 Elsewhere",
+        "--birth-date",
+        "1970-01-01",
+        "--json",
+    )
     assert claimed.returncode == 0 and json.loads(claimed.stdout)["status"] == "pending_bind", claimed.stderr
     impostor_kid = json.loads(claimed.stdout)["kid"]
 
-    pending = {k["kid"]: k["claim"] for k in
-               center_cli(live_center, "operator", "list-keys", "--status", "pending_bind")["keys"]}
+    pending = {
+        k["kid"]: k["claim"]
+        for k in center_cli(live_center, "operator", "list-keys", "--status", "pending_bind")["keys"]
+    }
     assert set(pending) == {new_kid, impostor_kid}
     assert pending[new_kid]["claimed"]["name"] == pending[new_kid]["registered"]["name"] == "Hanako Yamada"
     assert pending[impostor_kid]["claimed"]["birth_date"] != pending[impostor_kid]["registered"]["birth_date"]
     operator, _added = add_operator(tmp_path, make_softhsm_token, live_center, "ops", "operator")
     operator.json("operator", "attach", "--center", live_center.url, "--center-cert", str(live_center.cert))
     rejected = operator.json("operator", "reject-key", impostor_kid, "--reason", "birth date does not match")
-    assert (rejected["status"], rejected["action"], rejected["member_id"]) == ("accepted", "key_rejected", member_id)
+    assert (rejected["status"], rejected["action"], rejected["member_id"]) == (
+        "accepted",
+        "key_rejected",
+        member_id,
+    )
     assert "key_rejected" in last_error(impostor.run("balance"))
 
     bound = center_cli(live_center, "operator", "bind-key", new_kid)
@@ -170,18 +218,33 @@ def test_rotation_interrupted_then_finished_by_sync_and_resent(tmp_path, make_so
     # A second rotation, onto another token (Ed25519) with its own PIN, in two steps: the new key is
     # made and kept in the vault first (as a crash before sending would leave it), then used.
     label, files = new_token_files(tmp_path, make_softhsm_token, "second-token")
-    prepared = member.json("rotate-key", "--prepare-only", "--pkcs11-module", SOFTHSM_MODULE, "--token-label",
-                           label, "--key-type", "ed25519", "--new-password-b-file", files["b"],
-                           WALLET_SO_PIN_FILE=files["so"])
+    prepared = member.json(
+        "rotate-key",
+        "--prepare-only",
+        "--pkcs11-module",
+        SOFTHSM_MODULE,
+        "--token-label",
+        label,
+        "--key-type",
+        "ed25519",
+        "--new-password-b-file",
+        files["b"],
+        WALLET_SO_PIN_FILE=files["so"],
+    )
     assert prepared["status"] == "prepared" and "BEGIN PUBLIC KEY" in prepared["public_key_pem"]
     assert member.json("status")["pending_kid"] == prepared["new_kid"]
     moved = member.json("rotate-key", "--new-password-b-file", files["b"])
     assert moved["status"] == "rotated" and moved["old_kid"] == new_kid and moved["algorithm"] == "Ed25519"
     assert moved["new_kid"] == prepared["new_kid"]
     newest = {"WALLET_PASSWORD_B_FILE": files["b"]}
-    assert json.loads(pay(member, store_id, "500", "on-second-token", **newest).stdout)["balance_minor"] == 3000
+    assert (
+        json.loads(pay(member, store_id, "500", "on-second-token", **newest).stdout)["balance_minor"] == 3000
+    )
     assert member.json("status", **newest)["member_id"] == member_id
-    keys = {k["kid"]: k["status"] for k in center_cli(live_center, "operator", "list-keys", "--party", member_id)["keys"]}
+    keys = {
+        k["kid"]: k["status"]
+        for k in center_cli(live_center, "operator", "list-keys", "--party", member_id)["keys"]
+    }
     assert keys == {old_kid: "rotated", new_kid: "rotated", moved["new_kid"]: "active"}
     history = [(e["type"], e["outcome"]) for e in member.json("history", **newest)["entries"]]
     assert history.count(("rotate", "accepted")) == 2 and history.count(("pay", "accepted")) == 3

@@ -10,11 +10,11 @@ import time
 
 import httpx
 import pytest
-
 from metrics_support import MetricsCenter, scrape, value
-from paywire.envelope import Envelope
 from ops_support import STORE_NAME, SignedClient, center_cli, funded_member, pay_body
 from support import SoftwareSigner, free_port, run_cli
+
+from paywire.envelope import Envelope
 from token_wallet.client import pinned_ssl_context
 
 
@@ -39,9 +39,17 @@ def enroll(api, center, role: str, **fields) -> tuple[SoftwareSigner, str]:
 
 def funded(api, center, amount_minor: int) -> SoftwareSigner:
     member, _ = enroll(api, center, "member")
-    response = signed(api, member, center, "/v1/topups", "topup",
-                      {"amount_minor": amount_minor, "currency": "JPY", "method": "bank"})
-    topup_id = json.loads(Envelope.from_json(response.json()["receipt"]).payload)["body"]["result"]["topup_id"]
+    response = signed(
+        api,
+        member,
+        center,
+        "/v1/topups",
+        "topup",
+        {"amount_minor": amount_minor, "currency": "JPY", "method": "bank"},
+    )
+    topup_id = json.loads(Envelope.from_json(response.json()["receipt"]).payload)["body"]["result"][
+        "topup_id"
+    ]
     center.decide_topup(topup_id, "confirm", decided_by="operator:test")
     return member
 
@@ -50,14 +58,22 @@ def test_counters_match_the_requests_made(api, center):
     _store, store_id = enroll(api, center, "store", name=STORE_NAME)
     member = funded(api, center, 1_000)
     for amount in (100, 200, 300):
-        assert signed(api, member, center, "/v1/payments", "pay", pay_body(store_id, amount, "o")).status_code == 200
+        assert (
+            signed(api, member, center, "/v1/payments", "pay", pay_body(store_id, amount, "o")).status_code
+            == 200
+        )
     for _ in range(2):
         refused = signed(api, member, center, "/v1/payments", "pay", pay_body(store_id, 10_000, "big"))
         assert refused.json()["error"]["code"] == "insufficient_funds"
     assert api.get(f"/v1/stores/{store_id}").status_code == 200
     assert api.get("/v1/stores/S-00000000000000ff").json()["error"]["code"] == "unknown_payee"
     assert api.get("/no/such/path").status_code == 404
-    assert api.post("/v1/payments", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert (
+        api.post(
+            "/v1/payments", content=b"{not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 422
+    )
     assert api.post("/v1/payments", content=b"x" * 70_000).status_code == 413
 
     text = exposition(api)
@@ -73,9 +89,16 @@ def test_counters_match_the_requests_made(api, center):
     assert value(samples, "tokenpay_http_requests_total", status="200", **payments) == 3
     assert value(samples, "tokenpay_http_requests_total", status="409", **payments) == 2
     assert value(samples, "tokenpay_http_requests_total", status="422", **payments) == 1
-    assert value(samples, "tokenpay_http_requests_total", route="/v1/stores/{store_id}", method="GET", status="200") == 1
+    assert (
+        value(
+            samples, "tokenpay_http_requests_total", route="/v1/stores/{store_id}", method="GET", status="200"
+        )
+        == 1
+    )
     assert value(samples, "tokenpay_http_requests_total", route="other", method="GET", status="404") == 1
-    assert value(samples, "tokenpay_http_requests_total", route="/v1/enroll", method="POST", status="200") == 2
+    assert (
+        value(samples, "tokenpay_http_requests_total", route="/v1/enroll", method="POST", status="200") == 2
+    )
     assert value(samples, "tokenpay_http_request_duration_seconds_count", route="/v1/payments") == 6
     assert value(samples, "tokenpay_http_request_duration_seconds_sum", route="/v1/payments") > 0
     # Route templates only: the raw path (an id) never becomes a label value.
@@ -95,11 +118,15 @@ def test_a_resent_payment_is_answered_again_but_counted_once(api, center):
     samples = scrape(exposition(api))
     assert value(samples, "tokenpay_payments_total") == 1
     assert value(samples, "tokenpay_payment_amount_minor_total") == 250
-    assert value(samples, "tokenpay_http_requests_total", route="/v1/payments", method="POST", status="200") == 2
+    assert (
+        value(samples, "tokenpay_http_requests_total", route="/v1/payments", method="POST", status="200") == 2
+    )
 
 
 def test_request_ids_are_echoed_when_well_formed(api):
-    assert api.get("/healthz", headers={"x-request-id": "lb-1234.abc"}).headers["x-request-id"] == "lb-1234.abc"
+    assert (
+        api.get("/healthz", headers={"x-request-id": "lb-1234.abc"}).headers["x-request-id"] == "lb-1234.abc"
+    )
     replaced = api.get("/healthz", headers={"x-request-id": "Hanako Yamada\n"}).headers["x-request-id"]
     assert replaced != "Hanako Yamada\n" and len(replaced) == 16
 
@@ -119,8 +146,12 @@ def test_two_workers_count_into_one_exposition(tmp_path, db_url):
     made = run_cli("center", ["init", "--data-dir", str(data_dir), "--db", db_url])
     assert made.returncode == 0, made.stderr
     (data_dir / "metrics" / "999999-0123abcd").mkdir(parents=True)
-    (data_dir / "metrics" / "999999-0123abcd" / "counter_999999.db").write_bytes(b"stale file of an earlier run")
-    (data_dir / "metrics" / "counter_999998.db").write_bytes(b"stale file of the layout before one directory per server")
+    (data_dir / "metrics" / "999999-0123abcd" / "counter_999999.db").write_bytes(
+        b"stale file of an earlier run"
+    )
+    (data_dir / "metrics" / "counter_999998.db").write_bytes(
+        b"stale file of the layout before one directory per server"
+    )
     center = MetricsCenter(data_dir=data_dir, port=free_port())
     center.start(workers=2)
     try:
@@ -131,8 +162,9 @@ def test_two_workers_count_into_one_exposition(tmp_path, db_url):
         member, _ = funded_member(client, center, 1_000)
         for amount in (100, 200, 300):
             client.result(member, "pay", pay_body(store_id, amount, "o"))
-        assert [client.refused(member, "pay", pay_body(store_id, 5_000, "big")) for _ in range(2)] == \
-            ["insufficient_funds"] * 2
+        assert [client.refused(member, "pay", pay_body(store_id, 5_000, "big")) for _ in range(2)] == [
+            "insufficient_funds"
+        ] * 2
         client.close()
         # New connections until both workers have answered (the kernel picks the worker per connection).
         log = tmp_path / f"center-{center.port}.log"
@@ -147,10 +179,16 @@ def test_two_workers_count_into_one_exposition(tmp_path, db_url):
             assert value(samples, "tokenpay_payments_total") == 3
             assert value(samples, "tokenpay_payment_amount_minor_total") == 600
             assert value(samples, "tokenpay_errors_total", code="insufficient_funds") == 2
-            assert value(samples, "tokenpay_http_requests_total", route="/v1/payments", method="POST",
-                         status="409") == 2
-            assert value(samples, "tokenpay_http_requests_total", route="/healthz", method="GET",
-                         status="200") >= health_calls + 1
+            assert (
+                value(
+                    samples, "tokenpay_http_requests_total", route="/v1/payments", method="POST", status="409"
+                )
+                == 2
+            )
+            assert (
+                value(samples, "tokenpay_http_requests_total", route="/healthz", method="GET", status="200")
+                >= health_calls + 1
+            )
         worker_files = {p.name.rsplit("_", 1)[1] for p in (data_dir / "metrics").glob("*/counter_*.db")}
         assert len(worker_files) == 2
         assert center_cli(center, "ledger", "check")["ok"] is True
@@ -181,15 +219,21 @@ def test_an_unexpected_failure_counts_as_internal_error(center):
         assert client.get("/v1/stores/S-0000000000000001").status_code == 500
         samples = scrape(exposition(client))
     assert value(samples, "tokenpay_errors_total", code="internal_error") == 1
-    assert value(samples, "tokenpay_http_requests_total", route="/v1/stores/{store_id}", method="GET",
-                 status="500") == 1
+    assert (
+        value(
+            samples, "tokenpay_http_requests_total", route="/v1/stores/{store_id}", method="GET", status="500"
+        )
+        == 1
+    )
 
 
 def test_a_payment_batch_counts_each_accepted_payment_and_each_refusal(api, center):
     _store, store_id = enroll(api, center, "store", name=STORE_NAME)
     member = funded(api, center, 1_000)
-    items = [member.envelope("pay", pay_body(store_id, amount, f"b-{amount}"), aud=center.center_id).to_json()
-             for amount in (100, 250, 5_000)]
+    items = [
+        member.envelope("pay", pay_body(store_id, amount, f"b-{amount}"), aud=center.center_id).to_json()
+        for amount in (100, 250, 5_000)
+    ]
     malformed = {**items[0], "kid": "not-a-key-id"}
     response = api.post("/v1/payments/batch", json={"payments": [*items, malformed]})
     assert response.status_code == 200, response.text
@@ -201,4 +245,9 @@ def test_a_payment_batch_counts_each_accepted_payment_and_each_refusal(api, cent
     assert value(samples, "tokenpay_payment_amount_minor_total") == 350
     assert value(samples, "tokenpay_errors_total", code="insufficient_funds") == 1
     assert value(samples, "tokenpay_errors_total", code="malformed_envelope") == 1
-    assert value(samples, "tokenpay_http_requests_total", route="/v1/payments/batch", method="POST", status="200") == 1
+    assert (
+        value(
+            samples, "tokenpay_http_requests_total", route="/v1/payments/batch", method="POST", status="200"
+        )
+        == 1
+    )

@@ -87,8 +87,10 @@ def test_list_readers_sees_insertion_and_removal(virtual_card, capsys):
     assert result["reader"] == card.reader
     assert len(messages) == 1 and card.reader in messages[0] and "insert" in messages[0]
     with capsys.disabled():
-        print(f"\n[pcsc] removal seen after {removal_s:.2f} s, insertion after "
-              f"{result['at'] - inserted_at:.2f} s (wait_for_card), total {time.monotonic() - started:.2f} s")
+        print(
+            f"\n[pcsc] removal seen after {removal_s:.2f} s, insertion after "
+            f"{result['at'] - inserted_at:.2f} s (wait_for_card), total {time.monotonic() - started:.2f} s"
+        )
 
 
 def test_wait_for_card_returns_at_once_when_present(card):
@@ -129,11 +131,14 @@ def test_open_waits_for_the_card_with_the_serial(virtual_card):
 def test_pcscd_not_running_gives_a_clear_error(tmp_path):
     # pcsc-lite's client honours PCSCLITE_CSOCK_NAME: a socket nobody serves
     # is exactly what a machine without pcscd looks like to pyscard.
-    code = ("from tokens import pcsc\n"
-            "try:\n    pcsc.list_readers()\nexcept pcsc.PcscUnavailable as exc:\n    print(exc)\n")
+    code = (
+        "from tokens import pcsc\n"
+        "try:\n    pcsc.list_readers()\nexcept pcsc.PcscUnavailable as exc:\n    print(exc)\n"
+    )
     env = dict(os.environ, PCSCLITE_CSOCK_NAME=str(tmp_path / "no-pcscd.comm"))
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert "start pcscd" in result.stdout, result.stderr
 
 
@@ -164,8 +169,10 @@ def test_generate_on_card_and_sign(card, token, key_type, capsys):
         token.sign(record, payload(1024), PIN)
         timings.append(time.perf_counter() - started)
     with capsys.disabled():
-        print(f"\n[card] {key_type.value}: {sorted(timings)[len(timings) // 2] * 1000:.1f} ms per "
-              f"1 KB signature (median of 10: SELECT, 6E, key check, VERIFY, PSO)")
+        print(
+            f"\n[card] {key_type.value}: {sorted(timings)[len(timings) // 2] * 1000:.1f} ms per "
+            f"1 KB signature (median of 10: SELECT, 6E, key check, VERIFY, PSO)"
+        )
 
 
 def test_extended_length_apdus_carry_large_payloads(card, token, ed25519_key):
@@ -232,7 +239,7 @@ def test_threads_share_one_token(token, ed25519_key):
             for count in range(10):
                 message = f"thread {index} message {count}".encode()
                 verifies(ed25519_key, message, token.sign(ed25519_key, message, PIN))
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(index,)) for index in range(3)]

@@ -9,10 +9,10 @@ import socket
 import threading
 
 from sqlalchemy import create_engine, func, select, text
-
-from center.storage.db import normalise_url, payments
 from support import CenterProcess, free_port, run_cli
 from test_wallet_e2e import WalletUser
+
+from center.storage.db import normalise_url, payments
 
 
 def center_cli(center: CenterProcess, *args: str) -> dict:
@@ -31,12 +31,28 @@ def count_payments(center: CenterProcess) -> int:
 
 
 def enrolled_pair(tmp_path, make_softhsm_token, center: CenterProcess) -> tuple[WalletUser, WalletUser, str]:
-    member, store = WalletUser(tmp_path, make_softhsm_token, "m"), WalletUser(tmp_path, make_softhsm_token, "s")
+    member, store = (
+        WalletUser(tmp_path, make_softhsm_token, "m"),
+        WalletUser(tmp_path, make_softhsm_token, "s"),
+    )
     member.init()
     store.init("--key-type", "ed25519")
     assert member.enroll_member(center).returncode == 0
-    result = store.run("enroll", "--center", center.url, "--center-cert", str(center.cert), "--store", "--name",
-                       "Corner Shop", "--address", "2-2 Shibuya", "--bank-account", "JP-0009-7654321", "--json")
+    result = store.run(
+        "enroll",
+        "--center",
+        center.url,
+        "--center-cert",
+        str(center.cert),
+        "--store",
+        "--name",
+        "Corner Shop",
+        "--address",
+        "2-2 Shibuya",
+        "--bank-account",
+        "JP-0009-7654321",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     return member, store, json.loads(result.stdout)["member_id"]
 
@@ -51,15 +67,23 @@ def test_the_whole_money_story(tmp_path, make_softhsm_token, live_center):
     member, store, store_id = enrolled_pair(tmp_path, make_softhsm_token, live_center)
     fund(member, live_center, "10000")
     assert member.json("balance") | {"pending_topups": None} == {
-        "balance_minor": 10000, "currency": "JPY", "member_id": member.json("status")["member_id"],
-        "pending_topups": None, "source": "center"}
+        "balance_minor": 10000,
+        "currency": "JPY",
+        "member_id": member.json("status")["member_id"],
+        "pending_topups": None,
+        "source": "center",
+    }
 
     paid = member.json("pay", "--store", store_id, "--amount", "3500", "--order", "A-1001", "--yes")
     assert paid["balance_minor"] == 6500 and paid["payment_id"].startswith("P-")
     too_much = member.run("pay", "--store", store_id, "--amount", "6501", "--order", "A-1002", "--yes")
     # stderr: the confirmation block (amount, store id, quoted name, order), then exactly one error line.
     assert too_much.returncode != 0
-    assert too_much.stderr.strip().splitlines()[-1].startswith("error: the center refused it (insufficient_funds)")
+    assert (
+        too_much.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: the center refused it (insufficient_funds)")
+    )
     assert f"store id  {store_id}" in too_much.stderr and '"Corner Shop"' in too_much.stderr
     assert "6501 JPY" in too_much.stderr.splitlines()[0]
     assert member.json("balance")["balance_minor"] == 6500
@@ -83,15 +107,22 @@ def test_the_whole_money_story(tmp_path, make_softhsm_token, live_center):
     assert center_cli(live_center, "audit", "verify")["ok"] is True
 
     assert member.json("balance")["balance_minor"] == 7000
-    verify_export = run_cli("center", ["audit", "export", str(tmp_path / "audit.jsonl"), "--data-dir",
-                                       str(live_center.data_dir)])
+    verify_export = run_cli(
+        "center", ["audit", "export", str(tmp_path / "audit.jsonl"), "--data-dir", str(live_center.data_dir)]
+    )
     assert verify_export.returncode == 0, verify_export.stderr
     offline = run_cli("center", ["audit", "verify-export", str(tmp_path / "audit.jsonl"), "--json"])
     assert offline.returncode == 0 and json.loads(offline.stdout)["signatures_checked"] >= 8
     history = member.json("history", WALLET_PASSWORD_B_FILE="")
     kinds = [(e["type"], e["outcome"]) for e in history["entries"]]
-    for expected in [("enroll", "accepted"), ("topup", "accepted"), ("topup_confirmed", "confirmed"),
-                     ("pay", "accepted"), ("pay", "refused"), ("refund_received", "credited")]:
+    for expected in [
+        ("enroll", "accepted"),
+        ("topup", "accepted"),
+        ("topup_confirmed", "confirmed"),
+        ("pay", "accepted"),
+        ("pay", "refused"),
+        ("refund_received", "credited"),
+    ]:
         assert expected in kinds, kinds
 
 
@@ -133,7 +164,9 @@ class AnswerDroppingProxy:
             except OSError:
                 return
             self.connections += 1
-            threading.Thread(target=self._relay, args=(client, self.connections in self.drop), daemon=True).start()
+            threading.Thread(
+                target=self._relay, args=(client, self.connections in self.drop), daemon=True
+            ).start()
 
     def _relay(self, client: socket.socket, drop_answer: bool) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
@@ -153,7 +186,9 @@ class AnswerDroppingProxy:
             # application data (the HTTP answer) starts flowing back.
             handshake_records = 0
             while data := upstream.recv(65536):
-                if drop_answer and data[:1] == b"\x17" and handshake_records > 0:  # application data: the answer
+                if (
+                    drop_answer and data[:1] == b"\x17" and handshake_records > 0
+                ):  # application data: the answer
                     upstream.recv(65536)
                     break
                 handshake_records += 1
@@ -190,7 +225,9 @@ def test_lost_answer_then_sync_applies_the_payment_once(tmp_path, make_softhsm_t
     assert member.json("balance")["balance_minor"] == 3800
 
 
-def test_receipt_from_a_key_other_than_the_pinned_one_is_not_recorded(tmp_path, make_softhsm_token, live_center):
+def test_receipt_from_a_key_other_than_the_pinned_one_is_not_recorded(
+    tmp_path, make_softhsm_token, live_center
+):
     """An impostor with the center's stolen TLS key but another receipt key: the wallet records nothing."""
     member = WalletUser(tmp_path, make_softhsm_token, "v")
     member.init()
@@ -204,8 +241,20 @@ def test_receipt_from_a_key_other_than_the_pinned_one_is_not_recorded(tmp_path, 
     impostor = CenterProcess(data_dir=impostor_dir, port=free_port())
     impostor.start()
     try:
-        result = member.run("enroll", "--center", impostor.url, "--center-cert", str(live_center.cert), "--name", "N",
-                            "--address", "A", "--birth-date", "1990-01-01", "--json")
+        result = member.run(
+            "enroll",
+            "--center",
+            impostor.url,
+            "--center-cert",
+            str(live_center.cert),
+            "--name",
+            "N",
+            "--address",
+            "A",
+            "--birth-date",
+            "1990-01-01",
+            "--json",
+        )
     finally:
         impostor.stop()
     assert result.returncode != 0 and "did not verify" in result.stderr
@@ -240,6 +289,10 @@ def test_revoked_key_cannot_pay_but_history_stays(tmp_path, make_softhsm_token, 
     result = member.run("pay", "--store", store_id, "--amount", "100", "--order", "R-1", "--yes")
     assert result.returncode != 0 and "key_revoked" in result.stderr.splitlines()[-1]
     history = member.json("history", WALLET_PASSWORD_B_FILE="")
-    assert [(e["type"], e["outcome"]) for e in history["entries"]] == [("enroll", "accepted"), ("topup", "accepted"), ("pay", "refused")]
+    assert [(e["type"], e["outcome"]) for e in history["entries"]] == [
+        ("enroll", "accepted"),
+        ("topup", "accepted"),
+        ("pay", "refused"),
+    ]
     bad = run_cli("center", ["operator", "revoke-key", "0" * 64, "--data-dir", str(live_center.data_dir)])
     assert bad.returncode == 1 and "key_not_found" in bad.stderr

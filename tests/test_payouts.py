@@ -13,31 +13,37 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text as sa_text
 import rfc8785
+from fixtures_payouts import claim_payout, enroll, pay, store_with_payout, top_up
 from sqlalchemy import func, select
+from sqlalchemy import text as sa_text
+from support import run_cli
 
+from center.errors import ApiError
+from center.keys.identity import CenterSigner
 from center.ledger import audit as audit_module
 from center.ledger import payouts as payouts_module
 from center.ledger.audit import verify_chain
-from center.storage.config import CenterConfig
-from center.storage.db import audit_log, make_engine, payouts, transfers
-from center.errors import ApiError
-from center.keys.identity import CenterSigner
 from center.ledger.book import PAYOUTS_PENDING, PAYOUTS_SETTLED, balance_of, check_ledger
 from center.ledger.pain001 import PAIN_001_NS, format_decimal_amount
 from center.ledger.payouts import MAX_PAYOUTS_PER_FILE, export_payouts, settle_payouts
 from center.pipeline.service import Center
-from fixtures_payouts import claim_payout, enroll, pay, store_with_payout, top_up
-from support import run_cli
+from center.storage.config import CenterConfig
+from center.storage.db import audit_log, make_engine, payouts, transfers
 
 NS = {"p": PAIN_001_NS}
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
 def export(center: Center, path: Path, **options) -> dict:
-    return export_payouts(center.engine, path, center_id=center.center_id, currency=options.pop("currency", "JPY"),
-                          now_ms=options.pop("now_ms", NOW_MS), **options)
+    return export_payouts(
+        center.engine,
+        path,
+        center_id=center.center_id,
+        currency=options.pop("currency", "JPY"),
+        now_ms=options.pop("now_ms", NOW_MS),
+        **options,
+    )
 
 
 def payout_rows(center: Center) -> dict[str, dict]:
@@ -73,16 +79,28 @@ def assert_books_balanced(center: Center) -> None:
 
 # --- amounts ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("amount_minor, currency, expected", [
-    (1500, "JPY", "1500"), (0, "JPY", "0"), (1250, "EUR", "12.50"), (5, "EUR", "0.05"), (100, "EUR", "1.00"),
-    (10**12, "EUR", "10000000000.00"), (1, "KWD", "0.001"), (123456, "BHD", "123.456"),
-])
+
+@pytest.mark.parametrize(
+    "amount_minor, currency, expected",
+    [
+        (1500, "JPY", "1500"),
+        (0, "JPY", "0"),
+        (1250, "EUR", "12.50"),
+        (5, "EUR", "0.05"),
+        (100, "EUR", "1.00"),
+        (10**12, "EUR", "10000000000.00"),
+        (1, "KWD", "0.001"),
+        (123456, "BHD", "123.456"),
+    ],
+)
 def test_decimal_amount_uses_the_currency_exponent(amount_minor, currency, expected):
     assert format_decimal_amount(amount_minor, currency) == expected
 
 
-@pytest.mark.parametrize("amount_minor, currency, code", [(-1, "EUR", None), (1.5, "EUR", None), (True, "EUR", None),
-                                                          (100, "XXX", "invalid_request")])
+@pytest.mark.parametrize(
+    "amount_minor, currency, code",
+    [(-1, "EUR", None), (1.5, "EUR", None), (True, "EUR", None), (100, "XXX", "invalid_request")],
+)
 def test_decimal_amount_refuses_negatives_floats_and_unknown_currencies(amount_minor, currency, code):
     with pytest.raises((ValueError, ApiError)) as caught:
         format_decimal_amount(amount_minor, currency)
@@ -92,16 +110,20 @@ def test_decimal_amount_refuses_negatives_floats_and_unknown_currencies(amount_m
 
 # --- export -------------------------------------------------------------------------
 
+
 def test_export_writes_pain001_matching_the_rows(center, out):
     first, first_claim = store_with_payout(center, 1500, name="Corner Shop", bank_account="JP-0001-1111111")
-    second, second_claim = store_with_payout(center, 2700, name="Ramen & Sons <Kanda>",
-                                             bank_account="JP-0002-2222222")
+    second, second_claim = store_with_payout(
+        center, 2700, name="Ramen & Sons <Kanda>", bank_account="JP-0002-2222222"
+    )
     path = out / "pain001.xml"
 
     summary = export(center, path)
 
     assert summary["count"] == 2 and summary["total_minor"] == 4200 and summary["currency"] == "JPY"
-    assert summary["file"] == str(path) and summary["more_pending"] is False and summary["held_payout_ids"] == []
+    assert (
+        summary["file"] == str(path) and summary["more_pending"] is False and summary["held_payout_ids"] == []
+    )
     root = ET.parse(path).getroot()
     assert root.tag == f"{{{PAIN_001_NS}}}Document"
     header = root.find("p:CstmrCdtTrfInitn/p:GrpHdr", NS)
@@ -111,8 +133,18 @@ def test_export_writes_pain001_matching_the_rows(center, out):
     assert (text(header, "p:NbOfTxs"), text(header, "p:CtrlSum")) == ("2", "4200")
     assert text(header, "p:InitgPty/p:Nm") == center.center_id
     info = root.find("p:CstmrCdtTrfInitn/p:PmtInf", NS)
-    assert children(info) == ["PmtInfId", "PmtMtd", "NbOfTxs", "CtrlSum", "ReqdExctnDt", "Dbtr", "DbtrAcct", "DbtrAgt",
-                              "CdtTrfTxInf", "CdtTrfTxInf"]
+    assert children(info) == [
+        "PmtInfId",
+        "PmtMtd",
+        "NbOfTxs",
+        "CtrlSum",
+        "ReqdExctnDt",
+        "Dbtr",
+        "DbtrAcct",
+        "DbtrAgt",
+        "CdtTrfTxInf",
+        "CdtTrfTxInf",
+    ]
     assert (text(info, "p:PmtMtd"), text(info, "p:NbOfTxs"), text(info, "p:CtrlSum")) == ("TRF", "2", "4200")
     assert text(info, "p:ReqdExctnDt/p:Dt") == "2026-01-01"
     assert text(info, "p:Dbtr/p:Nm") == center.center_id
@@ -121,8 +153,10 @@ def test_export_writes_pain001_matching_the_rows(center, out):
 
     rows = payout_rows(center)
     transactions = info.findall("p:CdtTrfTxInf", NS)
-    assert [text(t, "p:PmtId/p:EndToEndId") for t in transactions] == [first_claim["payout_id"],
-                                                                        second_claim["payout_id"]]
+    assert [text(t, "p:PmtId/p:EndToEndId") for t in transactions] == [
+        first_claim["payout_id"],
+        second_claim["payout_id"],
+    ]
     for transaction, store in zip(transactions, (first, second)):
         payout_id = text(transaction, "p:PmtId/p:EndToEndId")
         row = rows[payout_id]
@@ -131,7 +165,11 @@ def test_export_writes_pain001_matching_the_rows(center, out):
         assert text(transaction, "p:Cdtr/p:Nm") == store.name
         assert text(transaction, "p:CdtrAcct/p:Id/p:Othr/p:Id") == row["bank_account"] == store.bank_account
         assert text(transaction, "p:RmtInf/p:Ustrd") == f"tokenpay payout {payout_id}"
-        assert (row["status"], row["batch_id"], row["exported_at_ms"]) == ("exported", summary["batch_id"], NOW_MS)
+        assert (row["status"], row["batch_id"], row["exported_at_ms"]) == (
+            "exported",
+            summary["batch_id"],
+            NOW_MS,
+        )
     assert_books_balanced(center)
 
 
@@ -140,7 +178,9 @@ def test_export_audit_entry_records_the_batch_and_file_hash(center, out):
     path = out / "batch.xml"
     summary = export(center, path)
     with center.engine.connect() as conn:
-        entry = conn.execute(select(audit_log).where(audit_log.c.msg_type == "payouts_export")).mappings().one()
+        entry = (
+            conn.execute(select(audit_log).where(audit_log.c.msg_type == "payouts_export")).mappings().one()
+        )
     assert (entry["kid"], entry["alg"], entry["msg_id"]) == ("operator:payouts", "none", summary["batch_id"])
     action = json.loads(entry["action"])
     assert entry["payload"] == rfc8785.dumps(action)
@@ -172,8 +212,12 @@ def test_export_with_nothing_pending_writes_no_file(center, out):
     export(center, out / "first.xml")
     assert export(center, path)["count"] == 0 and not path.exists()
     with center.engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(audit_log)
-                            .where(audit_log.c.msg_type == "payouts_export")).scalar_one() == 1
+        assert (
+            conn.execute(
+                select(func.count()).select_from(audit_log).where(audit_log.c.msg_type == "payouts_export")
+            ).scalar_one()
+            == 1
+        )
 
 
 def test_export_refuses_to_overwrite_a_file(center, out):
@@ -199,8 +243,11 @@ def test_export_takes_at_most_the_limit_per_file(center, out):
     one = export(center, out / "one.xml", max_payouts=2)
     two = export(center, out / "two.xml", max_payouts=2)
 
-    assert (one["count"], one["more_pending"], one["payout_ids"]) == (2, True, [first["payout_id"],
-                                                                                 second["payout_id"]])
+    assert (one["count"], one["more_pending"], one["payout_ids"]) == (
+        2,
+        True,
+        [first["payout_id"], second["payout_id"]],
+    )
     assert (two["count"], two["more_pending"], two["payout_ids"]) == (1, False, [third["payout_id"]])
     assert one["batch_id"] != two["batch_id"]
     with pytest.raises(ValueError):
@@ -213,8 +260,10 @@ def test_unusable_bank_account_is_held_back_not_truncated(center, out):
     # Enrollment refuses accounts over 34 characters; a row written before that
     # rule (or by hand) must still never be truncated into a wrong account.
     with center.engine.begin() as conn:
-        conn.execute(sa_text("UPDATE payouts SET bank_account = :account WHERE id = :id"),
-                     {"account": "DE-" + "9" * 40, "id": bad_claim["payout_id"]})
+        conn.execute(
+            sa_text("UPDATE payouts SET bank_account = :account WHERE id = :id"),
+            {"account": "DE-" + "9" * 40, "id": bad_claim["payout_id"]},
+        )
     summary = export(center, out / "held.xml")
     assert summary["payout_ids"] == [good_claim["payout_id"]]
     assert summary["held_payout_ids"] == [bad_claim["payout_id"]]
@@ -234,6 +283,7 @@ def test_settlement_account_is_configurable_and_checked(center, out):
 
 
 # --- crash windows --------------------------------------------------------------------
+
 
 def test_failure_before_commit_leaves_no_file_and_payouts_pending(center, out, monkeypatch):
     _store, claim = store_with_payout(center, 1000)
@@ -307,6 +357,7 @@ def test_reexport_is_byte_identical_and_refused_once_settled(center, out):
 
 # --- settle ---------------------------------------------------------------------------
 
+
 def test_payouts_move_pending_exported_settled_and_the_ledger_balances(center, out):
     _a, first = store_with_payout(center, 1500)
     _b, second = store_with_payout(center, 2500)
@@ -327,10 +378,20 @@ def test_payouts_move_pending_exported_settled_and_the_ledger_balances(center, o
     with center.engine.connect() as conn:
         assert balance_of(conn, PAYOUTS_PENDING) == 0
         assert balance_of(conn, PAYOUTS_SETTLED) == 4000
-        settles = conn.execute(select(transfers.c.ref, transfers.c.amount_minor, transfers.c.debit_account,
-                                      transfers.c.credit_account).where(transfers.c.kind == "settle")).all()
-    assert sorted(settles) == sorted([(first["payout_id"], 1500, PAYOUTS_PENDING, PAYOUTS_SETTLED),
-                                      (second["payout_id"], 2500, PAYOUTS_PENDING, PAYOUTS_SETTLED)])
+        settles = conn.execute(
+            select(
+                transfers.c.ref,
+                transfers.c.amount_minor,
+                transfers.c.debit_account,
+                transfers.c.credit_account,
+            ).where(transfers.c.kind == "settle")
+        ).all()
+    assert sorted(settles) == sorted(
+        [
+            (first["payout_id"], 1500, PAYOUTS_PENDING, PAYOUTS_SETTLED),
+            (second["payout_id"], 2500, PAYOUTS_PENDING, PAYOUTS_SETTLED),
+        ]
+    )
     assert_books_balanced(center)
 
 
@@ -345,10 +406,16 @@ def test_settle_twice_settles_nothing_the_second_time(center, out):
     assert (second["count"], second["total_minor"], second["payout_ids"]) == (0, 0, [])
     with center.engine.connect() as conn:
         assert balance_of(conn, PAYOUTS_SETTLED) == 600
-        assert conn.execute(select(func.count()).select_from(transfers)
-                            .where(transfers.c.kind == "settle")).scalar_one() == 1
+        assert (
+            conn.execute(
+                select(func.count()).select_from(transfers).where(transfers.c.kind == "settle")
+            ).scalar_one()
+            == 1
+        )
         assert conn.execute(select(func.count()).select_from(audit_log)).scalar_one() == audit_entries
-        entry = conn.execute(select(audit_log).where(audit_log.c.msg_type == "payouts_settle")).mappings().one()
+        entry = (
+            conn.execute(select(audit_log).where(audit_log.c.msg_type == "payouts_settle")).mappings().one()
+        )
     assert entry["kid"] == "operator:payouts" and json.loads(entry["action"])["count"] == 1
     assert_books_balanced(center)
 
@@ -359,7 +426,9 @@ def test_payouts_batches_and_settlements_have_ids_of_their_own(center, out):
     batch_id = export(center, out / "batch.xml")["batch_id"]
     settle_payouts(center.engine, now_ms=NOW_MS)
     with center.engine.connect() as conn:
-        settlement = conn.execute(select(audit_log.c.msg_id).where(audit_log.c.msg_type == "payouts_settle")).scalar()
+        settlement = conn.execute(
+            select(audit_log.c.msg_id).where(audit_log.c.msg_type == "payouts_settle")
+        ).scalar()
     assert re.fullmatch(r"W-[0-9a-f]{16}", claim["payout_id"])
     assert re.fullmatch(r"B-[0-9a-f]{16}", batch_id) and re.fullmatch(r"C-[0-9a-f]{16}", settlement)
 
@@ -419,6 +488,7 @@ def test_concurrent_exports_and_settles_take_each_payout_once(center, out):
 
 # --- command line ---------------------------------------------------------------------
 
+
 def cli_json(args: list[str]) -> dict:
     result = run_cli("center", [*args, "--json"])
     assert result.returncode == 0, result.stderr
@@ -437,8 +507,11 @@ def test_cli_exports_and_settles(tmp_path, db_url, center_token, center_token_si
     # sign nothing.
     token, key, pin = center_token
     engine = make_engine(config.db_url)
-    center = Center(engine=engine, signer=CenterSigner(center_token_signer, key, config.center_id),
-                    currency=config.currency)
+    center = Center(
+        engine=engine,
+        signer=CenterSigner(center_token_signer, key, config.center_id),
+        currency=config.currency,
+    )
     store, claim = store_with_payout(center, 4321, name="Kanda Books")
     engine.dispose()
     path = tmp_path / "out" / "pain001.xml"
@@ -461,7 +534,11 @@ def test_cli_exports_and_settles(tmp_path, db_url, center_token, center_token_si
     assert not (tmp_path / "none.xml").exists()
 
     settled = cli_json(["payouts", "settle", "--data-dir", str(data_dir)])
-    assert (settled["count"], settled["total_minor"], settled["payout_ids"]) == (1, 4321, [claim["payout_id"]])
+    assert (settled["count"], settled["total_minor"], settled["payout_ids"]) == (
+        1,
+        4321,
+        [claim["payout_id"]],
+    )
     assert cli_json(["payouts", "settle", "--data-dir", str(data_dir)])["count"] == 0
     assert cli_json(["ledger", "check", "--data-dir", str(data_dir)])["ok"] is True
     verified = cli_json(["audit", "verify", "--data-dir", str(data_dir)])

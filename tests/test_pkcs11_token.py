@@ -162,9 +162,7 @@ def test_high_s_is_normalised_to_low_s():
 
 def test_wrapping_ed25519_is_refused_clearly_and_auto_mode_falls_back(fresh):
     with pytest.raises(TokenError, match="cannot wrap ed25519"):
-        fresh.token.generate_key(
-            KeyType.ED25519, fresh.pin, so_pin=fresh.so_pin, mode=KeyMode.WRAPPED
-        )
+        fresh.token.generate_key(KeyType.ED25519, fresh.pin, so_pin=fresh.so_pin, mode=KeyMode.WRAPPED)
     record = fresh.token.generate_key(KeyType.ED25519, fresh.pin, so_pin=fresh.so_pin)
     assert record.mode is KeyMode.RESIDENT
     verify(record, MESSAGE, fresh.token.sign(record, MESSAGE, fresh.pin))
@@ -213,17 +211,34 @@ def test_wrap_key_is_created_once_public_trusted_and_locked_down(fresh, raw_toke
         assert len(keys) == 1
         attrs = keys[0].get_attributes(
             [
-                Attribute.TOKEN, Attribute.PRIVATE, Attribute.TRUSTED,
-                Attribute.EXTRACTABLE, Attribute.SENSITIVE, Attribute.WRAP,
-                Attribute.UNWRAP, Attribute.ENCRYPT, Attribute.DECRYPT,
-                Attribute.MODIFIABLE, Attribute.COPYABLE, Attribute.DESTROYABLE, Attribute.VALUE_LEN,
+                Attribute.TOKEN,
+                Attribute.PRIVATE,
+                Attribute.TRUSTED,
+                Attribute.EXTRACTABLE,
+                Attribute.SENSITIVE,
+                Attribute.WRAP,
+                Attribute.UNWRAP,
+                Attribute.ENCRYPT,
+                Attribute.DECRYPT,
+                Attribute.MODIFIABLE,
+                Attribute.COPYABLE,
+                Attribute.DESTROYABLE,
+                Attribute.VALUE_LEN,
             ]
         )
     assert attrs == {
-        Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.TRUSTED: True,
-        Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True, Attribute.WRAP: True,
-        Attribute.UNWRAP: True, Attribute.ENCRYPT: False, Attribute.DECRYPT: False,
-        Attribute.MODIFIABLE: False, Attribute.COPYABLE: False, Attribute.DESTROYABLE: False,
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: False,
+        Attribute.TRUSTED: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.SENSITIVE: True,
+        Attribute.WRAP: True,
+        Attribute.UNWRAP: True,
+        Attribute.ENCRYPT: False,
+        Attribute.DECRYPT: False,
+        Attribute.MODIFIABLE: False,
+        Attribute.COPYABLE: False,
+        Attribute.DESTROYABLE: False,
         Attribute.VALUE_LEN: 32,
     }
 
@@ -259,7 +274,11 @@ def test_key_protection_of_each_kind_of_record(fresh):
     legacy = dataclasses.replace(wrapped, handle={**wrapped.handle, "wrap_key_label": "tokenpay-wrap"})
     card = dataclasses.replace(resident, handle={"format": "openpgp-card-v1"})
     assert [key_protection(k) for k in (resident, wrapped, legacy, card)] == [
-        "protected", "protected", "extractable_legacy_wrap", "protected"]
+        "protected",
+        "protected",
+        "extractable_legacy_wrap",
+        "protected",
+    ]
     # A record naming some other wrap key is refused, not tried.
     forged = dataclasses.replace(wrapped, handle={**wrapped.handle, "wrap_key_label": "attacker-key"})
     with pytest.raises(KeyNotFound, match="unknown wrap key"):
@@ -290,9 +309,7 @@ def test_raw_templates_are_bounded():
 
 
 def test_wrapped_key_leaves_no_private_key_on_token(fresh, raw_token):
-    record = fresh.token.generate_key(
-        KeyType.P256, fresh.pin, so_pin=fresh.so_pin, mode=KeyMode.WRAPPED
-    )
+    record = fresh.token.generate_key(KeyType.P256, fresh.pin, so_pin=fresh.so_pin, mode=KeyMode.WRAPPED)
     fresh.token.sign(record, MESSAGE, fresh.pin)  # unwraps into a session object
     raw = raw_token(fresh.label)
     assert private_keys_on_token(raw, user_pin=fresh.pin) == []
@@ -304,19 +321,19 @@ def test_resident_key_stays_on_token_non_extractable(fresh, raw_token):
     with LIBRARY_LOCK, raw_token(fresh.label).open(user_pin=fresh.pin) as session:
         [key] = session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
         attrs = key.get_attributes(
-            [Attribute.ID, Attribute.TOKEN, Attribute.EXTRACTABLE, Attribute.SENSITIVE,
-             Attribute.PRIVATE]
+            [Attribute.ID, Attribute.TOKEN, Attribute.EXTRACTABLE, Attribute.SENSITIVE, Attribute.PRIVATE]
         )
     assert attrs == {
-        Attribute.ID: bytes.fromhex(record.handle["key_id_hex"]), Attribute.TOKEN: True,
-        Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True, Attribute.PRIVATE: True,
+        Attribute.ID: bytes.fromhex(record.handle["key_id_hex"]),
+        Attribute.TOKEN: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.SENSITIVE: True,
+        Attribute.PRIVATE: True,
     }
 
 
 def test_wrapped_blob_is_useless_without_login_or_under_another_key(fresh, raw_token):
-    record = fresh.token.generate_key(
-        KeyType.P256, fresh.pin, so_pin=fresh.so_pin, mode=KeyMode.WRAPPED
-    )
+    record = fresh.token.generate_key(KeyType.P256, fresh.pin, so_pin=fresh.so_pin, mode=KeyMode.WRAPPED)
     blob = base64.b64decode(record.handle["wrapped_key_b64"])
     raw = raw_token(fresh.label)
     unwrap_args = dict(
@@ -325,9 +342,7 @@ def test_wrapped_blob_is_useless_without_login_or_under_another_key(fresh, raw_t
         key_data=blob,
         mechanism=Mechanism.AES_KEY_WRAP_PAD,
         capabilities=MechanismFlag.SIGN,
-        template=dict.fromkeys(
-            (Attribute.ENCRYPT, Attribute.WRAP, Attribute.VERIFY), pkcs11.DEFAULT
-        ),
+        template=dict.fromkeys((Attribute.ENCRYPT, Attribute.WRAP, Attribute.VERIFY), pkcs11.DEFAULT),
     )
     with LIBRARY_LOCK:
         # The trusted key itself, but no user login: refused.
@@ -489,7 +504,7 @@ def test_threads_share_one_token_without_crashing(fresh, mode):
                 signature = fresh.token.sign(record, message, fresh.pin)
                 with results_lock:
                     results.append((message, signature))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(threads_count)]
@@ -521,10 +536,18 @@ def test_make_token_script(tmp_path):
     result = subprocess.run(
         [
             str(REPO / "softhsm_config" / "make-token.sh"),
-            "--dir", str(token_dir), "--label", "scripted",
-            "--so-pin-file", str(tmp_path / "so"), "--pin-file", str(tmp_path / "pin"),
+            "--dir",
+            str(token_dir),
+            "--label",
+            "scripted",
+            "--so-pin-file",
+            str(tmp_path / "so"),
+            "--pin-file",
+            str(tmp_path / "pin"),
         ],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     conf = token_dir / "softhsm2.conf"
     assert result.stdout.strip() == f"export SOFTHSM2_CONF={conf}"
@@ -533,7 +556,9 @@ def test_make_token_script(tmp_path):
     slots = subprocess.run(
         ["softhsm2-util", "--show-slots"],
         env=dict(os.environ, SOFTHSM2_CONF=str(conf)),
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "scripted" in slots
 

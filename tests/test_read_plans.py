@@ -6,15 +6,16 @@ and PostgreSQL, and must reach the large tables through an index. PostgreSQL pre
 scan on small tables whatever the indexes, so it is asked with enable_seqscan off: a 'Seq Scan'
 that remains means no index could serve the read.
 """
+
 from __future__ import annotations
 
 import re
 
 import pytest
+from scale_rows import fill, reads
 from sqlalchemy import event
 
 from center.storage.db import make_engine, migrate
-from scale_rows import fill, reads
 
 PAYMENTS = 3_000
 # Tables that grow with members and payments; small ones (audit head, config) may be scanned.

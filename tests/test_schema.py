@@ -18,7 +18,10 @@ def test_migrations_create_exactly_the_tables_and_columns_the_code_uses(db_url):
             columns = {c["name"]: c for c in inspector.get_columns(name)}
             assert set(columns) == {c.name for c in table.columns}, name
             for column in table.columns:
-                assert columns[column.name]["nullable"] == column.nullable or column.primary_key, (name, column.name)
+                assert columns[column.name]["nullable"] == column.nullable or column.primary_key, (
+                    name,
+                    column.name,
+                )
     finally:
         engine.dispose()
 

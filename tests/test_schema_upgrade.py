@@ -11,10 +11,10 @@ import sys
 
 from alembic import command
 from sqlalchemy import inspect, text
-
-from center.storage.db import alembic_config, head_revision, make_engine
 from support import cli_env, free_port, run_cli
 from test_backup import make_backup_key, signed_by
+
+from center.storage.db import alembic_config, head_revision, make_engine
 
 OLDER = "0005"  # the revision before the read indexes (0006)
 
@@ -46,9 +46,14 @@ def revision_and_indexes(db_url: str) -> tuple[str, set[str]]:
 
 def serve_refusal(data_dir) -> str:
     """`center serve` must exit at once with one line (no worker, nothing listening)."""
-    result = subprocess.run([sys.executable, "-m", "center", "serve", "--data-dir", str(data_dir),
-                             "--port", str(free_port())], env=cli_env(), capture_output=True, text=True,
-                            timeout=60, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-m", "center", "serve", "--data-dir", str(data_dir), "--port", str(free_port())],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -69,7 +74,11 @@ def test_serve_refuses_an_older_schema_until_migrate_upgrades_it(tmp_path, db_ur
 
     upgraded = run_cli("center", ["migrate", "--data-dir", str(data_dir), "--json"])
     assert upgraded.returncode == 0, upgraded.stderr
-    assert json.loads(upgraded.stdout) == {"from_revision": OLDER, "to_revision": head_revision(), "changed": True}
+    assert json.loads(upgraded.stdout) == {
+        "from_revision": OLDER,
+        "to_revision": head_revision(),
+        "changed": True,
+    }
     revision, indexes = revision_and_indexes(db_url)
     assert revision == head_revision() and "ix_payments_created" in indexes
 
@@ -100,8 +109,18 @@ def test_restore_upgrades_a_backup_from_an_older_version(tmp_path):
     assert made.returncode == 0, made.stderr
 
     restored_dir = tmp_path / "restored"
-    restored = run_cli("center", ["restore", str(archive), "--data-dir", str(restored_dir), "--json",
-                                  "--backup-public-key", key["public"]])
+    restored = run_cli(
+        "center",
+        [
+            "restore",
+            str(archive),
+            "--data-dir",
+            str(restored_dir),
+            "--json",
+            "--backup-public-key",
+            key["public"],
+        ],
+    )
     assert restored.returncode == 0, restored.stderr
     report = json.loads(restored.stdout)
     assert report["ok"] is True
@@ -116,7 +135,9 @@ def test_serve_says_in_one_line_when_the_database_does_not_answer(tmp_path):
     data_dir = init_center(tmp_path, f"sqlite:///{tmp_path / 'center.db'}")
     config_file = data_dir / "config.json"
     config = json.loads(config_file.read_text())
-    config["db_url"] = f"postgresql://tokenpay:secret-pw@127.0.0.1:{free_port()}/center"  # nothing listens there
+    config["db_url"] = (
+        f"postgresql://tokenpay:secret-pw@127.0.0.1:{free_port()}/center"  # nothing listens there
+    )
     config_file.write_text(json.dumps(config))
     line = serve_refusal(data_dir)
     assert line.startswith("error: cannot reach the database postgresql") and "secret-pw" not in line

@@ -16,12 +16,21 @@ from collections import Counter
 import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-
-from center.storage.db import accounts, keys, parties, payments
-from center.ledger.book import party_account
+from stress_support import (
+    STORE_NAME,
+    Api,
+    LiveCenter,
+    enrollment,
+    fund_members,
+    pay_body,
+    payment_pairing_problems,
+    replay_party_in_commit_order,
+    send_concurrently,
+)
 from support import SoftwareSigner, create_pg_database, drop_pg_database
-from stress_support import (STORE_NAME, Api, LiveCenter, enrollment, fund_members, pay_body,
-                            payment_pairing_problems, replay_party_in_commit_order, send_concurrently)
+
+from center.ledger.book import party_account
+from center.storage.db import accounts, keys, parties, payments
 
 SEED = random.randrange(2**32)
 
@@ -63,13 +72,20 @@ def report(record_property, name: str, value) -> None:
 
 # --- (a) one buyer, twice as many payments as the balance covers -----------------------------
 
-@pytest.mark.parametrize("backend, workers, attempts, covered", [
-    pytest.param("postgres", 3, 1000, 500, marks=pytest.mark.postgres, id="postgres-3-workers-1000"),
-    pytest.param("sqlite", 2, 200, 100, id="sqlite-2-workers-200"),
-])
-def test_one_buyer_cannot_overspend_under_concurrent_payments(request, start_center, tmp_path, record_property,
-                                                              backend, workers, attempts, covered):
-    db_url = request.getfixturevalue("pg_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'center.db'}"
+
+@pytest.mark.parametrize(
+    "backend, workers, attempts, covered",
+    [
+        pytest.param("postgres", 3, 1000, 500, marks=pytest.mark.postgres, id="postgres-3-workers-1000"),
+        pytest.param("sqlite", 2, 200, 100, id="sqlite-2-workers-200"),
+    ],
+)
+def test_one_buyer_cannot_overspend_under_concurrent_payments(
+    request, start_center, tmp_path, record_property, backend, workers, attempts, covered
+):
+    db_url = (
+        request.getfixturevalue("pg_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'center.db'}"
+    )
     center = start_center(db_url, workers)
     amount = 100
     rng = random.Random(SEED)
@@ -81,8 +97,10 @@ def test_one_buyer_cannot_overspend_under_concurrent_payments(request, start_cen
 
     # Pre-signed: distinct msg_ids, counters 3..attempts+2 (1 and 2 went to enroll and top-up),
     # sent in shuffled order: they arrive out of order, all within the center's counter window.
-    signed = [buyer.envelope("pay", pay_body(store_id, amount, f"A-{i}"), aud=center.center_id)
-              for i in range(attempts)]
+    signed = [
+        buyer.envelope("pay", pay_body(store_id, amount, f"A-{i}"), aud=center.center_id)
+        for i in range(attempts)
+    ]
     assert len({e.payload for e in signed}) == attempts
     order = list(range(attempts))
     rng.shuffle(order)
@@ -110,14 +128,20 @@ def test_one_buyer_cannot_overspend_under_concurrent_payments(request, start_cen
     # The balance floor is structural too: the database itself refuses a negative member balance.
     with pytest.raises(IntegrityError):
         with center.engine().begin() as conn:
-            conn.execute(update(accounts).where(accounts.c.id == party_account(buyer_id)).values(balance_minor=-1))
+            conn.execute(
+                update(accounts).where(accounts.c.id == party_account(buyer_id)).values(balance_minor=-1)
+            )
 
     report(record_property, f"{backend}_one_buyer_requests_per_s", round(attempts / wall_s))
-    report(record_property, f"{backend}_one_buyer_p50_ms",
-           round(1000 * sorted(a.elapsed_s for a in answers)[attempts // 2], 1))
+    report(
+        record_property,
+        f"{backend}_one_buyer_p50_ms",
+        round(1000 * sorted(a.elapsed_s for a in answers)[attempts // 2], 1),
+    )
 
 
 # --- (b) one hot store ----------------------------------------------------------------------------
+
 
 def test_many_buyers_paying_one_hot_store(pg_center, record_property):
     center = pg_center
@@ -131,8 +155,14 @@ def test_many_buyers_paying_one_hot_store(pg_center, record_property):
         for k in range(per_buyer):
             amount = rng.randint(1, 1000)
             spent[member_id] += amount
-            signed.append((signer.envelope("pay", pay_body(store_id, amount, f"H-{member_id}-{k}"),
-                                           aud=center.center_id), member_id))
+            signed.append(
+                (
+                    signer.envelope(
+                        "pay", pay_body(store_id, amount, f"H-{member_id}-{k}"), aud=center.center_id
+                    ),
+                    member_id,
+                )
+            )
     rng.shuffle(signed)
     answers, wall_s = send_concurrently(center, [("/v1/payments", e) for e, _ in signed], connections=48)
 
@@ -152,6 +182,7 @@ def test_many_buyers_paying_one_hot_store(pg_center, record_property):
 
 # --- (c) enrollments racing ------------------------------------------------------------------------
 
+
 def test_the_same_enrollment_sent_concurrently_creates_one_member(pg_center):
     """20 copies of one signed enrollment at once, for 10 keys (200 requests interleaved), up to
     8 rounds (bounded to ~20 s): one member per key, and every copy answered with that member's
@@ -164,7 +195,9 @@ def test_the_same_enrollment_sent_concurrently_creates_one_member(pg_center):
         if time.monotonic() > deadline:
             break
         signers = [SoftwareSigner() for _ in range(per_round)]
-        requests = [enrollment(center, s, "member", name=f"Racer {round_}-{i}") for i, s in enumerate(signers)]
+        requests = [
+            enrollment(center, s, "member", name=f"Racer {round_}-{i}") for i, s in enumerate(signers)
+        ]
         batch = [(i, requests[i]) for i in range(per_round) for _ in range(copies)]
         random.Random(SEED + round_).shuffle(batch)
         answers, _ = send_concurrently(center, [("/v1/enroll", r) for _, r in batch], connections=48)
@@ -180,14 +213,18 @@ def test_the_same_enrollment_sent_concurrently_creates_one_member(pg_center):
         assert center.count(parties) == enrolled, "a copy of an enrollment created a second member"
         if failures:
             break
-    assert not failures, f"copies of an enrollment were refused instead of answered with its receipt: {failures}"
+    assert not failures, (
+        f"copies of an enrollment were refused instead of answered with its receipt: {failures}"
+    )
 
 
 def test_different_enrollments_concurrently_all_succeed(pg_center):
     center = pg_center
     signers = [SoftwareSigner() for _ in range(50)]
-    requests = [enrollment(center, s, "member" if i % 5 else "store", name=f"Party {i}")
-                for i, s in enumerate(signers)]
+    requests = [
+        enrollment(center, s, "member" if i % 5 else "store", name=f"Party {i}")
+        for i, s in enumerate(signers)
+    ]
     answers, _ = send_concurrently(center, [("/v1/enroll", r) for r in requests], connections=48)
     assert Counter(a.status for a in answers) == {200: 50}, Counter(a.code for a in answers)
     ids = [center.result_of(r, a)["member_id"] for r, a in zip(requests, answers)]
@@ -198,6 +235,7 @@ def test_different_enrollments_concurrently_all_succeed(pg_center):
 
 # --- the same signed payment sent concurrently --------------------------------------------------
 
+
 def test_the_same_payment_sent_concurrently_is_applied_once_with_one_receipt(pg_center):
     """A wallet or terminal that resends while the first attempt is still in flight
     (a timeout, a second sync): every copy must get the first receipt, never a refusal."""
@@ -207,8 +245,10 @@ def test_the_same_payment_sent_concurrently_is_applied_once_with_one_receipt(pg_
         _, store_id = api.enroll("store", name=STORE_NAME)
         buyer, buyer_id = api.enroll("member")
         api.confirm_by_operator(api.topup(buyer, 10_000))
-    requests = [buyer.envelope("pay", pay_body(store_id, amount, f"R-{i}"), aud=center.center_id)
-                for i in range(distinct)]
+    requests = [
+        buyer.envelope("pay", pay_body(store_id, amount, f"R-{i}"), aud=center.center_id)
+        for i in range(distinct)
+    ]
     batch = [(i, requests[i]) for i in range(distinct) for _ in range(copies)]
     random.Random(SEED).shuffle(batch)
     answers, _ = send_concurrently(center, [("/v1/payments", r) for _, r in batch], connections=48)
@@ -216,7 +256,9 @@ def test_the_same_payment_sent_concurrently_is_applied_once_with_one_receipt(pg_
     assert center.count(payments) == distinct, "a resent payment was applied twice"
     assert center.balance(buyer_id) == 10_000 - distinct * amount
     failures = Counter((a.status, a.code) for a in answers if a.status != 200)
-    assert not failures, f"copies of an accepted payment were refused instead of answered with its receipt: {failures}"
+    assert not failures, (
+        f"copies of an accepted payment were refused instead of answered with its receipt: {failures}"
+    )
     for i, request in enumerate(requests):
         assert len({a.body for (j, _), a in zip(batch, answers) if j == i}) == 1
         center.result_of(request, first_answer(answers, batch, i))

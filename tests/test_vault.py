@@ -68,9 +68,7 @@ def split(blob: bytes) -> tuple[bytes, dict, bytes]:
 
 
 def derive(password: str, salt: bytes, m_kib: int, t: int, p: int) -> tuple[bytes, bytes]:
-    okm = Argon2id(salt=salt, length=64, iterations=t, lanes=p, memory_cost=m_kib).derive(
-        password.encode()
-    )
+    okm = Argon2id(salt=salt, length=64, iterations=t, lanes=p, memory_cost=m_kib).derive(password.encode())
     check = hmac.new(okm[32:], b"tokenpay-vault-check", hashlib.sha256).digest()[:16]
     return okm[:32], check
 
@@ -135,8 +133,8 @@ def snapshot(path: pathlib.Path) -> tuple[bytes, int, list[str]]:
 
 
 def test_kdf_constants_and_env(monkeypatch):
-    assert DEFAULT_KDF == KdfParams(memory_kib=131072, iterations=3, lanes=4)
-    assert MINIMUM_KDF == KdfParams(memory_kib=19456, iterations=2, lanes=1)
+    assert KdfParams(memory_kib=131072, iterations=3, lanes=4) == DEFAULT_KDF
+    assert KdfParams(memory_kib=19456, iterations=2, lanes=1) == MINIMUM_KDF
     monkeypatch.delenv("TOKENPAY_FAST_KDF", raising=False)
     assert kdf_params_from_env() == DEFAULT_KDF
     monkeypatch.setenv("TOKENPAY_FAST_KDF", "0")
@@ -500,8 +498,12 @@ def test_change_password_then_save_keeps_new_password(tmp_path):
 
 @pytest.mark.parametrize(
     "password,kdf",
-    [("", MINIMUM_KDF), (OTHER_PASSWORD, KdfParams(memory_kib=8192, iterations=2, lanes=1)),
-     (OTHER_PASSWORD, KdfParams(memory_kib=19456, iterations=1, lanes=1)), ("x" * 1025, MINIMUM_KDF)],
+    [
+        ("", MINIMUM_KDF),
+        (OTHER_PASSWORD, KdfParams(memory_kib=8192, iterations=2, lanes=1)),
+        (OTHER_PASSWORD, KdfParams(memory_kib=19456, iterations=1, lanes=1)),
+        ("x" * 1025, MINIMUM_KDF),
+    ],
     ids=["empty", "low-memory", "one-pass", "too-long"],
 )
 def test_change_password_refuses_weak_choices(tmp_path, password, kdf):
@@ -554,8 +556,12 @@ def test_install_refuses_a_file_that_appears_during_create(tmp_path, monkeypatch
 
 @pytest.mark.parametrize(
     "password,kdf,data",
-    [("", MINIMUM_KDF, {}), (PASSWORD, KdfParams(memory_kib=1024, iterations=2, lanes=1), {}),
-     (PASSWORD, KdfParams(memory_kib=19456, iterations=2, lanes=17), {}), (PASSWORD, MINIMUM_KDF, [1])],
+    [
+        ("", MINIMUM_KDF, {}),
+        (PASSWORD, KdfParams(memory_kib=1024, iterations=2, lanes=1), {}),
+        (PASSWORD, KdfParams(memory_kib=19456, iterations=2, lanes=17), {}),
+        (PASSWORD, MINIMUM_KDF, [1]),
+    ],
     ids=["empty-password", "low-memory", "too-many-lanes", "not-a-dict"],
 )
 def test_create_refuses_bad_input_and_writes_nothing(tmp_path, password, kdf, data):
@@ -618,7 +624,10 @@ def start_lock_holder(path: pathlib.Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     proc = subprocess.Popen(
         [sys.executable, "-c", LOCK_HOLDER, str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
     )
     assert proc.stdout.readline().strip() == "locked"
     return proc
@@ -634,9 +643,8 @@ def test_lock_held_by_other_process_gives_busy(tmp_path):
     holder = start_lock_holder(path)
     try:
         started = time.monotonic()
-        with pytest.raises(VaultBusy) as info:
-            with vault_lock(path, timeout_ms=200):
-                pytest.fail("lock acquired while another process holds it")
+        with pytest.raises(VaultBusy) as info, vault_lock(path, timeout_ms=200):
+            pytest.fail("lock acquired while another process holds it")
         waited_s = time.monotonic() - started
         assert 0.2 <= waited_s < 2.0
         assert "another process" in str(info.value)
@@ -674,17 +682,14 @@ def test_lock_released_on_exit_and_on_exception(tmp_path):
     path = tmp_path / "wallet.vault"
     with vault_lock(path, timeout_ms=100):
         pass
-    with pytest.raises(RuntimeError):
-        with vault_lock(path, timeout_ms=100):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), vault_lock(path, timeout_ms=100):
+        raise RuntimeError("boom")
     with vault_lock(path, timeout_ms=100):
         pass
 
 
 def test_lock_timeout_is_bounded(tmp_path):
-    with pytest.raises(VaultError):
-        with vault_lock(tmp_path / "v", timeout_ms=-1):
-            pass
-    with pytest.raises(VaultError):
-        with vault_lock(tmp_path / "v", timeout_ms=10**9):
-            pass
+    with pytest.raises(VaultError), vault_lock(tmp_path / "v", timeout_ms=-1):
+        pass
+    with pytest.raises(VaultError), vault_lock(tmp_path / "v", timeout_ms=10**9):
+        pass

@@ -30,24 +30,48 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from hostkit import sealing
-from hostkit.sealing import (GENERATION_MAX, HEADER_MAX_BYTES, ITERATIONS_MAX, ITERATIONS_MIN, LANES_MAX, LANES_MIN,
-                             MEMORY_KIB_MAX, MEMORY_KIB_MIN, MINIMUM_KDF)
+from hostkit.sealing import (
+    GENERATION_MAX,
+    HEADER_MAX_BYTES,
+    ITERATIONS_MAX,
+    ITERATIONS_MIN,
+    LANES_MAX,
+    LANES_MIN,
+    MEMORY_KIB_MAX,
+    MEMORY_KIB_MIN,
+    MINIMUM_KDF,
+)
 from token_wallet import vault as vault_mod
 from token_wallet.vault import DOCUMENT_DEPTH_MAX, MAGIC, Vault, VaultCorrupt, VaultError, WrongPasswordA
 
 PASSWORD = "correct horse battery staple A"
-DOCUMENT = {"member_id": "M-0123456789abcdef", "wrapped_key": "blob", "history": [{"amount_minor": 1250}],
-            "outbox": []}
+DOCUMENT = {
+    "member_id": "M-0123456789abcdef",
+    "wrapped_key": "blob",
+    "history": [{"amount_minor": 1250}],
+    "outbox": [],
+}
 REFUSALS = (WrongPasswordA, VaultCorrupt)
-LIMITS = {"m_kib": (MEMORY_KIB_MIN, MEMORY_KIB_MAX), "t": (ITERATIONS_MIN, ITERATIONS_MAX),
-          "p": (LANES_MIN, LANES_MAX)}
+LIMITS = {
+    "m_kib": (MEMORY_KIB_MIN, MEMORY_KIB_MAX),
+    "t": (ITERATIONS_MIN, ITERATIONS_MAX),
+    "p": (LANES_MIN, LANES_MAX),
+}
 
 
 def fast(max_examples: int):
     """Settings for this file: derandomized, no example database, no deadline (Argon2id and fsync vary)."""
-    return settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                           HealthCheck.data_too_large])
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.data_too_large,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +96,7 @@ def write(workdir, blob: bytes):
 
 def split(blob: bytes) -> tuple[bytes, dict, bytes]:
     (length,) = struct.unpack(">I", blob[8:12])
-    return blob[12:12 + length], json.loads(blob[12:12 + length]), blob[12 + length:]
+    return blob[12 : 12 + length], json.loads(blob[12 : 12 + length]), blob[12 + length :]
 
 
 def assemble(header: bytes, ciphertext: bytes) -> bytes:
@@ -91,7 +115,7 @@ def assert_refused(path, password: str = PASSWORD) -> VaultError:
     except REFUSALS as refusal:
         assert "\n" not in str(refusal)
         return refusal
-    except BaseException as other:  # noqa: BLE001  (the property: nothing but the two refusals)
+    except BaseException as other:
         raise AssertionError(f"Vault.open raised {type(other).__name__}: {other!r}") from other
     raise AssertionError(f"a modified vault file opened: generation {opened.generation}, {opened.data!r}")
 
@@ -112,18 +136,21 @@ class Argon2Spy:
 
 # --- arbitrary bytes -------------------------------------------------------------------
 
+
 def vault_like_bytes(original: bytes):
     """Arbitrary bytes, from none at all to a real header followed by arbitrary ciphertext."""
     header, _, _ = split(original)
-    lengths = st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, HEADER_MAX_BYTES, HEADER_MAX_BYTES + 1,
-                                                                     2**32 - 1]))
+    lengths = st.one_of(
+        st.integers(0, 2**32 - 1), st.sampled_from([0, 1, HEADER_MAX_BYTES, HEADER_MAX_BYTES + 1, 2**32 - 1])
+    )
     return st.one_of(
         st.binary(max_size=300),
         st.binary(max_size=100).map(lambda tail: MAGIC + tail),
         st.tuples(lengths, st.binary(max_size=100)).map(lambda lt: MAGIC + struct.pack(">I", lt[0]) + lt[1]),
         # a consistent length, then arbitrary header bytes and enough bytes for a tag
         st.tuples(st.binary(min_size=1, max_size=300), st.binary(min_size=18, max_size=100)).map(
-            lambda ht: assemble(*ht)),
+            lambda ht: assemble(*ht)
+        ),
         # the real header: Argon2id runs (right password), then the GCM tag must fail
         st.binary(min_size=18, max_size=200).map(lambda tail: assemble(header, tail)),
     )
@@ -145,26 +172,36 @@ def test_arbitrary_bytes_never_open(workdir, original):
 # --- generated header documents ----------------------------------------------------------
 
 JSON_SCALARS = st.one_of(
-    st.none(), st.booleans(), st.text(max_size=30), st.integers(), st.floats(),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=30),
+    st.integers(),
+    st.floats(),
     st.sampled_from([0, 1, -1, 2**32 - 1, 2**32, 2**63, 2**64, -(2**63), 10**300, 1.0, 1e308, -0.0]),
 )
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 def b64_of(size_strategy):
     return size_strategy.flatmap(lambda n: st.binary(min_size=n, max_size=n)).map(
-        lambda raw: base64.b64encode(raw).decode())
+        lambda raw: base64.b64encode(raw).decode()
+    )
 
 
 def kdf_values(name: str):
     """Out of limits, of the wrong type, or inside them but cheap (so Argon2id stays fast)."""
     low, high = LIMITS[name]
     return st.one_of(
-        st.integers(max_value=low - 1), st.integers(min_value=high + 1),
+        st.integers(max_value=low - 1),
+        st.integers(min_value=high + 1),
         st.sampled_from([low - 1, high + 1, 0, -1, 2**31, 2**32, 2**63, 2**64, 10**100]),
         st.integers(low, low + (512 if name == "m_kib" else 1)),
-        st.sampled_from([True, False, None, float(low), str(low), [low], {"v": low}]), st.floats(),
+        st.sampled_from([True, False, None, float(low), str(low), [low], {"v": low}]),
+        st.floats(),
     )
 
 
@@ -176,8 +213,22 @@ def header_documents(draw, original: bytes):
         return draw(st.dictionaries(st.text(max_size=10), JSON_VALUES, max_size=6))
     header = copy.deepcopy(real)
     for _ in range(draw(st.integers(1, 3))):
-        action = draw(st.sampled_from(["kdf set", "set", "delete", "add", "kdf delete", "kdf add", "kdf replace",
-                                       "generation", "bytes", "version"]))
+        action = draw(
+            st.sampled_from(
+                [
+                    "kdf set",
+                    "set",
+                    "delete",
+                    "add",
+                    "kdf delete",
+                    "kdf add",
+                    "kdf replace",
+                    "generation",
+                    "bytes",
+                    "version",
+                ]
+            )
+        )
         kdf = header.get("kdf") if isinstance(header.get("kdf"), dict) else None
         if action == "set" and header:
             header[draw(st.sampled_from(sorted(header)))] = draw(JSON_VALUES)
@@ -195,12 +246,23 @@ def header_documents(draw, original: bytes):
         elif action == "kdf replace":
             header["kdf"] = draw(JSON_VALUES)
         elif action == "generation":
-            header["generation"] = draw(st.one_of(st.integers(1, GENERATION_MAX), st.integers(),
-                                                  st.sampled_from([0, GENERATION_MAX + 1, True, 1.0, "1"])))
+            header["generation"] = draw(
+                st.one_of(
+                    st.integers(1, GENERATION_MAX),
+                    st.integers(),
+                    st.sampled_from([0, GENERATION_MAX + 1, True, 1.0, "1"]),
+                )
+            )
         elif action == "bytes":  # salt, nonce, check: other bytes, wrong sizes, not base64, not canonical
             field = draw(st.sampled_from(["nonce", "check", "kdf.salt"]))
-            value = draw(st.one_of(b64_of(st.sampled_from([12, 16])), b64_of(st.integers(0, 40)),
-                                   st.text(max_size=30), st.sampled_from(["", "====", "AAAA AAAA", "A" * 15 + "\n"])))
+            value = draw(
+                st.one_of(
+                    b64_of(st.sampled_from([12, 16])),
+                    b64_of(st.integers(0, 40)),
+                    st.text(max_size=30),
+                    st.sampled_from(["", "====", "AAAA AAAA", "A" * 15 + "\n"]),
+                )
+            )
             if field == "kdf.salt":
                 if kdf is not None:
                     kdf["salt"] = value
@@ -217,8 +279,12 @@ def _cheap(header: dict) -> bool:
     if not isinstance(kdf, dict):
         return True
     m, t, p = kdf.get("m_kib"), kdf.get("t"), kdf.get("p")
-    in_limits = all(isinstance(v, int) and not isinstance(v, bool) for v in (m, t, p)) and \
-        MEMORY_KIB_MIN <= m <= MEMORY_KIB_MAX and ITERATIONS_MIN <= t <= ITERATIONS_MAX and LANES_MIN <= p <= LANES_MAX
+    in_limits = (
+        all(isinstance(v, int) and not isinstance(v, bool) for v in (m, t, p))
+        and MEMORY_KIB_MIN <= m <= MEMORY_KIB_MAX
+        and ITERATIONS_MIN <= t <= ITERATIONS_MAX
+        and LANES_MIN <= p <= LANES_MAX
+    )
     return not in_limits or (m <= MEMORY_KIB_MIN + 4096 and t <= 3 and p <= 2)
 
 
@@ -249,7 +315,9 @@ def test_generated_headers_never_open(workdir, original):
     @example(header=_changed(original, generation=GENERATION_MAX), spaced=0)
     def check(header, spaced):
         assume(_cheap(header))
-        raw = json.dumps(header, sort_keys=True).encode() if spaced == 9 else canonical(header)  # 9: not canonical
+        raw = (
+            json.dumps(header, sort_keys=True).encode() if spaced == 9 else canonical(header)
+        )  # 9: not canonical
         assume(raw != split(original)[0])
         assert_refused(write(workdir, assemble(raw, ciphertext)))
 
@@ -297,11 +365,17 @@ def test_bug_header_json_escapes_as_a_non_vault_error(workdir, original):
 
 # --- truncations, bit flips, splices of a real file ----------------------------------------
 
+
 @st.composite
 def damaged(draw, original: bytes):
     """A real vault file with 1-3 bit flips, truncations, appends, deletions or insertions, anywhere."""
     header_end = 12 + len(split(original)[0])
-    regions = {"magic": (0, 8), "length": (8, 12), "header": (12, header_end), "body": (header_end, len(original))}
+    regions = {
+        "magic": (0, 8),
+        "length": (8, 12),
+        "header": (12, header_end),
+        "body": (header_end, len(original)),
+    }
     blob = bytearray(original)
     for _ in range(draw(st.integers(1, 3))):
         action = draw(st.sampled_from(["flip", "truncate", "flip", "append", "delete", "insert"]))
@@ -318,7 +392,7 @@ def damaged(draw, original: bytes):
         elif action == "append":
             blob += draw(st.binary(min_size=1, max_size=20))
         elif action == "delete":
-            del blob[position:position + draw(st.integers(1, 8))]
+            del blob[position : position + draw(st.integers(1, 8))]
         else:
             blob[position:position] = draw(st.binary(min_size=1, max_size=8))
     return bytes(blob)
@@ -338,7 +412,9 @@ def test_damaged_files_never_open(workdir, original):
         assume(blob != original)
         refusal = assert_refused(write(workdir, blob))
         if blob[:header_end] == original[:header_end]:
-            assert isinstance(refusal, VaultCorrupt)  # right password, right header: damage, not WrongPasswordA
+            assert isinstance(
+                refusal, VaultCorrupt
+            )  # right password, right header: damage, not WrongPasswordA
 
     check()
 
@@ -358,6 +434,7 @@ def test_the_original_opens_and_a_wrong_password_never_does(workdir, original):
 
 # --- the KDF limits ----------------------------------------------------------------------
 
+
 def _with_kdf(original: bytes, **changes) -> bytes:
     header = split(original)[1]
     header["kdf"].update(changes)
@@ -369,10 +446,21 @@ def kdf_parameter(draw):
     """(name, value, inside the limits?) over ints of any size, booleans, floats and other types."""
     name = draw(st.sampled_from(sorted(LIMITS)))
     low, high = LIMITS[name]
-    value = draw(st.one_of(
-        st.integers(), st.integers(low - 2, high + 2), st.sampled_from([low - 1, low, high, high + 1]),
-        st.integers(min_value=high + 1), st.integers(max_value=low - 1),
-        st.booleans(), st.floats(), st.none(), st.text(max_size=8), st.just(float(low)), st.just([low])))
+    value = draw(
+        st.one_of(
+            st.integers(),
+            st.integers(low - 2, high + 2),
+            st.sampled_from([low - 1, low, high, high + 1]),
+            st.integers(min_value=high + 1),
+            st.integers(max_value=low - 1),
+            st.booleans(),
+            st.floats(),
+            st.none(),
+            st.text(max_size=8),
+            st.just(float(low)),
+            st.just([low]),
+        )
+    )
     inside = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
     return name, value, inside
 
@@ -385,7 +473,9 @@ def test_header_parser_refuses_every_kdf_parameter_outside_the_limits(original):
         raw = _with_kdf(original, **{name: value})
         if inside:
             parsed = vault_mod._parse_header(raw)
-            assert getattr(parsed.kdf, {"m_kib": "memory_kib", "t": "iterations", "p": "lanes"}[name]) == value
+            assert (
+                getattr(parsed.kdf, {"m_kib": "memory_kib", "t": "iterations", "p": "lanes"}[name]) == value
+            )
         else:
             with pytest.raises(VaultCorrupt, match="outside|damaged|not valid JSON|canonical"):
                 vault_mod._parse_header(raw)
@@ -400,8 +490,14 @@ def test_out_of_limit_kdf_is_refused_before_argon2id_runs(workdir, original, mon
     low, high = LIMITS[name]
 
     @fast(30)
-    @given(value=st.one_of(st.integers(max_value=low - 1), st.integers(min_value=high + 1), st.booleans(),
-                           st.sampled_from([float(low), str(high), None, MEMORY_KIB_MAX * 1024, 2**64])))
+    @given(
+        value=st.one_of(
+            st.integers(max_value=low - 1),
+            st.integers(min_value=high + 1),
+            st.booleans(),
+            st.sampled_from([float(low), str(high), None, MEMORY_KIB_MAX * 1024, 2**64]),
+        )
+    )
     def check(value):
         refusal = assert_refused(write(workdir, assemble(_with_kdf(original, **{name: value}), ciphertext)))
         assert isinstance(refusal, VaultCorrupt)
@@ -422,10 +518,23 @@ def test_kdf_limit_boundaries_are_exact(original):
 # --- documents: round trip within the limits, refusal beyond them --------------------------
 
 TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)  # lone surrogates are not UTF-8
-DOC_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**256), 2**256), st.sampled_from([0, -1, 2**53 + 1]),
-                        st.floats(allow_nan=False, allow_infinity=False), TEXT)
-DOCUMENTS = st.dictionaries(TEXT, st.recursive(DOC_SCALARS, lambda inner: st.lists(inner, max_size=4)
-                                               | st.dictionaries(TEXT, inner, max_size=4), max_leaves=25), max_size=6)
+DOC_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**256), 2**256),
+    st.sampled_from([0, -1, 2**53 + 1]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    TEXT,
+)
+DOCUMENTS = st.dictionaries(
+    TEXT,
+    st.recursive(
+        DOC_SCALARS,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+        max_leaves=25,
+    ),
+    max_size=6,
+)
 
 
 def strict(document: object) -> str:
@@ -445,6 +554,7 @@ def nested(depth: int, leaf: object = "leaf") -> dict:
 def fresh_path(workdir):
     def make():
         return workdir / f"doc-{next(_names)}" / "wallet.vault"
+
     return make
 
 

@@ -11,9 +11,9 @@ import pkcs11
 import pytest
 from pkcs11 import Attribute, ObjectClass
 from sqlalchemy import create_engine, func, select
+from support import SOFTHSM_MODULE, CenterProcess, cli_env, free_port, run_cli
 
 from center.storage.db import normalise_url, parties
-from support import SOFTHSM_MODULE, CenterProcess, cli_env, free_port, run_cli
 
 
 class WalletUser:
@@ -31,8 +31,12 @@ class WalletUser:
             self.files[key] = str(path)
 
     def env(self, **overrides: str) -> dict:
-        values = {"WALLET_HOME": str(self.home), "WALLET_PASSWORD_A_FILE": self.files["a"],
-                  "WALLET_PASSWORD_B_FILE": self.files["b"], "WALLET_SO_PIN_FILE": self.files["so"]}
+        values = {
+            "WALLET_HOME": str(self.home),
+            "WALLET_PASSWORD_A_FILE": self.files["a"],
+            "WALLET_PASSWORD_B_FILE": self.files["b"],
+            "WALLET_SO_PIN_FILE": self.files["so"],
+        }
         values.update(overrides)
         return cli_env(**values)
 
@@ -48,8 +52,21 @@ class WalletUser:
         return self.json("init", "--pkcs11-module", SOFTHSM_MODULE, "--token-label", self.label, *extra)
 
     def enroll_member(self, center: CenterProcess, *extra: str):
-        return self.run("enroll", "--center", center.url, "--center-cert", str(center.cert), "--name", "Hanako Yamada",
-                        "--address", "1-1 Chiyoda, Tokyo", "--birth-date", "1985-06-15", "--json", *extra)
+        return self.run(
+            "enroll",
+            "--center",
+            center.url,
+            "--center-cert",
+            str(center.cert),
+            "--name",
+            "Hanako Yamada",
+            "--address",
+            "1-1 Chiyoda, Tokyo",
+            "--birth-date",
+            "1985-06-15",
+            "--json",
+            *extra,
+        )
 
     @property
     def vault(self) -> Path:
@@ -66,7 +83,10 @@ def count_parties(center: CenterProcess) -> int:
 
 
 def test_member_and_store_enroll_over_https(tmp_path, make_softhsm_token, live_center):
-    member, store = WalletUser(tmp_path, make_softhsm_token, "m"), WalletUser(tmp_path, make_softhsm_token, "s")
+    member, store = (
+        WalletUser(tmp_path, make_softhsm_token, "m"),
+        WalletUser(tmp_path, make_softhsm_token, "s"),
+    )
     assert member.init()["key_mode"] == "wrapped"
     store.init("--key-type", "ed25519")
 
@@ -75,9 +95,21 @@ def test_member_and_store_enroll_over_https(tmp_path, make_softhsm_token, live_c
     member_id = json.loads(enrolled.stdout)["member_id"]
     assert member_id.startswith("M-")
 
-    result = store.run("enroll", "--center", live_center.url, "--center-cert", str(live_center.cert), "--store",
-                       "--name", "Corner Shop", "--address", "2-2 Shibuya, Tokyo", "--bank-account", "JP-9-777",
-                       "--json")
+    result = store.run(
+        "enroll",
+        "--center",
+        live_center.url,
+        "--center-cert",
+        str(live_center.cert),
+        "--store",
+        "--name",
+        "Corner Shop",
+        "--address",
+        "2-2 Shibuya, Tokyo",
+        "--bank-account",
+        "JP-9-777",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["member_id"].startswith("S-")
 
@@ -143,8 +175,14 @@ def test_enroll_while_center_down_then_sync_delivers_once(tmp_path, make_softhsm
     queued = user.enroll_member(center)
     assert queued.returncode == 0, queued.stderr
     assert json.loads(queued.stdout) | {"msg_id": None, "reason": None, "recovery_code": None} == {
-        "member_id": None, "role": None, "kid": user.json("status")["kid"], "status": "queued",
-        "msg_id": None, "reason": None, "recovery_code": None}
+        "member_id": None,
+        "role": None,
+        "kid": user.json("status")["kid"],
+        "status": "queued",
+        "msg_id": None,
+        "reason": None,
+        "recovery_code": None,
+    }
     assert [e["type"] for e in user.json("history")["outbox"]] == ["enroll"]
     offline = user.run("sync", "--json")
     assert offline.returncode == 3 and json.loads(offline.stdout)["pending"] == 1
@@ -172,15 +210,36 @@ def test_enroll_refuses_bad_input_with_one_line(tmp_path, make_softhsm_token, li
         ["--bank-account", "JP-1"],
     ]
     for extra in cases:
-        args = ["enroll", "--center", live_center.url, "--center-cert", str(live_center.cert), "--name", "N",
-                "--address", "A", *extra]
+        args = [
+            "enroll",
+            "--center",
+            live_center.url,
+            "--center-cert",
+            str(live_center.cert),
+            "--name",
+            "N",
+            "--address",
+            "A",
+            *extra,
+        ]
         result = user.run(*args)
         assert result.returncode != 0 and result.stderr.startswith("error: "), (extra, result.stderr)
         assert result.stderr.strip().count("\n") == 0
     not_a_cert = tmp_path / "x.pem"
     not_a_cert.write_text("hello")
-    result = user.run("enroll", "--center", live_center.url, "--center-cert", str(not_a_cert), "--name", "N",
-                      "--address", "A", "--birth-date", "1990-01-01")
+    result = user.run(
+        "enroll",
+        "--center",
+        live_center.url,
+        "--center-cert",
+        str(not_a_cert),
+        "--name",
+        "N",
+        "--address",
+        "A",
+        "--birth-date",
+        "1990-01-01",
+    )
     assert result.returncode != 0 and "center-cert" in result.stderr
     assert user.vault.read_bytes() == before
 
@@ -191,8 +250,20 @@ def test_center_with_another_certificate_is_refused(tmp_path, make_softhsm_token
     assert run_cli("center", ["init", "--data-dir", str(impostor_dir)]).returncode == 0
     user = WalletUser(tmp_path, make_softhsm_token, "p")
     user.init()
-    result = user.run("enroll", "--center", live_center.url, "--center-cert", str(impostor_dir / "center-cert.pem"),
-                      "--name", "N", "--address", "A", "--birth-date", "1990-01-01", "--json")
+    result = user.run(
+        "enroll",
+        "--center",
+        live_center.url,
+        "--center-cert",
+        str(impostor_dir / "center-cert.pem"),
+        "--name",
+        "N",
+        "--address",
+        "A",
+        "--birth-date",
+        "1990-01-01",
+        "--json",
+    )
     # The TLS handshake fails against the pinned (impostor) certificate: nothing reaches the center.
     assert json.loads(result.stdout)["status"] == "queued"
     assert "certificate" in json.loads(result.stdout)["reason"]
@@ -208,9 +279,14 @@ def test_secrets_from_a_file_descriptor(tmp_path, make_softhsm_token):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "token_wallet", "history", "--json", "--password-a-fd",
-                             str(read_fd)], env=user.env(WALLET_PASSWORD_A_FILE=""), pass_fds=(read_fd,),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "token_wallet", "history", "--json", "--password-a-fd", str(read_fd)],
+        env=user.env(WALLET_PASSWORD_A_FILE=""),
+        pass_fds=(read_fd,),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     os.close(read_fd)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["member_id"] is None
@@ -224,7 +300,9 @@ def test_unknown_token_label_is_one_clear_line(tmp_path, command):
     assert not (tmp_path / "h" / "vault.tpv").exists()
 
 
-def test_change_password_a_reencrypts_and_change_password_b_changes_the_pin(tmp_path, make_softhsm_token, live_center):
+def test_change_password_a_reencrypts_and_change_password_b_changes_the_pin(
+    tmp_path, make_softhsm_token, live_center
+):
     user = WalletUser(tmp_path, make_softhsm_token, "c")
     user.init()
     new_a, new_b = tmp_path / "new-a", tmp_path / "new-b"
@@ -236,11 +314,15 @@ def test_change_password_a_reencrypts_and_change_password_b_changes_the_pin(tmp_
     assert "wrong password A" in user.run("history").stderr
     assert user.run("history", WALLET_PASSWORD_A_FILE=str(new_a)).returncode == 0
 
-    changed = user.run("change-password-b", "--new-password-b-file", str(new_b), WALLET_PASSWORD_A_FILE=str(new_a))
+    changed = user.run(
+        "change-password-b", "--new-password-b-file", str(new_b), WALLET_PASSWORD_A_FILE=str(new_a)
+    )
     assert changed.returncode == 0, changed.stderr
     old_pin = user.enroll_member(live_center, "--password-a-file", str(new_a))
     assert old_pin.returncode != 0 and "wrong password B" in old_pin.stderr
-    new_pin = user.enroll_member(live_center, "--password-a-file", str(new_a), "--password-b-file", str(new_b))
+    new_pin = user.enroll_member(
+        live_center, "--password-a-file", str(new_a), "--password-b-file", str(new_b)
+    )
     assert new_pin.returncode == 0, new_pin.stderr
 
 
@@ -253,7 +335,8 @@ def test_export_public_key_gives_the_token_key(tmp_path, make_softhsm_token):
     kid = user.init()["kid"]
     shown = user.json("export-public-key")
     spki = serialization.load_pem_public_key(shown["public_key_pem"].encode()).public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     assert key_id(spki) == kid == shown["kid"]
 
     out = tmp_path / "key.pem"

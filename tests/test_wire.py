@@ -22,14 +22,29 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from paywire.algorithms import (
-    ED25519, ES256, MAX_SIGNATURE_BYTES, P256_ORDER, PS256, RS256, ecdsa_der_low_s, ecdsa_raw_to_der_low_s, key_id,
-    load_public_key, verify_signature,
+    ED25519,
+    ES256,
+    MAX_SIGNATURE_BYTES,
+    P256_ORDER,
+    PS256,
+    RS256,
+    ecdsa_der_low_s,
+    ecdsa_raw_to_der_low_s,
+    key_id,
+    load_public_key,
+    verify_signature,
 )
 from paywire.canonical import MAX_DEPTH, MAX_PAYLOAD_BYTES, MAX_SAFE_INTEGER, canonical_bytes, parse_canonical
 from paywire.envelope import Envelope, b64url_decode, b64url_encode, seal
 from paywire.errors import WireError
 from paywire.messages import (
-    CLOCK_SKEW_S, MAX_LIFETIME_S, MSG_ID_PATTERN, build_payload, check_freshness, new_message_id, parse_payload,
+    CLOCK_SKEW_S,
+    MAX_LIFETIME_S,
+    MSG_ID_PATTERN,
+    build_payload,
+    check_freshness,
+    new_message_id,
+    parse_payload,
 )
 from paywire.verify import verify_enrollment, verify_envelope
 
@@ -46,7 +61,8 @@ PROPERTY = settings(deadline=None, max_examples=200, suppress_health_check=[Heal
 
 def _spki(private_key) -> bytes:
     return private_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 P256 = ec.generate_private_key(ec.SECP256R1())
@@ -75,17 +91,37 @@ KEYS = {ES256: P256, ED25519: ED, RS256: RSA2048, PS256: RSA2048}
 
 def receipt_payload(key, *, ctr: int = 1, result: dict | None = None) -> dict:
     kid = key_id(_spki(key))
-    body = {"for_kid": kid, "for_msg_id": "req-0123456789abcdef", "for_type": "enroll",
-            "request_sha256": "ab" * 32, "result": {"status": "ok"} if result is None else result}
-    return build_payload("receipt", aud=CENTER, kid=kid, msg_id="msg-0123456789abcdef", ctr=ctr, body=body,
-                         now_s=NOW)
+    body = {
+        "for_kid": kid,
+        "for_msg_id": "req-0123456789abcdef",
+        "for_type": "enroll",
+        "request_sha256": "ab" * 32,
+        "result": {"status": "ok"} if result is None else result,
+    }
+    return build_payload(
+        "receipt", aud=CENTER, kid=kid, msg_id="msg-0123456789abcdef", ctr=ctr, body=body, now_s=NOW
+    )
 
 
 def enroll_payload(key, alg: str, **body_changes) -> dict:
-    body = {"role": "member", "public_key": b64url_encode(_spki(key)), "alg": alg, "name": "Hanako Yamada",
-            "address": "1-2-3 Chiyoda, Tokyo", "birth_date": "1990-02-28", **body_changes}
-    return build_payload("enroll", aud=CENTER, kid=key_id(_spki(key)), msg_id="enr-0123456789abcdef", ctr=1,
-                         body=body, now_s=NOW)
+    body = {
+        "role": "member",
+        "public_key": b64url_encode(_spki(key)),
+        "alg": alg,
+        "name": "Hanako Yamada",
+        "address": "1-2-3 Chiyoda, Tokyo",
+        "birth_date": "1990-02-28",
+        **body_changes,
+    }
+    return build_payload(
+        "enroll",
+        aud=CENTER,
+        kid=key_id(_spki(key)),
+        msg_id="enr-0123456789abcdef",
+        ctr=1,
+        body=body,
+        now_s=NOW,
+    )
 
 
 def sealed(alg: str, key, payload: dict) -> Envelope:
@@ -106,8 +142,12 @@ def code_of(call, *args, **kwargs) -> str:
 # --------------------------------------------------------------------------
 # Canonical JSON
 
-SCALARS = (st.none() | st.booleans() | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)
-           | st.text(st.characters(exclude_categories=["Cs"]), max_size=12))
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)
+    | st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+)
 KEYS_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=6)
 
 
@@ -125,7 +165,7 @@ DOCUMENTS = st.dictionaries(KEYS_TEXT, json_values(1), max_size=5)
 def test_canonical_known_answer_sorts_keys_by_utf16():
     # U+FB01 sorts before U+1F600 by code point but after it in UTF-16
     # (0xFB01 > 0xD83D): RFC 8785 orders by UTF-16 code units.
-    document = {"b": 1, "a": [True, None, "é\n"], "\u20ac": 0, "\U0001F600": 1, "\ufb01": -2}
+    document = {"b": 1, "a": [True, None, "é\n"], "\u20ac": 0, "\U0001f600": 1, "\ufb01": -2}
     expected = '{"a":[true,null,"é\\n"],"b":1,"€":0,"😀":1,"ﬁ":-2}'.encode()
     assert canonical_bytes(document) == expected
     assert parse_canonical(expected) == document
@@ -170,30 +210,33 @@ def test_json_dumps_with_spaces_is_refused():
     assert code_of(parse_canonical, json.dumps(document).encode()) == "payload_not_canonical"
 
 
-@pytest.mark.parametrize("data, code", [
-    (b'{"a":1} ', "payload_not_canonical"),
-    (b'\xef\xbb\xbf{"a":1}', "malformed_payload"),          # UTF-8 BOM
-    (b'{"a":"\xc0\xaf"}', "malformed_payload"),             # overlong UTF-8
-    (b'{"a":"\xff"}', "malformed_payload"),
-    (b'[1,2]', "malformed_payload"),                        # not an object
-    (b'"text"', "malformed_payload"),
-    (b'{"a":1.0}', "malformed_payload"),
-    (b'{"a":1e2}', "malformed_payload"),
-    (b'{"a":1E2}', "malformed_payload"),
-    (b'{"a":-0.0}', "malformed_payload"),
-    (b'{"a":NaN}', "malformed_payload"),
-    (b'{"a":Infinity}', "malformed_payload"),
-    (b'{"a":-Infinity}', "malformed_payload"),
-    (b'{"a":01}', "malformed_payload"),
-    (b'{"a":-0}', "payload_not_canonical"),
-    (b'{"a":1,"a":1}', "malformed_payload"),                # duplicate key, same value
-    (b'{"a":"\\/"}', "payload_not_canonical"),              # escaped solidus
-    (b'{"a":"\\u00e9"}', "payload_not_canonical"),          # escape where UTF-8 is canonical
-    (b'{"a":"\\u001F"}', "payload_not_canonical"),          # upper-case hex escape
-    (b'{"a":"\x01"}', "malformed_payload"),                 # raw control character is not JSON
-    (b'{"a":1', "malformed_payload"),
-    (b'', "malformed_payload"),
-])
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b'{"a":1} ', "payload_not_canonical"),
+        (b'\xef\xbb\xbf{"a":1}', "malformed_payload"),  # UTF-8 BOM
+        (b'{"a":"\xc0\xaf"}', "malformed_payload"),  # overlong UTF-8
+        (b'{"a":"\xff"}', "malformed_payload"),
+        (b"[1,2]", "malformed_payload"),  # not an object
+        (b'"text"', "malformed_payload"),
+        (b'{"a":1.0}', "malformed_payload"),
+        (b'{"a":1e2}', "malformed_payload"),
+        (b'{"a":1E2}', "malformed_payload"),
+        (b'{"a":-0.0}', "malformed_payload"),
+        (b'{"a":NaN}', "malformed_payload"),
+        (b'{"a":Infinity}', "malformed_payload"),
+        (b'{"a":-Infinity}', "malformed_payload"),
+        (b'{"a":01}', "malformed_payload"),
+        (b'{"a":-0}', "payload_not_canonical"),
+        (b'{"a":1,"a":1}', "malformed_payload"),  # duplicate key, same value
+        (b'{"a":"\\/"}', "payload_not_canonical"),  # escaped solidus
+        (b'{"a":"\\u00e9"}', "payload_not_canonical"),  # escape where UTF-8 is canonical
+        (b'{"a":"\\u001F"}', "payload_not_canonical"),  # upper-case hex escape
+        (b'{"a":"\x01"}', "malformed_payload"),  # raw control character is not JSON
+        (b'{"a":1', "malformed_payload"),
+        (b"", "malformed_payload"),
+    ],
+)
 def test_parse_canonical_refuses(data, code):
     assert code_of(parse_canonical, data) == code
 
@@ -283,10 +326,18 @@ def test_bug_deep_nesting_within_the_size_limit_is_a_wire_error(depth):
     assert code_of(verify_enrollment, envelope) == "malformed_payload"
 
 
-@pytest.mark.parametrize("value, ok", [
-    (MAX_SAFE_INTEGER, True), (-MAX_SAFE_INTEGER, True), (0, True),
-    (MAX_SAFE_INTEGER + 1, False), (-MAX_SAFE_INTEGER - 1, False), (2**64, False), (-(2**63), False),
-])
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        (MAX_SAFE_INTEGER, True),
+        (-MAX_SAFE_INTEGER, True),
+        (0, True),
+        (MAX_SAFE_INTEGER + 1, False),
+        (-MAX_SAFE_INTEGER - 1, False),
+        (2**64, False),
+        (-(2**63), False),
+    ],
+)
 def test_integer_limits(value, ok):
     assert MAX_SAFE_INTEGER == 2**53 - 1
     data = b'{"n":' + str(value).encode() + b"}"
@@ -346,23 +397,51 @@ def test_control_characters_in_text_fields_are_refused(field, char):
 
 # Issue 17: characters that hide, reorder or fake what a person reads, refused in every text field.
 HIDDEN_CHARACTERS = [
-    "\x85", "\x9b", "\x9d",                                         # C1 controls (NEL, CSI, OSC)
-    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",                   # bidi embeddings and overrides
-    "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f", "\u061c",  # isolates and marks
-    "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\U000e0041",  # zero-width, soft hyphen, tag
-    "\u2028", "\u2029",                                                # line and paragraph separators
-    "\ue000", "\U000f0000", "\U0010fffd",                               # private use
-    "\U000e0080", "\ufffe",                                           # unassigned, noncharacter
-    "\u3164", "\u115f",                                               # Hangul fillers: letters drawn blank
+    "\x85",
+    "\x9b",
+    "\x9d",  # C1 controls (NEL, CSI, OSC)
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",  # bidi embeddings and overrides
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+    "\u200e",
+    "\u200f",
+    "\u061c",  # isolates and marks
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+    "\u00ad",
+    "\U000e0041",  # zero-width, soft hyphen, tag
+    "\u2028",
+    "\u2029",  # line and paragraph separators
+    "\ue000",
+    "\U000f0000",
+    "\U0010fffd",  # private use
+    "\U000e0080",
+    "\ufffe",  # unassigned, noncharacter
+    "\u3164",
+    "\u115f",  # Hangul fillers: letters drawn blank
 ]
 
 
 @pytest.mark.parametrize("char", HIDDEN_CHARACTERS)
 def test_hidden_characters_are_refused_in_every_text_field_with_their_code_point(char):
     text = f"Kissa{char}Hoshi"
-    fields = [("enroll", {"name": text}), ("enroll", {"address": text}), ("pay", {"payee_name": text}),
-              ("pay", {"order_ref": text}), ("store", {"bank_account": f"JP{char}1"}),
-              ("operator_action", {"reason": text})]
+    fields = [
+        ("enroll", {"name": text}),
+        ("enroll", {"address": text}),
+        ("pay", {"payee_name": text}),
+        ("pay", {"order_ref": text}),
+        ("store", {"bank_account": f"JP{char}1"}),
+        ("operator_action", {"reason": text}),
+    ]
     for msg_type, change in fields:
         with pytest.raises(WireError) as caught:
             _payload_with(msg_type, change)
@@ -382,21 +461,46 @@ def _payload_with(msg_type: str, change: dict) -> dict:
         return enroll_payload(P256, ES256, **change)
     if msg_type == "store":
         store = _store_enroll(P256, ES256)
-        return build_payload("enroll", aud=CENTER, kid=kid, msg_id=store["msg_id"], ctr=1,
-                             body={**store["body"], **change}, now_s=NOW)
-    body = {"pay": {"payee": "S-0123456789abcdef", "payee_name": "Kissa Hoshi", "amount_minor": 1, "currency": "JPY",
-                    "order_ref": "A-100"},
-            "operator_action": {"action": "revoke_key", "args": {"kid": kid, "reason": "lost"}}}[msg_type]
+        return build_payload(
+            "enroll",
+            aud=CENTER,
+            kid=kid,
+            msg_id=store["msg_id"],
+            ctr=1,
+            body={**store["body"], **change},
+            now_s=NOW,
+        )
+    body = {
+        "pay": {
+            "payee": "S-0123456789abcdef",
+            "payee_name": "Kissa Hoshi",
+            "amount_minor": 1,
+            "currency": "JPY",
+            "order_ref": "A-100",
+        },
+        "operator_action": {"action": "revoke_key", "args": {"kid": kid, "reason": "lost"}},
+    }[msg_type]
     if msg_type == "operator_action":
         body = {**body, "args": {**body["args"], **change}}
     else:
         body = {**body, **change}
-    return build_payload(msg_type, aud=CENTER, kid=kid, msg_id="msg-0123456789abcdef", ctr=1, body=body, now_s=NOW)
+    return build_payload(
+        msg_type, aud=CENTER, kid=kid, msg_id="msg-0123456789abcdef", ctr=1, body=body, now_s=NOW
+    )
 
 
 def test_visible_text_of_every_script_passes():
-    for text in ["山田 花子", "Hauptstraße 5, Zürich", "Kissa Hoshi [bold] :smile: \\", "Тест", "مقهى", "קפה",
-                 "Nguyễn Văn A", "☕ Café ❤️", "\u3000全角\u3000"]:
+    for text in [
+        "山田 花子",
+        "Hauptstraße 5, Zürich",
+        "Kissa Hoshi [bold] :smile: \\",
+        "Тест",
+        "مقهى",
+        "קפה",
+        "Nguyễn Văn A",
+        "☕ Café ❤️",
+        "\u3000全角\u3000",
+    ]:
         enroll_payload(P256, ES256, name=text)
         _payload_with("pay", {"order_ref": text[:64], "payee_name": text})
 
@@ -408,12 +512,26 @@ def test_text_fields_accept_non_ascii_and_refuse_blank_or_long():
             enroll_payload(P256, ES256, name=bad)
 
 
-@pytest.mark.parametrize("date, ok", [
-    ("1990-02-28", True), ("2024-02-29", True), ("2000-02-29", True),
-    ("2023-02-30", False), ("2023-02-29", False), ("1900-02-29", False), ("2023-13-01", False),
-    ("2023-00-10", False), ("2023-04-31", False), ("2023-2-3", False), ("20230203", False),
-    ("2023-02-03T00:00", False), (" 2023-02-03", False), ("２０２３-02-03", False), ("٢٠٢٣-02-03", False),
-])
+@pytest.mark.parametrize(
+    "date, ok",
+    [
+        ("1990-02-28", True),
+        ("2024-02-29", True),
+        ("2000-02-29", True),
+        ("2023-02-30", False),
+        ("2023-02-29", False),
+        ("1900-02-29", False),
+        ("2023-13-01", False),
+        ("2023-00-10", False),
+        ("2023-04-31", False),
+        ("2023-2-3", False),
+        ("20230203", False),
+        ("2023-02-03T00:00", False),
+        (" 2023-02-03", False),
+        ("２０２３-02-03", False),
+        ("٢٠٢٣-02-03", False),
+    ],
+)
 def test_birth_date(date, ok):
     if ok:
         assert enroll_payload(P256, ES256, birth_date=date)["body"]["birth_date"] == date
@@ -429,14 +547,29 @@ def test_birth_date_must_be_a_string():
 # base64url
 
 
-@pytest.mark.parametrize("text", [
-    "AA==", "AAA=", "AA=", "AA=A",                  # padding, anywhere
-    "AB", "AAB", "AP8=",                            # stray bits (AB -> 0x00 with a 1 bit left over)
-    "A", "AAAAA",                                   # impossible lengths
-    "+/8", "ab+c", "ab/c",                          # standard alphabet
-    "AA AA", "AAAA\n", " AAAA", "AA\tAA",           # whitespace
-    "AAé", "AA\x00",                                # not base64 at all
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "AA==",
+        "AAA=",
+        "AA=",
+        "AA=A",  # padding, anywhere
+        "AB",
+        "AAB",
+        "AP8=",  # stray bits (AB -> 0x00 with a 1 bit left over)
+        "A",
+        "AAAAA",  # impossible lengths
+        "+/8",
+        "ab+c",
+        "ab/c",  # standard alphabet
+        "AA AA",
+        "AAAA\n",
+        " AAAA",
+        "AA\tAA",  # whitespace
+        "AAé",
+        "AA\x00",  # not base64 at all
+    ],
+)
 def test_b64url_decode_refuses(text):
     assert code_of(b64url_decode, text, "field", 64) == "malformed_envelope"
 
@@ -451,7 +584,9 @@ def test_b64url_decode_refuses_more_than_max_bytes_worth_of_text():
     assert code_of(b64url_decode, "A" * (30 * 4 // 3 + 5), "f", 30) == "malformed_envelope"
 
 
-@pytest.mark.parametrize("text, data", [("", b""), ("AA", b"\x00"), ("AAA", b"\x00\x00"), ("_-8", b"\xff\xef")])
+@pytest.mark.parametrize(
+    "text, data", [("", b""), ("AA", b"\x00"), ("AAA", b"\x00\x00"), ("_-8", b"\xff\xef")]
+)
 def test_b64url_decode_known_answers(text, data):
     assert b64url_decode(text, "f", 64) == data
     assert b64url_encode(data) == text
@@ -485,23 +620,26 @@ def test_envelope_json_round_trip():
     assert Envelope.from_json(json.loads(json.dumps(document))) == envelope
 
 
-@pytest.mark.parametrize("change, code", [
-    (lambda d: {**d, "extra": 1}, "malformed_envelope"),
-    (lambda d: {k: v for k, v in d.items() if k != "sig"}, "malformed_envelope"),
-    (lambda d: {**d, "alg": "none"}, "unsupported_algorithm"),
-    (lambda d: {**d, "alg": "es256"}, "unsupported_algorithm"),
-    (lambda d: {**d, "alg": "HS256"}, "unsupported_algorithm"),
-    (lambda d: {**d, "alg": ["ES256"]}, "unsupported_algorithm"),
-    (lambda d: {**d, "kid": d["kid"].upper()}, "malformed_envelope"),
-    (lambda d: {**d, "kid": d["kid"][:-1]}, "malformed_envelope"),
-    (lambda d: {**d, "kid": d["kid"] + "0"}, "malformed_envelope"),
-    (lambda d: {**d, "kid": d["kid"] + "\n"}, "malformed_envelope"),
-    (lambda d: {**d, "kid": None}, "malformed_envelope"),
-    (lambda d: {**d, "payload": d["payload"] + "="}, "malformed_envelope"),
-    (lambda d: {**d, "sig": 12}, "malformed_envelope"),
-    (lambda d: [d], "malformed_envelope"),
-    (lambda d: json.dumps(d), "malformed_envelope"),
-])
+@pytest.mark.parametrize(
+    "change, code",
+    [
+        (lambda d: {**d, "extra": 1}, "malformed_envelope"),
+        (lambda d: {k: v for k, v in d.items() if k != "sig"}, "malformed_envelope"),
+        (lambda d: {**d, "alg": "none"}, "unsupported_algorithm"),
+        (lambda d: {**d, "alg": "es256"}, "unsupported_algorithm"),
+        (lambda d: {**d, "alg": "HS256"}, "unsupported_algorithm"),
+        (lambda d: {**d, "alg": ["ES256"]}, "unsupported_algorithm"),
+        (lambda d: {**d, "kid": d["kid"].upper()}, "malformed_envelope"),
+        (lambda d: {**d, "kid": d["kid"][:-1]}, "malformed_envelope"),
+        (lambda d: {**d, "kid": d["kid"] + "0"}, "malformed_envelope"),
+        (lambda d: {**d, "kid": d["kid"] + "\n"}, "malformed_envelope"),
+        (lambda d: {**d, "kid": None}, "malformed_envelope"),
+        (lambda d: {**d, "payload": d["payload"] + "="}, "malformed_envelope"),
+        (lambda d: {**d, "sig": 12}, "malformed_envelope"),
+        (lambda d: [d], "malformed_envelope"),
+        (lambda d: json.dumps(d), "malformed_envelope"),
+    ],
+)
 def test_envelope_from_json_refuses(change, code):
     document = sealed(ES256, P256, receipt_payload(P256)).to_json()
     assert code_of(Envelope.from_json, change(document)) == code
@@ -510,8 +648,12 @@ def test_envelope_from_json_refuses(change, code):
 def test_seal_signs_the_exact_canonical_bytes():
     seen = []
     payload = receipt_payload(P256)
-    envelope = seal(payload, alg=ES256, kid=key_id(_spki(P256)),
-                    sign=lambda data: seen.append(data) or sign_with(ES256, P256, data))
+    envelope = seal(
+        payload,
+        alg=ES256,
+        kid=key_id(_spki(P256)),
+        sign=lambda data: seen.append(data) or sign_with(ES256, P256, data),
+    )
     assert seen == [canonical_bytes(payload)] == [envelope.payload]
     header, body = verify_envelope(envelope, spki_der=_spki(P256), algorithm=ES256)
     assert (header.type, header.ctr, body) == ("receipt", 1, payload["body"])
@@ -540,7 +682,9 @@ def test_every_payload_byte_flip_fails(alg):
             payload[position] ^= mask
             flipped = dataclasses.replace(envelope, payload=bytes(payload))
             # The signature is checked before the payload is parsed.
-            assert code_of(verify_envelope, flipped, spki_der=spki, algorithm=alg) == "bad_signature", position
+            assert code_of(verify_envelope, flipped, spki_der=spki, algorithm=alg) == "bad_signature", (
+                position
+            )
             checked += 1
     assert checked == 3 * len(envelope.payload) > 300
 
@@ -570,21 +714,31 @@ def test_every_signature_byte_flip_fails(alg):
             sig = bytearray(envelope.sig)
             sig[position] ^= mask
             flipped = dataclasses.replace(envelope, sig=bytes(sig))
-            assert code_of(verify_envelope, flipped, spki_der=spki, algorithm=alg) == "bad_signature", position
+            assert code_of(verify_envelope, flipped, spki_der=spki, algorithm=alg) == "bad_signature", (
+                position
+            )
 
 
 @pytest.mark.parametrize("alg", [ES256, ED25519, RS256, PS256])
 def test_truncated_or_extended_signature_fails(alg):
     envelope = _small_receipt(alg)
     spki = _spki(KEYS[alg])
-    for sig in (envelope.sig[:-1], envelope.sig + b"\x00", b"\x00" + envelope.sig, b"", b"\x00" * len(envelope.sig)):
+    for sig in (
+        envelope.sig[:-1],
+        envelope.sig + b"\x00",
+        b"\x00" + envelope.sig,
+        b"",
+        b"\x00" * len(envelope.sig),
+    ):
         bad = dataclasses.replace(envelope, sig=sig)
         assert code_of(verify_envelope, bad, spki_der=spki, algorithm=alg) == "bad_signature"
 
 
 def test_signature_longer_than_the_limit_is_refused_before_use():
     key = load_public_key(_spki(ED), ED25519)
-    assert code_of(verify_signature, ED25519, key, b"m", b"\x00" * (MAX_SIGNATURE_BYTES + 1)) == "bad_signature"
+    assert (
+        code_of(verify_signature, ED25519, key, b"m", b"\x00" * (MAX_SIGNATURE_BYTES + 1)) == "bad_signature"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -629,8 +783,13 @@ def test_ecdsa_high_s_is_accepted_and_out_of_range_values_are_not():
     key = load_public_key(_spki(P256), ES256)
     for good in (encode_dss_signature(r, s), encode_dss_signature(r, P256_ORDER - s)):
         verify_signature(ES256, key, message, good)
-    for bad in (encode_dss_signature(r, s + P256_ORDER), encode_dss_signature(r + P256_ORDER, s),
-                encode_dss_signature(0, s), encode_dss_signature(r, 0), encode_dss_signature(r, P256_ORDER)):
+    for bad in (
+        encode_dss_signature(r, s + P256_ORDER),
+        encode_dss_signature(r + P256_ORDER, s),
+        encode_dss_signature(0, s),
+        encode_dss_signature(r, 0),
+        encode_dss_signature(r, P256_ORDER),
+    ):
         assert code_of(verify_signature, ES256, key, message, bad) == "bad_signature"
 
 
@@ -638,7 +797,9 @@ def test_ecdsa_raw_signature_is_refused():
     message = b"raw r||s is not the wire format"
     r, s = _es256_der(message)
     raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    assert code_of(verify_signature, ES256, load_public_key(_spki(P256), ES256), message, raw) == "bad_signature"
+    assert (
+        code_of(verify_signature, ES256, load_public_key(_spki(P256), ES256), message, raw) == "bad_signature"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -646,7 +807,11 @@ def test_ecdsa_raw_signature_is_refused():
 
 ALL_KEYS = {"p256": P256, "ed25519": ED, "rsa2048": RSA2048, "p384": P384, "rsa1024": RSA1024}
 FITS = {
-    "p256": {ES256}, "ed25519": {ED25519}, "rsa2048": {RS256, PS256}, "p384": set(), "rsa1024": set(),
+    "p256": {ES256},
+    "ed25519": {ED25519},
+    "rsa2048": {RS256, PS256},
+    "p384": set(),
+    "rsa1024": set(),
 }
 
 
@@ -661,7 +826,9 @@ def test_verify_envelope_refuses_a_key_the_pinned_algorithm_cannot_use(key_name,
         assert header.kid == key_id(spki)
         return
     # Labelled and pinned alike, kid right: only the key/algorithm pairing is wrong.
-    envelope = Envelope(payload=canonical_bytes(receipt_payload(key)), alg=alg, kid=key_id(spki), sig=b"\x00" * 64)
+    envelope = Envelope(
+        payload=canonical_bytes(receipt_payload(key)), alg=alg, kid=key_id(spki), sig=b"\x00" * 64
+    )
     assert code_of(verify_envelope, envelope, spki_der=spki, algorithm=alg) == "algorithm_mismatch"
     assert code_of(load_public_key, spki, alg) == "algorithm_mismatch"
 
@@ -670,8 +837,12 @@ def test_verify_envelope_refuses_a_key_the_pinned_algorithm_cannot_use(key_name,
 def test_rsa_1024_is_refused_even_with_a_good_signature(alg):
     spki = _spki(RSA1024)
     envelope = sealed(alg, RSA1024, receipt_payload(RSA1024))
-    RSA1024.public_key().verify(envelope.sig, envelope.payload,  # the signature itself is fine
-                                padding.PKCS1v15() if alg == RS256 else PSS, hashes.SHA256())
+    RSA1024.public_key().verify(
+        envelope.sig,
+        envelope.payload,  # the signature itself is fine
+        padding.PKCS1v15() if alg == RS256 else PSS,
+        hashes.SHA256(),
+    )
     assert code_of(verify_envelope, envelope, spki_der=spki, algorithm=alg) == "algorithm_mismatch"
     # verify_signature re-checks the key even when handed an object directly.
     key_object = RSA1024.public_key()
@@ -684,13 +855,19 @@ def test_rsa_1024_is_refused_even_with_a_good_signature(alg):
 def test_envelope_alg_must_equal_the_pinned_alg():
     envelope = sealed(RS256, RSA2048, receipt_payload(RSA2048))
     relabelled = dataclasses.replace(envelope, alg=PS256)
-    assert code_of(verify_envelope, relabelled, spki_der=_spki(RSA2048), algorithm=RS256) == "algorithm_mismatch"
+    assert (
+        code_of(verify_envelope, relabelled, spki_der=_spki(RSA2048), algorithm=RS256) == "algorithm_mismatch"
+    )
     # Pinned to PS256, a PKCS#1 v1.5 signature labelled PS256 does not verify.
     assert code_of(verify_envelope, relabelled, spki_der=_spki(RSA2048), algorithm=PS256) == "bad_signature"
     # Pinned to RS256, a PSS signature does not verify either.
     pss = sealed(PS256, RSA2048, receipt_payload(RSA2048))
-    assert code_of(verify_envelope, dataclasses.replace(pss, alg=RS256), spki_der=_spki(RSA2048),
-                   algorithm=RS256) == "bad_signature"
+    assert (
+        code_of(
+            verify_envelope, dataclasses.replace(pss, alg=RS256), spki_der=_spki(RSA2048), algorithm=RS256
+        )
+        == "bad_signature"
+    )
 
 
 def test_verify_envelope_checks_kid_against_the_key():
@@ -715,13 +892,20 @@ def test_load_public_key_refusals():
     assert code_of(load_public_key, spki + b"\x00", ES256) == "bad_public_key"
     assert code_of(load_public_key, spki[:-1], ES256) == "bad_public_key"
     assert code_of(load_public_key, b"\x30" * 3000, ES256) == "bad_public_key"
-    compressed = P256.public_key().public_bytes(serialization.Encoding.DER,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    point = P256.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+    compressed = P256.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    point = P256.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
     # SPKI with the compressed point: same key, non-canonical encoding.
-    compressed = compressed[: compressed.index(b"\x03\x42\x00")] + b"\x03" + bytes([len(point) + 1]) + b"\x00" + point
+    compressed = (
+        compressed[: compressed.index(b"\x03\x42\x00")] + b"\x03" + bytes([len(point) + 1]) + b"\x00" + point
+    )
     compressed = b"\x30" + bytes([len(compressed) - 2]) + compressed[2:]
-    assert serialization.load_der_public_key(compressed).public_numbers() == P256.public_key().public_numbers()
+    assert (
+        serialization.load_der_public_key(compressed).public_numbers() == P256.public_key().public_numbers()
+    )
     assert code_of(load_public_key, compressed, ES256) == "bad_public_key"
 
 
@@ -736,10 +920,21 @@ def test_build_payload_refuses_what_a_verifier_refuses():
     ok = dict(aud=CENTER, kid=kid, msg_id="msg-0123456789abcdef", ctr=1, body=body, now_s=NOW)
     build_payload("receipt", **ok)
     for changes in [
-        {"ctr": 0}, {"ctr": 2**53}, {"ctr": True}, {"msg_id": "short"}, {"msg_id": "x" * 65},
-        {"msg_id": "has space 0123456789"}, {"kid": kid.upper()}, {"aud": "ab"}, {"aud": "bad/aud"},
-        {"lifetime_s": 0}, {"lifetime_s": MAX_LIFETIME_S + 1}, {"now_s": -1},
-        {"body": {**body, "extra": 1}}, {"body": {**body, "for_type": "transmogrify"}}, {"body": {**body, "result": []}},
+        {"ctr": 0},
+        {"ctr": 2**53},
+        {"ctr": True},
+        {"msg_id": "short"},
+        {"msg_id": "x" * 65},
+        {"msg_id": "has space 0123456789"},
+        {"kid": kid.upper()},
+        {"aud": "ab"},
+        {"aud": "bad/aud"},
+        {"lifetime_s": 0},
+        {"lifetime_s": MAX_LIFETIME_S + 1},
+        {"now_s": -1},
+        {"body": {**body, "extra": 1}},
+        {"body": {**body, "for_type": "transmogrify"}},
+        {"body": {**body, "result": []}},
     ]:
         with pytest.raises(WireError) as caught:
             build_payload("receipt", **{**ok, **changes})
@@ -752,8 +947,19 @@ def test_enroll_roles_and_alg():
     store = _store_enroll(P256, ES256)
     assert store["body"]["role"] == "store"
     with_birth_date = {**store["body"], "birth_date": "1990-02-28"}
-    assert code_of(build_payload, "enroll", aud=CENTER, kid=store["kid"], msg_id=store["msg_id"], ctr=1,
-                   body=with_birth_date, now_s=NOW) == "malformed_payload"
+    assert (
+        code_of(
+            build_payload,
+            "enroll",
+            aud=CENTER,
+            kid=store["kid"],
+            msg_id=store["msg_id"],
+            ctr=1,
+            body=with_birth_date,
+            now_s=NOW,
+        )
+        == "malformed_payload"
+    )
     assert code_of(enroll_payload, P256, ES256, role="store") == "malformed_payload"  # member fields, no bank
     assert code_of(enroll_payload, P256, ES256, role="admin") == "malformed_payload"
     assert code_of(enroll_payload, P256, ES256, role=None) == "malformed_payload"
@@ -762,10 +968,23 @@ def test_enroll_roles_and_alg():
 
 
 def _store_enroll(key, alg):
-    body = {"role": "store", "public_key": b64url_encode(_spki(key)), "alg": alg, "name": "Shop",
-            "address": "Somewhere 1", "bank_account": "JP 0001-123-4567890"}
-    return build_payload("enroll", aud=CENTER, kid=key_id(_spki(key)), msg_id="enr-0123456789abcdef", ctr=1,
-                         body=body, now_s=NOW)
+    body = {
+        "role": "store",
+        "public_key": b64url_encode(_spki(key)),
+        "alg": alg,
+        "name": "Shop",
+        "address": "Somewhere 1",
+        "bank_account": "JP 0001-123-4567890",
+    }
+    return build_payload(
+        "enroll",
+        aud=CENTER,
+        kid=key_id(_spki(key)),
+        msg_id="enr-0123456789abcdef",
+        ctr=1,
+        body=body,
+        now_s=NOW,
+    )
 
 
 def test_store_enrollment_verifies():
@@ -773,9 +992,15 @@ def test_store_enrollment_verifies():
     assert (header.type, body["role"], spki) == ("enroll", "store", _spki(ED))
 
 
-@pytest.mark.parametrize("offset, code", [
-    (-CLOCK_SKEW_S - 1, "not_yet_valid"), (-CLOCK_SKEW_S, None), (0, None), (None, "expired"),
-])
+@pytest.mark.parametrize(
+    "offset, code",
+    [
+        (-CLOCK_SKEW_S - 1, "not_yet_valid"),
+        (-CLOCK_SKEW_S, None),
+        (0, None),
+        (None, "expired"),
+    ],
+)
 def test_check_freshness_boundaries(offset, code):
     header, _ = parse_payload(canonical_bytes(receipt_payload(P256)))
     now = header.exp if offset is None else header.iat + offset
@@ -795,13 +1020,23 @@ def _receipt_bytes_with(**changes) -> bytes:
     return canonical_bytes({**receipt_payload(P256), **changes})
 
 
-@pytest.mark.parametrize("changes, code", [
-    ({"dom": "TokenPay"}, "wrong_domain"), ({"dom": 1}, "wrong_domain"), ({"v": 0}, "wrong_domain"),
-    ({"v": 2}, "wrong_domain"), ({"v": "1"}, "wrong_domain"), ({"type": "transmogrify"}, "unknown_message_type"),
-    ({"type": None}, "unknown_message_type"), ({"ctr": 0}, "malformed_payload"),
-    ({"iat": NOW, "exp": NOW}, "malformed_payload"), ({"iat": True}, "malformed_payload"),
-    ({"body": []}, "malformed_payload"), ({"msg_id": 1234567890123456}, "malformed_payload"),
-])
+@pytest.mark.parametrize(
+    "changes, code",
+    [
+        ({"dom": "TokenPay"}, "wrong_domain"),
+        ({"dom": 1}, "wrong_domain"),
+        ({"v": 0}, "wrong_domain"),
+        ({"v": 2}, "wrong_domain"),
+        ({"v": "1"}, "wrong_domain"),
+        ({"type": "transmogrify"}, "unknown_message_type"),
+        ({"type": None}, "unknown_message_type"),
+        ({"ctr": 0}, "malformed_payload"),
+        ({"iat": NOW, "exp": NOW}, "malformed_payload"),
+        ({"iat": True}, "malformed_payload"),
+        ({"body": []}, "malformed_payload"),
+        ({"msg_id": 1234567890123456}, "malformed_payload"),
+    ],
+)
 def test_parse_payload_header_refusals(changes, code):
     assert code_of(parse_payload, _receipt_bytes_with(**changes)) == code
 
@@ -854,24 +1089,43 @@ def test_enrollment_round_trip(alg):
 def test_enrollment_signed_by_another_key_is_refused():
     victim = ec.generate_private_key(ec.SECP256R1())
     payload = enroll_payload(victim, ES256)  # names the victim's key and kid
-    envelope = Envelope(payload=canonical_bytes(payload), alg=ES256, kid=key_id(_spki(victim)),
-                        sig=sign_with(ES256, P256, canonical_bytes(payload)))
+    envelope = Envelope(
+        payload=canonical_bytes(payload),
+        alg=ES256,
+        kid=key_id(_spki(victim)),
+        sig=sign_with(ES256, P256, canonical_bytes(payload)),
+    )
     assert code_of(verify_enrollment, envelope) == "bad_signature"
 
 
 def test_enrollment_public_key_must_be_canonical_base64url():
     payload = enroll_payload(P256, ES256)
-    padded = {**payload, "body": {**payload["body"], "public_key": base64.urlsafe_b64encode(_spki(P256)).decode()}}
+    padded = {
+        **payload,
+        "body": {**payload["body"], "public_key": base64.urlsafe_b64encode(_spki(P256)).decode()},
+    }
     assert padded["body"]["public_key"].endswith("=")
-    assert code_of(verify_enrollment, signed_raw(ES256, P256, canonical_bytes(padded))) == "malformed_envelope"
+    assert (
+        code_of(verify_enrollment, signed_raw(ES256, P256, canonical_bytes(padded))) == "malformed_envelope"
+    )
 
 
 # --- the fast RFC 8785 path agrees with the rfc8785 library ---------------------
 
-_json_scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1)
-                 | st.text(max_size=20) | st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=20))
-_json_documents = st.recursive(_json_scalars, lambda children: st.lists(children, max_size=4)
-                               | st.dictionaries(st.text(max_size=8), children, max_size=4), max_leaves=20)
+_json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1)
+    | st.text(max_size=20)
+    | st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=20)
+)
+_json_documents = st.recursive(
+    _json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -895,5 +1149,5 @@ def test_fast_canonical_bytes_escape_control_characters_like_rfc8785():
 
     from paywire.canonical import jcs_bytes
 
-    document = {"b": "\x00\x01\x1f\x7f\"\\/\b\f\n\r\t", "a": [1, -2, True, None], "\x7f": {"z": "", "A": 0}}
+    document = {"b": '\x00\x01\x1f\x7f"\\/\b\f\n\r\t', "a": [1, -2, True, None], "\x7f": {"z": "", "A": 0}}
     assert jcs_bytes(document) == rfc8785.dumps(document)

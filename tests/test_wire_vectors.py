@@ -69,7 +69,9 @@ def test_vector(vector):
     elif vector["result"] == "invalid":
         with pytest.raises(WireError) as caught:
             run(vector)
-        assert (caught.value.code, caught.value.stage) == (vector["code"], vector["stage"]), caught.value.message
+        assert (caught.value.code, caught.value.stage) == (vector["code"], vector["stage"]), (
+            caught.value.message
+        )
     else:
         raise AssertionError(f"unknown result {vector['result']!r}")
 
@@ -91,8 +93,17 @@ def test_vector_file_is_sound():
         per_alg[(KEYS[v["key"]]["alg"], v["result"], v.get("code"))] += 1
     for alg in ("ES256", "Ed25519", "RS256", "PS256"):
         assert per_alg[(alg, "valid", None)] >= 4, alg
-        for code in ("bad_signature", "algorithm_mismatch", "kid_mismatch", "payload_not_canonical",
-                     "malformed_payload", "wrong_domain", "expired", "not_yet_valid", "malformed_envelope"):
+        for code in (
+            "bad_signature",
+            "algorithm_mismatch",
+            "kid_mismatch",
+            "payload_not_canonical",
+            "malformed_payload",
+            "wrong_domain",
+            "expired",
+            "not_yet_valid",
+            "malformed_envelope",
+        ):
             assert per_alg[(alg, "invalid", code)] >= 1, (alg, code)
 
 
@@ -119,6 +130,8 @@ def test_valid_vectors_are_really_signed_by_their_key():
         elif alg == "RS256":
             key.verify(sig, payload, padding.PKCS1v15(), hashes.SHA256())
         else:
-            key.verify(sig, payload, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256())
+            key.verify(
+                sig, payload, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256()
+            )
         checked += 1
     assert checked == sum(v["result"] == "valid" for v in VECTORS) > 0

@@ -57,10 +57,12 @@ def refused_by_policy(public_key_der_hex: str) -> bool:
     key = serialization.load_der_public_key(bytes.fromhex(public_key_der_hex))
     return isinstance(key, rsa.RSAPublicKey) and key.public_numbers().e != RSA_EXPONENT
 
+
 if not WYCHEPROOF_DIR.is_dir():
     raise FileNotFoundError(
         f"Wycheproof vectors not found at {WYCHEPROOF_DIR}: the repository must be cloned beside shared/ "
-        "(these tests are never skipped)")
+        "(these tests are never skipped)"
+    )
 
 
 def _load_files() -> dict[str, dict]:
@@ -68,7 +70,8 @@ def _load_files() -> dict[str, dict]:
     if present != sorted(FILES):
         raise AssertionError(
             f"Wycheproof files in {WYCHEPROOF_DIR} are {present}; this test knows {sorted(FILES)}. "
-            "Map every vector file to an algorithm here; none may be silently ignored.")
+            "Map every vector file to an algorithm here; none may be silently ignored."
+        )
     return {name: json.loads((WYCHEPROOF_DIR / name).read_text()) for name in FILES}
 
 
@@ -81,8 +84,14 @@ def _cases():
         for group_index, group in enumerate(document["testGroups"]):
             group_has_valid = any(t["result"] == "valid" for t in group["tests"])
             for test in group["tests"]:
-                yield pytest.param(file_name, algorithm, group["publicKeyDer"], group_has_valid, test,
-                                   id=f"{prefix}-tc{test['tcId']}")
+                yield pytest.param(
+                    file_name,
+                    algorithm,
+                    group["publicKeyDer"],
+                    group_has_valid,
+                    test,
+                    id=f"{prefix}-tc{test['tcId']}",
+                )
 
 
 CASES = list(_cases())
@@ -138,7 +147,9 @@ def test_every_group_key_with_valid_tests_loads(file_name):
     assert all(g["type"] == schema_type for g in groups)
     loaded = 0
     for group in groups:
-        if any(t["result"] == "valid" for t in group["tests"]) and not refused_by_policy(group["publicKeyDer"]):
+        if any(t["result"] == "valid" for t in group["tests"]) and not refused_by_policy(
+            group["publicKeyDer"]
+        ):
             load_public_key(bytes.fromhex(group["publicKeyDer"]), algorithm)
             loaded += 1
     assert loaded > 0

@@ -37,9 +37,11 @@ def counter_alarm(highest_counter: int, wallet_counter: int) -> str | None:
     """The alarm when the center has seen a counter above the last this wallet signed, else None."""
     if highest_counter <= wallet_counter:
         return None
-    return (f"ALARM: the center has seen counter {highest_counter} from this key, but this wallet has "
-            f"signed only up to {wallet_counter}: the key signed messages this wallet did not "
-            f"({KEY_MISUSE_CAUSES}); {KEY_MISUSE_ADVICE}")
+    return (
+        f"ALARM: the center has seen counter {highest_counter} from this key, but this wallet has "
+        f"signed only up to {wallet_counter}: the key signed messages this wallet did not "
+        f"({KEY_MISUSE_CAUSES}); {KEY_MISUSE_ADVICE}"
+    )
 
 
 def record_replayed_alarm(doc: dict, new_history: list[dict]) -> str | None:
@@ -48,12 +50,19 @@ def record_replayed_alarm(doc: dict, new_history: list[dict]) -> str | None:
     caller saves the vault). None when no such refusal is there."""
     for entry in new_history:
         if entry["type"] == ACCOUNT_INFO and entry["details"].get("code") == REPLAYED:
-            alarm = (f"ALARM: the center refused this query's counter {doc['counter']} as used before "
-                     "or far below the highest it has seen from this key: the key signed messages this "
-                     f"wallet did not ({KEY_MISUSE_CAUSES}); {KEY_MISUSE_ADVICE}")
+            alarm = (
+                f"ALARM: the center refused this query's counter {doc['counter']} as used before "
+                "or far below the highest it has seen from this key: the key signed messages this "
+                f"wallet did not ({KEY_MISUSE_CAUSES}); {KEY_MISUSE_ADVICE}"
+            )
             doc["balance_minor"] = None  # the key may have paid: resync with `wallet balance`
-            add_history(doc, ACCOUNT_INFO, entry["msg_id"], ALARM_OUTCOME,
-                        {"code": REPLAYED, "message": alarm, "wallet_counter": doc["counter"]})
+            add_history(
+                doc,
+                ACCOUNT_INFO,
+                entry["msg_id"],
+                ALARM_OUTCOME,
+                {"code": REPLAYED, "message": alarm, "wallet_counter": doc["counter"]},
+            )
             return alarm
     return None
 
@@ -66,5 +75,10 @@ def record_account_info(wallet: RecordingWallet, entry: dict, result: dict, _ext
         add_history(doc, ACCOUNT_INFO, entry["msg_id"], "accepted", result)
         return
     doc["balance_minor"] = None  # the key may have paid: resync with `wallet balance`
-    add_history(doc, ACCOUNT_INFO, entry["msg_id"], ALARM_OUTCOME,
-                result | {"wallet_counter": doc["counter"], "alarm": alarm})
+    add_history(
+        doc,
+        ACCOUNT_INFO,
+        entry["msg_id"],
+        ALARM_OUTCOME,
+        result | {"wallet_counter": doc["counter"], "alarm": alarm},
+    )

@@ -53,8 +53,13 @@ def check_answer(msg_type: str, request: dict, result: dict, doc: dict, extras: 
 
 def _pay(request: dict, result: dict, doc: dict, _extras: list) -> None:
     _expect(result, "action", "paid")
-    for field, signed in (("amount_minor", "amount_minor"), ("store_id", "payee"),
-                          ("store_name", "payee_name"), ("order_ref", "order_ref"), ("currency", "currency")):
+    for field, signed in (
+        ("amount_minor", "amount_minor"),
+        ("store_id", "payee"),
+        ("store_name", "payee_name"),
+        ("order_ref", "order_ref"),
+        ("currency", "currency"),
+    ):
         _expect(result, field, request[signed])
     _shape(result, "payment_id", PAYMENT_ID)
     _balance_after_debit(result, doc, request["amount_minor"])
@@ -143,8 +148,17 @@ def _account_info(_request: dict, result: dict, doc: dict, _extras: list) -> Non
     _positive(result, "highest_counter")
 
 
-_CHECKS = {PAY: _pay, TOPUP: _topup, REFUND: _refund, PAYOUT: _payout, BALANCE: _balance, NOTICES: _notices,
-           ENROLL: _enroll, OPERATOR_ACTION: _operator_action, ACCOUNT_INFO: _account_info}
+_CHECKS = {
+    PAY: _pay,
+    TOPUP: _topup,
+    REFUND: _refund,
+    PAYOUT: _payout,
+    BALANCE: _balance,
+    NOTICES: _notices,
+    ENROLL: _enroll,
+    OPERATOR_ACTION: _operator_action,
+    ACCOUNT_INFO: _account_info,
+}
 
 
 def _balance_after_debit(result: dict, doc: dict, amount_minor: int) -> None:
@@ -158,22 +172,29 @@ def _balance_after_debit(result: dict, doc: dict, amount_minor: int) -> None:
         raise Contradiction(f"balance {balance} is below the last known {known} minus {amount_minor}")
     credits = possible_credits_minor(doc)
     if credits is not None and balance > lowest + credits:
-        raise Contradiction(f"balance {balance} is above the last known {known} minus {amount_minor}"
-                            + (f" plus {credits} that may have been credited meanwhile" if credits else ""))
+        raise Contradiction(
+            f"balance {balance} is above the last known {known} minus {amount_minor}"
+            + (f" plus {credits} that may have been credited meanwhile" if credits else "")
+        )
 
 
 def possible_credits_minor(doc: dict) -> int | None:
     """What may have reached a member's account unseen since the last known balance; None: no bound
     (a store, or a history that does not start at this account's enrollment)."""
     history = doc["history"]
-    if doc.get("role") != "member" or not history or history[0]["type"] != ENROLL \
-            or history[0]["details"].get("action") != "enrolled":
+    if (
+        doc.get("role") != "member"
+        or not history
+        or history[0]["type"] != ENROLL
+        or history[0]["details"].get("action") != "enrolled"
+    ):
         return None
     pending = sum(t["amount_minor"] for t in doc["topups"].values() if t["status"] == "pending")
     paid = refunded = 0
     for entry in history:
-        if entry["type"] == PAY and (entry["outcome"] == "accepted"
-                                     or entry["outcome"].startswith(UNCONFIRMED_OUTCOMES)):
+        if entry["type"] == PAY and (
+            entry["outcome"] == "accepted" or entry["outcome"].startswith(UNCONFIRMED_OUTCOMES)
+        ):
             paid += entry["details"].get("amount_minor", 0)
         elif entry["type"] == "refund_received":
             refunded += entry["details"].get("amount_minor", 0)

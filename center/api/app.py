@@ -65,9 +65,14 @@ def _add_public_routes(app: FastAPI, center: Center) -> None:
     @app.get("/v1/center", response_model=CenterInfoOut)
     def center_info() -> dict:
         signer = center.signer
-        return {"center_id": center.center_id, "currency": center.currency,
-                "minor_exponent": minor_exponent(center.currency), "receipt_kid": signer.kid,
-                "receipt_alg": signer.alg, "receipt_public_key": b64url_encode(signer.spki)}
+        return {
+            "center_id": center.center_id,
+            "currency": center.currency,
+            "minor_exponent": minor_exponent(center.currency),
+            "receipt_kid": signer.kid,
+            "receipt_alg": signer.alg,
+            "receipt_public_key": b64url_encode(signer.spki),
+        }
 
     @app.get("/v1/stores/{store_id}", response_model=StoreInfoOut)
     def store_info(store_id: str) -> dict:
@@ -76,13 +81,23 @@ def _add_public_routes(app: FastAPI, center: Center) -> None:
 
 def _add_funding_webhook(app: FastAPI, center: Center) -> None:
     # The body is read raw: its signature covers the exact bytes. The schema is documented only.
-    body_schema = {"required": True,
-                   "content": {"application/json": {"schema": WebhookIn.model_json_schema()}}}
+    body_schema = {
+        "required": True,
+        "content": {"application/json": {"schema": WebhookIn.model_json_schema()}},
+    }
 
-    @app.post("/v1/funding/webhook", response_model=TopupDecisionOut,
-              openapi_extra={"requestBody": body_schema})
-    async def funding_webhook(request: Request, x_tokenpay_timestamp: Annotated[str | None, Header()] = None,
-                              x_tokenpay_signature: Annotated[str | None, Header()] = None) -> dict:
+    @app.post(
+        "/v1/funding/webhook", response_model=TopupDecisionOut, openapi_extra={"requestBody": body_schema}
+    )
+    async def funding_webhook(
+        request: Request,
+        x_tokenpay_timestamp: Annotated[str | None, Header()] = None,
+        x_tokenpay_signature: Annotated[str | None, Header()] = None,
+    ) -> dict:
         body = await request.body()
-        return await run_in_threadpool(center.funding_webhook, request.headers.get("x-tokenpay-timestamp"),
-                                       request.headers.get("x-tokenpay-signature"), body)
+        return await run_in_threadpool(
+            center.funding_webhook,
+            request.headers.get("x-tokenpay-timestamp"),
+            request.headers.get("x-tokenpay-signature"),
+            body,
+        )

@@ -41,5 +41,8 @@ async def http_error(_request: Request, error: StarletteHTTPException) -> JSONRe
         return JSONResponse(body, status_code=422)
     code = HTTP_STATUS_CODES.get(error.status_code, "http_error")
     observability.note_error(code)
-    return JSONResponse(ApiError(code, str(error.detail), error.status_code).body(),
-                        status_code=error.status_code, headers=getattr(error, "headers", None))
+    return JSONResponse(
+        ApiError(code, str(error.detail), error.status_code).body(),
+        status_code=error.status_code,
+        headers=getattr(error, "headers", None),
+    )

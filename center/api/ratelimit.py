@@ -55,8 +55,17 @@ MAX_CLIENTS_SETTING = 10_000_000
 MAX_RETRY_AFTER_S = 24 * 3600
 # Answers that come before a signature is known good: a request naming someone else's key id
 # gets one of these and must not spend that key's allowance.
-UNVERIFIED_CODES = frozenset({"unknown_key", "bad_signature", "algorithm_mismatch", "kid_mismatch",
-                              "bad_public_key", "unsupported_algorithm", "key_not_allowed"})
+UNVERIFIED_CODES = frozenset(
+    {
+        "unknown_key",
+        "bad_signature",
+        "algorithm_mismatch",
+        "kid_mismatch",
+        "bad_public_key",
+        "unsupported_algorithm",
+        "key_not_allowed",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -156,8 +165,9 @@ class Limits:
     _enrolling_kids: RecentIds = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._buckets = {name: TokenBuckets(rate, self.max_clients, self.clock)
-                         for name, rate in self.rates.items()}
+        self._buckets = {
+            name: TokenBuckets(rate, self.max_clients, self.clock) for name, rate in self.rates.items()
+        }
         self._enrolling_kids = RecentIds(self.max_clients)
 
     def begin_enrollment(self, address: str, kid: str) -> Callable[[bool], None]:
@@ -233,25 +243,30 @@ def limits_from_config(config) -> Limits:
     settings = dict(config.rate_limits)
     max_clients = settings.pop("max_clients", DEFAULT_MAX_CLIENTS)
     if not _whole_number_in(max_clients, 1, MAX_CLIENTS_SETTING):
-        raise ValueError("config.json: rate_limits.max_clients must be an integer from 1 to "
-                         f"{MAX_CLIENTS_SETTING}")
+        raise ValueError(
+            f"config.json: rate_limits.max_clients must be an integer from 1 to {MAX_CLIENTS_SETTING}"
+        )
     rates = {name: Rate(*rate) for name, rate in DEFAULT_RATES.items()}
     for name, value in settings.items():
         if name not in DEFAULT_RATES:
-            raise ValueError(f"config.json: rate_limits has no setting {name!r}; known: "
-                             f"{', '.join(sorted(DEFAULT_RATES))}, max_clients")
+            raise ValueError(
+                f"config.json: rate_limits has no setting {name!r}; known: "
+                f"{', '.join(sorted(DEFAULT_RATES))}, max_clients"
+            )
         rates[name] = _rate(name, value)
     return Limits(rates=rates, max_clients=max_clients)
 
 
 def _rate(name: str, value) -> Rate:
     if not isinstance(value, dict) or set(value) != {"burst", "per_minute"}:
-        raise ValueError(f"config.json: rate_limits.{name} must be {{\"burst\": B, \"per_minute\": R}}")
+        raise ValueError(f'config.json: rate_limits.{name} must be {{"burst": B, "per_minute": R}}')
     burst, per_minute = value["burst"], value["per_minute"]
     for number in (burst, per_minute):
         if not _number_in(number, 0, MAX_RATE_SETTING):
-            raise ValueError(f"config.json: rate_limits.{name}: burst and per_minute must be numbers "
-                             f"from 0 to {MAX_RATE_SETTING}")
+            raise ValueError(
+                f"config.json: rate_limits.{name}: burst and per_minute must be numbers "
+                f"from 0 to {MAX_RATE_SETTING}"
+            )
     if not isinstance(burst, int) or burst < 1:
         raise ValueError(f"config.json: rate_limits.{name}.burst must be a whole number of at least 1")
     return Rate(burst, float(per_minute))

@@ -99,8 +99,15 @@ def endpoints(app: FastAPI | None = None) -> list[Endpoint]:
         if not isinstance(route, Route):  # a mount or websocket: none today
             raise AssertionError(f"center.api.reference cannot list route {route!r}")
         for method in sorted(set(route.methods or ()) - UNLISTED_METHODS):
-            found.append(Endpoint(method, prefix + route.path, route.name, _own_description(route),
-                                  isinstance(route, APIRoute) and route.include_in_schema))
+            found.append(
+                Endpoint(
+                    method,
+                    prefix + route.path,
+                    route.name,
+                    _own_description(route),
+                    isinstance(route, APIRoute) and route.include_in_schema,
+                )
+            )
     return sorted(found, key=lambda endpoint: (endpoint.path, endpoint.method))
 
 
@@ -182,17 +189,33 @@ def render(app: FastAPI | None = None) -> str:
     console = [e for e in found if not e.in_schema and e.path.startswith("/console")]
     other = [e for e in found if not e.in_schema and not e.path.startswith("/console")]
     intro = INTRO.replace("{algorithms}", ", ".join(f"`{alg}`" for alg in ALGORITHMS))
-    parts = [intro, "## Endpoints", "",
-             "In the OpenAPI schema (`/openapi.json`):", "", *_endpoint_table(api), "",
-             "The operator console (a browser session after `wallet console-login`; not in the schema):", "",
-             *_endpoint_table(console), "",
-             "Served by FastAPI itself:", "", *_endpoint_table(other), "",
-             "Metrics (`GET /metrics`, Prometheus) are served on a separate port, never on the API's.", "",
-             "## Error codes", "",
-             "One HTTP status per code. Wire-layer codes (from the `paywire` checks) reach the API the",
-             "same way as the center's own. Codes marked (CLI) come from the center's local commands,",
-             "(wallet) from the wallet's own checks: never an HTTP answer.", "",
-             *_error_table(), ""]
+    parts = [
+        intro,
+        "## Endpoints",
+        "",
+        "In the OpenAPI schema (`/openapi.json`):",
+        "",
+        *_endpoint_table(api),
+        "",
+        "The operator console (a browser session after `wallet console-login`; not in the schema):",
+        "",
+        *_endpoint_table(console),
+        "",
+        "Served by FastAPI itself:",
+        "",
+        *_endpoint_table(other),
+        "",
+        "Metrics (`GET /metrics`, Prometheus) are served on a separate port, never on the API's.",
+        "",
+        "## Error codes",
+        "",
+        "One HTTP status per code. Wire-layer codes (from the `paywire` checks) reach the API the",
+        "same way as the center's own. Codes marked (CLI) come from the center's local commands,",
+        "(wallet) from the wallet's own checks: never an HTTP answer.",
+        "",
+        *_error_table(),
+        "",
+    ]
     return "\n".join(parts)
 
 

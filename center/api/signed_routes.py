@@ -31,9 +31,17 @@ from paywire.messages import (
     TOPUP,
 )
 
-SIGNED_ROUTES = {"/v1/topups": TOPUP, "/v1/payments": PAY, "/v1/refunds": REFUND, "/v1/payouts": PAYOUT,
-                 "/v1/notices": NOTICES, "/v1/balance": BALANCE, "/v1/account": ACCOUNT_INFO,
-                 "/v1/operator/actions": OPERATOR_ACTION, "/v1/console/login": CONSOLE_LOGIN}
+SIGNED_ROUTES = {
+    "/v1/topups": TOPUP,
+    "/v1/payments": PAY,
+    "/v1/refunds": REFUND,
+    "/v1/payouts": PAYOUT,
+    "/v1/notices": NOTICES,
+    "/v1/balance": BALANCE,
+    "/v1/account": ACCOUNT_INFO,
+    "/v1/operator/actions": OPERATOR_ACTION,
+    "/v1/console/login": CONSOLE_LOGIN,
+}
 # Payments verified on the event loop itself: algorithms whose cost is fixed by the algorithm and
 # below a thread hop (measured here, cryptography 50: ES256 ~60 us, Ed25519 ~80 us per verification;
 # a run_in_threadpool round trip ~100-120 us). RSA goes to a worker thread: its cost is chosen by
@@ -47,8 +55,13 @@ def install_signed_routes(app: FastAPI, center: Center, limits: Limits) -> None:
     _add_enroll_route(app, center, limits)
     for path, msg_type in SIGNED_ROUTES.items():
         handler = _pay_route(center, limits) if msg_type == PAY else _submit_route(center, limits, msg_type)
-        app.post(path, response_model=SignedResponseOut, response_model_exclude_none=True,
-                 name=f"submit_{msg_type}", summary=f"Submit a signed {msg_type!r} message")(handler)
+        app.post(
+            path,
+            response_model=SignedResponseOut,
+            response_model_exclude_none=True,
+            name=f"submit_{msg_type}",
+            summary=f"Submit a signed {msg_type!r} message",
+        )(handler)
     _add_batch_route(app, center, limits)
 
 
@@ -114,8 +127,12 @@ def _pay_route(center: Center, limits: Limits):
 
 
 def _add_batch_route(app: FastAPI, center: Center, limits: Limits) -> None:
-    @app.post(BATCH_PATH, response_model=BatchOut, response_model_exclude_none=True,
-              summary="Submit many individually signed payments; each is answered on its own")
+    @app.post(
+        BATCH_PATH,
+        response_model=BatchOut,
+        response_model_exclude_none=True,
+        summary="Submit many individually signed payments; each is answered on its own",
+    )
     def submit_payment_batch(batch: BatchIn) -> Response:
         started_ms = center.clock_ms()  # for observe_batch: a resent item's stored receipt is older
         if not batch.payments:

@@ -64,9 +64,11 @@ def check_schema(engine: Engine, data_dir: Path) -> None:
         where = redact_url(str(engine.url.render_as_string(hide_password=True)))
         raise CliError(f"cannot reach the database {where}: {reason}") from None
     if status.state == "behind":
-        raise CliError(f"the database schema is at revision {status.current} and this center needs "
-                       f"{status.head}; back it up (center backup) and run: "
-                       f"center migrate --data-dir {data_dir}")
+        raise CliError(
+            f"the database schema is at revision {status.current} and this center needs "
+            f"{status.head}; back it up (center backup) and run: "
+            f"center migrate --data-dir {data_dir}"
+        )
     if status.state == "ahead":
         raise schema_ahead(status.current, status.head)
     if status.state == "empty":
@@ -74,8 +76,10 @@ def check_schema(engine: Engine, data_dir: Path) -> None:
 
 
 def schema_ahead(current: str | None, head: str | None) -> CliError:
-    return CliError(f"the database schema is at revision {current}, newer than this center knows "
-                    f"({head}); run the center version that wrote it")
+    return CliError(
+        f"the database schema is at revision {current}, newer than this center knows "
+        f"({head}); run the center version that wrote it"
+    )
 
 
 def api_call(action: Callable[[], T]) -> T:

@@ -42,29 +42,57 @@ def revoke_key_command(
     from center.keys.admin import revoke_key
     from center.pipeline.types import now_ms
 
-    view = api_call(lambda: revoke_key(open_engine(data_dir), kid, reason=reason,
-                                       decided_by=f"operator:{operator_name()}", now_ms=now_ms()))
-    emit(as_json, view, lambda out: out.print(
-        f"key {kid[:16]}... of {view['member_id']} "
-        + ("was already revoked" if view["repeated"] else "revoked")))
+    view = api_call(
+        lambda: revoke_key(
+            open_engine(data_dir),
+            kid,
+            reason=reason,
+            decided_by=f"operator:{operator_name()}",
+            now_ms=now_ms(),
+        )
+    )
+    emit(
+        as_json,
+        view,
+        lambda out: out.print(
+            f"key {kid[:16]}... of {view['member_id']} "
+            + ("was already revoked" if view["repeated"] else "revoked")
+        ),
+    )
 
 
-@app.command("bind-key", help=(
-    "Bind a pending key to the account it claims (same member id, balance, history); "
-    "the old key must be revoked."))
+@app.command(
+    "bind-key",
+    help=(
+        "Bind a pending key to the account it claims (same member id, balance, history); "
+        "the old key must be revoked."
+    ),
+)
 def bind_key_command(kid: Kid, data_dir: DataDir, as_json: JsonFlag = False) -> None:
     from center.keys.binding import bind_key
     from center.pipeline.types import now_ms
 
-    view = api_call(lambda: bind_key(open_engine(data_dir), _checked_kid(kid),
-                                     decided_by=f"operator:{operator_name()}", now_ms=now_ms()))
-    emit(as_json, view, lambda out: out.print(
-        f"key {kid[:16]}... {'was already' if view['repeated'] else 'is now'} bound to {view['member_id']}"))
+    view = api_call(
+        lambda: bind_key(
+            open_engine(data_dir),
+            _checked_kid(kid),
+            decided_by=f"operator:{operator_name()}",
+            now_ms=now_ms(),
+        )
+    )
+    emit(
+        as_json,
+        view,
+        lambda out: out.print(
+            f"key {kid[:16]}... {'was already' if view['repeated'] else 'is now'} bound to {view['member_id']}"
+        ),
+    )
 
 
 @app.command("reject-key")
 def reject_key_command(
-    kid: Kid, data_dir: DataDir,
+    kid: Kid,
+    data_dir: DataDir,
     reason: Annotated[str, typer.Option(help="Why, for the audit trail")] = "identity not confirmed",
     as_json: JsonFlag = False,
 ) -> None:
@@ -72,41 +100,66 @@ def reject_key_command(
     from center.keys.binding import reject_key
     from center.pipeline.types import now_ms
 
-    view = api_call(lambda: reject_key(open_engine(data_dir), _checked_kid(kid), reason=reason,
-                                       decided_by=f"operator:{operator_name()}", now_ms=now_ms()))
-    emit(as_json, view, lambda out: out.print(
-        f"key {kid[:16]}... {'was already' if view['repeated'] else 'is now'} rejected for "
-        f"{view['member_id']}"))
+    view = api_call(
+        lambda: reject_key(
+            open_engine(data_dir),
+            _checked_kid(kid),
+            reason=reason,
+            decided_by=f"operator:{operator_name()}",
+            now_ms=now_ms(),
+        )
+    )
+    emit(
+        as_json,
+        view,
+        lambda out: out.print(
+            f"key {kid[:16]}... {'was already' if view['repeated'] else 'is now'} rejected for "
+            f"{view['member_id']}"
+        ),
+    )
 
 
 @app.command("issue-recovery-ticket")
 def issue_recovery_ticket_command(
-    party_id: Annotated[str, typer.Argument(
-        help="The account (M-... or S-...) whose holder lost card and code")],
-    data_dir: DataDir, as_json: JsonFlag = False,
+    party_id: Annotated[
+        str, typer.Argument(help="The account (M-... or S-...) whose holder lost card and code")
+    ],
+    data_dir: DataDir,
+    as_json: JsonFlag = False,
 ) -> None:
     """A one-time recovery code for an account (after checking who asks): the member rebinds with it."""
     from center.keys.admin import issue_recovery_ticket
     from center.pipeline.types import now_ms
 
-    view = api_call(lambda: issue_recovery_ticket(open_engine(data_dir), party_id,
-                                                  issued_by=f"operator:{operator_name()}", now_ms=now_ms()))
-    emit(as_json, view, lambda out: out.print(
-        f"recovery ticket for {view['member_id']} (shown once, valid for one claim until "
-        f"{_utc(view['expires_at_ms'])}):\n  {view['ticket']}\n"
-        f"give it to the member only after checking who they are; they run `wallet enroll --rebind "
-        f"{view['member_id']} --recovery-code TICKET ...`, then you bind the key (it shows as verified)"))
+    view = api_call(
+        lambda: issue_recovery_ticket(
+            open_engine(data_dir), party_id, issued_by=f"operator:{operator_name()}", now_ms=now_ms()
+        )
+    )
+    emit(
+        as_json,
+        view,
+        lambda out: out.print(
+            f"recovery ticket for {view['member_id']} (shown once, valid for one claim until "
+            f"{_utc(view['expires_at_ms'])}):\n  {view['ticket']}\n"
+            f"give it to the member only after checking who they are; they run `wallet enroll --rebind "
+            f"{view['member_id']} --recovery-code TICKET ...`, then you bind the key (it shows as verified)"
+        ),
+    )
 
 
 @app.command("list-keys")
 def list_keys_command(
     data_dir: DataDir,
-    party: Annotated[str | None, typer.Option(
-        "--party", help="Only this member's or store's keys (M-... / S-...)")] = None,
-    status: Annotated[str | None, typer.Option(
-        help="active, revoked, pending_bind, rotated or rejected")] = None,
-    limit: Annotated[int, typer.Option(
-        min=1, max=MAX_LISTED_KEYS, help="At most this many keys, newest first")] = DEFAULT_LISTED_KEYS,
+    party: Annotated[
+        str | None, typer.Option("--party", help="Only this member's or store's keys (M-... / S-...)")
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option(help="active, revoked, pending_bind, rotated or rejected")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_LISTED_KEYS, help="At most this many keys, newest first")
+    ] = DEFAULT_LISTED_KEYS,
     as_json: JsonFlag = False,
 ) -> None:
     """Keys with their status; a pending key shows the identity it claims beside the account's."""
@@ -131,8 +184,13 @@ def keys_table(found: list[dict]) -> Table:
     for column in ("key id", "account", "status", "algorithm", "claim"):
         table.add_column(column)
     for key in found:
-        table.add_row(key["kid"], f"{key['member_id']} ({key['role']})", key["status"], key["algorithm"],
-                      _describe_claim(key["claim"]))
+        table.add_row(
+            key["kid"],
+            f"{key['member_id']} ({key['role']})",
+            key["status"],
+            key["algorithm"],
+            _describe_claim(key["claim"]),
+        )
     return table
 
 

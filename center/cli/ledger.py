@@ -26,10 +26,15 @@ def ledger_check(data_dir: DataDir, as_json: JsonFlag = False) -> None:
 
     with open_engine(data_dir).connect() as conn:
         report = check_ledger(conn)
-    emit(as_json, report.to_json(), lambda out: out.print(
-        f"ledger {'OK' if report.ok else 'BROKEN'}: {report.accounts} accounts, "
-        f"{report.transfers} transfers, sum {report.total_minor}"
-        + "".join(f"\n  {p}" for p in report.problems)))
+    emit(
+        as_json,
+        report.to_json(),
+        lambda out: out.print(
+            f"ledger {'OK' if report.ok else 'BROKEN'}: {report.accounts} accounts, "
+            f"{report.transfers} transfers, sum {report.total_minor}"
+            + "".join(f"\n  {p}" for p in report.problems)
+        ),
+    )
     if not report.ok:
         raise typer.Exit(code=1)
 
@@ -41,13 +46,22 @@ def audit_verify(data_dir: DataDir, as_json: JsonFlag = False) -> None:
 
     with open_engine(data_dir).connect() as conn:
         checked, problem = verify_chain(conn)
-    document = {"ok": problem is None, "entries": checked,
-                "first_bad_seq": problem.seq if problem else None,
-                "problem": problem.reason if problem else None}
-    emit(as_json, document, lambda out: out.print(
-        f"audit chain OK: {checked} entries" if problem is None
-        else f"audit chain BROKEN at entry {problem.seq}: {problem.reason} "
-             f"({checked} entries before it are intact)"))
+    document = {
+        "ok": problem is None,
+        "entries": checked,
+        "first_bad_seq": problem.seq if problem else None,
+        "problem": problem.reason if problem else None,
+    }
+    emit(
+        as_json,
+        document,
+        lambda out: out.print(
+            f"audit chain OK: {checked} entries"
+            if problem is None
+            else f"audit chain BROKEN at entry {problem.seq}: {problem.reason} "
+            f"({checked} entries before it are intact)"
+        ),
+    )
     if problem is not None:
         raise typer.Exit(code=1)
 
@@ -58,10 +72,18 @@ def audit_export(file: Path, data_dir: DataDir, as_json: JsonFlag = False) -> No
     from center.ledger.audit_export import export_audit
 
     config = load_config(data_dir)
-    summary = api_call(lambda: export_audit(open_engine(data_dir), file, center_id=config.center_id,
-                                            cert_pem=config.cert_file.read_bytes()))
-    emit(as_json, summary, lambda out: out.print(f"wrote {summary['entries']} audit entries and "
-                                                 f"{summary['keys']} keys to {file}"))
+    summary = api_call(
+        lambda: export_audit(
+            open_engine(data_dir), file, center_id=config.center_id, cert_pem=config.cert_file.read_bytes()
+        )
+    )
+    emit(
+        as_json,
+        summary,
+        lambda out: out.print(
+            f"wrote {summary['entries']} audit entries and {summary['keys']} keys to {file}"
+        ),
+    )
 
 
 @audit_app.command("verify-export")
@@ -70,38 +92,63 @@ def audit_verify_export(file: Path, as_json: JsonFlag = False) -> None:
     from center.ledger.audit_export_verify import verify_export
 
     report = verify_export(file)
-    emit(as_json, report, lambda out: out.print(
-        f"export OK: {report['entries']} entries, {report['signatures_checked']} signatures verified"
-        if report["ok"] else f"export BROKEN: {report['problem']}"))
+    emit(
+        as_json,
+        report,
+        lambda out: out.print(
+            f"export OK: {report['entries']} entries, {report['signatures_checked']} signatures verified"
+            if report["ok"]
+            else f"export BROKEN: {report['problem']}"
+        ),
+    )
     if not report["ok"]:
         raise typer.Exit(code=1)
 
 
 @payouts_app.command("export")
 def payouts_export(
-    file: Path, data_dir: DataDir, as_json: JsonFlag = False,
-    batch_id: Annotated[str | None, typer.Option(
-        help="Re-create the file of an exported batch (lost file)")] = None,
-    settlement_account: Annotated[str | None, typer.Option(
-        help="The center's debtor account (default: center id)")] = None,
+    file: Path,
+    data_dir: DataDir,
+    as_json: JsonFlag = False,
+    batch_id: Annotated[
+        str | None, typer.Option(help="Re-create the file of an exported batch (lost file)")
+    ] = None,
+    settlement_account: Annotated[
+        str | None, typer.Option(help="The center's debtor account (default: center id)")
+    ] = None,
 ) -> None:
     """Write an ISO 20022 pain.001 credit-transfer file for the pending payouts."""
     from center.ledger.payouts import export_payouts
     from center.pipeline.types import now_ms
 
     config = load_config(data_dir)
-    summary = api_call(lambda: export_payouts(open_engine(data_dir), file, center_id=config.center_id,
-                                              currency=config.currency, now_ms=now_ms(), batch_id=batch_id,
-                                              settlement_account=settlement_account))
-    emit(as_json, summary, lambda out: out.print(
-        f"wrote {summary['count']} payout(s), {summary['total_minor']} minor units, "
-        f"batch {summary['batch_id']} to {file}" if summary["count"]
-        else "no pending payouts; no file written"))
+    summary = api_call(
+        lambda: export_payouts(
+            open_engine(data_dir),
+            file,
+            center_id=config.center_id,
+            currency=config.currency,
+            now_ms=now_ms(),
+            batch_id=batch_id,
+            settlement_account=settlement_account,
+        )
+    )
+    emit(
+        as_json,
+        summary,
+        lambda out: out.print(
+            f"wrote {summary['count']} payout(s), {summary['total_minor']} minor units, "
+            f"batch {summary['batch_id']} to {file}"
+            if summary["count"]
+            else "no pending payouts; no file written"
+        ),
+    )
 
 
 @payouts_app.command("settle")
 def payouts_settle(
-    data_dir: DataDir, as_json: JsonFlag = False,
+    data_dir: DataDir,
+    as_json: JsonFlag = False,
     batch_id: Annotated[str | None, typer.Option(help="Settle only this exported batch")] = None,
 ) -> None:
     """Mark the exported payouts as paid by the bank."""
@@ -109,5 +156,8 @@ def payouts_settle(
     from center.pipeline.types import now_ms
 
     summary = api_call(lambda: settle_payouts(open_engine(data_dir), now_ms=now_ms(), batch_id=batch_id))
-    emit(as_json, summary, lambda out: out.print(
-        f"settled {summary['count']} payout(s), {summary['total_minor']} minor units"))
+    emit(
+        as_json,
+        summary,
+        lambda out: out.print(f"settled {summary['count']} payout(s), {summary['total_minor']} minor units"),
+    )

@@ -12,8 +12,12 @@ from center.cli import backup, issuer, keys, ledger, operators, server, topups
 from hostkit.cli import run_cli
 from tokens.base import TokenError
 
-app = typer.Typer(help="tokenpay settlement center", no_args_is_help=True, pretty_exceptions_enable=False,
-                  add_completion=False)
+app = typer.Typer(
+    help="tokenpay settlement center",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 operator_app = typer.Typer(help="Operator actions on this center's data directory", no_args_is_help=True)
 
 # A group added without a name lends its commands to the parent: `center init`, `center operator add`.

@@ -36,12 +36,20 @@ OPERATOR_ID = re.compile(r"O-[0-9a-f]{16}")
 STORE_ID = re.compile(r"S-[0-9a-f]{16}")
 
 
-@app.command("add", help=(
-    "Add an operator or auditor: their token key may then sign operator requests and log in to the console."))
+@app.command(
+    "add",
+    help=(
+        "Add an operator or auditor: their token key may then sign operator requests and log in to the console."
+    ),
+)
 def operator_add(
     data_dir: DataDir,
-    public_key: Annotated[Path, typer.Option("--public-key", help="The operator's token public key (PEM), "
-                                                                   "from `wallet export-public-key`")],
+    public_key: Annotated[
+        Path,
+        typer.Option(
+            "--public-key", help="The operator's token public key (PEM), from `wallet export-public-key`"
+        ),
+    ],
     role: Annotated[str, typer.Option(help="operator (acts on top-ups and keys) or auditor (reads only)")],
     name: Annotated[str, typer.Option(help="Who this is, for the console and the audit trail")] = "operator",
     as_json: JsonFlag = False,
@@ -53,11 +61,19 @@ def operator_add(
         raise CliError(f"--role must be one of {', '.join(OPERATOR_ROLES)}, not {role!r}")
     pem = read_option_file(public_key, "--public-key", max_bytes=MAX_PEM_FILE_BYTES, what="a public key")
     engine = open_engine(data_dir)
-    view = api_call(lambda: add_operator(engine, pem, role=role, name=name,
-                                          added_by=f"admin:{operator_name()}", now_ms=now_ms()))
-    emit(as_json, view, lambda out: out.print(
-        f"{view['role']} {view['operator_id']} {quoted(view['name'])} added with key {view['kid']} "
-        f"({view['algorithm']})"))
+    view = api_call(
+        lambda: add_operator(
+            engine, pem, role=role, name=name, added_by=f"admin:{operator_name()}", now_ms=now_ms()
+        )
+    )
+    emit(
+        as_json,
+        view,
+        lambda out: out.print(
+            f"{view['role']} {view['operator_id']} {quoted(view['name'])} added with key {view['kid']} "
+            f"({view['algorithm']})"
+        ),
+    )
 
 
 @app.command("list")
@@ -77,8 +93,9 @@ def operator_list(data_dir: DataDir, as_json: JsonFlag = False) -> None:
         for column in ("operator", "name", "role", "key id", "algorithm", "status"):
             table.add_column(column)
         for row in rows:
-            table.add_row(row["operator_id"], row["name"], row["role"], row["kid"], row["algorithm"],
-                          row["status"])
+            table.add_row(
+                row["operator_id"], row["name"], row["role"], row["kid"], row["algorithm"], row["status"]
+            )
         out.print(table)
 
     emit(as_json, document, render)
@@ -88,10 +105,12 @@ def operator_list(data_dir: DataDir, as_json: JsonFlag = False) -> None:
 def access_log(
     data_dir: DataDir,
     operator: Annotated[str | None, typer.Option(help="Only this operator or auditor (O-...)")] = None,
-    from_day: Annotated[str | None, typer.Option(
-        "--from", help="Only reads on or after this UTC day (YYYY-MM-DD)")] = None,
-    limit: Annotated[int, typer.Option(
-        min=1, max=MAX_LISTED_READS, help="At most this many, newest first")] = DEFAULT_LISTED_READS,
+    from_day: Annotated[
+        str | None, typer.Option("--from", help="Only reads on or after this UTC day (YYYY-MM-DD)")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_LISTED_READS, help="At most this many, newest first")
+    ] = DEFAULT_LISTED_READS,
     as_json: JsonFlag = False,
 ) -> None:
     """Who read what in the operator console: operator, view, filters, rows returned (newest first)."""
@@ -99,8 +118,10 @@ def access_log(
     from center.console.inquiry import day_window
 
     if operator is not None and not OPERATOR_ID.fullmatch(operator):
-        raise CliError(f"--operator {operator[:MAX_SHOWN_ID_CHARS]!r} is not an operator id: "
-                       "O- and 16 hex digits (see `center operator list`)")
+        raise CliError(
+            f"--operator {operator[:MAX_SHOWN_ID_CHARS]!r} is not an operator id: "
+            "O- and 16 hex digits (see `center operator list`)"
+        )
     window = api_call(lambda: day_window(from_day, None))
     with open_engine(data_dir).connect() as conn:
         reads = list_reads(conn, operator_id=operator, from_ms=window.from_ms, limit=limit)
@@ -125,10 +146,12 @@ def access_log(
 @app.command("list-stores")
 def list_stores_command(
     data_dir: DataDir,
-    flagged: Annotated[bool, typer.Option(
-        "--flagged", help="Only stores whose name is flagged as a look-alike")] = False,
-    limit: Annotated[int, typer.Option(
-        min=1, max=MAX_LISTED_STORES, help="At most this many stores, newest first")] = DEFAULT_LISTED_STORES,
+    flagged: Annotated[
+        bool, typer.Option("--flagged", help="Only stores whose name is flagged as a look-alike")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_LISTED_STORES, help="At most this many stores, newest first")
+    ] = DEFAULT_LISTED_STORES,
     as_json: JsonFlag = False,
 ) -> None:
     """Stores and their name flags: a flagged store's name equals or looks like an earlier store's."""
@@ -148,12 +171,15 @@ def list_stores_command(
             resembles = ""
             if store["resembles"]:
                 resembles = f"{store['resembles']} {quoted(store['resembles_name'])}"
-            table.add_row(store["store_id"], quoted(store["name"]), store["flag"], resembles,
-                          store["decided_by"] or "")
+            table.add_row(
+                store["store_id"], quoted(store["name"]), store["flag"], resembles, store["decided_by"] or ""
+            )
         out.print(table)
         if any(store["flag"] == "flagged" for store in stores):
-            out.print("check each flagged store with its owner; then `center operator clear-store S-...` "
-                      "(or revoke its key if it impersonates the other)")
+            out.print(
+                "check each flagged store with its owner; then `center operator clear-store S-...` "
+                "(or revoke its key if it impersonates the other)"
+            )
 
     emit(as_json, {"stores": stores}, render)
 
@@ -161,17 +187,28 @@ def list_stores_command(
 @app.command("clear-store")
 def clear_store_command(
     store_id: Annotated[str, typer.Argument(help="The flagged store (S-...)")],
-    data_dir: DataDir, as_json: JsonFlag = False,
+    data_dir: DataDir,
+    as_json: JsonFlag = False,
 ) -> None:
     """Lift a store's look-alike flag after checking it: wallets then pay it without the warning."""
     from center.keys.store_names import clear_store
     from center.pipeline.types import now_ms
 
     if not STORE_ID.fullmatch(store_id):
-        raise CliError(f"{quoted(store_id, MAX_SHOWN_ID_CHARS)} is not a store id: S- and 16 hex digits "
-                       "(see `list-stores --flagged`)")
-    view = api_call(lambda: clear_store(open_engine(data_dir), store_id,
-                                        decided_by=f"operator:{operator_name()}", now_ms=now_ms()))
-    emit(as_json, view, lambda out: out.print(
-        f"store {store_id}'s name {'was already' if view['repeated'] else 'is now'} cleared "
-        f"(it resembled {view['resembles']})"))
+        raise CliError(
+            f"{quoted(store_id, MAX_SHOWN_ID_CHARS)} is not a store id: S- and 16 hex digits "
+            "(see `list-stores --flagged`)"
+        )
+    view = api_call(
+        lambda: clear_store(
+            open_engine(data_dir), store_id, decided_by=f"operator:{operator_name()}", now_ms=now_ms()
+        )
+    )
+    emit(
+        as_json,
+        view,
+        lambda out: out.print(
+            f"store {store_id}'s name {'was already' if view['repeated'] else 'is now'} cleared "
+            f"(it resembled {view['resembles']})"
+        ),
+    )

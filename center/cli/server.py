@@ -28,38 +28,63 @@ MAX_WORKERS = 64
 @app.command()
 def init(
     data_dir: DataDir,
-    db: Annotated[str | None, typer.Option(
-        "--db", help="Database URL (default: SQLite in the data dir)")] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Database URL (default: SQLite in the data dir)")
+    ] = None,
     currency: Annotated[str, typer.Option(help="ISO 4217 currency of this center")] = "JPY",
-    center_id: Annotated[str | None, typer.Option(
-        help="Center id used as audience (default: random)")] = None,
+    center_id: Annotated[
+        str | None, typer.Option(help="Center id used as audience (default: random)")
+    ] = None,
     pkcs11_module: Annotated[str | None, typer.Option(help="PKCS#11 module (default: SoftHSM)")] = None,
-    token_label: Annotated[str | None, typer.Option(
-        help="Use this existing token instead of a new SoftHSM one")] = None,
+    token_label: Annotated[
+        str | None, typer.Option(help="Use this existing token instead of a new SoftHSM one")
+    ] = None,
     token_pin_file: Annotated[str | None, typer.Option(help="File holding that token's user PIN")] = None,
-    tls_name: Annotated[list[str] | None, typer.Option(
-        help="Extra DNS name or IP for the TLS certificate")] = None,
-    issuer_ca: Annotated[Path | None, typer.Option(
-        help="Card issuer's CA certificate (PEM) to trust")] = None,
-    require_certified_keys: Annotated[bool, typer.Option(
-        "--require-certified-keys", help="Enroll only keys certified by the --issuer-ca")] = False,
+    tls_name: Annotated[
+        list[str] | None, typer.Option(help="Extra DNS name or IP for the TLS certificate")
+    ] = None,
+    issuer_ca: Annotated[
+        Path | None, typer.Option(help="Card issuer's CA certificate (PEM) to trust")
+    ] = None,
+    require_certified_keys: Annotated[
+        bool, typer.Option("--require-certified-keys", help="Enroll only keys certified by the --issuer-ca")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Create a center: configuration, database schema, token signing key, TLS certificate."""
     from center.ops.bootstrap import init_center
 
     os.umask(OWNER_ONLY_UMASK)
-    config = init_center(data_dir, db_url=db, currency=currency, center_id=center_id,
-                         pkcs11_module=pkcs11_module, token_label=token_label, token_pin_file=token_pin_file,
-                         tls_names=tls_name or [], issuer_ca=issuer_ca,
-                         require_certified_keys=require_certified_keys)
-    summary = {"center_id": config.center_id, "currency": config.currency, "data_dir": str(config.data_dir),
-               "cert": str(config.cert_file), "db": redact_url(config.db_url),
-               "receipt_kid": _receipt_kid(config), "issuer_policy": config.issuer_policy}
-    emit(as_json, summary, lambda out: out.print(
-        f"center {config.center_id} created in {config.data_dir}\n"
-        f"  currency {config.currency}, database {summary['db']}\n"
-        f"  wallets pin {config.cert_file}"))
+    config = init_center(
+        data_dir,
+        db_url=db,
+        currency=currency,
+        center_id=center_id,
+        pkcs11_module=pkcs11_module,
+        token_label=token_label,
+        token_pin_file=token_pin_file,
+        tls_names=tls_name or [],
+        issuer_ca=issuer_ca,
+        require_certified_keys=require_certified_keys,
+    )
+    summary = {
+        "center_id": config.center_id,
+        "currency": config.currency,
+        "data_dir": str(config.data_dir),
+        "cert": str(config.cert_file),
+        "db": redact_url(config.db_url),
+        "receipt_kid": _receipt_kid(config),
+        "issuer_policy": config.issuer_policy,
+    }
+    emit(
+        as_json,
+        summary,
+        lambda out: out.print(
+            f"center {config.center_id} created in {config.data_dir}\n"
+            f"  currency {config.currency}, database {summary['db']}\n"
+            f"  wallets pin {config.cert_file}"
+        ),
+    )
 
 
 @app.command()
@@ -69,11 +94,17 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8443,
     workers: Annotated[int, typer.Option(min=1, max=MAX_WORKERS, help="Worker processes")] = 1,
     log_format: Annotated[str, typer.Option(help="Log lines on stderr: json or text")] = "json",
-    log_level: Annotated[str, typer.Option(
-        help="debug, info (one line per request), warning or error")] = "info",
-    metrics_port: Annotated[int | None, typer.Option(
-        min=1, max=65535,
-        help="Serve GET /metrics (Prometheus) in plain HTTP on 127.0.0.1:PORT; off by default")] = None,
+    log_level: Annotated[
+        str, typer.Option(help="debug, info (one line per request), warning or error")
+    ] = "info",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve GET /metrics (Prometheus) in plain HTTP on 127.0.0.1:PORT; off by default",
+        ),
+    ] = None,
 ) -> None:
     """Serve the center's API over HTTPS."""
     import uvicorn
@@ -87,15 +118,32 @@ def serve(
     os.environ["CENTER_DATA_DIR"] = str(config.data_dir)
     # Logging set up, this server's metrics directory made and the metrics listener started before any worker.
     log_config, metrics_dir, listener = prepare_serve(
-        config.data_dir, center_id=config.center_id, db_url=config.db_url, log_format=log_format,
-        log_level=log_level, host=host, port=port, workers=workers, metrics_port=metrics_port)
+        config.data_dir,
+        center_id=config.center_id,
+        db_url=config.db_url,
+        log_format=log_format,
+        log_level=log_level,
+        host=host,
+        port=port,
+        workers=workers,
+        metrics_port=metrics_port,
+    )
     try:
-        uvicorn.run("center.api.asgi:create_from_environment", factory=True, host=host, port=port,
-                    workers=workers, ssl_certfile=str(config.cert_file), ssl_keyfile=config.tls_key_file,
-                    log_level=log_level, log_config=log_config, access_log=False,
-                    # The client address is the TCP peer; X-Forwarded-For counts only from
-                    # the configured trusted proxies (center.console.auth), never by default.
-                    proxy_headers=False)
+        uvicorn.run(
+            "center.api.asgi:create_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            ssl_certfile=str(config.cert_file),
+            ssl_keyfile=config.tls_key_file,
+            log_level=log_level,
+            log_config=log_config,
+            access_log=False,
+            # The client address is the TCP peer; X-Forwarded-For counts only from
+            # the configured trusted proxies (center.console.auth), never by default.
+            proxy_headers=False,
+        )
     finally:
         if listener is not None:
             listener.shutdown()
@@ -133,9 +181,15 @@ def migrate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
     upgrade(engine)  # one transaction: a failing step leaves the schema as it was
     after = current_revision(engine)
     summary = {"from_revision": status.current, "to_revision": after, "changed": status.current != after}
-    emit(as_json, summary, lambda out: out.print(
-        f"schema upgraded from {status.current} to {after}" if summary["changed"]
-        else f"schema already at {status.current}; nothing to do"))
+    emit(
+        as_json,
+        summary,
+        lambda out: out.print(
+            f"schema upgraded from {status.current} to {after}"
+            if summary["changed"]
+            else f"schema already at {status.current}; nothing to do"
+        ),
+    )
 
 
 def _receipt_kid(config: CenterConfig) -> str:

@@ -35,9 +35,18 @@ def _decide(topup_id: str, decision: str, data_dir: Path, as_json: bool) -> None
 
     config = load_config(data_dir)
     engine = open_engine(data_dir)
-    view = api_call(lambda: decide_topup(engine, topup_id, decision, decided_by=f"operator:{operator_name()}",
-                                         now_ms=now_ms()))
-    emit(as_json, view, lambda out: out.print(
-        f"top-up {view['topup_id']} {view['status']}" + (" (already)" if view["repeated"] else "")
-        + f": {format_amount(view['amount_minor'], config.currency)} for {view['member_id']} "
-        f"by {view['method']}"))
+    view = api_call(
+        lambda: decide_topup(
+            engine, topup_id, decision, decided_by=f"operator:{operator_name()}", now_ms=now_ms()
+        )
+    )
+    emit(
+        as_json,
+        view,
+        lambda out: out.print(
+            f"top-up {view['topup_id']} {view['status']}"
+            + (" (already)" if view["repeated"] else "")
+            + f": {format_amount(view['amount_minor'], config.currency)} for {view['member_id']} "
+            f"by {view['method']}"
+        ),
+    )

@@ -40,17 +40,36 @@ def filters_document(filters: Filters, page: Page | None) -> dict:
     return document
 
 
-def record_read(conn: Connection, session: ConsoleSession, view: str, filters: Filters, page: Page | None,
-                rows: int, now_ms: int) -> None:
+def record_read(
+    conn: Connection,
+    session: ConsoleSession,
+    view: str,
+    filters: Filters,
+    page: Page | None,
+    rows: int,
+    now_ms: int,
+) -> None:
     assert rows >= 0 and now_ms > 0 and view
-    conn.execute(insert(console_reads).values(
-        at_ms=now_ms, operator_id=session.operator_id, kid=session.kid, session_sha256=session.session_id,
-        view=view, filters=json.dumps(filters_document(filters, page), sort_keys=True, separators=(",", ":")),
-        rows=rows))
+    conn.execute(
+        insert(console_reads).values(
+            at_ms=now_ms,
+            operator_id=session.operator_id,
+            kid=session.kid,
+            session_sha256=session.session_id,
+            view=view,
+            filters=json.dumps(filters_document(filters, page), sort_keys=True, separators=(",", ":")),
+            rows=rows,
+        )
+    )
 
 
-def list_reads(conn: Connection, *, operator_id: str | None = None, from_ms: int | None = None,
-               limit: int = DEFAULT_LISTED) -> list[dict]:
+def list_reads(
+    conn: Connection,
+    *,
+    operator_id: str | None = None,
+    from_ms: int | None = None,
+    limit: int = DEFAULT_LISTED,
+) -> list[dict]:
     """The newest reads first, at most `limit` (1..MAX_LISTED)."""
     assert 1 <= limit <= MAX_LISTED
     query = select(console_reads).order_by(console_reads.c.seq.desc()).limit(limit)
@@ -58,6 +77,16 @@ def list_reads(conn: Connection, *, operator_id: str | None = None, from_ms: int
         query = query.where(console_reads.c.operator_id == operator_id)
     if from_ms is not None:
         query = query.where(console_reads.c.at_ms >= from_ms)
-    return [{"seq": row.seq, "at_ms": row.at_ms, "operator_id": row.operator_id, "kid": row.kid,
-             "session_sha256": row.session_sha256, "view": row.view, "filters": json.loads(row.filters),
-             "rows": row.rows} for row in conn.execute(query)]
+    return [
+        {
+            "seq": row.seq,
+            "at_ms": row.at_ms,
+            "operator_id": row.operator_id,
+            "kid": row.kid,
+            "session_sha256": row.session_sha256,
+            "view": row.view,
+            "filters": json.loads(row.filters),
+            "rows": row.rows,
+        }
+        for row in conn.execute(query)
+    ]

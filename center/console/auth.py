@@ -90,8 +90,9 @@ class LogoutOut(BaseModel):
 
 
 def _set_cookie(response: Response, name: str, value: str, max_age_s: int) -> None:
-    response.set_cookie(name, value, max_age=max_age_s, path=COOKIE_PATH, secure=True, httponly=True,
-                        samesite="strict")
+    response.set_cookie(
+        name, value, max_age=max_age_s, path=COOKIE_PATH, secure=True, httponly=True, samesite="strict"
+    )
 
 
 def _clear_cookie(response: Response, name: str) -> None:
@@ -103,22 +104,35 @@ def install_console_auth(app: FastAPI, center: Center | None) -> None:
     spec): the routes read the center from app.state when called."""
     app.state.trusted_proxies = configured_trusted_proxies()
 
-    @app.post("/console/api/challenge", response_model=ChallengeOut, tags=["console"],
-              responses={429: {"model": ErrorOut}})
+    @app.post(
+        "/console/api/challenge",
+        response_model=ChallengeOut,
+        tags=["console"],
+        responses={429: {"model": ErrorOut}},
+    )
     def console_challenge(request: Request, response: Response) -> dict:
         challenge, secret = create_challenge(request.app.state.center, request_client(request))
         _set_cookie(response, LOGIN_COOKIE, secret, LOGIN_COOKIE_MAX_AGE_S)
         return {"challenge": challenge, "expires_in_s": CHALLENGE_LIFETIME_MS // 1000}
 
-    @app.get("/v1/console/challenges/{challenge}", response_model=ChallengeDetailsOut, tags=["console"],
-             summary="Who asked for a console login code: shown by `wallet console-login` before it signs")
+    @app.get(
+        "/v1/console/challenges/{challenge}",
+        response_model=ChallengeDetailsOut,
+        tags=["console"],
+        summary="Who asked for a console login code: shown by `wallet console-login` before it signs",
+    )
     def console_challenge_details(challenge: str, request: Request) -> dict:
         return challenge_details(request.app.state.center, challenge)
 
-    @app.get("/console/api/login-status", response_model=LoginStatusOut, response_model_exclude_none=True,
-             tags=["console"])
-    def console_login_status(request: Request, response: Response,
-                             tokenpay_console_login: Annotated[str | None, Cookie()] = None) -> dict:
+    @app.get(
+        "/console/api/login-status",
+        response_model=LoginStatusOut,
+        response_model_exclude_none=True,
+        tags=["console"],
+    )
+    def console_login_status(
+        request: Request, response: Response, tokenpay_console_login: Annotated[str | None, Cookie()] = None
+    ) -> dict:
         answer, session_id = login_status(request.app.state.center, tokenpay_console_login)
         if session_id is not None:
             _set_cookie(response, SESSION_COOKIE, session_id, SESSION_LIFETIME_MS // 1000)
@@ -126,16 +140,20 @@ def install_console_auth(app: FastAPI, center: Center | None) -> None:
         return answer
 
     @app.get("/console/api/me", response_model=MeOut, tags=["console"])
-    def console_me(request: Request,
-                   session: Annotated[ConsoleSession, Depends(console_session())]) -> dict:
-        return {"operator_id": session.operator_id, "name": operator_name(request.app.state.center,
-                                                                          session.operator_id),
-                "role": session.role, "kid": session.kid, "csrf_token": session.csrf_token,
-                "expires_at_ms": session.expires_at_ms}
+    def console_me(request: Request, session: Annotated[ConsoleSession, Depends(console_session())]) -> dict:
+        return {
+            "operator_id": session.operator_id,
+            "name": operator_name(request.app.state.center, session.operator_id),
+            "role": session.role,
+            "kid": session.kid,
+            "csrf_token": session.csrf_token,
+            "expires_at_ms": session.expires_at_ms,
+        }
 
     @app.post("/console/api/logout", response_model=LogoutOut, tags=["console"])
-    def console_logout(request: Request, response: Response,
-                       session: Annotated[ConsoleSession, Depends(console_session())]) -> dict:
+    def console_logout(
+        request: Request, response: Response, session: Annotated[ConsoleSession, Depends(console_session())]
+    ) -> dict:
         end_session(request.app.state.center, session)
         _clear_cookie(response, SESSION_COOKIE)
         return {"status": "logged_out"}

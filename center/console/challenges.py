@@ -55,7 +55,7 @@ def new_challenge() -> str:
     text = base64.b32encode(secrets.token_bytes(CHALLENGE_BYTES)).decode("ascii")
     assert len(text) == CHALLENGE_CHARS and "=" not in text
     starts = range(0, CHALLENGE_CHARS, CHALLENGE_GROUP_CHARS)
-    return "-".join(text[start:start + CHALLENGE_GROUP_CHARS] for start in starts)
+    return "-".join(text[start : start + CHALLENGE_GROUP_CHARS] for start in starts)
 
 
 def create_challenge(center: Center, client: ClientFacts) -> tuple[str, str]:
@@ -66,24 +66,39 @@ def create_challenge(center: Center, client: ClientFacts) -> tuple[str, str]:
         _purge(conn, now_ms)
         _check_client_rate(conn, client.key, now_ms)
         _make_room(conn, client.key, now_ms)
-        conn.execute(insert(console_challenges).values(
-            challenge=challenge, browser_secret_sha256=secret_hash(secret), created_at_ms=now_ms,
-            expires_at_ms=now_ms + CHALLENGE_LIFETIME_MS, approved_kid=None, approved_operator_id=None,
-            approved_at_ms=None, consumed=False, client_address=client.address, client_key=client.key,
-            user_agent=client.user_agent))
+        conn.execute(
+            insert(console_challenges).values(
+                challenge=challenge,
+                browser_secret_sha256=secret_hash(secret),
+                created_at_ms=now_ms,
+                expires_at_ms=now_ms + CHALLENGE_LIFETIME_MS,
+                approved_kid=None,
+                approved_operator_id=None,
+                approved_at_ms=None,
+                consumed=False,
+                client_address=client.address,
+                client_key=client.key,
+                user_agent=client.user_agent,
+            )
+        )
     return challenge, secret
 
 
 def _check_client_rate(conn: Connection, key: str, now_ms: int) -> None:
     """At most CLIENT_RATE challenges per client in any CLIENT_RATE_WINDOW_MS (evicted ones count)."""
-    made, oldest_ms = conn.execute(select(func.count(), func.min(console_challenges.c.created_at_ms)).where(
-        console_challenges.c.client_key == key,
-        console_challenges.c.created_at_ms > now_ms - CLIENT_RATE_WINDOW_MS)).one()
+    made, oldest_ms = conn.execute(
+        select(func.count(), func.min(console_challenges.c.created_at_ms)).where(
+            console_challenges.c.client_key == key,
+            console_challenges.c.created_at_ms > now_ms - CLIENT_RATE_WINDOW_MS,
+        )
+    ).one()
     if made >= CLIENT_RATE:
         retry_after_s = max(1, math.ceil((oldest_ms + CLIENT_RATE_WINDOW_MS - now_ms) / 1000))
-        raise TooManyChallenges(f"this client asked for {made} console login codes in the last "
-                                f"{CLIENT_RATE_WINDOW_MS // 1000} s; try again in {retry_after_s} s",
-                                retry_after_s)
+        raise TooManyChallenges(
+            f"this client asked for {made} console login codes in the last "
+            f"{CLIENT_RATE_WINDOW_MS // 1000} s; try again in {retry_after_s} s",
+            retry_after_s,
+        )
 
 
 def _waiting(now_ms: int):
@@ -94,32 +109,51 @@ def _make_room(conn: Connection, key: str, now_ms: int) -> None:
     """Evict this client's oldest waiting challenge at its cap; at the global cap, the oldest of
     whichever client holds the most. Evicted challenges are marked used: nobody can approve or
     collect them."""
-    mine = conn.execute(select(console_challenges.c.challenge)
-                        .where(console_challenges.c.client_key == key, *_waiting(now_ms))
-                        .order_by(console_challenges.c.created_at_ms)).scalars().all()
-    _evict(conn, mine[:max(0, len(mine) - CLIENT_PENDING_CAP + 1)])
-    waiting = conn.execute(select(func.count()).select_from(console_challenges)
-                           .where(*_waiting(now_ms))).scalar_one()
+    mine = (
+        conn.execute(
+            select(console_challenges.c.challenge)
+            .where(console_challenges.c.client_key == key, *_waiting(now_ms))
+            .order_by(console_challenges.c.created_at_ms)
+        )
+        .scalars()
+        .all()
+    )
+    _evict(conn, mine[: max(0, len(mine) - CLIENT_PENDING_CAP + 1)])
+    waiting = conn.execute(
+        select(func.count()).select_from(console_challenges).where(*_waiting(now_ms))
+    ).scalar_one()
     if waiting >= MAX_PENDING_CHALLENGES:
         _evict(conn, _heaviest_clients_oldest(conn, waiting - MAX_PENDING_CHALLENGES + 1, now_ms))
 
 
 def _heaviest_clients_oldest(conn: Connection, count: int, now_ms: int) -> list[str]:
     """The `count` oldest waiting challenges of the client holding the most."""
-    heaviest = conn.execute(select(console_challenges.c.client_key).where(*_waiting(now_ms))
-                            .group_by(console_challenges.c.client_key)
-                            .order_by(func.count().desc(), func.min(console_challenges.c.created_at_ms))
-                            .limit(1)).scalar_one()
-    return conn.execute(select(console_challenges.c.challenge)
-                        .where(console_challenges.c.client_key == heaviest, *_waiting(now_ms))
-                        .order_by(console_challenges.c.created_at_ms)
-                        .limit(count)).scalars().all()
+    heaviest = conn.execute(
+        select(console_challenges.c.client_key)
+        .where(*_waiting(now_ms))
+        .group_by(console_challenges.c.client_key)
+        .order_by(func.count().desc(), func.min(console_challenges.c.created_at_ms))
+        .limit(1)
+    ).scalar_one()
+    return (
+        conn.execute(
+            select(console_challenges.c.challenge)
+            .where(console_challenges.c.client_key == heaviest, *_waiting(now_ms))
+            .order_by(console_challenges.c.created_at_ms)
+            .limit(count)
+        )
+        .scalars()
+        .all()
+    )
 
 
 def _evict(conn: Connection, challenges: list[str]) -> None:
     if challenges:
-        conn.execute(update(console_challenges).where(console_challenges.c.challenge.in_(challenges))
-                     .values(consumed=True))
+        conn.execute(
+            update(console_challenges)
+            .where(console_challenges.c.challenge.in_(challenges))
+            .values(consumed=True)
+        )
 
 
 def challenge_details(center: Center, challenge: str) -> dict:
@@ -129,16 +163,24 @@ def challenge_details(center: Center, challenge: str) -> dict:
         raise ApiError("invalid_request", "a console login code is four groups of four of A-Z and 2-7")
     now_ms = center.clock_ms()
     with center.engine.connect() as conn:
-        row = conn.execute(select(console_challenges)
-                           .where(console_challenges.c.challenge == challenge)).first()
+        row = conn.execute(
+            select(console_challenges).where(console_challenges.c.challenge == challenge)
+        ).first()
     if row is None or row.consumed or row.approved_kid is not None:
-        raise ApiError("unknown_challenge",
-                       f"no pending console login {challenge}: start a new login in the browser")
+        raise ApiError(
+            "unknown_challenge", f"no pending console login {challenge}: start a new login in the browser"
+        )
     if now_ms >= row.expires_at_ms:
-        raise ApiError("challenge_expired",
-                       f"console login {challenge} has expired: start a new login in the browser")
-    return {"challenge": row.challenge, "client_address": row.client_address, "user_agent": row.user_agent,
-            "created_at_ms": row.created_at_ms, "expires_at_ms": row.expires_at_ms}
+        raise ApiError(
+            "challenge_expired", f"console login {challenge} has expired: start a new login in the browser"
+        )
+    return {
+        "challenge": row.challenge,
+        "client_address": row.client_address,
+        "user_agent": row.user_agent,
+        "created_at_ms": row.created_at_ms,
+        "expires_at_ms": row.expires_at_ms,
+    }
 
 
 def login_status(center: Center, browser_secret: str | None) -> tuple[dict, str | None]:
@@ -148,9 +190,11 @@ def login_status(center: Center, browser_secret: str | None) -> tuple[dict, str 
         raise ApiError("unknown_challenge", NO_LOGIN_WAITING)
     now_ms = center.clock_ms()
     with center.engine.begin() as conn:
-        row = conn.execute(select(console_challenges)
-                           .where(console_challenges.c.browser_secret_sha256 == secret_hash(secret))
-                           .with_for_update()).first()
+        row = conn.execute(
+            select(console_challenges)
+            .where(console_challenges.c.browser_secret_sha256 == secret_hash(secret))
+            .with_for_update()
+        ).first()
         if row is None or row.consumed:
             raise ApiError("unknown_challenge", NO_LOGIN_WAITING)
         if now_ms >= row.expires_at_ms:
@@ -161,27 +205,39 @@ def login_status(center: Center, browser_secret: str | None) -> tuple[dict, str 
 
 
 def _issue_session(conn: Connection, challenge, now_ms: int) -> tuple[dict, str]:
-    owner = conn.execute(select(keys.c.status, parties.c.role, parties.c.status.label("party_status"))
-                         .join(parties, parties.c.id == keys.c.party_id)
-                         .where(keys.c.kid == challenge.approved_kid)).one()
+    owner = conn.execute(
+        select(keys.c.status, parties.c.role, parties.c.status.label("party_status"))
+        .join(parties, parties.c.id == keys.c.party_id)
+        .where(keys.c.kid == challenge.approved_kid)
+    ).one()
     if owner.status != "active" or owner.party_status != "active":
-        raise ApiError("key_revoked",
-                       "the key that approved this login has been revoked; no session was issued")
+        raise ApiError(
+            "key_revoked", "the key that approved this login has been revoked; no session was issued"
+        )
     assert owner.role in OPERATOR_ROLES  # console_login.approve admits operator keys only
-    consumed = conn.execute(update(console_challenges)
-                            .where(console_challenges.c.challenge == challenge.challenge,
-                                   console_challenges.c.consumed.is_(False))
-                            .values(consumed=True))
+    consumed = conn.execute(
+        update(console_challenges)
+        .where(
+            console_challenges.c.challenge == challenge.challenge, console_challenges.c.consumed.is_(False)
+        )
+        .values(consumed=True)
+    )
     if consumed.rowcount != 1:
         raise ApiError("unknown_challenge", "this console login was already used: start a new login")
-    session_id, csrf_token = start_session(conn, challenge.approved_operator_id, challenge.approved_kid,
-                                           owner.role, now_ms)
-    answer = {"status": "approved", "operator_id": challenge.approved_operator_id, "role": owner.role,
-              "csrf_token": csrf_token}
+    session_id, csrf_token = start_session(
+        conn, challenge.approved_operator_id, challenge.approved_kid, owner.role, now_ms
+    )
+    answer = {
+        "status": "approved",
+        "operator_id": challenge.approved_operator_id,
+        "role": owner.role,
+        "csrf_token": csrf_token,
+    }
     return answer, session_id
 
 
 def _purge(conn: Connection, now_ms: int) -> None:
-    conn.execute(delete(console_challenges)
-                 .where(console_challenges.c.expires_at_ms < now_ms - PURGE_AFTER_MS))
+    conn.execute(
+        delete(console_challenges).where(console_challenges.c.expires_at_ms < now_ms - PURGE_AFTER_MS)
+    )
     purge_sessions(conn, now_ms - PURGE_AFTER_MS)

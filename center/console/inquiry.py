@@ -36,8 +36,11 @@ DAY_MS = 86_400_000
 PARTY_ROLES = ("member", "store")
 TOPUP_STATUSES = ("pending", "confirmed", "declined")
 PAYOUT_STATUSES = ("pending", "exported", "settled")
-_PARTY_ID = {"member": re.compile(r"M-[0-9a-f]{16}"), "store": re.compile(r"S-[0-9a-f]{16}"),
-             None: re.compile(r"[MS]-[0-9a-f]{16}")}
+_PARTY_ID = {
+    "member": re.compile(r"M-[0-9a-f]{16}"),
+    "store": re.compile(r"S-[0-9a-f]{16}"),
+    None: re.compile(r"[MS]-[0-9a-f]{16}"),
+}
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits only (`\d` would take any script's)
 
 
@@ -55,8 +58,9 @@ class Page:
         if not 1 <= limit <= MAX_PAGE_ROWS:
             raise ApiError("invalid_request", f"limit must be 1..{MAX_PAGE_ROWS}")
         if not 0 <= offset <= MAX_OFFSET:
-            raise ApiError("invalid_request",
-                           f"offset must be 0..{MAX_OFFSET}; narrow the filters to see further")
+            raise ApiError(
+                "invalid_request", f"offset must be 0..{MAX_OFFSET}; narrow the filters to see further"
+            )
         return cls(limit, offset)
 
 
@@ -97,8 +101,9 @@ def _day_start_ms(day: str, name: str) -> int:
             raise ValueError(day)
         date = dt.date.fromisoformat(day)
     except ValueError:
-        raise ApiError("invalid_request",
-                       f"{name} must be a day as YYYY-MM-DD (UTC), not {day[:20]!r}") from None
+        raise ApiError(
+            "invalid_request", f"{name} must be a day as YYYY-MM-DD (UTC), not {day[:20]!r}"
+        ) from None
     return day_number_ms(date.toordinal() - dt.date(1970, 1, 1).toordinal())
 
 
@@ -115,8 +120,9 @@ def check_party_id(party_id: str | None, role: str | None, name: str) -> str | N
         return None
     if not _PARTY_ID[role].fullmatch(party_id):
         expected = {"member": "M-", "store": "S-", None: "M- or S-"}[role]
-        raise ApiError("invalid_request",
-                       f"{name} must be a {role or 'party'} id ({expected} and 16 hex digits)")
+        raise ApiError(
+            "invalid_request", f"{name} must be a {role or 'party'} id ({expected} and 16 hex digits)"
+        )
     return party_id
 
 
@@ -129,8 +135,12 @@ def _check_choice(value: str | None, choices: tuple[str, ...], name: str) -> str
 def _rows(conn: Connection, query: Select, page: Page, shape) -> dict:
     # One row more than asked says whether there is a next page without counting the table.
     found = conn.execute(query.limit(page.limit + 1).offset(page.offset)).all()
-    return {"rows": [shape(row) for row in found[:page.limit]], "limit": page.limit, "offset": page.offset,
-            "has_more": len(found) > page.limit}
+    return {
+        "rows": [shape(row) for row in found[: page.limit]],
+        "limit": page.limit,
+        "offset": page.offset,
+        "has_more": len(found) > page.limit,
+    }
 
 
 def _like_escape(text: str) -> str:
@@ -138,6 +148,7 @@ def _like_escape(text: str) -> str:
 
 
 # --- parties ----------------------------------------------------------------------
+
 
 def search_parties(conn: Connection, text: str, *, role: str | None = None, page: Page = Page()) -> dict:
     """Members and stores whose id or one of whose key ids starts with `text`, or whose name contains it.
@@ -153,17 +164,39 @@ def search_parties(conn: Connection, text: str, *, role: str | None = None, page
     conditions = [parties.c.role.in_([role] if role else PARTY_ROLES)]
     if text:
         folded = _like_escape(text.lower())
-        conditions.append(or_(
-            func.lower(parties.c.id).like(folded + "%", escape="\\"),
-            func.lower(parties.c.name).like("%" + folded + "%", escape="\\"),
-            parties.c.id.in_(select(keys.c.party_id).where(keys.c.kid.like(folded + "%", escape="\\")))))
-    query = (select(parties.c.id, parties.c.role, parties.c.name, parties.c.status, parties.c.created_at_ms,
-                    accounts.c.balance_minor)
-             .join(accounts, accounts.c.id == literal("party:") + parties.c.id)
-             .where(*conditions).order_by(parties.c.name, parties.c.id))
-    result = _rows(conn, query, page, lambda r: {
-        "party_id": r.id, "role": r.role, "name": r.name, "status": r.status,
-        "created_at_ms": r.created_at_ms, "balance_minor": r.balance_minor})
+        conditions.append(
+            or_(
+                func.lower(parties.c.id).like(folded + "%", escape="\\"),
+                func.lower(parties.c.name).like("%" + folded + "%", escape="\\"),
+                parties.c.id.in_(select(keys.c.party_id).where(keys.c.kid.like(folded + "%", escape="\\"))),
+            )
+        )
+    query = (
+        select(
+            parties.c.id,
+            parties.c.role,
+            parties.c.name,
+            parties.c.status,
+            parties.c.created_at_ms,
+            accounts.c.balance_minor,
+        )
+        .join(accounts, accounts.c.id == literal("party:") + parties.c.id)
+        .where(*conditions)
+        .order_by(parties.c.name, parties.c.id)
+    )
+    result = _rows(
+        conn,
+        query,
+        page,
+        lambda r: {
+            "party_id": r.id,
+            "role": r.role,
+            "name": r.name,
+            "status": r.status,
+            "created_at_ms": r.created_at_ms,
+            "balance_minor": r.balance_minor,
+        },
+    )
     kids = _kids_of(conn, [row["party_id"] for row in result["rows"]])
     for row in result["rows"]:
         row["kids"] = kids.get(row["party_id"], [])
@@ -175,9 +208,11 @@ def _kids_of(conn: Connection, party_ids: list[str]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     if not party_ids:
         return found
-    query = (select(keys.c.party_id, keys.c.kid)
-             .where(keys.c.party_id.in_(party_ids), keys.c.status == "active")
-             .order_by(keys.c.party_id, keys.c.created_at_ms, keys.c.kid))
+    query = (
+        select(keys.c.party_id, keys.c.kid)
+        .where(keys.c.party_id.in_(party_ids), keys.c.status == "active")
+        .order_by(keys.c.party_id, keys.c.created_at_ms, keys.c.kid)
+    )
     for row in conn.execute(query):
         party_kids = found.setdefault(row.party_id, [])
         if len(party_kids) < KIDS_PER_PARTY:
@@ -189,18 +224,32 @@ def party_summary(conn: Connection, party_id: str) -> dict:
     """A member's or store's header for their statement; ApiError unknown_party when there is none."""
     check_party_id(party_id, None, "party id")
     row = conn.execute(
-        select(parties.c.id, parties.c.role, parties.c.name, parties.c.status, parties.c.created_at_ms,
-               accounts.c.balance_minor)
+        select(
+            parties.c.id,
+            parties.c.role,
+            parties.c.name,
+            parties.c.status,
+            parties.c.created_at_ms,
+            accounts.c.balance_minor,
+        )
         .join(accounts, accounts.c.id == literal("party:") + parties.c.id)
-        .where(parties.c.id == party_id, parties.c.role.in_(PARTY_ROLES))).first()
+        .where(parties.c.id == party_id, parties.c.role.in_(PARTY_ROLES))
+    ).first()
     if row is None:
         raise ApiError("unknown_party", f"no member or store {party_id} at this center")
-    return {"party_id": row.id, "role": row.role, "name": row.name, "status": row.status,
-            "created_at_ms": row.created_at_ms, "balance_minor": row.balance_minor,
-            "kids": _kids_of(conn, [row.id]).get(row.id, [])}
+    return {
+        "party_id": row.id,
+        "role": row.role,
+        "name": row.name,
+        "status": row.status,
+        "created_at_ms": row.created_at_ms,
+        "balance_minor": row.balance_minor,
+        "kids": _kids_of(conn, [row.id]).get(row.id, []),
+    }
 
 
 # --- statement --------------------------------------------------------------------
+
 
 def statement(conn: Connection, party_id: str, *, window: Window = Window(), page: Page = Page()) -> dict:
     """The transfers on a party's account in `window`, oldest first, each with the balance after it.
@@ -211,44 +260,77 @@ def statement(conn: Connection, party_id: str, *, window: Window = Window(), pag
     """
     summary = party_summary(conn, party_id)
     account = party_account(party_id)
-    signed = case((transfers.c.credit_account == account, transfers.c.amount_minor),
-                  else_=-transfers.c.amount_minor)
+    signed = case(
+        (transfers.c.credit_account == account, transfers.c.amount_minor), else_=-transfers.c.amount_minor
+    )
     mine = or_(transfers.c.debit_account == account, transfers.c.credit_account == account)
     in_window = and_(mine, *window.where(transfers.c.created_at_ms))
     order = (transfers.c.created_at_ms, transfers.c.id)
-    opening = (_sum_before_window(conn, signed, mine, window)
-               + _sum_of_first(conn, signed, in_window, order, page.offset))
-    other = case((transfers.c.debit_account == account, transfers.c.credit_account),
-                 else_=transfers.c.debit_account)
+    opening = _sum_before_window(conn, signed, mine, window) + _sum_of_first(
+        conn, signed, in_window, order, page.offset
+    )
+    other = case(
+        (transfers.c.debit_account == account, transfers.c.credit_account), else_=transfers.c.debit_account
+    )
     # The page first, then the counterparties' names for its rows only: joined on the
     # CASE above, PostgreSQL hashed every account (18 ms at 100,000 members, growing).
-    found = (select(transfers.c.id, transfers.c.created_at_ms, transfers.c.kind, transfers.c.ref,
-                    signed.label("signed_minor"), other.label("counterparty"))
-             .where(in_window).order_by(*order).limit(page.limit + 1).offset(page.offset).subquery())
+    found = (
+        select(
+            transfers.c.id,
+            transfers.c.created_at_ms,
+            transfers.c.kind,
+            transfers.c.ref,
+            signed.label("signed_minor"),
+            other.label("counterparty"),
+        )
+        .where(in_window)
+        .order_by(*order)
+        .limit(page.limit + 1)
+        .offset(page.offset)
+        .subquery()
+    )
     other_account = accounts.alias("other_account")
-    query = (select(found, parties.c.name.label("counterparty_name"))
-             .join(other_account, other_account.c.id == found.c.counterparty)
-             .outerjoin(parties, parties.c.id == other_account.c.party_id)
-             .order_by(found.c.created_at_ms, found.c.id))
+    query = (
+        select(found, parties.c.name.label("counterparty_name"))
+        .join(other_account, other_account.c.id == found.c.counterparty)
+        .outerjoin(parties, parties.c.id == other_account.c.party_id)
+        .order_by(found.c.created_at_ms, found.c.id)
+    )
     rows = conn.execute(query).all()  # one more than the page says whether there is a next one
     running = opening
     shaped = []
-    for row in rows[:page.limit]:
+    for row in rows[: page.limit]:
         running += row.signed_minor
-        shaped.append({"transfer_id": row.id, "created_at_ms": row.created_at_ms, "kind": row.kind,
-                       "ref": row.ref, "counterparty": row.counterparty,
-                       "counterparty_name": row.counterparty_name or "",
-                       "debit_minor": max(-row.signed_minor, 0), "credit_minor": max(row.signed_minor, 0),
-                       "balance_minor": running})
-    return {"rows": shaped, "limit": page.limit, "offset": page.offset, "has_more": len(rows) > page.limit,
-            "party": summary, "opening_balance_minor": opening, "closing_balance_minor": running}
+        shaped.append(
+            {
+                "transfer_id": row.id,
+                "created_at_ms": row.created_at_ms,
+                "kind": row.kind,
+                "ref": row.ref,
+                "counterparty": row.counterparty,
+                "counterparty_name": row.counterparty_name or "",
+                "debit_minor": max(-row.signed_minor, 0),
+                "credit_minor": max(row.signed_minor, 0),
+                "balance_minor": running,
+            }
+        )
+    return {
+        "rows": shaped,
+        "limit": page.limit,
+        "offset": page.offset,
+        "has_more": len(rows) > page.limit,
+        "party": summary,
+        "opening_balance_minor": opening,
+        "closing_balance_minor": running,
+    }
 
 
 def _sum_before_window(conn: Connection, signed, mine, window: Window) -> int:
     if window.from_ms is None:
         return 0
-    total = conn.execute(select(func.coalesce(func.sum(signed), 0))
-                         .where(mine, transfers.c.created_at_ms < window.from_ms)).scalar_one()
+    total = conn.execute(
+        select(func.coalesce(func.sum(signed), 0)).where(mine, transfers.c.created_at_ms < window.from_ms)
+    ).scalar_one()
     return int(total)
 
 
@@ -265,8 +347,14 @@ buyers = parties.alias("buyer")
 stores = parties.alias("store")
 
 
-def list_payments(conn: Connection, *, store_id: str | None = None, buyer_id: str | None = None,
-                  window: Window = Window(), page: Page = Page()) -> dict:
+def list_payments(
+    conn: Connection,
+    *,
+    store_id: str | None = None,
+    buyer_id: str | None = None,
+    window: Window = Window(),
+    page: Page = Page(),
+) -> dict:
     """Payments, newest first."""
     check_party_id(store_id, "store", "store_id")
     check_party_id(buyer_id, "member", "buyer_id")
@@ -275,18 +363,39 @@ def list_payments(conn: Connection, *, store_id: str | None = None, buyer_id: st
         conditions.append(payments.c.store_id == store_id)
     if buyer_id:
         conditions.append(payments.c.buyer_id == buyer_id)
-    query = (select(payments, buyers.c.name.label("buyer_name"), stores.c.name.label("store_name"))
-             .join(buyers, buyers.c.id == payments.c.buyer_id)
-             .join(stores, stores.c.id == payments.c.store_id)
-             .where(*conditions).order_by(payments.c.seq.desc()))
-    return _rows(conn, query, page, lambda r: {
-        "payment_id": r.id, "created_at_ms": r.created_at_ms, "buyer_id": r.buyer_id,
-        "buyer_name": r.buyer_name, "store_id": r.store_id, "store_name": r.store_name,
-        "amount_minor": r.amount_minor, "refunded_minor": r.refunded_minor, "order_ref": r.order_ref})
+    query = (
+        select(payments, buyers.c.name.label("buyer_name"), stores.c.name.label("store_name"))
+        .join(buyers, buyers.c.id == payments.c.buyer_id)
+        .join(stores, stores.c.id == payments.c.store_id)
+        .where(*conditions)
+        .order_by(payments.c.seq.desc())
+    )
+    return _rows(
+        conn,
+        query,
+        page,
+        lambda r: {
+            "payment_id": r.id,
+            "created_at_ms": r.created_at_ms,
+            "buyer_id": r.buyer_id,
+            "buyer_name": r.buyer_name,
+            "store_id": r.store_id,
+            "store_name": r.store_name,
+            "amount_minor": r.amount_minor,
+            "refunded_minor": r.refunded_minor,
+            "order_ref": r.order_ref,
+        },
+    )
 
 
-def list_topups(conn: Connection, *, status: str | None = None, member_id: str | None = None,
-                window: Window = Window(), page: Page = Page()) -> dict:
+def list_topups(
+    conn: Connection,
+    *,
+    status: str | None = None,
+    member_id: str | None = None,
+    window: Window = Window(),
+    page: Page = Page(),
+) -> dict:
     """Top-ups: pending ones first, oldest first (the queue to work through), then the rest newest first."""
     _check_choice(status, TOPUP_STATUSES, "status")
     check_party_id(member_id, "member", "member_id")
@@ -295,13 +404,28 @@ def list_topups(conn: Connection, *, status: str | None = None, member_id: str |
         conditions.append(topups.c.status == status)
     if member_id:
         conditions.append(topups.c.member_id == member_id)
-    query = (select(topups, parties.c.name.label("member_name"))
-             .join(parties, parties.c.id == topups.c.member_id)
-             .where(*conditions).order_by(*_topup_order(status)))
-    return _rows(conn, query, page, lambda r: {
-        "topup_id": r.id, "created_at_ms": r.created_at_ms, "member_id": r.member_id,
-        "member_name": r.member_name, "amount_minor": r.amount_minor, "method": r.method, "status": r.status,
-        "decided_at_ms": r.decided_at_ms, "decided_by": r.decided_by or ""})
+    query = (
+        select(topups, parties.c.name.label("member_name"))
+        .join(parties, parties.c.id == topups.c.member_id)
+        .where(*conditions)
+        .order_by(*_topup_order(status))
+    )
+    return _rows(
+        conn,
+        query,
+        page,
+        lambda r: {
+            "topup_id": r.id,
+            "created_at_ms": r.created_at_ms,
+            "member_id": r.member_id,
+            "member_name": r.member_name,
+            "amount_minor": r.amount_minor,
+            "method": r.method,
+            "status": r.status,
+            "decided_at_ms": r.decided_at_ms,
+            "decided_by": r.decided_by or "",
+        },
+    )
 
 
 def _topup_order(status: str | None) -> tuple:
@@ -312,13 +436,21 @@ def _topup_order(status: str | None) -> tuple:
     if status is not None:
         return topups.c.created_at_ms.desc(), topups.c.id
     pending = topups.c.status == "pending"
-    return (case((pending, 0), else_=1),
-            case((pending, topups.c.created_at_ms), else_=-topups.c.created_at_ms),
-            topups.c.id)
+    return (
+        case((pending, 0), else_=1),
+        case((pending, topups.c.created_at_ms), else_=-topups.c.created_at_ms),
+        topups.c.id,
+    )
 
 
-def list_refunds(conn: Connection, *, store_id: str | None = None, buyer_id: str | None = None,
-                 window: Window = Window(), page: Page = Page()) -> dict:
+def list_refunds(
+    conn: Connection,
+    *,
+    store_id: str | None = None,
+    buyer_id: str | None = None,
+    window: Window = Window(),
+    page: Page = Page(),
+) -> dict:
     """Refunds, newest first, with the payment they return money from."""
     check_party_id(store_id, "store", "store_id")
     check_party_id(buyer_id, "member", "buyer_id")
@@ -327,21 +459,47 @@ def list_refunds(conn: Connection, *, store_id: str | None = None, buyer_id: str
         conditions.append(payments.c.store_id == store_id)
     if buyer_id:
         conditions.append(payments.c.buyer_id == buyer_id)
-    query = (select(refunds, payments.c.store_id, payments.c.buyer_id,
-                    payments.c.amount_minor.label("paid_minor"),
-                    buyers.c.name.label("buyer_name"), stores.c.name.label("store_name"))
-             .join(payments, payments.c.id == refunds.c.payment_id)
-             .join(buyers, buyers.c.id == payments.c.buyer_id)
-             .join(stores, stores.c.id == payments.c.store_id)
-             .where(*conditions).order_by(refunds.c.created_at_ms.desc(), refunds.c.id.desc()))
-    return _rows(conn, query, page, lambda r: {
-        "refund_id": r.id, "created_at_ms": r.created_at_ms, "payment_id": r.payment_id,
-        "store_id": r.store_id, "store_name": r.store_name, "buyer_id": r.buyer_id,
-        "buyer_name": r.buyer_name, "amount_minor": r.amount_minor, "paid_minor": r.paid_minor})
+    query = (
+        select(
+            refunds,
+            payments.c.store_id,
+            payments.c.buyer_id,
+            payments.c.amount_minor.label("paid_minor"),
+            buyers.c.name.label("buyer_name"),
+            stores.c.name.label("store_name"),
+        )
+        .join(payments, payments.c.id == refunds.c.payment_id)
+        .join(buyers, buyers.c.id == payments.c.buyer_id)
+        .join(stores, stores.c.id == payments.c.store_id)
+        .where(*conditions)
+        .order_by(refunds.c.created_at_ms.desc(), refunds.c.id.desc())
+    )
+    return _rows(
+        conn,
+        query,
+        page,
+        lambda r: {
+            "refund_id": r.id,
+            "created_at_ms": r.created_at_ms,
+            "payment_id": r.payment_id,
+            "store_id": r.store_id,
+            "store_name": r.store_name,
+            "buyer_id": r.buyer_id,
+            "buyer_name": r.buyer_name,
+            "amount_minor": r.amount_minor,
+            "paid_minor": r.paid_minor,
+        },
+    )
 
 
-def list_payouts(conn: Connection, *, store_id: str | None = None, status: str | None = None,
-                 window: Window = Window(), page: Page = Page()) -> dict:
+def list_payouts(
+    conn: Connection,
+    *,
+    store_id: str | None = None,
+    status: str | None = None,
+    window: Window = Window(),
+    page: Page = Page(),
+) -> dict:
     """Payouts, newest first, with the bank account each goes to."""
     check_party_id(store_id, "store", "store_id")
     _check_choice(status, PAYOUT_STATUSES, "status")
@@ -350,11 +508,26 @@ def list_payouts(conn: Connection, *, store_id: str | None = None, status: str |
         conditions.append(payouts.c.store_id == store_id)
     if status:
         conditions.append(payouts.c.status == status)
-    query = (select(payouts, parties.c.name.label("store_name"))
-             .join(parties, parties.c.id == payouts.c.store_id)
-             .where(*conditions).order_by(payouts.c.created_at_ms.desc(), payouts.c.id.desc()))
-    return _rows(conn, query, page, lambda r: {
-        "payout_id": r.id, "created_at_ms": r.created_at_ms, "store_id": r.store_id,
-        "store_name": r.store_name, "amount_minor": r.amount_minor, "bank_account": r.bank_account,
-        "status": r.status, "batch_id": r.batch_id or "", "exported_at_ms": r.exported_at_ms,
-        "settled_at_ms": r.settled_at_ms})
+    query = (
+        select(payouts, parties.c.name.label("store_name"))
+        .join(parties, parties.c.id == payouts.c.store_id)
+        .where(*conditions)
+        .order_by(payouts.c.created_at_ms.desc(), payouts.c.id.desc())
+    )
+    return _rows(
+        conn,
+        query,
+        page,
+        lambda r: {
+            "payout_id": r.id,
+            "created_at_ms": r.created_at_ms,
+            "store_id": r.store_id,
+            "store_name": r.store_name,
+            "amount_minor": r.amount_minor,
+            "bank_account": r.bank_account,
+            "status": r.status,
+            "batch_id": r.batch_id or "",
+            "exported_at_ms": r.exported_at_ms,
+            "settled_at_ms": r.settled_at_ms,
+        },
+    )

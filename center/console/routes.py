@@ -42,8 +42,12 @@ from center.storage.db import topups
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Served by name from this list only: no path from the request ever reaches the file system.
-STATIC_FILES = {"console.js": "text/javascript", "charts.js": "text/javascript", "console.css": "text/css",
-                "favicon.svg": "image/svg+xml"}
+STATIC_FILES = {
+    "console.js": "text/javascript",
+    "charts.js": "text/javascript",
+    "console.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
 PAGE_FILE = "index.html"
 TOPUP_ID = re.compile(r"U-[0-9a-f]{16}")
 TOPUP_ID_LIST_CHARS = len("U-") + 16 + len(",")  # per id in the decisions route's comma-separated list
@@ -58,9 +62,12 @@ MAX_DECISION_IDS = 50  # one page of the top-ups table (console.js PAGE_ROWS)
 
 CONSOLE_PREFIX = "/console"
 SECURITY_HEADERS = (
-    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-                                 b"connect-src 'self'; base-uri 'none'; form-action 'none'; "
-                                 b"frame-ancestors 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        b"connect-src 'self'; base-uri 'none'; form-action 'none'; "
+        b"frame-ancestors 'none'",
+    ),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -102,13 +109,24 @@ def filters(
     top: Annotated[int, Query(ge=1, le=MAX_TOP_STORES)] = DEFAULT_TOP_STORES,
 ) -> Filters:
     # Empty form fields arrive as "": they mean "no filter".
-    return Filters(q=q, role=role or None, party_id=party or None, store_id=store_id or None,
-                   buyer_id=buyer_id or None, member_id=member_id or None, status=status or None,
-                   window=day_window(from_day or None, to_day or None), days=days, top=top)
+    return Filters(
+        q=q,
+        role=role or None,
+        party_id=party or None,
+        store_id=store_id or None,
+        buyer_id=buyer_id or None,
+        member_id=member_id or None,
+        status=status or None,
+        window=day_window(from_day or None, to_day or None),
+        days=days,
+        top=top,
+    )
 
 
-def page(limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ROWS)] = 50,
-         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> Page:
+def page(
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_ROWS)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> Page:
     return Page.of(limit, offset)
 
 
@@ -119,8 +137,9 @@ ViewPage = Annotated[Page, Depends(page)]
 def _router(center) -> APIRouter:
     router = APIRouter(prefix="/console", include_in_schema=False)
 
-    def read(session: ConsoleSession, view: str, chosen: Filters, chosen_page: Page, *,
-             trail_as: str = "") -> dict:
+    def read(
+        session: ConsoleSession, view: str, chosen: Filters, chosen_page: Page, *, trail_as: str = ""
+    ) -> dict:
         with _snapshot(center.engine) as conn:
             result = VIEWS[view].fetch(conn, chosen, chosen_page, center.clock_ms())
         _trail(center, session, trail_as or view, chosen, chosen_page, len(result["rows"]))
@@ -140,8 +159,9 @@ def _router(center) -> APIRouter:
         _add_table_route(router, read, view)
 
     @router.get("/api/members/{party_id}/statement")
-    def member_statement(party_id: str, session: AnySession, chosen: ViewFilters,
-                         chosen_page: ViewPage) -> dict:
+    def member_statement(
+        party_id: str, session: AnySession, chosen: ViewFilters, chosen_page: ViewPage
+    ) -> dict:
         if len(party_id) > MAX_PARTY_ID_CHARS:
             raise ApiError("invalid_request", f"party id is at most {MAX_PARTY_ID_CHARS} characters")
         return read(session, "statement", Filters(party_id=party_id, window=chosen.window), chosen_page)
@@ -175,10 +195,13 @@ def _router(center) -> APIRouter:
         result = read(session, view, chosen, EXPORT_PAGE, trail_as=f"export:{view}")
         moment = dt.datetime.fromtimestamp(center.clock_ms() / 1000, tz=dt.UTC)
         stamp = moment.strftime("%Y%m%dT%H%M%SZ")
-        headers = {"content-disposition": f'attachment; filename="tokenpay-{view}-{stamp}.csv"',
-                   "x-tokenpay-export-truncated": "true" if result["has_more"] else "false"}
-        return Response(to_csv(VIEWS[view].columns, result["rows"]), media_type="text/csv; charset=utf-8",
-                        headers=headers)
+        headers = {
+            "content-disposition": f'attachment; filename="tokenpay-{view}-{stamp}.csv"',
+            "x-tokenpay-export-truncated": "true" if result["has_more"] else "false",
+        }
+        return Response(
+            to_csv(VIEWS[view].columns, result["rows"]), media_type="text/csv; charset=utf-8", headers=headers
+        )
 
     return router
 
@@ -195,8 +218,9 @@ def _snapshot(engine: Engine) -> Connection:
     return conn
 
 
-def _trail(center, session: ConsoleSession, view: str, chosen: Filters, chosen_page: Page | None,
-           rows: int) -> None:
+def _trail(
+    center, session: ConsoleSession, view: str, chosen: Filters, chosen_page: Page | None, rows: int
+) -> None:
     """Record the read before its answer leaves (center.console.access); a failure here fails the read."""
     with center.engine.begin() as conn:
         record_read(conn, session, view, chosen, chosen_page, rows, center.clock_ms())
@@ -211,8 +235,12 @@ def _add_table_route(router: APIRouter, read, view: str) -> None:
 
 def _signed_action_required(topup_id: str, decision: str) -> ApiError:
     shown = topup_id if TOPUP_ID.fullmatch(topup_id) else "TOPUP_ID"
-    return ApiError("signed_action_required", f"a console session cannot {decision} top-ups: run "
-                    f"`wallet operator {decision}-topup {shown}` with your operator token", 403)
+    return ApiError(
+        "signed_action_required",
+        f"a console session cannot {decision} top-ups: run "
+        f"`wallet operator {decision}-topup {shown}` with your operator token",
+        403,
+    )
 
 
 def _decisions(center, ids: str) -> list[dict]:
@@ -220,13 +248,25 @@ def _decisions(center, ids: str) -> list[dict]:
     only ids the page already listed, with their status and who decided, no member's data."""
     wanted = [item for item in ids.split(",") if item]
     if not 1 <= len(wanted) <= MAX_DECISION_IDS or not all(TOPUP_ID.fullmatch(item) for item in wanted):
-        raise ApiError("invalid_request", f"ids: 1 to {MAX_DECISION_IDS} top-up ids (U- and 16 hex digits), "
-                                          "separated by commas")
+        raise ApiError(
+            "invalid_request",
+            f"ids: 1 to {MAX_DECISION_IDS} top-up ids (U- and 16 hex digits), separated by commas",
+        )
     with center.engine.connect() as conn:
-        rows = conn.execute(select(topups.c.id, topups.c.status, topups.c.decided_at_ms, topups.c.decided_by)
-                            .where(topups.c.id.in_(wanted))).all()
-    return [{"topup_id": row.id, "status": row.status, "decided_at_ms": row.decided_at_ms,
-             "decided_by": row.decided_by} for row in sorted(rows, key=lambda row: wanted.index(row.id))]
+        rows = conn.execute(
+            select(topups.c.id, topups.c.status, topups.c.decided_at_ms, topups.c.decided_by).where(
+                topups.c.id.in_(wanted)
+            )
+        ).all()
+    return [
+        {
+            "topup_id": row.id,
+            "status": row.status,
+            "decided_at_ms": row.decided_at_ms,
+            "decided_by": row.decided_by,
+        }
+        for row in sorted(rows, key=lambda row: wanted.index(row.id))
+    ]
 
 
 class ConsoleHeadersMiddleware:

@@ -79,10 +79,18 @@ def csrf_matches(given: str | None, expected: str) -> bool:
 def start_session(conn: Connection, operator_id: str, kid: str, role: str, now_ms: int) -> tuple[str, str]:
     """Store a new session; (session id for the cookie, CSRF token). Only the id's hash is kept."""
     session_id, csrf_token = new_secret(), new_secret()
-    conn.execute(insert(console_sessions).values(
-        session_sha256=secret_hash(session_id), operator_id=operator_id, kid=kid, role=role,
-        csrf_token=csrf_token, created_at_ms=now_ms, expires_at_ms=now_ms + SESSION_LIFETIME_MS,
-        revoked=False))
+    conn.execute(
+        insert(console_sessions).values(
+            session_sha256=secret_hash(session_id),
+            operator_id=operator_id,
+            kid=kid,
+            role=role,
+            csrf_token=csrf_token,
+            created_at_ms=now_ms,
+            expires_at_ms=now_ms + SESSION_LIFETIME_MS,
+            revoked=False,
+        )
+    )
     return session_id, csrf_token
 
 
@@ -97,20 +105,33 @@ def load_session(center: Center, session_id: str | None) -> ConsoleSession | Non
             select(console_sessions)
             .join(keys, keys.c.kid == console_sessions.c.kid)
             .join(parties, parties.c.id == console_sessions.c.operator_id)
-            .where(console_sessions.c.session_sha256 == secret_hash(secret),
-                   console_sessions.c.revoked.is_(False),
-                   console_sessions.c.expires_at_ms > now_ms, keys.c.status == "active",
-                   parties.c.status == "active")).first()
+            .where(
+                console_sessions.c.session_sha256 == secret_hash(secret),
+                console_sessions.c.revoked.is_(False),
+                console_sessions.c.expires_at_ms > now_ms,
+                keys.c.status == "active",
+                parties.c.status == "active",
+            )
+        ).first()
     if row is None:
         return None
-    return ConsoleSession(session_id=row.session_sha256, operator_id=row.operator_id, kid=row.kid,
-                          role=row.role, csrf_token=row.csrf_token, expires_at_ms=row.expires_at_ms)
+    return ConsoleSession(
+        session_id=row.session_sha256,
+        operator_id=row.operator_id,
+        kid=row.kid,
+        role=row.role,
+        csrf_token=row.csrf_token,
+        expires_at_ms=row.expires_at_ms,
+    )
 
 
 def end_session(center: Center, session: ConsoleSession) -> None:
     with center.engine.begin() as conn:
-        conn.execute(update(console_sessions).where(console_sessions.c.session_sha256 == session.session_id)
-                     .values(revoked=True))
+        conn.execute(
+            update(console_sessions)
+            .where(console_sessions.c.session_sha256 == session.session_id)
+            .values(revoked=True)
+        )
 
 
 def purge_sessions(conn: Connection, before_ms: int) -> None:
@@ -133,15 +154,20 @@ def console_session(role: str | None = None) -> Callable[..., ConsoleSession]:
     """
     assert role is None or role in ROLE_RANK, role
 
-    def dependency(request: Request, tokenpay_console: Annotated[str | None, Cookie()] = None,
-                   x_csrf_token: Annotated[str | None, Header()] = None) -> ConsoleSession:
+    def dependency(
+        request: Request,
+        tokenpay_console: Annotated[str | None, Cookie()] = None,
+        x_csrf_token: Annotated[str | None, Header()] = None,
+    ) -> ConsoleSession:
         session = load_session(request.app.state.center, tokenpay_console)
         if session is None:
-            raise ApiError("console_login_required",
-                           "log in to the console with `wallet console-login` first")
+            raise ApiError(
+                "console_login_required", "log in to the console with `wallet console-login` first"
+            )
         if not role_allows(session.role, role):
-            raise ApiError("operator_role_required",
-                           f"this needs the role {role}; you are logged in as {session.role}")
+            raise ApiError(
+                "operator_role_required", f"this needs the role {role}; you are logged in as {session.role}"
+            )
         if request.method not in SAFE_METHODS and not csrf_matches(x_csrf_token, session.csrf_token):
             raise ApiError("csrf_failed", f"the {CSRF_HEADER} header must carry this session's CSRF token")
         return session

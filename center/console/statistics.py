@@ -32,14 +32,24 @@ def daily_payments(conn: Connection, *, days: int, now_ms: int) -> list[dict]:
     """Per UTC day, oldest first, every day present: payment count and volume (before refunds)."""
     first, last = stat_days(days, now_ms)
     day = (payments.c.created_at_ms // DAY_MS).label("day")
-    query = (select(day, func.count().label("count"), func.sum(payments.c.amount_minor).label("volume"))
-             .where(payments.c.created_at_ms >= day_number_ms(first),
-                    payments.c.created_at_ms < day_number_ms(last + 1))
-             .group_by(day))
+    query = (
+        select(day, func.count().label("count"), func.sum(payments.c.amount_minor).label("volume"))
+        .where(
+            payments.c.created_at_ms >= day_number_ms(first),
+            payments.c.created_at_ms < day_number_ms(last + 1),
+        )
+        .group_by(day)
+    )
     found = {int(row.day): (int(row.count), int(row.volume)) for row in conn.execute(query)}
     assert set(found) <= set(range(first, last + 1)), found
-    return [{"day": day_label(number), "count": found.get(number, (0, 0))[0],
-             "volume_minor": found.get(number, (0, 0))[1]} for number in range(first, last + 1)]
+    return [
+        {
+            "day": day_label(number),
+            "count": found.get(number, (0, 0))[0],
+            "volume_minor": found.get(number, (0, 0))[1],
+        }
+        for number in range(first, last + 1)
+    ]
 
 
 def top_stores(conn: Connection, *, days: int, now_ms: int, limit: int = DEFAULT_TOP_STORES) -> list[dict]:
@@ -48,36 +58,69 @@ def top_stores(conn: Connection, *, days: int, now_ms: int, limit: int = DEFAULT
         raise ApiError("invalid_request", f"limit must be 1..{MAX_TOP_STORES}")
     first, last = stat_days(days, now_ms)
     volume = func.sum(payments.c.amount_minor)
-    query = (select(payments.c.store_id, parties.c.name, func.count().label("count"), volume.label("volume"),
-                    func.sum(payments.c.refunded_minor).label("refunded"))
-             .join(parties, parties.c.id == payments.c.store_id)
-             .where(payments.c.created_at_ms >= day_number_ms(first),
-                    payments.c.created_at_ms < day_number_ms(last + 1))
-             .group_by(payments.c.store_id, parties.c.name)
-             .order_by(volume.desc(), payments.c.store_id).limit(limit))
-    return [{"store_id": row.store_id, "name": row.name, "count": int(row.count),
-             "volume_minor": int(row.volume), "refunded_minor": int(row.refunded)}
-            for row in conn.execute(query)]
+    query = (
+        select(
+            payments.c.store_id,
+            parties.c.name,
+            func.count().label("count"),
+            volume.label("volume"),
+            func.sum(payments.c.refunded_minor).label("refunded"),
+        )
+        .join(parties, parties.c.id == payments.c.store_id)
+        .where(
+            payments.c.created_at_ms >= day_number_ms(first),
+            payments.c.created_at_ms < day_number_ms(last + 1),
+        )
+        .group_by(payments.c.store_id, parties.c.name)
+        .order_by(volume.desc(), payments.c.store_id)
+        .limit(limit)
+    )
+    return [
+        {
+            "store_id": row.store_id,
+            "name": row.name,
+            "count": int(row.count),
+            "volume_minor": int(row.volume),
+            "refunded_minor": int(row.refunded),
+        }
+        for row in conn.execute(query)
+    ]
 
 
 def funding_by_method(conn: Connection, *, days: int, now_ms: int) -> list[dict]:
     """Confirmed top-ups per funding method, by the day they were confirmed (when value came in)."""
     first, last = stat_days(days, now_ms)
     amount = func.sum(topups.c.amount_minor).label("amount")
-    query = (select(topups.c.method, func.count().label("count"), amount)
-             .where(topups.c.status == "confirmed", topups.c.decided_at_ms >= day_number_ms(first),
-                    topups.c.decided_at_ms < day_number_ms(last + 1))
-             .group_by(topups.c.method))
+    query = (
+        select(topups.c.method, func.count().label("count"), amount)
+        .where(
+            topups.c.status == "confirmed",
+            topups.c.decided_at_ms >= day_number_ms(first),
+            topups.c.decided_at_ms < day_number_ms(last + 1),
+        )
+        .group_by(topups.c.method)
+    )
     found = {row.method: (int(row.count), int(row.amount)) for row in conn.execute(query)}
     assert set(found) <= set(FUNDING_METHODS), found
-    return [{"method": method, "count": found.get(method, (0, 0))[0],
-             "amount_minor": found.get(method, (0, 0))[1]} for method in FUNDING_METHODS]
+    return [
+        {
+            "method": method,
+            "count": found.get(method, (0, 0))[0],
+            "amount_minor": found.get(method, (0, 0))[1],
+        }
+        for method in FUNDING_METHODS
+    ]
 
 
-def statistics(conn: Connection, *, days: int = DEFAULT_STAT_DAYS, now_ms: int,
-               top: int = DEFAULT_TOP_STORES) -> dict:
+def statistics(
+    conn: Connection, *, days: int = DEFAULT_STAT_DAYS, now_ms: int, top: int = DEFAULT_TOP_STORES
+) -> dict:
     first, last = stat_days(days, now_ms)
-    return {"days": days, "from_day": day_label(first), "to_day": day_label(last),
-            "daily": daily_payments(conn, days=days, now_ms=now_ms),
-            "top_stores": top_stores(conn, days=days, now_ms=now_ms, limit=top),
-            "funding": funding_by_method(conn, days=days, now_ms=now_ms)}
+    return {
+        "days": days,
+        "from_day": day_label(first),
+        "to_day": day_label(last),
+        "daily": daily_payments(conn, days=days, now_ms=now_ms),
+        "top_stores": top_stores(conn, days=days, now_ms=now_ms, limit=top),
+        "funding": funding_by_method(conn, days=days, now_ms=now_ms),
+    }

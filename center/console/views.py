@@ -58,43 +58,105 @@ def _stat_rows(rows: list[dict]) -> dict:
 VIEWS: dict[str, View] = {
     "search": View(
         ("party_id", "role", "name", "status", "created_at_ms", "balance_minor", "kids"),
-        lambda conn, f, page, _now_ms: inquiry.search_parties(conn, f.q, role=f.role, page=page)),
+        lambda conn, f, page, _now_ms: inquiry.search_parties(conn, f.q, role=f.role, page=page),
+    ),
     "statement": View(
-        ("created_at_ms", "transfer_id", "kind", "ref", "counterparty", "counterparty_name", "debit_minor",
-         "credit_minor", "balance_minor"),
-        _statement),
+        (
+            "created_at_ms",
+            "transfer_id",
+            "kind",
+            "ref",
+            "counterparty",
+            "counterparty_name",
+            "debit_minor",
+            "credit_minor",
+            "balance_minor",
+        ),
+        _statement,
+    ),
     "payments": View(
-        ("created_at_ms", "payment_id", "buyer_id", "buyer_name", "store_id", "store_name", "amount_minor",
-         "refunded_minor", "order_ref"),
-        lambda conn, f, page, _now_ms: inquiry.list_payments(conn, store_id=f.store_id, buyer_id=f.buyer_id,
-                                                             window=f.window, page=page)),
+        (
+            "created_at_ms",
+            "payment_id",
+            "buyer_id",
+            "buyer_name",
+            "store_id",
+            "store_name",
+            "amount_minor",
+            "refunded_minor",
+            "order_ref",
+        ),
+        lambda conn, f, page, _now_ms: inquiry.list_payments(
+            conn, store_id=f.store_id, buyer_id=f.buyer_id, window=f.window, page=page
+        ),
+    ),
     "topups": View(
-        ("created_at_ms", "topup_id", "member_id", "member_name", "amount_minor", "method", "status",
-         "decided_at_ms", "decided_by"),
-        lambda conn, f, page, _now_ms: inquiry.list_topups(conn, status=f.status, member_id=f.member_id,
-                                                           window=f.window, page=page)),
+        (
+            "created_at_ms",
+            "topup_id",
+            "member_id",
+            "member_name",
+            "amount_minor",
+            "method",
+            "status",
+            "decided_at_ms",
+            "decided_by",
+        ),
+        lambda conn, f, page, _now_ms: inquiry.list_topups(
+            conn, status=f.status, member_id=f.member_id, window=f.window, page=page
+        ),
+    ),
     "refunds": View(
-        ("created_at_ms", "refund_id", "payment_id", "store_id", "store_name", "buyer_id", "buyer_name",
-         "amount_minor", "paid_minor"),
-        lambda conn, f, page, _now_ms: inquiry.list_refunds(conn, store_id=f.store_id, buyer_id=f.buyer_id,
-                                                            window=f.window, page=page)),
+        (
+            "created_at_ms",
+            "refund_id",
+            "payment_id",
+            "store_id",
+            "store_name",
+            "buyer_id",
+            "buyer_name",
+            "amount_minor",
+            "paid_minor",
+        ),
+        lambda conn, f, page, _now_ms: inquiry.list_refunds(
+            conn, store_id=f.store_id, buyer_id=f.buyer_id, window=f.window, page=page
+        ),
+    ),
     "payouts": View(
-        ("created_at_ms", "payout_id", "store_id", "store_name", "amount_minor", "bank_account", "status",
-         "batch_id", "exported_at_ms", "settled_at_ms"),
-        lambda conn, f, page, _now_ms: inquiry.list_payouts(conn, store_id=f.store_id, status=f.status,
-                                                            window=f.window, page=page)),
+        (
+            "created_at_ms",
+            "payout_id",
+            "store_id",
+            "store_name",
+            "amount_minor",
+            "bank_account",
+            "status",
+            "batch_id",
+            "exported_at_ms",
+            "settled_at_ms",
+        ),
+        lambda conn, f, page, _now_ms: inquiry.list_payouts(
+            conn, store_id=f.store_id, status=f.status, window=f.window, page=page
+        ),
+    ),
     "stats-daily": View(
         ("day", "count", "volume_minor"),
-        lambda conn, f, _page, now_ms: _stat_rows(statistics.daily_payments(conn, days=f.days,
-                                                                            now_ms=now_ms))),
+        lambda conn, f, _page, now_ms: _stat_rows(
+            statistics.daily_payments(conn, days=f.days, now_ms=now_ms)
+        ),
+    ),
     "stats-top-stores": View(
         ("store_id", "name", "count", "volume_minor", "refunded_minor"),
-        lambda conn, f, _page, now_ms: _stat_rows(statistics.top_stores(conn, days=f.days, now_ms=now_ms,
-                                                                        limit=f.top))),
+        lambda conn, f, _page, now_ms: _stat_rows(
+            statistics.top_stores(conn, days=f.days, now_ms=now_ms, limit=f.top)
+        ),
+    ),
     "stats-funding": View(
         ("method", "count", "amount_minor"),
-        lambda conn, f, _page, now_ms: _stat_rows(statistics.funding_by_method(conn, days=f.days,
-                                                                               now_ms=now_ms))),
+        lambda conn, f, _page, now_ms: _stat_rows(
+            statistics.funding_by_method(conn, days=f.days, now_ms=now_ms)
+        ),
+    ),
 }
 
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection):

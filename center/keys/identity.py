@@ -23,17 +23,25 @@ CERT_VALIDITY_DAYS = 825
 CERT_BACKDATE_MINUTES = 5
 
 
-def make_tls_certificate(center_id: str, receipt_spki: bytes, dns_names: list[str],
-                         ip_addresses: list[str]) -> tuple[bytes, bytes]:
+def make_tls_certificate(
+    center_id: str, receipt_spki: bytes, dns_names: list[str], ip_addresses: list[str]
+) -> tuple[bytes, bytes]:
     """Return (certificate PEM, private key PEM) for the center's TLS endpoint."""
     tls_key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, center_id),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tokenpay settlement center")])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, center_id),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tokenpay settlement center"),
+        ]
+    )
     now_utc = dt.datetime.now(dt.UTC)
-    alt_names = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    alt_names = [x509.DNSName(n) for n in dns_names] + [
+        x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses
+    ]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(tls_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now_utc - dt.timedelta(minutes=CERT_BACKDATE_MINUTES))
@@ -45,8 +53,9 @@ def make_tls_certificate(center_id: str, receipt_spki: bytes, dns_names: list[st
         .add_extension(x509.UnrecognizedExtension(RECEIPT_KEY_OID, receipt_spki), critical=False)
         .sign(tls_key, hashes.SHA256())
     )
-    key_pem = tls_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+    key_pem = tls_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
@@ -60,10 +69,19 @@ class CenterSigner:
         self.alg = key.algorithm
         self.spki = key.spki_der
 
-    def sign_receipt(self, *, request_header: Header, request: Envelope, result: dict, ctr: int,
-                     now_s: int) -> Envelope:
-        return self.seal(build_receipt_payload(center_kid=self.kid, request_header=request_header, request=request,
-                                               result=result, ctr=ctr, now_s=now_s))
+    def sign_receipt(
+        self, *, request_header: Header, request: Envelope, result: dict, ctr: int, now_s: int
+    ) -> Envelope:
+        return self.seal(
+            build_receipt_payload(
+                center_kid=self.kid,
+                request_header=request_header,
+                request=request,
+                result=result,
+                ctr=ctr,
+                now_s=now_s,
+            )
+        )
 
     def seal(self, payload: dict) -> Envelope:
         """Sign a payload the center issues (receipt, notice) with the token key."""

@@ -72,7 +72,9 @@ class CertificateAuthority:
     key: ec.EllipticCurvePrivateKey
 
 
-def create_ca(name: str, *, days: int, now_s: int, parent: CertificateAuthority | None = None) -> CertificateAuthority:
+def create_ca(
+    name: str, *, days: int, now_s: int, parent: CertificateAuthority | None = None
+) -> CertificateAuthority:
     """A new P-256 CA: self-signed (root), or signed by `parent` (intermediate)."""
     _check_name(name, "CA name")
     _check_days(days, MAX_CA_DAYS, "--days")
@@ -82,21 +84,28 @@ def create_ca(name: str, *, days: int, now_s: int, parent: CertificateAuthority 
     if parent is not None:
         check_ca_certificate(parent.cert, now_s)
         if _extension(parent.cert, x509.BasicConstraints).path_length == 0:
-            raise IssuerError(f"{_subject(parent.cert)} may issue key certificates only, not CAs (path length 0)")
+            raise IssuerError(
+                f"{_subject(parent.cert)} may issue key certificates only, not CAs (path length 0)"
+            )
         _check_within(not_after, parent.cert, "the parent CA")
         _check_key_pair(parent)
     issuer_name = parent.cert.subject if parent else subject
     issuer_public_key = parent.key.public_key() if parent else key.public_key()
-    builder = (_base_builder(subject, issuer_name, key.public_key(), now_s, not_after)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=0 if parent else ROOT_PATH_LENGTH),
-                              critical=True)
-               .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), critical=False))
+    builder = (
+        _base_builder(subject, issuer_name, key.public_key(), now_s, not_after)
+        .add_extension(
+            x509.BasicConstraints(ca=True, path_length=0 if parent else ROOT_PATH_LENGTH), critical=True
+        )
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), critical=False)
+    )
     cert = builder.sign(parent.key if parent else key, hashes.SHA256())
     return CertificateAuthority(cert=cert, key=key)
 
 
-def certify_key(ca: CertificateAuthority, spki_der: bytes, *, subject: str, days: int, now_s: int) -> x509.Certificate:
+def certify_key(
+    ca: CertificateAuthority, spki_der: bytes, *, subject: str, days: int, now_s: int
+) -> x509.Certificate:
     """The end-entity certificate binding `spki_der` (a key the center accepts) to `subject`."""
     _check_name(subject, "--subject")
     _check_days(days, MAX_KEY_CERT_DAYS, "--days")
@@ -106,10 +115,12 @@ def certify_key(ca: CertificateAuthority, spki_der: bytes, *, subject: str, days
     not_after = _time(now_s + days * 86400)
     _check_within(not_after, ca.cert, "the issuer CA")
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (_base_builder(name, ca.cert.subject, public_key, now_s, not_after)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(_key_usage(digital_signature=True), critical=True)
-               .add_extension(_authority_key_id(ca.cert), critical=False))
+    builder = (
+        _base_builder(name, ca.cert.subject, public_key, now_s, not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(_authority_key_id(ca.cert), critical=False)
+    )
     return builder.sign(ca.key, hashes.SHA256())
 
 
@@ -119,8 +130,14 @@ def default_days(ca_cert: x509.Certificate, now_s: int, wanted_days: int) -> int
     return max(1, min(wanted_days, remaining_days))
 
 
-def verify_key_certificate(cert_der: bytes, spki_der: bytes, *, trusted: tuple[x509.Certificate, ...],
-                           intermediates: tuple[x509.Certificate, ...], now_s: int) -> x509.Certificate:
+def verify_key_certificate(
+    cert_der: bytes,
+    spki_der: bytes,
+    *,
+    trusted: tuple[x509.Certificate, ...],
+    intermediates: tuple[x509.Certificate, ...],
+    now_s: int,
+) -> x509.Certificate:
     """Return the certificate if it certifies exactly `spki_der` and chains to `trusted` at `now_s`."""
     assert 1 <= len(trusted) <= MAX_TRUSTED_CAS, "a center checks key certificates only with a configured CA"
     assert len(intermediates) <= MAX_INTERMEDIATES
@@ -132,8 +149,10 @@ def verify_key_certificate(cert_der: bytes, spki_der: bytes, *, trusted: tuple[x
         raise IssuerError("the key certificate is not a DER X.509 certificate") from None
     certified_spki = certified_key(cert)
     if certified_spki != spki_der:
-        raise IssuerError(f"the certificate is for another key (kid {key_id(certified_spki)[:16]}...), "
-                          f"not the enrolling key (kid {key_id(spki_der)[:16]}...)")
+        raise IssuerError(
+            f"the certificate is for another key (kid {key_id(certified_spki)[:16]}...), "
+            f"not the enrolling key (kid {key_id(spki_der)[:16]}...)"
+        )
     _check_validity(cert, now_s, "the key certificate")
     check_end_entity_profile(cert)
     _verify_chain(cert, trusted, intermediates, now_s)
@@ -146,7 +165,9 @@ def certified_key(cert: x509.Certificate) -> bytes:
         public_key = cert.public_key()
     except (ValueError, UnsupportedAlgorithm):
         raise IssuerError("the certificate holds a public key of a type this center does not know") from None
-    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def check_end_entity_profile(cert: x509.Certificate) -> None:
@@ -207,10 +228,14 @@ def check_intermediate(cert: x509.Certificate, trusted: tuple[x509.Certificate, 
 
 def describe(cert: x509.Certificate) -> dict:
     """Stable facts about a certificate for receipts, JSON output and logs."""
-    return {"serial": format(cert.serial_number, "x"), "subject": cert.subject.rfc4514_string(),
-            "issuer": cert.issuer.rfc4514_string(), "not_before_s": int(cert.not_valid_before_utc.timestamp()),
-            "not_after_s": int(cert.not_valid_after_utc.timestamp()),
-            "sha256": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()}
+    return {
+        "serial": format(cert.serial_number, "x"),
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "not_before_s": int(cert.not_valid_before_utc.timestamp()),
+        "not_after_s": int(cert.not_valid_after_utc.timestamp()),
+        "sha256": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+    }
 
 
 def load_pem_certificates(data: bytes, what: str, max_count: int) -> list[x509.Certificate]:
@@ -233,7 +258,9 @@ def load_public_key_pem(data: bytes, what: str) -> bytes:
         public_key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):
         raise IssuerError(f"{what} is not a PEM public key (use `wallet export-public-key`)") from None
-    spki_der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki_der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     _acceptable_public_key(spki_der)
     return spki_der
 
@@ -243,8 +270,11 @@ def encrypt_ca_key(key: ec.EllipticCurvePrivateKey, password: str) -> bytes:
     if len(password) < MIN_CA_PASSWORD_CHARS:
         # PKCS#8 from cryptography uses PBKDF2 with few rounds: only a long password resists guessing.
         raise IssuerError(f"the CA key password must have at least {MIN_CA_PASSWORD_CHARS} characters")
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.BestAvailableEncryption(password.encode()))
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password.encode()),
+    )
 
 
 def load_ca(cert_pem: bytes, key_pem: bytes, password: str, now_s: int) -> CertificateAuthority:
@@ -254,7 +284,9 @@ def load_ca(cert_pem: bytes, key_pem: bytes, password: str, now_s: int) -> Certi
     try:
         key = serialization.load_pem_private_key(key_pem, password=password.encode())
     except TypeError:
-        raise IssuerError("the CA key file is not encrypted; keep an issuer key only under a password") from None
+        raise IssuerError(
+            "the CA key file is not encrypted; keep an issuer key only under a password"
+        ) from None
     except (ValueError, UnsupportedAlgorithm):
         raise IssuerError("cannot open the CA key: wrong password or not a PEM private key") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
@@ -275,23 +307,35 @@ def der(cert: x509.Certificate) -> bytes:
 
 # --- helpers ---------------------------------------------------------------------
 
+
 def _verify_chain(cert, trusted, intermediates, now_s) -> None:
     current = [anchor for anchor in trusted if _valid_at(anchor, now_s)]
     if not current:
-        raise IssuerError(f"the configured issuer CA {_subject(trusted[0])} is not valid now (it expires "
-                          f"{trusted[0].not_valid_after_utc:%Y-%m-%d}); the center operator must renew it")
-    builder = (verification.PolicyBuilder().store(verification.Store(list(trusted))).time(_time(now_s))
-               .max_chain_depth(MAX_INTERMEDIATES_IN_CHAIN)
-               .extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
-                                   ee_policy=_end_entity_policy()))
+        raise IssuerError(
+            f"the configured issuer CA {_subject(trusted[0])} is not valid now (it expires "
+            f"{trusted[0].not_valid_after_utc:%Y-%m-%d}); the center operator must renew it"
+        )
+    builder = (
+        verification.PolicyBuilder()
+        .store(verification.Store(list(trusted)))
+        .time(_time(now_s))
+        .max_chain_depth(MAX_INTERMEDIATES_IN_CHAIN)
+        .extension_policies(
+            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=_end_entity_policy()
+        )
+    )
     try:
         chain = builder.build_client_verifier().verify(cert, list(intermediates)).chain
     except verification.VerificationError as error:
-        raise IssuerError(f"the key certificate is not issued by the configured issuer CA ({_reason(error)})") from None
+        raise IssuerError(
+            f"the key certificate is not issued by the configured issuer CA ({_reason(error)})"
+        ) from None
     # The verifier accepts a trusted certificate as its own chain; a key certificate never is one
     # (center issuer trust takes CA certificates only, and a CA is refused as a key certificate above).
     if len(chain) < 2:
-        raise IssuerError("the key certificate is itself a trusted certificate, not one issued by the issuer CA")
+        raise IssuerError(
+            "the key certificate is itself a trusted certificate, not one issued by the issuer CA"
+        )
 
 
 def _end_entity_policy() -> verification.ExtensionPolicy:
@@ -310,10 +354,12 @@ def _end_entity_policy() -> verification.ExtensionPolicy:
             raise ValueError("extended key usage excludes client use")
 
     agnostic = verification.Criticality.AGNOSTIC
-    return (verification.ExtensionPolicy.permit_all()
-            .may_be_present(x509.BasicConstraints, agnostic, constraints)
-            .require_present(x509.KeyUsage, agnostic, usage)
-            .may_be_present(x509.ExtendedKeyUsage, agnostic, purposes))
+    return (
+        verification.ExtensionPolicy.permit_all()
+        .may_be_present(x509.BasicConstraints, agnostic, constraints)
+        .require_present(x509.KeyUsage, agnostic, usage)
+        .may_be_present(x509.ExtendedKeyUsage, agnostic, purposes)
+    )
 
 
 def _reason(error: verification.VerificationError) -> str:
@@ -322,11 +368,19 @@ def _reason(error: verification.VerificationError) -> str:
     return text.split(" (encountered processing", 1)[0][:200]
 
 
-def _base_builder(subject, issuer_name, public_key, now_s: int, not_after: dt.datetime) -> x509.CertificateBuilder:
-    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name).public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(_time(now_s - BACKDATE_S)).not_valid_after(not_after)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
+def _base_builder(
+    subject, issuer_name, public_key, now_s: int, not_after: dt.datetime
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(_time(now_s - BACKDATE_S))
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
 
 
 def _authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
@@ -336,11 +390,20 @@ def _authority_key_id(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())
 
 
-def _key_usage(*, digital_signature: bool = False, key_cert_sign: bool = False,
-               crl_sign: bool = False) -> x509.KeyUsage:
-    return x509.KeyUsage(digital_signature=digital_signature, content_commitment=False, key_encipherment=False,
-                         data_encipherment=False, key_agreement=False, key_cert_sign=key_cert_sign,
-                         crl_sign=crl_sign, encipher_only=False, decipher_only=False)
+def _key_usage(
+    *, digital_signature: bool = False, key_cert_sign: bool = False, crl_sign: bool = False
+) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _acceptable_public_key(spki_der: bytes):
@@ -355,8 +418,9 @@ def _acceptable_public_key(spki_der: bytes):
 
 
 def _check_key_pair(ca: CertificateAuthority) -> None:
-    if certified_key(ca.cert) != ca.key.public_key().public_bytes(serialization.Encoding.DER,
-                                                                  serialization.PublicFormat.SubjectPublicKeyInfo):
+    if certified_key(ca.cert) != ca.key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ):
         raise IssuerError("the CA key does not belong to the CA certificate")
 
 

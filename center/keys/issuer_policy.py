@@ -70,8 +70,9 @@ def enrollment_key_cert(body: dict) -> bytes | None:
         raise ApiError.from_wire(error) from None
 
 
-def check_enrollment_certificate(policy: IssuerPolicy | None, spki_der: bytes, cert_der: bytes | None,
-                                 now_s: int) -> dict | None:
+def check_enrollment_certificate(
+    policy: IssuerPolicy | None, spki_der: bytes, cert_der: bytes | None, now_s: int
+) -> dict | None:
     """Raise ApiError('key_not_certified') unless `policy` admits the key `spki_der`.
 
     Returns the checked certificate's facts (center.keys.issuer.describe) for the
@@ -80,14 +81,18 @@ def check_enrollment_certificate(policy: IssuerPolicy | None, spki_der: bytes, c
     policy = policy or NO_POLICY
     if cert_der is None:
         if policy.mode == ISSUER_CERTIFIED:
-            raise ApiError("key_not_certified", "this center accepts only keys certified by its card issuer and the "
-                                                "enrollment carries no key certificate (wallet enroll --key-cert)")
+            raise ApiError(
+                "key_not_certified",
+                "this center accepts only keys certified by its card issuer and the "
+                "enrollment carries no key certificate (wallet enroll --key-cert)",
+            )
         return None
     if not policy.trusted:
         return None  # cannot be judged here; see the module docstring
     try:
-        cert = issuer.verify_key_certificate(cert_der, spki_der, trusted=policy.trusted,
-                                             intermediates=policy.intermediates, now_s=now_s)
+        cert = issuer.verify_key_certificate(
+            cert_der, spki_der, trusted=policy.trusted, intermediates=policy.intermediates, now_s=now_s
+        )
     except issuer.IssuerError as error:
         raise ApiError("key_not_certified", str(error)) from None
     return issuer.describe(cert)
@@ -95,7 +100,9 @@ def check_enrollment_certificate(policy: IssuerPolicy | None, spki_der: bytes, c
 
 def policy_of(config: CenterConfig) -> IssuerPolicy:
     """The policy a configured center enforces; a broken configuration stops the center from starting."""
-    return load_policy(config.data_dir, config.issuer_policy, config.issuer_ca_file, config.issuer_intermediates_file)
+    return load_policy(
+        config.data_dir, config.issuer_policy, config.issuer_ca_file, config.issuer_intermediates_file
+    )
 
 
 def load_policy(data_dir: Path, mode: str, ca_file: str, intermediates_file: str) -> IssuerPolicy:
@@ -103,15 +110,24 @@ def load_policy(data_dir: Path, mode: str, ca_file: str, intermediates_file: str
         raise ValueError(f"config.json: issuer_policy must be one of {', '.join(POLICIES)}, not {mode!r}")
     if not ca_file:
         if mode == ISSUER_CERTIFIED:
-            raise ValueError("config.json: issuer_policy is issuer_certified but no issuer CA is configured "
-                             "(run `center issuer trust`)")
+            raise ValueError(
+                "config.json: issuer_policy is issuer_certified but no issuer CA is configured "
+                "(run `center issuer trust`)"
+            )
         return IssuerPolicy(mode=mode)
     try:
-        trusted = tuple(issuer.load_pem_certificates(_read(data_dir, ca_file), "the issuer CA file",
-                                                     issuer.MAX_TRUSTED_CAS))
-        intermediates = tuple(issuer.load_pem_certificates(_read(data_dir, intermediates_file),
-                                                           "the issuer intermediates file", issuer.MAX_INTERMEDIATES)
-                              if intermediates_file else ())
+        trusted = tuple(
+            issuer.load_pem_certificates(
+                _read(data_dir, ca_file), "the issuer CA file", issuer.MAX_TRUSTED_CAS
+            )
+        )
+        intermediates = tuple(
+            issuer.load_pem_certificates(
+                _read(data_dir, intermediates_file), "the issuer intermediates file", issuer.MAX_INTERMEDIATES
+            )
+            if intermediates_file
+            else ()
+        )
         for cert in trusted + intermediates:
             issuer.check_ca_profile(cert)
     except issuer.IssuerError as error:

@@ -28,25 +28,34 @@ class Trust:
     intermediates: tuple[dict, ...]
 
 
-def read_trust(ca_file: Path, intermediate_files: list[Path], now_s: int, ca_option: str = "--ca-cert") -> Trust:
+def read_trust(
+    ca_file: Path, intermediate_files: list[Path], now_s: int, ca_option: str = "--ca-cert"
+) -> Trust:
     """Read and check the CA file (1 to MAX_TRUSTED_CAS certificates) and the intermediates (one each)."""
     if len(intermediate_files) > issuer.MAX_INTERMEDIATES:
         raise CliError(f"at most {issuer.MAX_INTERMEDIATES} --intermediate files can be configured")
     try:
-        trusted = issuer.load_pem_certificates(read_pem_file(ca_file, ca_option), f"{ca_option} {ca_file}",
-                                               issuer.MAX_TRUSTED_CAS)
+        trusted = issuer.load_pem_certificates(
+            read_pem_file(ca_file, ca_option), f"{ca_option} {ca_file}", issuer.MAX_TRUSTED_CAS
+        )
         for cert in trusted:
             issuer.check_ca_certificate(cert, now_s)
-        intermediates = [issuer.load_pem_certificates(read_pem_file(path, "--intermediate"), f"--intermediate {path}", 1)[0]
-                         for path in intermediate_files]
+        intermediates = [
+            issuer.load_pem_certificates(read_pem_file(path, "--intermediate"), f"--intermediate {path}", 1)[
+                0
+            ]
+            for path in intermediate_files
+        ]
         for cert in intermediates:
             issuer.check_intermediate(cert, tuple(trusted), now_s)
     except issuer.IssuerError as error:
         raise CliError(str(error)) from None
-    return Trust(trusted_pem=b"".join(issuer.pem(c) for c in trusted),
-                 intermediates_pem=b"".join(issuer.pem(c) for c in intermediates),
-                 trusted=tuple(issuer.describe(c) for c in trusted),
-                 intermediates=tuple(issuer.describe(c) for c in intermediates))
+    return Trust(
+        trusted_pem=b"".join(issuer.pem(c) for c in trusted),
+        intermediates_pem=b"".join(issuer.pem(c) for c in intermediates),
+        trusted=tuple(issuer.describe(c) for c in trusted),
+        intermediates=tuple(issuer.describe(c) for c in intermediates),
+    )
 
 
 def choose_policy(require_certified: bool, allow_uncertified: bool) -> str | None:
@@ -90,9 +99,12 @@ def summary(config: CenterConfig) -> dict:
         policy = policy_of(config)
     except ValueError as error:
         raise CliError(str(error)) from None
-    return {"policy": policy.mode, "data_dir": str(config.data_dir),
-            "trusted": [issuer.describe(c) for c in policy.trusted],
-            "intermediates": [issuer.describe(c) for c in policy.intermediates]}
+    return {
+        "policy": policy.mode,
+        "data_dir": str(config.data_dir),
+        "trusted": [issuer.describe(c) for c in policy.trusted],
+        "intermediates": [issuer.describe(c) for c in policy.intermediates],
+    }
 
 
 def read_pem_file(path: Path, option: str) -> bytes:

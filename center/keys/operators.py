@@ -62,15 +62,23 @@ def _algorithm_for(key) -> str:
         return ED25519
     if isinstance(key, rsa.RSAPublicKey):
         if not RSA_MIN_BITS <= key.key_size <= RSA_MAX_BITS:
-            raise ApiError("unsupported_algorithm",
-                           f"RSA keys must have {RSA_MIN_BITS} to {RSA_MAX_BITS} bits, not {key.key_size}")
+            raise ApiError(
+                "unsupported_algorithm",
+                f"RSA keys must have {RSA_MIN_BITS} to {RSA_MAX_BITS} bits, not {key.key_size}",
+            )
         return RS256
-    raise ApiError("unsupported_algorithm", f"{type(key).__name__.lstrip('_')} keys are not accepted: "
-                                            "use P-256, Ed25519 or RSA-2048+")
+    raise ApiError(
+        "unsupported_algorithm",
+        f"{type(key).__name__.lstrip('_')} keys are not accepted: use P-256, Ed25519 or RSA-2048+",
+    )
 
 
 def check_name(name: str) -> str:
-    if not name.strip() or len(name) > MAX_NAME_CHARS or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+    if (
+        not name.strip()
+        or len(name) > MAX_NAME_CHARS
+        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name)
+    ):
         raise ApiError("invalid_request", f"the name must be 1 to {MAX_NAME_CHARS} printable characters")
     return name
 
@@ -84,18 +92,52 @@ def add_operator(engine: Engine, pem: bytes, *, role: str, name: str, added_by: 
     kid = key_id(spki)
     with engine.begin() as conn:
         if conn.execute(select(keys.c.kid).where(keys.c.kid == kid)).first() is not None:
-            raise ApiError("key_already_enrolled", f"key {kid} is already enrolled; each account needs its own key")
+            raise ApiError(
+                "key_already_enrolled", f"key {kid} is already enrolled; each account needs its own key"
+            )
         operator_id = operator_id_new()
-        conn.execute(insert(parties).values(id=operator_id, role=role, name=name, address="", birth_date=None,
-                                            bank_account=None, status="active", created_at_ms=now_ms))
+        conn.execute(
+            insert(parties).values(
+                id=operator_id,
+                role=role,
+                name=name,
+                address="",
+                birth_date=None,
+                bank_account=None,
+                status="active",
+                created_at_ms=now_ms,
+            )
+        )
         # last_ctr 0: the operator's first signed request may use counter 1.
-        conn.execute(insert(keys).values(kid=kid, party_id=operator_id, algorithm=algorithm, spki=spki,
-                                         status="active", last_ctr=0, created_at_ms=now_ms))
-        view = {"action": "operator_added", "operator_id": operator_id, "kid": kid, "role": role,
-                "algorithm": algorithm, "name": name}
+        conn.execute(
+            insert(keys).values(
+                kid=kid,
+                party_id=operator_id,
+                algorithm=algorithm,
+                spki=spki,
+                status="active",
+                last_ctr=0,
+                created_at_ms=now_ms,
+            )
+        )
+        view = {
+            "action": "operator_added",
+            "operator_id": operator_id,
+            "kid": kid,
+            "role": role,
+            "algorithm": algorithm,
+            "name": name,
+        }
         request = {"operator_id": operator_id, "kid": kid, "role": role, "name": name, "added_by": added_by}
-        audit.append_local(conn, actor=added_by, request=request, msg_type="operator_add", msg_id=operator_id,
-                           action=view, now_ms=now_ms)
+        audit.append_local(
+            conn,
+            actor=added_by,
+            request=request,
+            msg_type="operator_add",
+            msg_id=operator_id,
+            action=view,
+            now_ms=now_ms,
+        )
     return {k: view[k] for k in ("operator_id", "kid", "role", "algorithm", "name")}
 
 
@@ -103,10 +145,30 @@ def list_operators(conn: Connection, limit: int = MAX_LISTED) -> list[dict]:
     """Every operator and auditor key, oldest first: who, which key, which role, whether usable."""
     assert 0 < limit <= MAX_LISTED
     rows = conn.execute(
-        select(parties.c.id, parties.c.name, parties.c.role, parties.c.status.label("party_status"), keys.c.kid,
-               keys.c.algorithm, keys.c.status.label("key_status"), keys.c.created_at_ms)
-        .join(keys, keys.c.party_id == parties.c.id).where(parties.c.role.in_(OPERATOR_ROLES))
-        .order_by(keys.c.created_at_ms, keys.c.kid).limit(limit))
-    return [{"operator_id": r.id, "name": r.name, "role": r.role, "kid": r.kid, "algorithm": r.algorithm,
-             "status": r.key_status if r.party_status == "active" else r.party_status,
-             "created_at_ms": r.created_at_ms} for r in rows]
+        select(
+            parties.c.id,
+            parties.c.name,
+            parties.c.role,
+            parties.c.status.label("party_status"),
+            keys.c.kid,
+            keys.c.algorithm,
+            keys.c.status.label("key_status"),
+            keys.c.created_at_ms,
+        )
+        .join(keys, keys.c.party_id == parties.c.id)
+        .where(parties.c.role.in_(OPERATOR_ROLES))
+        .order_by(keys.c.created_at_ms, keys.c.kid)
+        .limit(limit)
+    )
+    return [
+        {
+            "operator_id": r.id,
+            "name": r.name,
+            "role": r.role,
+            "kid": r.kid,
+            "algorithm": r.algorithm,
+            "status": r.key_status if r.party_status == "active" else r.party_status,
+            "created_at_ms": r.created_at_ms,
+        }
+        for r in rows
+    ]

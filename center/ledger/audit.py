@@ -32,8 +32,11 @@ MAX_MSG_ID_CHARS = 64
 # Built once (see center.ledger.book): every accepted request appends an entry.
 _LOCK_HEAD = select(audit_head.c.seq, audit_head.c.entry_hash).where(audit_head.c.id == 1).with_for_update()
 _INSERT_ENTRY = insert(audit_log)
-_MOVE_HEAD = update(audit_head).where(audit_head.c.id == 1).values(seq=bindparam("h_seq"),
-                                                                    entry_hash=bindparam("h_hash"))
+_MOVE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=bindparam("h_seq"), entry_hash=bindparam("h_hash"))
+)
 
 
 @dataclass(frozen=True)
@@ -42,29 +45,61 @@ class AuditProblem:
     reason: str
 
 
-def append(conn: Connection, *, kid: str, alg: str, payload: bytes, signature: bytes, msg_type: str,
-           msg_id: str, action: dict, now_ms: int) -> int:
+def append(
+    conn: Connection,
+    *,
+    kid: str,
+    alg: str,
+    payload: bytes,
+    signature: bytes,
+    msg_type: str,
+    msg_id: str,
+    action: dict,
+    now_ms: int,
+) -> int:
     """Add one entry inside the caller's transaction; returns its seq.
 
     Signed requests are recorded with their exact bytes and signature. Local
     actions (an operator at the console, a funding webhook) are recorded with
     kid 'operator:<who>' / 'webhook:<name>', alg LOCAL_ALG (through append_local) / WEBHOOK_ALG.
     """
-    [seq] = append_many(conn, [{"kid": kid, "alg": alg, "payload": payload, "signature": signature,
-                                "msg_type": msg_type, "msg_id": msg_id, "action": action, "now_ms": now_ms}])
+    [seq] = append_many(
+        conn,
+        [
+            {
+                "kid": kid,
+                "alg": alg,
+                "payload": payload,
+                "signature": signature,
+                "msg_type": msg_type,
+                "msg_id": msg_id,
+                "action": action,
+                "now_ms": now_ms,
+            }
+        ],
+    )
     return seq
 
 
-def append_local(conn: Connection, *, actor: str, request: dict, msg_type: str, msg_id: str, action: dict,
-                 now_ms: int) -> int:
+def append_local(
+    conn: Connection, *, actor: str, request: dict, msg_type: str, msg_id: str, action: dict, now_ms: int
+) -> int:
     """Record an action taken at the center (alg "none"): no member key signed it.
 
     `actor` names who acted ("operator:<who>", "operator:payouts"); `request` (what was asked, as
     canonical JSON) stands where a signed message's bytes would be; the signature is empty.
     """
-    return append(conn, kid=actor[:MAX_KID_CHARS], alg=LOCAL_ALG, payload=rfc8785.dumps(request),
-                  signature=b"", msg_type=msg_type, msg_id=msg_id[:MAX_MSG_ID_CHARS], action=action,
-                  now_ms=now_ms)
+    return append(
+        conn,
+        kid=actor[:MAX_KID_CHARS],
+        alg=LOCAL_ALG,
+        payload=rfc8785.dumps(request),
+        signature=b"",
+        msg_type=msg_type,
+        msg_id=msg_id[:MAX_MSG_ID_CHARS],
+        action=action,
+        now_ms=now_ms,
+    )
 
 
 def append_many(conn: Connection, entries: list[dict]) -> list[int]:
@@ -77,9 +112,17 @@ def append_many(conn: Connection, entries: list[dict]) -> list[int]:
     seq, prev_hash, rows = head.seq, head.entry_hash, []
     for entry in entries:
         seq += 1
-        row = {"seq": seq, "created_at_ms": entry["now_ms"], "kid": entry["kid"], "alg": entry["alg"],
-               "msg_type": entry["msg_type"], "msg_id": entry["msg_id"], "payload": entry["payload"],
-               "signature": entry["signature"], "action": jcs_bytes(entry["action"]).decode()}
+        row = {
+            "seq": seq,
+            "created_at_ms": entry["now_ms"],
+            "kid": entry["kid"],
+            "alg": entry["alg"],
+            "msg_type": entry["msg_type"],
+            "msg_id": entry["msg_id"],
+            "payload": entry["payload"],
+            "signature": entry["signature"],
+            "action": jcs_bytes(entry["action"]).decode(),
+        }
         entry_hash = chain_hash(prev_hash, row)
         rows.append({"prev_hash": prev_hash, "entry_hash": entry_hash, **row})
         prev_hash = entry_hash
@@ -88,17 +131,33 @@ def append_many(conn: Connection, entries: list[dict]) -> list[int]:
     return [row["seq"] for row in rows]
 
 
-def append_envelope(conn: Connection, envelope: Envelope, *, msg_type: str, msg_id: str, action: dict,
-                    now_ms: int) -> int:
-    return append(conn, kid=envelope.kid, alg=envelope.alg, payload=envelope.payload, signature=envelope.sig,
-                  msg_type=msg_type, msg_id=msg_id, action=action, now_ms=now_ms)
+def append_envelope(
+    conn: Connection, envelope: Envelope, *, msg_type: str, msg_id: str, action: dict, now_ms: int
+) -> int:
+    return append(
+        conn,
+        kid=envelope.kid,
+        alg=envelope.alg,
+        payload=envelope.payload,
+        signature=envelope.sig,
+        msg_type=msg_type,
+        msg_id=msg_id,
+        action=action,
+        now_ms=now_ms,
+    )
 
 
 def chain_hash(prev_hash: str, row: dict) -> str:
     fields = {
-        "seq": row["seq"], "created_at_ms": row["created_at_ms"], "kid": row["kid"], "alg": row["alg"],
-        "msg_type": row["msg_type"], "msg_id": row["msg_id"], "payload": b64url_encode(row["payload"]),
-        "signature": b64url_encode(row["signature"]), "action": json.loads(row["action"]),
+        "seq": row["seq"],
+        "created_at_ms": row["created_at_ms"],
+        "kid": row["kid"],
+        "alg": row["alg"],
+        "msg_type": row["msg_type"],
+        "msg_id": row["msg_id"],
+        "payload": b64url_encode(row["payload"]),
+        "signature": b64url_encode(row["signature"]),
+        "action": json.loads(row["action"]),
     }
     return hashlib.sha256(bytes.fromhex(prev_hash) + jcs_bytes(fields)).hexdigest()
 
@@ -108,8 +167,16 @@ def verify_chain(conn: Connection, *, batch_rows: int = 1000) -> tuple[int, Audi
     expected_seq, prev_hash, checked = 1, GENESIS_HASH, 0
     last_seq = 0
     while True:
-        rows = conn.execute(select(audit_log).where(audit_log.c.seq >= expected_seq)
-                            .order_by(audit_log.c.seq).limit(batch_rows)).mappings().all()
+        rows = (
+            conn.execute(
+                select(audit_log)
+                .where(audit_log.c.seq >= expected_seq)
+                .order_by(audit_log.c.seq)
+                .limit(batch_rows)
+            )
+            .mappings()
+            .all()
+        )
         for row in rows:
             if row["seq"] != expected_seq:
                 missing = f"entry {expected_seq} is missing (next is {row['seq']})"

@@ -40,8 +40,9 @@ FORMAT_VERSION = 2
 EXPORT_BATCH_ROWS = 500
 
 
-def export_audit(engine: Engine, path: Path, *, center_id: str, cert_pem: bytes,
-                 batch_rows: int = EXPORT_BATCH_ROWS) -> dict:
+def export_audit(
+    engine: Engine, path: Path, *, center_id: str, cert_pem: bytes, batch_rows: int = EXPORT_BATCH_ROWS
+) -> dict:
     """Write the whole audit trail and every enrolled key to `path`, atomically; never overwrite."""
     path = Path(path)
     _check_certificate(center_id, cert_pem)
@@ -68,29 +69,40 @@ def _check_certificate(center_id: str, cert_pem: bytes) -> None:
     except ValueError as error:
         raise ApiError("invalid_certificate", f"center certificate: {error}") from None
     if identity.center_id != center_id:
-        raise ApiError("invalid_certificate",
-                       f"the certificate is for {identity.center_id!r}, not {center_id!r}")
+        raise ApiError(
+            "invalid_certificate", f"the certificate is for {identity.center_id!r}, not {center_id!r}"
+        )
 
 
 def _file_exists(path: Path) -> ApiError:
-    return ApiError("file_exists",
-                    f"{path} already exists; choose a new file name (exports are never overwritten)")
+    return ApiError(
+        "file_exists", f"{path} already exists; choose a new file name (exports are never overwritten)"
+    )
 
 
 def _read_head(engine: Engine) -> dict:
     with engine.connect() as conn:
-        head = conn.execute(select(audit_head.c.seq, audit_head.c.entry_hash)
-                            .where(audit_head.c.id == 1)).one()
+        head = conn.execute(
+            select(audit_head.c.seq, audit_head.c.entry_hash).where(audit_head.c.id == 1)
+        ).one()
     return {"seq": head.seq, "entry_hash": head.entry_hash}
 
 
-def _write_document(out: BinaryIO, engine: Engine, head: dict, center_id: str, cert_pem: bytes,
-                    batch_rows: int) -> dict:
-    out.write(_line({
-        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "center_id": center_id,
-        "center_cert_pem": cert_pem.decode("ascii"), "exported_at_ms": time.time_ns() // 1_000_000,
-        "head": head,
-    }))
+def _write_document(
+    out: BinaryIO, engine: Engine, head: dict, center_id: str, cert_pem: bytes, batch_rows: int
+) -> dict:
+    out.write(
+        _line(
+            {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "center_id": center_id,
+                "center_cert_pem": cert_pem.decode("ascii"),
+                "exported_at_ms": time.time_ns() // 1_000_000,
+                "head": head,
+            }
+        )
+    )
     # Keys first: the verifier needs them all before the first signed entry.
     key_count = _write_records(out, "key", map(_key_json, _key_rows(engine, batch_rows)))
     entry_count = _write_records(out, "entry", map(_entry_json, _entry_rows(engine, head["seq"], batch_rows)))
@@ -117,9 +129,12 @@ def _key_rows(engine: Engine, batch_rows: int) -> Iterator:
     after = ""
     while True:
         with engine.connect() as conn:
-            rows = conn.execute(select(keys.c.kid, keys.c.algorithm, keys.c.spki, keys.c.party_id,
-                                       keys.c.status)
-                                .where(keys.c.kid > after).order_by(keys.c.kid).limit(batch_rows)).all()
+            rows = conn.execute(
+                select(keys.c.kid, keys.c.algorithm, keys.c.spki, keys.c.party_id, keys.c.status)
+                .where(keys.c.kid > after)
+                .order_by(keys.c.kid)
+                .limit(batch_rows)
+            ).all()
         yield from rows
         if len(rows) < batch_rows:
             return
@@ -133,8 +148,16 @@ def _entry_rows(engine: Engine, head_seq: int, batch_rows: int) -> Iterator:
     after = 0
     while after < head_seq:
         with engine.connect() as conn:
-            rows = conn.execute(select(audit_log).where(audit_log.c.seq > after, audit_log.c.seq <= head_seq)
-                                .order_by(audit_log.c.seq).limit(batch_rows)).mappings().all()
+            rows = (
+                conn.execute(
+                    select(audit_log)
+                    .where(audit_log.c.seq > after, audit_log.c.seq <= head_seq)
+                    .order_by(audit_log.c.seq)
+                    .limit(batch_rows)
+                )
+                .mappings()
+                .all()
+            )
         if not rows:
             return
         yield from rows
@@ -142,20 +165,34 @@ def _entry_rows(engine: Engine, head_seq: int, batch_rows: int) -> Iterator:
 
 
 def _key_json(row) -> dict:
-    return {"kid": row.kid, "algorithm": row.algorithm, "spki": b64url_encode(bytes(row.spki)),
-            "party_id": row.party_id, "status": row.status}
+    return {
+        "kid": row.kid,
+        "algorithm": row.algorithm,
+        "spki": b64url_encode(bytes(row.spki)),
+        "party_id": row.party_id,
+        "status": row.status,
+    }
 
 
 def _entry_json(row) -> dict:
     try:
         action = json.loads(row["action"])
     except ValueError:
-        raise ApiError("audit_corrupt", f"audit entry {row['seq']}: the recorded action is not JSON; "
-                                        "run `center audit verify`") from None
+        raise ApiError(
+            "audit_corrupt",
+            f"audit entry {row['seq']}: the recorded action is not JSON; run `center audit verify`",
+        ) from None
     return {
-        "seq": row["seq"], "created_at_ms": row["created_at_ms"], "kid": row["kid"], "alg": row["alg"],
-        "msg_type": row["msg_type"], "msg_id": row["msg_id"], "payload": b64url_encode(bytes(row["payload"])),
-        "signature": b64url_encode(bytes(row["signature"])), "action": action, "prev_hash": row["prev_hash"],
+        "seq": row["seq"],
+        "created_at_ms": row["created_at_ms"],
+        "kid": row["kid"],
+        "alg": row["alg"],
+        "msg_type": row["msg_type"],
+        "msg_id": row["msg_id"],
+        "payload": b64url_encode(bytes(row["payload"])),
+        "signature": b64url_encode(bytes(row["signature"])),
+        "action": action,
+        "prev_hash": row["prev_hash"],
         "entry_hash": row["entry_hash"],
     }
 

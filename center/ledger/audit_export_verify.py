@@ -48,12 +48,26 @@ MAX_ENTRY_PAYLOAD_BYTES = 1024 * 1024
 KEY_CACHE_SIZE = 4096
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
-HEADER_FIELDS = frozenset({"format", "format_version", "center_id", "center_cert_pem", "exported_at_ms",
-                           "head"})
+HEADER_FIELDS = frozenset(
+    {"format", "format_version", "center_id", "center_cert_pem", "exported_at_ms", "head"}
+)
 RECORD_KINDS = frozenset({"key", "entry"})
 KEY_FIELDS = frozenset({"kid", "algorithm", "spki", "party_id", "status"})
-ENTRY_FIELDS = frozenset({"seq", "created_at_ms", "kid", "alg", "msg_type", "msg_id", "payload", "signature",
-                          "action", "prev_hash", "entry_hash"})
+ENTRY_FIELDS = frozenset(
+    {
+        "seq",
+        "created_at_ms",
+        "kid",
+        "alg",
+        "msg_type",
+        "msg_id",
+        "payload",
+        "signature",
+        "action",
+        "prev_hash",
+        "entry_hash",
+    }
+)
 # What bad input raises on its way through json, base64, key loading and the
 # payload parser (RecursionError: deeply nested JSON).
 MALFORMED = (ValueError, KeyError, TypeError, IndexError, WireError, RecursionError)
@@ -93,10 +107,16 @@ class _Report:
     head_entry_hash: str | None = None
 
     def to_json(self) -> dict:
-        return {"ok": self.problem is None, "entries": self.entries,
-                "signatures_checked": self.signatures_checked,
-                "unsigned_entries": self.unsigned_entries, "first_bad_seq": self.first_bad_seq,
-                "problem": self.problem, "center_id": self.center_id, "head_entry_hash": self.head_entry_hash}
+        return {
+            "ok": self.problem is None,
+            "entries": self.entries,
+            "signatures_checked": self.signatures_checked,
+            "unsigned_entries": self.unsigned_entries,
+            "first_bad_seq": self.first_bad_seq,
+            "problem": self.problem,
+            "center_id": self.center_id,
+            "head_entry_hash": self.head_entry_hash,
+        }
 
 
 @dataclass
@@ -128,8 +148,9 @@ def verify_export(path: Path) -> dict:
 def _check_file_size(path: Path) -> None:
     size_bytes = path.stat().st_size
     if size_bytes > MAX_EXPORT_FILE_BYTES:
-        raise _Bad(None, f"file is {size_bytes} bytes; exports above {MAX_EXPORT_FILE_BYTES} bytes "
-                         "are refused")
+        raise _Bad(
+            None, f"file is {size_bytes} bytes; exports above {MAX_EXPORT_FILE_BYTES} bytes are refused"
+        )
 
 
 class _Lines:
@@ -156,8 +177,11 @@ class _Lines:
         if self._read_bytes > MAX_EXPORT_FILE_BYTES:
             raise ValueError(f"file is longer than {MAX_EXPORT_FILE_BYTES} bytes")
         if not line.endswith(b"\n"):
-            raise ValueError(f"line is longer than {MAX_LINE_BYTES} bytes" if len(line) > MAX_LINE_BYTES
-                             else "last line is cut off (no final newline)")
+            raise ValueError(
+                f"line is longer than {MAX_LINE_BYTES} bytes"
+                if len(line) > MAX_LINE_BYTES
+                else "last line is cut off (no final newline)"
+            )
         return _parse_line(line[:-1])
 
 
@@ -166,8 +190,9 @@ def _parse_line(line: bytes) -> object:
     if not line.strip():
         raise ValueError("blank line")
     try:
-        return json.loads(line.decode("utf-8"), parse_constant=_refuse_constant,
-                          object_pairs_hook=_refuse_repeated_names)
+        return json.loads(
+            line.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeated_names
+        )
     except json.JSONDecodeError as error:
         raise ValueError(f"not JSON: {error.msg} at column {error.colno}") from None
 
@@ -194,8 +219,10 @@ def _verify_lines(lines: _Lines, report: _Report) -> None:
     except MALFORMED as error:
         # Once entries have begun, the problem is placed at the entry expected next.
         if chain.in_entries:
-            raise _Bad(chain.expected_seq, f"entry {chain.expected_seq} (line {lines.number}) is malformed: "
-                                           f"{_describe(error)}") from None
+            raise _Bad(
+                chain.expected_seq,
+                f"entry {chain.expected_seq} (line {lines.number}) is malformed: {_describe(error)}",
+            ) from None
         raise _Bad(None, f"line {lines.number} is malformed: {_describe(error)}") from None
     _check_head(chain, header)
 
@@ -207,13 +234,19 @@ def _read_header(lines: _Lines) -> _Header:
             raise ValueError("the file is empty")
         return _parse_header(record)
     except MALFORMED as error:
-        raise _Bad(None, f"line 1 is not a {FORMAT_NAME} version {FORMAT_VERSION} header (JSON Lines): "
-                         f"{_describe(error)}") from None
+        raise _Bad(
+            None,
+            f"line 1 is not a {FORMAT_NAME} version {FORMAT_VERSION} header (JSON Lines): {_describe(error)}",
+        ) from None
 
 
 def _parse_header(record: object) -> _Header:
-    if not isinstance(record, dict) or record.get("format") != FORMAT_NAME \
-            or record.get("format_version") != FORMAT_VERSION or type(record["format_version"]) is not int:
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != FORMAT_NAME
+        or record.get("format_version") != FORMAT_VERSION
+        or type(record["format_version"]) is not int
+    ):
         raise ValueError("wrong format name or version")
     if set(record) != HEADER_FIELDS:
         raise ValueError(f"the header must have exactly {sorted(HEADER_FIELDS)}")
@@ -223,8 +256,13 @@ def _parse_header(record: object) -> _Header:
     identity = read_center_certificate(cert_pem.encode("utf-8"))
     if identity.center_id != center_id:
         raise ValueError(f"the certificate is for {identity.center_id!r}, the export says {center_id!r}")
-    if not isinstance(head, dict) or set(head) != {"seq", "entry_hash"} or not _is_int(head["seq"], 0) \
-            or not isinstance(head["entry_hash"], str) or not HEX64.fullmatch(head["entry_hash"]):
+    if (
+        not isinstance(head, dict)
+        or set(head) != {"seq", "entry_hash"}
+        or not _is_int(head["seq"], 0)
+        or not isinstance(head["entry_hash"], str)
+        or not HEX64.fullmatch(head["entry_hash"])
+    ):
         raise ValueError("head must be {seq: integer >= 0, entry_hash: 64 hex digits}")
     return _Header(center_id=center_id, head_seq=head["seq"], head_hash=head["entry_hash"])
 
@@ -235,8 +273,10 @@ def _verify_record(record: object, number: int, header: _Header, chain: _Chain, 
     if "key" in record:
         # Keys first, so every signature can be checked as its entry goes by.
         if chain.in_entries:
-            raise _Bad(chain.expected_seq, f"line {number} is a key after the first entry; "
-                                           "all keys must come before the entries")
+            raise _Bad(
+                chain.expected_seq,
+                f"line {number} is a key after the first entry; all keys must come before the entries",
+            )
         _add_key(header.keys, record["key"])
     else:
         chain.in_entries = True
@@ -268,8 +308,11 @@ def _parse_key(record: object) -> tuple[str, _Key]:
 def _verify_entry(entry: object, chain: _Chain, header: _Header, report: _Report) -> None:
     seq = _check_entry_shape(entry, chain.expected_seq)
     if seq != chain.expected_seq:
-        reason = (f"entry {chain.expected_seq} is missing (next is {seq})" if seq > chain.expected_seq
-                  else f"entry {seq} appears again or out of order after {chain.expected_seq - 1}")
+        reason = (
+            f"entry {chain.expected_seq} is missing (next is {seq})"
+            if seq > chain.expected_seq
+            else f"entry {seq} appears again or out of order after {chain.expected_seq - 1}"
+        )
         raise _Bad(chain.expected_seq, reason)
     if entry["prev_hash"] != chain.prev_hash:
         raise _Bad(seq, "entry does not link to the one before it")
@@ -291,25 +334,34 @@ def _check_entry_shape(entry: object, expected_seq: int) -> int:
     if not isinstance(entry, dict) or set(entry) != ENTRY_FIELDS:
         raise _Bad(expected_seq, f"entry {expected_seq} must have exactly {sorted(ENTRY_FIELDS)}")
     texts = ("kid", "alg", "msg_type", "msg_id", "payload", "signature", "prev_hash", "entry_hash")
-    if not _is_int(entry["seq"], 1) or not _is_int(entry["created_at_ms"], 0) \
-            or not all(isinstance(entry[name], str) for name in texts) \
-            or not isinstance(entry["action"], dict):
+    if (
+        not _is_int(entry["seq"], 1)
+        or not _is_int(entry["created_at_ms"], 0)
+        or not all(isinstance(entry[name], str) for name in texts)
+        or not isinstance(entry["action"], dict)
+    ):
         raise _Bad(expected_seq, f"entry {expected_seq} has a field of the wrong type")
     return entry["seq"]
 
 
 def _chain_row(entry: dict, payload: bytes, signature: bytes) -> dict:
     # chain_hash takes the row as stored: bytes as bytes, the action as JSON text.
-    return {**entry, "payload": payload, "signature": signature,
-            "action": json.dumps(entry["action"], ensure_ascii=False, allow_nan=False)}
+    return {
+        **entry,
+        "payload": payload,
+        "signature": signature,
+        "action": json.dumps(entry["action"], ensure_ascii=False, allow_nan=False),
+    }
 
 
 def _check_local_actor(entry: dict) -> None:
     # A member's signed entry must not pass as a local one: local actors are
     # named ("operator:<who>", "webhook:<name>"), never a key id.
     if ":" not in entry["kid"] or HEX64.fullmatch(entry["kid"]):
-        raise _Bad(entry["seq"], f"unsigned entry ({entry['alg']}) names {entry['kid']!r}, "
-                                 "which is not a local actor")
+        raise _Bad(
+            entry["seq"],
+            f"unsigned entry ({entry['alg']}) names {entry['kid']!r}, which is not a local actor",
+        )
 
 
 def _check_signed_entry(entry: dict, payload: bytes, signature: bytes, header: _Header) -> None:
@@ -357,14 +409,17 @@ def _check_rotation_proof(entry: dict, payload: bytes, header: _Header) -> None:
         raise _Bad(seq, "the new key's proof is for another center or names another key to replace")
     exported = header.keys.get(proof_header.kid)
     if exported is None or exported.spki != spki or exported.algorithm != proof_body["alg"]:
-        raise _Bad(seq, f"the new key {proof_header.kid} is not among the exported keys "
-                        "as its proof states it")
+        raise _Bad(
+            seq, f"the new key {proof_header.kid} is not among the exported keys as its proof states it"
+        )
 
 
 def _check_head(chain: _Chain, header: _Header) -> None:
     if header.head_seq > chain.last_seq:
-        raise _Bad(chain.last_seq + 1, f"chain ends at {chain.last_seq} but the head says {header.head_seq}: "
-                                       "entries removed")
+        raise _Bad(
+            chain.last_seq + 1,
+            f"chain ends at {chain.last_seq} but the head says {header.head_seq}: entries removed",
+        )
     if header.head_seq < chain.last_seq:
         raise _Bad(header.head_seq + 1, f"entries continue past the head ({header.head_seq})")
     if header.head_hash != chain.prev_hash:

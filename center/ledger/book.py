@@ -52,8 +52,11 @@ def new_id(prefix: str) -> str:
 
 
 def open_party_account(conn: Connection, party_id: str, role: str, now_ms: int) -> None:
-    conn.execute(insert(accounts).values(id=party_account(party_id), kind=role, party_id=party_id, balance_minor=0,
-                                         created_at_ms=now_ms))
+    conn.execute(
+        insert(accounts).values(
+            id=party_account(party_id), kind=role, party_id=party_id, balance_minor=0, created_at_ms=now_ms
+        )
+    )
 
 
 # Statements on the payment path are built once, at import: building a Core
@@ -61,19 +64,27 @@ def open_party_account(conn: Connection, party_id: str, role: str, now_ms: int) 
 # 53 us per select built per call, 19 us prebuilt).
 _BALANCE = select(accounts.c.balance_minor).where(accounts.c.id == bindparam("a_id"))
 # Conditional debit: a member or store account never goes below zero.
-_DEBIT = (update(accounts)
-          .where(accounts.c.id == bindparam("a_id"),
-                 # Spelled as plain comparisons: NOT IN (list) is re-rendered on every execution.
-                 and_(*(accounts.c.kind != kind for kind in PROTECTED_KINDS))
-                 | (accounts.c.balance_minor >= bindparam("a_amount")))
-          .values(balance_minor=accounts.c.balance_minor - bindparam("a_amount"))
-          .returning(accounts.c.balance_minor))
+_DEBIT = (
+    update(accounts)
+    .where(
+        accounts.c.id == bindparam("a_id"),
+        # Spelled as plain comparisons: NOT IN (list) is re-rendered on every execution.
+        and_(*(accounts.c.kind != kind for kind in PROTECTED_KINDS))
+        | (accounts.c.balance_minor >= bindparam("a_amount")),
+    )
+    .values(balance_minor=accounts.c.balance_minor - bindparam("a_amount"))
+    .returning(accounts.c.balance_minor)
+)
 # Conditional credit: balances stay within what receipts can state exactly.
-_CREDIT = (update(accounts)
-           .where(accounts.c.id == bindparam("a_id"),
-                  accounts.c.balance_minor <= MAX_SAFE_INTEGER - bindparam("a_amount"))
-           .values(balance_minor=accounts.c.balance_minor + bindparam("a_amount"))
-           .returning(accounts.c.balance_minor))
+_CREDIT = (
+    update(accounts)
+    .where(
+        accounts.c.id == bindparam("a_id"),
+        accounts.c.balance_minor <= MAX_SAFE_INTEGER - bindparam("a_amount"),
+    )
+    .values(balance_minor=accounts.c.balance_minor + bindparam("a_amount"))
+    .returning(accounts.c.balance_minor)
+)
 _EXISTS = select(accounts.c.id).where(accounts.c.id == bindparam("a_id"))
 _INSERT_TRANSFER = insert(transfers)
 
@@ -82,7 +93,9 @@ def balance_of(conn: Connection, account_id: str) -> int:
     return conn.execute(_BALANCE, {"a_id": account_id}).scalar_one()
 
 
-def move(conn: Connection, *, debit: str, credit: str, amount_minor: int, kind: str, ref: str, now_ms: int) -> int:
+def move(
+    conn: Connection, *, debit: str, credit: str, amount_minor: int, kind: str, ref: str, now_ms: int
+) -> int:
     """Apply one transfer inside the caller's transaction; return the debited account's new balance.
 
     Raises Refusal('insufficient_funds') when a member or store account
@@ -97,8 +110,18 @@ def move(conn: Connection, *, debit: str, credit: str, amount_minor: int, kind: 
             debit_balance_minor = _debit(conn, debit, amount_minor)
         else:
             _credit(conn, credit, amount_minor)
-    conn.execute(_INSERT_TRANSFER, {"id": new_id(TRANSFER_ID_PREFIX), "debit_account": debit, "credit_account": credit,
-                                    "amount_minor": amount_minor, "kind": kind, "ref": ref, "created_at_ms": now_ms})
+    conn.execute(
+        _INSERT_TRANSFER,
+        {
+            "id": new_id(TRANSFER_ID_PREFIX),
+            "debit_account": debit,
+            "credit_account": credit,
+            "amount_minor": amount_minor,
+            "kind": kind,
+            "ref": ref,
+            "created_at_ms": now_ms,
+        },
+    )
     assert debit_balance_minor is not None
     return debit_balance_minor
 
@@ -136,9 +159,17 @@ class Book:
     guards what is written. `transfers` collects the rows to insert.
     """
 
-    _LOCK = (select(accounts.c.id, accounts.c.kind, accounts.c.balance_minor)
-             .where(accounts.c.id.in_(bindparam("ids", expanding=True))).order_by(accounts.c.id).with_for_update())
-    _WRITE = update(accounts).where(accounts.c.id == bindparam("a_id")).values(balance_minor=bindparam("a_balance"))
+    _LOCK = (
+        select(accounts.c.id, accounts.c.kind, accounts.c.balance_minor)
+        .where(accounts.c.id.in_(bindparam("ids", expanding=True)))
+        .order_by(accounts.c.id)
+        .with_for_update()
+    )
+    _WRITE = (
+        update(accounts)
+        .where(accounts.c.id == bindparam("a_id"))
+        .values(balance_minor=bindparam("a_balance"))
+    )
 
     def __init__(self, conn: Connection, account_ids: list[str]):
         # Sorted, like move(): one global lock order, so batches cannot deadlock.
@@ -160,8 +191,17 @@ class Book:
         self._balance[debit] = debit_after
         self._balance[credit] += amount_minor
         self._changed.update((debit, credit))
-        self.transfers.append({"id": new_id(TRANSFER_ID_PREFIX), "debit_account": debit, "credit_account": credit,
-                               "amount_minor": amount_minor, "kind": kind, "ref": ref, "created_at_ms": now_ms})
+        self.transfers.append(
+            {
+                "id": new_id(TRANSFER_ID_PREFIX),
+                "debit_account": debit,
+                "credit_account": credit,
+                "amount_minor": amount_minor,
+                "kind": kind,
+                "ref": ref,
+                "created_at_ms": now_ms,
+            }
+        )
         return debit_after
 
     def has(self, account_id: str) -> bool:
@@ -169,8 +209,13 @@ class Book:
 
     def write(self, conn: Connection) -> None:
         if self._changed:
-            conn.execute(self._WRITE, [{"a_id": account_id, "a_balance": self._balance[account_id]}
-                                       for account_id in sorted(self._changed)])
+            conn.execute(
+                self._WRITE,
+                [
+                    {"a_id": account_id, "a_balance": self._balance[account_id]}
+                    for account_id in sorted(self._changed)
+                ],
+            )
         if self.transfers:
             conn.execute(_INSERT_TRANSFER, self.transfers)
 
@@ -187,19 +232,36 @@ class LedgerReport:
         return not self.problems
 
     def to_json(self) -> dict:
-        return {"ok": self.ok, "accounts": self.accounts, "transfers": self.transfers,
-                "total_minor": self.total_minor, "problems": self.problems}
+        return {
+            "ok": self.ok,
+            "accounts": self.accounts,
+            "transfers": self.transfers,
+            "total_minor": self.total_minor,
+            "problems": self.problems,
+        }
 
 
 def check_ledger(conn: Connection, *, max_problems: int = 100) -> LedgerReport:
     """Recompute every balance from the transfers and compare; check the sum is zero."""
     report = LedgerReport()
-    debits = dict(conn.execute(select(transfers.c.debit_account, func.sum(transfers.c.amount_minor))
-                               .group_by(transfers.c.debit_account)).all())
-    credits = dict(conn.execute(select(transfers.c.credit_account, func.sum(transfers.c.amount_minor))
-                                .group_by(transfers.c.credit_account)).all())
+    debits = dict(
+        conn.execute(
+            select(transfers.c.debit_account, func.sum(transfers.c.amount_minor)).group_by(
+                transfers.c.debit_account
+            )
+        ).all()
+    )
+    credits = dict(
+        conn.execute(
+            select(transfers.c.credit_account, func.sum(transfers.c.amount_minor)).group_by(
+                transfers.c.credit_account
+            )
+        ).all()
+    )
     report.transfers = conn.execute(select(func.count()).select_from(transfers)).scalar_one()
-    for row in conn.execute(select(accounts.c.id, accounts.c.kind, accounts.c.balance_minor).order_by(accounts.c.id)):
+    for row in conn.execute(
+        select(accounts.c.id, accounts.c.kind, accounts.c.balance_minor).order_by(accounts.c.id)
+    ):
         report.accounts += 1
         report.total_minor += row.balance_minor
         expected = int(credits.get(row.id, 0)) - int(debits.get(row.id, 0))
@@ -217,12 +279,20 @@ def check_ledger(conn: Connection, *, max_problems: int = 100) -> LedgerReport:
 
 
 def _refund_problems(conn: Connection) -> list[str]:
-    refunded = dict(conn.execute(select(refunds.c.payment_id, func.sum(refunds.c.amount_minor))
-                                 .group_by(refunds.c.payment_id)).all())
+    refunded = dict(
+        conn.execute(
+            select(refunds.c.payment_id, func.sum(refunds.c.amount_minor)).group_by(refunds.c.payment_id)
+        ).all()
+    )
     problems = []
-    for row in conn.execute(select(payments.c.id, payments.c.amount_minor, payments.c.refunded_minor)
-                            .where(payments.c.refunded_minor > 0)):
+    for row in conn.execute(
+        select(payments.c.id, payments.c.amount_minor, payments.c.refunded_minor).where(
+            payments.c.refunded_minor > 0
+        )
+    ):
         if int(refunded.get(row.id, 0)) != row.refunded_minor:
-            problems.append(f"payment {row.id}: refunded_minor {row.refunded_minor} but refunds sum to "
-                            f"{int(refunded.get(row.id, 0))}")
+            problems.append(
+                f"payment {row.id}: refunded_minor {row.refunded_minor} but refunds sum to "
+                f"{int(refunded.get(row.id, 0))}"
+            )
     return problems

@@ -55,14 +55,16 @@ def build_pain001(batch: Batch, *, initiator: str, currency: str, debtor_account
     _el(header, "NbOfTxs", str(len(batch.lines)))
     _el(header, "CtrlSum", format_decimal_amount(batch.total_minor, currency))
     _el(_el(header, "InitgPty"), "Nm", xml_text(initiator, MAX_NAME_CHARS))
-    _payment_information(initiation, batch, initiator=initiator, currency=currency,
-                         debtor_account=debtor_account)
+    _payment_information(
+        initiation, batch, initiator=initiator, currency=currency, debtor_account=debtor_account
+    )
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
-def _payment_information(parent: ET.Element, batch: Batch, *, initiator: str, currency: str,
-                         debtor_account: str) -> None:
+def _payment_information(
+    parent: ET.Element, batch: Batch, *, initiator: str, currency: str, debtor_account: str
+) -> None:
     info = _el(parent, "PmtInf")
     _el(info, "PmtInfId", batch.batch_id)
     _el(info, "PmtMtd", "TRF")
@@ -120,14 +122,21 @@ def xml_text(text: str, max_chars: int) -> str:
 
 
 def valid_account(account: str | None) -> bool:
-    return bool(account) and account.strip() == account and len(account) <= MAX_ACCOUNT_CHARS \
+    return (
+        bool(account)
+        and account.strip() == account
+        and len(account) <= MAX_ACCOUNT_CHARS
         and not _NOT_XML.search(account)
+    )
 
 
 def checked_debtor_account(account: str) -> str:
     if not valid_account(account):
-        raise ApiError("invalid_request", f"settlement account {account!r} must be 1-{MAX_ACCOUNT_CHARS} "
-                                          "characters without surrounding spaces (pain.001 Max34Text)")
+        raise ApiError(
+            "invalid_request",
+            f"settlement account {account!r} must be 1-{MAX_ACCOUNT_CHARS} "
+            "characters without surrounding spaces (pain.001 Max34Text)",
+        )
     return account
 
 

@@ -72,9 +72,18 @@ OPERATOR_KID = "operator:payouts"
 
 # --- export ---------------------------------------------------------------------
 
-def export_payouts(engine: Engine, path: Path, *, center_id: str, currency: str, now_ms: int,
-                   batch_id: str | None = None, settlement_account: str | None = None,
-                   max_payouts: int = MAX_PAYOUTS_PER_FILE) -> dict:
+
+def export_payouts(
+    engine: Engine,
+    path: Path,
+    *,
+    center_id: str,
+    currency: str,
+    now_ms: int,
+    batch_id: str | None = None,
+    settlement_account: str | None = None,
+    max_payouts: int = MAX_PAYOUTS_PER_FILE,
+) -> dict:
     """Write the pending payouts (or, with batch_id, an exported batch again) to a pain.001 file at `path`.
 
     Returns {"batch_id", "count", "total_minor", "currency", "file", ...}; with
@@ -92,10 +101,12 @@ def export_payouts(engine: Engine, path: Path, *, center_id: str, currency: str,
         return build_pain001(batch, initiator=center_id, currency=currency, debtor_account=debtor_account)
 
     if batch_id is not None:
-        return _commit_then_publish(engine, path, lambda conn: _reexport_step(conn, batch_id, file_for, path,
-                                                                              currency), now_ms)
-    return _commit_then_publish(engine, path, lambda conn: _export_step(conn, file_for, path, currency, now_ms,
-                                                                        max_payouts), now_ms)
+        return _commit_then_publish(
+            engine, path, lambda conn: _reexport_step(conn, batch_id, file_for, path, currency), now_ms
+        )
+    return _commit_then_publish(
+        engine, path, lambda conn: _export_step(conn, file_for, path, currency, now_ms, max_payouts), now_ms
+    )
 
 
 # A step runs inside the transaction and returns (summary, file bytes or None, audit msg_type).
@@ -125,7 +136,14 @@ def _export_step(conn: Connection, file_for, path: Path, currency: str, now_ms: 
     lines, held = _split_exportable(rows[:max_payouts])
     extras = {"more_pending": more_pending, "held_payout_ids": held}
     if not lines:
-        empty = {"batch_id": None, "count": 0, "total_minor": 0, "currency": currency, "file": None, "payout_ids": []}
+        empty = {
+            "batch_id": None,
+            "count": 0,
+            "total_minor": 0,
+            "currency": currency,
+            "file": None,
+            "payout_ids": [],
+        }
         return empty | extras, None, ""
     batch = Batch(ledger.new_id(ledger.PAYOUT_BATCH_ID_PREFIX), now_ms, tuple(lines))
     document = file_for(batch)
@@ -144,12 +162,20 @@ def _reexport_step(conn: Connection, batch_id: str, file_for, path: Path, curren
 
 def _lock_pending(conn: Connection, limit: int) -> list:
     # Locked in (created_at_ms, id) order, the same order settle uses: two runs cannot deadlock.
-    query = (select(payouts.c.id, payouts.c.amount_minor, payouts.c.bank_account, payouts.c.store_id,
-                    parties.c.name.label("store_name"))
-             .join(parties, parties.c.id == payouts.c.store_id)
-             .where(payouts.c.status == "pending")
-             .order_by(payouts.c.created_at_ms, payouts.c.id).limit(limit)
-             .with_for_update(of=payouts))
+    query = (
+        select(
+            payouts.c.id,
+            payouts.c.amount_minor,
+            payouts.c.bank_account,
+            payouts.c.store_id,
+            parties.c.name.label("store_name"),
+        )
+        .join(parties, parties.c.id == payouts.c.store_id)
+        .where(payouts.c.status == "pending")
+        .order_by(payouts.c.created_at_ms, payouts.c.id)
+        .limit(limit)
+        .with_for_update(of=payouts)
+    )
     return conn.execute(query).all()
 
 
@@ -172,53 +198,85 @@ def _split_exportable(rows) -> tuple[list[PayoutLine], list[str]]:
 def _mark_exported(conn: Connection, batch: Batch) -> None:
     ids = [line.payout_id for line in batch.lines]
     for start in range(0, len(ids), UPDATE_CHUNK_ROWS):
-        chunk = ids[start:start + UPDATE_CHUNK_ROWS]
+        chunk = ids[start : start + UPDATE_CHUNK_ROWS]
         # Conditional: a row that is no longer pending must not be exported twice.
-        result = conn.execute(update(payouts).where(payouts.c.id.in_(chunk), payouts.c.status == "pending")
-                              .values(status="exported", batch_id=batch.batch_id, exported_at_ms=batch.exported_at_ms))
+        result = conn.execute(
+            update(payouts)
+            .where(payouts.c.id.in_(chunk), payouts.c.status == "pending")
+            .values(status="exported", batch_id=batch.batch_id, exported_at_ms=batch.exported_at_ms)
+        )
         if result.rowcount != len(chunk):
-            raise ApiError("payout_changed", "a payout changed while it was being exported; nothing was exported, "
-                                             "run the export again", 409)
+            raise ApiError(
+                "payout_changed",
+                "a payout changed while it was being exported; nothing was exported, run the export again",
+                409,
+            )
 
 
 def _load_exported_batch(conn: Connection, batch_id: str) -> Batch:
     # Locked so that a settle running at the same time cannot slip in between check and file.
     rows = conn.execute(
-        select(payouts.c.id, payouts.c.amount_minor, payouts.c.bank_account, payouts.c.store_id, payouts.c.status,
-               payouts.c.exported_at_ms, parties.c.name.label("store_name"))
+        select(
+            payouts.c.id,
+            payouts.c.amount_minor,
+            payouts.c.bank_account,
+            payouts.c.store_id,
+            payouts.c.status,
+            payouts.c.exported_at_ms,
+            parties.c.name.label("store_name"),
+        )
         .join(parties, parties.c.id == payouts.c.store_id)
         .where(payouts.c.batch_id == batch_id)
-        .order_by(payouts.c.created_at_ms, payouts.c.id).limit(MAX_PAYOUTS_PER_FILE)
-        .with_for_update(of=payouts)).all()
+        .order_by(payouts.c.created_at_ms, payouts.c.id)
+        .limit(MAX_PAYOUTS_PER_FILE)
+        .with_for_update(of=payouts)
+    ).all()
     if not rows:
         raise ApiError("unknown_batch", f"no payout batch {batch_id}", 404)
     if any(row.status != "exported" for row in rows):
-        raise ApiError("batch_settled", f"batch {batch_id} is already settled: the bank has paid it, and a new file "
-                                        "would pay it twice", 409)
+        raise ApiError(
+            "batch_settled",
+            f"batch {batch_id} is already settled: the bank has paid it, and a new file would pay it twice",
+            409,
+        )
     lines, held = _split_exportable(rows)
     assert not held, "an exported batch only holds payouts whose account passed the check"
     return Batch(batch_id, rows[0].exported_at_ms, tuple(lines))
 
 
 def _original_sha256(conn: Connection, batch_id: str) -> str | None:
-    action = conn.execute(select(audit_log.c.action).where(audit_log.c.msg_type == "payouts_export",
-                                                           audit_log.c.msg_id == batch_id).limit(1)).scalar()
+    action = conn.execute(
+        select(audit_log.c.action)
+        .where(audit_log.c.msg_type == "payouts_export", audit_log.c.msg_id == batch_id)
+        .limit(1)
+    ).scalar()
     return json.loads(action).get("file_sha256") if action else None
 
 
 def _batch_summary(action: str, batch: Batch, currency: str, path: Path, document: bytes) -> dict:
-    return {"action": action, "batch_id": batch.batch_id, "count": len(batch.lines),
-            "total_minor": batch.total_minor, "currency": currency, "file": str(path),
-            "file_sha256": hashlib.sha256(document).hexdigest(), "exported_at_ms": batch.exported_at_ms,
-            "payout_ids": [line.payout_id for line in batch.lines]}
+    return {
+        "action": action,
+        "batch_id": batch.batch_id,
+        "count": len(batch.lines),
+        "total_minor": batch.total_minor,
+        "currency": currency,
+        "file": str(path),
+        "file_sha256": hashlib.sha256(document).hexdigest(),
+        "exported_at_ms": batch.exported_at_ms,
+        "payout_ids": [line.payout_id for line in batch.lines],
+    }
 
 
 # --- the file on disk ---------------------------------------------------------------
 
+
 def _refuse_existing(path: Path) -> None:
     if os.path.lexists(path):
-        raise ApiError("file_exists", f"{path} already exists; payout files are never overwritten, choose a new name",
-                       409)
+        raise ApiError(
+            "file_exists",
+            f"{path} already exists; payout files are never overwritten, choose a new name",
+            409,
+        )
 
 
 def _write_tmp(path: Path, document: bytes, batch_id: str) -> Path:
@@ -234,9 +292,13 @@ def _publish(tmp: Path, path: Path, batch_id: str) -> None:
     try:
         link_new_name(tmp, path)
     except OSError as error:
-        raise ApiError("file_not_written", f"batch {batch_id} is recorded as exported but {path} could not be "
-                                           f"written ({error.strerror or error}); re-create the file with the "
-                                           f"batch id {batch_id}", 500) from None
+        raise ApiError(
+            "file_not_written",
+            f"batch {batch_id} is recorded as exported but {path} could not be "
+            f"written ({error.strerror or error}); re-create the file with the "
+            f"batch id {batch_id}",
+            500,
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
@@ -244,8 +306,10 @@ def _publish(tmp: Path, path: Path, batch_id: str) -> None:
 
 # --- settle ---------------------------------------------------------------------------
 
-def settle_payouts(engine: Engine, *, now_ms: int, batch_id: str | None = None,
-                   max_payouts: int = MAX_SETTLE_PER_RUN) -> dict:
+
+def settle_payouts(
+    engine: Engine, *, now_ms: int, batch_id: str | None = None, max_payouts: int = MAX_SETTLE_PER_RUN
+) -> dict:
     """Mark exported payouts (all, or one batch) as paid by the bank and move their money out.
 
     Idempotent: a payout is settled once; a second run finds nothing. At most
@@ -258,33 +322,62 @@ def settle_payouts(engine: Engine, *, now_ms: int, batch_id: str | None = None,
         more_exported, rows = len(rows) > max_payouts, rows[:max_payouts]
         for row in rows:
             _settle_one(conn, row, now_ms)
-        summary = {"action": "payouts_settled", "count": len(rows), "total_minor": sum(r.amount_minor for r in rows),
-                   "batch_ids": sorted({r.batch_id for r in rows}), "payout_ids": [r.id for r in rows],
-                   "settled_at_ms": now_ms}
+        summary = {
+            "action": "payouts_settled",
+            "count": len(rows),
+            "total_minor": sum(r.amount_minor for r in rows),
+            "batch_ids": sorted({r.batch_id for r in rows}),
+            "payout_ids": [r.id for r in rows],
+            "settled_at_ms": now_ms,
+        }
         if rows:  # a run that changed nothing leaves no trace in the audit chain
             _audit(conn, "payouts_settle", ledger.new_id(ledger.SETTLEMENT_ID_PREFIX), summary, now_ms)
     return summary | {"more_exported": more_exported}
 
 
 def _lock_exported(conn: Connection, batch_id: str | None, limit: int) -> list:
-    query = select(payouts.c.id, payouts.c.amount_minor, payouts.c.batch_id).where(payouts.c.status == "exported")
+    query = select(payouts.c.id, payouts.c.amount_minor, payouts.c.batch_id).where(
+        payouts.c.status == "exported"
+    )
     if batch_id is not None:
         query = query.where(payouts.c.batch_id == batch_id)
-    return conn.execute(query.order_by(payouts.c.created_at_ms, payouts.c.id).limit(limit).with_for_update()).all()
+    return conn.execute(
+        query.order_by(payouts.c.created_at_ms, payouts.c.id).limit(limit).with_for_update()
+    ).all()
 
 
 def _settle_one(conn: Connection, row, now_ms: int) -> None:
     # Conditional: only an exported payout becomes settled, so its money moves once.
-    result = conn.execute(update(payouts).where(payouts.c.id == row.id, payouts.c.status == "exported")
-                          .values(status="settled", settled_at_ms=now_ms))
+    result = conn.execute(
+        update(payouts)
+        .where(payouts.c.id == row.id, payouts.c.status == "exported")
+        .values(status="settled", settled_at_ms=now_ms)
+    )
     if result.rowcount != 1:
-        raise ApiError("payout_changed", f"payout {row.id} changed while it was being settled; nothing was settled, "
-                                         "run settle again", 409)
-    ledger.move(conn, debit=ledger.PAYOUTS_PENDING, credit=ledger.PAYOUTS_SETTLED, amount_minor=row.amount_minor,
-                kind="settle", ref=row.id, now_ms=now_ms)
+        raise ApiError(
+            "payout_changed",
+            f"payout {row.id} changed while it was being settled; nothing was settled, run settle again",
+            409,
+        )
+    ledger.move(
+        conn,
+        debit=ledger.PAYOUTS_PENDING,
+        credit=ledger.PAYOUTS_SETTLED,
+        amount_minor=row.amount_minor,
+        kind="settle",
+        ref=row.id,
+        now_ms=now_ms,
+    )
 
 
 def _audit(conn: Connection, msg_type: str, msg_id: str, summary: dict, now_ms: int) -> None:
     # The summary is both what was asked and what was done: no request arrived signed.
-    audit.append_local(conn, actor=OPERATOR_KID, request=summary, msg_type=msg_type, msg_id=msg_id,
-                       action=summary, now_ms=now_ms)
+    audit.append_local(
+        conn,
+        actor=OPERATOR_KID,
+        request=summary,
+        msg_type=msg_type,
+        msg_id=msg_id,
+        action=summary,
+        now_ms=now_ms,
+    )

@@ -47,8 +47,10 @@ from hostkit.private_files import fsync_directory, link_new_name, new_file_strea
 
 COPY_BLOCK_BYTES = 1024 * 1024
 FILE_MODE = 0o600
-SECRETS_WARNING = ("this backup holds the center's token PIN, its token and its TLS private key: keep it as "
-                   "safe as the center itself")
+SECRETS_WARNING = (
+    "this backup holds the center's token PIN, its token and its TLS private key: keep it as "
+    "safe as the center itself"
+)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,9 @@ class DataFile:
     content: bytes
 
 
-def create_backup(data_dir: Path, file: Path, *, password: str | None, signing_key: Path,
-                  signing_secret: str) -> dict:
+def create_backup(
+    data_dir: Path, file: Path, *, password: str | None, signing_key: Path, signing_secret: str
+) -> dict:
     """Write the backup archive FILE for the center in data_dir, signed with signing_key; returns a summary."""
     config = CenterConfig.load(data_dir)
     file = Path(os.path.abspath(file))
@@ -75,18 +78,36 @@ def create_backup(data_dir: Path, file: Path, *, password: str | None, signing_k
             backup_db.pg_dump(config.db_url, snapshot)
         created_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         database = MemberSpec(DATABASE_MEMBERS[kind], *_size_and_sha256(snapshot))
-        manifest = Manifest(center_id=config.center_id, db_kind=kind, created_at=created_at,
-                            source_data_dir=str(config.data_dir), members=(
-                                *(MemberSpec(f.name, len(f.content), hashlib.sha256(f.content).hexdigest())
-                                  for f in files), database))
-        size, digest = _write_file(file, manifest, signer.signature_member(manifest.to_bytes()), files, snapshot,
-                                   password)
+        manifest = Manifest(
+            center_id=config.center_id,
+            db_kind=kind,
+            created_at=created_at,
+            source_data_dir=str(config.data_dir),
+            members=(
+                *(MemberSpec(f.name, len(f.content), hashlib.sha256(f.content).hexdigest()) for f in files),
+                database,
+            ),
+        )
+        size, digest = _write_file(
+            file, manifest, signer.signature_member(manifest.to_bytes()), files, snapshot, password
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"file": str(file), "bytes": size, "sha256": digest, "center_id": config.center_id, "db_kind": kind,
-            "created_at": created_at, "members": len(manifest.members), "encrypted": password is not None,
-            "token_included": _token_included(config), "mode": "0600", "warning": SECRETS_WARNING,
-            "signed_by_key_id": signer.key_id, "signature_algorithm": signer.algorithm}
+    return {
+        "file": str(file),
+        "bytes": size,
+        "sha256": digest,
+        "center_id": config.center_id,
+        "db_kind": kind,
+        "created_at": created_at,
+        "members": len(manifest.members),
+        "encrypted": password is not None,
+        "token_included": _token_included(config),
+        "mode": "0600",
+        "warning": SECRETS_WARNING,
+        "signed_by_key_id": signer.key_id,
+        "signature_algorithm": signer.algorithm,
+    }
 
 
 def collect_data_files(config: CenterConfig) -> list[DataFile]:
@@ -104,8 +125,10 @@ def collect_data_files(config: CenterConfig) -> list[DataFile]:
             content = _read_regular_file(path)
             total += len(content)
             if total > MAX_DATA_TOTAL_BYTES or len(found) >= MAX_MEMBERS - 2:
-                raise BackupError(f"the data directory holds over {MAX_DATA_TOTAL_BYTES} bytes or "
-                                  f"{MAX_MEMBERS - 2} files: move what the center does not need elsewhere")
+                raise BackupError(
+                    f"the data directory holds over {MAX_DATA_TOTAL_BYTES} bytes or "
+                    f"{MAX_MEMBERS - 2} files: move what the center does not need elsewhere"
+                )
             member = DATA_PREFIX + path.relative_to(root).as_posix()
             found.append(DataFile(check_member_name(member), content))
     assert any(f.name == f"{DATA_PREFIX}config.json" for f in found), "config.json was loaded, so it exists"
@@ -124,13 +147,17 @@ def _read_regular_file(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
-        raise BackupError(f"cannot read {path}: {error.strerror} (backups hold regular files only, no links)") from None
+        raise BackupError(
+            f"cannot read {path}: {error.strerror} (backups hold regular files only, no links)"
+        ) from None
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise BackupError(f"{path} is not a regular file: move it out of the data directory")
         if info.st_size > MAX_DATA_FILE_BYTES:
-            raise BackupError(f"{path} is over {MAX_DATA_FILE_BYTES} bytes: move it out of the data directory")
+            raise BackupError(
+                f"{path} is over {MAX_DATA_FILE_BYTES} bytes: move it out of the data directory"
+            )
         content = handle.read(MAX_DATA_FILE_BYTES + 1)
     if len(content) > MAX_DATA_FILE_BYTES:
         raise BackupError(f"{path} grew over {MAX_DATA_FILE_BYTES} bytes while being read")
@@ -143,25 +170,41 @@ def _check_destination(file: Path, data_dir: Path) -> None:
     if not file.parent.is_dir():
         raise BackupError(f"{file.parent} is not a directory: create it first")
     if Path(os.path.realpath(file.parent)).is_relative_to(data_dir):
-        raise BackupError("write the backup outside the data directory (it would be copied into the next backup)")
+        raise BackupError(
+            "write the backup outside the data directory (it would be copied into the next backup)"
+        )
 
 
-def _write_file(file: Path, manifest: Manifest, signature: bytes, files: list[DataFile], snapshot: Path,
-                password: str | None) -> tuple[int, str]:
+def _write_file(
+    file: Path,
+    manifest: Manifest,
+    signature: bytes,
+    files: list[DataFile],
+    snapshot: Path,
+    password: str | None,
+) -> tuple[int, str]:
     tmp = file.with_name(file.name + ".tmp")
     sink = _write_tmp(tmp, manifest, signature, files, snapshot, password)
     try:
         link_new_name(tmp, file)
         fsync_directory(file.parent)
     except FileExistsError:
-        raise BackupError(f"{file} appeared meanwhile: refusing to overwrite it; choose a new file name") from None
+        raise BackupError(
+            f"{file} appeared meanwhile: refusing to overwrite it; choose a new file name"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     return sink.size, sink.sha256.hexdigest()
 
 
-def _write_tmp(tmp: Path, manifest: Manifest, signature: bytes, files: list[DataFile], snapshot: Path,
-               password: str | None) -> _HashingWriter:
+def _write_tmp(
+    tmp: Path,
+    manifest: Manifest,
+    signature: bytes,
+    files: list[DataFile],
+    snapshot: Path,
+    password: str | None,
+) -> _HashingWriter:
     """The whole archive into `tmp`, fsynced; a partial one is removed, one already at `tmp` left alone."""
     try:
         with new_file_stream(tmp, mode=FILE_MODE) as raw:
@@ -171,7 +214,9 @@ def _write_tmp(tmp: Path, manifest: Manifest, signature: bytes, files: list[Data
             if sealed is not None:
                 sealed.close()
     except FileExistsError:  # only the creation of `tmp` can raise it: the archive goes into an open file
-        raise BackupError(f"{tmp} exists (another backup running, or one interrupted): remove it and retry") from None
+        raise BackupError(
+            f"{tmp} exists (another backup running, or one interrupted): remove it and retry"
+        ) from None
     return sink
 
 

@@ -60,19 +60,42 @@ def snapshot_sqlite(source: Path, target: Path) -> None:
     finally:
         src.close()
     if verdict != "ok":
-        raise BackupError(f"the database snapshot fails SQLite's integrity check ({verdict}): no backup written")
+        raise BackupError(
+            f"the database snapshot fails SQLite's integrity check ({verdict}): no backup written"
+        )
 
 
 def pg_dump(db_url: str, target: Path) -> None:
     uri, env = libpq_target(db_url)
-    _run_pg_tool(["pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--file={target}",
-                  f"--dbname={uri}"], env, "pg_dump")
+    _run_pg_tool(
+        [
+            "pg_dump",
+            "--format=custom",
+            "--no-owner",
+            "--no-privileges",
+            f"--file={target}",
+            f"--dbname={uri}",
+        ],
+        env,
+        "pg_dump",
+    )
 
 
 def pg_restore(dump: Path, db_url: str) -> None:
     uri, env = libpq_target(db_url)
-    _run_pg_tool(["pg_restore", "--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error",
-                  f"--dbname={uri}", str(dump)], env, "pg_restore")
+    _run_pg_tool(
+        [
+            "pg_restore",
+            "--no-owner",
+            "--no-privileges",
+            "--single-transaction",
+            "--exit-on-error",
+            f"--dbname={uri}",
+            str(dump),
+        ],
+        env,
+        "pg_restore",
+    )
 
 
 def pg_is_empty(db_url: str) -> bool:
@@ -83,11 +106,14 @@ def pg_is_empty(db_url: str) -> bool:
     engine = create_engine(normalise_url(db_url), poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            objects = conn.execute(text(
-                "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                "        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%')"
-                " + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
-                "        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))")).scalar_one()
+            objects = conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    "        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%')"
+                    " + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+                    "        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))"
+                )
+            ).scalar_one()
     finally:
         engine.dispose()
     return objects == 0
@@ -114,8 +140,9 @@ def _run_pg_tool(argv: list[str], env: dict[str, str], tool: str) -> None:
     if shutil.which(argv[0]) is None:
         raise BackupError(f"{tool} not found: install postgresql-client (scripts/setup.sh does)")
     try:
-        result = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                timeout=PG_TOOL_TIMEOUT_S)
+        result = subprocess.run(
+            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PG_TOOL_TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
         raise BackupError(f"{tool} did not finish within {PG_TOOL_TIMEOUT_S} s: nothing was kept") from None
     if result.returncode != 0:

@@ -74,9 +74,15 @@ class Manifest:
         return DATABASE_MEMBERS[self.db_kind]
 
     def to_bytes(self) -> bytes:
-        document = {"format": FORMAT, "version": FORMAT_VERSION, "center_id": self.center_id,
-                    "db_kind": self.db_kind, "created_at": self.created_at, "source_data_dir": self.source_data_dir,
-                    "members": [member.to_json() for member in self.members]}
+        document = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "center_id": self.center_id,
+            "db_kind": self.db_kind,
+            "created_at": self.created_at,
+            "source_data_dir": self.source_data_dir,
+            "members": [member.to_json() for member in self.members],
+        }
         return json.dumps(document, indent=1, sort_keys=True).encode()
 
 
@@ -85,8 +91,9 @@ def check_member_name(name: object) -> str:
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
         raise BackupError(f"archive member name {_show(name)} is empty or too long: refused")
     parts = name.split("/")
-    if len(parts) > MAX_NAME_DEPTH or any(part in (".", "..") or not NAME_COMPONENT.fullmatch(part)
-                                          for part in parts):
+    if len(parts) > MAX_NAME_DEPTH or any(
+        part in (".", "..") or not NAME_COMPONENT.fullmatch(part) for part in parts
+    ):
         raise BackupError(f"archive member {_show(name)} is not a safe relative path: refused")
     if name in DATABASE_MEMBERS.values():
         return name
@@ -105,13 +112,17 @@ def parse_manifest(raw: bytes) -> Manifest:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise BackupError("this archive is not a tokenpay center backup (no tokenpay manifest)")
     if document.get("version") != FORMAT_VERSION:
-        raise BackupError(f"backup format version {_show(document.get('version'))} is not supported "
-                          f"(this center reads version {FORMAT_VERSION})")
+        raise BackupError(
+            f"backup format version {_show(document.get('version'))} is not supported "
+            f"(this center reads version {FORMAT_VERSION})"
+        )
     db_kind = document.get("db_kind")
     members = document.get("members")
     fields = (document.get("center_id"), document.get("created_at"), document.get("source_data_dir"))
     if db_kind not in DATABASE_MEMBERS or not all(isinstance(f, str) and f for f in fields):
-        raise BackupError("the backup's manifest lacks center_id, db_kind, created_at or source_data_dir: damaged")
+        raise BackupError(
+            "the backup's manifest lacks center_id, db_kind, created_at or source_data_dir: damaged"
+        )
     if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS:
         raise BackupError(f"the backup's manifest must list 1 to {MAX_MEMBERS} members: damaged")
     specs = tuple(_member_spec(item) for item in members)
@@ -127,8 +138,13 @@ def parse_manifest(raw: bytes) -> Manifest:
     source = document["source_data_dir"]
     if not source.startswith("/") or "\x00" in source:
         raise BackupError("the backup's manifest names no absolute source directory: damaged")
-    return Manifest(center_id=document["center_id"], db_kind=db_kind, created_at=document["created_at"],
-                    source_data_dir=source.rstrip("/") or "/", members=specs)
+    return Manifest(
+        center_id=document["center_id"],
+        db_kind=db_kind,
+        created_at=document["created_at"],
+        source_data_dir=source.rstrip("/") or "/",
+        members=specs,
+    )
 
 
 def _member_spec(item: object) -> MemberSpec:

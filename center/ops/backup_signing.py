@@ -59,8 +59,10 @@ KEY_TYPES = ("ed25519", "p256")
 TOKEN_KEY_LABEL = "tokenpay-backup-signing"
 # The public key is meant to be copied to whoever restores (`center restore --backup-public-key`).
 PUBLIC_KEY_MODE = 0o644
-CREATE_HINT = ("create a backup key once with `center backup-key create --out DIR` (keep DIR away from the "
-               "center) and give `--signing-key DIR/backup-signing-key.pem`")
+CREATE_HINT = (
+    "create a backup key once with `center backup-key create --out DIR` (keep DIR away from the "
+    "center) and give `--signing-key DIR/backup-signing-key.pem`"
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,13 @@ class BackupSigner:
 
     def signature_member(self, manifest_bytes: bytes) -> bytes:
         signature = self.sign_raw(DOMAIN + manifest_bytes)
-        document = {"format": SIGNATURE_FORMAT, "version": 1, "algorithm": self.algorithm, "key_id": self.key_id,
-                    "signature": base64.b64encode(signature).decode()}
+        document = {
+            "format": SIGNATURE_FORMAT,
+            "version": 1,
+            "algorithm": self.algorithm,
+            "key_id": self.key_id,
+            "signature": base64.b64encode(signature).decode(),
+        }
         return json.dumps(document, sort_keys=True).encode()
 
 
@@ -91,26 +98,36 @@ class BackupVerifier:
         """BackupError unless `member` is this key's valid signature over exactly `manifest_bytes`."""
         document = _parse_signature_member(member)
         if document["key_id"] != self.key_id:
-            raise BackupError(f"the backup is signed by another backup key (key id {document['key_id'][:16]}...), "
-                              f"not by {self.source} ({self.key_id[:16]}...): refused, nothing was written")
+            raise BackupError(
+                f"the backup is signed by another backup key (key id {document['key_id'][:16]}...), "
+                f"not by {self.source} ({self.key_id[:16]}...): refused, nothing was written"
+            )
         try:
             signature = base64.b64decode(document["signature"], validate=True)
             verify_signature(self.algorithm, self.key, DOMAIN + manifest_bytes, signature)
         except (ValueError, WireError):
-            raise BackupError(f"the backup's signature does not verify with {self.source}: the archive was changed "
-                              "after it was signed; refused, nothing was written") from None
+            raise BackupError(
+                f"the backup's signature does not verify with {self.source}: the archive was changed "
+                "after it was signed; refused, nothing was written"
+            ) from None
 
 
 # --- creating a key ------------------------------------------------------------------------
+
 
 def create_key_file(out_dir: Path, password: str, key_type: str) -> dict:
     try:
         check_new_password(password)
     except BackupCryptoError as error:
         raise BackupError(f"{error} (the backup key password)") from None
-    private = ed25519.Ed25519PrivateKey.generate() if key_type == "ed25519" else ec.generate_private_key(ec.SECP256R1())
-    pkcs8 = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())
+    private = (
+        ed25519.Ed25519PrivateKey.generate()
+        if key_type == "ed25519"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    pkcs8 = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     sealed = io.BytesIO()
     writer = EncryptingWriter(sealed, password)
     writer.write(pkcs8)
@@ -128,8 +145,13 @@ def create_token_key(out_dir: Path, module: str, token_label: str, pin: str, key
     out = _prepare_out_dir(out_dir)
     token = open_pkcs11_token(module, label=token_label)
     record = token.generate_key(KeyType(key_type), pin, mode=KeyMode.RESIDENT, label=TOKEN_KEY_LABEL)
-    reference = {"format": TOKEN_REF_FORMAT, "version": 1, "pkcs11_module": str(Path(module).resolve()),
-                 "token_label": token_label, "key": record.to_json()}
+    reference = {
+        "format": TOKEN_REF_FORMAT,
+        "version": 1,
+        "pkcs11_module": str(Path(module).resolve()),
+        "token_label": token_label,
+        "key": record.to_json(),
+    }
     ref_file = out / TOKEN_REF_NAME
     write_new_file(ref_file, json.dumps(reference, indent=2, sort_keys=True).encode())
     return _created(out_dir, ref_file, record.spki_der, key_type)
@@ -137,46 +159,65 @@ def create_token_key(out_dir: Path, module: str, token_label: str, pin: str, key
 
 def _created(out_dir: Path, key_file: Path, spki: bytes, key_type: str) -> dict:
     public_file = Path(out_dir) / PUBLIC_KEY_NAME
-    pem = serialization.load_der_public_key(spki).public_bytes(serialization.Encoding.PEM,
-                                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = serialization.load_der_public_key(spki).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     write_new_file(public_file, pem, mode=PUBLIC_KEY_MODE)
-    return {"signing_key": str(key_file), "public_key": str(public_file), "key_id": key_id(spki),
-            "key_type": key_type}
+    return {
+        "signing_key": str(key_file),
+        "public_key": str(public_file),
+        "key_id": key_id(spki),
+        "key_type": key_type,
+    }
 
 
 def _prepare_out_dir(out_dir: Path) -> Path:
     out = Path(os.path.abspath(out_dir))
     if _inside_a_center(out):
-        raise BackupError(f"{out} is inside a center's data directory: keep the backup key apart from what it "
-                          "signs; choose another --out")
+        raise BackupError(
+            f"{out} is inside a center's data directory: keep the backup key apart from what it "
+            "signs; choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     for name in (KEY_FILE_NAME, TOKEN_REF_NAME, PUBLIC_KEY_NAME):
         if os.path.lexists(out / name):
-            raise BackupError(f"{out / name} already exists: refusing to overwrite a backup key; choose another --out")
+            raise BackupError(
+                f"{out / name} already exists: refusing to overwrite a backup key; choose another --out"
+            )
     return out
 
 
 def _inside_a_center(path: Path) -> bool:
-    return any((parent / "config.json").is_file() and (parent / "center-cert.pem").is_file()
-               for parent in (path, *path.parents))
+    return any(
+        (parent / "config.json").is_file() and (parent / "center-cert.pem").is_file()
+        for parent in (path, *path.parents)
+    )
 
 
 # --- loading the signing key (backup) ----------------------------------------------------
+
 
 def load_signer(path: Path, secret: str, config: CenterConfig) -> BackupSigner:
     """The signer from --signing-key: a sealed key file (secret = its password) or a token reference
     (secret = the token's PIN). Refused when the key would travel in, or be usable from, the archive."""
     path, data_dir = Path(os.path.abspath(path)), config.data_dir
     if Path(os.path.realpath(path)).is_relative_to(data_dir):
-        raise BackupError(f"--signing-key {path} is inside the data directory: it would travel in the archive it "
-                          "signs; move it out (for example to the administrator's home)")
+        raise BackupError(
+            f"--signing-key {path} is inside the data directory: it would travel in the archive it "
+            "signs; move it out (for example to the administrator's home)"
+        )
     data = _read_key_material(path)
     _check_private_mode(path)
-    signer = _token_signer(path, data, secret, config) if data.lstrip().startswith(b"{") else \
-        _file_signer(path, data, secret)
+    signer = (
+        _token_signer(path, data, secret, config)
+        if data.lstrip().startswith(b"{")
+        else _file_signer(path, data, secret)
+    )
     if signer.spki_der == _center_spki(config):
-        raise BackupError("--signing-key is the center's own receipt key, which travels in the archive: use a "
-                          "separate backup key")
+        raise BackupError(
+            "--signing-key is the center's own receipt key, which travels in the archive: use a "
+            "separate backup key"
+        )
     return signer
 
 
@@ -185,8 +226,9 @@ def _file_signer(path: Path, data: bytes, password: str) -> BackupSigner:
     try:
         pkcs8 = DecryptingReader(io.BytesIO(sealed), password).read()
     except BackupCryptoError as error:
-        raise BackupError(f"--signing-key {path}: {str(error).replace('backup password', 'backup key password')}") \
-            from None
+        raise BackupError(
+            f"--signing-key {path}: {str(error).replace('backup password', 'backup key password')}"
+        ) from None
     private = serialization.load_der_private_key(pkcs8, password=None)
     algorithm = algorithm_for_key(private.public_key())
     if isinstance(private, ed25519.Ed25519PrivateKey):
@@ -215,13 +257,17 @@ def _token_signer(path: Path, data: bytes, pin: str, config: CenterConfig) -> Ba
         record = KeyRecord.from_json(reference["key"])
         module, label = str(reference["pkcs11_module"]), str(reference["token_label"])
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise BackupError(f"--signing-key {path} is neither a backup key file nor a token reference written by "
-                          "`center backup-key create`") from None
+        raise BackupError(
+            f"--signing-key {path} is neither a backup key file nor a token reference written by "
+            "`center backup-key create`"
+        ) from None
     conf = os.environ.get("SOFTHSM2_CONF", "")
     own_token = label == config.token_label and Path(module).resolve() == Path(config.pkcs11_module).resolve()
     if own_token or (conf and Path(os.path.realpath(conf)).is_relative_to(config.data_dir)):
-        raise BackupError("SOFTHSM2_CONF points into the data directory: the backup key must be on the "
-                          "administrator's token, not on the center's own (it travels in the archive)")
+        raise BackupError(
+            "SOFTHSM2_CONF points into the data directory: the backup key must be on the "
+            "administrator's token, not on the center's own (it travels in the archive)"
+        )
     token = open_pkcs11_token(module, label=label)
     # Sign now, while the token is open: one signature per backup.
     return BackupSigner(record.algorithm, record.spki_der, lambda message: token.sign(record, message, pin))
@@ -246,15 +292,18 @@ def _unarmor(data: bytes, path: Path) -> bytes:
     begin, end = f"-----BEGIN {KEY_PEM_LABEL}-----".encode(), f"-----END {KEY_PEM_LABEL}-----".encode()
     text = data.strip()
     if not (text.startswith(begin) and text.endswith(end)):
-        raise BackupError(f"--signing-key {path} is not a backup key written by `center backup-key create` "
-                          "(an unprotected or foreign key is refused)")
+        raise BackupError(
+            f"--signing-key {path} is not a backup key written by `center backup-key create` "
+            "(an unprotected or foreign key is refused)"
+        )
     try:
-        return base64.b64decode(b"".join(text[len(begin):-len(end)].split()), validate=True)
+        return base64.b64decode(b"".join(text[len(begin) : -len(end)].split()), validate=True)
     except ValueError:
         raise BackupError(f"--signing-key {path} is damaged (not base64)") from None
 
 
 # --- the public key (restore) -------------------------------------------------------------
+
 
 def load_verifier(path: Path) -> BackupVerifier:
     data = read_option_file(path, "--backup-public-key", max_bytes=MAX_KEY_FILE_BYTES, what="a public key")
@@ -262,8 +311,10 @@ def load_verifier(path: Path) -> BackupVerifier:
         key = serialization.load_pem_public_key(data)
         algorithm = algorithm_for_key(key)
     except (ValueError, UnsupportedAlgorithm, WireError):
-        raise BackupError(f"--backup-public-key {path} is not a PEM public key: give the {PUBLIC_KEY_NAME} that "
-                          "`center backup-key create` wrote") from None
+        raise BackupError(
+            f"--backup-public-key {path} is not a PEM public key: give the {PUBLIC_KEY_NAME} that "
+            "`center backup-key create` wrote"
+        ) from None
     if algorithm not in (ED25519, ES256) or (algorithm == ES256 and not isinstance(key.curve, ec.SECP256R1)):
         raise BackupError(f"--backup-public-key {path} is not an Ed25519 or P-256 key")
     return BackupVerifier(algorithm, key, key_id(_spki(key)), str(path))
@@ -275,11 +326,17 @@ def _parse_signature_member(member: bytes) -> dict:
     except (UnicodeDecodeError, ValueError, RecursionError):
         document = None
     fields = ("algorithm", "key_id", "signature")
-    if (not isinstance(document, dict) or document.get("format") != SIGNATURE_FORMAT or document.get("version") != 1
-            or not all(isinstance(document.get(name), str) for name in fields)):
+    if (
+        not isinstance(document, dict)
+        or document.get("format") != SIGNATURE_FORMAT
+        or document.get("version") != 1
+        or not all(isinstance(document.get(name), str) for name in fields)
+    ):
         raise BackupError("the backup's signature member is damaged: refused, nothing was written")
     return document
 
 
 def _spki(public_key) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

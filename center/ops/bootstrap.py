@@ -30,25 +30,38 @@ CENTER_TOKEN_LABEL = "tokenpay-center"
 CENTER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{3,64}")
 
 
-def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id: str | None,
-                pkcs11_module: str | None, token_label: str | None, token_pin_file: str | None,
-                tls_names: list[str], issuer_ca: Path | None = None,
-                require_certified_keys: bool = False) -> CenterConfig:
+def init_center(
+    data_dir: Path,
+    *,
+    db_url: str | None,
+    currency: str,
+    center_id: str | None,
+    pkcs11_module: str | None,
+    token_label: str | None,
+    token_pin_file: str | None,
+    tls_names: list[str],
+    issuer_ca: Path | None = None,
+    require_certified_keys: bool = False,
+) -> CenterConfig:
     data_dir = data_dir.resolve()
     _check_fresh_dir(data_dir)
     if token_pin_file and (problem := access_problem(Path(token_pin_file))) is not None:
         raise CliError(f"the token PIN file must be yours alone: {problem}")  # `serve` would refuse it
     issuer_trust = issuer_setup.read_init_trust(issuer_ca, require_certified_keys, int(time.time()))
     if currency not in MINOR_EXPONENT:
-        raise CliError(f"currency {currency!r} is not supported: use an ISO 4217 code such as "
-                       f"{', '.join(sorted(MINOR_EXPONENT))}")
+        raise CliError(
+            f"currency {currency!r} is not supported: use an ISO 4217 code such as "
+            f"{', '.join(sorted(MINOR_EXPONENT))}"
+        )
     center_id = center_id or f"center-{secrets.token_hex(4)}"
     if not CENTER_ID_PATTERN.fullmatch(center_id):
         raise CliError("center id must be 3-64 letters, digits or . _ : -")
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     make_private(data_dir)  # an existing 0755 directory too, before anything secret is written into it
     config = CenterConfig(
-        data_dir=data_dir, center_id=center_id, currency=currency,
+        data_dir=data_dir,
+        center_id=center_id,
+        currency=currency,
         db_url=db_url or f"sqlite:///{data_dir / 'center.db'}",
         pkcs11_module=pkcs11_module or find_softhsm_module(),
         token_label=token_label or CENTER_TOKEN_LABEL,
@@ -58,7 +71,9 @@ def init_center(data_dir: Path, *, db_url: str | None, currency: str, center_id:
     if token_label is None:
         _make_own_softhsm_token(config)
     elif not token_pin_file:
-        raise CliError("--token-label needs --token-pin-file (the center reads its token PIN from it when serving)")
+        raise CliError(
+            "--token-label needs --token-pin-file (the center reads its token PIN from it when serving)"
+        )
     key = _generate_signing_key(config)
     config.signing_key = key.to_json()
     _write_tls(config, key.spki_der, tls_names)
@@ -106,9 +121,16 @@ def load_center(config: CenterConfig) -> Center:
     token = open_pkcs11_token(config.pkcs11_module, label=config.token_label)
     key = KeyRecord.from_json(config.signing_key)
     signer = CenterSigner(token.resident_signer(key, config.token_pin()).sign, key, config.center_id)
-    webhook_secret = Path(config.webhook_secret_file).read_bytes().strip() if config.webhook_secret_file else None
-    return Center(engine=make_engine(config.db_url), signer=signer, currency=config.currency,
-                  webhook_secret=webhook_secret, issuer_policy=policy_of(config))
+    webhook_secret = (
+        Path(config.webhook_secret_file).read_bytes().strip() if config.webhook_secret_file else None
+    )
+    return Center(
+        engine=make_engine(config.db_url),
+        signer=signer,
+        currency=config.currency,
+        webhook_secret=webhook_secret,
+        issuer_policy=policy_of(config),
+    )
 
 
 def _check_fresh_dir(data_dir: Path) -> None:
@@ -133,7 +155,9 @@ def _generate_signing_key(config: CenterConfig) -> KeyRecord:
     config.apply_token_environment()
     token = open_pkcs11_token(config.pkcs11_module, label=config.token_label)
     # Resident: the center's key never leaves its token, not even wrapped.
-    return token.generate_key(KeyType.P256, config.token_pin(), mode=KeyMode.RESIDENT, label="tokenpay-center-receipts")
+    return token.generate_key(
+        KeyType.P256, config.token_pin(), mode=KeyMode.RESIDENT, label="tokenpay-center-receipts"
+    )
 
 
 def _write_tls(config: CenterConfig, receipt_spki: bytes, extra_names: list[str]) -> None:

@@ -81,7 +81,9 @@ def logging_config(log_format: str, log_level: str) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}
+        },
         "loggers": {
             LOGGER_NAME: {"handlers": ["stderr"], "level": level, "propagate": False},
             "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},

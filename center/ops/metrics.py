@@ -60,22 +60,33 @@ class Metrics:
             # prometheus_client was imported before the variable was set: pick the file storage now.
             values.ValueClass = values.get_value_class()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("tokenpay_http_requests", "HTTP requests answered",
-                                ["route", "method", "status"],
-                                registry=self.registry)
-        self.duration = Histogram("tokenpay_http_request_duration_seconds", "Time to answer a request",
-                                  ["route"],
-                                  buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.requests = Counter(
+            "tokenpay_http_requests",
+            "HTTP requests answered",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "tokenpay_http_request_duration_seconds",
+            "Time to answer a request",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self.payments = Counter("tokenpay_payments", "Payments accepted", registry=self.registry)
-        self.payment_amount = Counter("tokenpay_payment_amount_minor",
-                                      "Sum of accepted payments, in minor units",
-                                      registry=self.registry)
-        self.errors = Counter("tokenpay_errors", "Refusals by stable API error code", ["code"],
-                              registry=self.registry)
+        self.payment_amount = Counter(
+            "tokenpay_payment_amount_minor",
+            "Sum of accepted payments, in minor units",
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "tokenpay_errors", "Refusals by stable API error code", ["code"], registry=self.registry
+        )
         self._children: dict[tuple[str, str, int], tuple] = {}
 
-    def request(self, route: str, method: str, status: int, duration_s: float,
-                error_code: str | None) -> None:
+    def request(
+        self, route: str, method: str, status: int, duration_s: float, error_code: str | None
+    ) -> None:
         key = (route, method, status)
         children = self._children.get(key)
         if children is None:  # labels() takes a lock and builds a tuple: once per label set
@@ -153,8 +164,10 @@ def _held(lock_path: Path):
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline_s:
-                    raise ValueError(f"{lock_path} is held by another `center serve` that is starting; "
-                                     "try again when it has started") from None
+                    raise ValueError(
+                        f"{lock_path} is held by another `center serve` that is starting; "
+                        "try again when it has started"
+                    ) from None
                 time.sleep(SWEEP_LOCK_POLL_S)
         yield
     finally:
@@ -207,8 +220,9 @@ def start_metrics_listener(port: int, directory: Path):
             return exposition(environ, start_response)
         message = f"only GET {METRICS_PATH} is served here"
         body = json.dumps({"error": {"code": "not_found", "message": message}})
-        start_response("404 Not Found",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        start_response(
+            "404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
         return [body.encode()]
 
     class QuietHandler(WSGIRequestHandler):

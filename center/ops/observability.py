@@ -89,9 +89,10 @@ def observe_answer(response: dict) -> None:
         notes.msg_id, notes.kid = body["for_msg_id"], body["for_kid"]
         notes.party_id = result.get("member_id")
         _count_if_paid(notes, payload, notes.started_center_ms)
-    except Exception as error:  # noqa: BLE001 - logged; the answer must still go out
-        log_event("observe_failed", logging.WARNING, request_id=notes.request_id,
-                  error_type=type(error).__name__)
+    except Exception as error:
+        log_event(
+            "observe_failed", logging.WARNING, request_id=notes.request_id, error_type=type(error).__name__
+        )
 
 
 def observe_batch(answers, started_ms: int) -> None:
@@ -111,9 +112,10 @@ def observe_batch(answers, started_ms: int) -> None:
                 notes.metrics.error(answer["error"]["code"])
             else:
                 _count_if_paid(notes, _receipt_payload(answer), started_ms)
-    except Exception as error:  # noqa: BLE001 - logged; the answers must still go out
-        log_event("observe_failed", logging.WARNING, request_id=notes.request_id,
-                  error_type=type(error).__name__)
+    except Exception as error:
+        log_event(
+            "observe_failed", logging.WARNING, request_id=notes.request_id, error_type=type(error).__name__
+        )
 
 
 def _count_if_paid(notes: RequestNotes, payload: dict, started_ms: int | None) -> None:
@@ -126,7 +128,6 @@ def _count_if_paid(notes: RequestNotes, payload: dict, started_ms: int | None) -
 def _receipt_payload(response: dict) -> dict:
     text = response["receipt"]["payload"]
     return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-
 
 
 class ObservabilityMiddleware:
@@ -169,11 +170,22 @@ class ObservabilityMiddleware:
         route = _route_template(scope)
         method = scope["method"] if scope["method"] in KNOWN_METHODS else ROUTE_OTHER
         self.metrics.request(route, method, status, duration_s, notes.error_code)
-        log_event("request", logging.ERROR if status >= 500 else logging.INFO, request_id=notes.request_id,
-                  method=method, route=route, status=status, error=notes.error_code,
-                  duration_ms=round(duration_s * 1000, 3), kid=notes.kid, party_id=notes.party_id,
-                  msg_id=notes.msg_id, items=notes.batch_items or None, refused=notes.batch_refused or None,
-                  pid=os.getpid())
+        log_event(
+            "request",
+            logging.ERROR if status >= 500 else logging.INFO,
+            request_id=notes.request_id,
+            method=method,
+            route=route,
+            status=status,
+            error=notes.error_code,
+            duration_ms=round(duration_s * 1000, 3),
+            kid=notes.kid,
+            party_id=notes.party_id,
+            msg_id=notes.msg_id,
+            items=notes.batch_items or None,
+            refused=notes.batch_refused or None,
+            pid=os.getpid(),
+        )
 
 
 def install_observability(app) -> Metrics:
@@ -205,7 +217,6 @@ def _log_lifespan(app) -> None:
     app.router.lifespan_context = lifespan
 
 
-
 def _request_id(scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
@@ -223,8 +234,18 @@ def _route_template(scope) -> str:
     return path if isinstance(path, str) else ROUTE_OTHER
 
 
-def prepare_serve(data_dir: Path, *, center_id: str, db_url: str, log_format: str, log_level: str, host: str,
-                  port: int, workers: int, metrics_port: int | None) -> tuple[dict, MetricsDir, object]:
+def prepare_serve(
+    data_dir: Path,
+    *,
+    center_id: str,
+    db_url: str,
+    log_format: str,
+    log_level: str,
+    host: str,
+    port: int,
+    workers: int,
+    metrics_port: int | None,
+) -> tuple[dict, MetricsDir, object]:
     """Before uvicorn starts: check the log options, configure logging, make this server's metrics
     directory, start the loopback metrics listener when asked, log serve_start.
 
@@ -245,11 +266,21 @@ def prepare_serve(data_dir: Path, *, center_id: str, db_url: str, log_format: st
             listener = start_metrics_listener(metrics_port, metrics_dir.path)
         except OSError as error:
             metrics_dir.release()
-            raise CliError(f"cannot listen for metrics on {METRICS_HOST}:{metrics_port}: "
-                           f"{error.strerror or error}; choose another --metrics-port") from None
+            raise CliError(
+                f"cannot listen for metrics on {METRICS_HOST}:{metrics_port}: "
+                f"{error.strerror or error}; choose another --metrics-port"
+            ) from None
     log_config = configure(log_format, log_level)
-    log_event("serve_start", pid=os.getpid(), center_id=center_id, host=host, port=port, workers=workers,
-              db=db_url.split(":", 1)[0].split("+", 1)[0], metrics_port=metrics_port)
+    log_event(
+        "serve_start",
+        pid=os.getpid(),
+        center_id=center_id,
+        host=host,
+        port=port,
+        workers=workers,
+        db=db_url.split(":", 1)[0].split("+", 1)[0],
+        metrics_port=metrics_port,
+    )
     _log_stop_on_signals()
     return log_config, metrics_dir, listener
 
@@ -261,6 +292,7 @@ def _log_stop_on_signals() -> None:
     signal again once it has shut down, so the process ends by the signal and
     no `finally` runs: this handler logs, then lets the signal do as before.
     """
+
     def on_signal(signum, _frame):
         log_event("serve_stop", pid=os.getpid(), signal=signal.Signals(signum).name)
         signal.signal(signum, signal.SIG_DFL)

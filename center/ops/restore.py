@@ -71,8 +71,15 @@ def backup_is_encrypted(file: Path) -> bool:
         raise BackupError(f"cannot read the backup {file}: {error.strerror}") from None
 
 
-def restore_backup(file: Path, new_dir: Path, *, db_url: str | None, password: str | None,
-                   verifier: BackupVerifier, pkcs11_module: str | None) -> dict:
+def restore_backup(
+    file: Path,
+    new_dir: Path,
+    *,
+    db_url: str | None,
+    password: str | None,
+    verifier: BackupVerifier,
+    pkcs11_module: str | None,
+) -> dict:
     file, new_dir = Path(os.path.abspath(file)), Path(os.path.abspath(new_dir))
     _check_target(new_dir)
     module = choose_pkcs11_module(pkcs11_module)
@@ -83,8 +90,12 @@ def restore_backup(file: Path, new_dir: Path, *, db_url: str | None, password: s
     staging = Path(tempfile.mkdtemp(prefix=f".{new_dir.name}.restore-", dir=new_dir.parent))
     try:
         with _open_archive(file, password) as tar:
-            _walk(tar, lambda spec: _StagedFile(staging, _staged_path(staging, spec.name, manifest)), verifier,
-                  expected=manifest)
+            _walk(
+                tar,
+                lambda spec: _StagedFile(staging, _staged_path(staging, spec.name, manifest)),
+                verifier,
+                expected=manifest,
+            )
         _rewrite_config(staging, manifest.source_data_dir, new_dir, target_url, module)
         if manifest.db_kind == "postgresql":
             backup_db.pg_restore(staging / PG_DUMP_NAME, target_url)
@@ -95,11 +106,22 @@ def restore_backup(file: Path, new_dir: Path, *, db_url: str | None, password: s
         raise
     schema = _upgrade_schema(target_url)
     ledger, audit = _run_checks(target_url)
-    return {"schema": schema, "ok": ledger["ok"] and audit["ok"], "data_dir": str(new_dir), "center_id": manifest.center_id,
-            "db_kind": manifest.db_kind, "db": backup_db.redact_url(target_url), "files": len(manifest.members),
-            "backup_created_at": manifest.created_at, "encrypted": password is not None, "ledger": ledger,
-            "audit": audit, "signed_by_key_id": verifier.key_id, "pkcs11_module": module,
-            "archive_pkcs11_module_ignored": str(verified.config.get("pkcs11_module"))}
+    return {
+        "schema": schema,
+        "ok": ledger["ok"] and audit["ok"],
+        "data_dir": str(new_dir),
+        "center_id": manifest.center_id,
+        "db_kind": manifest.db_kind,
+        "db": backup_db.redact_url(target_url),
+        "files": len(manifest.members),
+        "backup_created_at": manifest.created_at,
+        "encrypted": password is not None,
+        "ledger": ledger,
+        "audit": audit,
+        "signed_by_key_id": verifier.key_id,
+        "pkcs11_module": module,
+        "archive_pkcs11_module_ignored": str(verified.config.get("pkcs11_module")),
+    }
 
 
 def choose_pkcs11_module(given: str | None) -> str:
@@ -108,12 +130,16 @@ def choose_pkcs11_module(given: str | None) -> str:
         try:
             return find_softhsm_module()
         except SoftHsmError:
-            raise BackupError("SoftHSM is not installed here: give --pkcs11-module PATH, this machine's token "
-                              "module (a restore never takes the archive's)") from None
+            raise BackupError(
+                "SoftHSM is not installed here: give --pkcs11-module PATH, this machine's token "
+                "module (a restore never takes the archive's)"
+            ) from None
     path = Path(given)
     if not path.is_absolute() or not path.is_file():
-        raise BackupError(f"--pkcs11-module {given} is not an absolute path to an existing file: give the path of "
-                          "this machine's token module (.so)")
+        raise BackupError(
+            f"--pkcs11-module {given} is not an absolute path to an existing file: give the path of "
+            "this machine's token module (.so)"
+        )
     return str(path)
 
 
@@ -126,8 +152,13 @@ class Verified:
 def _verify(file: Path, password: str | None, verifier: BackupVerifier) -> Verified:
     captured: dict[str, bytes] = {}
     with _open_archive(file, password) as tar:
-        manifest = _walk(tar, lambda spec: _Capture(captured, spec.name) if spec.name == DATA_PREFIX + CONFIG_NAME
-                         else _Discard(), verifier)
+        manifest = _walk(
+            tar,
+            lambda spec: (
+                _Capture(captured, spec.name) if spec.name == DATA_PREFIX + CONFIG_NAME else _Discard()
+            ),
+            verifier,
+        )
     config = _parse_config(captured[DATA_PREFIX + CONFIG_NAME], manifest)
     return Verified(manifest, config)
 
@@ -138,23 +169,31 @@ def _check_target(new_dir: Path) -> None:
     if new_dir.exists() and not new_dir.is_dir():
         raise BackupError(f"{new_dir} is not a directory: choose a new or empty directory")
     if new_dir.exists() and any(new_dir.iterdir()):
-        raise BackupError(f"{new_dir} is not empty: restore into a new or empty directory (nothing was written)")
+        raise BackupError(
+            f"{new_dir} is not empty: restore into a new or empty directory (nothing was written)"
+        )
 
 
 def _target_db_url(manifest: Manifest, new_dir: Path, db_url: str | None) -> str:
     if manifest.db_kind == "sqlite":
         if db_url is not None:
-            raise BackupError(f"this backup holds a SQLite database; it is restored to {new_dir / SQLITE_NAME}: "
-                              "leave out --db")
+            raise BackupError(
+                f"this backup holds a SQLite database; it is restored to {new_dir / SQLITE_NAME}: "
+                "leave out --db"
+            )
         return f"sqlite:///{new_dir / SQLITE_NAME}"
     if db_url is None:
-        raise BackupError("this backup holds a PostgreSQL database: give --db URL of a new, empty database "
-                          "(a restore never writes into the live one)")
+        raise BackupError(
+            "this backup holds a PostgreSQL database: give --db URL of a new, empty database "
+            "(a restore never writes into the live one)"
+        )
     if backup_db.db_kind(db_url) != "postgresql":
         raise BackupError("this backup holds a PostgreSQL database: --db must be a postgresql:// URL")
     if not backup_db.pg_is_empty(db_url):
-        raise BackupError(f"the database {backup_db.redact_url(db_url)} is not empty: create a new one for the restore "
-                          "(nothing was written)")
+        raise BackupError(
+            f"the database {backup_db.redact_url(db_url)} is not empty: create a new one for the restore "
+            "(nothing was written)"
+        )
     return db_url
 
 
@@ -169,8 +208,9 @@ def _open_archive(file: Path, password: str | None) -> Iterator[tarfile.TarFile]
             source = DecryptingReader(handle, password) if encrypted else handle
             head = source.read(len(GZIP_HEADER))
             if head != GZIP_HEADER:
-                raise BackupError(f"{file} is not a tokenpay backup or its first bytes are damaged: "
-                                  "nothing was written")
+                raise BackupError(
+                    f"{file} is not a tokenpay backup or its first bytes are damaged: nothing was written"
+                )
             with gzip.GzipFile(fileobj=_Prefixed(head, source), mode="rb") as gz:
                 with tarfile.open(fileobj=gz, mode="r|") as tar:
                     yield tar
@@ -182,14 +222,20 @@ def _open_archive(file: Path, password: str | None) -> Iterator[tarfile.TarFile]
     except BackupCryptoError as error:
         raise BackupError(f"{file}: {error}") from None
     except (tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as error:
-        raise BackupError(f"{file} is damaged ({type(error).__name__}: {str(error)[:120] or 'corrupt data'}): "
-                          "nothing was written") from None
+        raise BackupError(
+            f"{file} is damaged ({type(error).__name__}: {str(error)[:120] or 'corrupt data'}): "
+            "nothing was written"
+        ) from None
     except OSError as error:
         raise BackupError(f"cannot read the backup {file}: {error.strerror or error}") from None
 
 
-def _walk(tar: tarfile.TarFile, sink_for: Callable[[MemberSpec], object], verifier: BackupVerifier,
-          expected: Manifest | None = None) -> Manifest:
+def _walk(
+    tar: tarfile.TarFile,
+    sink_for: Callable[[MemberSpec], object],
+    verifier: BackupVerifier,
+    expected: Manifest | None = None,
+) -> Manifest:
     """Check the signature, then every member against the manifest, feeding its bytes to sink_for(spec).
 
     `expected`: the manifest the first pass checked; the file must not have changed since.
@@ -199,10 +245,16 @@ def _walk(tar: tarfile.TarFile, sink_for: Callable[[MemberSpec], object], verifi
         raise BackupError("the archive does not start with a tokenpay manifest: not a backup, or damaged")
     raw_manifest = tar.extractfile(first).read(MAX_MANIFEST_BYTES + 1)
     second = tar.next()
-    if second is None or second.name != SIGNATURE_NAME or not second.isreg() or \
-            second.size > MAX_SIGNATURE_MEMBER_BYTES:
-        raise BackupError("the backup carries no signature (made before backups were signed, or altered): refused, "
-                          "nothing was written; restore only backups made by `center backup --signing-key`")
+    if (
+        second is None
+        or second.name != SIGNATURE_NAME
+        or not second.isreg()
+        or second.size > MAX_SIGNATURE_MEMBER_BYTES
+    ):
+        raise BackupError(
+            "the backup carries no signature (made before backups were signed, or altered): refused, "
+            "nothing was written; restore only backups made by `center backup --signing-key`"
+        )
     # Nothing in the archive is looked at before its signature verified with the command line's key.
     verifier.check(raw_manifest, tar.extractfile(second).read(MAX_SIGNATURE_MEMBER_BYTES + 1))
     manifest = parse_manifest(raw_manifest)
@@ -211,22 +263,30 @@ def _walk(tar: tarfile.TarFile, sink_for: Callable[[MemberSpec], object], verifi
     specs = {spec.name: spec for spec in manifest.members}
     seen: set[str] = set()
     for member in tar:
-        if member is first or member is second:  # TarFile iteration starts again with the members already read
+        if (
+            member is first or member is second
+        ):  # TarFile iteration starts again with the members already read
             continue
         name = check_member_name(member.name)
         if not member.isreg():
             raise BackupError(f"archive member {name} is a link, directory or device, not a file: refused")
         spec = specs.get(name)
         if spec is None or name in seen:
-            raise BackupError(f"archive member {name} is {'repeated' if spec else 'not in the manifest'}: refused")
+            raise BackupError(
+                f"archive member {name} is {'repeated' if spec else 'not in the manifest'}: refused"
+            )
         if member.size != spec.size:
-            raise BackupError(f"archive member {name} is {member.size} bytes, the manifest says {spec.size}: damaged")
+            raise BackupError(
+                f"archive member {name} is {member.size} bytes, the manifest says {spec.size}: damaged"
+            )
         _copy_checked(tar.extractfile(member), spec, sink_for(spec))
         seen.add(name)
     missing = sorted(set(specs) - seen)
     if missing:
-        raise BackupError(f"the archive lacks {missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}"
-                          ": truncated or damaged")
+        raise BackupError(
+            f"the archive lacks {missing[0]}{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}"
+            ": truncated or damaged"
+        )
     return manifest
 
 
@@ -240,8 +300,10 @@ def _copy_checked(stream, spec: MemberSpec, sink) -> None:
         sink.write(block)
         remaining -= len(block)
     if digest.hexdigest() != spec.sha256:
-        raise BackupError(f"archive member {spec.name} does not match its SHA-256 in the manifest: the archive is "
-                          "damaged or was changed (nothing was written)")
+        raise BackupError(
+            f"archive member {spec.name} does not match its SHA-256 in the manifest: the archive is "
+            "damaged or was changed (nothing was written)"
+        )
     sink.close()
 
 
@@ -255,15 +317,17 @@ def _parse_config(raw: bytes, manifest: Manifest) -> dict:
     try:
         CenterConfig(data_dir=Path(manifest.source_data_dir), **document)
     except TypeError:
-        raise BackupError("config.json in the backup has fields this center does not know: restore it with the "
-                          "tokenpay version that made it") from None
+        raise BackupError(
+            "config.json in the backup has fields this center does not know: restore it with the "
+            "tokenpay version that made it"
+        ) from None
     return document
 
 
 def _staged_path(staging: Path, name: str, manifest: Manifest) -> Path:
     if name == manifest.database_member:
         return staging / (SQLITE_NAME if manifest.db_kind == "sqlite" else PG_DUMP_NAME)
-    relative = name[len(DATA_PREFIX):]
+    relative = name[len(DATA_PREFIX) :]
     path = staging / relative
     assert name.startswith(DATA_PREFIX) and path.resolve().is_relative_to(staging.resolve()), name
     return path
@@ -273,7 +337,9 @@ def _rewrite_config(staging: Path, old_dir: str, new_dir: Path, db_url: str, pkc
     path = staging / CONFIG_NAME
     document = _rebase(json.loads(path.read_text()), old_dir, str(new_dir), 0)
     document["db_url"] = db_url
-    document["pkcs11_module"] = pkcs11_module  # a library `center serve` loads: this machine's, never the archive's
+    document["pkcs11_module"] = (
+        pkcs11_module  # a library `center serve` loads: this machine's, never the archive's
+    )
     replace_file(path, json.dumps(document, indent=2, sort_keys=True).encode())
     conf = document.get("softhsm_conf")
     if isinstance(conf, str) and Path(conf).is_relative_to(new_dir):
@@ -289,7 +355,7 @@ def _rebase(value, old_dir: str, new_dir: str, depth: int):
     if isinstance(value, list):
         return [_rebase(item, old_dir, new_dir, depth + 1) for item in value]
     if isinstance(value, str) and (value == old_dir or value.startswith(old_dir + "/")):
-        return new_dir + value[len(old_dir):]
+        return new_dir + value[len(old_dir) :]
     return value
 
 
@@ -306,7 +372,9 @@ def _move_into_place(staging: Path, new_dir: Path) -> None:
     try:
         os.rename(staging, new_dir)  # replaces an empty directory; fails on a non-empty one
     except OSError as error:
-        raise BackupError(f"cannot move the restored files to {new_dir}: {error.strerror} (nothing was kept)") from None
+        raise BackupError(
+            f"cannot move the restored files to {new_dir}: {error.strerror} (nothing was kept)"
+        ) from None
 
 
 def _upgrade_schema(db_url: str) -> dict:
@@ -330,15 +398,22 @@ def _run_checks(db_url: str) -> tuple[dict, dict]:
             checked, problem = verify_chain(conn)
     finally:
         engine.dispose()
-    audit = {"ok": problem is None, "entries": checked, "first_bad_seq": problem.seq if problem else None,
-             "problem": problem.reason if problem else None}
+    audit = {
+        "ok": problem is None,
+        "entries": checked,
+        "first_bad_seq": problem.seq if problem else None,
+        "problem": problem.reason if problem else None,
+    }
     return report.to_json(), audit
 
 
 class _StagedFile:
     def __init__(self, staging: Path, path: Path):
         # Every directory 0700 (mkdir(parents=True) would leave the intermediate ones to the umask).
-        for directory in [*reversed(path.parent.relative_to(staging).parents), path.parent.relative_to(staging)]:
+        for directory in [
+            *reversed(path.parent.relative_to(staging).parents),
+            path.parent.relative_to(staging),
+        ]:
             (staging / directory).mkdir(exist_ok=True, mode=PRIVATE_DIR_MODE)
         # The stream is held open across write() calls; close() ends it (fsync of file and directory).
         self._stream = new_file_stream(path)

@@ -33,10 +33,15 @@ LOST_RACE_CODES = ("counter_replayed", "key_already_enrolled")
 
 # The earlier answer with the key's current status, in one statement: a revoked key's resends
 # are refused too, and cached key facts are never trusted for status.
-_KEY_AND_EARLIER_ANSWER = (select(keys.c.status, messages.c.payload_sha256, messages.c.response)
-                           .select_from(keys.outerjoin(messages, (messages.c.kid == keys.c.kid)
-                                                       & (messages.c.msg_id == bindparam("k_msg_id"))))
-                           .where(keys.c.kid == bindparam("k_kid")))
+_KEY_AND_EARLIER_ANSWER = (
+    select(keys.c.status, messages.c.payload_sha256, messages.c.response)
+    .select_from(
+        keys.outerjoin(
+            messages, (messages.c.kid == keys.c.kid) & (messages.c.msg_id == bindparam("k_msg_id"))
+        )
+    )
+    .where(keys.c.kid == bindparam("k_kid"))
+)
 
 Apply = Callable[[Connection, int], Outcome]  # (conn, now_ms): the message's effect
 
@@ -46,16 +51,24 @@ def accept_verified(center: CenterContext, request: Verified) -> dict:
     return accept(center, request.envelope, request.header, request.apply, advance_counter=True)
 
 
-def accept(center: CenterContext, envelope: Envelope, header: Header, apply: Apply, *,
-           advance_counter: bool) -> dict:
+def accept(
+    center: CenterContext, envelope: Envelope, header: Header, apply: Apply, *, advance_counter: bool
+) -> dict:
     """Answer one verified message; `advance_counter` False for an enrollment (its key is new)."""
     payload_sha256 = rules.request_sha256(envelope)
     for attempt in range(MAX_ATTEMPTS):
         try:
             # The first attempt leaves a reused counter to the unique index on
             # (kid, ctr): one statement less on every request. A retry looks.
-            return _accept_once(center, envelope, header, apply, payload_sha256, advance_counter,
-                                check_counter_unused=attempt > 0)
+            return _accept_once(
+                center,
+                envelope,
+                header,
+                apply,
+                payload_sha256,
+                advance_counter,
+                check_counter_unused=attempt > 0,
+            )
         except IntegrityError:
             if attempt == MAX_ATTEMPTS - 1:
                 raise
@@ -66,8 +79,14 @@ def accept(center: CenterContext, envelope: Envelope, header: Header, apply: App
     raise AssertionError("unreachable")
 
 
-def final_refusal(center: CenterContext, envelope: Envelope, header: Header, payload_sha256: str,
-                  error: ApiError, advance_counter: bool) -> ApiError:
+def final_refusal(
+    center: CenterContext,
+    envelope: Envelope,
+    header: Header,
+    payload_sha256: str,
+    error: ApiError,
+    advance_counter: bool,
+) -> ApiError:
     """The error to answer with: signed, and recorded when final (a resend gets the same refusal)."""
     if not error.final or error.refusal is not None:  # "try again", or an answer recorded earlier
         return error
@@ -79,8 +98,9 @@ def final_refusal(center: CenterContext, envelope: Envelope, header: Header, pay
     return error
 
 
-def record_refusal(center: CenterContext, header: Header, payload_sha256: str, refusal: ApiError, *,
-                   advance_counter: bool) -> None:
+def record_refusal(
+    center: CenterContext, header: Header, payload_sha256: str, refusal: ApiError, *, advance_counter: bool
+) -> None:
     """Make a rule refusal final for this message id (a later resend cannot succeed)."""
     try:
         with center.engine.begin() as conn:
@@ -95,8 +115,15 @@ def record_refusal(center: CenterContext, header: Header, payload_sha256: str, r
     # the message was not recorded, so it is refused for that reason instead.
 
 
-def _accept_once(center: CenterContext, envelope: Envelope, header: Header, apply: Apply, payload_sha256: str,
-                 advance_counter: bool, check_counter_unused: bool) -> dict:
+def _accept_once(
+    center: CenterContext,
+    envelope: Envelope,
+    header: Header,
+    apply: Apply,
+    payload_sha256: str,
+    advance_counter: bool,
+    check_counter_unused: bool,
+) -> dict:
     """In one transaction: an earlier answer to the same message, or counter, effect, audit
     entry, signed receipt and stored answer."""
     with center.engine.begin() as conn:
@@ -112,8 +139,9 @@ def _accept_once(center: CenterContext, envelope: Envelope, header: Header, appl
         return answer
 
 
-def _earlier_answer(conn: Connection, header: Header, payload_sha256: str, *,
-                    of_enrolled_key: bool) -> dict | None:
+def _earlier_answer(
+    conn: Connection, header: Header, payload_sha256: str, *, of_enrolled_key: bool
+) -> dict | None:
     """The recorded answer to these bytes (an error answer raised as its ApiError), or None."""
     if of_enrolled_key:
         row = conn.execute(_KEY_AND_EARLIER_ANSWER, {"k_kid": header.kid, "k_msg_id": header.msg_id}).first()

@@ -26,12 +26,23 @@ ACCOUNT_ROLES = ("member", "store")
 _KEY_FACTS = select(keys.c.status, keys.c.last_ctr).where(keys.c.kid == bindparam("k_kid"))
 
 
-def account_info(center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict,
-                 now_ms: int) -> Outcome:
+def account_info(
+    center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict, now_ms: int
+) -> Outcome:
     if signer.role not in ACCOUNT_ROLES:
-        raise Refusal("wrong_role", f"a {signer.role} has no member or store account; an operator's or "
-                                    "auditor's key is answered by the operator action whoami "
-                                    "(`wallet operator attach`)")
+        raise Refusal(
+            "wrong_role",
+            f"a {signer.role} has no member or store account; an operator's or "
+            "auditor's key is answered by the operator action whoami "
+            "(`wallet operator attach`)",
+        )
     key = conn.execute(_KEY_FACTS, {"k_kid": header.kid}).one()
-    return Outcome({"action": "account_info", "party_id": signer.party_id, "role": signer.role,
-                    "key_status": key.status, "highest_counter": key.last_ctr})
+    return Outcome(
+        {
+            "action": "account_info",
+            "party_id": signer.party_id,
+            "role": signer.role,
+            "key_status": key.status,
+            "highest_counter": key.last_ctr,
+        }
+    )

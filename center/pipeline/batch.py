@@ -53,14 +53,19 @@ REFUSALS_AFTER_WRITES = frozenset({"balance_limit"})
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
 # Built once (see center/ledger/book.py). Keys are locked sorted, before the accounts (ledger.Book).
-_LOCK_KEYS = (select(keys.c.kid, keys.c.status, keys.c.last_ctr)
-              .where(keys.c.kid.in_(bindparam("kids", expanding=True)))
-              .order_by(keys.c.kid).with_for_update())
+_LOCK_KEYS = (
+    select(keys.c.kid, keys.c.status, keys.c.last_ctr)
+    .where(keys.c.kid.in_(bindparam("kids", expanding=True)))
+    .order_by(keys.c.kid)
+    .with_for_update()
+)
 _WRITE_COUNTER = update(keys).where(keys.c.kid == bindparam("k_kid")).values(last_ctr=bindparam("k_last"))
-_EARLIER_ANSWERS = (select(messages.c.kid, messages.c.msg_id, messages.c.payload_sha256, messages.c.response)
-                    .where(tuple_(messages.c.kid, messages.c.msg_id).in_(bindparam("pairs", expanding=True))))
+_EARLIER_ANSWERS = select(
+    messages.c.kid, messages.c.msg_id, messages.c.payload_sha256, messages.c.response
+).where(tuple_(messages.c.kid, messages.c.msg_id).in_(bindparam("pairs", expanding=True)))
 _STORES = select(parties.c.id, parties.c.name, parties.c.status).where(
-    parties.c.id.in_(bindparam("ids", expanding=True)), parties.c.role == "store")
+    parties.c.id.in_(bindparam("ids", expanding=True)), parties.c.role == "store"
+)
 
 
 class VerifyingCenter(CenterContext, Protocol):
@@ -96,8 +101,9 @@ def submit_batch(center: VerifyingCenter, envelopes: list[Envelope], expected_ty
             verified.append((index, center.verify_request(envelope, expected_type)))
         except ApiError as error:
             answers[index] = error_answer(error)
-    for (index, _), answer in zip(verified, answer_verified(center, [request for _, request in verified]),
-                                  strict=True):
+    for (index, _), answer in zip(
+        verified, answer_verified(center, [request for _, request in verified]), strict=True
+    ):
         answers[index] = answer
     assert all(answer is not None for answer in answers)
     return answers
@@ -155,8 +161,14 @@ def _answer_together(center: CenterContext, conn: Connection, items: list[_Item]
     earlier = _earlier_answers(conn, items)
     payees = sorted({item.request.body["payee"] for item in items})
     stores = {row.id: row for row in conn.execute(_STORES, {"ids": payees})}
-    book = ledger.Book(conn, [ledger.party_account(party) for item in items
-                              for party in (item.request.signer.party_id, item.request.body["payee"])])
+    book = ledger.Book(
+        conn,
+        [
+            ledger.party_account(party)
+            for item in items
+            for party in (item.request.signer.party_id, item.request.body["payee"])
+        ],
+    )
     payments = []
     for item in items:
         _book_one(center, item, counters, earlier, stores, book, payments)
@@ -174,8 +186,9 @@ def _answer_together(center: CenterContext, conn: Connection, items: list[_Item]
         rules.store_answers(conn, [_answer_row(item) for item in stored])
 
 
-def _book_one(center: CenterContext, item: _Item, counters: _Counters, earlier: dict, stores: dict, book,
-              payments: list) -> None:
+def _book_one(
+    center: CenterContext, item: _Item, counters: _Counters, earlier: dict, stores: dict, book, payments: list
+) -> None:
     """One payment, as center.pipeline.service answers it alone: key status, earlier answer, counter,
     rules, money."""
     header, signer, body = item.request.header, item.request.signer, item.request.body
@@ -190,7 +203,8 @@ def _book_one(center: CenterContext, item: _Item, counters: _Counters, earlier: 
     if (header.kid, header.msg_id) in earlier:
         try:
             item.answer = rules.raise_error_answer(
-                rules.recorded_answer(earlier[(header.kid, header.msg_id)], item.request.payload_sha256))
+                rules.recorded_answer(earlier[(header.kid, header.msg_id)], item.request.payload_sha256)
+            )
         except ApiError as error:  # a recorded refusal (signed now if it was recorded unsigned), a conflict
             item.answer = refused(error)
         return
@@ -207,9 +221,14 @@ def _book_one(center: CenterContext, item: _Item, counters: _Counters, earlier: 
     try:
         handlers.check_payment(center, signer, body, store)
         payment_id = ledger.new_id("P")
-        balance_minor = book.move(debit=ledger.party_account(signer.party_id),
-                                  credit=ledger.party_account(store.id), amount_minor=body["amount_minor"],
-                                  kind="payment", ref=payment_id, now_ms=item.now_ms)
+        balance_minor = book.move(
+            debit=ledger.party_account(signer.party_id),
+            credit=ledger.party_account(store.id),
+            amount_minor=body["amount_minor"],
+            kind="payment",
+            ref=payment_id,
+            now_ms=item.now_ms,
+        )
     except ApiError as refusal:
         if refusal.code in REFUSALS_AFTER_WRITES or not refusal.final:
             raise _Abort(refusal.code) from None
@@ -243,8 +262,10 @@ class _Counters:
 
     def write(self, conn: Connection) -> None:
         if self._changed:
-            conn.execute(_WRITE_COUNTER, [{"k_kid": kid, "k_last": self._last_ctr[kid]}
-                                          for kid in sorted(self._changed)])
+            conn.execute(
+                _WRITE_COUNTER,
+                [{"k_kid": kid, "k_last": self._last_ctr[kid]} for kid in sorted(self._changed)],
+            )
 
 
 def _earlier_answers(conn: Connection, items: list[_Item]) -> dict:

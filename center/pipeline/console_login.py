@@ -21,35 +21,53 @@ def recorded_client_sha256(row) -> str:
     return console_client_sha256(row.challenge, row.client_address, row.user_agent, row.created_at_ms)
 
 
-def approve(center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict,
-            now_ms: int) -> Outcome:
+def approve(
+    center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict, now_ms: int
+) -> Outcome:
     """Mark the challenge approved by this operator's key, inside the signed request's transaction."""
     require_operator_key(signer)
     challenge = body["challenge"]
     row = _pending_challenge(conn, challenge, now_ms)
     if body["client_sha256"] != recorded_client_sha256(row):
-        raise Refusal("challenge_details_mismatch",
-                      f"console login {challenge} was asked for by another client than the one this "
-                      "approval names: nothing was approved; start a new login", 409)
+        raise Refusal(
+            "challenge_details_mismatch",
+            f"console login {challenge} was asked for by another client than the one this "
+            "approval names: nothing was approved; start a new login",
+            409,
+        )
     approved = conn.execute(
         update(console_challenges)
-        .where(console_challenges.c.challenge == challenge, console_challenges.c.approved_kid.is_(None),
-               console_challenges.c.consumed.is_(False))
-        .values(approved_kid=signer.kid, approved_operator_id=signer.party_id, approved_at_ms=now_ms))
+        .where(
+            console_challenges.c.challenge == challenge,
+            console_challenges.c.approved_kid.is_(None),
+            console_challenges.c.consumed.is_(False),
+        )
+        .values(approved_kid=signer.kid, approved_operator_id=signer.party_id, approved_at_ms=now_ms)
+    )
     if approved.rowcount != 1:
         raise Refusal("unknown_challenge", f"console login {challenge} was approved meanwhile")
-    return Outcome({"action": "console_login_approved", "challenge": challenge,
-                    "operator_id": signer.party_id, "role": signer.role, "expires_at_ms": row.expires_at_ms})
+    return Outcome(
+        {
+            "action": "console_login_approved",
+            "challenge": challenge,
+            "operator_id": signer.party_id,
+            "role": signer.role,
+            "expires_at_ms": row.expires_at_ms,
+        }
+    )
 
 
 def _pending_challenge(conn: Connection, challenge: str, now_ms: int):
     """The challenge's row, locked, if it waits for an approval; else the refusal."""
-    row = conn.execute(select(console_challenges).where(console_challenges.c.challenge == challenge)
-                       .with_for_update()).first()
+    row = conn.execute(
+        select(console_challenges).where(console_challenges.c.challenge == challenge).with_for_update()
+    ).first()
     if row is None or row.consumed or row.approved_kid is not None:
-        raise Refusal("unknown_challenge", f"no pending console login {challenge}: "
-                      "start a new login in the browser")
+        raise Refusal(
+            "unknown_challenge", f"no pending console login {challenge}: start a new login in the browser"
+        )
     if now_ms >= row.expires_at_ms:
-        raise Refusal("challenge_expired", f"console login {challenge} has expired: "
-                      "start a new login in the browser")
+        raise Refusal(
+            "challenge_expired", f"console login {challenge} has expired: start a new login in the browser"
+        )
     return row

@@ -43,8 +43,12 @@ class GroupCommit:
         try:
             self._waiting.put_nowait((request, done))
         except queue.Full:
-            raise ApiError("overloaded", f"more than {MAX_WAITING} payments are waiting to be committed; "
-                                         "retry the same signed message later", 503) from None
+            raise ApiError(
+                "overloaded",
+                f"more than {MAX_WAITING} payments are waiting to be committed; "
+                "retry the same signed message later",
+                503,
+            ) from None
         self._ensure_committer()
 
     def answer(self, request: Verified) -> dict:

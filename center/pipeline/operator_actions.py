@@ -66,31 +66,48 @@ def _decline_topup(conn: Connection, ctx: ActionContext, args: dict) -> dict:
 def _require_same_topup(conn: Connection, ctx: ActionContext, args: dict) -> None:
     """The signed decision names the top-up the operator was shown (`show_topup`): its member,
     amount and currency must be this top-up's, or nothing is decided."""
-    topup = conn.execute(select(topups.c.member_id, topups.c.amount_minor)
-                         .where(topups.c.id == args["topup_id"]).with_for_update()).first()
+    topup = conn.execute(
+        select(topups.c.member_id, topups.c.amount_minor)
+        .where(topups.c.id == args["topup_id"])
+        .with_for_update()
+    ).first()
     if topup is None:
         raise ApiError("unknown_topup", f"no top-up {args['topup_id']}")
     signed = (args["member_id"], args["amount_minor"], args["currency"])
     actual = (topup.member_id, topup.amount_minor, ctx.center.currency)
     if signed != actual:
-        raise Refusal("topup_details_mismatch",
-                      f"top-up {args['topup_id']} is {actual[1]} minor units of {actual[2]} for {actual[0]}, "
-                      f"not {signed[1]} of {signed[2]} for {signed[0]}: nothing was decided", 409)
+        raise Refusal(
+            "topup_details_mismatch",
+            f"top-up {args['topup_id']} is {actual[1]} minor units of {actual[2]} for {actual[0]}, "
+            f"not {signed[1]} of {signed[2]} for {signed[0]}: nothing was decided",
+            409,
+        )
 
 
 def _show_topup(conn: Connection, ctx: ActionContext, args: dict) -> dict:
     """An operator-signed read of one top-up: what `wallet operator confirm-topup|decline-topup` shows
     before it signs the decision. Signed, so only operators and auditors get it, and audited (a
     member's payment details, like a console read)."""
-    row = conn.execute(select(topups, parties.c.name.label("member_name"))
-                       .join(parties, parties.c.id == topups.c.member_id)
-                       .where(topups.c.id == args["topup_id"])).first()
+    row = conn.execute(
+        select(topups, parties.c.name.label("member_name"))
+        .join(parties, parties.c.id == topups.c.member_id)
+        .where(topups.c.id == args["topup_id"])
+    ).first()
     if row is None:
         raise ApiError("unknown_topup", f"no top-up {args['topup_id']}")
-    return {"action": "topup_shown", "topup_id": row.id, "member_id": row.member_id,
-            "member_name": row.member_name, "amount_minor": row.amount_minor, "currency": ctx.center.currency,
-            "method": row.method, "status": row.status, "created_at_ms": row.created_at_ms,
-            "decided_at_ms": row.decided_at_ms, "decided_by": row.decided_by}
+    return {
+        "action": "topup_shown",
+        "topup_id": row.id,
+        "member_id": row.member_id,
+        "member_name": row.member_name,
+        "amount_minor": row.amount_minor,
+        "currency": ctx.center.currency,
+        "method": row.method,
+        "status": row.status,
+        "created_at_ms": row.created_at_ms,
+        "decided_at_ms": row.decided_at_ms,
+        "decided_by": row.decided_by,
+    }
 
 
 def _revoke_key(conn: Connection, ctx: ActionContext, args: dict) -> dict:
@@ -102,8 +119,9 @@ def _bind_key(conn: Connection, ctx: ActionContext, args: dict) -> dict:
 
 
 def _reject_key(conn: Connection, ctx: ActionContext, args: dict) -> dict:
-    return reject_key_in(conn, args["kid"], reason=args["reason"], decided_by=ctx.decided_by,
-                         now_ms=ctx.now_ms)
+    return reject_key_in(
+        conn, args["kid"], reason=args["reason"], decided_by=ctx.decided_by, now_ms=ctx.now_ms
+    )
 
 
 def _whoami(conn: Connection, ctx: ActionContext, args: dict) -> dict:
@@ -127,20 +145,23 @@ assert set(ACTIONS) == set(OPERATOR_ACTION_ARGS), "every wire action needs a reg
 def require_operator_key(signer: Signer) -> None:
     """Operator endpoints take operator and auditor keys only; a member's or store's key is refused."""
     if signer.role not in OPERATOR_ROLES:
-        raise Refusal("not_an_operator",
-                      f"this key belongs to a {signer.role}, not to an operator or auditor")
+        raise Refusal(
+            "not_an_operator", f"this key belongs to a {signer.role}, not to an operator or auditor"
+        )
 
 
-def perform(center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict,
-            now_ms: int) -> Outcome:
+def perform(
+    center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict, now_ms: int
+) -> Outcome:
     """The `operator_action` handler (center.pipeline.handlers.HANDLERS), inside the request's transaction."""
     require_operator_key(signer)
     name = body["action"]
     action = ACTIONS[name]  # the wire check admits only registered actions
     if signer.role not in action.roles:
-        raise Refusal("operator_role_required",
-                      f"{name} needs the role {' or '.join(sorted(action.roles))}; "
-                      f"this key's role is {signer.role}")
+        raise Refusal(
+            "operator_role_required",
+            f"{name} needs the role {' or '.join(sorted(action.roles))}; this key's role is {signer.role}",
+        )
     result = action.run(conn, ActionContext(center, signer, header, now_ms), body["args"])
     assert "operator_id" not in result and "operator_action" not in result
     return Outcome(result | {"operator_action": name, "operator_id": signer.party_id, "role": signer.role})

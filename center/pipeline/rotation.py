@@ -52,36 +52,72 @@ def rotate(center: RotatingCenter, envelope: Envelope) -> dict:
         return answer
 
 
-def rotate_handler(center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict,
-                   now_ms: int) -> Outcome:
+def rotate_handler(
+    center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict, now_ms: int
+) -> Outcome:
     """Inside the rotate message's transaction (old key verified, its counter advanced)."""
     proof, proof_header, proof_body, spki_der = checked_key_proof(center, body, signer, now_ms)
     # The new key must pass the issuer policy an enrollment would (center.keys.issuer_policy).
-    certificate = check_enrollment_certificate(center.issuer_policy, spki_der,
-                                               enrollment_key_cert(proof_body), now_ms // 1000)
+    certificate = check_enrollment_certificate(
+        center.issuer_policy, spki_der, enrollment_key_cert(proof_body), now_ms // 1000
+    )
     if conn.execute(select(keys.c.kid).where(keys.c.kid == proof_header.kid)).first() is not None:
-        raise ApiError("key_already_enrolled",
-                       "the new key is already enrolled; generate another key to rotate to")
+        raise ApiError(
+            "key_already_enrolled", "the new key is already enrolled; generate another key to rotate to"
+        )
     _retire(conn, signer)
-    conn.execute(insert(keys).values(kid=proof_header.kid, party_id=signer.party_id,
-                                     algorithm=proof_body["alg"], spki=spki_der, status="active",
-                                     last_ctr=proof_header.ctr, created_at_ms=now_ms))
-    conn.execute(insert(key_claims).values(kid=proof_header.kid, party_id=signer.party_id, kind="rotation",
-                                           replaces_kid=signer.kid, status="bound", created_at_ms=now_ms,
-                                           decided_at_ms=now_ms, decided_by="key-holder"))
+    conn.execute(
+        insert(keys).values(
+            kid=proof_header.kid,
+            party_id=signer.party_id,
+            algorithm=proof_body["alg"],
+            spki=spki_der,
+            status="active",
+            last_ctr=proof_header.ctr,
+            created_at_ms=now_ms,
+        )
+    )
+    conn.execute(
+        insert(key_claims).values(
+            kid=proof_header.kid,
+            party_id=signer.party_id,
+            kind="rotation",
+            replaces_kid=signer.kid,
+            status="bound",
+            created_at_ms=now_ms,
+            decided_at_ms=now_ms,
+            decided_by="key-holder",
+        )
+    )
     # The proof's counter is the new key's first: record it as used, like an enrollment's.
-    store_answers(conn, [answer_row(proof_header, hashlib.sha256(proof.payload).hexdigest(),
-                                    {"key_proof_for": header.msg_id}, now_ms)])
-    result = {"action": "key_rotated", "member_id": signer.party_id, "role": signer.role,
-              "old_kid": signer.kid, "new_kid": proof_header.kid, "algorithm": proof_body["alg"]}
+    store_answers(
+        conn,
+        [
+            answer_row(
+                proof_header,
+                hashlib.sha256(proof.payload).hexdigest(),
+                {"key_proof_for": header.msg_id},
+                now_ms,
+            )
+        ],
+    )
+    result = {
+        "action": "key_rotated",
+        "member_id": signer.party_id,
+        "role": signer.role,
+        "old_kid": signer.kid,
+        "new_kid": proof_header.kid,
+        "algorithm": proof_body["alg"],
+    }
     if certificate is not None:
         result["key_certificate"] = certificate  # the receipt states what was checked
     return Outcome(result)
 
 
 def _retire(conn: Connection, signer: Signer) -> None:
-    retired = conn.execute(update(keys).where(keys.c.kid == signer.kid, keys.c.status == "active")
-                           .values(status="rotated"))
+    retired = conn.execute(
+        update(keys).where(keys.c.kid == signer.kid, keys.c.status == "active").values(status="rotated")
+    )
     if retired.rowcount != 1:  # revoked or rotated by a concurrent request after this one's checks
         raise inactive_key_error(conn.execute(select(keys.c.status).where(keys.c.kid == signer.kid)).scalar())
 
@@ -95,11 +131,14 @@ def checked_key_proof(center: CenterContext, body: dict, signer: Signer, now_ms:
     except WireError as error:
         raise ApiError.from_wire(error) from None
     if proof_header.aud != center.center_id:
-        raise ApiError("wrong_audience",
-                       f"the new key's proof is addressed to {proof_header.aud!r}, not this center")
+        raise ApiError(
+            "wrong_audience", f"the new key's proof is addressed to {proof_header.aud!r}, not this center"
+        )
     if proof_body["replaces"] != signer.kid:
-        raise ApiError("key_proof_mismatch", "the new key's proof names another key to replace than the one "
-                                             "that signed the rotation")
+        raise ApiError(
+            "key_proof_mismatch",
+            "the new key's proof names another key to replace than the one that signed the rotation",
+        )
     if proof_header.kid == signer.kid:
         raise ApiError("key_proof_mismatch", "a key cannot replace itself")
     return proof, proof_header, proof_body, spki_der
@@ -108,8 +147,9 @@ def checked_key_proof(center: CenterContext, body: dict, signer: Signer, now_ms:
 def earlier_rotation_answer(center: CenterContext, envelope: Envelope) -> dict | None:
     """The stored answer to this very rotation, verified as signed by its (no longer active) key."""
     with center.engine.connect() as conn:
-        key = conn.execute(select(keys.c.spki, keys.c.algorithm, keys.c.status)
-                           .where(keys.c.kid == envelope.kid)).first()
+        key = conn.execute(
+            select(keys.c.spki, keys.c.algorithm, keys.c.status).where(keys.c.kid == envelope.kid)
+        ).first()
         if key is None or key.status not in REPLAYABLE_STATUSES:
             return None
         try:

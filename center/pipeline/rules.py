@@ -37,16 +37,20 @@ COUNTER_WINDOW = 4096
 # Statements on the request path, built once (see center/ledger/book.py).
 # The counter rule in SQL: the key must be active and last_ctr < ctr + COUNTER_WINDOW;
 # last_ctr becomes the larger of the two (advanced_counter is the same rule in memory).
-_ADVANCE_COUNTER = (update(keys)
-                    .where(keys.c.kid == bindparam("k_kid"), keys.c.status == "active",
-                           keys.c.last_ctr < bindparam("k_ceiling"))
-                    .values(last_ctr=case((keys.c.last_ctr < bindparam("k_ctr"), bindparam("k_ctr")),
-                                          else_=keys.c.last_ctr)))
+_ADVANCE_COUNTER = (
+    update(keys)
+    .where(
+        keys.c.kid == bindparam("k_kid"), keys.c.status == "active", keys.c.last_ctr < bindparam("k_ceiling")
+    )
+    .values(last_ctr=case((keys.c.last_ctr < bindparam("k_ctr"), bindparam("k_ctr")), else_=keys.c.last_ctr))
+)
 _KEY_STATUS = select(keys.c.status).where(keys.c.kid == bindparam("k_kid"))
-_COUNTER_USED = select(messages.c.msg_id).where(messages.c.kid == bindparam("k_kid"),
-                                                messages.c.ctr == bindparam("k_ctr"))
+_COUNTER_USED = select(messages.c.msg_id).where(
+    messages.c.kid == bindparam("k_kid"), messages.c.ctr == bindparam("k_ctr")
+)
 _EARLIER_ANSWER = select(messages.c.payload_sha256, messages.c.response).where(
-    messages.c.kid == bindparam("k_kid"), messages.c.msg_id == bindparam("k_msg_id"))
+    messages.c.kid == bindparam("k_kid"), messages.c.msg_id == bindparam("k_msg_id")
+)
 _STORE_ANSWER = insert(messages)
 # What a recorded refusal answers with ("refusal": absent when recorded before refusals were signed).
 RECORDED_ERROR_FIELDS = ("error", "status", "refusal")
@@ -54,9 +58,12 @@ RECORDED_ERROR_FIELDS = ("error", "status", "refusal")
 
 # --- the counter window ----------------------------------------------------------------------
 
+
 def counter_too_old() -> ApiError:
-    return ApiError("counter_replayed", f"the message counter is more than {COUNTER_WINDOW} below the "
-                                        "highest accepted from this key")
+    return ApiError(
+        "counter_replayed",
+        f"the message counter is more than {COUNTER_WINDOW} below the highest accepted from this key",
+    )
 
 
 def counter_reused() -> ApiError:
@@ -77,8 +84,9 @@ def advance_counter(conn: Connection, header: Header, *, check_unused: bool) -> 
     A counter used before is refused here when `check_unused`, and otherwise by
     the unique index on messages (kid, ctr) when the answer is stored.
     """
-    raised = conn.execute(_ADVANCE_COUNTER, {"k_kid": header.kid, "k_ctr": header.ctr,
-                                             "k_ceiling": header.ctr + COUNTER_WINDOW})
+    raised = conn.execute(
+        _ADVANCE_COUNTER, {"k_kid": header.kid, "k_ctr": header.ctr, "k_ceiling": header.ctr + COUNTER_WINDOW}
+    )
     if raised.rowcount != 1:
         status = conn.execute(_KEY_STATUS, {"k_kid": header.kid}).scalar_one_or_none()
         if status != "active":
@@ -89,6 +97,7 @@ def advance_counter(conn: Connection, header: Header, *, check_unused: bool) -> 
 
 
 # --- earlier answers and answer rows ---------------------------------------------------------
+
 
 def request_sha256(envelope: Envelope) -> str:
     """What an answer row binds a message id to: the hash of the exact signed bytes."""
@@ -130,9 +139,15 @@ def raise_error_answer(answer: dict) -> dict:
 
 def answer_row(header: Header, payload_sha256: str, response: dict, now_ms: int) -> dict:
     """The row that answers every later copy of this message (and uses up its counter)."""
-    return {"kid": header.kid, "msg_id": header.msg_id, "msg_type": header.type, "ctr": header.ctr,
-            "payload_sha256": payload_sha256, "response": json.dumps(response, separators=(",", ":")),
-            "created_at_ms": now_ms}
+    return {
+        "kid": header.kid,
+        "msg_id": header.msg_id,
+        "msg_type": header.type,
+        "ctr": header.ctr,
+        "payload_sha256": payload_sha256,
+        "response": json.dumps(response, separators=(",", ":")),
+        "created_at_ms": now_ms,
+    }
 
 
 def refusal_row(header: Header, payload_sha256: str, refusal: ApiError, now_ms: int) -> dict:
@@ -148,6 +163,7 @@ def store_answers(conn: Connection, rows: list[dict]) -> None:
 
 # --- signing: refusals, audit entries and receipts --------------------------------------------
 
+
 def signed_refusal(center: CenterContext, header: Header, envelope: Envelope, error: ApiError) -> ApiError:
     """`error` with the center's signed refusal of these verified bytes attached, when it is final.
 
@@ -156,9 +172,15 @@ def signed_refusal(center: CenterContext, header: Header, envelope: Envelope, er
     if not error.final or error.refusal is not None:
         return error
     now_ms = center.clock_ms()
-    payload = build_refusal_payload(center_kid=center.signer.kid, request_header=header, request=envelope,
-                                    code=error.code, message=error.message, status=error.status,
-                                    now_s=now_ms // 1000)
+    payload = build_refusal_payload(
+        center_kid=center.signer.kid,
+        request_header=header,
+        request=envelope,
+        code=error.code,
+        message=error.message,
+        status=error.status,
+        now_s=now_ms // 1000,
+    )
     error.refusal = center.signer.seal(payload).to_json()
     return error
 
@@ -176,9 +198,16 @@ class Handled:
 def audit_entry(handled: Handled) -> dict:
     """The audit entry of a handled message: its exact signed bytes and the result it had."""
     envelope, header = handled.envelope, handled.header
-    return {"kid": envelope.kid, "alg": envelope.alg, "payload": envelope.payload, "signature": envelope.sig,
-            "msg_type": header.type, "msg_id": header.msg_id, "action": handled.outcome.result,
-            "now_ms": handled.now_ms}
+    return {
+        "kid": envelope.kid,
+        "alg": envelope.alg,
+        "payload": envelope.payload,
+        "signature": envelope.sig,
+        "msg_type": header.type,
+        "msg_id": header.msg_id,
+        "action": handled.outcome.result,
+        "now_ms": handled.now_ms,
+    }
 
 
 def seal(center: CenterContext, conn: Connection, handled: list[Handled]) -> list[dict]:
@@ -187,7 +216,12 @@ def seal(center: CenterContext, conn: Connection, handled: list[Handled]) -> lis
     seqs = audit.append_many(conn, [audit_entry(item) for item in handled])
     answers = []
     for item, seq in zip(handled, seqs, strict=True):
-        receipt = center.signer.sign_receipt(request_header=item.header, request=item.envelope,
-                                             result=item.outcome.result, ctr=seq, now_s=item.now_ms // 1000)
+        receipt = center.signer.sign_receipt(
+            request_header=item.header,
+            request=item.envelope,
+            result=item.outcome.result,
+            ctr=seq,
+            now_s=item.now_ms // 1000,
+        )
         answers.append({"receipt": receipt.to_json(), **item.outcome.extras})
     return answers

@@ -54,8 +54,11 @@ MAX_CACHED_KEYS = 100_000
 STORE_ID_PATTERN = re.compile(r"S-[0-9a-f]{16}")
 
 # Statements on the request path, built once (see center/ledger/book.py).
-_KEY = (select(keys.c.kid, keys.c.spki, keys.c.algorithm, keys.c.status, keys.c.party_id, parties.c.role)
-        .join(parties, parties.c.id == keys.c.party_id).where(keys.c.kid == bindparam("k_kid")))
+_KEY = (
+    select(keys.c.kid, keys.c.spki, keys.c.algorithm, keys.c.status, keys.c.party_id, parties.c.role)
+    .join(parties, parties.c.id == keys.c.party_id)
+    .where(keys.c.kid == bindparam("k_kid"))
+)
 
 
 @dataclass
@@ -137,25 +140,35 @@ class Center:
         if not STORE_ID_PATTERN.fullmatch(store_id):
             raise ApiError("unknown_payee", f"no store {store_id} at this center")
         with self.engine.connect() as conn:
-            store = conn.execute(select(parties.c.id, parties.c.name, parties.c.status)
-                                 .where(parties.c.id == store_id, parties.c.role == "store")).first()
+            store = conn.execute(
+                select(parties.c.id, parties.c.name, parties.c.status).where(
+                    parties.c.id == store_id, parties.c.role == "store"
+                )
+            ).first()
             flag = store_names.name_flag(conn, store_id)  # a look-alike name, until an operator clears it
         if store is None:
             raise ApiError("unknown_payee", f"no store {store_id} at this center")
         return {"store_id": store.id, "name": store.name, "active": store.status == "active", **flag}
 
     def decide_topup(self, topup_id: str, decision: str, *, decided_by: str) -> dict:
-        return funding.decide_topup(self.engine, topup_id, decision, decided_by=decided_by,
-                                    now_ms=self.clock_ms())
+        return funding.decide_topup(
+            self.engine, topup_id, decision, decided_by=decided_by, now_ms=self.clock_ms()
+        )
 
     def funding_webhook(self, timestamp: str | None, signature: str | None, body: bytes) -> dict:
         if not self.webhook_secret:
             raise ApiError("not_found", "this center has no funding webhook configured", 404)
         call = funding.parse_webhook(self.webhook_secret, timestamp, signature, body, self.clock_ms() // 1000)
-        return funding.decide_topup(self.engine, call["topup_id"], call["decision"],
-                                    decided_by="webhook:funding", now_ms=self.clock_ms(),
-                                    expected_amount_minor=call["amount_minor"], evidence=body,
-                                    evidence_alg="hmac-sha256")
+        return funding.decide_topup(
+            self.engine,
+            call["topup_id"],
+            call["decision"],
+            decided_by="webhook:funding",
+            now_ms=self.clock_ms(),
+            expected_amount_minor=call["amount_minor"],
+            evidence=body,
+            evidence_alg="hmac-sha256",
+        )
 
     def _enrolled_key(self, kid: str):
         key = self._known_keys.get(kid)
@@ -172,8 +185,9 @@ class Center:
         self._known_keys[kid] = key
         return key
 
-    def _check_verified_header(self, header: Header, envelope: Envelope, expected_type: str,
-                               key_status: str = "active") -> None:
+    def _check_verified_header(
+        self, header: Header, envelope: Envelope, expected_type: str, key_status: str = "active"
+    ) -> None:
         """Type, audience, freshness, then key status (checked after the signature, so that the
         refusal can be signed). An expired resend of a message answered before gets that answer
         (the next step finds it): a signed "expired" must never hide a receipt."""
@@ -186,8 +200,9 @@ class Center:
                 return
             error = rules.signed_refusal(self, header, envelope, error)
             if error.code in RECORDED_BEFORE_ACCEPT:
-                accept.record_refusal(self, header, rules.request_sha256(envelope), error,
-                                      advance_counter=False)
+                accept.record_refusal(
+                    self, header, rules.request_sha256(envelope), error, advance_counter=False
+                )
             raise error from None
 
     def _answered_before(self, header: Header) -> bool:
@@ -196,11 +211,14 @@ class Center:
 
     def _check_header(self, header: Header, expected_type: str) -> None:
         if header.type != expected_type:
-            raise ApiError("wrong_message_type",
-                           f"this endpoint takes {expected_type!r} messages, not {header.type!r}")
+            raise ApiError(
+                "wrong_message_type", f"this endpoint takes {expected_type!r} messages, not {header.type!r}"
+            )
         if header.aud != self.center_id:
-            raise ApiError("wrong_audience",
-                           f"message is addressed to {header.aud!r}, not this center ({self.center_id})")
+            raise ApiError(
+                "wrong_audience",
+                f"message is addressed to {header.aud!r}, not this center ({self.center_id})",
+            )
         try:
             check_freshness(header, self.clock_ms() // 1000)
         except WireError as error:

@@ -34,7 +34,8 @@ from sqlalchemy import (
 metadata = MetaData()
 
 parties = Table(
-    "parties", metadata,
+    "parties",
+    metadata,
     Column("id", String(32), primary_key=True),
     Column("role", String(16), nullable=False),  # member | store | operator | auditor
     Column("name", String(200), nullable=False),
@@ -46,7 +47,8 @@ parties = Table(
 )
 
 keys = Table(
-    "keys", metadata,
+    "keys",
+    metadata,
     Column("kid", String(64), primary_key=True),
     Column("party_id", String(32), ForeignKey("parties.id"), nullable=False, index=True),
     Column("algorithm", String(16), nullable=False),
@@ -59,7 +61,8 @@ keys = Table(
 # One row per accepted signed message: the idempotency record. The same
 # (kid, msg_id) with the same bytes answers `response` again.
 messages = Table(
-    "messages", metadata,
+    "messages",
+    metadata,
     Column("kid", String(64), primary_key=True),
     Column("msg_id", String(64), primary_key=True),
     Column("msg_type", String(32), nullable=False),
@@ -70,7 +73,8 @@ messages = Table(
 )
 
 audit_log = Table(
-    "audit_log", metadata,
+    "audit_log",
+    metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("prev_hash", String(64), nullable=False),
     Column("entry_hash", String(64), nullable=False),
@@ -87,7 +91,8 @@ audit_log = Table(
 # Single row (id = 1): the chain head. Appending locks it, which orders the
 # chain across processes; it also lets verification notice a cut-off tail.
 audit_head = Table(
-    "audit_head", metadata,
+    "audit_head",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("entry_hash", String(64), nullable=False),
@@ -96,7 +101,8 @@ audit_head = Table(
 SEQ = BigInteger().with_variant(Integer(), "sqlite")
 
 accounts = Table(
-    "accounts", metadata,
+    "accounts",
+    metadata,
     Column("id", String(48), primary_key=True),  # party:<id>, funding:<method>, payouts:pending|settled
     Column("kind", String(16), nullable=False),
     Column("party_id", String(32), ForeignKey("parties.id")),
@@ -105,7 +111,8 @@ accounts = Table(
 )
 
 transfers = Table(
-    "transfers", metadata,
+    "transfers",
+    metadata,
     Column("id", String(24), primary_key=True),
     Column("debit_account", String(48), ForeignKey("accounts.id"), nullable=False),
     Column("credit_account", String(48), ForeignKey("accounts.id"), nullable=False),
@@ -116,7 +123,8 @@ transfers = Table(
 )
 
 topups = Table(
-    "topups", metadata,
+    "topups",
+    metadata,
     Column("id", String(24), primary_key=True),
     Column("member_id", String(32), ForeignKey("parties.id"), nullable=False),
     Column("amount_minor", BigInteger, nullable=False),
@@ -128,7 +136,8 @@ topups = Table(
 )
 
 payments = Table(
-    "payments", metadata,
+    "payments",
+    metadata,
     Column("seq", SEQ, primary_key=True, autoincrement=True),  # the stores' notice cursor
     Column("id", String(24), nullable=False, unique=True),
     Column("buyer_id", String(32), ForeignKey("parties.id"), nullable=False),
@@ -140,7 +149,8 @@ payments = Table(
 )
 
 refunds = Table(
-    "refunds", metadata,
+    "refunds",
+    metadata,
     Column("id", String(24), primary_key=True),
     Column("payment_id", String(24), ForeignKey("payments.id"), nullable=False),
     Column("amount_minor", BigInteger, nullable=False),
@@ -148,7 +158,8 @@ refunds = Table(
 )
 
 payouts = Table(
-    "payouts", metadata,
+    "payouts",
+    metadata,
     Column("id", String(24), primary_key=True),
     Column("store_id", String(32), ForeignKey("parties.id"), nullable=False),
     Column("amount_minor", BigInteger, nullable=False),
@@ -163,7 +174,8 @@ payouts = Table(
 # Console login (center.console.auth): a challenge shown in a browser, approved
 # by an operator's signed console_login message, turned into a session once.
 console_challenges = Table(
-    "console_challenges", metadata,
+    "console_challenges",
+    metadata,
     Column("challenge", String(19), primary_key=True),  # XXXX-XXXX-XXXX-XXXX, base32
     Column("browser_secret_sha256", String(64), nullable=False, unique=True),
     Column("created_at_ms", BigInteger, nullable=False),
@@ -180,7 +192,8 @@ console_challenges = Table(
 )
 
 console_sessions = Table(
-    "console_sessions", metadata,
+    "console_sessions",
+    metadata,
     Column("session_sha256", String(64), primary_key=True),  # only a hash of the cookie's session id
     Column("operator_id", String(32), ForeignKey("parties.id"), nullable=False),
     Column("kid", String(64), ForeignKey("keys.kid"), nullable=False, index=True),
@@ -194,7 +207,8 @@ console_sessions = Table(
 # Console reads (center.console.access): who looked at which members' data, when,
 # with which filters. Written before an answer leaves; never updated or deleted by the center.
 console_reads = Table(
-    "console_reads", metadata,
+    "console_reads",
+    metadata,
     Column("seq", SEQ, primary_key=True, autoincrement=True),
     Column("at_ms", BigInteger, nullable=False),
     Column("operator_id", String(32), ForeignKey("parties.id"), nullable=False),
@@ -209,7 +223,8 @@ console_reads = Table(
 # decided. One row per key that rebinds to an account (after a lost card) or
 # replaces its holder's key (rotation).
 key_claims = Table(
-    "key_claims", metadata,
+    "key_claims",
+    metadata,
     Column("kid", String(64), ForeignKey("keys.kid"), primary_key=True),
     Column("party_id", String(32), ForeignKey("parties.id"), nullable=False, index=True),
     Column("kind", String(16), nullable=False),  # rebind | rotation
@@ -223,7 +238,9 @@ key_claims = Table(
     Column("created_at_ms", BigInteger, nullable=False),
     Column("decided_at_ms", BigInteger),
     Column("decided_by", String(64)),
-    Column("proof", String(8)),  # rebind: 'code' | 'ticket' (recovery code verified) | NULL (operator decides)
+    Column(
+        "proof", String(8)
+    ),  # rebind: 'code' | 'ticket' (recovery code verified) | NULL (operator decides)
     Column("recovery_key", String(64)),  # rebind: the new enrollment's recovery key, installed when bound
 )
 
@@ -231,7 +248,8 @@ key_claims = Table(
 # recovery code (kind 'code', one active per account) and of one-time operator
 # tickets (kind 'ticket'); never a code itself.
 recovery_keys = Table(
-    "recovery_keys", metadata,
+    "recovery_keys",
+    metadata,
     # Keyed by account too: a recovery key is public (receipts, audit), and copying another
     # account's into one's own enrollment must neither collide with it nor prove anything.
     Column("party_id", String(32), ForeignKey("parties.id"), primary_key=True),
@@ -250,7 +268,8 @@ recovery_keys = Table(
 # store's name. The first store of a skeleton has resembles NULL, and only one may (a unique
 # index): two look-alikes enrolling at once cannot both pass as the first.
 store_names = Table(
-    "store_names", metadata,
+    "store_names",
+    metadata,
     Column("store_id", String(32), ForeignKey("parties.id"), primary_key=True),
     Column("skeleton_sha256", String(64), nullable=False, index=True),
     Column("resembles", String(32), ForeignKey("parties.id")),  # the earlier store whose name it matches
@@ -259,8 +278,13 @@ store_names = Table(
     Column("decided_at_ms", BigInteger),
     Column("decided_by", String(64)),
 )
-Index("ux_store_names_first_of_skeleton", store_names.c.skeleton_sha256, unique=True,
-      sqlite_where=store_names.c.resembles.is_(None), postgresql_where=store_names.c.resembles.is_(None))
+Index(
+    "ux_store_names_first_of_skeleton",
+    store_names.c.skeleton_sha256,
+    unique=True,
+    sqlite_where=store_names.c.resembles.is_(None),
+    postgresql_where=store_names.c.resembles.is_(None),
+)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # A writer waits this long for SQLite's write lock before giving up ("database is locked").
@@ -277,7 +301,9 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str, *, pool_size: int = 8) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
+        )
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)

@@ -26,8 +26,9 @@ def _walk_tree(root: Path, skip: frozenset[Path]) -> list[Path]:
         subdirs[:] = sorted(d for d in subdirs if here / d not in skip)
         found += [here / name for name in sorted(subdirs) + sorted(names) if here / name not in skip]
         if len(found) > MAX_TREE_ENTRIES:
-            raise ValueError(f"{root} holds over {MAX_TREE_ENTRIES} files: move what the center does not need "
-                             "elsewhere")
+            raise ValueError(
+                f"{root} holds over {MAX_TREE_ENTRIES} files: move what the center does not need elsewhere"
+            )
     return found
 
 
@@ -37,8 +38,9 @@ def make_tree_private(root: Path) -> None:
         make_private(path)
 
 
-def first_open_path(root: Path, *, skip: frozenset[Path] = frozenset(),
-                    extra: tuple[Path, ...] = ()) -> str | None:
+def first_open_path(
+    root: Path, *, skip: frozenset[Path] = frozenset(), extra: tuple[Path, ...] = ()
+) -> str | None:
     """One line for the first path under root (or in `extra`) that group or others can access, else None.
 
     The root itself is checked first: with a private root nothing below it is reachable by others,

@@ -70,8 +70,16 @@ class VirtualCard:
         jcecard_main = importlib.import_module("jcecard.main")
 
         card_data.CardDataStore.save = _atomic_save  # see the module docstring
-        for name in ("jcecard", "jcecard.main", "jcecard.card_data", "jcecard.pin_manager",
-                     "jcecard.security_state", "jcecard.crypto_backend", "jcecard.tlv", "jcecard.apdu"):
+        for name in (
+            "jcecard",
+            "jcecard.main",
+            "jcecard.card_data",
+            "jcecard.pin_manager",
+            "jcecard.security_state",
+            "jcecard.crypto_backend",
+            "jcecard.tlv",
+            "jcecard.apdu",
+        ):
             logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger().setLevel(logging.WARNING)  # jcecard.main calls basicConfig(INFO)
         fresh = not (storage / card_data.CardDataStore.DEFAULT_STATE_FILE).exists()
@@ -205,8 +213,10 @@ def run(card: VirtualCard, host: str, port: int, give_up_s: float) -> int:
         if sock is None:
             if card.stopping:
                 return 0
-            print(f"vpcd_card: nothing listening on {host}:{port} for {give_up_s:.0f} s; giving up",
-                  file=sys.stderr)
+            print(
+                f"vpcd_card: nothing listening on {host}:{port} for {give_up_s:.0f} s; giving up",
+                file=sys.stderr,
+            )
             return 2
         card.sock = sock
         try:
@@ -225,13 +235,20 @@ def run(card: VirtualCard, host: str, port: int, give_up_s: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, required=True, help="vpcd port of the reader slot (35963 = first)")
+    parser.add_argument(
+        "--port", type=int, required=True, help="vpcd port of the reader slot (35963 = first)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--storage", type=Path, required=True, help="directory for card_state.json")
-    parser.add_argument("--serial", type=lambda text: int(text, 16), default=None,
-                        help="card serial (8 hex digits) for a fresh storage dir; random by default")
-    parser.add_argument("--give-up-s", type=float, default=300.0,
-                        help="exit when vpcd cannot be reached for this long")
+    parser.add_argument(
+        "--serial",
+        type=lambda text: int(text, 16),
+        default=None,
+        help="card serial (8 hex digits) for a fresh storage dir; random by default",
+    )
+    parser.add_argument(
+        "--give-up-s", type=float, default=300.0, help="exit when vpcd cannot be reached for this long"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="vpcd_card: %(levelname)s %(message)s")
     args.storage.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from paywire.messages import build_payload  # noqa: E402
 from paywire.canonical import canonical_bytes  # noqa: E402
+from paywire.messages import build_payload  # noqa: E402
 
 OUTPUT = Path(__file__).resolve().parent / "wire_vectors.json"
 
@@ -102,7 +102,12 @@ def rsa_key(label: str, bits: int = 2048) -> rsa.RSAPrivateKey:
     assert n.bit_length() == bits
     d = pow(e, -1, math.lcm(p - 1, q - 1))
     numbers = rsa.RSAPrivateNumbers(
-        p=p, q=q, d=d, dmp1=d % (p - 1), dmq1=d % (q - 1), iqmp=pow(q, -1, p),
+        p=p,
+        q=q,
+        d=d,
+        dmp1=d % (p - 1),
+        dmq1=d % (q - 1),
+        iqmp=pow(q, -1, p),
         public_numbers=rsa.RSAPublicNumbers(e, n),
     )
     return numbers.private_key()
@@ -119,7 +124,8 @@ def ed25519_key(label: str) -> ed25519.Ed25519PrivateKey:
 
 def spki(private_key) -> bytes:
     return private_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def kid_of(private_key) -> str:
@@ -227,8 +233,11 @@ def ecdsa_encodings(der: bytes) -> dict[str, bytes]:
         # Long-form length for a length below 128.
         "long-form-length": b"\x30\x81" + bytes([len(ints)]) + ints,
         # Long-form length inside the INTEGER r.
-        "long-form-integer-length": b"\x30" + _der_len(len(ints) + 1)
-        + b"\x02\x81" + _der_int(r)[1:] + _der_int(s),
+        "long-form-integer-length": b"\x30"
+        + _der_len(len(ints) + 1)
+        + b"\x02\x81"
+        + _der_int(r)[1:]
+        + _der_int(s),
     }
 
 
@@ -271,9 +280,21 @@ class Builder:
         self.keys = keys  # name -> (alg, private key)
         self.vectors: list[dict] = []
 
-    def add(self, vid: str, key_name: str, mode: str, envelope: dict, *, result: str, now: int = NOW + 60,
-            pinned_alg: str | None = None, code: str | None = None, stage: str | None = None,
-            payload: dict | None = None, comment: str = "") -> None:
+    def add(
+        self,
+        vid: str,
+        key_name: str,
+        mode: str,
+        envelope: dict,
+        *,
+        result: str,
+        now: int = NOW + 60,
+        pinned_alg: str | None = None,
+        code: str | None = None,
+        stage: str | None = None,
+        payload: dict | None = None,
+        comment: str = "",
+    ) -> None:
         vector = {"id": vid, "comment": comment, "key": key_name, "mode": mode}
         if mode == "envelope":
             vector["pinned_alg"] = pinned_alg or self.keys[key_name][0]
@@ -319,104 +340,269 @@ def build() -> dict:
             assert good_signature(sig_alg, key, data, sig)
             return envelope_json(data, env_alg, env_kid, sig)
 
-        enroll = build_payload("enroll", aud=CENTER_ID, kid=kid, msg_id=msg_id(p + "enroll"), ctr=1,
-                               body=enroll_body(key, alg), now_s=NOW)
-        receipt = build_payload("receipt", aud=kid, kid=kid, msg_id=msg_id(p + "receipt"), ctr=2,
-                                body=receipt_body(kid), now_s=NOW)
+        enroll = build_payload(
+            "enroll",
+            aud=CENTER_ID,
+            kid=kid,
+            msg_id=msg_id(p + "enroll"),
+            ctr=1,
+            body=enroll_body(key, alg),
+            now_s=NOW,
+        )
+        receipt = build_payload(
+            "receipt",
+            aud=kid,
+            kid=kid,
+            msg_id=msg_id(p + "receipt"),
+            ctr=2,
+            body=receipt_body(kid),
+            now_s=NOW,
+        )
         enroll_bytes, receipt_bytes = canonical_bytes(enroll), canonical_bytes(receipt)
         receipt_env = signed(receipt_bytes)
         enroll_env = signed(enroll_bytes)
         receipt_sig = base64.urlsafe_b64decode(receipt_env["sig"] + "==")
 
         # ---- valid
-        b.add(f"{p}-enroll-valid", name, "enrollment", enroll_env, result="valid", payload=enroll,
-              comment="self-signed enrollment (proof of possession), non-ASCII name and address")
-        b.add(f"{p}-enroll-as-envelope-valid", name, "envelope", enroll_env, result="valid", payload=enroll,
-              comment="the same enrollment checked against the key once it is enrolled")
+        b.add(
+            f"{p}-enroll-valid",
+            name,
+            "enrollment",
+            enroll_env,
+            result="valid",
+            payload=enroll,
+            comment="self-signed enrollment (proof of possession), non-ASCII name and address",
+        )
+        b.add(
+            f"{p}-enroll-as-envelope-valid",
+            name,
+            "envelope",
+            enroll_env,
+            result="valid",
+            payload=enroll,
+            comment="the same enrollment checked against the key once it is enrolled",
+        )
         b.add(f"{p}-receipt-valid", name, "envelope", receipt_env, result="valid", payload=receipt)
-        b.add(f"{p}-receipt-valid-last-second", name, "envelope", receipt_env, result="valid", payload=receipt,
-              now=receipt["exp"] - 1, comment="one second before exp")
-        b.add(f"{p}-receipt-valid-within-skew", name, "envelope", receipt_env, result="valid", payload=receipt,
-              now=receipt["iat"] - 300, comment="iat up to 300 s in the future is clock skew, accepted")
+        b.add(
+            f"{p}-receipt-valid-last-second",
+            name,
+            "envelope",
+            receipt_env,
+            result="valid",
+            payload=receipt,
+            now=receipt["exp"] - 1,
+            comment="one second before exp",
+        )
+        b.add(
+            f"{p}-receipt-valid-within-skew",
+            name,
+            "envelope",
+            receipt_env,
+            result="valid",
+            payload=receipt,
+            now=receipt["iat"] - 300,
+            comment="iat up to 300 s in the future is clock skew, accepted",
+        )
 
         # ---- signature and payload bytes
         flipped = bytearray(receipt_bytes)
         position = receipt_bytes.index(b'"status":"enrolled"') + len(b'"status":"')
         flipped[position] ^= 0x01  # 'e' -> 'd': still canonical, parseable JSON
-        b.add(f"{p}-receipt-flipped-payload-byte", name, "envelope",
-              envelope_json(bytes(flipped), alg, kid, receipt_sig), result="invalid", code="bad_signature",
-              stage="verify", comment="one payload bit changed after signing")
+        b.add(
+            f"{p}-receipt-flipped-payload-byte",
+            name,
+            "envelope",
+            envelope_json(bytes(flipped), alg, kid, receipt_sig),
+            result="invalid",
+            code="bad_signature",
+            stage="verify",
+            comment="one payload bit changed after signing",
+        )
         flipped_sig = bytearray(receipt_sig)
         flipped_sig[len(flipped_sig) // 2] ^= 0x01
-        b.add(f"{p}-receipt-flipped-signature-byte", name, "envelope",
-              envelope_json(receipt_bytes, alg, kid, bytes(flipped_sig)), result="invalid", code="bad_signature",
-              stage="verify")
+        b.add(
+            f"{p}-receipt-flipped-signature-byte",
+            name,
+            "envelope",
+            envelope_json(receipt_bytes, alg, kid, bytes(flipped_sig)),
+            result="invalid",
+            code="bad_signature",
+            stage="verify",
+        )
         enroll_sig = bytearray(base64.urlsafe_b64decode(enroll_env["sig"] + "=="))
         enroll_sig[-1] ^= 0x80
-        b.add(f"{p}-enroll-flipped-signature-byte", name, "enrollment",
-              envelope_json(enroll_bytes, alg, kid, bytes(enroll_sig)), result="invalid", code="bad_signature",
-              stage="verify", comment="proof of possession fails")
-        b.add(f"{p}-receipt-empty-signature", name, "envelope", envelope_json(receipt_bytes, alg, kid, b""),
-              result="invalid", code="bad_signature", stage="verify")
+        b.add(
+            f"{p}-enroll-flipped-signature-byte",
+            name,
+            "enrollment",
+            envelope_json(enroll_bytes, alg, kid, bytes(enroll_sig)),
+            result="invalid",
+            code="bad_signature",
+            stage="verify",
+            comment="proof of possession fails",
+        )
+        b.add(
+            f"{p}-receipt-empty-signature",
+            name,
+            "envelope",
+            envelope_json(receipt_bytes, alg, kid, b""),
+            result="invalid",
+            code="bad_signature",
+            stage="verify",
+        )
 
         # ---- algorithm substitution
-        b.add(f"{p}-receipt-alg-relabelled-{relabel[alg].lower()}", name, "envelope",
-              envelope_json(receipt_bytes, relabel[alg], kid, receipt_sig), result="invalid",
-              code="algorithm_mismatch", stage="verify",
-              comment=f"{alg} signature labelled {relabel[alg]}; the key is pinned to {alg}")
-        b.add(f"{p}-enroll-alg-relabelled-{relabel[alg].lower()}", name, "enrollment",
-              envelope_json(enroll_bytes, relabel[alg], kid, base64.urlsafe_b64decode(enroll_env["sig"] + "==")),
-              result="invalid", code="algorithm_mismatch", stage="verify",
-              comment="envelope alg differs from the algorithm named in the signed body")
+        b.add(
+            f"{p}-receipt-alg-relabelled-{relabel[alg].lower()}",
+            name,
+            "envelope",
+            envelope_json(receipt_bytes, relabel[alg], kid, receipt_sig),
+            result="invalid",
+            code="algorithm_mismatch",
+            stage="verify",
+            comment=f"{alg} signature labelled {relabel[alg]}; the key is pinned to {alg}",
+        )
+        b.add(
+            f"{p}-enroll-alg-relabelled-{relabel[alg].lower()}",
+            name,
+            "enrollment",
+            envelope_json(
+                enroll_bytes, relabel[alg], kid, base64.urlsafe_b64decode(enroll_env["sig"] + "==")
+            ),
+            result="invalid",
+            code="algorithm_mismatch",
+            stage="verify",
+            comment="envelope alg differs from the algorithm named in the signed body",
+        )
         wrong_pin = "Ed25519" if alg != "Ed25519" else "ES256"
-        b.add(f"{p}-receipt-pinned-{wrong_pin.lower()}", name, "envelope",
-              envelope_json(receipt_bytes, wrong_pin, kid, receipt_sig), result="invalid",
-              code="algorithm_mismatch", stage="verify", pinned_alg=wrong_pin,
-              comment=f"label and pin agree on {wrong_pin} but the key cannot be used with it")
-        lying = build_payload("enroll", aud=CENTER_ID, kid=kid, msg_id=msg_id(p + "lying-alg"), ctr=1,
-                              body=enroll_body(key, relabel[alg]), now_s=NOW)
+        b.add(
+            f"{p}-receipt-pinned-{wrong_pin.lower()}",
+            name,
+            "envelope",
+            envelope_json(receipt_bytes, wrong_pin, kid, receipt_sig),
+            result="invalid",
+            code="algorithm_mismatch",
+            stage="verify",
+            pinned_alg=wrong_pin,
+            comment=f"label and pin agree on {wrong_pin} but the key cannot be used with it",
+        )
+        lying = build_payload(
+            "enroll",
+            aud=CENTER_ID,
+            kid=kid,
+            msg_id=msg_id(p + "lying-alg"),
+            ctr=1,
+            body=enroll_body(key, relabel[alg]),
+            now_s=NOW,
+        )
         if alg in ("ES256", "Ed25519"):
-            b.add(f"{p}-enroll-body-claims-{relabel[alg].lower()}", name, "enrollment",
-                  signed(canonical_bytes(lying), env_alg=relabel[alg]), result="invalid",
-                  code="algorithm_mismatch", stage="verify",
-                  comment=f"enrolls a {alg} key as {relabel[alg]}, signed with the key itself")
+            b.add(
+                f"{p}-enroll-body-claims-{relabel[alg].lower()}",
+                name,
+                "enrollment",
+                signed(canonical_bytes(lying), env_alg=relabel[alg]),
+                result="invalid",
+                code="algorithm_mismatch",
+                stage="verify",
+                comment=f"enrolls a {alg} key as {relabel[alg]}, signed with the key itself",
+            )
         else:
             # RSA keys fit both RSA algorithms, so the PKCS#1/PSS confusion is
             # caught by the signature itself.
-            b.add(f"{p}-enroll-body-claims-{relabel[alg].lower()}-signed-{p}", name, "enrollment",
-                  signed(canonical_bytes(lying), env_alg=relabel[alg]), result="invalid",
-                  code="bad_signature", stage="verify",
-                  comment=f"enrolls as {relabel[alg]} but the signature is {alg}")
-            b.add(f"{p}-receipt-{p}-signature-under-{relabel[alg].lower()}-pin", name, "envelope",
-                  envelope_json(receipt_bytes, relabel[alg], kid, receipt_sig), result="invalid",
-                  code="bad_signature", stage="verify", pinned_alg=relabel[alg],
-                  comment=f"key pinned to {relabel[alg]}; an {alg} signature must not pass")
+            b.add(
+                f"{p}-enroll-body-claims-{relabel[alg].lower()}-signed-{p}",
+                name,
+                "enrollment",
+                signed(canonical_bytes(lying), env_alg=relabel[alg]),
+                result="invalid",
+                code="bad_signature",
+                stage="verify",
+                comment=f"enrolls as {relabel[alg]} but the signature is {alg}",
+            )
+            b.add(
+                f"{p}-receipt-{p}-signature-under-{relabel[alg].lower()}-pin",
+                name,
+                "envelope",
+                envelope_json(receipt_bytes, relabel[alg], kid, receipt_sig),
+                result="invalid",
+                code="bad_signature",
+                stage="verify",
+                pinned_alg=relabel[alg],
+                comment=f"key pinned to {relabel[alg]}; an {alg} signature must not pass",
+            )
 
         # ---- key ids
-        b.add(f"{p}-receipt-envelope-kid-of-other-key", name, "envelope",
-              envelope_json(receipt_bytes, alg, other_kid, receipt_sig), result="invalid", code="kid_mismatch",
-              stage="verify")
-        other_header = build_payload("receipt", aud=kid, kid=other_kid, msg_id=msg_id(p + "otherkid"), ctr=2,
-                                     body=receipt_body(kid), now_s=NOW)
-        b.add(f"{p}-receipt-signed-kid-of-other-key", name, "envelope", signed(canonical_bytes(other_header)),
-              result="invalid", code="kid_mismatch", stage="verify",
-              comment="signature good, but the signed header names another key")
-        enroll_other = build_payload("enroll", aud=CENTER_ID, kid=other_kid, msg_id=msg_id(p + "enrollother"),
-                                     ctr=1, body=enroll_body(key, alg), now_s=NOW)
-        b.add(f"{p}-enroll-kid-not-of-enclosed-key", name, "enrollment",
-              signed(canonical_bytes(enroll_other), env_kid=other_kid), result="invalid", code="kid_mismatch",
-              stage="verify")
-        b.add(f"{p}-enroll-envelope-kid-differs", name, "enrollment",
-              envelope_json(enroll_bytes, alg, other_kid, base64.urlsafe_b64decode(enroll_env["sig"] + "==")),
-              result="invalid", code="kid_mismatch", stage="verify")
-        b.add(f"{p}-enroll-verify-with-receipt", name, "enrollment", receipt_env, result="invalid",
-              code="wrong_message_type", stage="verify")
+        b.add(
+            f"{p}-receipt-envelope-kid-of-other-key",
+            name,
+            "envelope",
+            envelope_json(receipt_bytes, alg, other_kid, receipt_sig),
+            result="invalid",
+            code="kid_mismatch",
+            stage="verify",
+        )
+        other_header = build_payload(
+            "receipt",
+            aud=kid,
+            kid=other_kid,
+            msg_id=msg_id(p + "otherkid"),
+            ctr=2,
+            body=receipt_body(kid),
+            now_s=NOW,
+        )
+        b.add(
+            f"{p}-receipt-signed-kid-of-other-key",
+            name,
+            "envelope",
+            signed(canonical_bytes(other_header)),
+            result="invalid",
+            code="kid_mismatch",
+            stage="verify",
+            comment="signature good, but the signed header names another key",
+        )
+        enroll_other = build_payload(
+            "enroll",
+            aud=CENTER_ID,
+            kid=other_kid,
+            msg_id=msg_id(p + "enrollother"),
+            ctr=1,
+            body=enroll_body(key, alg),
+            now_s=NOW,
+        )
+        b.add(
+            f"{p}-enroll-kid-not-of-enclosed-key",
+            name,
+            "enrollment",
+            signed(canonical_bytes(enroll_other), env_kid=other_kid),
+            result="invalid",
+            code="kid_mismatch",
+            stage="verify",
+        )
+        b.add(
+            f"{p}-enroll-envelope-kid-differs",
+            name,
+            "enrollment",
+            envelope_json(enroll_bytes, alg, other_kid, base64.urlsafe_b64decode(enroll_env["sig"] + "==")),
+            result="invalid",
+            code="kid_mismatch",
+            stage="verify",
+        )
+        b.add(
+            f"{p}-enroll-verify-with-receipt",
+            name,
+            "enrollment",
+            receipt_env,
+            result="invalid",
+            code="wrong_message_type",
+            stage="verify",
+        )
 
         # ---- non-canonical payloads, each signed properly
         assert receipt_bytes.startswith(b'{"aud":')
-        whitespace = b'{ ' + receipt_bytes[1:]
-        reordered = json.dumps({k: receipt[k] for k in reversed(sorted(receipt))}, separators=(",", ":"),
-                               ensure_ascii=False).encode()
+        whitespace = b"{ " + receipt_bytes[1:]
+        reordered = json.dumps(
+            {k: receipt[k] for k in reversed(sorted(receipt))}, separators=(",", ":"), ensure_ascii=False
+        ).encode()
         duplicate = receipt_bytes.replace(b'"ctr":2,', b'"ctr":2,"ctr":2,', 1)
         escaped = receipt_bytes.replace(b'"status":"enrolled"', b'"status":"\\u0065nrolled"', 1)
         trailing_newline = receipt_bytes + b"\n"
@@ -430,44 +616,148 @@ def build() -> dict:
             assert data != receipt_bytes
             if label != "duplicate-key":
                 assert json.loads(data) == receipt, label
-            b.add(f"{p}-receipt-non-canonical-{label}", name, "envelope", signed(data), result="invalid",
-                  code=code, stage="verify", comment="signed properly; only the bytes are not RFC 8785")
-        b.add(f"{p}-enroll-non-canonical-extra-whitespace", name, "enrollment", signed(b"{ " + enroll_bytes[1:]),
-              result="invalid", code="payload_not_canonical", stage="verify")
+            b.add(
+                f"{p}-receipt-non-canonical-{label}",
+                name,
+                "envelope",
+                signed(data),
+                result="invalid",
+                code=code,
+                stage="verify",
+                comment="signed properly; only the bytes are not RFC 8785",
+            )
+        b.add(
+            f"{p}-enroll-non-canonical-extra-whitespace",
+            name,
+            "enrollment",
+            signed(b"{ " + enroll_bytes[1:]),
+            result="invalid",
+            code="payload_not_canonical",
+            stage="verify",
+        )
 
         # ---- payload content, each signed properly
         with_float = receipt_bytes.replace(b'"ctr":2,', b'"ctr":2.0,', 1)
         assert with_float != receipt_bytes
-        b.add(f"{p}-receipt-float-in-payload", name, "envelope", signed(with_float), result="invalid",
-              code="malformed_payload", stage="verify", comment='"ctr":2.0')
-        b.add(f"{p}-receipt-extra-header-field", name, "envelope",
-              signed(canonical_bytes({**receipt, "note": "hello"})), result="invalid", code="malformed_payload",
-              stage="verify")
+        b.add(
+            f"{p}-receipt-float-in-payload",
+            name,
+            "envelope",
+            signed(with_float),
+            result="invalid",
+            code="malformed_payload",
+            stage="verify",
+            comment='"ctr":2.0',
+        )
+        b.add(
+            f"{p}-receipt-extra-header-field",
+            name,
+            "envelope",
+            signed(canonical_bytes({**receipt, "note": "hello"})),
+            result="invalid",
+            code="malformed_payload",
+            stage="verify",
+        )
         missing = {k: v for k, v in receipt.items() if k != "msg_id"}
-        b.add(f"{p}-receipt-missing-header-field", name, "envelope", signed(canonical_bytes(missing)),
-              result="invalid", code="malformed_payload", stage="verify")
-        b.add(f"{p}-receipt-wrong-dom", name, "envelope", signed(canonical_bytes({**receipt, "dom": "tokenpay-x"})),
-              result="invalid", code="wrong_domain", stage="verify")
-        b.add(f"{p}-receipt-wrong-v", name, "envelope", signed(canonical_bytes({**receipt, "v": 2})),
-              result="invalid", code="wrong_domain", stage="verify")
-        b.add(f"{p}-enroll-wrong-dom", name, "enrollment", signed(canonical_bytes({**enroll, "dom": "other"})),
-              result="invalid", code="wrong_domain", stage="verify")
-        b.add(f"{p}-receipt-unknown-type", name, "envelope", signed(canonical_bytes({**receipt, "type": "transmogrify"})),
-              result="invalid", code="unknown_message_type", stage="verify")
-        b.add(f"{p}-receipt-lifetime-too-long", name, "envelope",
-              signed(canonical_bytes({**receipt, "exp": receipt["iat"] + 30 * 24 * 3600 + 1})),
-              result="invalid", code="malformed_payload", stage="verify", comment="exp more than 30 days after iat")
+        b.add(
+            f"{p}-receipt-missing-header-field",
+            name,
+            "envelope",
+            signed(canonical_bytes(missing)),
+            result="invalid",
+            code="malformed_payload",
+            stage="verify",
+        )
+        b.add(
+            f"{p}-receipt-wrong-dom",
+            name,
+            "envelope",
+            signed(canonical_bytes({**receipt, "dom": "tokenpay-x"})),
+            result="invalid",
+            code="wrong_domain",
+            stage="verify",
+        )
+        b.add(
+            f"{p}-receipt-wrong-v",
+            name,
+            "envelope",
+            signed(canonical_bytes({**receipt, "v": 2})),
+            result="invalid",
+            code="wrong_domain",
+            stage="verify",
+        )
+        b.add(
+            f"{p}-enroll-wrong-dom",
+            name,
+            "enrollment",
+            signed(canonical_bytes({**enroll, "dom": "other"})),
+            result="invalid",
+            code="wrong_domain",
+            stage="verify",
+        )
+        b.add(
+            f"{p}-receipt-unknown-type",
+            name,
+            "envelope",
+            signed(canonical_bytes({**receipt, "type": "transmogrify"})),
+            result="invalid",
+            code="unknown_message_type",
+            stage="verify",
+        )
+        b.add(
+            f"{p}-receipt-lifetime-too-long",
+            name,
+            "envelope",
+            signed(canonical_bytes({**receipt, "exp": receipt["iat"] + 30 * 24 * 3600 + 1})),
+            result="invalid",
+            code="malformed_payload",
+            stage="verify",
+            comment="exp more than 30 days after iat",
+        )
         bad_date = {**enroll, "body": {**enroll["body"], "birth_date": "2023-02-30"}}
-        b.add(f"{p}-enroll-bad-birth-date", name, "enrollment", signed(canonical_bytes(bad_date)),
-              result="invalid", code="malformed_payload", stage="verify")
+        b.add(
+            f"{p}-enroll-bad-birth-date",
+            name,
+            "enrollment",
+            signed(canonical_bytes(bad_date)),
+            result="invalid",
+            code="malformed_payload",
+            stage="verify",
+        )
 
         # ---- freshness
-        b.add(f"{p}-receipt-expired", name, "envelope", receipt_env, result="invalid", code="expired",
-              stage="freshness", now=receipt["exp"], comment="now == exp")
-        b.add(f"{p}-receipt-not-yet-valid", name, "envelope", receipt_env, result="invalid", code="not_yet_valid",
-              stage="freshness", now=receipt["iat"] - 301, comment="iat 301 s in the future (skew is 300 s)")
-        b.add(f"{p}-enroll-expired", name, "enrollment", enroll_env, result="invalid", code="expired",
-              stage="freshness", now=enroll["exp"] + 86400)
+        b.add(
+            f"{p}-receipt-expired",
+            name,
+            "envelope",
+            receipt_env,
+            result="invalid",
+            code="expired",
+            stage="freshness",
+            now=receipt["exp"],
+            comment="now == exp",
+        )
+        b.add(
+            f"{p}-receipt-not-yet-valid",
+            name,
+            "envelope",
+            receipt_env,
+            result="invalid",
+            code="not_yet_valid",
+            stage="freshness",
+            now=receipt["iat"] - 301,
+            comment="iat 301 s in the future (skew is 300 s)",
+        )
+        b.add(
+            f"{p}-enroll-expired",
+            name,
+            "enrollment",
+            enroll_env,
+            result="invalid",
+            code="expired",
+            stage="freshness",
+            now=enroll["exp"] + 86400,
+        )
 
         # ---- the envelope object itself
         padded = dict(receipt_env)
@@ -476,8 +766,16 @@ def build() -> dict:
         assert len(raw) % 3, "need a value whose base64 has padding"
         padded[field] = b64url_padded(raw)
         assert padded[field].endswith("=")
-        b.add(f"{p}-envelope-base64-padding", name, "envelope", padded, result="invalid",
-              code="malformed_envelope", stage="decode", comment=f"{field} carries '=' padding")
+        b.add(
+            f"{p}-envelope-base64-padding",
+            name,
+            "envelope",
+            padded,
+            result="invalid",
+            code="malformed_envelope",
+            stage="decode",
+            comment=f"{field} carries '=' padding",
+        )
         stray = dict(receipt_env)
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
         # The last character of a value whose length is not a multiple of 3
@@ -485,53 +783,115 @@ def build() -> dict:
         stray[field] = stray[field][:-1] + alphabet[alphabet.index(stray[field][-1]) ^ 1]
         assert stray[field] != receipt_env[field]
         assert base64.urlsafe_b64decode(stray[field] + "==") == raw, "only unused bits may change"
-        b.add(f"{p}-envelope-base64-stray-bits", name, "envelope", stray, result="invalid",
-              code="malformed_envelope", stage="decode", comment=f"{field}: non-zero unused bits in the last char")
+        b.add(
+            f"{p}-envelope-base64-stray-bits",
+            name,
+            "envelope",
+            stray,
+            result="invalid",
+            code="malformed_envelope",
+            stage="decode",
+            comment=f"{field}: non-zero unused bits in the last char",
+        )
         url_field = next(f for f in ("payload", "sig") if "-" in receipt_env[f] or "_" in receipt_env[f])
         standard = receipt_env[url_field].replace("-", "+").replace("_", "/")
         assert base64.b64decode(standard + "==") == base64.urlsafe_b64decode(receipt_env[url_field] + "==")
-        b.add(f"{p}-envelope-standard-base64-alphabet", name, "envelope", {**receipt_env, url_field: standard},
-              result="invalid", code="malformed_envelope", stage="decode",
-              comment=f"{url_field} in the standard alphabet (+/) instead of base64url (-_), same bytes")
-        b.add(f"{p}-envelope-extra-member", name, "envelope", {**receipt_env, "typ": "JWS"}, result="invalid",
-              code="malformed_envelope", stage="decode")
-        b.add(f"{p}-envelope-missing-member", name, "envelope",
-              {k: v for k, v in receipt_env.items() if k != "kid"}, result="invalid", code="malformed_envelope",
-              stage="decode")
-        b.add(f"{p}-envelope-alg-none", name, "envelope", {**receipt_env, "alg": "none"}, result="invalid",
-              code="unsupported_algorithm", stage="decode")
-        b.add(f"{p}-envelope-kid-upper-case", name, "envelope", {**receipt_env, "kid": kid.upper()},
-              result="invalid", code="malformed_envelope", stage="decode")
+        b.add(
+            f"{p}-envelope-standard-base64-alphabet",
+            name,
+            "envelope",
+            {**receipt_env, url_field: standard},
+            result="invalid",
+            code="malformed_envelope",
+            stage="decode",
+            comment=f"{url_field} in the standard alphabet (+/) instead of base64url (-_), same bytes",
+        )
+        b.add(
+            f"{p}-envelope-extra-member",
+            name,
+            "envelope",
+            {**receipt_env, "typ": "JWS"},
+            result="invalid",
+            code="malformed_envelope",
+            stage="decode",
+        )
+        b.add(
+            f"{p}-envelope-missing-member",
+            name,
+            "envelope",
+            {k: v for k, v in receipt_env.items() if k != "kid"},
+            result="invalid",
+            code="malformed_envelope",
+            stage="decode",
+        )
+        b.add(
+            f"{p}-envelope-alg-none",
+            name,
+            "envelope",
+            {**receipt_env, "alg": "none"},
+            result="invalid",
+            code="unsupported_algorithm",
+            stage="decode",
+        )
+        b.add(
+            f"{p}-envelope-kid-upper-case",
+            name,
+            "envelope",
+            {**receipt_env, "kid": kid.upper()},
+            result="invalid",
+            code="malformed_envelope",
+            stage="decode",
+        )
 
         # ---- ECDSA encodings: same (r, s), only the encoding differs
         if alg == "ES256":
             for label, encoding in ecdsa_encodings(receipt_sig).items():
                 assert encoding != receipt_sig
-                b.add(f"{p}-receipt-signature-{label}", name, "envelope",
-                      envelope_json(receipt_bytes, alg, kid, encoding), result="invalid", code="bad_signature",
-                      stage="verify", comment="r and s verify; BER / non-minimal DER must not")
+                b.add(
+                    f"{p}-receipt-signature-{label}",
+                    name,
+                    "envelope",
+                    envelope_json(receipt_bytes, alg, kid, encoding),
+                    result="invalid",
+                    code="bad_signature",
+                    stage="verify",
+                    comment="r and s verify; BER / non-minimal DER must not",
+                )
             enroll_sig_der = base64.urlsafe_b64decode(enroll_env["sig"] + "==")
-            b.add(f"{p}-enroll-signature-padded-integer", name, "enrollment",
-                  envelope_json(enroll_bytes, alg, kid, ecdsa_encodings(enroll_sig_der)["padded-integer"]),
-                  result="invalid", code="bad_signature", stage="verify")
+            b.add(
+                f"{p}-enroll-signature-padded-integer",
+                name,
+                "enrollment",
+                envelope_json(enroll_bytes, alg, kid, ecdsa_encodings(enroll_sig_der)["padded-integer"]),
+                result="invalid",
+                code="bad_signature",
+                stage="verify",
+            )
             assert decode_dss_signature(receipt_sig)[1] <= P256_N // 2
             upper = high_s(receipt_sig)
             assert good_signature(alg, key, receipt_bytes, upper)
             assert decode_dss_signature(upper)[1] > P256_N // 2
-            b.add(f"{p}-receipt-high-s-valid", name, "envelope", envelope_json(receipt_bytes, alg, kid, upper),
-                  result="valid", payload=receipt,
-                  comment="high S is accepted by design (paywire.algorithms docstring, Wycheproof: valid); "
-                          "never derive ids from signature bytes")
+            b.add(
+                f"{p}-receipt-high-s-valid",
+                name,
+                "envelope",
+                envelope_json(receipt_bytes, alg, kid, upper),
+                result="valid",
+                payload=receipt,
+                comment="high S is accepted by design (paywire.algorithms docstring, Wycheproof: valid); "
+                "never derive ids from signature bytes",
+            )
 
     return {
         "description": "paywire wire-format vectors: envelopes over RFC 8785 payloads, one defect per invalid "
-                       "vector. mode 'envelope': Envelope.from_json -> verify_envelope(spki, pinned_alg) -> "
-                       "check_freshness(header, now); mode 'enrollment': Envelope.from_json -> "
-                       "verify_enrollment -> check_freshness. stage: where the refusal must happen "
-                       "(decode = from_json, verify = verify_*, freshness = check_freshness).",
+        "vector. mode 'envelope': Envelope.from_json -> verify_envelope(spki, pinned_alg) -> "
+        "check_freshness(header, now); mode 'enrollment': Envelope.from_json -> "
+        "verify_enrollment -> check_freshness. stage: where the refusal must happen "
+        "(decode = from_json, verify = verify_*, freshness = check_freshness).",
         "generator": "tests/vectors/make_wire_vectors.py",
         "keys": {
-            name: {"alg": alg, "spki_der": spki(key).hex(), "kid": kid_of(key)} for name, (alg, key) in keys.items()
+            name: {"alg": alg, "spki_der": spki(key).hex(), "kid": kid_of(key)}
+            for name, (alg, key) in keys.items()
         },
         "vectors": b.vectors,
     }

@@ -30,9 +30,12 @@ FIELDS = ("party_id", "role", "key_status", "highest_counter")
 
 @app.command("account-info")
 def account_info(
-    home: Home = None, as_json: JsonFlag = False,
-    password_a_file: PasswordAFile = None, password_a_fd: PasswordAFd = None,
-    password_b_file: PasswordBFile = None, password_b_fd: PasswordBFd = None,
+    home: Home = None,
+    as_json: JsonFlag = False,
+    password_a_file: PasswordAFile = None,
+    password_a_fd: PasswordAFd = None,
+    password_b_file: PasswordBFile = None,
+    password_b_fd: PasswordBFd = None,
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Ask the center which account this key belongs to and the highest counter it has seen from it."""
@@ -51,9 +54,11 @@ def account_info(
 
 def _refuse_operator_wallet(wallet: Wallet) -> None:
     if wallet.doc["role"] not in ACCOUNT_ROLES:
-        raise CliError(f"this wallet's key belongs to an {wallet.doc['role']}, which has no member or store "
-                       "account: `wallet operator attach` asks the center which operator it is; "
-                       "nothing was signed")
+        raise CliError(
+            f"this wallet's key belongs to an {wallet.doc['role']}, which has no member or store "
+            "account: `wallet operator attach` asks the center which operator it is; "
+            "nothing was signed"
+        )
 
 
 def _ask(wallet: Wallet, pin_file, pin_fd, card_timeout_s: float) -> dict:
@@ -68,6 +73,7 @@ def _ask(wallet: Wallet, pin_file, pin_fd, card_timeout_s: float) -> dict:
             raise CliError(alarm) from None
         raise
     if state != "delivered":
-        raise CliError("the center could not be reached; the query waits in the outbox: "
-                       "run `wallet sync` later")
+        raise CliError(
+            "the center could not be reached; the query waits in the outbox: run `wallet sync` later"
+        )
     return result

@@ -4,7 +4,9 @@ from alembic import context
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("run migrations through `center init` / center.storage.db.migrate, which passes a connection")
+    raise RuntimeError(
+        "run migrations through `center init` / center.storage.db.migrate, which passes a connection"
+    )
 
 context.configure(connection=connection, target_metadata=None, render_as_batch=True)
 with context.begin_transaction():

@@ -69,8 +69,10 @@ def upgrade() -> None:
         sa.Column("entry_hash", sa.String(64), nullable=False),
         sa.CheckConstraint("id = 1", name="ck_audit_head_single_row"),
     )
-    op.bulk_insert(sa.table("audit_head", sa.column("id"), sa.column("seq"), sa.column("entry_hash")),
-                   [{"id": 1, "seq": 0, "entry_hash": "0" * 64}])
+    op.bulk_insert(
+        sa.table("audit_head", sa.column("id"), sa.column("seq"), sa.column("entry_hash")),
+        [{"id": 1, "seq": 0, "entry_hash": "0" * 64}],
+    )
 
 
 def downgrade() -> None:

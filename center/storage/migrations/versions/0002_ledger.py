@@ -15,8 +15,12 @@ depends_on = None
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets 64 bits.
 SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 SYSTEM_ACCOUNTS = [
-    ("funding:credit", "funding"), ("funding:bank", "funding"), ("funding:postal", "funding"),
-    ("funding:cash", "funding"), ("payouts:pending", "payouts"), ("payouts:settled", "payouts"),
+    ("funding:credit", "funding"),
+    ("funding:bank", "funding"),
+    ("funding:postal", "funding"),
+    ("funding:cash", "funding"),
+    ("payouts:pending", "payouts"),
+    ("payouts:settled", "payouts"),
 ]
 APPEND_ONLY_TABLES = ("transfers", "audit_log")
 
@@ -31,7 +35,9 @@ def upgrade() -> None:
         sa.Column("created_at_ms", sa.BigInteger, nullable=False),
         sa.CheckConstraint("kind IN ('funding', 'member', 'store', 'payouts')", name="ck_accounts_kind"),
         # The rule the whole product rests on: a member or store never below zero.
-        sa.CheckConstraint("kind NOT IN ('member', 'store') OR balance_minor >= 0", name="ck_accounts_not_negative"),
+        sa.CheckConstraint(
+            "kind NOT IN ('member', 'store') OR balance_minor >= 0", name="ck_accounts_not_negative"
+        ),
     )
     op.create_table(
         "transfers",
@@ -74,7 +80,9 @@ def upgrade() -> None:
         sa.Column("order_ref", sa.String(64), nullable=False),
         sa.Column("created_at_ms", sa.BigInteger, nullable=False),
         sa.CheckConstraint("amount_minor > 0", name="ck_payments_positive"),
-        sa.CheckConstraint("refunded_minor >= 0 AND refunded_minor <= amount_minor", name="ck_payments_refunded"),
+        sa.CheckConstraint(
+            "refunded_minor >= 0 AND refunded_minor <= amount_minor", name="ck_payments_refunded"
+        ),
     )
     op.create_index("ix_payments_buyer", "payments", ["buyer_id"])
     op.create_index("ix_payments_store_seq", "payments", ["store_id", "seq"])
@@ -102,13 +110,26 @@ def upgrade() -> None:
         sa.CheckConstraint("status IN ('pending', 'exported', 'settled')", name="ck_payouts_status"),
     )
     op.create_index("ix_payouts_status", "payouts", ["status"])
-    accounts = sa.table("accounts", sa.column("id"), sa.column("kind"), sa.column("party_id"),
-                        sa.column("balance_minor"), sa.column("created_at_ms"))
-    op.bulk_insert(accounts, [{"id": i, "kind": k, "party_id": None, "balance_minor": 0, "created_at_ms": 0}
-                              for i, k in SYSTEM_ACCOUNTS])
+    accounts = sa.table(
+        "accounts",
+        sa.column("id"),
+        sa.column("kind"),
+        sa.column("party_id"),
+        sa.column("balance_minor"),
+        sa.column("created_at_ms"),
+    )
+    op.bulk_insert(
+        accounts,
+        [
+            {"id": i, "kind": k, "party_id": None, "balance_minor": 0, "created_at_ms": 0}
+            for i, k in SYSTEM_ACCOUNTS
+        ],
+    )
     # Parties enrolled before this migration get their account too.
-    op.execute("INSERT INTO accounts (id, kind, party_id, balance_minor, created_at_ms) "
-               "SELECT 'party:' || id, role, id, 0, created_at_ms FROM parties WHERE role IN ('member', 'store')")
+    op.execute(
+        "INSERT INTO accounts (id, kind, party_id, balance_minor, created_at_ms) "
+        "SELECT 'party:' || id, role, id, 0, created_at_ms FROM parties WHERE role IN ('member', 'store')"
+    )
     _append_only_triggers()
 
 
@@ -118,13 +139,19 @@ def _append_only_triggers() -> None:
     for table in APPEND_ONLY_TABLES:
         if dialect == "sqlite":
             for action in ("UPDATE", "DELETE"):
-                op.execute(f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
-                           f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END")
+                op.execute(
+                    f"CREATE TRIGGER {table}_no_{action.lower()} BEFORE {action} ON {table} "
+                    f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+                )
         elif dialect == "postgresql":
-            op.execute(f"CREATE FUNCTION {table}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                       f"BEGIN RAISE EXCEPTION '{table} is append-only'; END $$")
-            op.execute(f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
-                       f"FOR EACH ROW EXECUTE FUNCTION {table}_append_only()")
+            op.execute(
+                f"CREATE FUNCTION {table}_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                f"BEGIN RAISE EXCEPTION '{table} is append-only'; END $$"
+            )
+            op.execute(
+                f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+                f"FOR EACH ROW EXECUTE FUNCTION {table}_append_only()"
+            )
 
 
 def downgrade() -> None:

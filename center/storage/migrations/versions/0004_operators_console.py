@@ -54,7 +54,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    auditors = op.get_bind().execute(sa.text("SELECT COUNT(*) FROM parties WHERE role = 'auditor'")).scalar_one()
+    auditors = (
+        op.get_bind().execute(sa.text("SELECT COUNT(*) FROM parties WHERE role = 'auditor'")).scalar_one()
+    )
     if auditors:
         # Never delete a party (its keys sign audit entries): refuse instead.
         raise RuntimeError(f"{auditors} auditor(s) exist; revision 0003 cannot represent them")

@@ -49,10 +49,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    newer = op.get_bind().execute(sa.text(f"SELECT COUNT(*) FROM keys WHERE NOT ({OLD_STATUSES})")).scalar_one()
+    newer = (
+        op.get_bind().execute(sa.text(f"SELECT COUNT(*) FROM keys WHERE NOT ({OLD_STATUSES})")).scalar_one()
+    )
     if newer:
         # Never rewrite a key's status (its history depends on it): refuse instead.
-        raise RuntimeError(f"{newer} key(s) are pending, rotated or rejected; revision 0004 cannot represent them")
+        raise RuntimeError(
+            f"{newer} key(s) are pending, rotated or rejected; revision 0004 cannot represent them"
+        )
     op.drop_index("ix_key_claims_status", "key_claims")
     op.drop_index("ix_key_claims_party_id", "key_claims")
     op.drop_table("key_claims")

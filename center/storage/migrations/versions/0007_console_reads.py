@@ -22,7 +22,9 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "console_reads",
-        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column(
+            "seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
         sa.Column("at_ms", sa.BigInteger, nullable=False),
         sa.Column("operator_id", sa.String(32), sa.ForeignKey("parties.id"), nullable=False),
         sa.Column("kid", sa.String(64), nullable=False),

@@ -31,8 +31,14 @@ def upgrade() -> None:
         sa.Column("decided_by", sa.String(64)),
     )
     op.create_index("ix_store_names_skeleton_sha256", "store_names", ["skeleton_sha256"])
-    op.create_index("ux_store_names_first_of_skeleton", "store_names", ["skeleton_sha256"], unique=True,
-                    sqlite_where=sa.text("resembles IS NULL"), postgresql_where=sa.text("resembles IS NULL"))
+    op.create_index(
+        "ux_store_names_first_of_skeleton",
+        "store_names",
+        ["skeleton_sha256"],
+        unique=True,
+        sqlite_where=sa.text("resembles IS NULL"),
+        postgresql_where=sa.text("resembles IS NULL"),
+    )
     _fill_in_existing_stores(table)
 
 
@@ -40,16 +46,24 @@ def _fill_in_existing_stores(table: sa.Table) -> None:
     from center.keys.store_names import skeleton_sha256  # the same skeleton as enrollment uses
 
     conn = op.get_bind()
-    stores = conn.execute(sa.text("SELECT id, name, created_at_ms FROM parties WHERE role = 'store' "
-                                  "ORDER BY created_at_ms, id")).all()
+    stores = conn.execute(
+        sa.text("SELECT id, name, created_at_ms FROM parties WHERE role = 'store' ORDER BY created_at_ms, id")
+    ).all()
     first_of: dict[str, str] = {}
     rows = []
     for store in stores:
         key = skeleton_sha256(store.name)
         earlier = first_of.setdefault(key, store.id)
         resembles = None if earlier == store.id else earlier
-        rows.append({"store_id": store.id, "skeleton_sha256": key, "resembles": resembles,
-                     "flag": "none" if resembles is None else "flagged", "created_at_ms": store.created_at_ms})
+        rows.append(
+            {
+                "store_id": store.id,
+                "skeleton_sha256": key,
+                "resembles": resembles,
+                "flag": "none" if resembles is None else "flagged",
+                "created_at_ms": store.created_at_ms,
+            }
+        )
     if rows:
         op.bulk_insert(table, rows)
 

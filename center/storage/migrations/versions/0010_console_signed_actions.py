@@ -23,9 +23,15 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column("console_challenges", sa.Column("client_address", sa.String(64), nullable=False, server_default=""))
-    op.add_column("console_challenges", sa.Column("client_key", sa.String(64), nullable=False, server_default=""))
-    op.add_column("console_challenges", sa.Column("user_agent", sa.String(200), nullable=False, server_default=""))
+    op.add_column(
+        "console_challenges", sa.Column("client_address", sa.String(64), nullable=False, server_default="")
+    )
+    op.add_column(
+        "console_challenges", sa.Column("client_key", sa.String(64), nullable=False, server_default="")
+    )
+    op.add_column(
+        "console_challenges", sa.Column("user_agent", sa.String(200), nullable=False, server_default="")
+    )
     op.create_index("ix_console_challenges_client", "console_challenges", ["client_key", "created_at_ms"])
 
 
