@@ -34,17 +34,20 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the test helpers start centers and sign requests
+# The repository and its test helpers (they start centers and sign requests), ahead of site-packages.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cryptography.hazmat.primitives import hashes  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
-from stress_support import Api, LiveCenter, pay_body  # noqa: E402
-from support import PG_ADMIN_URL, create_pg_database, drop_pg_database  # noqa: E402
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import insert
+from stress_support import Api, LiveCenter, pay_body
+from support import PG_ADMIN_URL, create_pg_database, drop_pg_database
 
-from center.storage.db import accounts, keys, parties  # noqa: E402
+from center.storage.db import accounts, keys, parties
 from center.storage.db import payments as payments_table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VERIFY_SECONDS = 3.0
 FILLER_BATCH_ROWS = 5_000
@@ -323,15 +326,20 @@ def main() -> None:
                 print_spread(runs, verify_rate)
 
 
+def run_label(r: dict) -> str:
+    """The start of every line about one run: database, workers, members."""
+    return f"{r['db']:8} workers={r['workers']} members={r['members']:>9,}"
+
+
 def print_run(r: dict) -> None:
     print(
-        f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} single-payment path: {r['payments_per_s']:7.0f}/s "
+        f"{run_label(r)} single-payment path: {r['payments_per_s']:7.0f}/s "
         f"= {r['ratio']:.3f} x verify (target 0.08), p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
         f"p99 at half load ({r['half_load_per_s']:.0f}/s) {r['p99_half_load_ms']:.1f} ms (target < 50), "
         f"center CPU {r['cpu_ms']:.2f} ms/payment, failures {r['failures']}"
     )
     print(
-        f"{r['db']:8} workers={r['workers']} members={r['members']:>9,} batch path ({BATCH_SIZE} per request, {BATCHES_IN_FLIGHT} "
+        f"{run_label(r)} batch path ({BATCH_SIZE} per request, {BATCHES_IN_FLIGHT} "
         f"in flight): {r['batch_per_s']:7.0f}/s = {r['batch_ratio']:.3f} x verify (target 0.20), "
         f"p99 per batch {r['batch_p99_ms']:.1f} ms, center CPU {r['batch_cpu_ms']:.2f} ms/payment, "
         f"failures {r['batch_failures']}",
@@ -350,8 +358,8 @@ def print_spread(runs: list[dict], verify_rate: float) -> None:
         values = sorted(r[key] for r in runs)
         ratio = f" = {statistics.median(values) / verify_rate:.3f} x verify" if unit == "/s" else ""
         print(
-            f"{first['db']:8} workers={first['workers']} members={first['members']:>9,} {label}, {len(runs)} runs: "
-            f"median {statistics.median(values):.1f}{unit}{ratio}, range {values[0]:.1f}-{values[-1]:.1f}{unit}"
+            f"{run_label(first)} {label}, {len(runs)} runs: median {statistics.median(values):.1f}{unit}"
+            f"{ratio}, range {values[0]:.1f}-{values[-1]:.1f}{unit}"
         )
 
 

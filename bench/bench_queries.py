@@ -21,13 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+# The repository and its test helpers (the row generator, throwaway databases), ahead of site-packages.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scale_rows import BASELINE, fill, reads  # noqa: E402
-from support import create_pg_database, drop_pg_database  # noqa: E402
+from scale_rows import BASELINE, fill, reads
+from support import create_pg_database, drop_pg_database
 
-from center.storage.db import make_engine, migrate  # noqa: E402
+from center.storage.db import make_engine, migrate
 
 REPEATS = 7
 MAX_PAYMENTS = 10_000_000

@@ -9,17 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support import require
 
 from tokens import softhsm
 
-
-def _require(what: str, present: bool) -> None:
-    # Missing system parts skip locally but fail under CI, where they belong.
-    if present:
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is required under CI=true")
-    pytest.skip(f"{what} is not installed")
+# Fixture modules, registered as plugins so test modules use their fixtures by name
+# without importing them.
+pytest_plugins = ["fixtures_card", "fixtures_center", "inquiry_support"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,7 +40,7 @@ def softhsm_module() -> str:
     try:
         return softhsm.find_softhsm_module()
     except softhsm.SoftHsmError:
-        _require("SoftHSM (libsofthsm2.so)", False)
+        require("SoftHSM (libsofthsm2.so)", False)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +50,7 @@ def make_softhsm_token(softhsm_conf):
     Each call initialises a fresh token in the session's token directory.
     open_pkcs11_token finds tokens made after the module was loaded.
     """
-    _require("softhsm2-util", shutil.which(softhsm.SOFTHSM_UTIL) is not None)
+    require("softhsm2-util", shutil.which(softhsm.SOFTHSM_UTIL) is not None)
     serial_numbers = itertools.count(1)
 
     def make(label: str | None = None) -> tuple[str, str, str]:
@@ -65,7 +61,3 @@ def make_softhsm_token(softhsm_conf):
         return label, so_pin, user_pin
 
     return make
-
-
-from fixtures_card import *  # noqa: E402, F403  (pcscd, vpcd readers, virtual OpenPGP cards)
-from fixtures_center import *  # noqa: E402, F403  (center and database fixtures)

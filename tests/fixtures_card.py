@@ -11,6 +11,7 @@ Missing pcscd/vpcd/jcecard skip the tests locally and fail them under CI=true.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import in_ci
+from support import require
 
 PCSCD = "/usr/sbin/pcscd"
 VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
@@ -33,14 +34,6 @@ START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 POLL_S = 0.05
 PCSCD_POLL_S = 0.5  # pcscd polls readers without hotplug events every 0.4 s
-
-
-def _require(what: str, present: bool) -> None:
-    if present:
-        return
-    if in_ci():
-        pytest.fail(f"{what} is required under CI=true")
-    pytest.skip(f"{what} is not available")
 
 
 def _consecutive_free_ports(count: int) -> int:
@@ -109,15 +102,12 @@ class PcscdService:
 @pytest.fixture(scope="session")
 def pcscd_service(tmp_path_factory) -> PcscdService:
     """A pcscd of our own with two vpcd readers on free ports."""
-    _require("pcscd (Debian package pcscd)", os.path.exists(PCSCD))
-    _require("the vpcd driver (Debian package vsmartcard-vpcd)", os.path.exists(VPCD_DRIVER))
-    try:
-        import jcecard  # noqa: F401
-        import smartcard  # noqa: F401
-    except ImportError as exc:
-        _require(f"Python package {exc.name} (pyscard, jcecard)", False)
+    require("pcscd (Debian package pcscd)", os.path.exists(PCSCD))
+    require("the vpcd driver (Debian package vsmartcard-vpcd)", os.path.exists(VPCD_DRIVER))
+    for module in ("jcecard", "smartcard"):
+        require(f"Python package {module} (pyscard, jcecard)", importlib.util.find_spec(module) is not None)
     if _pcscd_answers():
-        _require("a machine without a running pcscd (ours needs its fixed socket)", False)
+        require("a machine without a running pcscd (ours needs its fixed socket)", False)
     base = tmp_path_factory.mktemp("pcscd")
     conf_dir = base / "reader.conf.d"
     conf_dir.mkdir()
@@ -284,6 +274,3 @@ def virtual_card(pcscd_service, tmp_path):
     for card in cards:
         if card.running:
             card.stop()  # also waits until pcscd has seen the reader empty
-
-
-__all__ = ["PcscdService", "VirtualCard", "pcscd_service", "reader_has_card", "virtual_card"]

@@ -1,7 +1,7 @@
 """Fixtures for the center: databases (SQLite and PostgreSQL), an in-process
 center on a SoftHSM token, and real center processes over HTTPS.
 
-Imported into conftest.py. PostgreSQL tests skip locally when no server
+Registered in conftest.py (pytest_plugins). PostgreSQL tests skip locally when no server
 answers, and fail under CI=true, where the README's test command starts one.
 """
 
@@ -67,7 +67,7 @@ def center_token_signer(center_token):
 
 @pytest.fixture
 def center(db_url, center_token, center_token_signer) -> Center:
-    token, key, pin = center_token
+    _token, key, _pin = center_token
     engine = make_engine(db_url)
     migrate(engine)
     yield Center(engine=engine, signer=CenterSigner(center_token_signer, key, "center-test"), currency="JPY")

@@ -173,19 +173,24 @@ def tls_context(cert_path) -> ssl.SSLContext:
 def https_raw(
     port: int, context: ssl.SSLContext, request: bytes, timeout_s: float = 15.0
 ) -> tuple[int, bytes]:
-    """Send raw HTTP/1.1 bytes over TLS; return (status, whole response). The request must say Connection: close."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as plain:
-        with context.wrap_socket(plain, server_hostname="127.0.0.1") as tls:
-            tls.sendall(request)
-            chunks = []
-            while True:
-                try:
-                    chunk = tls.recv(65536)
-                except (ssl.SSLError, ConnectionResetError):
-                    break
-                if not chunk:
-                    break
-                chunks.append(chunk)
+    """Send raw HTTP/1.1 bytes over TLS; return (status, whole response).
+
+    The request must say Connection: close.
+    """
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as plain,
+        context.wrap_socket(plain, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(request)
+        chunks = []
+        while True:
+            try:
+                chunk = tls.recv(65536)
+            except (ssl.SSLError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
     response = b"".join(chunks)
     status = int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
     return status, response

@@ -49,7 +49,10 @@ def fill_statements(dialect: str) -> list[str]:
         series = "SELECT generate_series(1::bigint, {limit}) AS n"
         hex16 = "lpad(to_hex({n}), 16, '0')"
     else:
-        series = "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {limit}) SELECT n FROM s"
+        series = (
+            "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {limit}) "
+            "SELECT n FROM s"
+        )
         hex16 = "printf('%016x', {n})"
 
     def rows(limit: str) -> str:
@@ -69,21 +72,26 @@ def fill_statements(dialect: str) -> list[str]:
         f"FROM {rows(':stores')}",
         "INSERT INTO accounts (id, kind, party_id, balance_minor, created_at_ms) "
         "SELECT 'party:' || id, role, id, 0, 0 FROM parties",
-        "INSERT INTO payments (id, buyer_id, store_id, amount_minor, refunded_minor, order_ref, created_at_ms) "
+        "INSERT INTO payments "
+        "(id, buyer_id, store_id, amount_minor, refunded_minor, order_ref, created_at_ms) "
         f"SELECT {party('P', 'g.n')}, {buyer}, {store}, 100 + g.n % 5000, 0, 'order-' || g.n, {when} "
         f"FROM {rows(':payments')}",
-        "INSERT INTO transfers (id, debit_account, credit_account, amount_minor, kind, ref, created_at_ms) "
-        "SELECT 'T-' || substr(id, 3), 'party:' || buyer_id, 'party:' || store_id, amount_minor, 'payment', id, "
-        "created_at_ms FROM payments",
-        "INSERT INTO topups (id, member_id, amount_minor, method, status, created_at_ms, decided_at_ms, decided_by) "
+        "INSERT INTO transfers "
+        "(id, debit_account, credit_account, amount_minor, kind, ref, created_at_ms) "
+        "SELECT 'T-' || substr(id, 3), 'party:' || buyer_id, 'party:' || store_id, amount_minor, "
+        "'payment', id, created_at_ms FROM payments",
+        "INSERT INTO topups "
+        "(id, member_id, amount_minor, method, status, created_at_ms, decided_at_ms, decided_by) "
         f"SELECT {party('U', 'g.n')}, {buyer}, 10000, 'bank', "
         "CASE WHEN g.n % 20 = 0 THEN 'pending' WHEN g.n % 20 = 1 THEN 'declined' ELSE 'confirmed' END, "
         f"{when}, CASE WHEN g.n % 20 = 0 THEN NULL ELSE {when} + 60000 END, "
         f"CASE WHEN g.n % 20 = 0 THEN NULL ELSE 'webhook:funding' END FROM {rows(':topups')}",
         "INSERT INTO refunds (id, payment_id, amount_minor, created_at_ms) "
-        f"SELECT {party('R', 'g.n')}, {party('P', '(g.n * 97 % :payments + 1)')}, 1, {when} FROM {rows(':refunds')}",
+        f"SELECT {party('R', 'g.n')}, {party('P', '(g.n * 97 % :payments + 1)')}, 1, {when} "
+        f"FROM {rows(':refunds')}",
         "INSERT INTO payouts (id, store_id, amount_minor, bank_account, status, batch_id, created_at_ms) "
-        f"SELECT {party('Y', 'g.n')}, {store}, 100, 'DE00BANK', 'pending', NULL, {when} FROM {rows(':payouts')}",
+        f"SELECT {party('Y', 'g.n')}, {store}, 100, 'DE00BANK', 'pending', NULL, {when} "
+        f"FROM {rows(':payouts')}",
         "ANALYZE",
     ]
 

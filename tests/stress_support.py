@@ -259,9 +259,8 @@ def send_concurrently(
                     started = time.monotonic()
                     try:
                         response = await client.post(path, json=envelope.to_json())
-                    except (
-                        httpx.TransportError
-                    ) as error:  # no answer at all: status 0, kept for the assertion
+                    except httpx.TransportError as error:
+                        # No answer at all: status 0, kept for the assertion.
                         return Answer(
                             0,
                             json.dumps(
@@ -289,7 +288,9 @@ def fund_members(api: Api, count: int, amount_minor: int) -> list[tuple[Software
     signers = [SoftwareSigner() for _ in range(count)]
     requests = [enrollment(center, s, "member", name=f"Buyer {i}") for i, s in enumerate(signers)]
     answers, _ = send_concurrently(center, [("/v1/enroll", r) for r in requests], connections=16)
-    members = [(s, center.result_of(r, a)["member_id"]) for s, r, a in zip(signers, requests, answers)]
+    members = [
+        (s, center.result_of(r, a)["member_id"]) for s, r, a in zip(signers, requests, answers, strict=True)
+    ]
     topup_requests = [
         s.envelope(
             "topup",
@@ -299,7 +300,7 @@ def fund_members(api: Api, count: int, amount_minor: int) -> list[tuple[Software
         for s, _ in members
     ]
     answers, _ = send_concurrently(center, [("/v1/topups", r) for r in topup_requests], connections=16)
-    for request, answer in zip(topup_requests, answers):
+    for request, answer in zip(topup_requests, answers, strict=True):
         api.confirm_by_webhook(center.result_of(request, answer)["topup_id"], amount_minor)
     return members
 
@@ -360,7 +361,8 @@ def replay_party_in_commit_order(center: LiveCenter, party_id: str) -> dict:
 
 
 def payment_pairing_problems(center: LiveCenter) -> list[str]:
-    """Every payment row has exactly one payment transfer, with its amount, buyer and store; and vice versa."""
+    """Every payment row has exactly one payment transfer, with its amount, buyer and store; and
+    vice versa."""
     problems = []
     with center.engine().connect() as conn:
         rows = conn.execute(select(payments)).all()

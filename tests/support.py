@@ -1,6 +1,6 @@
 """Helpers for tests: databases, real center processes, CLI runs, software signers.
 
-Not fixtures (those live in conftest.py); plain functions and classes.
+Not fixtures (those live in conftest.py and the fixtures_* modules); plain functions and classes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -31,6 +32,15 @@ START_TIMEOUT_S = 30.0
 
 def in_ci() -> bool:
     return os.environ.get("CI") == "true"
+
+
+def require(what: str, present: bool) -> None:
+    """Skip the test when a system part is missing; fail it under CI, where every part belongs."""
+    if present:
+        return
+    if in_ci():
+        pytest.fail(f"{what} is required under CI=true")
+    pytest.skip(f"{what} is not available")
 
 
 # --- PostgreSQL: one throwaway database per test -----------------------------
@@ -108,26 +118,27 @@ class CenterProcess:
         return self.data_dir / "center-cert.pem"
 
     def start(self, workers: int = 1) -> None:
-        log = open(self.data_dir.parent / f"center-{self.port}.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "center",
-                "serve",
-                "--data-dir",
-                str(self.data_dir),
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-            ],
-            env=cli_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        # The child keeps its own copy of the log descriptor; ours is closed once it has started.
+        with open(self.data_dir.parent / f"center-{self.port}.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "center",
+                    "serve",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(workers),
+                ],
+                env=cli_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self._wait_healthy()
 
     def _wait_healthy(self) -> None:

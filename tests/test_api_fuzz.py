@@ -20,6 +20,7 @@ their docstring (the product code is not changed here).
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import time
 
@@ -63,7 +64,7 @@ from center.ledger.funding import webhook_signature
 from center.storage.db import accounts, make_engine
 from paywire.canonical import MAX_DEPTH, MAX_PAYLOAD_BYTES, MAX_SAFE_INTEGER
 from paywire.envelope import Envelope
-from paywire.messages import MAX_AMOUNT_MINOR, MAX_NOTICES_PER_REQUEST
+from paywire.fields import MAX_AMOUNT_MINOR, MAX_NOTICES_PER_REQUEST
 from paywire.receipts import check_receipt
 
 # --- the spec and how it is fuzzed ---------------------------------------------------
@@ -301,9 +302,8 @@ def test_schemathesis_live_https(live_center):
     modes, every operation, all failures collected before the test fails.
     """
     failures, statuses = [], collections.Counter()
-    with pinned_session(
-        live_center.cert
-    ) as session:  # closed, or uvicorn waits for its keep-alive connections
+    # The session is closed at the end, or uvicorn waits for its keep-alive connections.
+    with pinned_session(live_center.cert) as session:
         # The fuzzed spec is the one served. (No response object is kept: one that outlives the
         # session keeps its TLS connection open, and `center serve` then waits 15 s for it at stop.)
         assert session.get(f"{live_center.url}/openapi.json", timeout=10).json() == SPEC
@@ -322,7 +322,8 @@ def test_schemathesis_live_https(live_center):
                 try:
                     check()
                 except Unsatisfiable:
-                    continue  # nothing in this operation can be made invalid (no parameters, or free-form strings)
+                    # Nothing in this operation can be made invalid (no parameters, or free-form strings).
+                    continue
                 except Exception as failure:
                     failures.append(f"{operation.label} [{mode.value}]: {failure}")
     assert not failures, "\n\n".join(failures)
@@ -921,10 +922,10 @@ def test_bug_balance_beyond_the_wire_range_locks_the_account(client, center, par
     topup_id = json.loads(Envelope.from_json(response.json()["receipt"]).payload)["body"]["result"][
         "topup_id"
     ]
-    try:
+    # While the bug lasts the confirm itself fails; once it is fixed the confirm is refused.
+    # Either way only the balance answer below is the subject.
+    with contextlib.suppress(Exception):
         center.decide_topup(topup_id, "confirm", decided_by="operator:test")
-    except Exception:
-        pass
     response = post_envelope(
         client, "/v1/balance", member.signer.envelope("balance", {}, aud=center.center_id)
     )
@@ -952,8 +953,9 @@ def test_live_content_length_over_the_limit_is_413(live_center, db_url):
 
 @SQLITE_ONLY
 def test_bug_live_chunked_body_over_the_limit_is_read_whole(live_center, db_url):
-    """The bug of test_bug_chunked_body_over_64_kib_bypasses_the_limit over real HTTPS: uvicorn hands a chunked
-    body to the app without a Content-Length, and the whole MiB is read and parsed (400 malformed_envelope)."""
+    """The bug of test_bug_chunked_body_over_64_kib_bypasses_the_limit over real HTTPS: uvicorn
+    hands a chunked body to the app without a Content-Length, and the whole MiB is read and parsed
+    (400 malformed_envelope)."""
     engine = make_engine(db_url)
     before = db_snapshot(engine)
     with httpx.Client(verify=tls_context(live_center.cert), timeout=30) as http:
@@ -971,8 +973,8 @@ def test_bug_live_chunked_body_over_the_limit_is_read_whole(live_center, db_url)
 
 @SQLITE_ONLY
 def test_bug_live_webhook_header_with_latin1_characters_is_a_500(live_center):
-    """The same bug as test_bug_webhook_header_with_latin1_characters_is_a_500, over real HTTPS: uvicorn passes
-    obs-text bytes in header values to the app."""
+    """The same bug as test_bug_webhook_header_with_latin1_characters_is_a_500, over real HTTPS:
+    uvicorn passes obs-text bytes in header values to the app."""
     context = tls_context(live_center.cert)
     request = (
         b"POST /v1/funding/webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"

@@ -195,8 +195,10 @@ signer = CenterSigner(token.resident_signer(key, config.token_pin()).sign, key, 
 document = json.load(sys.stdin)
 request = Envelope.from_json(document["request"])
 header, _body = parse_payload(request.payload)
-receipt = signer.sign_receipt(request_header=header, request=request, result=document["result"], ctr=document["ctr"],
-                              now_s=int(time.time()))
+receipt = signer.sign_receipt(
+    request_header=header, request=request, result=document["result"], ctr=document["ctr"],
+    now_s=int(time.time()),
+)
 print(json.dumps(receipt.to_json()))
 """
 

@@ -26,7 +26,8 @@ PASSWORD = "a backup passphrase, long enough"
 
 
 def forge_config(members, manifest, *, keep_signature: bool = True, evil_module: str = "/tmp/evil.so"):
-    """The issue's attack: config.json says EUR and loads the attacker's module; manifest hashes recomputed."""
+    """The issue's attack: config.json says EUR and loads the attacker's module; manifest hashes
+    recomputed."""
     forged = []
     for info, data in members:
         if info.name == "data/config.json":
@@ -68,7 +69,8 @@ def assert_nothing_written(target) -> None:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """A SQLite center, the administrator's backup key (outside it), a plain and an encrypted signed backup."""
+    """A SQLite center, the administrator's backup key (outside it), a plain and an encrypted signed
+    backup."""
     root = tmp_path_factory.mktemp("attack-backup")
     key = make_backup_key(root / "admin")
     data_dir = root / "center"

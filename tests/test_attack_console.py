@@ -128,7 +128,8 @@ def world(tmp_path_factory, make_softhsm_token):
 
 
 def log_in_as_operator(world: World, browser: httpx.Client) -> tuple[dict, str]:
-    """The operator approves the code this browser shows; returns the session's status and what the wallet said."""
+    """The operator approves the code this browser shows; returns the session's status and what the
+    wallet said."""
     asked = browser.post("/console/api/challenge")
     assert asked.status_code == 200, f"this browser gets no login code: {asked.text}"
     code = asked.json()["challenge"]
@@ -183,7 +184,8 @@ def signed_outdated(center_id: str, signer: SoftwareSigner, body: dict):
 
 
 def test_topup_decisions_are_signed_over_exactly_what_is_decided(world):
-    """(b) Old form refused as outdated; a wrong amount refused; the wallet's shown-then-signed decision works."""
+    """(b) Old form refused as outdated; a wrong amount refused; the wallet's shown-then-signed decision
+    works."""
     topup_id = world.attacker.json("topup", "3000", "--method", "cash")["topup_id"]
     signer = SoftwareSigner()  # a second operator's key, to sign what today's wallet never would
     world.add_operator(public_pem(signer.spki).decode(), name="Second Operator")

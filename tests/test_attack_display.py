@@ -600,27 +600,26 @@ def test_only_one_store_is_the_first_of_a_skeleton(center):
             )
         assert record_store_name(conn, "S-000000000000000a", "Kissa Hoshi", 1) is None
         assert record_store_name(conn, "S-000000000000000b", "Kissа Hoshi", 2) == "S-000000000000000a"
-    with pytest.raises(IntegrityError):
-        with center.engine.begin() as conn:
-            conn.execute(
-                insert(parties).values(
-                    id="S-000000000000000c",
-                    role="store",
-                    name="x",
-                    address="-",
-                    status="active",
-                    created_at_ms=1,
-                )
+    with pytest.raises(IntegrityError), center.engine.begin() as conn:
+        conn.execute(
+            insert(parties).values(
+                id="S-000000000000000c",
+                role="store",
+                name="x",
+                address="-",
+                status="active",
+                created_at_ms=1,
             )
-            conn.execute(
-                insert(store_names).values(
-                    store_id="S-000000000000000c",
-                    skeleton_sha256=skeleton_sha256("Kissa Hoshi"),
-                    resembles=None,
-                    flag="none",
-                    created_at_ms=3,
-                )
+        )
+        conn.execute(
+            insert(store_names).values(
+                store_id="S-000000000000000c",
+                skeleton_sha256=skeleton_sha256("Kissa Hoshi"),
+                resembles=None,
+                flag="none",
+                created_at_ms=3,
             )
+        )
 
 
 def test_enrollment_through_the_api_flags_look_alikes(api, center):

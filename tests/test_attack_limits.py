@@ -423,7 +423,7 @@ def _option_cases(root: Path, label: str, files: dict, source: str):
     return {
         "wallet init --entropy-file": (
             "wallet",
-            init + ["--entropy-file", source] + _flat(good),
+            [*init, "--entropy-file", source, *_flat(good)],
             None,
             [home],
         ),
@@ -432,8 +432,8 @@ def _option_cases(root: Path, label: str, files: dict, source: str):
         "wallet init --password-b-file": wallet_init("--password-b-file"),
         "wallet init --password-a-fd": (
             "wallet",
-            init
-            + [
+            [
+                *init,
                 "--password-a-fd",
                 "FD",
                 "--so-pin-file",
@@ -444,7 +444,7 @@ def _option_cases(root: Path, label: str, files: dict, source: str):
             source,
             [home],
         ),
-        "wallet enroll --center-cert": ("wallet", enroll + ["--center-cert", source], None, [home]),
+        "wallet enroll --center-cert": ("wallet", [*enroll, "--center-cert", source], None, [home]),
         "wallet operator attach --center-cert": (
             "wallet",
             [
@@ -462,13 +462,13 @@ def _option_cases(root: Path, label: str, files: dict, source: str):
         ),
         "center backup --signing-key-password-file": (
             "center",
-            backup + ["--signing-key-password-file", source],
+            [*backup, "--signing-key-password-file", source],
             None,
             [out],
         ),
         "center backup --password-file": (
             "center",
-            backup + ["--signing-key-password-file", str(files["backup"]), "--password-file", source],
+            [*backup, "--signing-key-password-file", str(files["backup"]), "--password-file", source],
             None,
             [out],
         ),

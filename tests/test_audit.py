@@ -118,7 +118,8 @@ def export(center, path: Path) -> dict:
 
 
 def export_lines(path: Path) -> list[bytes]:
-    """The export's lines without their newlines: header, KEYS key lines, then entry `seq` at index KEYS + seq."""
+    """The export's lines without their newlines: header, KEYS key lines, then entry `seq` at index
+    KEYS + seq."""
     data = path.read_bytes()
     assert data.endswith(b"\n")
     return data[:-1].split(b"\n")
@@ -315,8 +316,11 @@ def test_streamed_in_small_batches(center, tmp_path):
     whole, batched = tmp_path / "whole.jsonl", tmp_path / "batched.jsonl"
     export(center, whole)
     export_audit(center.engine, batched, center_id=center.center_id, cert_pem=cert_pem(center), batch_rows=1)
-    strip = lambda p: {k: v for k, v in load_document(p).items() if k != "exported_at_ms"}  # noqa: E731
-    assert strip(whole) == strip(batched)
+
+    def without_time(path: Path) -> dict:
+        return {k: v for k, v in load_document(path).items() if k != "exported_at_ms"}
+
+    assert without_time(whole) == without_time(batched)
     assert export_lines(whole)[1:] == export_lines(batched)[1:]
     assert verify_export(batched)["ok"] is True
 

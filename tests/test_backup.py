@@ -308,10 +308,12 @@ def rewrite_archive(source, destination, change) -> None:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     manifest = json.loads(members[0][1])
     out = io.BytesIO()
-    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0, filename="") as gz:
-        with tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for info, data in change(members, manifest):
-                tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    with (
+        gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0, filename="") as gz,
+        tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for info, data in change(members, manifest):
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
     destination.write_bytes(out.getvalue())
 
 

@@ -50,12 +50,14 @@ def test_each_item_is_answered_on_its_own(center, api, shop):
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert len(results) == len(requests)
-    for request, answer in zip(requests[:3], results[:3]):
+    for request, answer in zip(requests[:3], results[:3], strict=True):
         assert result_of(center, request, answer)["action"] == "paid"
     assert results[3]["error"]["code"] == "insufficient_funds" and results[3]["status"] == 409
     assert results[4]["error"]["code"] == "unknown_key" and results[4]["status"] == 401
     assert results[5]["error"]["code"] == "payee_name_mismatch" and "receipt" not in results[5]
-    assert [result_of(center, r, a)["balance_minor"] for r, a in zip(requests[:3], results[:3])] == [
+    assert [
+        result_of(center, r, a)["balance_minor"] for r, a in zip(requests[:3], results[:3], strict=True)
+    ] == [
         900,
         800,
         700,
@@ -166,8 +168,8 @@ def test_concurrent_batches_never_overdraw(live):
     live.ledger_check()
     live.audit_verify()
     # Every receipt from a batch verifies against the pinned center key.
-    for batch, response in zip(batches, batch_answers):
-        for request, item in zip(batch, response.json()["results"]):
+    for batch, response in zip(batches, batch_answers, strict=True):
+        for request, item in zip(batch, response.json()["results"], strict=True):
             if "receipt" in item:
                 assert live.result_of(request, _answer(item))["action"] == "paid"
 
@@ -298,7 +300,9 @@ def test_batches_book_payments_exactly_as_the_single_path(center, seed):
     together = []
     for start in range(0, len(batch_requests), 25):
         chunk = batch_requests[start : start + 25]
-        together += [_outcome(center, r, a) for r, a in zip(chunk, center.submit_batch(chunk, "pay"))]
+        together += [
+            _outcome(center, r, a) for r, a in zip(chunk, center.submit_batch(chunk, "pay"), strict=True)
+        ]
 
     assert together == alone
     assert {outcome[0] for outcome in alone} == {"paid", "refused"}  # the scenario exercises both

@@ -12,7 +12,6 @@ import io
 
 import pytest
 from fastapi.testclient import TestClient
-from inquiry_support import world  # noqa: F401  (a fixture)
 from operator_support import BASE_URL, error_code, https_client, new_operator, signed
 from sqlalchemy import select, text
 from test_console_auth import approval_body
@@ -44,7 +43,7 @@ def log_in(center, client, role: str = "operator", name: str = "Ops One") -> dic
 
 
 @pytest.fixture
-def client(world):  # noqa: F811
+def client(world):
     with https_client(world.center) as client:
         yield client
 
@@ -67,7 +66,7 @@ def parse_csv(response) -> list[dict]:
 
 
 def test_every_console_api_needs_a_session(world, client):
-    for path in READ_ROUTES + [f"/console/api/members/{world.ids['hanako']}/statement"]:
+    for path in [*READ_ROUTES, f"/console/api/members/{world.ids['hanako']}/statement"]:
         assert error_code(client.get(path)) == (401, "console_login_required"), path
     assert error_code(client.get("/console/api/topups/decisions", params={"ids": world.ids["topup_h2"]})) == (
         401,

@@ -30,8 +30,9 @@ from center.keys.admin import revoke_key
 from center.ledger.audit import verify_chain
 from center.pipeline.service import Center
 from center.storage.db import audit_log, console_challenges, console_sessions
+from paywire.bodies import console_client_sha256
 from paywire.envelope import Envelope, seal
-from paywire.messages import console_client_sha256, new_message_id
+from paywire.messages import new_message_id
 
 CHALLENGE_SHAPE = re.compile(r"[A-Z2-7]{4}-[A-Z2-7]{4}-[A-Z2-7]{4}-[A-Z2-7]{4}")
 
@@ -111,7 +112,7 @@ def signed_outdated(center, signer: SoftwareSigner, msg_type: str, body: dict) -
 
 def log_in(center, browser, signer) -> dict:
     challenge = browser.post("/console/api/challenge").json()["challenge"]
-    request, response = approve(center, browser, signer, challenge)
+    _request, response = approve(center, browser, signer, challenge)
     assert response.status_code == 200, response.text
     status = browser.get("/console/api/login-status")
     assert status.status_code == 200 and status.json()["status"] == "approved", status.text
@@ -213,7 +214,7 @@ def browser_challenge(center) -> str:
 
 
 def test_an_auditor_logs_in_with_the_auditor_role(center, browser):
-    auditor, view = new_operator(center, role="auditor", name="Audit Desk")
+    auditor, _view = new_operator(center, role="auditor", name="Audit Desk")
     assert log_in(center, browser, auditor)["role"] == "auditor"
     assert browser.get("/console/api/me").json()["role"] == "auditor"
 
@@ -401,7 +402,7 @@ def test_the_challenge_records_its_client_and_the_approval_binds_it(center, app,
         other = console_client_sha256(
             challenge, "198.51.100.1", details["user_agent"], details["created_at_ms"]
         )
-        request, response = approve(
+        _request, response = approve(
             center, browser, operator, challenge, {"challenge": challenge, "client_sha256": other}
         )
         assert error_code(response) == (409, "challenge_details_mismatch")

@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import _require
 from sqlalchemy import create_engine, select
-from support import CenterProcess, run_cli
+from support import CenterProcess, require, run_cli
 from test_wallet_e2e import WalletUser
 
 from center.storage.db import normalise_url, topups
@@ -45,10 +44,8 @@ STATS_DAYS = 30
 
 @pytest.fixture(scope="module")
 def chromium():
-    _require(
-        "chromium (Debian package `chromium`)", Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)
-    )
-    _require("the Python package playwright (pip install -e '.[test]')", sync_playwright is not None)
+    require("chromium (Debian package `chromium`)", Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK))
+    require("the Python package playwright (pip install -e '.[test]')", sync_playwright is not None)
     expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as playwright:
         # --no-sandbox: tests run as root, where Chromium's sandbox cannot start.
@@ -68,7 +65,8 @@ def open_page(chromium):
         page.set_default_timeout(WAIT_MS)
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        # Refused requests (401 before login, the forged 403) are logged as "Failed to load resource": expected.
+        # Refused requests (401 before login, the forged 403) are logged as "Failed to load resource":
+        # expected.
         page.on(
             "console",
             lambda message: (
@@ -87,7 +85,8 @@ def open_page(chromium):
 
 
 def snap(page, name: str) -> None:
-    """With TOKENPAY_CONSOLE_SCREENSHOTS=DIR, keep a screenshot of what the test saw (for people, not asserts)."""
+    """With TOKENPAY_CONSOLE_SCREENSHOTS=DIR, keep a screenshot of what the test saw (for people, not
+    asserts)."""
     folder = os.environ.get("TOKENPAY_CONSOLE_SCREENSHOTS")
     if folder:
         page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
@@ -247,7 +246,7 @@ def test_operator_finds_member_confirms_topup_sees_charts_and_exports(
     page.wait_for_selector("#message:not([hidden])")
     message = page.locator("#message").inner_text()
     assert re.fullmatch(
-        rf"Top-up {pending} confirmed: 3,000 JPY for Hanako Yamada, by operator:O-[0-9a-f]+\.", message
+        rf"Top-up {pending} confirmed: 3,000 JPY for Hanako Yamada, by operator:A-[0-9a-f]+\.", message
     ), message
     assert topup_status(live_center, pending) == "confirmed"
 

@@ -9,6 +9,7 @@ acknowledged request with exactly the first receipt.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -160,10 +161,10 @@ class CrashHarness:
                     return
                 sent.first = sent.answers[-1]
                 sent.acknowledged_at = time.time()
-                if rng.random() < 0.2:  # an immediate resend of the same bytes
-                    if not self._send_until_answered(client, sent, rng):
-                        self.unanswered.append(sent)
-                        return
+                # In one of five payments, an immediate resend of the same bytes.
+                if rng.random() < 0.2 and not self._send_until_answered(client, sent, rng):
+                    self.unanswered.append(sent)
+                    return
 
     def _send_until_answered(self, client: httpx.Client, sent: Sent, rng: random.Random) -> bool:
         """POST the same signed bytes until a definitive answer (200 or 4xx); bounded."""
@@ -374,10 +375,8 @@ class StallingProxy:
     def close(self) -> None:
         self.listener.close()
         for sock in self.sockets:
-            try:
+            with contextlib.suppress(OSError):  # teardown: a socket that fails to close is gone anyway
                 sock.close()
-            except OSError:
-                pass
 
 
 class TlsRecords:
@@ -408,8 +407,9 @@ def test_wallet_killed_between_signing_and_the_answer_then_sync_applies_it_once(
     try:
         member, _store, store_id = enrolled_pair(tmp_path, make_softhsm_token, center.process)
         fund(member, center.process, "5000")
-        expected_payments, balance = 0, 5000
-        for mode, amount in (("silent", 1200), ("withhold", 700)):
+        balance = 5000
+        # Each round applies exactly one payment: the rounds before this one applied `paid_before`.
+        for paid_before, (mode, amount) in enumerate((("silent", 1200), ("withhold", 700))):
             # Connection 1 looks up the store's registered name; connection 2 carries the signed payment.
             proxy = StallingProxy(center.process.port, mode, first_stalled=2)
             try:
@@ -441,7 +441,7 @@ def test_wallet_killed_between_signing_and_the_answer_then_sync_applies_it_once(
                         assert wallet.poll() is None, f"wallet pay ended early: {wallet.communicate()}"
                         assert time.monotonic() < deadline, "the payment never reached the proxy"
                     if mode == "withhold":
-                        while count_payments(center.process) != expected_payments + 1:
+                        while count_payments(center.process) != paid_before + 1:
                             assert time.monotonic() < deadline, (
                                 "the center never applied the forwarded payment"
                             )
@@ -461,7 +461,7 @@ def test_wallet_killed_between_signing_and_the_answer_then_sync_applies_it_once(
                 "the signed payment was not saved before sending"
             )
             if mode == "silent":
-                assert count_payments(center.process) == expected_payments, "the silent proxy forwarded it"
+                assert count_payments(center.process) == paid_before, "the silent proxy forwarded it"
 
             # Killed: the signed payment waits in the vault's outbox (password A is enough to see it).
             outbox = member.json("history", WALLET_PASSWORD_B_FILE="")["outbox"]
@@ -472,10 +472,9 @@ def test_wallet_killed_between_signing_and_the_answer_then_sync_applies_it_once(
             assert [(d["type"], d["msg_id"]) for d in synced["delivered"]] == [("pay", msg_id)]
             assert synced["pending"] == 0 and synced["refused"] == []
             balance -= amount
-            expected_payments += 1
             assert synced["delivered"][0]["result"]["balance_minor"] == balance
             assert member.json("sync")["delivered"] == [], "a second sync must deliver nothing"
-            assert count_payments(center.process) == expected_payments
+            assert count_payments(center.process) == paid_before + 1
             assert center.count(messages, messages.c.msg_id == msg_id) == 1
             assert member.json("balance")["balance_minor"] == balance
             assert member.json("history")["outbox"] == []

@@ -8,11 +8,11 @@ known exactly and a wrong day boundary, a wrong sign or a wrong join changes it.
 from __future__ import annotations
 
 import pytest
-from inquiry_support import DAY0_MS, DAY_MS, world  # noqa: F401  (world is a fixture)
+from inquiry_support import DAY0_MS, DAY_MS
 from sqlalchemy import insert
 
 from center.console import inquiry, statistics
-from center.console.inquiry import Page, Window, day_window
+from center.console.bounds import Page, Window, day_window
 from center.errors import ApiError
 from center.ledger.book import check_ledger
 from center.storage.db import parties

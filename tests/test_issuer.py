@@ -25,9 +25,11 @@ from center.keys.identity import CenterSigner
 from center.keys.issuer_policy import ANY, ISSUER_CERTIFIED, IssuerPolicy, check_enrollment_certificate
 from center.pipeline.service import Center
 from center.storage.db import audit_log, keys, make_engine, messages, migrate, parties
+from paywire.bodies import check_key_cert_field
 from paywire.envelope import Envelope, b64url_encode, seal
 from paywire.errors import WireError
-from paywire.messages import MAX_KEY_CERT_BYTES, check_key_cert_field, new_message_id
+from paywire.fields import MAX_KEY_CERT_BYTES
+from paywire.messages import new_message_id
 from paywire.receipts import check_receipt
 
 NOW_S = int(time.time())

@@ -114,7 +114,7 @@ def test_rebind_enrollment_waits_for_the_operator_and_signs_nothing(center, stor
         ("balance", {}),
         ("topup", {"amount_minor": 100, "currency": "JPY", "method": "bank"}),
     ]:
-        error = refusal(lambda: submit(center, new, msg_type, body))
+        error = refusal(lambda msg_type=msg_type, body=body: submit(center, new, msg_type, body))
         assert (error.code, error.status) == ("key_not_bound", 403)
     assert balance(center, member_id) == accounts_before == 9_000
     assert balance(center, store_id) == 1_000
@@ -180,7 +180,7 @@ def test_rebind_refusals_change_nothing(center, store):
         request = sealed(
             signer, "enroll", signer.enroll_body("member") | {"rebind": malformed}, aud=center.center_id
         )
-        error = refusal(lambda: center.enroll(request))
+        error = refusal(lambda request=request: center.enroll(request))
         assert (error.code, error.status) == ("malformed_payload", 400), malformed
     assert (count(center, keys), count(center, parties)) == (keys_before, parties_before)
     assert count(center, key_claims) == 0
@@ -225,7 +225,7 @@ def test_reject_ends_a_wrong_claim(center):
 
 
 def test_bind_and_reject_only_pending_claims(center):
-    active, member_id = funded_member(center, 1_000)
+    active, _member_id = funded_member(center, 1_000)
     error = refusal(lambda: bind(center, "f" * 64))
     assert (error.code, error.status) == ("key_not_found", 404)
     for action in (
@@ -492,7 +492,7 @@ def test_rotation_replaces_the_key_in_one_signed_step(api, center, store, new_al
 
 
 def test_a_store_rotates_too_and_a_resend_from_a_fresh_process_gets_the_receipt(center, store):
-    old, store_id = store
+    old, _store_id = store
     new = SoftwareSigner("Ed25519")
     request = rotation(center, old, key_proof(center, new, old.kid))
     first = center.submit(request, "rotate")
@@ -678,7 +678,8 @@ def test_an_operator_binds_and_rejects_with_signed_requests(api, center):
 
 
 def test_new_keys_from_rebind_and_rotation_pass_the_issuer_policy(api, center):
-    """Under 'only issuer-certified keys', a rebind and a rotation enroll new keys: they need certificates too."""
+    """Under 'only issuer-certified keys', a rebind and a rotation enroll new keys: they need
+    certificates too."""
     from cryptography.hazmat.primitives import serialization
 
     from center.keys.issuer import certify_key, create_ca

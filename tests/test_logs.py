@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 import httpx
 from ops_support import center_cli
@@ -96,7 +97,9 @@ def test_a_live_flow_logs_ids_and_never_personal_data_or_secrets(tmp_path, make_
         for name in ("token-pin", "token-so-pin", "webhook-secret")
     ]
     tls_key_body = (data_dir / "tls" / "key.pem").read_text().splitlines()[1]
-    wallet_secrets = [open(path).read().strip() for user in (member, store) for path in user.files.values()]
+    wallet_secrets = [
+        Path(path).read_text().strip() for user in (member, store) for path in user.files.values()
+    ]
     forbidden = [
         "Hanako",
         "Yamada",

@@ -158,7 +158,7 @@ def test_two_workers_count_into_one_exposition(tmp_path, db_url):
         assert not (data_dir / "metrics" / "999999-0123abcd").exists()  # no server holds it: swept
         assert not (data_dir / "metrics" / "counter_999998.db").exists()
         client = SignedClient(center)
-        store, store_id = client.enroll("store", name=STORE_NAME)
+        _store, store_id = client.enroll("store", name=STORE_NAME)
         member, _ = funded_member(client, center, 1_000)
         for amount in (100, 200, 300):
             client.result(member, "pay", pay_body(store_id, amount, "o"))

@@ -25,7 +25,7 @@ from center.ledger.book import check_ledger, party_account
 from center.pipeline.operator_actions import ACTIONS
 from center.storage.db import accounts, audit_log, keys, parties
 from paywire.algorithms import key_id
-from paywire.messages import OPERATOR_ACTION_ARGS
+from paywire.bodies import OPERATOR_ACTION_ARGS
 
 # Refusals by the rules are recorded under their message id (and use up the counter).
 RECORDED = {"messages", "keys"}
@@ -111,7 +111,7 @@ def test_an_operator_is_a_party_with_a_pinned_key_and_no_account(center, make_ke
         "operator",
         "Ops One",
     )
-    assert view["operator_id"].startswith("O-")
+    assert view["operator_id"].startswith("A-")
     with center.engine.connect() as conn:
         party = conn.execute(select(parties).where(parties.c.id == view["operator_id"])).one()
         key = conn.execute(select(keys).where(keys.c.kid == view["kid"])).one()
@@ -338,7 +338,7 @@ def test_an_operator_or_auditor_reads_a_topup_with_a_signed_request(center, clie
     }
     _, response = act(center, client, reader, "show_topup", topup_id="U-0123456789abcdef")
     assert error_code(response) == (404, "unknown_topup")
-    _, stranger_member = enroll(center, client, "member")
+    _, _stranger_member = enroll(center, client, "member")
     stranger, _ = enroll(center, client, "member")
     _, response = act(center, client, stranger, "show_topup", topup_id=topup_id)
     assert error_code(response) == (403, "not_an_operator")  # a member reads no one's top-ups this way
@@ -383,7 +383,7 @@ def test_member_and_store_keys_are_not_operators(center, client, role):
 
 
 def test_an_operator_revokes_a_key_and_its_messages_are_refused(center, client):
-    operator, view = new_operator(center)
+    operator, _view = new_operator(center)
     member, member_id = enroll(center, client, "member")
     result = receipt_result(
         center,

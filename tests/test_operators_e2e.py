@@ -186,8 +186,8 @@ def test_operator_command_lines_refuse_bad_input_in_one_line(tmp_path, make_soft
         result = run_cli("center", base + args)
         assert says in one_line_error(result), (args, result.stderr)
         assert result.stderr.strip().count("\n") == 0
-    assert run_cli("center", base + ["--public-key", str(pem), "--role", "operator"]).returncode == 0
-    again = run_cli("center", base + ["--public-key", str(pem), "--role", "auditor"])
+    assert run_cli("center", [*base, "--public-key", str(pem), "--role", "operator"]).returncode == 0
+    again = run_cli("center", [*base, "--public-key", str(pem), "--role", "auditor"])
     assert "key_already_enrolled" in one_line_error(again)
     assert len(center_cli(live_center, "operator", "list")["operators"]) == 1
 

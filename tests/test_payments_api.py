@@ -395,7 +395,7 @@ def test_concurrent_payments_never_overdraw(center, store):
 
 
 def test_ledger_check_finds_a_tampered_balance(center, store):
-    buyer, buyer_id = funded_member(center, 1_000)
+    _buyer, buyer_id = funded_member(center, 1_000)
     with center.engine.begin() as conn:
         conn.execute(
             text("UPDATE accounts SET balance_minor = balance_minor + 1 WHERE id = :id"),

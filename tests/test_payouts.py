@@ -157,7 +157,7 @@ def test_export_writes_pain001_matching_the_rows(center, out):
         first_claim["payout_id"],
         second_claim["payout_id"],
     ]
-    for transaction, store in zip(transactions, (first, second)):
+    for transaction, store in zip(transactions, (first, second), strict=True):
         payout_id = text(transaction, "p:PmtId/p:EndToEndId")
         row = rows[payout_id]
         amount = transaction.find("p:Amt/p:InstdAmt", NS)
@@ -421,7 +421,8 @@ def test_settle_twice_settles_nothing_the_second_time(center, out):
 
 
 def test_payouts_batches_and_settlements_have_ids_of_their_own(center, out):
-    # Payouts were O- like operators and settlements S- like stores; each kind now has its letter.
+    # Operators shared O- with payouts (operators are A- now: payouts keep O-, which store wallets
+    # check) and settlements shared S- with stores (now C-): each kind has its own letter.
     _store, claim = store_with_payout(center, 700)
     batch_id = export(center, out / "batch.xml")["batch_id"]
     settle_payouts(center.engine, now_ms=NOW_MS)
@@ -429,7 +430,7 @@ def test_payouts_batches_and_settlements_have_ids_of_their_own(center, out):
         settlement = conn.execute(
             select(audit_log.c.msg_id).where(audit_log.c.msg_type == "payouts_settle")
         ).scalar()
-    assert re.fullmatch(r"W-[0-9a-f]{16}", claim["payout_id"])
+    assert re.fullmatch(r"O-[0-9a-f]{16}", claim["payout_id"])
     assert re.fullmatch(r"B-[0-9a-f]{16}", batch_id) and re.fullmatch(r"C-[0-9a-f]{16}", settlement)
 
 
@@ -440,7 +441,7 @@ def test_settle_leaves_pending_payouts_alone_and_can_take_one_batch(center, out)
     _b, second = store_with_payout(center, 200, member=member)
     one = export(center, out / "one.xml", max_payouts=1)
     export(center, out / "two.xml", max_payouts=1)
-    store, _third = store_with_payout(center, 300, member=member)  # still pending
+    _store, _third = store_with_payout(center, 300, member=member)  # still pending
 
     settled = settle_payouts(center.engine, now_ms=NOW_MS, batch_id=one["batch_id"])
     assert settled["payout_ids"] == [first["payout_id"]]
@@ -455,7 +456,7 @@ def test_settle_leaves_pending_payouts_alone_and_can_take_one_batch(center, out)
 def test_a_store_can_claim_again_after_its_payout_was_exported(center, out):
     member = enroll(center, "member")
     top_up(center, member, 1000)
-    store, first = store_with_payout(center, 400, member=member)
+    store, _first = store_with_payout(center, 400, member=member)
     export(center, out / "one.xml")
     pay(center, member, store, 250)
     second = claim_payout(center, store)
@@ -505,7 +506,7 @@ def test_cli_exports_and_settles(tmp_path, db_url, center_token, center_token_si
     # SoftHSM reads SOFTHSM2_CONF once per process, and this process already
     # uses the session's token directory (DESIGN.md). The commands under test
     # sign nothing.
-    token, key, pin = center_token
+    _token, key, _pin = center_token
     engine = make_engine(config.db_url)
     center = Center(
         engine=engine,

@@ -105,7 +105,7 @@ def test_one_buyer_cannot_overspend_under_concurrent_payments(
     order = list(range(attempts))
     rng.shuffle(order)
     answers, wall_s = send_concurrently(center, [("/v1/payments", signed[i]) for i in order], connections=48)
-    by_request = dict(zip(order, answers))
+    by_request = dict(zip(order, answers, strict=True))
 
     statuses = Counter(a.status for a in answers)
     assert statuses == {200: covered, 409: attempts - covered}, (statuses, SEED)
@@ -126,11 +126,10 @@ def test_one_buyer_cannot_overspend_under_concurrent_payments(
     center.ledger_check()
     center.audit_verify()
     # The balance floor is structural too: the database itself refuses a negative member balance.
-    with pytest.raises(IntegrityError):
-        with center.engine().begin() as conn:
-            conn.execute(
-                update(accounts).where(accounts.c.id == party_account(buyer_id)).values(balance_minor=-1)
-            )
+    with pytest.raises(IntegrityError), center.engine().begin() as conn:
+        conn.execute(
+            update(accounts).where(accounts.c.id == party_account(buyer_id)).values(balance_minor=-1)
+        )
 
     report(record_property, f"{backend}_one_buyer_requests_per_s", round(attempts / wall_s))
     report(
@@ -167,7 +166,7 @@ def test_many_buyers_paying_one_hot_store(pg_center, record_property):
     answers, wall_s = send_concurrently(center, [("/v1/payments", e) for e, _ in signed], connections=48)
 
     assert Counter(a.status for a in answers) == {200: len(signed)}, Counter(a.code for a in answers)
-    for (request, member_id), answer in zip(signed, answers):
+    for (request, _), answer in zip(signed, answers, strict=True):
         result = center.result_of(request, answer)
         assert result["action"] == "paid" and result["store_id"] == store_id
     assert center.balance(store_id) == sum(spent.values())
@@ -205,7 +204,7 @@ def test_the_same_enrollment_sent_concurrently_creates_one_member(pg_center):
         enrolled += per_round
         for i, request in enumerate(requests):
             assert center.count(keys, keys.c.kid == signers[i].kid) == 1
-            answered = [a for (j, _), a in zip(batch, answers) if j == i and a.status == 200]
+            answered = [a for (j, _), a in zip(batch, answers, strict=True) if j == i and a.status == 200]
             assert answered, "no copy of an enrollment was accepted"
             assert len({a.body for a in answered}) == 1, "different receipts for one enrollment"
             member_id = center.result_of(request, answered[0])["member_id"]
@@ -227,7 +226,7 @@ def test_different_enrollments_concurrently_all_succeed(pg_center):
     ]
     answers, _ = send_concurrently(center, [("/v1/enroll", r) for r in requests], connections=48)
     assert Counter(a.status for a in answers) == {200: 50}, Counter(a.code for a in answers)
-    ids = [center.result_of(r, a)["member_id"] for r, a in zip(requests, answers)]
+    ids = [center.result_of(r, a)["member_id"] for r, a in zip(requests, answers, strict=True)]
     assert len(set(ids)) == 50
     assert center.count(parties) == 50 and center.count(keys) == 50
     center.ledger_check()
@@ -260,11 +259,11 @@ def test_the_same_payment_sent_concurrently_is_applied_once_with_one_receipt(pg_
         f"copies of an accepted payment were refused instead of answered with its receipt: {failures}"
     )
     for i, request in enumerate(requests):
-        assert len({a.body for (j, _), a in zip(batch, answers) if j == i}) == 1
+        assert len({a.body for (j, _), a in zip(batch, answers, strict=True) if j == i}) == 1
         center.result_of(request, first_answer(answers, batch, i))
     center.ledger_check()
 
 
 def first_answer(answers, batch, index):
     """The first answer to request `index` of a batch of copies."""
-    return next(a for (j, _), a in zip(batch, answers) if j == index)
+    return next(a for (j, _), a in zip(batch, answers, strict=True) if j == index)

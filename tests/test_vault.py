@@ -238,8 +238,8 @@ def test_not_a_vault_is_corrupt(tmp_path, content):
 def flip_positions(blob: bytes) -> list[int]:
     header_len = struct.unpack(">I", blob[8:12])[0]
     body = 12 + header_len
-    header_sample = list(range(12, body, 3)) + [body - 1]
-    cipher_sample = list(range(body, body + 8)) + [(body + len(blob)) // 2]
+    header_sample = [*range(12, body, 3), body - 1]
+    cipher_sample = [*range(body, body + 8), (body + len(blob)) // 2]
     tag_sample = list(range(len(blob) - 16, len(blob)))
     return list(range(12)) + header_sample + cipher_sample + tag_sample
 

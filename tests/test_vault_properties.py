@@ -477,7 +477,7 @@ def test_header_parser_refuses_every_kdf_parameter_outside_the_limits(original):
                 getattr(parsed.kdf, {"m_kib": "memory_kib", "t": "iterations", "p": "lanes"}[name]) == value
             )
         else:
-            with pytest.raises(VaultCorrupt, match="outside|damaged|not valid JSON|canonical"):
+            with pytest.raises(VaultCorrupt, match=r"outside|damaged|not valid JSON|canonical"):
                 vault_mod._parse_header(raw)
 
     check()

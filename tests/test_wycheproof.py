@@ -81,7 +81,7 @@ DOCUMENTS = _load_files()
 def _cases():
     for file_name, document in DOCUMENTS.items():
         prefix, algorithm, _ = FILES[file_name]
-        for group_index, group in enumerate(document["testGroups"]):
+        for group in document["testGroups"]:
             group_has_valid = any(t["result"] == "valid" for t in group["tests"])
             for test in group["tests"]:
                 yield pytest.param(

@@ -55,14 +55,7 @@ def record_replayed_alarm(doc: dict, new_history: list[dict]) -> str | None:
                 "or far below the highest it has seen from this key: the key signed messages this "
                 f"wallet did not ({KEY_MISUSE_CAUSES}); {KEY_MISUSE_ADVICE}"
             )
-            doc["balance_minor"] = None  # the key may have paid: resync with `wallet balance`
-            add_history(
-                doc,
-                ACCOUNT_INFO,
-                entry["msg_id"],
-                ALARM_OUTCOME,
-                {"code": REPLAYED, "message": alarm, "wallet_counter": doc["counter"]},
-            )
+            _record_alarm(doc, entry["msg_id"], {"code": REPLAYED, "message": alarm})
             return alarm
     return None
 
@@ -74,11 +67,10 @@ def record_account_info(wallet: RecordingWallet, entry: dict, result: dict, _ext
     if alarm is None:
         add_history(doc, ACCOUNT_INFO, entry["msg_id"], "accepted", result)
         return
+    _record_alarm(doc, entry["msg_id"], result | {"wallet_counter": doc["counter"], "alarm": alarm})
+
+
+def _record_alarm(doc: dict, msg_id: str, details: dict) -> None:
+    """Keep an alarm in the history, with the wallet's counter (last unless `details` has it)."""
     doc["balance_minor"] = None  # the key may have paid: resync with `wallet balance`
-    add_history(
-        doc,
-        ACCOUNT_INFO,
-        entry["msg_id"],
-        ALARM_OUTCOME,
-        result | {"wallet_counter": doc["counter"], "alarm": alarm},
-    )
+    add_history(doc, ACCOUNT_INFO, msg_id, ALARM_OUTCOME, {**details, "wallet_counter": doc["counter"]})

@@ -33,7 +33,7 @@ from paywire.messages import (
 PAYMENT_ID = re.compile(r"P-[0-9a-f]{16}")
 TOPUP_ID = re.compile(r"U-[0-9a-f]{16}")
 REFUND_ID = re.compile(r"R-[0-9a-f]{16}")
-PAYOUT_ID = re.compile(r"[WO]-[0-9a-f]{16}")  # W- from the center; O- for payouts claimed before
+PAYOUT_ID = re.compile(r"O-[0-9a-f]{16}")
 MEMBER_ID = re.compile(r"M-[0-9a-f]{16}")
 STORE_ID = re.compile(r"S-[0-9a-f]{16}")
 # History outcomes whose payment may have moved money without a receipt recorded here.

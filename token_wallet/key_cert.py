@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from hostkit.cli import CliError, read_option_file
 from paywire.algorithms import key_id
-from paywire.messages import MAX_KEY_CERT_BYTES
+from paywire.fields import MAX_KEY_CERT_BYTES
 
 MAX_FILE_BYTES = 4 * MAX_KEY_CERT_BYTES  # PEM is base64 plus headers
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tokens.base import PROTECTION_PROTECTED, KeyRecord, Token, TokenError
+from tokens.base import PROTECTION_PROTECTED, KeyRecord, Token, TokenError, TokenInfo
 
 DEFAULT_CARD_TIMEOUT_S = 60.0
 
@@ -40,6 +40,16 @@ def open_token(
             serial=serial,
         )
     raise TokenError(f"this wallet names a token of kind {kind!r}, which this version cannot open")
+
+
+def pkcs11_token_doc(module: str, info: TokenInfo) -> dict:
+    """What a vault keeps to find a PKCS#11 token again (read by open_token)."""
+    return {"kind": "pkcs11", "module": module, "label": info.label, "serial": info.serial}
+
+
+def card_token_doc(info: TokenInfo) -> dict:
+    """What a vault keeps to find an OpenPGP card again (read by open_token)."""
+    return {"kind": "openpgp-card", "reader": info.label, "serial": info.serial}
 
 
 def key_protection(key: KeyRecord) -> str:

@@ -113,6 +113,7 @@ UNWRAPPED_KEY_TEMPLATE = {
 
 HANDLE_FORMAT_WRAPPED = "pkcs11-wrapped-v1"
 HANDLE_FORMAT_RESIDENT = "pkcs11-resident-v1"
+HANDLE_FORMATS = {KeyMode.WRAPPED: HANDLE_FORMAT_WRAPPED, KeyMode.RESIDENT: HANDLE_FORMAT_RESIDENT}
 
 KEY_ID_BYTES = 16
 RSA_KEY_BITS = 2048
@@ -637,18 +638,15 @@ class Pkcs11Token(Token):
                 # them now keeps the key's time on the token minimal.
                 private_key.destroy()
                 public_key.destroy()
-        return KeyRecord(
-            mode=KeyMode.WRAPPED,
-            key_type=key_type,
-            algorithm=ALGORITHM_FOR_KEY_TYPE[key_type],
-            spki_der=spki_der,
-            handle={
-                "format": HANDLE_FORMAT_WRAPPED,
-                "token_serial": self._serial,
+        return self._key_record(
+            KeyMode.WRAPPED,
+            key_type,
+            spki_der,
+            label,
+            {
                 "wrap_key_label": WRAP_KEY_LABEL,  # the protected key, never the legacy one
                 "wrap_mechanism": WRAP_MECHANISM.name,
                 "wrapped_key_b64": base64.b64encode(blob).decode("ascii"),
-                "key_label": label,
             },
         )
 
@@ -666,15 +664,21 @@ class Pkcs11Token(Token):
                 private_extra={Attribute.EXTRACTABLE: False},
             )
             spki_der = spec.spki_der(public_key)
+        return self._key_record(KeyMode.RESIDENT, key_type, spki_der, label, {"key_id_hex": key_id.hex()})
+
+    def _key_record(
+        self, mode: KeyMode, key_type: KeyType, spki_der: bytes, label: str, where: dict
+    ) -> KeyRecord:
+        """The record of a key made on this token; `where` finds it again (a wrapped blob or an id)."""
         return KeyRecord(
-            mode=KeyMode.RESIDENT,
+            mode=mode,
             key_type=key_type,
             algorithm=ALGORITHM_FOR_KEY_TYPE[key_type],
             spki_der=spki_der,
             handle={
-                "format": HANDLE_FORMAT_RESIDENT,
+                "format": HANDLE_FORMATS[mode],
                 "token_serial": self._serial,
-                "key_id_hex": key_id.hex(),
+                **where,
                 "key_label": label,
             },
         )
@@ -718,9 +722,8 @@ class Pkcs11Token(Token):
             return self._sign_resident(spec, key, message, pin)
 
     def _check_key_belongs_here(self, key: KeyRecord) -> None:
-        expected = {KeyMode.WRAPPED: HANDLE_FORMAT_WRAPPED, KeyMode.RESIDENT: HANDLE_FORMAT_RESIDENT}
         mode = KeyMode(key.mode)
-        if key.handle.get("format") != expected[mode]:
+        if key.handle.get("format") != HANDLE_FORMATS[mode]:
             raise KeyNotFound(f"key record is not a PKCS#11 {mode.value} key")
         needed = ("wrapped_key_b64",) if mode is KeyMode.WRAPPED else ("key_id_hex",)
         if not all(isinstance(key.handle.get(name), str) for name in needed):

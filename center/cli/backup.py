@@ -177,19 +177,25 @@ def restore_command(
         typer.Option(
             "--backup-public-key",
             envvar=PUBLIC_KEY_ENV,
-            help="Public key of the backup key (backup-signing-key.pub.pem): the archive must be signed by it",
+            help=(
+                "Public key of the backup key (backup-signing-key.pub.pem): the archive must be signed by it"
+            ),
         ),
     ] = None,
     pkcs11_module: Annotated[
         str | None,
         typer.Option(
-            help="Token module the restored center loads (default: this machine's SoftHSM; never the archive's)",
+            help=(
+                "Token module the restored center loads "
+                "(default: this machine's SoftHSM; never the archive's)"
+            ),
         ),
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     from center.ops.backup_signing import load_verifier
-    from center.ops.restore import backup_is_encrypted, restore_backup
+    from center.ops.restore import restore_backup
+    from center.ops.restore_archive import backup_is_encrypted
 
     if backup_public_key is None:
         raise BackupError(

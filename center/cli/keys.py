@@ -84,7 +84,8 @@ def bind_key_command(kid: Kid, data_dir: DataDir, as_json: JsonFlag = False) -> 
         as_json,
         view,
         lambda out: out.print(
-            f"key {kid[:16]}... {'was already' if view['repeated'] else 'is now'} bound to {view['member_id']}"
+            f"key {kid[:16]}... {'was already' if view['repeated'] else 'is now'} "
+            f"bound to {view['member_id']}"
         ),
     )
 

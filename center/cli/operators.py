@@ -32,14 +32,15 @@ DEFAULT_LISTED_READS = 100
 MAX_LISTED_STORES = 1000
 DEFAULT_LISTED_STORES = 100
 MAX_SHOWN_ID_CHARS = 40  # of a malformed id, echoed in the refusal
-OPERATOR_ID = re.compile(r"O-[0-9a-f]{16}")
+OPERATOR_ID = re.compile(r"[AO]-[0-9a-f]{16}")  # A- since 2026-12; O- made before
 STORE_ID = re.compile(r"S-[0-9a-f]{16}")
 
 
 @app.command(
     "add",
     help=(
-        "Add an operator or auditor: their token key may then sign operator requests and log in to the console."
+        "Add an operator or auditor: their token key may then sign operator requests "
+        "and log in to the console."
     ),
 )
 def operator_add(
@@ -104,7 +105,7 @@ def operator_list(data_dir: DataDir, as_json: JsonFlag = False) -> None:
 @app.command("access-log")
 def access_log(
     data_dir: DataDir,
-    operator: Annotated[str | None, typer.Option(help="Only this operator or auditor (O-...)")] = None,
+    operator: Annotated[str | None, typer.Option(help="Only this operator or auditor (A-...)")] = None,
     from_day: Annotated[
         str | None, typer.Option("--from", help="Only reads on or after this UTC day (YYYY-MM-DD)")
     ] = None,
@@ -115,12 +116,12 @@ def access_log(
 ) -> None:
     """Who read what in the operator console: operator, view, filters, rows returned (newest first)."""
     from center.console.access import list_reads
-    from center.console.inquiry import day_window
+    from center.console.bounds import day_window
 
     if operator is not None and not OPERATOR_ID.fullmatch(operator):
         raise CliError(
             f"--operator {operator[:MAX_SHOWN_ID_CHARS]!r} is not an operator id: "
-            "O- and 16 hex digits (see `center operator list`)"
+            "A- (or O- for older accounts) and 16 hex digits (see `center operator list`)"
         )
     window = api_call(lambda: day_window(from_day, None))
     with open_engine(data_dir).connect() as conn:

@@ -15,7 +15,7 @@ from dataclasses import fields
 
 from sqlalchemy import Connection, insert, select
 
-from center.console.inquiry import Page
+from center.console.bounds import Page
 from center.console.sessions import ConsoleSession
 from center.console.views import Filters
 from center.storage.db import console_reads

@@ -25,9 +25,10 @@ from center.console.clients import ClientFacts
 from center.console.sessions import new_secret, purge_sessions, secret_hash, start_session, well_formed_secret
 from center.errors import ApiError
 from center.keys.operators import OPERATOR_ROLES
+from center.pipeline.console_login import check_waiting
 from center.pipeline.service import Center
 from center.storage.db import console_challenges, keys, parties
-from paywire.messages import CONSOLE_CHALLENGE_PATTERN
+from paywire.fields import CONSOLE_CHALLENGE_PATTERN
 
 CHALLENGE_LIFETIME_MS = 120_000
 CHALLENGE_BYTES = 10  # 80 bits: 16 base32 characters
@@ -166,14 +167,7 @@ def challenge_details(center: Center, challenge: str) -> dict:
         row = conn.execute(
             select(console_challenges).where(console_challenges.c.challenge == challenge)
         ).first()
-    if row is None or row.consumed or row.approved_kid is not None:
-        raise ApiError(
-            "unknown_challenge", f"no pending console login {challenge}: start a new login in the browser"
-        )
-    if now_ms >= row.expires_at_ms:
-        raise ApiError(
-            "challenge_expired", f"console login {challenge} has expired: start a new login in the browser"
-        )
+    check_waiting(row, challenge, now_ms)
     return {
         "challenge": row.challenge,
         "client_address": row.client_address,

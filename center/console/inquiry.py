@@ -1,169 +1,57 @@
-"""Read-only inquiries for the operator console: search, statements, lists, statistics.
+"""Read-only inquiries for the operator console: search, statements, lists.
 
 Plain functions over a SQLAlchemy Connection, no HTTP (center.console.routes serves
-them; statistics are center.console.statistics). Everything is bounded: a page is at
-most MAX_PAGE_ROWS rows, a search string at most MAX_QUERY_CHARS, so no operator
-click makes the center read without limit. Lists carry what an
-operator needs to act on a row and nothing more: no birth dates, no addresses.
+them; statistics are center.console.statistics). What they may be asked for (a page, a
+time window, ids, a search text) is checked and bounded by center.console.bounds, so no
+operator click makes the center read without limit. Lists carry what an operator needs
+to act on a row and nothing more: no birth dates, no addresses. Every list has a total
+order (a unique column last), so pages never overlap or skip while nothing is added.
 
-Times are epoch milliseconds; days are UTC. Every list has a total order (a
-unique column last), so pages never overlap or skip while nothing is added.
+Long because every inquiry the console serves is here, each with its query and its row
+shape, and its callers (center.console.views, the tests) name them as inquiry.*; what
+they share (pages, windows, checks) is already apart in center.console.bounds.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import re
-from dataclasses import dataclass
+from sqlalchemy import Connection, and_, case, func, literal, or_, select
 
-from sqlalchemy import Connection, Select, and_, case, func, literal, or_, select
-from sqlalchemy.sql import ColumnElement
-
+from center.console.bounds import (
+    ALL_TIME,
+    FIRST_PAGE,
+    MAX_EXPORT_ROWS,
+    Page,
+    Window,
+    check_choice,
+    check_party_id,
+    check_search_text,
+    like_escape,
+    page_rows,
+)
 from center.errors import ApiError
 from center.ledger.book import party_account
 from center.storage.db import accounts, keys, parties, payments, payouts, refunds, topups, transfers
 
-MAX_PAGE_ROWS = 200
-DEFAULT_PAGE_ROWS = 50
-# Deep offsets cost the database a scan; past this, narrow the filters instead.
-MAX_OFFSET = 10_000
-# CSV export of one view: one query, at most this many rows (the answer says when there were more).
-MAX_EXPORT_ROWS = 10_000
-MAX_QUERY_CHARS = 100
 KIDS_PER_PARTY = 8
-DAY_MS = 86_400_000
 
 PARTY_ROLES = ("member", "store")
 TOPUP_STATUSES = ("pending", "confirmed", "declined")
 PAYOUT_STATUSES = ("pending", "exported", "settled")
-_PARTY_ID = {
-    "member": re.compile(r"M-[0-9a-f]{16}"),
-    "store": re.compile(r"S-[0-9a-f]{16}"),
-    None: re.compile(r"[MS]-[0-9a-f]{16}"),
-}
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits only (`\d` would take any script's)
-
-
-@dataclass(frozen=True)
-class Page:
-    limit: int = DEFAULT_PAGE_ROWS
-    offset: int = 0
-
-    def __post_init__(self) -> None:
-        # The export page is the one larger page; callers from outside go through Page.of.
-        assert 1 <= self.limit <= MAX_EXPORT_ROWS and 0 <= self.offset <= MAX_OFFSET, self
-
-    @classmethod
-    def of(cls, limit: int, offset: int) -> Page:
-        if not 1 <= limit <= MAX_PAGE_ROWS:
-            raise ApiError("invalid_request", f"limit must be 1..{MAX_PAGE_ROWS}")
-        if not 0 <= offset <= MAX_OFFSET:
-            raise ApiError(
-                "invalid_request", f"offset must be 0..{MAX_OFFSET}; narrow the filters to see further"
-            )
-        return cls(limit, offset)
-
-
-EXPORT_PAGE = Page(MAX_EXPORT_ROWS, 0)
-
-
-@dataclass(frozen=True)
-class Window:
-    """A time range [from_ms, to_ms); None leaves that side open."""
-
-    from_ms: int | None = None
-    to_ms: int | None = None
-
-    def __post_init__(self) -> None:
-        assert self.from_ms is None or self.to_ms is None or self.from_ms <= self.to_ms, self
-
-    def where(self, column: ColumnElement) -> list[ColumnElement]:
-        conditions = []
-        if self.from_ms is not None:
-            conditions.append(column >= self.from_ms)
-        if self.to_ms is not None:
-            conditions.append(column < self.to_ms)
-        return conditions
-
-
-def day_window(from_day: str | None, to_day: str | None) -> Window:
-    """'YYYY-MM-DD' UTC days, both inclusive, as a Window; None leaves that side open."""
-    start = _day_start_ms(from_day, "from") if from_day else None
-    end = _day_start_ms(to_day, "to") + DAY_MS if to_day else None
-    if start is not None and end is not None and start >= end:
-        raise ApiError("invalid_request", f"the day range is empty: from {from_day} is after to {to_day}")
-    return Window(start, end)
-
-
-def _day_start_ms(day: str, name: str) -> int:
-    try:
-        if not _DAY.fullmatch(day):
-            raise ValueError(day)
-        date = dt.date.fromisoformat(day)
-    except ValueError:
-        raise ApiError(
-            "invalid_request", f"{name} must be a day as YYYY-MM-DD (UTC), not {day[:20]!r}"
-        ) from None
-    return day_number_ms(date.toordinal() - dt.date(1970, 1, 1).toordinal())
-
-
-def day_number_ms(day_number: int) -> int:
-    return day_number * DAY_MS
-
-
-def day_label(day_number: int) -> str:
-    return (dt.date(1970, 1, 1) + dt.timedelta(days=day_number)).isoformat()
-
-
-def check_party_id(party_id: str | None, role: str | None, name: str) -> str | None:
-    if party_id is None:
-        return None
-    if not _PARTY_ID[role].fullmatch(party_id):
-        expected = {"member": "M-", "store": "S-", None: "M- or S-"}[role]
-        raise ApiError(
-            "invalid_request", f"{name} must be a {role or 'party'} id ({expected} and 16 hex digits)"
-        )
-    return party_id
-
-
-def _check_choice(value: str | None, choices: tuple[str, ...], name: str) -> str | None:
-    if value is not None and value not in choices:
-        raise ApiError("invalid_request", f"{name} must be one of {', '.join(choices)}")
-    return value
-
-
-def _rows(conn: Connection, query: Select, page: Page, shape) -> dict:
-    # One row more than asked says whether there is a next page without counting the table.
-    found = conn.execute(query.limit(page.limit + 1).offset(page.offset)).all()
-    return {
-        "rows": [shape(row) for row in found[: page.limit]],
-        "limit": page.limit,
-        "offset": page.offset,
-        "has_more": len(found) > page.limit,
-    }
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 # --- parties ----------------------------------------------------------------------
 
 
-def search_parties(conn: Connection, text: str, *, role: str | None = None, page: Page = Page()) -> dict:
+def search_parties(conn: Connection, text: str, *, role: str | None = None, page: Page = FIRST_PAGE) -> dict:
     """Members and stores whose id or one of whose key ids starts with `text`, or whose name contains it.
 
     Case-insensitive (SQLite folds ASCII letters only). An empty `text` lists everyone, by name.
     """
-    text = text.strip()
-    if len(text) > MAX_QUERY_CHARS:
-        raise ApiError("invalid_request", f"search text is limited to {MAX_QUERY_CHARS} characters")
-    if not text.isprintable():  # no name holds control characters, and PostgreSQL refuses NUL outright
-        raise ApiError("invalid_request", "search text must be printable characters")
-    _check_choice(role, PARTY_ROLES, "role")
+    text = check_search_text(text)
+    check_choice(role, PARTY_ROLES, "role")
     conditions = [parties.c.role.in_([role] if role else PARTY_ROLES)]
     if text:
-        folded = _like_escape(text.lower())
+        folded = like_escape(text.lower())
         conditions.append(
             or_(
                 func.lower(parties.c.id).like(folded + "%", escape="\\"),
@@ -184,7 +72,7 @@ def search_parties(conn: Connection, text: str, *, role: str | None = None, page
         .where(*conditions)
         .order_by(parties.c.name, parties.c.id)
     )
-    result = _rows(
+    result = page_rows(
         conn,
         query,
         page,
@@ -251,7 +139,7 @@ def party_summary(conn: Connection, party_id: str) -> dict:
 # --- statement --------------------------------------------------------------------
 
 
-def statement(conn: Connection, party_id: str, *, window: Window = Window(), page: Page = Page()) -> dict:
+def statement(conn: Connection, party_id: str, *, window: Window = ALL_TIME, page: Page = FIRST_PAGE) -> dict:
     """The transfers on a party's account in `window`, oldest first, each with the balance after it.
 
     The balance before the page's first row (`opening_balance_minor`) is summed
@@ -347,22 +235,28 @@ buyers = parties.alias("buyer")
 stores = parties.alias("store")
 
 
+def _payment_parties(created_at_ms, store_id: str | None, buyer_id: str | None, window: Window) -> list:
+    """The filters payments and refunds share: the payment's store and buyer, and the time window."""
+    check_party_id(store_id, "store", "store_id")
+    check_party_id(buyer_id, "member", "buyer_id")
+    conditions = window.where(created_at_ms)
+    if store_id:
+        conditions.append(payments.c.store_id == store_id)
+    if buyer_id:
+        conditions.append(payments.c.buyer_id == buyer_id)
+    return conditions
+
+
 def list_payments(
     conn: Connection,
     *,
     store_id: str | None = None,
     buyer_id: str | None = None,
-    window: Window = Window(),
-    page: Page = Page(),
+    window: Window = ALL_TIME,
+    page: Page = FIRST_PAGE,
 ) -> dict:
     """Payments, newest first."""
-    check_party_id(store_id, "store", "store_id")
-    check_party_id(buyer_id, "member", "buyer_id")
-    conditions = window.where(payments.c.created_at_ms)
-    if store_id:
-        conditions.append(payments.c.store_id == store_id)
-    if buyer_id:
-        conditions.append(payments.c.buyer_id == buyer_id)
+    conditions = _payment_parties(payments.c.created_at_ms, store_id, buyer_id, window)
     query = (
         select(payments, buyers.c.name.label("buyer_name"), stores.c.name.label("store_name"))
         .join(buyers, buyers.c.id == payments.c.buyer_id)
@@ -370,7 +264,7 @@ def list_payments(
         .where(*conditions)
         .order_by(payments.c.seq.desc())
     )
-    return _rows(
+    return page_rows(
         conn,
         query,
         page,
@@ -393,11 +287,11 @@ def list_topups(
     *,
     status: str | None = None,
     member_id: str | None = None,
-    window: Window = Window(),
-    page: Page = Page(),
+    window: Window = ALL_TIME,
+    page: Page = FIRST_PAGE,
 ) -> dict:
     """Top-ups: pending ones first, oldest first (the queue to work through), then the rest newest first."""
-    _check_choice(status, TOPUP_STATUSES, "status")
+    check_choice(status, TOPUP_STATUSES, "status")
     check_party_id(member_id, "member", "member_id")
     conditions = window.where(topups.c.created_at_ms)
     if status:
@@ -410,7 +304,7 @@ def list_topups(
         .where(*conditions)
         .order_by(*_topup_order(status))
     )
-    return _rows(
+    return page_rows(
         conn,
         query,
         page,
@@ -448,17 +342,11 @@ def list_refunds(
     *,
     store_id: str | None = None,
     buyer_id: str | None = None,
-    window: Window = Window(),
-    page: Page = Page(),
+    window: Window = ALL_TIME,
+    page: Page = FIRST_PAGE,
 ) -> dict:
     """Refunds, newest first, with the payment they return money from."""
-    check_party_id(store_id, "store", "store_id")
-    check_party_id(buyer_id, "member", "buyer_id")
-    conditions = window.where(refunds.c.created_at_ms)
-    if store_id:
-        conditions.append(payments.c.store_id == store_id)
-    if buyer_id:
-        conditions.append(payments.c.buyer_id == buyer_id)
+    conditions = _payment_parties(refunds.c.created_at_ms, store_id, buyer_id, window)
     query = (
         select(
             refunds,
@@ -474,7 +362,7 @@ def list_refunds(
         .where(*conditions)
         .order_by(refunds.c.created_at_ms.desc(), refunds.c.id.desc())
     )
-    return _rows(
+    return page_rows(
         conn,
         query,
         page,
@@ -497,12 +385,12 @@ def list_payouts(
     *,
     store_id: str | None = None,
     status: str | None = None,
-    window: Window = Window(),
-    page: Page = Page(),
+    window: Window = ALL_TIME,
+    page: Page = FIRST_PAGE,
 ) -> dict:
     """Payouts, newest first, with the bank account each goes to."""
     check_party_id(store_id, "store", "store_id")
-    _check_choice(status, PAYOUT_STATUSES, "status")
+    check_choice(status, PAYOUT_STATUSES, "status")
     conditions = window.where(payouts.c.created_at_ms)
     if store_id:
         conditions.append(payouts.c.store_id == store_id)
@@ -514,7 +402,7 @@ def list_payouts(
         .where(*conditions)
         .order_by(payouts.c.created_at_ms.desc(), payouts.c.id.desc())
     )
-    return _rows(
+    return page_rows(
         conn,
         query,
         page,

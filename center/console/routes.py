@@ -27,7 +27,7 @@ from fastapi.responses import Response
 from sqlalchemy import Connection, Engine, select
 
 from center.console.access import record_read
-from center.console.inquiry import EXPORT_PAGE, MAX_OFFSET, MAX_PAGE_ROWS, MAX_QUERY_CHARS, Page, day_window
+from center.console.bounds import EXPORT_PAGE, MAX_OFFSET, MAX_PAGE_ROWS, MAX_QUERY_CHARS, Page, day_window
 from center.console.sessions import ConsoleSession, console_session
 from center.console.statistics import (
     DEFAULT_STAT_DAYS,

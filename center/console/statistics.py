@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, func, select
 
-from center.console.inquiry import DAY_MS, day_label, day_number_ms
+from center.console.bounds import DAY_MS, day_label, day_number_ms
 from center.errors import ApiError
 from center.storage.db import parties, payments, topups
-from paywire.messages import FUNDING_METHODS
+from paywire.fields import FUNDING_METHODS
 
 MAX_STAT_DAYS = 366
 DEFAULT_STAT_DAYS = 30

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from center.console import inquiry, statistics
-from center.console.inquiry import Page, Window
+from center.console.bounds import MAX_EXPORT_ROWS, Page, Window
 from center.errors import ApiError
 
 
@@ -187,7 +187,7 @@ def csv_cell(column: str, value) -> str:
 
 
 def to_csv(columns: tuple[str, ...], rows: list[dict]) -> str:
-    assert len(rows) <= inquiry.MAX_EXPORT_ROWS
+    assert len(rows) <= MAX_EXPORT_ROWS
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180
     writer.writerow([csv_header(column) for column in columns])

@@ -12,7 +12,7 @@ from center.errors import ApiError
 from center.ledger import audit
 from center.storage.db import keys, parties, recovery_keys
 from paywire import recovery
-from paywire.messages import PARTY_ID_PATTERN
+from paywire.fields import PARTY_ID_PATTERN
 
 ACCOUNT_ROLES = ("member", "store")
 

@@ -73,7 +73,7 @@ def bind_key_in(conn: Connection, kid: str, *, decided_by: str, now_ms: int) -> 
 def reject_key_in(conn: Connection, kid: str, *, reason: str, decided_by: str, now_ms: int) -> dict:
     if not reason.strip() or len(reason) > MAX_REASON_CHARS:
         raise ApiError("invalid_request", f"the reason must be 1 to {MAX_REASON_CHARS} characters")
-    key, claim = _locked_claim(conn, kid)
+    key, _claim = _locked_claim(conn, kid)  # called for its check that the key asked to be bound
     view = {
         "action": "key_rejected",
         "kid": kid,

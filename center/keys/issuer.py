@@ -40,7 +40,7 @@ from paywire.algorithms import (
     load_public_key,
 )
 from paywire.errors import WireError
-from paywire.messages import MAX_KEY_CERT_BYTES
+from paywire.fields import MAX_KEY_CERT_BYTES
 
 MAX_CA_DAYS = 3650  # an issuer CA lives at most ten years
 DEFAULT_CA_DAYS = 3650

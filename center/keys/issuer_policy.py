@@ -32,8 +32,8 @@ from cryptography import x509
 from center.errors import ApiError
 from center.keys import issuer
 from center.storage.config import CenterConfig
+from paywire.bodies import check_key_cert_field
 from paywire.errors import WireError
-from paywire.messages import check_key_cert_field
 
 ANY = "any"
 ISSUER_CERTIFIED = "issuer_certified"
@@ -61,7 +61,7 @@ NO_POLICY = IssuerPolicy()
 
 
 def enrollment_key_cert(body: dict) -> bytes | None:
-    """The DER certificate an enroll body carries (paywire.messages checked its form), or None."""
+    """The DER certificate an enroll body carries (paywire.bodies checked its form), or None."""
     if "key_cert" not in body:
         return None
     try:

@@ -63,6 +63,24 @@ INACTIVE_KEY_REFUSALS = {
 REPLAYABLE_STATUSES = ("rotated", "revoked")
 
 
+def add_key(
+    conn: Connection, header: Header, party_id: str, algorithm: str, spki_der: bytes, status: str, now_ms: int
+) -> None:
+    """A new key row (enrollment, rebinding, rotation): the counter of the message that brought the key
+    (its registration or proof of possession) is its first, so the next one must be higher."""
+    conn.execute(
+        insert(keys).values(
+            kid=header.kid,
+            party_id=party_id,
+            algorithm=algorithm,
+            spki=spki_der,
+            status=status,
+            last_ctr=header.ctr,
+            created_at_ms=now_ms,
+        )
+    )
+
+
 def inactive_key_error(status: str | None) -> ApiError:
     assert status != "active", "an active key is not refused for its status"
     if status is None:
@@ -93,17 +111,7 @@ def enroll_rebind(conn: Connection, header: Header, body: dict, spki_der: bytes,
         _require_room_for_unproven_claim(conn, party_id)
     else:
         _supersede_pending_claims(conn, party_id, now_ms)
-    conn.execute(
-        insert(keys).values(
-            kid=header.kid,
-            party_id=party_id,
-            algorithm=body["alg"],
-            spki=spki_der,
-            status="pending_bind",
-            last_ctr=header.ctr,
-            created_at_ms=now_ms,
-        )
-    )
+    add_key(conn, header, party_id, body["alg"], spki_der, "pending_bind", now_ms)
     conn.execute(
         insert(key_claims).values(
             kid=header.kid,

@@ -21,7 +21,9 @@ from paywire.algorithms import ED25519, ES256, RS256, RSA_MAX_BITS, RSA_MIN_BITS
 from paywire.errors import WireError
 
 OPERATOR_ROLES = ("operator", "auditor")
-OPERATOR_ID_PREFIX = "O"  # the one kind of id starting O- (payouts were O- too; now W-)
+# Operators and auditors: A- since payouts and operators both had O- (operators made before keep
+# their O- ids; only the center parses them). Payouts keep O-: store wallets check that form.
+OPERATOR_ID_PREFIX = "A"
 MAX_PEM_BYTES = 16 * 1024
 MAX_NAME_CHARS = 200
 MAX_LISTED = 1000

@@ -66,7 +66,8 @@ def record_store_name(conn: Connection, store_id: str, name: str, now_ms: int) -
 
 
 def name_flag(conn: Connection, store_id: str) -> dict:
-    """What a buyer's wallet is told beside the name: flagged (and like which store) until an operator clears it."""
+    """What a buyer's wallet is told beside the name: flagged (and like which store)
+    until an operator clears it."""
     row = conn.execute(
         select(store_names.c.flag, store_names.c.resembles).where(store_names.c.store_id == store_id)
     ).first()

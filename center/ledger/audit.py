@@ -148,18 +148,23 @@ def append_envelope(
 
 
 def chain_hash(prev_hash: str, row: dict) -> str:
-    fields = {
+    fields = entry_fields(row, json.loads(row["action"]))
+    return hashlib.sha256(bytes.fromhex(prev_hash) + jcs_bytes(fields)).hexdigest()
+
+
+def entry_fields(row, action: object) -> dict:
+    """What an entry's hash covers, as JSON: the same fields in the chain and in an export."""
+    return {
         "seq": row["seq"],
         "created_at_ms": row["created_at_ms"],
         "kid": row["kid"],
         "alg": row["alg"],
         "msg_type": row["msg_type"],
         "msg_id": row["msg_id"],
-        "payload": b64url_encode(row["payload"]),
-        "signature": b64url_encode(row["signature"]),
-        "action": json.loads(row["action"]),
+        "payload": b64url_encode(bytes(row["payload"])),
+        "signature": b64url_encode(bytes(row["signature"])),
+        "action": action,
     }
-    return hashlib.sha256(bytes.fromhex(prev_hash) + jcs_bytes(fields)).hexdigest()
 
 
 def verify_chain(conn: Connection, *, batch_rows: int = 1000) -> tuple[int, AuditProblem | None]:

@@ -30,6 +30,7 @@ from typing import BinaryIO
 from sqlalchemy import Engine, select
 
 from center.errors import ApiError
+from center.ledger.audit import entry_fields
 from center.storage.db import audit_head, audit_log, keys
 from hostkit.private_files import fsync_directory, link_new_name, new_file_stream
 from paywire.center_cert import read_center_certificate
@@ -182,19 +183,7 @@ def _entry_json(row) -> dict:
             "audit_corrupt",
             f"audit entry {row['seq']}: the recorded action is not JSON; run `center audit verify`",
         ) from None
-    return {
-        "seq": row["seq"],
-        "created_at_ms": row["created_at_ms"],
-        "kid": row["kid"],
-        "alg": row["alg"],
-        "msg_type": row["msg_type"],
-        "msg_id": row["msg_id"],
-        "payload": b64url_encode(bytes(row["payload"])),
-        "signature": b64url_encode(bytes(row["signature"])),
-        "action": action,
-        "prev_hash": row["prev_hash"],
-        "entry_hash": row["entry_hash"],
-    }
+    return entry_fields(row, action) | {"prev_hash": row["prev_hash"], "entry_hash": row["entry_hash"]}
 
 
 def _publish_without_overwrite(tmp: Path, path: Path) -> None:

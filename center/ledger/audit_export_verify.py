@@ -11,7 +11,8 @@ are counted as unsigned. What it cannot prove on its own: that nothing was cut
 off the end or rewritten consistently by whoever wrote the file; compare the
 head hash with one obtained independently (for example at an earlier export).
 
-Memory: the verifier holds one line (at most MAX_LINE_BYTES) plus the enrolled keys.
+Memory: the verifier holds one line (at most MAX_LINE_BYTES, read by center.ledger.json_lines)
+plus the enrolled keys.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from center.ledger.audit import GENESIS_HASH, UNSIGNED_ALGS, chain_hash
 from center.ledger.audit_export import FORMAT_NAME, FORMAT_VERSION
+from center.ledger.json_lines import JsonLines
 from paywire.algorithms import (
     ALGORITHMS,
     MAX_SIGNATURE_BYTES,
@@ -133,7 +134,10 @@ def verify_export(path: Path) -> dict:
     try:
         _check_file_size(Path(path))
         with open(path, "rb") as handle:
-            _verify_lines(_Lines(handle), report)
+            _verify_lines(
+                JsonLines(handle, max_line_bytes=MAX_LINE_BYTES, max_total_bytes=MAX_EXPORT_FILE_BYTES),
+                report,
+            )
     except _Bad as bad:
         report.first_bad_seq, report.problem = bad.seq, bad.reason
     except OSError as error:
@@ -153,63 +157,7 @@ def _check_file_size(path: Path) -> None:
         )
 
 
-class _Lines:
-    """The file's lines, each parsed on its own; `number` is the line last read.
-
-    Never more than MAX_LINE_BYTES + 1 bytes are read into one line, and no
-    more than MAX_EXPORT_FILE_BYTES in all (the file may grow after the size check).
-    """
-
-    def __init__(self, handle: BinaryIO):
-        self._handle = handle
-        self._read_bytes = 0
-        self.number = 0
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> object:
-        line = self._handle.readline(MAX_LINE_BYTES + 1)
-        if not line:
-            raise StopIteration
-        self.number += 1
-        self._read_bytes += len(line)
-        if self._read_bytes > MAX_EXPORT_FILE_BYTES:
-            raise ValueError(f"file is longer than {MAX_EXPORT_FILE_BYTES} bytes")
-        if not line.endswith(b"\n"):
-            raise ValueError(
-                f"line is longer than {MAX_LINE_BYTES} bytes"
-                if len(line) > MAX_LINE_BYTES
-                else "last line is cut off (no final newline)"
-            )
-        return _parse_line(line[:-1])
-
-
-def _parse_line(line: bytes) -> object:
-    """One line, newline removed, as JSON: NaN, Infinity and repeated member names refused."""
-    if not line.strip():
-        raise ValueError("blank line")
-    try:
-        return json.loads(
-            line.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeated_names
-        )
-    except json.JSONDecodeError as error:
-        raise ValueError(f"not JSON: {error.msg} at column {error.colno}") from None
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _refuse_repeated_names(pairs: list[tuple[str, object]]) -> dict:
-    # A repeated name could mean one thing here and another to the next reader.
-    record = dict(pairs)
-    if len(record) != len(pairs):
-        raise ValueError("a member name is repeated within one object")
-    return record
-
-
-def _verify_lines(lines: _Lines, report: _Report) -> None:
+def _verify_lines(lines: JsonLines, report: _Report) -> None:
     header = _read_header(lines)
     report.center_id, report.head_entry_hash = header.center_id, header.head_hash
     chain = _Chain()
@@ -227,7 +175,7 @@ def _verify_lines(lines: _Lines, report: _Report) -> None:
     _check_head(chain, header)
 
 
-def _read_header(lines: _Lines) -> _Header:
+def _read_header(lines: JsonLines) -> _Header:
     try:
         record = next(lines, None)
         if record is None:

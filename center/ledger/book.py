@@ -40,7 +40,7 @@ def funding_account(method: str) -> str:
 PAYMENT_ID_PREFIX = "P"
 TOPUP_ID_PREFIX = "U"
 REFUND_ID_PREFIX = "R"
-PAYOUT_ID_PREFIX = "W"  # the store's balance withdrawn to its bank
+PAYOUT_ID_PREFIX = "O"  # as always: store wallets in the field check payout ids as O-
 PAYOUT_BATCH_ID_PREFIX = "B"
 SETTLEMENT_ID_PREFIX = "C"  # the audit reference of a settle run: the bank cleared the payouts
 TRANSFER_ID_PREFIX = "T"
@@ -110,20 +110,22 @@ def move(
             debit_balance_minor = _debit(conn, debit, amount_minor)
         else:
             _credit(conn, credit, amount_minor)
-    conn.execute(
-        _INSERT_TRANSFER,
-        {
-            "id": new_id(TRANSFER_ID_PREFIX),
-            "debit_account": debit,
-            "credit_account": credit,
-            "amount_minor": amount_minor,
-            "kind": kind,
-            "ref": ref,
-            "created_at_ms": now_ms,
-        },
-    )
+    conn.execute(_INSERT_TRANSFER, transfer_row(debit, credit, amount_minor, kind, ref, now_ms))
     assert debit_balance_minor is not None
     return debit_balance_minor
+
+
+def transfer_row(debit: str, credit: str, amount_minor: int, kind: str, ref: str, now_ms: int) -> dict:
+    """One ledger transfer as stored: the single path (move) and the batch's Book write the same row."""
+    return {
+        "id": new_id(TRANSFER_ID_PREFIX),
+        "debit_account": debit,
+        "credit_account": credit,
+        "amount_minor": amount_minor,
+        "kind": kind,
+        "ref": ref,
+        "created_at_ms": now_ms,
+    }
 
 
 def _debit(conn: Connection, account_id: str, amount_minor: int) -> int:
@@ -191,17 +193,7 @@ class Book:
         self._balance[debit] = debit_after
         self._balance[credit] += amount_minor
         self._changed.update((debit, credit))
-        self.transfers.append(
-            {
-                "id": new_id(TRANSFER_ID_PREFIX),
-                "debit_account": debit,
-                "credit_account": credit,
-                "amount_minor": amount_minor,
-                "kind": kind,
-                "ref": ref,
-                "created_at_ms": now_ms,
-            }
-        )
+        self.transfers.append(transfer_row(debit, credit, amount_minor, kind, ref, now_ms))
         return debit_after
 
     def has(self, account_id: str) -> bool:

@@ -1,7 +1,7 @@
 """Paying stores out: ISO 20022 pain.001 files for the bank, then settlement.
 
 A payout's life: a store's signed claim moves its whole balance to
-`payouts:pending` and inserts a 'pending' payouts row (center.pipeline.handlers.payout).
+`payouts:pending` and inserts a 'pending' payouts row (center.pipeline.money.payout).
 `export_payouts` puts up to MAX_PAYOUTS_PER_FILE pending payouts into one batch,
 writes them as a pain.001.001.09 CustomerCreditTransferInitiation file and
 marks them 'exported'; the operator hands the file to the bank. When the bank

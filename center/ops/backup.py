@@ -28,6 +28,7 @@ from pathlib import Path
 from center.ops import backup_db
 from center.ops.backup_crypto import EncryptingWriter
 from center.ops.backup_format import (
+    COPY_BLOCK_BYTES,
     DATA_PREFIX,
     DATABASE_MEMBERS,
     GZIP_LEVEL,
@@ -45,7 +46,6 @@ from center.ops.metrics import METRICS_DIR_NAME
 from center.storage.config import CenterConfig
 from hostkit.private_files import fsync_directory, link_new_name, new_file_stream
 
-COPY_BLOCK_BYTES = 1024 * 1024
 FILE_MODE = 0o600
 SECRETS_WARNING = (
     "this backup holds the center's token PIN, its token and its TLS private key: keep it as "
@@ -62,7 +62,9 @@ class DataFile:
 def create_backup(
     data_dir: Path, file: Path, *, password: str | None, signing_key: Path, signing_secret: str
 ) -> dict:
-    """Write the backup archive FILE for the center in data_dir, signed with signing_key; returns a summary."""
+    """Write the backup archive FILE for the center in data_dir, signed with signing_key.
+
+    Returns a summary."""
     config = CenterConfig.load(data_dir)
     file = Path(os.path.abspath(file))
     _check_destination(file, config.data_dir)

@@ -109,7 +109,8 @@ def pg_is_empty(db_url: str) -> bool:
             objects = conn.execute(
                 text(
                     "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                    "        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%')"
+                    "        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')"
+                    "        AND n.nspname NOT LIKE 'pg_toast%')"
                     " + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
                     "        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))"
                 )

@@ -33,6 +33,8 @@ DATABASE_MEMBERS = {"sqlite": "database/center.db", "postgresql": "database/cent
 GZIP_LEVEL = 6
 # What gzip.GzipFile writes with mtime=0, no file name and level 6.
 GZIP_HEADER = bytes.fromhex("1f8b08000000000000ff")
+# Files are copied into and out of the archive in blocks of this size.
+COPY_BLOCK_BYTES = 1024 * 1024
 
 MAX_MEMBERS = 10_000
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024

@@ -12,7 +12,7 @@ Why it is cheap: the statements do not grow with the batch. One transaction
 2. reads, locking in one global order (keys, then accounts, each sorted; the audit head last,
    as a single request does), the key rows, the earlier answers, the payees and the accounts;
 3. books each payment in memory, in order, with the same rules as the single path
-   (center.pipeline.handlers.check_payment, center.ledger.book.Book: same checks, same refusals;
+   (center.pipeline.money.check_payment, center.ledger.book.Book: same checks, same refusals;
    the counter window, earlier answers and conflicts by center.pipeline.rules);
 4. writes everything back with one statement per table (executemany: pipelined on
    PostgreSQL), appends the audit entries at once, signs the receipts, stores the answers
@@ -38,7 +38,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from center.errors import ApiError
 from center.keys.lifecycle import inactive_key_error
 from center.ledger import book as ledger
-from center.pipeline import handlers, rules
+from center.pipeline import money, rules
 from center.pipeline.accept import accept_verified
 from center.pipeline.rules import error_answer
 from center.pipeline.types import CenterContext, Outcome, Verified
@@ -175,7 +175,7 @@ def _answer_together(center: CenterContext, conn: Connection, items: list[_Item]
     counters.write(conn)
     book.write(conn)
     if payments:
-        handlers.insert_payments(conn, payments)
+        money.insert_payments(conn, payments)
     accepted = [item for item in items if item.outcome is not None]
     if accepted:
         handled = [rules.Handled(i.request.envelope, i.request.header, i.outcome, i.now_ms) for i in accepted]
@@ -219,7 +219,7 @@ def _book_one(
     item.now_ms = center.clock_ms()
     store = stores.get(body["payee"])
     try:
-        handlers.check_payment(center, signer, body, store)
+        money.check_payment(center, signer, body, store)
         payment_id = ledger.new_id("P")
         balance_minor = book.move(
             debit=ledger.party_account(signer.party_id),
@@ -235,8 +235,8 @@ def _book_one(
         item.refusal = rules.signed_refusal(center, header, item.request.envelope, refusal)
         item.answer = error_answer(item.refusal)
         return
-    payments.append(handlers.payment_row(payment_id, signer, store, body, item.now_ms))
-    item.outcome = handlers.paid(center, payment_id, store, body, balance_minor)
+    payments.append(money.payment_row(payment_id, signer, store, body, item.now_ms))
+    item.outcome = money.paid(center, payment_id, store, body, balance_minor)
 
 
 class _Counters:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, select, update
 
-from center.errors import Refusal
+from center.errors import ApiError, Refusal
 from center.pipeline.operator_actions import require_operator_key
 from center.pipeline.types import CenterContext, Outcome, Signer
 from center.storage.db import console_challenges
-from paywire.messages import Header, console_client_sha256
+from paywire.bodies import console_client_sha256
+from paywire.messages import Header
 
 
 def recorded_client_sha256(row) -> str:
@@ -62,12 +63,20 @@ def _pending_challenge(conn: Connection, challenge: str, now_ms: int):
     row = conn.execute(
         select(console_challenges).where(console_challenges.c.challenge == challenge).with_for_update()
     ).first()
+    check_waiting(row, challenge, now_ms)
+    return row
+
+
+def check_waiting(row, challenge: str, now_ms: int) -> None:
+    """Refuse a challenge `row` that no longer waits for an approval: one rule for the signed approval
+    here and for what the console shows the operator's wallet before it signs. An ApiError, not a
+    Refusal, since the console's read is not a signed request; inside the signed approval it is final
+    all the same (ApiError.final), so it is signed and recorded like a Refusal."""
     if row is None or row.consumed or row.approved_kid is not None:
-        raise Refusal(
+        raise ApiError(
             "unknown_challenge", f"no pending console login {challenge}: start a new login in the browser"
         )
     if now_ms >= row.expires_at_ms:
-        raise Refusal(
+        raise ApiError(
             "challenge_expired", f"console login {challenge} has expired: start a new login in the browser"
         )
-    return row

@@ -5,13 +5,17 @@ Each handler gets the verified header and body and returns an Outcome: the
 and `extras` sent beside the receipt (the store's notices, each signed on its
 own). Handlers raise Refusal for rule violations; the transaction then rolls
 back and nothing is changed.
+
+Here: enroll, a store's notices, balance, and HANDLERS, the one table of handlers by type.
+The money handlers are in center.pipeline.money; larger types have a module each
+(operator_actions, console_login, rotation, account_info).
 """
 
 from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, insert, select
 
 from center.errors import ApiError, Refusal
 from center.keys import lifecycle as key_lifecycle
@@ -20,6 +24,7 @@ from center.keys.operators import OPERATOR_ROLES
 from center.ledger import book as ledger
 from center.pipeline.account_info import account_info
 from center.pipeline.console_login import approve as approve_console_login
+from center.pipeline.money import pay, payout, refund, require_role, topup
 from center.pipeline.operator_actions import perform as perform_operator_action
 from center.pipeline.rotation import rotate_handler
 from center.pipeline.types import CenterContext, Handler, Outcome, Signer
@@ -43,11 +48,6 @@ from paywire.messages import (
 )
 
 RECENT_EVENTS = 20
-# Built once: the payment path runs these on every request (see center/ledger/book.py).
-_ACTIVE_STORE = select(parties.c.id, parties.c.name, parties.c.status).where(
-    parties.c.id == bindparam("p_id"), parties.c.role == "store"
-)
-_INSERT_PAYMENT = insert(payments)
 NOTICE_LIFETIME_S = 30 * 24 * 3600
 
 
@@ -79,17 +79,7 @@ def enroll(conn: Connection, header: Header, body: dict, spki_der: bytes, now_ms
             created_at_ms=now_ms,
         )
     )
-    conn.execute(
-        insert(keys).values(
-            kid=header.kid,
-            party_id=party_id,
-            algorithm=body["alg"],
-            spki=spki_der,
-            status="active",
-            last_ctr=header.ctr,
-            created_at_ms=now_ms,
-        )
-    )
+    key_lifecycle.add_key(conn, header, party_id, body["alg"], spki_der, "active", now_ms)
     ledger.open_party_account(conn, party_id, role, now_ms)
     result = {
         "action": "enrolled",
@@ -106,203 +96,10 @@ def enroll(conn: Connection, header: Header, body: dict, spki_der: bytes, now_ms
     return Outcome(result)
 
 
-def topup(
-    center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict, now_ms: int
-) -> Outcome:
-    _require_role(signer, "member", "top up")
-    _require_currency(center, body)
-    topup_id = ledger.new_id("U")
-    conn.execute(
-        insert(topups).values(
-            id=topup_id,
-            member_id=signer.party_id,
-            amount_minor=body["amount_minor"],
-            method=body["method"],
-            status="pending",
-            created_at_ms=now_ms,
-        )
-    )
-    return Outcome(
-        {
-            "action": "topup_requested",
-            "topup_id": topup_id,
-            "status": "pending",
-            "amount_minor": body["amount_minor"],
-            "currency": center.currency,
-            "method": body["method"],
-        }
-    )
-
-
-def pay(
-    center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict, now_ms: int
-) -> Outcome:
-    store = conn.execute(_ACTIVE_STORE, {"p_id": body["payee"]}).first()
-    check_payment(center, signer, body, store)
-    payment_id = ledger.new_id("P")
-    amount = body["amount_minor"]
-    balance = ledger.move(
-        conn,
-        debit=ledger.party_account(signer.party_id),
-        credit=ledger.party_account(store.id),
-        amount_minor=amount,
-        kind="payment",
-        ref=payment_id,
-        now_ms=now_ms,
-    )
-    conn.execute(_INSERT_PAYMENT, payment_row(payment_id, signer, store, body, now_ms))
-    return paid(center, payment_id, store, body, balance)
-
-
-# The payment's rules and rows, shared with the batch path (center.pipeline.batch), which books many
-# payments in memory between one read and one write of the rows they touch.
-
-
-def check_payment(center: CenterContext, signer: Signer, body: dict, store) -> None:
-    """Refuse by the rules, before any write; `store` is the payee's row (id, name, status) or None."""
-    _require_role(signer, "member", "pay")
-    _require_currency(center, body)
-    if store is None or store.status != "active":
-        raise Refusal("unknown_payee", f"no active store {body['payee']} at this center")
-    if store.name != body["payee_name"]:
-        # The buyer confirmed this name on their screen: it must be the store's.
-        raise Refusal(
-            "payee_name_mismatch",
-            f"store {store.id} is registered as {store.name!r}, not {body['payee_name']!r}",
-        )
-
-
-def payment_row(payment_id: str, signer: Signer, store, body: dict, now_ms: int) -> dict:
-    return {
-        "id": payment_id,
-        "buyer_id": signer.party_id,
-        "store_id": store.id,
-        "amount_minor": body["amount_minor"],
-        "refunded_minor": 0,
-        "order_ref": body["order_ref"],
-        "created_at_ms": now_ms,
-    }
-
-
-def insert_payments(conn: Connection, rows: list[dict]) -> None:
-    conn.execute(_INSERT_PAYMENT, rows)
-
-
-def paid(center: CenterContext, payment_id: str, store, body: dict, balance_minor: int) -> Outcome:
-    return Outcome(
-        {
-            "action": "paid",
-            "payment_id": payment_id,
-            "store_id": store.id,
-            "store_name": store.name,
-            "amount_minor": body["amount_minor"],
-            "currency": center.currency,
-            "order_ref": body["order_ref"],
-            "balance_minor": balance_minor,
-        }
-    )
-
-
-def refund(
-    center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict, now_ms: int
-) -> Outcome:
-    _require_role(signer, "store", "refund")
-    _require_currency(center, body)
-    payment = conn.execute(select(payments).where(payments.c.id == body["payment_id"])).first()
-    if payment is None:
-        raise Refusal("unknown_payment", f"no payment {body['payment_id']}")
-    if payment.store_id != signer.party_id:
-        raise Refusal("not_your_payment", "only the store that was paid can refund a payment")
-    remaining = payment.amount_minor - payment.refunded_minor
-    amount = body["amount_minor"] if body["amount_minor"] is not None else remaining
-    if amount <= 0 or amount > remaining:
-        raise Refusal(
-            "refund_exceeds_payment", f"at most {remaining} minor units of this payment can still be refunded"
-        )
-    # Conditional: two refunds racing cannot together exceed the payment.
-    claimed = conn.execute(
-        update(payments)
-        .where(payments.c.id == payment.id, payments.c.refunded_minor + amount <= payments.c.amount_minor)
-        .values(refunded_minor=payments.c.refunded_minor + amount)
-    )
-    if claimed.rowcount != 1:
-        raise Refusal("refund_exceeds_payment", "the payment has meanwhile been refunded")
-    refund_id = ledger.new_id("R")
-    ledger.move(
-        conn,
-        debit=ledger.party_account(signer.party_id),
-        credit=ledger.party_account(payment.buyer_id),
-        amount_minor=amount,
-        kind="refund",
-        ref=refund_id,
-        now_ms=now_ms,
-    )
-    conn.execute(
-        insert(refunds).values(id=refund_id, payment_id=payment.id, amount_minor=amount, created_at_ms=now_ms)
-    )
-    return Outcome(
-        {
-            "action": "refunded",
-            "refund_id": refund_id,
-            "payment_id": payment.id,
-            "buyer_id": payment.buyer_id,
-            "amount_minor": amount,
-            "currency": center.currency,
-            "refunded_minor": payment.refunded_minor + amount,
-            "balance_minor": ledger.balance_of(conn, ledger.party_account(signer.party_id)),
-        }
-    )
-
-
-def payout(
-    center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict, now_ms: int
-) -> Outcome:
-    _require_role(signer, "store", "claim a payout")
-    _require_currency(center, body)
-    account = ledger.party_account(signer.party_id)
-    amount = ledger.balance_of(conn, account)
-    if amount <= 0:
-        raise Refusal("nothing_to_pay_out", "the store balance is zero; there is nothing to pay out")
-    bank_account = conn.execute(
-        select(parties.c.bank_account).where(parties.c.id == signer.party_id)
-    ).scalar_one()
-    payout_id = ledger.new_id(ledger.PAYOUT_ID_PREFIX)
-    ledger.move(
-        conn,
-        debit=account,
-        credit=ledger.PAYOUTS_PENDING,
-        amount_minor=amount,
-        kind="payout",
-        ref=payout_id,
-        now_ms=now_ms,
-    )
-    conn.execute(
-        insert(payouts).values(
-            id=payout_id,
-            store_id=signer.party_id,
-            amount_minor=amount,
-            bank_account=bank_account,
-            status="pending",
-            created_at_ms=now_ms,
-        )
-    )
-    return Outcome(
-        {
-            "action": "payout_claimed",
-            "payout_id": payout_id,
-            "amount_minor": amount,
-            "currency": center.currency,
-            "bank_account": bank_account,
-            "status": "pending",
-            "balance_minor": ledger.balance_of(conn, account),
-        }
-    )
-
-
 def notices(
     center: CenterContext, conn: Connection, signer: Signer, header: Header, body: dict, now_ms: int
 ) -> Outcome:
-    _require_role(signer, "store", "fetch payment notices")
+    require_role(signer, "store", "fetch payment notices")
     rows = conn.execute(
         select(payments)
         .where(payments.c.store_id == signer.party_id, payments.c.seq > body["after"])
@@ -398,18 +195,6 @@ def sign_notice(center: CenterContext, payment) -> Envelope:
         lifetime_s=NOTICE_LIFETIME_S,
     )
     return center.signer.seal(payload)
-
-
-def _require_role(signer: Signer, role: str, action: str) -> None:
-    if signer.role != role:
-        raise Refusal("wrong_role", f"a {signer.role} cannot {action}; only a {role} can")
-
-
-def _require_currency(center: CenterContext, body: dict) -> None:
-    if body["currency"] != center.currency:
-        raise Refusal(
-            "currency_mismatch", f"this center settles in {center.currency}, not {body['currency']}"
-        )
 
 
 # Every signed message type but `enroll` (center.pipeline.service.Center.enroll): its handler.

@@ -1,7 +1,7 @@
 """Operator actions: signed requests from an operator's or auditor's token key.
 
 They arrive as `operator_action` messages ({"action", "args"}, checked on the
-wire by paywire.messages.OPERATOR_ACTION_ARGS) at POST /v1/operator/actions,
+wire by paywire.bodies.OPERATOR_ACTION_ARGS) at POST /v1/operator/actions,
 and go through the same pipeline as a member's payment (Center.submit): the
 pinned key verifies the exact bytes, audience, freshness, message id and
 counter are checked, the effect and the audit entry holding the signed bytes
@@ -29,7 +29,8 @@ from center.keys.operators import OPERATOR_ROLES
 from center.ledger.funding import decide_topup_in
 from center.pipeline.types import CenterContext, Outcome, Signer
 from center.storage.db import parties, topups
-from paywire.messages import OPERATOR_ACTION_ARGS, Header
+from paywire.bodies import OPERATOR_ACTION_ARGS
+from paywire.messages import Header
 
 OPERATOR = frozenset({"operator"})
 ANY_OPERATOR_ROLE = frozenset(OPERATOR_ROLES)

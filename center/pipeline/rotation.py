@@ -18,7 +18,7 @@ from sqlalchemy import Connection, insert, select, update
 
 from center.errors import ApiError
 from center.keys.issuer_policy import check_enrollment_certificate, enrollment_key_cert
-from center.keys.lifecycle import REPLAYABLE_STATUSES, inactive_key_error
+from center.keys.lifecycle import REPLAYABLE_STATUSES, add_key, inactive_key_error
 from center.pipeline.rules import answer_row, earlier_answer_row, recorded_answer, store_answers
 from center.pipeline.types import CenterContext, Outcome, Signer
 from center.storage.db import key_claims, keys
@@ -66,17 +66,7 @@ def rotate_handler(
             "key_already_enrolled", "the new key is already enrolled; generate another key to rotate to"
         )
     _retire(conn, signer)
-    conn.execute(
-        insert(keys).values(
-            kid=proof_header.kid,
-            party_id=signer.party_id,
-            algorithm=proof_body["alg"],
-            spki=spki_der,
-            status="active",
-            last_ctr=proof_header.ctr,
-            created_at_ms=now_ms,
-        )
-    )
+    add_key(conn, proof_header, signer.party_id, proof_body["alg"], spki_der, "active", now_ms)
     conn.execute(
         insert(key_claims).values(
             kid=proof_header.kid,

@@ -19,7 +19,9 @@ MAX_TREE_ENTRIES = 10_000
 
 
 def _walk_tree(root: Path, skip: frozenset[Path]) -> list[Path]:
-    """root and everything under it, links not followed, `skip` subtrees left out; at most MAX_TREE_ENTRIES."""
+    """root and everything under it, links not followed, `skip` subtrees left out.
+
+    At most MAX_TREE_ENTRIES."""
     found = [root]
     for directory, subdirs, names in os.walk(root, followlinks=False):
         here = Path(directory)

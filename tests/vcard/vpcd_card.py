@@ -37,6 +37,7 @@ reconnects, for at most --give-up-s seconds without a connection.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -147,10 +148,8 @@ def _atomic_save(self) -> bool:
         return True
     except OSError as exc:
         log.error("could not save card state: %s", exc)
-        try:
+        with contextlib.suppress(OSError):  # the error above is the one to report
             os.unlink(tmp)
-        except OSError:
-            pass
         return False
 
 
@@ -257,10 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum, frame):
         card.stopping = True
         if card.sock is not None:
-            try:  # wakes the blocking recv (see the module docstring)
+            # Wakes the blocking recv (see the module docstring); a socket already gone needs no waking.
+            with contextlib.suppress(OSError):
                 card.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

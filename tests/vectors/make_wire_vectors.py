@@ -33,11 +33,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's paywire, uninstalled too
 
-from paywire.canonical import canonical_bytes  # noqa: E402
-from paywire.messages import build_payload  # noqa: E402
+from paywire.canonical import canonical_bytes
+from paywire.messages import build_payload
 
 OUTPUT = Path(__file__).resolve().parent / "wire_vectors.json"
 
@@ -158,7 +157,7 @@ def _pss_sign(key: rsa.RSAPrivateKey, message: bytes) -> bytes:
     salt = hashlib.sha256(b"paywire test PSS salt/" + message).digest()  # 32 bytes
     h = hashlib.sha256(b"\x00" * 8 + m_hash + salt).digest()
     db = b"\x00" * (em_len - len(salt) - len(h) - 2) + b"\x01" + salt
-    masked = bytes(a ^ b for a, b in zip(db, _mgf1_sha256(h, em_len - len(h) - 1)))
+    masked = bytes(a ^ b for a, b in zip(db, _mgf1_sha256(h, em_len - len(h) - 1), strict=True))
     masked = bytes([masked[0] & (0xFF >> (8 * em_len - em_bits))]) + masked[1:]
     em = masked + h + b"\xbc"
     return pow(int.from_bytes(em, "big"), d, n).to_bytes((mod_bits + 7) // 8, "big")
@@ -335,9 +334,11 @@ def build() -> dict:
         other_kid = kid_of(keys[other_key_for[name]][1])
         p = alg.lower()
 
-        def signed(data: bytes, *, env_alg: str = alg, env_kid: str = kid, sig_alg: str = alg) -> dict:
-            sig = sign(sig_alg, key, data)
-            assert good_signature(sig_alg, key, data, sig)
+        def signed(
+            data: bytes, *, env_alg: str = alg, env_kid: str = kid, sig_alg: str = alg, signing_key=key
+        ) -> dict:
+            sig = sign(sig_alg, signing_key, data)
+            assert good_signature(sig_alg, signing_key, data, sig)
             return envelope_json(data, env_alg, env_kid, sig)
 
         enroll = build_payload(
@@ -883,8 +884,8 @@ def build() -> dict:
             )
 
     return {
-        "description": "paywire wire-format vectors: envelopes over RFC 8785 payloads, one defect per invalid "
-        "vector. mode 'envelope': Envelope.from_json -> verify_envelope(spki, pinned_alg) -> "
+        "description": "paywire wire-format vectors: envelopes over RFC 8785 payloads, one defect per "
+        "invalid vector. mode 'envelope': Envelope.from_json -> verify_envelope(spki, pinned_alg) -> "
         "check_freshness(header, now); mode 'enrollment': Envelope.from_json -> "
         "verify_enrollment -> check_freshness. stage: where the refusal must happen "
         "(decode = from_json, verify = verify_*, freshness = check_freshness).",

@@ -15,10 +15,8 @@ from token_wallet.cli.common import (
     PasswordAFile,
     PasswordBFd,
     PasswordBFile,
+    Signing,
     app,
-    open_wallet,
-    read_password_a,
-    sign_and_deliver,
 )
 from token_wallet.wallet import Wallet
 from tokens import DEFAULT_CARD_TIMEOUT_S
@@ -39,10 +37,11 @@ def account_info(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Ask the center which account this key belongs to and the highest counter it has seen from it."""
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
+    with signing.open_wallet() as wallet:
         wallet.require_enrolled()
         _refuse_operator_wallet(wallet)
-        result = _ask(wallet, password_b_file, password_b_fd, card_timeout_s)
+        result = _ask(wallet, signing)
         wallet_counter = wallet.doc["counter"]
     alarm = counter_alarm(result["highest_counter"], wallet_counter)
     document = {field: result[field] for field in FIELDS} | {"wallet_counter": wallet_counter, "alarm": alarm}
@@ -61,11 +60,11 @@ def _refuse_operator_wallet(wallet: Wallet) -> None:
         )
 
 
-def _ask(wallet: Wallet, pin_file, pin_fd, card_timeout_s: float) -> dict:
+def _ask(wallet: Wallet, signing: Signing) -> dict:
     """Sign and deliver the query; its accepted result, or CliError (an alarm when its counter was used)."""
     history_before = len(wallet.doc["history"])
     try:
-        state, result, _entry = sign_and_deliver(wallet, ACCOUNT_INFO, {}, pin_file, pin_fd, card_timeout_s)
+        state, result, _entry = signing.sign_and_deliver(wallet, ACCOUNT_INFO, {})
     except CliError:
         alarm = record_replayed_alarm(wallet.doc, wallet.doc["history"][history_before:])
         if alarm is not None:

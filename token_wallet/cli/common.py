@@ -2,8 +2,9 @@
 vault and the token, signing and delivering, output helpers.
 
 Command modules (token_wallet.cli.card, wallet_home, keys, money, operator, operator_keys, ...)
-import this module and helper modules (token_wallet.cli.recovery), never each other: each registers
-its commands on `app` (or a group here) when token_wallet.cli.main imports it, in main's order.
+import this module and helper modules (token_wallet.cli.recovery, token_choice), never each
+other: each registers its commands on `app` (or a group here) when token_wallet.cli.main imports
+it, in main's order.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +26,8 @@ from rich.text import Text
 from hostkit.cli import CliError, emit, quoted, read_option_file, read_secret, stderr_console
 from hostkit.private_files import write_new_file
 from paywire.center_cert import CenterIdentity, read_center_certificate
-from paywire.messages import ENROLL
+from paywire.fields import KID_PATTERN, MAX_REASON_CHARS
+from paywire.messages import ENROLL, OPERATOR_ACTION
 from paywire.money import AmountError, format_amount, parse_amount
 from token_wallet.client import CenterRefused, CenterUnreachable
 from token_wallet.home import check_wallet_home
@@ -32,7 +35,7 @@ from token_wallet.vault import Vault
 from token_wallet.vault_lock import vault_lock
 from token_wallet.wallet import Wallet, vault_path
 from tokens import open_token
-from tokens.base import WrongPin
+from tokens.base import Token, WrongPin
 
 DEFAULT_HOME_NAME = ".tokenpay-wallet"  # under the user's home directory
 CENTER_CERT_MAX_BYTES = 16 * 1024
@@ -104,13 +107,33 @@ def open_wallet(home: Path | None, password_a: str) -> Iterator[Wallet]:
         yield Wallet(Vault.open(path, password_a))
 
 
-def sign_and_deliver(
-    wallet: Wallet, msg_type: str, body: dict, pin_file, pin_fd, card_timeout_s: float
-) -> tuple[str, dict | None, dict]:
-    token = open_wallet_token(wallet, card_timeout_s)
-    entry = sign_message(wallet, token, msg_type, body, pin_file, pin_fd)
-    state, result = deliver_checked(wallet, entry)
-    return state, result, entry
+@dataclass(frozen=True)
+class Signing:
+    """What every command that signs is told (each declares the options itself: Typer reads the
+    command's own signature): the wallet home, where passwords A and B come from, how long to wait
+    for a card."""
+
+    home: Path | None
+    password_a_file: str | None
+    password_a_fd: int | None
+    password_b_file: str | None
+    password_b_fd: int | None
+    card_timeout_s: float
+
+    def open_wallet(self) -> AbstractContextManager[Wallet]:
+        return open_wallet(self.home, read_password_a(self.password_a_file, self.password_a_fd))
+
+    def token_and_pin(self, wallet: Wallet) -> tuple[Token, str]:
+        """The wallet's token and password B, asked once for several signatures."""
+        token = open_wallet_token(wallet, self.card_timeout_s)
+        return token, ask_pin(token, self.password_b_file, self.password_b_fd)
+
+    def sign_and_deliver(self, wallet: Wallet, msg_type: str, body: dict) -> tuple[str, dict | None, dict]:
+        """Sign one message (password B), deliver it: (state, result, entry) for print_outcome."""
+        token = open_wallet_token(wallet, self.card_timeout_s)
+        entry = sign_message(wallet, token, msg_type, body, self.password_b_file, self.password_b_fd)
+        state, result = deliver_checked(wallet, entry)
+        return state, result, entry
 
 
 def deliver_checked(wallet: Wallet, entry: dict) -> tuple[str, dict | None]:
@@ -217,7 +240,11 @@ def say(message: str) -> None:
 
 
 def sign_message(wallet: Wallet, token, msg_type: str, body: dict, pin_file, pin_fd) -> dict:
-    pin = ask_pin(token, pin_file, pin_fd)
+    return sign_with_pin(wallet, token, ask_pin(token, pin_file, pin_fd), msg_type, body)
+
+
+def sign_with_pin(wallet: Wallet, token, pin: str, msg_type: str, body: dict) -> dict:
+    """Sign and queue one message with a password B already asked; a wrong one says the tries left."""
     return with_pin_message(
         lambda: wallet.sign_and_queue(token, pin, msg_type, body, now_s=int(time.time())), token
     )
@@ -338,3 +365,25 @@ def require_operator_wallet(wallet: Wallet) -> None:
             "this wallet is not attached to a center: run `wallet operator attach --center URL "
             "--center-cert PEM` first"
         )
+
+
+def send_operator_action(
+    signing: Signing, as_json: bool, action: str, args: dict, describe: Callable
+) -> None:
+    """One operator action: signed by an operator's wallet, delivered, its outcome printed."""
+    with signing.open_wallet() as wallet:
+        require_operator_wallet(wallet)
+        outcome = signing.sign_and_deliver(wallet, OPERATOR_ACTION, {"action": action, "args": args})
+    print_outcome(as_json, outcome, describe)
+
+
+def check_kid(kid: str, shown_by: str) -> None:
+    """Refuse a KID argument that is not a key id; `shown_by` names where the operator finds one."""
+    if not KID_PATTERN.fullmatch(kid):
+        raise CliError(f"KID must be a key id: 64 lower-case hex digits (as {shown_by} shows)")
+
+
+def check_reason(reason: str) -> None:
+    """An operator's --reason, as the wire takes it (kept in the audit trail)."""
+    if not reason.strip() or len(reason) > MAX_REASON_CHARS or not reason.isprintable():
+        raise CliError(f"--reason must be 1 to {MAX_REASON_CHARS} printable characters")

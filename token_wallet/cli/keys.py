@@ -32,33 +32,35 @@ from token_wallet.cli.common import (
     PasswordAFile,
     PasswordBFd,
     PasswordBFile,
+    Signing,
     app,
-    ask_pin,
-    choice,
     open_wallet,
-    open_wallet_token,
     public_key_pem,
     read_password_a,
     read_password_b,
     say,
     with_pin_message,
 )
+from token_wallet.cli.token_choice import (
+    KeyModeOption,
+    KeyTypeOption,
+    Reader,
+    TokenSerial,
+    parse_card_key_type,
+    parse_key_mode,
+    parse_pkcs11_key_type,
+    so_pin_for,
+)
 from token_wallet.document import key_state, queued_rotation
 from token_wallet.key_cert import read_key_certificate
 from token_wallet.key_rotation import check_can_replace, prepare_rotation, queue_rotation, replace_key
 from token_wallet.wallet import Wallet
-from tokens import DEFAULT_CARD_TIMEOUT_S, open_token
-from tokens.base import KeyMode, KeyRecord, KeyType
+from tokens import DEFAULT_CARD_TIMEOUT_S, card_token_doc, open_token, pkcs11_token_doc
+from tokens.base import KeyRecord
 
 Pkcs11Module = Annotated[str | None, typer.Option(help="PKCS#11 module (.so) of the token for the new key")]
 TokenLabel = Annotated[str | None, typer.Option(help="Label of the PKCS#11 token for the new key")]
-TokenSerial = Annotated[str | None, typer.Option(help="Serial, when several tokens share a label")]
 Card = Annotated[bool, typer.Option("--card", help="Put the new key on an OpenPGP smartcard")]
-Reader = Annotated[str | None, typer.Option(help="Reader name (or part of it) for --card")]
-KeyTypeOption = Annotated[
-    str | None, typer.Option(help="p256 or ed25519 (token); ed25519, rsa2048 or p256 (card)")
-]
-KeyModeOption = Annotated[str, typer.Option(help="auto, wrapped or resident (PKCS#11)")]
 SoPinFile = Annotated[
     str | None,
     typer.Option(
@@ -123,10 +125,10 @@ def rotate_key(
         admin_pin_file,
         card_timeout_s,
     )
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
+    with signing.open_wallet() as wallet:
         _check_can_rotate(wallet)
-        old_token = open_wallet_token(wallet, card_timeout_s)
-        old_pin = ask_pin(old_token, password_b_file, password_b_fd)
+        old_token, old_pin = signing.token_and_pin(wallet)
         pending = wallet.doc.get("pending_key")
         if pending is None:
             new_token, key, token_doc, same = _new_rotation_key(
@@ -237,9 +239,7 @@ class _TokenOptions:
         self.module, self.label, self.serial, self.card, self.reader = module, label, serial, card, reader
         self.key_type, self.so_pin_file, self.admin_pin_file = key_type, so_pin_file, admin_pin_file
         self.card_timeout_s = card_timeout_s
-        self.mode = choice(
-            key_mode, {"auto": None, "wrapped": KeyMode.WRAPPED, "resident": KeyMode.RESIDENT}, "--key-mode"
-        )
+        self.mode = parse_key_mode(key_mode)
 
     @property
     def names_a_token(self) -> bool:
@@ -271,11 +271,7 @@ def _new_rotation_key(
                 "for another card, or --pkcs11-module/--token-label"
             )
         record = wallet.key
-        key_type = choice(
-            options.key_type or record.key_type.value,
-            {"p256": KeyType.P256, "ed25519": KeyType.ED25519},
-            "--key-type",
-        )
+        key_type = parse_pkcs11_key_type(options.key_type or record.key_type.value)
         # A token set up before wrap keys were protected needs its SO PIN once, to make the protected one.
         so_pin = (
             read_secret(what="SO PIN", file_option=options.so_pin_file, env_var=None)
@@ -300,36 +296,21 @@ def _generate(options: _TokenOptions, read_pin):
     if options.card:
         from tokens.openpgp_card import open_openpgp_card
 
-        key_type = choice(
-            options.key_type or "ed25519",
-            {"ed25519": KeyType.ED25519, "rsa2048": KeyType.RSA2048, "p256": KeyType.P256},
-            "--key-type",
-        )
+        key_type = parse_card_key_type(options.key_type or "ed25519")
         token = open_openpgp_card(options.reader, timeout_s=options.card_timeout_s, on_wait=say)
         say(f"this replaces the signature key on the card in {token.info().label}")
         admin_pin = read_secret(what="admin PIN", file_option=options.admin_pin_file, env_var=None)
         pin = read_pin()
         key = with_pin_message(lambda: token.generate_key(key_type, pin, so_pin=admin_pin), token)
-        info = token.info()
-        return token, key, {"kind": "openpgp-card", "reader": info.label, "serial": info.serial}
+        return token, key, card_token_doc(token.info())
     from tokens.pkcs11_token import open_pkcs11_token
 
-    key_type = choice(
-        options.key_type or "p256", {"p256": KeyType.P256, "ed25519": KeyType.ED25519}, "--key-type"
-    )
+    key_type = parse_pkcs11_key_type(options.key_type or "p256")
     token = open_pkcs11_token(options.module, label=options.label, serial=options.serial)
-    wants_wrapping = options.mode is KeyMode.WRAPPED or (options.mode is None and token.supports_wrapping())
-    so_pin = (
-        read_secret(what="SO PIN", file_option=options.so_pin_file, env_var=None) if wants_wrapping else None
-    )
+    so_pin = so_pin_for(token, options.mode, options.so_pin_file)
     pin = read_pin()
     key = with_pin_message(lambda: token.generate_key(key_type, pin, so_pin=so_pin, mode=options.mode), token)
-    info = token.info()
-    return (
-        token,
-        key,
-        {"kind": "pkcs11", "module": options.module, "label": info.label, "serial": info.serial},
-    )
+    return token, key, pkcs11_token_doc(options.module, token.info())
 
 
 def _pending_token(wallet: Wallet, pending: dict, options: _TokenOptions):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Annotated
 
 import typer
@@ -12,16 +11,8 @@ from rich.table import Table
 
 from hostkit.cli import CliError, emit, quoted
 from paywire.errors import WireError
-from paywire.messages import (
-    BALANCE,
-    FUNDING_METHODS,
-    NOTICES,
-    PARTY_ID_PATTERN,
-    PAY,
-    PAYOUT,
-    REFUND,
-    TOPUP,
-)
+from paywire.fields import FUNDING_METHODS, PARTY_ID_PATTERN
+from paywire.messages import BALANCE, NOTICES, PAY, PAYOUT, REFUND, TOPUP
 from paywire.money import format_amount
 from paywire.text import check_text_chars
 from token_wallet.cli.common import (
@@ -32,21 +23,17 @@ from token_wallet.cli.common import (
     PasswordAFile,
     PasswordBFd,
     PasswordBFile,
+    Signing,
     app,
     ask_confirmation,
-    ask_pin,
     choice,
     deliver_checked,
     format_when,
     learn_currency,
     online,
-    open_wallet,
-    open_wallet_token,
     print_outcome,
     read_amount,
-    read_password_a,
-    sign_and_deliver,
-    with_pin_message,
+    sign_with_pin,
 )
 from token_wallet.wallet import MAX_NOTICES_PER_FETCH
 from tokens import DEFAULT_CARD_TIMEOUT_S
@@ -72,19 +59,31 @@ def topup(
 ) -> None:
     """Ask to load prepaid value; it is credited once the funding is confirmed."""
     choice(method, {m: m for m in FUNDING_METHODS}, "--method")
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
-        wallet.require_enrolled("member")
-        currency = learn_currency(wallet)
-        body = {"amount_minor": read_amount(amount, currency), "currency": currency, "method": method}
-        outcome = sign_and_deliver(wallet, TOPUP, body, password_b_file, password_b_fd, card_timeout_s)
-    print_outcome(
+    _send(
+        Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s),
         as_json,
-        outcome,
-        lambda r: (
+        "member",
+        TOPUP,
+        lambda currency: {
+            "amount_minor": read_amount(amount, currency),
+            "currency": currency,
+            "method": method,
+        },
+        lambda r, currency: (
             f"top-up {r['topup_id']} of {format_amount(r['amount_minor'], currency)} "
             f"by {r['method']} is {r['status']}: it is credited once the funding is confirmed"
         ),
     )
+
+
+def _send(signing: Signing, as_json: bool, role: str, msg_type: str, body_for, describe) -> None:
+    """A money request: the enrolled wallet learns the currency, signs the body made in it (password
+    B), delivers it and prints `describe(result, currency)`."""
+    with signing.open_wallet() as wallet:
+        wallet.require_enrolled(role)
+        currency = learn_currency(wallet)
+        outcome = signing.sign_and_deliver(wallet, msg_type, body_for(currency))
+    print_outcome(as_json, outcome, lambda result: describe(result, currency))
 
 
 @app.command()
@@ -104,7 +103,8 @@ def pay(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Pay a store from the prepaid balance with a payment signed on the token."""
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
+    with signing.open_wallet() as wallet:
         wallet.require_enrolled("member")
         currency = learn_currency(wallet)
         amount_minor = read_amount(amount, currency)
@@ -118,7 +118,7 @@ def pay(
             "order_ref": order,
         }
         _confirm_payment(payee, format_amount(amount_minor, currency), order, yes)
-        outcome = sign_and_deliver(wallet, PAY, body, password_b_file, password_b_fd, card_timeout_s)
+        outcome = signing.sign_and_deliver(wallet, PAY, body)
     print_outcome(
         as_json,
         outcome,
@@ -221,11 +221,12 @@ def balance(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Ask the center for the balance (a signed query), or show the last known one."""
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
+    with signing.open_wallet() as wallet:
         wallet.require_enrolled()
         currency = wallet.currency if offline else learn_currency(wallet)
         if not offline:
-            outcome = sign_and_deliver(wallet, BALANCE, {}, password_b_file, password_b_fd, card_timeout_s)
+            outcome = signing.sign_and_deliver(wallet, BALANCE, {})
             if outcome[0] != "delivered":
                 raise CliError(
                     "the center could not be reached; the query waits in the outbox "
@@ -266,17 +267,14 @@ def notices(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Fetch the store's payment notices; each is checked against the center's signature."""
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
+    with signing.open_wallet() as wallet:
         wallet.require_enrolled("store")
         before = len(wallet.doc["notices"])
-        token = open_wallet_token(wallet, card_timeout_s)
-        pin = ask_pin(token, password_b_file, password_b_fd)
+        token, pin = signing.token_and_pin(wallet)
         for _ in range(MAX_NOTICE_FETCHES):
             body = {"after": wallet.doc["notices_cursor"], "limit": MAX_NOTICES_PER_FETCH}
-            entry = with_pin_message(
-                lambda body=body: wallet.sign_and_queue(token, pin, NOTICES, body, now_s=int(time.time())),
-                token,
-            )
+            entry = sign_with_pin(wallet, token, pin, NOTICES, body)
             state, result = deliver_checked(wallet, entry)
             if state != "delivered" or result["count"] < MAX_NOTICES_PER_FETCH:
                 break
@@ -314,16 +312,13 @@ def payout(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Claim the store's whole balance as a payout to its bank account."""
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
-        wallet.require_enrolled("store")
-        currency = learn_currency(wallet)
-        outcome = sign_and_deliver(
-            wallet, PAYOUT, {"currency": currency}, password_b_file, password_b_fd, card_timeout_s
-        )
-    print_outcome(
+    _send(
+        Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s),
         as_json,
-        outcome,
-        lambda r: (
+        "store",
+        PAYOUT,
+        lambda currency: {"currency": currency},
+        lambda r, currency: (
             f"payout {r['payout_id']} of {format_amount(r['amount_minor'], currency)} "
             f"to {r['bank_account']} is {r['status']}"
         ),
@@ -343,19 +338,17 @@ def refund(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Return money of a payment to the buyer (stores only; never more than was paid)."""
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
-        wallet.require_enrolled("store")
-        currency = learn_currency(wallet)
-        body = {
+    _send(
+        Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s),
+        as_json,
+        "store",
+        REFUND,
+        lambda currency: {
             "payment_id": payment_id,
             "amount_minor": read_amount(amount, currency) if amount else None,
             "currency": currency,
-        }
-        outcome = sign_and_deliver(wallet, REFUND, body, password_b_file, password_b_fd, card_timeout_s)
-    print_outcome(
-        as_json,
-        outcome,
-        lambda r: (
+        },
+        lambda r, currency: (
             f"refunded {format_amount(r['amount_minor'], currency)} of payment "
             f"{r['payment_id']} to {r['buyer_id']} (refund {r['refund_id']})"
         ),

@@ -23,7 +23,6 @@ shows them.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -31,15 +30,9 @@ import typer
 from rich.text import Text
 
 from hostkit.cli import CliError, emit
-from paywire.messages import (
-    CONSOLE_CHALLENGE_PATTERN,
-    CONSOLE_LOGIN,
-    KID_PATTERN,
-    MAX_REASON_CHARS,
-    OPERATOR_ACTION,
-    TOPUP_ID_PATTERN,
-    console_client_sha256,
-)
+from paywire.bodies import console_client_sha256
+from paywire.fields import CONSOLE_CHALLENGE_PATTERN, TOPUP_ID_PATTERN
+from paywire.messages import CONSOLE_LOGIN, OPERATOR_ACTION
 from paywire.money import format_amount
 from token_wallet.cli.common import (
     CardTimeout,
@@ -49,23 +42,22 @@ from token_wallet.cli.common import (
     PasswordAFile,
     PasswordBFd,
     PasswordBFile,
+    Signing,
     app,
     ask_confirmation,
-    ask_pin,
+    check_kid,
+    check_reason,
     deliver_checked,
     format_when,
     learn_currency,
     online,
-    open_wallet,
-    open_wallet_token,
     operator_app,
     print_outcome,
     read_center_cert,
-    read_password_a,
     refuse_member_wallet,
     require_operator_wallet,
-    sign_and_deliver,
-    with_pin_message,
+    send_operator_action,
+    sign_with_pin,
 )
 from token_wallet.client import check_center_url
 from token_wallet.wallet import Wallet
@@ -100,20 +92,16 @@ def attach(
 ) -> None:
     """Pin the center and ask it (a signed request) which operator account this token key belongs to."""
     identity = _center_identity(center, center_cert)
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
+    with signing.open_wallet() as wallet:
         refuse_member_wallet(wallet)
         previous = wallet.doc["center"]
         wallet.pin_center(
             center, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg
         )
         try:
-            state, result, entry = sign_and_deliver(
-                wallet,
-                OPERATOR_ACTION,
-                {"action": "whoami", "args": {}},
-                password_b_file,
-                password_b_fd,
-                card_timeout_s,
+            state, result, entry = signing.sign_and_deliver(
+                wallet, OPERATOR_ACTION, {"action": "whoami", "args": {}}
             )
         except CliError:
             # Not attached: leave the wallet as it was (a refusal is kept in the history).
@@ -160,18 +148,8 @@ def confirm_topup(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Confirm a pending top-up: the member's balance is credited (operators only); shown and asked first."""
-    _decide_topup(
-        "confirm_topup",
-        topup_id,
-        yes,
-        home,
-        as_json,
-        password_a_file,
-        password_a_fd,
-        password_b_file,
-        password_b_fd,
-        card_timeout_s,
-    )
+    signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
+    _decide_topup("confirm_topup", topup_id, yes, as_json, signing)
 
 
 @operator_app.command("decline-topup")
@@ -187,18 +165,8 @@ def decline_topup(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Decline a pending top-up: nothing is credited (operators only); shown and asked first."""
-    _decide_topup(
-        "decline_topup",
-        topup_id,
-        yes,
-        home,
-        as_json,
-        password_a_file,
-        password_a_fd,
-        password_b_file,
-        password_b_fd,
-        card_timeout_s,
-    )
+    signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
+    _decide_topup("decline_topup", topup_id, yes, as_json, signing)
 
 
 @operator_app.command("revoke-key")
@@ -214,26 +182,13 @@ def revoke_key(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Revoke a key: every message it signs from now on is refused; its history stays (operators only)."""
-    if not KID_PATTERN.fullmatch(kid):
-        raise CliError(
-            "KID must be a key id: 64 lower-case hex digits (as `center operator list` or the "
-            "member's `wallet status` shows)"
-        )
-    if not reason.strip() or len(reason) > MAX_REASON_CHARS or not reason.isprintable():
-        raise CliError(f"--reason must be 1 to {MAX_REASON_CHARS} printable characters")
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
-        require_operator_wallet(wallet)
-        outcome = sign_and_deliver(
-            wallet,
-            OPERATOR_ACTION,
-            {"action": "revoke_key", "args": {"kid": kid, "reason": reason}},
-            password_b_file,
-            password_b_fd,
-            card_timeout_s,
-        )
-    print_outcome(
+    check_kid(kid, "`center operator list` or the member's `wallet status`")
+    check_reason(reason)
+    send_operator_action(
+        Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s),
         as_json,
-        outcome,
+        "revoke_key",
+        {"kid": kid, "reason": reason},
         lambda r: (
             f"key {r['kid'][:16]}... of {r['member_id']} "
             + ("was already revoked" if r["repeated"] else "revoked")
@@ -263,7 +218,8 @@ def console_login(
     code = normalise_challenge(challenge)
     if (center is None) != (center_cert is None):
         raise CliError("give --center and --center-cert together (or neither, to use the attached center)")
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
+    with signing.open_wallet() as wallet:
         if center is not None:
             identity = _center_identity(center, center_cert)
             wallet.pin_center(
@@ -283,9 +239,7 @@ def console_login(
                 code, details["client_address"], details["user_agent"], details["created_at_ms"]
             ),
         }
-        state, result, entry = sign_and_deliver(
-            wallet, CONSOLE_LOGIN, body, password_b_file, password_b_fd, card_timeout_s
-        )
+        state, result, entry = signing.sign_and_deliver(wallet, CONSOLE_LOGIN, body)
     if state != "delivered":
         raise CliError(
             f"cannot reach the center ({result['reason']}): the approval waits in the outbox and is "
@@ -356,16 +310,13 @@ def _login_question(code: str, url: str, details: dict) -> Text:
     return question
 
 
-def _decide_topup(
-    action: str, topup_id: str, yes: bool, home, as_json, a_file, a_fd, b_file, b_fd, card_timeout_s
-) -> None:
+def _decide_topup(action: str, topup_id: str, yes: bool, as_json: bool, signing: Signing) -> None:
     if not TOPUP_ID_PATTERN.fullmatch(topup_id):
         raise CliError(f"TOPUP_ID {topup_id[:40]!r} is not a top-up id (U- and 16 hex digits)")
-    with open_wallet(home, read_password_a(a_file, a_fd)) as wallet:
+    with signing.open_wallet() as wallet:
         require_operator_wallet(wallet)
         currency = learn_currency(wallet)
-        token = open_wallet_token(wallet, card_timeout_s)
-        pin = ask_pin(token, b_file, b_fd)  # asked once: for the read, then the decision
+        token, pin = signing.token_and_pin(wallet)  # asked once: for the read, then the decision
         topup = _fetch_topup(wallet, token, pin, topup_id, currency)
         ask_confirmation(_decision_question(action, topup), yes)
         args = {
@@ -374,7 +325,7 @@ def _decide_topup(
             "amount_minor": topup["amount_minor"],
             "currency": topup["currency"],
         }
-        entry = _signed(wallet, token, pin, {"action": action, "args": args})
+        entry = sign_with_pin(wallet, token, pin, OPERATOR_ACTION, {"action": action, "args": args})
         state, result = deliver_checked(wallet, entry)
     print_outcome(
         as_json,
@@ -387,16 +338,12 @@ def _decide_topup(
     )
 
 
-def _signed(wallet: Wallet, token, pin: str, body: dict) -> dict:
-    return with_pin_message(
-        lambda: wallet.sign_and_queue(token, pin, OPERATOR_ACTION, body, now_s=int(time.time())), token
-    )
-
-
 def _fetch_topup(wallet: Wallet, token, pin: str, topup_id: str, currency: str) -> dict:
     """The top-up as the center has it, by an operator-signed read; a read that cannot be delivered
     now is dropped from the outbox (worthless later), and nothing is decided."""
-    entry = _signed(wallet, token, pin, {"action": "show_topup", "args": {"topup_id": topup_id}})
+    entry = sign_with_pin(
+        wallet, token, pin, OPERATOR_ACTION, {"action": "show_topup", "args": {"topup_id": topup_id}}
+    )
     state, result = deliver_checked(wallet, entry)
     if state == "queued":
         wallet.doc["outbox"] = [e for e in wallet.doc["outbox"] if e["msg_id"] != entry["msg_id"]]

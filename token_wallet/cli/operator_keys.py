@@ -12,8 +12,6 @@ from typing import Annotated
 
 import typer
 
-from hostkit.cli import CliError
-from paywire.messages import KID_PATTERN, MAX_REASON_CHARS, OPERATOR_ACTION
 from token_wallet.cli.common import (
     CardTimeout,
     Home,
@@ -22,18 +20,16 @@ from token_wallet.cli.common import (
     PasswordAFile,
     PasswordBFd,
     PasswordBFile,
-    open_wallet,
+    Signing,
+    check_kid,
+    check_reason,
     operator_app,
-    print_outcome,
-    read_password_a,
-    require_operator_wallet,
-    sign_and_deliver,
+    send_operator_action,
 )
 from tokens import DEFAULT_CARD_TIMEOUT_S
 
-Kid = Annotated[
-    str, typer.Argument(help="The new key's id (64 hex digits), as `center operator list-keys` shows")
-]
+KID_SHOWN_BY = "`center operator list-keys`"
+Kid = Annotated[str, typer.Argument(help=f"The new key's id (64 hex digits), as {KID_SHOWN_BY} shows")]
 
 
 @operator_app.command("bind-key")
@@ -48,20 +44,12 @@ def bind_key(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Bind a pending key to the account it claims; the account's lost key must be revoked first (operators only)."""  # noqa: E501  (the --help line)
-    _check_kid(kid)
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
-        require_operator_wallet(wallet)
-        outcome = sign_and_deliver(
-            wallet,
-            OPERATOR_ACTION,
-            {"action": "bind_key", "args": {"kid": kid}},
-            password_b_file,
-            password_b_fd,
-            card_timeout_s,
-        )
-    print_outcome(
+    check_kid(kid, KID_SHOWN_BY)
+    send_operator_action(
+        Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s),
         as_json,
-        outcome,
+        "bind_key",
+        {"kid": kid},
         lambda r: (
             f"key {r['kid'][:16]}... {'was already' if r['repeated'] else 'is now'} bound to {r['member_id']}"
         ),
@@ -81,31 +69,15 @@ def reject_key(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Reject a pending key's claim to an account: it can then sign nothing (operators only)."""
-    _check_kid(kid)
-    if not reason.strip() or len(reason) > MAX_REASON_CHARS or not reason.isprintable():
-        raise CliError(f"--reason must be 1 to {MAX_REASON_CHARS} printable characters")
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
-        require_operator_wallet(wallet)
-        outcome = sign_and_deliver(
-            wallet,
-            OPERATOR_ACTION,
-            {"action": "reject_key", "args": {"kid": kid, "reason": reason}},
-            password_b_file,
-            password_b_fd,
-            card_timeout_s,
-        )
-    print_outcome(
+    check_kid(kid, KID_SHOWN_BY)
+    check_reason(reason)
+    send_operator_action(
+        Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s),
         as_json,
-        outcome,
+        "reject_key",
+        {"kid": kid, "reason": reason},
         lambda r: (
             f"key {r['kid'][:16]}... "
             f"{'was already' if r['repeated'] else 'is now'} rejected for {r['member_id']}"
         ),
     )
-
-
-def _check_kid(kid: str) -> None:
-    if not KID_PATTERN.fullmatch(kid):
-        raise CliError(
-            "KID must be a key id: 64 lower-case hex digits (as `center operator list-keys` shows)"
-        )

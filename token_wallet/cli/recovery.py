@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from hostkit.cli import CliError, read_secret
 from paywire import recovery
-from paywire.messages import ENROLL, PARTY_ID_PATTERN
+from paywire.fields import PARTY_ID_PATTERN
+from paywire.messages import ENROLL
 from token_wallet.document import key_state
 from token_wallet.wallet import Wallet
 

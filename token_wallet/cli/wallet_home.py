@@ -39,7 +39,6 @@ from token_wallet.cli.common import (
     PasswordBFile,
     app,
     ask_pin,
-    choice,
     describe_result,
     format_when,
     home_dir,
@@ -60,14 +59,24 @@ from token_wallet.cli.recovery import (
     checked_recovery_code,
     render_recovery_code,
 )
+from token_wallet.cli.token_choice import (
+    KeyModeOption,
+    KeyTypeOption,
+    Reader,
+    TokenSerial,
+    parse_card_key_type,
+    parse_key_mode,
+    parse_pkcs11_key_type,
+    so_pin_for,
+)
 from token_wallet.client import check_center_url
 from token_wallet.document import key_state, new_document
 from token_wallet.key_cert import read_key_certificate
 from token_wallet.vault import Vault
 from token_wallet.vault_lock import vault_lock
 from token_wallet.wallet import Wallet, vault_path
-from tokens import DEFAULT_CARD_TIMEOUT_S, key_protection, open_token
-from tokens.base import PROTECTION_PROTECTED, KeyMode, KeyRecord, KeyType, TokenError
+from tokens import DEFAULT_CARD_TIMEOUT_S, card_token_doc, key_protection, open_token, pkcs11_token_doc
+from tokens.base import PROTECTION_PROTECTED, KeyRecord, TokenError
 
 ENTROPY_MIN_BYTES = 16
 ENTROPY_MAX_BYTES = 4096
@@ -80,14 +89,10 @@ def init(
     ] = None,
     token_label: Annotated[str | None, typer.Option(help="Label of the PKCS#11 token")] = None,
     card: Annotated[bool, typer.Option("--card", help="Use an OpenPGP smartcard in a PC/SC reader")] = False,
-    reader: Annotated[str | None, typer.Option(help="Reader name (or part of it) for --card")] = None,
-    key_type: Annotated[
-        str | None, typer.Option(help="p256 or ed25519 (token); ed25519, rsa2048 or p256 (card)")
-    ] = None,
-    key_mode: Annotated[str, typer.Option(help="auto, wrapped or resident (PKCS#11)")] = "auto",
-    token_serial: Annotated[
-        str | None, typer.Option(help="Serial, when several tokens share a label")
-    ] = None,
+    reader: Reader = None,
+    key_type: KeyTypeOption = None,
+    key_mode: KeyModeOption = "auto",
+    token_serial: TokenSerial = None,
     so_pin_file: Annotated[
         str | None,
         typer.Option(envvar="WALLET_SO_PIN_FILE", help="File with the token's SO PIN (wrapped mode)"),
@@ -166,9 +171,7 @@ def init(
 
 
 def init_card(reader, key_type, admin_pin_file, card_timeout_s, a_file, a_fd, b_file, b_fd):
-    key_type_value = choice(
-        key_type, {"ed25519": KeyType.ED25519, "rsa2048": KeyType.RSA2048, "p256": KeyType.P256}, "--key-type"
-    )
+    key_type_value = parse_card_key_type(key_type)
     from tokens.openpgp_card import open_openpgp_card  # backends load when used (tokens.open_token)
 
     token = open_openpgp_card(reader, timeout_s=card_timeout_s, on_wait=say)
@@ -180,33 +183,21 @@ def init_card(reader, key_type, admin_pin_file, card_timeout_s, a_file, a_fd, b_
     password_a = read_password_a(a_file, a_fd, confirm=True)
     password_b = read_password_b(b_file, b_fd)
     key = token.generate_key(key_type_value, password_b, so_pin=admin_pin)
-    info = token.info()
-    return token, key, {"kind": "openpgp-card", "reader": info.label, "serial": info.serial}, password_a
+    return token, key, card_token_doc(token.info()), password_a
 
 
 def _init_pkcs11(module, label, serial, key_type, key_mode, so_pin_file, entropy, a_file, a_fd, b_file, b_fd):
-    key_type_value = choice(key_type, {"p256": KeyType.P256, "ed25519": KeyType.ED25519}, "--key-type")
-    mode = choice(
-        key_mode, {"auto": None, "wrapped": KeyMode.WRAPPED, "resident": KeyMode.RESIDENT}, "--key-mode"
-    )
+    key_type_value = parse_pkcs11_key_type(key_type)
+    mode = parse_key_mode(key_mode)
     # Backends load when used, as in tokens.open_token: a card user needs no PKCS#11 library.
     from tokens.pkcs11_token import open_pkcs11_token
 
     token = open_pkcs11_token(module, label=label, serial=serial)
-    # auto: wrapped where the token can wrap this key type (the backend falls
-    # back to resident otherwise, e.g. Ed25519 on SoftHSM), which needs the SO PIN.
-    wants_wrapping = mode is KeyMode.WRAPPED or (mode is None and token.supports_wrapping())
-    so_pin = read_secret(what="SO PIN", file_option=so_pin_file, env_var=None) if wants_wrapping else None
+    so_pin = so_pin_for(token, mode, so_pin_file)
     password_a = read_password_a(a_file, a_fd, confirm=True)
     password_b = read_password_b(b_file, b_fd)
     key = token.generate_key(key_type_value, password_b, so_pin=so_pin, entropy=entropy, mode=mode)
-    info = token.info()
-    return (
-        token,
-        key,
-        {"kind": "pkcs11", "module": module, "label": info.label, "serial": info.serial},
-        password_a,
-    )
+    return token, key, pkcs11_token_doc(module, token.info()), password_a
 
 
 @app.command()
