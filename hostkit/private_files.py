@@ -130,10 +130,8 @@ def link_new_name(tmp: Path, path: Path) -> None:
     """
     try:
         os.link(tmp, path, follow_symlinks=False)
-    except FileExistsError:
-        raise
     except OSError as error:
-        if error.errno not in NO_LINK_ERRNOS:
+        if error.errno not in NO_LINK_ERRNOS:  # EEXIST (something at `path`) included
             raise
         if os.path.lexists(path):
             raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None

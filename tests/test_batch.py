@@ -17,6 +17,7 @@ from center.ledger.audit import verify_chain
 from center.pipeline.batch import MAX_BATCH_ITEMS
 from center.storage.db import audit_log, messages, payments, transfers
 from paywire.envelope import Envelope
+from paywire.receipts import check_refusal
 
 BATCH = "/v1/payments/batch"
 
@@ -310,3 +311,23 @@ def test_batches_book_payments_exactly_as_the_single_path(center, seed):
         balance(center, party) for party in alone_parties
     ]
     assert ledger_ok(center)
+
+
+def test_a_reused_message_id_in_a_batch_gets_a_refusal_signed_for_those_bytes(center, api, shop):
+    # The single path signs `message_id_conflict`; the batch answers it the same way (one rule:
+    # center.pipeline.rules), so a wallet can believe it and never mistakes it for a lost answer.
+    buyer, buyer_id = funded_member(center, 1_000)
+    reused = "reused-message-id-0001"
+    first = buyer.envelope("pay", pay_body(shop, 100, "o-1"), aud=center.center_id, msg_id=reused)
+    assert "receipt" in post_batch(api, [first]).json()["results"][0]
+    other = buyer.envelope("pay", pay_body(shop, 300, "o-2"), aud=center.center_id, msg_id=reused)
+    answer = post_batch(api, [other]).json()["results"][0]
+    assert answer["error"]["code"] == "message_id_conflict" and answer["status"] == 409
+    refused = check_refusal(
+        Envelope.from_json(answer["refusal"]),
+        center_spki=center.signer.spki,
+        center_alg=center.signer.alg,
+        request=other,
+    )
+    assert refused["code"] == "message_id_conflict"
+    assert balance(center, buyer_id) == 900 and count(center, payments) == 1

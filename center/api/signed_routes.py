@@ -16,7 +16,8 @@ from center.api.schemas import BatchIn, BatchOut, EnvelopeIn, ReceiptOut, Signed
 from center.console.clients import request_client
 from center.errors import ApiError
 from center.ops import observability
-from center.pipeline.batch import MAX_BATCH_ITEMS, error_answer
+from center.pipeline.batch import MAX_BATCH_ITEMS
+from center.pipeline.rules import error_answer
 from center.pipeline.service import Center
 from paywire.algorithms import ED25519, ES256
 from paywire.messages import (

@@ -18,7 +18,6 @@ import typer
 
 from center.cli.common import DataDir, JsonFlag, load_config
 from center.keys import issuer
-from center.storage.files import remove_quietly
 from hostkit.cli import CliError, emit, read_secret
 from hostkit.private_files import write_new_file
 from paywire.algorithms import algorithm_for_key, key_id
@@ -87,7 +86,7 @@ def create_ca(
     try:
         _write_new(cert_path, issuer.pem(authority.cert), CERT_FILE_MODE)
     except CliError:
-        remove_quietly(key_path)  # a key without its certificate is of no use
+        key_path.unlink(missing_ok=True)  # a key without its certificate is of no use
         raise
     document = {
         "cert": str(cert_path),

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from center.storage.db import audit_head, audit_log
 from paywire.canonical import jcs_bytes
-from paywire.envelope import Envelope, b64url_encode
+from paywire.envelope import b64url_encode
 
 GENESIS_HASH = "0" * 64
 MAX_ENTRIES_PER_APPEND = 1000
@@ -129,22 +129,6 @@ def append_many(conn: Connection, entries: list[dict]) -> list[int]:
     conn.execute(_INSERT_ENTRY, rows if len(rows) > 1 else rows[0])
     conn.execute(_MOVE_HEAD, {"h_seq": seq, "h_hash": prev_hash})
     return [row["seq"] for row in rows]
-
-
-def append_envelope(
-    conn: Connection, envelope: Envelope, *, msg_type: str, msg_id: str, action: dict, now_ms: int
-) -> int:
-    return append(
-        conn,
-        kid=envelope.kid,
-        alg=envelope.alg,
-        payload=envelope.payload,
-        signature=envelope.sig,
-        msg_type=msg_type,
-        msg_id=msg_id,
-        action=action,
-        now_ms=now_ms,
-    )
 
 
 def chain_hash(prev_hash: str, row: dict) -> str:

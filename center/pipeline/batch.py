@@ -40,7 +40,6 @@ from center.keys.lifecycle import inactive_key_error
 from center.ledger import book as ledger
 from center.pipeline import money, rules
 from center.pipeline.accept import accept_verified
-from center.pipeline.rules import error_answer
 from center.pipeline.types import CenterContext, Outcome, Verified
 from center.storage.db import keys, messages, parties
 from paywire.envelope import Envelope
@@ -100,7 +99,7 @@ def submit_batch(center: VerifyingCenter, envelopes: list[Envelope], expected_ty
         try:
             verified.append((index, center.verify_request(envelope, expected_type)))
         except ApiError as error:
-            answers[index] = error_answer(error)
+            answers[index] = rules.error_answer(error)
     for (index, _), answer in zip(
         verified, answer_verified(center, [request for _, request in verified]), strict=True
     ):
@@ -194,7 +193,7 @@ def _book_one(
     header, signer, body = item.request.header, item.request.signer, item.request.body
 
     def refused(error: ApiError) -> dict:  # final for these bytes by nature; not recorded
-        return error_answer(rules.signed_refusal(center, header, item.request.envelope, error))
+        return rules.error_answer(rules.signed_refusal(center, header, item.request.envelope, error))
 
     status = counters.status(header.kid)
     if status != "active":  # revoked, rotated, not bound yet, rejected
@@ -233,7 +232,7 @@ def _book_one(
         if refusal.code in REFUSALS_AFTER_WRITES or not refusal.final:
             raise _Abort(refusal.code) from None
         item.refusal = rules.signed_refusal(center, header, item.request.envelope, refusal)
-        item.answer = error_answer(item.refusal)
+        item.answer = rules.error_answer(item.refusal)
         return
     payments.append(money.payment_row(payment_id, signer, store, body, item.now_ms))
     item.outcome = money.paid(center, payment_id, store, body, balance_minor)
@@ -284,4 +283,4 @@ def _answer_alone(center: CenterContext, request: Verified) -> dict:
     try:
         return accept_verified(center, request)
     except ApiError as error:
-        return error_answer(error)
+        return rules.error_answer(error)

@@ -8,12 +8,6 @@ from pathlib import Path
 
 from hostkit.private_files import access_problem, make_private
 
-
-def remove_quietly(path: Path) -> None:
-    """`path.unlink(missing_ok=True)`, kept for center.cli.issuer."""
-    path.unlink(missing_ok=True)
-
-
 # A data directory holds a few dozen files; a walk stops here rather than run for ever.
 MAX_TREE_ENTRIES = 10_000
 
