@@ -1,4 +1,5 @@
-"""The body of each request type, and the arguments of each operator action.
+"""The body of each request type (and of the center's tree heads), and the arguments of each
+operator action.
 
 Each check takes the body a payload carries and raises WireError unless it has exactly
 its fields, each within its limits. paywire.messages picks the check by message type.
@@ -9,6 +10,7 @@ carries a whole message.)
 from __future__ import annotations
 
 import hashlib
+import re
 
 from paywire.algorithms import ALGORITHMS
 from paywire.canonical import canonical_bytes
@@ -34,10 +36,13 @@ from paywire.fields import (
     check_match,
     check_text,
 )
+from paywire.merkle import MAX_TREE_SIZE
 from paywire.recovery import RECOVERY_KEY_PATTERN, RECOVERY_PROOF_PATTERN
 
 MAX_PUBLIC_KEY_CHARS = 2800  # a PEM public key: an RSA-4096 key with room to spare
 MAX_NAME_CHARS = 200
+# A center id is a message audience (paywire.messages.AUDIENCE_PATTERN); tree heads are addressed to it.
+TREE_HEAD_CENTER_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{3,64}")
 MAX_ADDRESS_CHARS = 500
 MAX_BANK_ACCOUNT_CHARS = 34  # IBAN's maximum; pain.001 allows no more
 MAX_ORDER_REF_CHARS = 64
@@ -148,6 +153,20 @@ def check_notices(body: dict) -> None:
     check_int(body["limit"], "limit", 1, MAX_NOTICES_PER_REQUEST)
 
 
+# The signed LOG_QUERY names the one GET it authorizes (center.api.log_routes): its path and its
+# canonical query ("from=3&to=9", "index=4&size=9", "" for /v1/log/sth).
+LOG_QUERY_PATHS = frozenset({"/v1/log/sth", "/v1/log/consistency", "/v1/log/inclusion"})
+LOG_QUERY_PATTERN = re.compile(r"(?:[a-z]{1,16}=[0-9]{1,19}(?:&[a-z]{1,16}=[0-9]{1,19}){0,3})?")
+
+
+def check_log_query(body: dict) -> None:
+    """{"path", "query"}: a read of the center's log, authorized for exactly this path and query."""
+    check_exact_fields(body, {"path", "query"})
+    if not isinstance(body["path"], str) or body["path"] not in LOG_QUERY_PATHS:
+        raise WireError("malformed_payload", f"path must be one of {', '.join(sorted(LOG_QUERY_PATHS))}")
+    check_match(body["query"], LOG_QUERY_PATTERN, "query")
+
+
 def check_empty(body: dict) -> None:
     """balance, account_info: the signing key names the account; the query has no arguments."""
     check_exact_fields(body, set())
@@ -175,6 +194,16 @@ def check_notice(body: dict) -> None:
     check_match(body["currency"], CURRENCY_PATTERN, "currency")
     check_text(body["order_ref"], "order_ref", MAX_ORDER_REF_CHARS)
     check_int(body["paid_at_ms"], "paid_at_ms", 0, MAX_COUNTER)
+
+
+def check_tree_head(body: dict) -> None:
+    """A signed tree head (paywire.tree_head): the log's size and root at a time, and the head before."""
+    check_exact_fields(body, {"center_id", "tree_size", "root_hash", "timestamp_ms", "prev_head_sha256"})
+    check_match(body["center_id"], TREE_HEAD_CENTER_ID_PATTERN, "center_id")
+    check_int(body["tree_size"], "tree_size", 0, MAX_TREE_SIZE)
+    check_match(body["root_hash"], SHA256_HEX_PATTERN, "root_hash")
+    check_int(body["timestamp_ms"], "timestamp_ms", 0, MAX_COUNTER)
+    check_match(body["prev_head_sha256"], SHA256_HEX_PATTERN, "prev_head_sha256")
 
 
 def check_console_login(body: dict) -> None:

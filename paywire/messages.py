@@ -46,6 +46,8 @@ CONSOLE_LOGIN = "console_login"  # an operator approves a console login challeng
 OPERATOR_ACTION = "operator_action"  # an operator's signed action (center.pipeline.operator_actions)
 ROTATE = "rotate"  # signed by the old key; carries the new key's KEY_PROOF
 KEY_PROOF = "key_proof"  # signed by the new key, naming the key it replaces; only ever inside ROTATE
+LOG_QUERY = "log_query"  # a signed read of the center's log (tree heads, proofs): never audited
+TREE_HEAD = "tree_head"  # signed by the center: the audit log's size and Merkle root (paywire.tree_head)
 MESSAGE_TYPES = frozenset(
     {
         ENROLL,
@@ -62,10 +64,12 @@ MESSAGE_TYPES = frozenset(
         CONSOLE_LOGIN,
         OPERATOR_ACTION,
         ACCOUNT_INFO,
+        LOG_QUERY,
+        TREE_HEAD,
     }
 )
-# Types a member or store signs; RECEIPT and NOTICE come from the center only.
-REQUEST_TYPES = MESSAGE_TYPES - {RECEIPT, NOTICE}
+# Types a member or store signs; RECEIPT, NOTICE and TREE_HEAD come from the center only.
+REQUEST_TYPES = MESSAGE_TYPES - {RECEIPT, NOTICE, TREE_HEAD}
 MSG_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 AUDIENCE_PATTERN = re.compile(r"[A-Za-z0-9._:-]{3,64}")
 CLOCK_SKEW_S = 300
@@ -190,4 +194,6 @@ _BODY_CHECKS = {
     CONSOLE_LOGIN: bodies.check_console_login,
     OPERATOR_ACTION: bodies.check_operator_action,
     ACCOUNT_INFO: bodies.check_empty,
+    LOG_QUERY: bodies.check_log_query,
+    TREE_HEAD: bodies.check_tree_head,
 }

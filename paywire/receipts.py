@@ -1,9 +1,19 @@
-"""Receipts: the center's signed answer to an accepted signed request.
+"""Receipts: the center's answer to an accepted signed request, and signed refusals.
 
-The center builds them with `build_receipt_payload`; the wallet checks them
-with `check_receipt` against the center key it pinned, before recording
-anything. A receipt names the request by key id, message id and the SHA-256
-of the exact request bytes, so it cannot be replayed onto another request.
+A receipt is an inclusion proof (`build_log_receipt`): the request's audit log entry (the
+fields not already in the request: seq, time, action), the Merkle inclusion proof of that
+entry's leaf, and the signed tree head the proof leads to:
+
+    {"format": "tokenpay-log-receipt", "v": 1,
+     "entry": {"seq", "created_at_ms", "kid", "alg", "msg_type", "msg_id", "action"},
+     "proof": [b64url hashes], "tree_head": <tree head envelope JSON>}
+
+The wallet checks it with `check_receipt` against the center key it pinned, before recording
+anything: the leaf is rebuilt from the wallet's own request bytes and signature, so a receipt
+cannot be replayed onto another request, and the one signature (on the head) is shared by every
+receipt of a commit group. Receipts issued before the log became a tree are signed RECEIPT
+envelopes (`build_receipt_payload`) naming the request by key id, message id and the SHA-256
+of its bytes; `check_receipt` still verifies them.
 
 A refusal is signed the same way (`build_refusal_payload`, `check_refusal`): a
 receipt whose result is {"action": "refused", "code", "message", "status"}. The
@@ -13,14 +23,35 @@ wallet believes a refusal only when it verifies and names its exact request;
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import re
 
-from paywire.envelope import Envelope
+from paywire import merkle
+from paywire.canonical import MAX_PAYLOAD_BYTES, canonical_bytes
+from paywire.envelope import ENVELOPE_FIELDS, Envelope, b64url_encode
 from paywire.errors import WireError
-from paywire.messages import RECEIPT, Header, build_payload, new_message_id
+from paywire.fields import KID_PATTERN, MAX_COUNTER, check_exact_fields, check_int, check_match
+from paywire.log_entry import entry_fields, entry_leaf_hash
+from paywire.messages import (
+    MSG_ID_PATTERN,
+    RECEIPT,
+    REQUEST_TYPES,
+    Header,
+    build_payload,
+    new_message_id,
+    parse_payload,
+)
+from paywire.tree_head import check_tree_head
 from paywire.verify import verify_envelope
 
 RECEIPT_LIFETIME_S = 30 * 24 * 3600
+LOG_RECEIPT_FORMAT = "tokenpay-log-receipt"
+LOG_RECEIPT_VERSION = 1
+LOG_RECEIPT_FIELDS = frozenset({"format", "v", "entry", "proof", "tree_head"})
+# 32 bytes are 43 base64url characters; the last carries 2 padding bits, which must be zero.
+_PROOF_HASH_PATTERN = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]")
+LOG_ENTRY_FIELDS = frozenset({"seq", "created_at_ms", "kid", "alg", "msg_type", "msg_id", "action"})
 REFUSED = "refused"  # the result action of a signed refusal
 MAX_REFUSAL_MESSAGE_CHARS = 500
 
@@ -78,12 +109,135 @@ def build_refusal_payload(
     )
 
 
-def check_receipt(receipt: Envelope, *, center_spki: bytes, center_alg: str, request: Envelope) -> dict:
-    """Verify the center's signature and that the receipt answers `request`; return its result."""
-    body = _check_answer(receipt, "receipt", center_spki=center_spki, center_alg=center_alg, request=request)
-    if body["result"].get("action") == REFUSED:
+def build_log_receipt(
+    *,
+    seq: int,
+    created_at_ms: int,
+    kid: str,
+    alg: str,
+    msg_type: str,
+    msg_id: str,
+    action: dict,
+    proof: list[bytes],
+    tree_head: dict,
+) -> dict:
+    """A receipt for the entry `seq` (leaf seq - 1): its fields, its inclusion proof at the tree
+    head's size, and that signed head (its envelope JSON)."""
+    assert 1 <= seq <= merkle.MAX_TREE_SIZE and len(proof) <= merkle.MAX_PROOF_HASHES
+    return {
+        "format": LOG_RECEIPT_FORMAT,
+        "v": LOG_RECEIPT_VERSION,
+        "entry": {
+            "seq": seq,
+            "created_at_ms": created_at_ms,
+            "kid": kid,
+            "alg": alg,
+            "msg_type": msg_type,
+            "msg_id": msg_id,
+            "action": action,
+        },
+        "proof": [b64url_encode(item) for item in proof],
+        "tree_head": tree_head,
+    }
+
+
+def check_receipt(
+    receipt: dict | Envelope,
+    *,
+    center_spki: bytes,
+    center_alg: str,
+    request: Envelope,
+    center_id: str | None = None,
+) -> dict:
+    """Verify that `receipt` answers `request` with an acceptance; return
+    {"for_kid", "for_msg_id", "for_type", "result", "log"}.
+
+    A log receipt: the leaf rebuilt from the request's own bytes and signature and the receipt's
+    entry fields is in the tree whose head the center signed ("log": seq, index, tree_size,
+    root_hash hex, tree_head). An old signed receipt (an Envelope or its JSON): the signature and
+    the request digest, "log" None. A refusal is never taken for an acceptance.
+    """
+    if isinstance(receipt, dict) and set(receipt) == ENVELOPE_FIELDS:
+        receipt = Envelope.from_json(receipt)
+    if isinstance(receipt, Envelope):
+        body = _check_answer(
+            receipt, "receipt", center_spki=center_spki, center_alg=center_alg, request=request
+        )
+        if body["result"].get("action") == REFUSED:
+            raise WireError("receipt_mismatch", "the center's answer is a refusal, not a receipt")
+        return {**body, "log": None}
+    index, leaf, entry, proof = _log_leaf(receipt, request)
+    head = check_tree_head(
+        receipt["tree_head"], center_spki=center_spki, center_alg=center_alg, center_id=center_id
+    )
+    merkle.verify_inclusion(leaf, index, head.tree_size, proof, head.root_hash)
+    return {
+        "for_kid": entry["kid"],
+        "for_msg_id": entry["msg_id"],
+        "for_type": entry["msg_type"],
+        "result": entry["action"],
+        "log": {
+            "seq": entry["seq"],
+            "index": index,
+            "tree_size": head.tree_size,
+            "root_hash": head.root_hash.hex(),
+            "tree_head": head.document,
+        },
+    }
+
+
+def receipt_leaf(receipt: dict, request: Envelope) -> tuple[int, bytes]:
+    """(leaf index, leaf hash) of a log receipt's entry, rebuilt from `request`: what a later
+    inclusion check against a newer tree head needs. Checks the receipt's shape, not its proof."""
+    index, leaf, _entry, _proof = _log_leaf(receipt, request)
+    return index, leaf
+
+
+def _proof_hash(text: object) -> bytes:
+    """One proof hash: exactly 43 base64url characters, the last with no stray bits (one spelling)."""
+    if not isinstance(text, str) or not _PROOF_HASH_PATTERN.fullmatch(text):
+        raise WireError("log_proof_invalid", "each proof hash must be 32 bytes in canonical base64url")
+    return base64.urlsafe_b64decode(text + "=")
+
+
+def _log_leaf(receipt: object, request: Envelope) -> tuple[int, bytes, dict, list[bytes]]:
+    """Check a log receipt's shape and that its entry names `request`; rebuild the entry's leaf hash."""
+    if not isinstance(receipt, dict):
+        raise WireError("receipt_mismatch", "a receipt must be an object")
+    check_exact_fields(receipt, LOG_RECEIPT_FIELDS, "receipt")
+    version = receipt["v"]
+    if receipt["format"] != LOG_RECEIPT_FORMAT or type(version) is not int or version != LOG_RECEIPT_VERSION:
+        raise WireError("receipt_mismatch", f"receipt is not a {LOG_RECEIPT_FORMAT} v{LOG_RECEIPT_VERSION}")
+    entry = receipt["entry"]
+    if not isinstance(entry, dict):
+        raise WireError("receipt_mismatch", "receipt entry must be an object")
+    check_exact_fields(entry, LOG_ENTRY_FIELDS, "receipt entry")
+    seq = check_int(entry["seq"], "seq", 1, merkle.MAX_TREE_SIZE)
+    check_int(entry["created_at_ms"], "created_at_ms", 0, MAX_COUNTER)
+    check_match(entry["kid"], KID_PATTERN, "kid")
+    check_match(entry["msg_id"], MSG_ID_PATTERN, "msg_id")
+    action = entry["action"]
+    if not isinstance(action, dict) or len(canonical_bytes({"action": action})) > MAX_PAYLOAD_BYTES:
+        raise WireError(
+            "receipt_mismatch", f"receipt action must be an object of at most {MAX_PAYLOAD_BYTES} bytes"
+        )
+    if action.get("action") == REFUSED:
         raise WireError("receipt_mismatch", "the center's answer is a refusal, not a receipt")
-    return body
+    header, _body = parse_payload(request.payload)
+    if (
+        entry["kid"] != request.kid
+        or entry["alg"] != request.alg
+        or entry["msg_type"] != header.type
+        or entry["msg_id"] != header.msg_id
+        or header.type not in REQUEST_TYPES
+    ):
+        raise WireError("receipt_mismatch", "the receipt answers a different request")
+    proof = receipt["proof"]
+    if not isinstance(proof, list) or len(proof) > merkle.MAX_PROOF_HASHES:
+        raise WireError("log_proof_invalid", f"a proof is a list of at most {merkle.MAX_PROOF_HASHES} hashes")
+    hashes = [_proof_hash(item) for item in proof]
+    row = {**entry, "payload": request.payload, "signature": request.sig}
+    return seq - 1, entry_leaf_hash(entry_fields(row, action)), entry, hashes
 
 
 def check_refusal(refusal: Envelope, *, center_spki: bytes, center_alg: str, request: Envelope) -> dict:
