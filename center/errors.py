@@ -48,6 +48,13 @@ ERROR_CODES: dict[str, Code] = {
     "receipt_mismatch": Code(400, "(wallet) the center's answer does not answer the request sent"),
     # --- the HTTP layer (center.api) ---
     "invalid_request": Code(422, "the request or its arguments do not match the schema or limits"),
+    "log_proof_invalid": Code(400, "(wallet) a Merkle proof does not verify against the signed tree head"),
+    "log_query_required": Code(401, "a log read without a signed log_query in the Tokenpay-Query header"),
+    "log_query_lifetime": Code(403, "a signed log_query lives longer than 300 s: sign it again"),
+    "log_query_mismatch": Code(403, "the signed log_query authorizes another path or query"),
+    "log_size_invalid": Code(
+        400, "a log size or index beyond the newest signed tree head (or no head at that size)"
+    ),
     "not_found": Code(404, "no such path, console view or file (or no funding webhook configured)"),
     "method_not_allowed": Code(405, "the path does not take this method (the Allow header says which)"),
     "http_error": Code(None, "another error of the HTTP layer, with its status (none raised today)"),

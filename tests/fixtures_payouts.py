@@ -9,19 +9,17 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from receipt_support import receipt_result
 from support import SoftwareSigner
 
 from center.pipeline.service import Center
-from paywire.envelope import Envelope
-from paywire.messages import parse_payload
 
 _order_numbers = itertools.count(1)
 
 
 def result_of(response: dict) -> dict:
-    """The `result` the center signed into a receipt."""
-    _header, body = parse_payload(Envelope.from_json(response["receipt"]).payload)
-    return body["result"]
+    """The `result` the center's receipt states (its audit entry's action)."""
+    return receipt_result(response)
 
 
 @dataclass

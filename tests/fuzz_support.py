@@ -8,7 +8,6 @@ Plain functions and classes, no fixtures (fixtures live in the test modules).
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import ssl
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 
 import requests
 import rfc8785
+from receipt_support import receipt_result
 from requests.adapters import HTTPAdapter
 from sqlalchemy import Engine, select
 from support import SoftwareSigner
@@ -97,8 +97,7 @@ def enroll_party(post, center_id: str, role: str, *, name: str = "Fuzz Party") -
     body = signer.enroll_body(role, name=name)
     response = post("/v1/enroll", json=signer.envelope("enroll", body, aud=center_id).to_json())
     assert response.status_code == 200, response.text
-    receipt = Envelope.from_json(response.json()["receipt"])
-    result = json.loads(receipt.payload)["body"]["result"]
+    result = receipt_result(response.json())
     return Party(signer=signer, party_id=result["member_id"], name=name, body=body)
 
 

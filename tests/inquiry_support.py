@@ -8,10 +8,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 import pytest
+from receipt_support import checked_by_center
 from support import SoftwareSigner
-
-from paywire.envelope import Envelope
-from paywire.receipts import check_receipt
 
 DAY0_MS = int(dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp() * 1000)
 DAY_MS = 86_400_000
@@ -43,12 +41,7 @@ class World:
         signer = self.signers[who]
         request = signer.envelope(msg_type, body, aud=self.center.center_id, now_s=self.clock() // 1000)
         response = self.center.submit(request, msg_type)
-        return check_receipt(
-            Envelope.from_json(response["receipt"]),
-            center_spki=self.center.signer.spki,
-            center_alg=self.center.signer.alg,
-            request=request,
-        )["result"]
+        return checked_by_center(response, request, self.center)
 
     def enroll(self, who: str, role: str, name: str) -> str:
         signer = SoftwareSigner()
@@ -60,12 +53,7 @@ class World:
             now_s=self.clock() // 1000,
         )
         response = self.center.enroll(request)
-        result = check_receipt(
-            Envelope.from_json(response["receipt"]),
-            center_spki=self.center.signer.spki,
-            center_alg=self.center.signer.alg,
-            request=request,
-        )["result"]
+        result = checked_by_center(response, request, self.center)
         self.ids[who] = result["member_id"]
         return result["member_id"]
 

@@ -6,12 +6,12 @@ import time
 
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
+from receipt_support import checked_by_center
 from support import SoftwareSigner
 
 from center.api.app import create_app
 from center.keys.operators import add_operator
 from paywire.envelope import Envelope
-from paywire.receipts import check_receipt
 
 # Secure cookies travel over https only, also in the test client.
 BASE_URL = "https://testserver"
@@ -60,10 +60,7 @@ def signed(center, signer: SoftwareSigner, msg_type: str, body: dict, **kw) -> E
 
 
 def receipt_result(center, request: Envelope, response_json: dict) -> dict:
-    receipt = Envelope.from_json(response_json["receipt"])
-    return check_receipt(
-        receipt, center_spki=center.signer.spki, center_alg=center.signer.alg, request=request
-    )["result"]
+    return checked_by_center(response_json, request, center)
 
 
 def error_code(response) -> tuple[int, str]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import httpx
+from receipt_support import checked_result, receipt_head
 from support import CenterProcess, SoftwareSigner, run_cli
 
 from paywire.center_cert import read_center_certificate
 from paywire.envelope import Envelope
-from paywire.receipts import check_receipt
 from token_wallet.client import pinned_ssl_context
 
 PATHS = {
@@ -54,14 +54,15 @@ class SignedClient:
         """Send, require 200, check the receipt against the pinned center key; the receipt's result."""
         request, response = self.post(signer, msg_type, body)
         assert response.status_code == 200, response.text
-        receipt = Envelope.from_json(response.json()["receipt"])
-        assert receipt.kid == self.identity.receipt_kid
-        return check_receipt(
-            receipt,
+        answer = response.json()
+        assert receipt_head(answer).kid == self.identity.receipt_kid
+        return checked_result(
+            answer,
+            request,
             center_spki=self.identity.receipt_spki,
             center_alg=self.identity.receipt_alg,
-            request=request,
-        )["result"]
+            center_id=self.identity.center_id,
+        )
 
     def refused(self, signer: SoftwareSigner, msg_type: str, body: dict) -> str:
         _request, response = self.post(signer, msg_type, body)

@@ -119,16 +119,17 @@ class LiveCenter:
     def result_of(self, request: Envelope, answer: Answer) -> dict:
         """Verify the receipt against the key named by the pinned certificate; return its result."""
         assert answer.status == 200, (answer.status, answer.body[:300])
-        receipt = Envelope.from_json(answer.json["receipt"])
+        receipt = answer.json["receipt"]
         body = check_receipt(
             receipt,
             center_spki=self.identity.receipt_spki,
             center_alg=self.identity.receipt_alg,
             request=request,
+            center_id=self.identity.center_id,
         )
-        header = json.loads(receipt.payload)
-        assert header["kid"] == self.identity.receipt_kid
+        assert Envelope.from_json(receipt["tree_head"]).kid == self.identity.receipt_kid
         assert body["for_kid"] == request.kid and body["for_msg_id"] == json.loads(request.payload)["msg_id"]
+        assert body["log"] is not None  # a log receipt: entry, inclusion proof, signed tree head
         return body["result"]
 
     # --- database facts ----------------------------------------------------------------

@@ -179,12 +179,14 @@ def store(center):
 # --- 17.3 and 17.4: an impostor holding the center's TLS key --------------------------------------
 
 SIGN_AS_CENTER = """
-import json, sys, time
+import json, sys
 from pathlib import Path
 from center.storage.config import CenterConfig
 from center.keys.identity import CenterSigner
-from paywire.envelope import Envelope
-from paywire.messages import parse_payload
+from paywire import merkle
+from paywire.envelope import Envelope, b64url_decode
+from paywire.log_entry import entry_fields, entry_leaf_hash
+from paywire.receipts import build_log_receipt
 from tokens.base import KeyRecord
 from tokens.pkcs11_token import open_pkcs11_token
 config = CenterConfig.load(Path(sys.argv[1]))
@@ -193,23 +195,46 @@ token = open_pkcs11_token(config.pkcs11_module, label=config.token_label)
 key = KeyRecord.from_json(config.signing_key)
 signer = CenterSigner(token.resident_signer(key, config.token_pin()).sign, key, config.center_id)
 document = json.load(sys.stdin)
-request = Envelope.from_json(document["request"])
-header, _body = parse_payload(request.payload)
-receipt = signer.sign_receipt(
-    request_header=header, request=request, result=document["result"], ctr=document["ctr"],
-    now_s=int(time.time()),
+request, real, result = Envelope.from_json(document["request"]), document["receipt"], document["result"]
+entry = real["entry"]
+real_head = json.loads(Envelope.from_json(real["tree_head"]).payload)["body"]
+# The real entry with another result, under a tree head the center's key signs for it: the real
+# proof path, with the root it leads to from the forged leaf.
+leaf = entry_leaf_hash(
+    entry_fields(entry | {"payload": request.payload, "signature": request.sig}, result)
 )
-print(json.dumps(receipt.to_json()))
+proof = [b64url_decode(p, "proof", 64) for p in real["proof"]]
+index, size = entry["seq"] - 1, real_head["tree_size"]
+node, last, root = index, size - 1, leaf
+for sibling in proof:
+    if node % 2 == 1 or node == last:
+        root = merkle.node_hash(sibling, root)
+        while node % 2 == 0 and node != 0:
+            node, last = node >> 1, last >> 1
+    else:
+        root = merkle.node_hash(root, sibling)
+    node, last = node >> 1, last >> 1
+head = signer.sign_tree_head(
+    tree_size=size, root_hash=root, timestamp_ms=real_head["timestamp_ms"],
+    prev_head_sha256=real_head["prev_head_sha256"],
+)
+receipt = build_log_receipt(
+    seq=entry["seq"], created_at_ms=entry["created_at_ms"], kid=entry["kid"], alg=entry["alg"],
+    msg_type=entry["msg_type"], msg_id=entry["msg_id"], action=result, proof=proof,
+    tree_head=head.to_json(),
+)
+print(json.dumps(receipt))
 """
 
 
-def sign_as_center(center: CenterProcess, request: dict, result: dict, ctr: int) -> dict:
-    """A receipt signed with the center's own token key (the test opens the center's token)."""
+def sign_as_center(center: CenterProcess, request: dict, result: dict, real_receipt: dict) -> dict:
+    """A receipt for `result` whose tree head is signed with the center's own token key (the test
+    opens the center's token): the real entry with another result, proved under a forged head."""
     done = subprocess.run(
         [sys.executable, "-c", SIGN_AS_CENTER, str(center.data_dir)],
         env=cli_env(),
         text=True,
-        input=json.dumps({"request": request, "result": result, "ctr": ctr}),
+        input=json.dumps({"request": request, "result": result, "receipt": real_receipt}),
         capture_output=True,
         timeout=60,
     )
@@ -378,9 +403,9 @@ def test_a_receipt_contradicting_the_request_is_an_alarm(world):
 
     def contradict(request, status, answer):
         assert status == 200, answer
-        real = json.loads(b64url_decode(answer["receipt"]["payload"], "payload", 65536))
-        result = real["body"]["result"] | {"amount_minor": 1, "balance_minor": 999_999}
-        return 200, {"receipt": sign_as_center(center, request, result, real["ctr"])}
+        real = answer["receipt"]
+        result = real["entry"]["action"] | {"amount_minor": 1, "balance_minor": 999_999}
+        return 200, {"receipt": sign_as_center(center, request, result, real)}
 
     proxy.lie = contradict
     before = count_payments(center)
@@ -406,9 +431,9 @@ def test_a_receipt_with_a_balance_that_does_not_follow_is_an_alarm(world):
     member.json("balance")  # a known balance: it can fall only by this wallet's own payments
 
     def deflate(request, status, answer):
-        real = json.loads(b64url_decode(answer["receipt"]["payload"], "payload", 65536))
-        result = real["body"]["result"] | {"balance_minor": real["body"]["result"]["balance_minor"] - 250}
-        return 200, {"receipt": sign_as_center(center, request, result, real["ctr"])}
+        real = answer["receipt"]
+        result = real["entry"]["action"] | {"balance_minor": real["entry"]["action"]["balance_minor"] - 250}
+        return 200, {"receipt": sign_as_center(center, request, result, real)}
 
     proxy.lie = deflate
     lied = pay(member, store_id, "100", "C-2")

@@ -27,6 +27,7 @@ import pytest
 from fuzz_support import sealed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from receipt_support import receipt_result
 from sqlalchemy import create_engine, select
 from sqlalchemy.exc import IntegrityError
 from support import CenterProcess, SoftwareSigner, cli_env, free_port, run_cli
@@ -35,9 +36,8 @@ from test_wallet_e2e import WalletUser
 
 from center.cli.keys import keys_table as list_keys_table
 from center.storage.db import audit_log, normalise_url
-from paywire.envelope import Envelope
 from paywire.errors import WireError
-from paywire.messages import build_payload, new_message_id, parse_payload
+from paywire.messages import build_payload, new_message_id
 from token_wallet.cli.common import describe_result
 
 STORE_ID = re.compile(r"S-[0-9a-f]{16}")
@@ -187,7 +187,7 @@ def enroll_http(world: World, role: str, **fields) -> dict:
         ).json()
     if "receipt" not in answer:
         return answer
-    return parse_payload(Envelope.from_json(answer["receipt"]).payload)[1]["result"]
+    return receipt_result(answer)
 
 
 def wallet(user: WalletUser, *args: str, **env: str):
@@ -631,7 +631,7 @@ def test_enrollment_through_the_api_flags_look_alikes(api, center):
                 "enroll", signer.enroll_body("store", name=name), aud=center.center_id
             ).to_json(),
         ).json()
-        return parse_payload(Envelope.from_json(answer["receipt"]).payload)[1]["result"]
+        return receipt_result(answer)
 
     first = enroll("Corner Shop")["member_id"]
     assert "name_flagged" not in enroll("Corner Shop Annex")

@@ -16,7 +16,6 @@ Real parts: SoftHSM tokens, `center serve` over HTTPS on loopback, `wallet`/`cen
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import subprocess
@@ -28,6 +27,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from receipt_support import receipt_result
 from sqlalchemy import func, select
 from stress_support import Api, LiveCenter, enrollment, pay_body
 from support import SOFTHSM_MODULE, SoftwareSigner, cli_env
@@ -37,7 +37,6 @@ from center.storage.config import CenterConfig
 from center.storage.db import keys, messages, parties
 from paywire import algorithms
 from paywire.algorithms import key_id, load_public_key, verify_signature
-from paywire.envelope import Envelope
 from paywire.errors import WireError
 from paywire.money import AmountError, parse_amount
 
@@ -114,7 +113,7 @@ def enroll_direct(center, signer, role: str = "member", **fields) -> str:
 
 
 def _result(center, response: dict) -> dict:
-    return json.loads(Envelope.from_json(response["receipt"]).payload)["body"]["result"]
+    return receipt_result(response)
 
 
 def count(center, table) -> int:

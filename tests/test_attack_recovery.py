@@ -19,6 +19,7 @@ import re
 import httpx
 import pytest
 from fixtures_center import DATABASES
+from receipt_support import receipt_result
 from sqlalchemy import delete, select
 from support import (
     SOFTHSM_MODULE,
@@ -37,7 +38,6 @@ from test_wallet_e2e import WalletUser
 from center.keys import lifecycle as key_lifecycle
 from center.storage import db as center_db
 from center.storage.db import audit_log, make_engine, normalise_url
-from paywire.envelope import Envelope
 from token_wallet.client import pinned_ssl_context
 
 STRANGERS = 50
@@ -289,9 +289,7 @@ def test_wrong_codes_are_refused_and_limited_but_never_block_the_right_one(
     enrolled = https.client.post(
         "/v1/enroll", json=holder.envelope("enroll", body, aud=https.center_id).to_json()
     )
-    member_id = json.loads(Envelope.from_json(enrolled.json()["receipt"]).payload)["body"]["result"][
-        "member_id"
-    ]
+    member_id = receipt_result(enrolled.json())["member_id"]
 
     # A wallet with a wrong code: one line, the reason, non-zero.
     guesser = WalletUser(tmp_path, make_softhsm_token, "guess")

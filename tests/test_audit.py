@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import rfc8785
+from receipt_support import receipt_result
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 from support import SoftwareSigner, run_cli
@@ -28,8 +29,7 @@ from center.ledger.audit_export import export_audit
 from center.ledger.audit_export_verify import verify_export
 from center.storage.config import CenterConfig
 from center.storage.db import audit_log, make_engine
-from paywire.envelope import Envelope, b64url_encode
-from paywire.messages import parse_payload
+from paywire.envelope import b64url_encode
 
 # What `traffic` writes: enroll member, enroll store, top-up, operator
 # confirmation (unsigned), two payments.
@@ -37,14 +37,12 @@ ENTRIES = 6
 SIGNED_ENTRIES = 5
 OPERATOR_SEQ = 4
 KEYS = 2
+# One signed tree head per commit group: each signed request is a group; the operator's decision
+# is covered by the next payment's head. The newest head covers every entry.
+HEADS = SIGNED_ENTRIES
 
 
 # --- helpers ----------------------------------------------------------------------
-
-
-def receipt_result(response: dict) -> dict:
-    _header, body = parse_payload(Envelope.from_json(response["receipt"]).payload)
-    return body["result"]
 
 
 def traffic(center) -> dict:
@@ -255,7 +253,7 @@ def test_deleted_last_entry_is_reported_through_the_head(center):
 def test_export_verifies_offline_in_process_and_without_a_data_dir(center, tmp_path):
     traffic(center)
     path = tmp_path / "audit.jsonl"
-    assert export(center, path) == {"entries": ENTRIES, "keys": 2, "file": str(path)}
+    assert export(center, path) == {"entries": ENTRIES, "keys": 2, "tree_heads": HEADS, "file": str(path)}
     assert path.stat().st_mode & 0o077 == 0  # names, addresses and birth dates inside
     report = verify_export(path)
     assert report | {"head_entry_hash": None} == {
@@ -267,6 +265,9 @@ def test_export_verifies_offline_in_process_and_without_a_data_dir(center, tmp_p
         "problem": None,
         "center_id": center.center_id,
         "head_entry_hash": None,
+        "tree_size": ENTRIES,
+        "heads_checked": HEADS,
+        "entries_after_newest_head": 0,
     }
     assert report["head_entry_hash"] == stored_entry(center.engine, ENTRIES)["entry_hash"]
     # A separate process with no data dir, no database, no center config.
@@ -293,11 +294,14 @@ def test_export_contents(center, tmp_path):
         "exported_at_ms",
         "head",
     }
-    assert [list(record) for record in records] == [["key"]] * KEYS + [["entry"]] * ENTRIES  # keys first
+    # Keys first, then the entries, then the signed tree heads.
+    assert [list(record) for record in records] == [["key"]] * KEYS + [["entry"]] * ENTRIES + [
+        ["tree_head"]
+    ] * HEADS
     document = load_document(path)
     assert (document["format"], document["format_version"], document["center_id"]) == (
         "tokenpay-audit-export",
-        2,
+        3,
         center.center_id,
     )
     assert document["head"] == {"seq": ENTRIES, "entry_hash": document["entries"][-1]["entry_hash"]}
@@ -393,7 +397,9 @@ def test_truncated_last_line_is_reported_at_its_entry(center, tmp_path, cut):
     path = tmp_path / "audit.jsonl"
     export(center, path)
     truncated = tmp_path / "truncated.jsonl"
-    truncated.write_bytes(path.read_bytes()[:-cut])  # 1: only the final newline is gone
+    # Cut within the last entry's line (the tree head lines after it go too); 1: only its newline.
+    entries_end = KEYS + ENTRIES + 1
+    truncated.write_bytes(b"".join(line + b"\n" for line in export_lines(path)[:entries_end])[:-cut])
     report = verify_export(truncated)
     assert (report["ok"], report["first_bad_seq"], report["entries"]) == (False, ENTRIES, ENTRIES - 1)
     assert "cut off" in report["problem"]
@@ -586,7 +592,15 @@ def test_cli_verify_finds_tampering_in_a_center_data_dir(tmp_path):
     assert result.returncode == 0, result.stderr
     verify = run_cli("center", ["audit", "verify", "--data-dir", str(data_dir), "--json"])
     assert verify.returncode == 0, verify.stderr
-    assert json.loads(verify.stdout) == {"ok": True, "entries": 0, "first_bad_seq": None, "problem": None}
+    assert json.loads(verify.stdout) == {
+        "ok": True,
+        "entries": 0,
+        "first_bad_seq": None,
+        "problem": None,
+        "tree_size": 0,
+        "heads_checked": 0,
+        "unsigned_entries": 0,
+    }
 
     db_url = CenterConfig.load(data_dir).db_url
     engine = make_engine(db_url)

@@ -14,6 +14,8 @@ from support import cli_env, run_cli
 from test_payments_e2e import center_cli, count_payments, enrolled_pair, fund
 from test_wallet_e2e import WalletUser
 
+pytestmark = pytest.mark.slow
+
 CARD_PIN, ADMIN_PIN = "123456", "12345678"  # jcecard's factory PINs
 
 

@@ -31,6 +31,8 @@ from test_wallet_e2e import WalletUser
 
 from center.storage.db import normalise_url, topups
 
+pytestmark = pytest.mark.slow
+
 try:
     from playwright.sync_api import expect, sync_playwright
 except ImportError:  # the `test` extra is not installed: the fixture below says so

@@ -41,6 +41,8 @@ from test_payments_e2e import count_payments, enrolled_pair, fund
 from center.storage.db import messages, payments
 from paywire.envelope import Envelope
 
+pytestmark = pytest.mark.slow
+
 SEED = random.randrange(2**32)
 CLIENTS = 4
 KILLS = 4

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fastapi.testclient import TestClient
+from receipt_support import checked_by_center, receipt_result
 from sqlalchemy import func, select
 from support import SoftwareSigner
 
@@ -30,7 +31,6 @@ from paywire.envelope import Envelope, b64url_encode, seal
 from paywire.errors import WireError
 from paywire.fields import MAX_KEY_CERT_BYTES
 from paywire.messages import new_message_id
-from paywire.receipts import check_receipt
 
 NOW_S = int(time.time())
 DAY_S = 86400
@@ -515,13 +515,7 @@ def test_required_policy_accepts_a_certified_key_and_keeps_the_certificate(make_
     request = enrollment(signer, center, cert_der)
     response = client.post("/v1/enroll", json=request.to_json())
     assert response.status_code == 200, response.text
-    receipt = check_receipt(
-        Envelope.from_json(response.json()["receipt"]),
-        center_spki=center.signer.spki,
-        center_alg=center.signer.alg,
-        request=request,
-    )
-    facts = receipt["result"]["key_certificate"]
+    facts = checked_by_center(response.json(), request, center)["key_certificate"]
     cert = x509.load_der_x509_certificate(cert_der)
     assert facts["serial"] == format(cert.serial_number, "x") and facts["subject"] == "CN=card 0042"
     assert facts == issuer.describe(cert)
@@ -581,7 +575,7 @@ def test_policy_any_without_a_ca_accepts_certificates_it_cannot_judge(make_cente
 
 
 def _result(response) -> dict:
-    return json.loads(Envelope.from_json(response.json()["receipt"]).payload)["body"]["result"]
+    return receipt_result(response.json())
 
 
 def test_a_key_certificate_trusted_as_if_it_were_the_ca_is_still_refused(ca):

@@ -22,6 +22,8 @@ from center.keys import issuer
 from center.keys.issuer_policy import check_enrollment_certificate, policy_of
 from center.storage.config import CenterConfig
 
+pytestmark = pytest.mark.slow
+
 PASSWORD = "issuer station passphrase"
 
 

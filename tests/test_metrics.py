@@ -12,9 +12,9 @@ import httpx
 import pytest
 from metrics_support import MetricsCenter, scrape, value
 from ops_support import STORE_NAME, SignedClient, center_cli, funded_member, pay_body
+from receipt_support import receipt_result
 from support import SoftwareSigner, free_port, run_cli
 
-from paywire.envelope import Envelope
 from token_wallet.client import pinned_ssl_context
 
 
@@ -33,8 +33,7 @@ def enroll(api, center, role: str, **fields) -> tuple[SoftwareSigner, str]:
     signer = SoftwareSigner()
     response = signed(api, signer, center, "/v1/enroll", "enroll", signer.enroll_body(role, **fields))
     assert response.status_code == 200, response.text
-    receipt = Envelope.from_json(response.json()["receipt"])
-    return signer, json.loads(receipt.payload)["body"]["result"]["member_id"]
+    return signer, receipt_result(response.json())["member_id"]
 
 
 def funded(api, center, amount_minor: int) -> SoftwareSigner:
@@ -47,9 +46,7 @@ def funded(api, center, amount_minor: int) -> SoftwareSigner:
         "topup",
         {"amount_minor": amount_minor, "currency": "JPY", "method": "bank"},
     )
-    topup_id = json.loads(Envelope.from_json(response.json()["receipt"]).payload)["body"]["result"][
-        "topup_id"
-    ]
+    topup_id = receipt_result(response.json())["topup_id"]
     center.decide_topup(topup_id, "confirm", decided_by="operator:test")
     return member
 

@@ -9,8 +9,11 @@ import json
 import ssl
 
 import httpx
+import pytest
 from support import CenterProcess, run_cli
 from test_wallet_e2e import WalletUser
+
+pytestmark = pytest.mark.slow
 
 
 def center_cli(center: CenterProcess, *args: str) -> dict:

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from receipt_support import checked_by_center
 from sqlalchemy import func, select, text
 from support import SoftwareSigner
 
@@ -18,17 +19,13 @@ from center.pipeline.rules import COUNTER_WINDOW
 from center.storage.db import accounts, payments, transfers
 from paywire.envelope import Envelope
 from paywire.messages import parse_payload
-from paywire.receipts import check_receipt
 from paywire.verify import verify_envelope
 
 STORE_NAME = "Corner Shop"
 
 
 def result_of(center, request: Envelope, response: dict) -> dict:
-    receipt = Envelope.from_json(response["receipt"])
-    return check_receipt(
-        receipt, center_spki=center.signer.spki, center_alg=center.signer.alg, request=request
-    )["result"]
+    return checked_by_center(response, request, center)
 
 
 def enroll(center, role: str, **fields) -> tuple[SoftwareSigner, str]:

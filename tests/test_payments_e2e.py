@@ -8,11 +8,14 @@ import shutil
 import socket
 import threading
 
+import pytest
 from sqlalchemy import create_engine, func, select, text
 from support import CenterProcess, free_port, run_cli
 from test_wallet_e2e import WalletUser
 
 from center.storage.db import normalise_url, payments
+
+pytestmark = pytest.mark.slow
 
 
 def center_cli(center: CenterProcess, *args: str) -> dict:

@@ -15,6 +15,8 @@ from support import SOFTHSM_MODULE, CenterProcess, cli_env, free_port, run_cli
 
 from center.storage.db import normalise_url, parties
 
+pytestmark = pytest.mark.slow
+
 
 class WalletUser:
     """One wallet home with its token and password files, driven through the CLI."""

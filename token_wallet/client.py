@@ -86,6 +86,11 @@ class CenterClient:
     def get_json(self, path: str) -> dict:
         return self._parse(self._send("GET", path, None))
 
+    def get_signed(self, path: str, params: dict[str, int], header: tuple[str, str]) -> dict:
+        """GET a read the center answers to enrolled parties only: `header` is (name, value) carrying
+        the signed query (token_wallet.log_audit: the log's tree heads and proofs)."""
+        return self._parse(self._send("GET", path, None, params=params, headers=dict([header])))
+
     def submit(self, path: str, envelope: Envelope) -> dict:
         """POST a signed envelope; return the center's answer (receipt not yet verified)."""
         document = self._parse(self._send("POST", path, envelope.to_json()))
@@ -93,9 +98,16 @@ class CenterClient:
             raise CenterUnreachable("the center's answer holds no receipt; try `wallet sync` later")
         return document
 
-    def _send(self, method: str, path: str, body: dict | None) -> httpx.Response:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: dict | None,
+        params: dict[str, int] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         try:
-            return self._client.request(method, path, json=body)
+            return self._client.request(method, path, json=body, params=params, headers=headers)
         except httpx.HTTPError as error:
             raise CenterUnreachable(
                 f"cannot reach the center at {self._client.base_url}: {_reason(error)}"

@@ -7,6 +7,9 @@ Document kept in the vault (password A):
     history, receipts, outbox, topups, notices, notices_cursor; and, once the
     key changes (token_wallet.key_rotation): key_status, pending_key, previous_keys
     (token_wallet.document: the document's shape and history, below this module).
+    Each receipt is kept with what `wallet audit check` needs later (its "log": leaf index, leaf
+    hash, the size and root of the tree head it proves against, checked yet); log_head is the
+    newest tree head proved consistent (token_wallet.log_audit).
 
 Signing order, so that a crash never loses or doubles a message: sign with
 the token (password B) -> put the envelope in the outbox and save the vault ->
@@ -65,6 +68,7 @@ from token_wallet.account_info import record_account_info
 from token_wallet.answer_checks import Contradiction, check_answer
 from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable, check_center_url
 from token_wallet.document import WalletError, add_history, discard_pending_key, now_ms, switch_to_rotated_key
+from token_wallet.log_audit import receipt_form, receipt_json, receipt_log_record
 from token_wallet.vault import Vault
 from tokens.base import KeyRecord, Token
 
@@ -333,10 +337,16 @@ class Wallet:
         request = Envelope.from_json(entry["envelope"])
         response = client.submit(ENDPOINTS[entry["type"]], request)
         try:
-            receipt = Envelope.from_json(response.get("receipt"))
+            receipt = receipt_form(response.get("receipt"))
             body = check_receipt(
-                receipt, center_spki=self._center_spki(), center_alg=self._center_alg(), request=request
+                receipt,
+                center_spki=self._center_spki(),
+                center_alg=self._center_alg(),
+                request=request,
+                center_id=self.doc["center"]["center_id"],
             )
+            # What `wallet audit check` needs once the request bytes have left the outbox.
+            log = receipt_log_record(body, receipt, request)
             extras = self._verified_extras(entry["type"], response)
         except WireError as error:
             # Not recorded: the entry stays in the outbox, and a resend of the
@@ -345,24 +355,18 @@ class Wallet:
                 f"the center's answer did not verify ({error.code}): nothing was recorded"
             ) from None
         result = body["result"]
+        record = {"msg_id": entry["msg_id"], "type": entry["type"], "receipt": receipt_json(receipt)}
+        if log is not None:
+            record["log"] = log
         try:
             check_answer(entry["type"], request_body(entry), result, self.doc, extras)
         except Contradiction as alarm:
-            self.doc["receipts"].append(
-                {
-                    "msg_id": entry["msg_id"],
-                    "type": entry["type"],
-                    "receipt": receipt.to_json(),
-                    "alarm": str(alarm),
-                }
-            )
+            self.doc["receipts"].append(record | {"alarm": str(alarm)})
             raise
         _RECORD_RESULT[entry["type"]](self, entry, result, extras)
         if entry["type"] not in (ENROLL, ROTATE) and self.doc.get("key_status") == "pending_bind":
             self.doc["key_status"] = "active"  # accepted: an operator has bound the new key
-        self.doc["receipts"].append(
-            {"msg_id": entry["msg_id"], "type": entry["type"], "receipt": receipt.to_json()}
-        )
+        self.doc["receipts"].append(record)
         self.doc["outbox"].pop(0)
         self.vault.save()
         return {"msg_id": entry["msg_id"], "type": entry["type"], "result": result}
@@ -388,6 +392,10 @@ class Wallet:
                 raise WireError("wrong_audience", "a payment notice is not addressed to this store")
             checked.append({"notice": body, "envelope": envelope.to_json()})
         return checked
+
+    def center_key(self) -> tuple[bytes, str]:
+        """The pinned center key (SPKI DER, algorithm): receipts, refusals and tree heads verify with it."""
+        return self._center_spki(), self._center_alg()
 
     def _center_spki(self) -> bytes:
         return b64url_decode(self.doc["center"]["receipt_spki"], "receipt_spki", 2048)

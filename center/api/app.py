@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from center.api.error_handlers import install_error_handlers
 from center.api.key_routes import install_key_routes
+from center.api.log_routes import install_log_routes
 from center.api.middleware import BodyLimitMiddleware
 from center.api.ratelimit import Limits
 from center.api.schemas import (
@@ -50,6 +51,7 @@ def create_app(center: Center, limits: Limits | None = None) -> FastAPI:
     _add_funding_webhook(app, center)
     install_console_auth(app, center)
     install_key_routes(app, center)  # POST /v1/keys/rotate (center.keys.lifecycle)
+    install_log_routes(app, center, limits)  # GET /v1/log/sth|consistency|inclusion (signed reads)
     # The operator console under /console (page, read APIs, CSV); last, see there.
     install_console(app, center)
     return app

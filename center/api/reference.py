@@ -135,9 +135,16 @@ public key, `msg_id` is chosen by the signer (a resend of the same bytes gets th
 in the `paywire` package (envelope, canonical JSON, messages, receipts), the one place that
 defines them for the center and the wallet.
 
-An accepted signed request is answered `{"receipt": <envelope>}` (a store's `notices` also
-carries `notices`): the center's signed receipt naming the request by kid, msg_id and the
-SHA-256 of its payload. Wallets check it against the center key they pinned from `/v1/center`.
+An accepted signed request is answered `{"receipt": <log receipt>}` (a store's `notices` also
+carries `notices`). A log receipt is `{"format": "tokenpay-log-receipt", "v": 1, "entry": {seq,
+created_at_ms, kid, alg, msg_type, msg_id, action}, "proof": [base64url hashes], "tree_head":
+<envelope>}`: the request's audit log entry (its signed bytes and signature are the request's own),
+the RFC 9162 inclusion proof of that entry (leaf index seq - 1) and the tree head the center signed
+for the commit group it was in. Wallets rebuild the leaf from what they signed and check the proof
+and the head against the center key they pinned from `/v1/center`. A resend of a message answered
+before the log became a tree gets the signed receipt envelope it got then. The log itself is read
+with `GET /v1/log/sth`, `/v1/log/consistency` and `/v1/log/inclusion`, each authorized by a signed
+`log_query` in the `Tokenpay-Query` header.
 
 ## Errors
 

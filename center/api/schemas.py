@@ -29,12 +29,39 @@ class EnvelopeIn(BaseModel):
     sig: str
 
 
+class LogEntryOut(BaseModel):
+    """The request's audit entry, as far as the request itself does not hold it (paywire.receipts)."""
+
+    seq: int
+    created_at_ms: int
+    kid: str
+    alg: str
+    msg_type: str
+    msg_id: str
+    action: dict
+
+
+class LogReceiptOut(BaseModel):
+    """A receipt: the request's audit entry, its inclusion proof (base64url hashes) and the signed
+    tree head it leads to (paywire.receipts.build_log_receipt / check_receipt)."""
+
+    format: Literal["tokenpay-log-receipt"]
+    v: Literal[1]
+    entry: LogEntryOut
+    proof: list[str]
+    tree_head: EnvelopeIn
+
+
+# A resend of a message answered before the log became a Merkle tree gets its stored signed receipt.
+Receipt = LogReceiptOut | EnvelopeIn
+
+
 class ReceiptOut(BaseModel):
-    receipt: EnvelopeIn
+    receipt: Receipt
 
 
 class SignedResponseOut(BaseModel):
-    receipt: EnvelopeIn
+    receipt: Receipt
     notices: list[EnvelopeIn] | None = None
 
 
@@ -89,7 +116,7 @@ class BatchIn(BaseModel):
 class BatchItemOut(BaseModel):
     """Exactly one of: the receipt, or the error with the status it would have had alone."""
 
-    receipt: EnvelopeIn | None = None
+    receipt: Receipt | None = None
     error: ErrorDetail | None = None
     status: int | None = None
 

@@ -12,10 +12,12 @@ from typing import Annotated
 import typer
 
 from center.cli.common import DataDir, JsonFlag, api_call, load_config, open_engine
-from hostkit.cli import emit
+from hostkit.cli import CliError, emit
 
 ledger_app = typer.Typer(help="Ledger checks", no_args_is_help=True)
-audit_app = typer.Typer(help="The hash-chained audit trail", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="The audit trail: hash chain, Merkle tree, signed tree heads", no_args_is_help=True
+)
 payouts_app = typer.Typer(help="Store payouts to bank accounts", no_args_is_help=True)
 
 
@@ -41,29 +43,39 @@ def ledger_check(data_dir: DataDir, as_json: JsonFlag = False) -> None:
 
 @audit_app.command("verify")
 def audit_verify(data_dir: DataDir, as_json: JsonFlag = False) -> None:
-    """Walk the hash chain; report the first entry changed, removed or reordered (exit 1)."""
-    from center.ledger.audit import verify_chain
+    """Check the hash chain, the Merkle tree and every signed tree head over a snapshot (exit 1 on a
+    problem, naming the first); payments go on meanwhile."""
+    from center.ledger.audit_verify import verify_log
 
-    with open_engine(data_dir).connect() as conn:
-        checked, problem = verify_chain(conn)
-    document = {
-        "ok": problem is None,
-        "entries": checked,
-        "first_bad_seq": problem.seq if problem else None,
-        "problem": problem.reason if problem else None,
-    }
+    config = load_config(data_dir)
+    report = verify_log(open_engine(data_dir), center_key(config))
+    document = report.to_json()
     emit(
         as_json,
         document,
         lambda out: out.print(
-            f"audit chain OK: {checked} entries"
-            if problem is None
-            else f"audit chain BROKEN at entry {problem.seq}: {problem.reason} "
-            f"({checked} entries before it are intact)"
+            f"audit log OK: {report.entries} entries, {report.heads_checked} tree heads verified, "
+            f"{report.unsigned_entries} entries after the newest tree head"
+            if report.ok
+            else "audit log BROKEN"
+            + (f" at entry {report.first_bad_seq}" if report.first_bad_seq else "")
+            + f": {report.problem} ({report.entries} entries before it are intact)"
         ),
     )
-    if problem is not None:
+    if not report.ok:
         raise typer.Exit(code=1)
+
+
+def center_key(config):
+    """The key tree heads are signed with: the receipt key the center's certificate names."""
+    from center.ledger.audit_tree_check import CenterKey
+    from paywire.center_cert import read_center_certificate
+
+    try:
+        identity = read_center_certificate(config.cert_file.read_bytes())
+    except (OSError, ValueError) as error:
+        raise CliError(f"cannot read the center certificate {config.cert_file}: {error}") from None
+    return CenterKey(center_id=config.center_id, spki=identity.receipt_spki, alg=identity.receipt_alg)
 
 
 @audit_app.command("export")
@@ -81,22 +93,34 @@ def audit_export(file: Path, data_dir: DataDir, as_json: JsonFlag = False) -> No
         as_json,
         summary,
         lambda out: out.print(
-            f"wrote {summary['entries']} audit entries and {summary['keys']} keys to {file}"
+            f"wrote {summary['entries']} audit entries, {summary['keys']} keys and "
+            f"{summary['tree_heads']} tree heads to {file}"
         ),
     )
 
 
 @audit_app.command("verify-export")
-def audit_verify_export(file: Path, as_json: JsonFlag = False) -> None:
-    """Check an exported audit file offline: chain and every signature (exit 1 on a problem)."""
+def audit_verify_export(
+    file: Path,
+    as_json: JsonFlag = False,
+    center_cert: Annotated[
+        Path | None,
+        typer.Option(help="The center's certificate as you know it (PEM); the export's must be the same"),
+    ] = None,
+) -> None:
+    """Check an exported audit file offline: chain, every signature, every signed tree head (exit 1 on a
+    problem)."""
     from center.ledger.audit_export_verify import verify_export
 
-    report = verify_export(file)
+    pinned = center_cert.read_bytes() if center_cert is not None else None
+    report = verify_export(file, center_cert_pem=pinned)
     emit(
         as_json,
         report,
         lambda out: out.print(
-            f"export OK: {report['entries']} entries, {report['signatures_checked']} signatures verified"
+            f"export OK: {report['entries']} entries, {report['signatures_checked']} signatures and "
+            f"{report['heads_checked']} tree heads verified, "
+            f"{report['entries_after_newest_head']} entries after the newest tree head"
             if report["ok"]
             else f"export BROKEN: {report['problem']}"
         ),

@@ -1,4 +1,5 @@
-"""The center's identity: its TLS certificate (see paywire.center_cert) and receipt signer."""
+"""The center's identity: its TLS certificate (see paywire.center_cert) and its signer (tree heads,
+refusals, notices; receipts before the log became a Merkle tree)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paywire.algorithms import key_id
 from paywire.center_cert import RECEIPT_KEY_OID
 from paywire.envelope import Envelope, seal
-from paywire.messages import Header
-from paywire.receipts import build_receipt_payload
+from paywire.tree_head import build_tree_head_payload
 from tokens.base import KeyRecord
 
 CERT_VALIDITY_DAYS = 825
@@ -60,7 +60,7 @@ def make_tls_certificate(
 
 
 class CenterSigner:
-    """Signs what the center issues (receipts, notices) with its token key."""
+    """Signs what the center issues (tree heads, refusals, notices) with its token key."""
 
     def __init__(self, sign_bytes: Callable[[bytes], bytes], key: KeyRecord, center_id: str):
         self._sign_bytes = sign_bytes
@@ -69,22 +69,23 @@ class CenterSigner:
         self.alg = key.algorithm
         self.spki = key.spki_der
 
-    def sign_receipt(
-        self, *, request_header: Header, request: Envelope, result: dict, ctr: int, now_s: int
+    def sign_tree_head(
+        self, *, tree_size: int, root_hash: bytes, timestamp_ms: int, prev_head_sha256: str
     ) -> Envelope:
+        """One signed tree head per commit group: what every receipt of the group proves against."""
         return self.seal(
-            build_receipt_payload(
+            build_tree_head_payload(
                 center_kid=self.kid,
-                request_header=request_header,
-                request=request,
-                result=result,
-                ctr=ctr,
-                now_s=now_s,
+                center_id=self.center_id,
+                tree_size=tree_size,
+                root_hash=root_hash,
+                timestamp_ms=timestamp_ms,
+                prev_head_sha256=prev_head_sha256,
             )
         )
 
     def seal(self, payload: dict) -> Envelope:
-        """Sign a payload the center issues (receipt, notice) with the token key."""
+        """Sign a payload the center issues (tree head, refusal, notice) with the token key."""
         return seal(payload, alg=self.alg, kid=self.kid, sign=self._sign_bytes)
 
     def __repr__(self) -> str:

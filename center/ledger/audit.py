@@ -1,23 +1,31 @@
-"""Append-only, hash-chained audit log of every accepted signed message.
+"""Append-only, hash-chained audit log of every accepted signed message, and its Merkle tree.
 
 entry_hash(n) = SHA-256(prev_hash || canonical JSON of entry n's fields), with
 prev_hash(1) = 64 zeros. The head row holds the last seq and hash, so a
 removed tail is noticed too. Verification walks the chain and names the first
 entry that was changed, removed or reordered.
+
+The same canonical bytes are the entry's leaf in the log's Merkle tree (RFC 9162 hashing,
+leaf index = seq - 1): each append adds the leaves and every perfect subtree they complete
+to log_nodes and moves the frontier in the head row, in the same transaction and under the
+same lock (center.ledger.log_tree signs tree heads over it and answers proofs).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import rfc8785
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Row, select
 
-from center.storage.db import audit_head, audit_log
+from center.ledger.bulk_sql import GroupWrites
+from center.ledger.log_tree import HeadRow, frontier_text, parse_frontier, signed_head_values
+from center.storage.db import audit_head, audit_log, log_nodes
+from paywire import merkle
 from paywire.canonical import jcs_bytes
-from paywire.envelope import b64url_encode
+from paywire.log_entry import entry_bytes, entry_fields
 
 GENESIS_HASH = "0" * 64
 MAX_ENTRIES_PER_APPEND = 1000
@@ -30,13 +38,32 @@ UNSIGNED_ALGS = frozenset({LOCAL_ALG, WEBHOOK_ALG})
 MAX_KID_CHARS = 64
 MAX_MSG_ID_CHARS = 64
 # Built once (see center.ledger.book): every accepted request appends an entry.
-_LOCK_HEAD = select(audit_head.c.seq, audit_head.c.entry_hash).where(audit_head.c.id == 1).with_for_update()
-_INSERT_ENTRY = insert(audit_log)
-_MOVE_HEAD = (
-    update(audit_head)
+# Everything a group needs to know before it writes: the chain's and the tree's ends, and the newest
+# signed head (center.ledger.log_tree.next_head names it and never goes back in time from it).
+_LOCK_HEAD = (
+    select(
+        audit_head.c.seq,
+        audit_head.c.entry_hash,
+        audit_head.c.frontier,
+        audit_head.c.signed_size,
+        audit_head.c.head_sha256,
+        audit_head.c.head_timestamp_ms,
+    )
     .where(audit_head.c.id == 1)
-    .values(seq=bindparam("h_seq"), entry_hash=bindparam("h_hash"))
+    .with_for_update()
 )
+
+
+@dataclass(frozen=True)
+class Group:
+    """Entries appended together: their seqs, the tree after them (Appended: size, root, frontier,
+    the new nodes, and inclusion proofs for the new leaves), the head row as locked before them,
+    and the audit_log rows to write."""
+
+    seqs: list[int]
+    tree: merkle.Appended
+    head: Row
+    rows: list[dict] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -107,9 +134,29 @@ def append_many(conn: Connection, entries: list[dict]) -> list[int]:
 
     Each entry: kid, alg, payload, signature, msg_type, msg_id, action (a dict), now_ms.
     """
+    return append_group(conn, entries).seqs
+
+
+def append_group(conn: Connection, entries: list[dict]) -> Group:
+    """append_many, also returning the tree after the entries."""
+    group = prepare_group(conn, entries)
+    writes = GroupWrites()
+    add_group_writes(group, writes)
+    writes.flush(conn)
+    return group
+
+
+def prepare_group(conn: Connection, entries: list[dict]) -> Group:
+    """Lock the head row and work out the entries' rows, chain hashes, leaves and tree; write nothing
+    (add_group_writes does, with the group's tree head when there is one: one statement on PostgreSQL).
+
+    The head row stays locked until the caller's transaction ends: a group's tree head is signed
+    under that lock (center.pipeline.rules.seal), so heads follow commit order.
+    """
     assert 1 <= len(entries) <= MAX_ENTRIES_PER_APPEND
     head = conn.execute(_LOCK_HEAD).one()
-    seq, prev_hash, rows = head.seq, head.entry_hash, []
+    seq, prev_hash, rows, leaves = head.seq, head.entry_hash, [], []
+    frontier = parse_frontier(head.frontier, head.seq)
     for entry in entries:
         seq += 1
         row = {
@@ -123,32 +170,38 @@ def append_many(conn: Connection, entries: list[dict]) -> list[int]:
             "signature": entry["signature"],
             "action": jcs_bytes(entry["action"]).decode(),
         }
-        entry_hash = chain_hash(prev_hash, row)
+        # One canonical encoding serves both: the chain hashes it, the tree's leaf is made of it.
+        encoded = entry_bytes(entry_fields(row, entry["action"]))
+        entry_hash = hashlib.sha256(bytes.fromhex(prev_hash) + encoded).hexdigest()
+        leaves.append(merkle.leaf_hash(encoded))
         rows.append({"prev_hash": prev_hash, "entry_hash": entry_hash, **row})
         prev_hash = entry_hash
-    conn.execute(_INSERT_ENTRY, rows if len(rows) > 1 else rows[0])
-    conn.execute(_MOVE_HEAD, {"h_seq": seq, "h_hash": prev_hash})
-    return [row["seq"] for row in rows]
+    tree = merkle.append(head.seq, frontier, leaves)
+    return Group([row["seq"] for row in rows], tree, head, rows)
+
+
+def add_group_writes(group: Group, writes: GroupWrites, signed: HeadRow | None = None) -> None:
+    """The group's entries, its new tree nodes and the moved head row (with `signed`, the group's
+    tree head, as the newest signed one; log_tree.add_head_writes stores the head itself)."""
+    writes.insert(audit_log, group.rows)
+    writes.insert(
+        log_nodes,
+        [{"level": level, "idx": idx, "hash": digest} for (level, idx), digest in group.tree.nodes.items()],
+    )
+    moved = {
+        "seq": group.rows[-1]["seq"],
+        "entry_hash": group.rows[-1]["entry_hash"],
+        "frontier": frontier_text(group.tree.frontier),
+    }
+    if signed is not None:
+        assert signed.tree_size == group.tree.size
+        moved |= signed_head_values(signed)
+    writes.update_rows(audit_head, "id", {1: moved})
 
 
 def chain_hash(prev_hash: str, row: dict) -> str:
     fields = entry_fields(row, json.loads(row["action"]))
-    return hashlib.sha256(bytes.fromhex(prev_hash) + jcs_bytes(fields)).hexdigest()
-
-
-def entry_fields(row, action: object) -> dict:
-    """What an entry's hash covers, as JSON: the same fields in the chain and in an export."""
-    return {
-        "seq": row["seq"],
-        "created_at_ms": row["created_at_ms"],
-        "kid": row["kid"],
-        "alg": row["alg"],
-        "msg_type": row["msg_type"],
-        "msg_id": row["msg_id"],
-        "payload": b64url_encode(bytes(row["payload"])),
-        "signature": b64url_encode(bytes(row["signature"])),
-        "action": action,
-    }
+    return hashlib.sha256(bytes.fromhex(prev_hash) + entry_bytes(fields)).hexdigest()
 
 
 def verify_chain(conn: Connection, *, batch_rows: int = 1000) -> tuple[int, AuditProblem | None]:

@@ -8,14 +8,20 @@ line, so both sides hold one line at a time without a streaming parser:
     {"key": {"kid", "algorithm", "spki", "party_id", "status"}}          (one per key)
     {"entry": {"seq", "created_at_ms", "kid", "alg", "msg_type", "msg_id",
                "payload", "signature", "action", "prev_hash", "entry_hash"}}  (in seq order)
+    {"tree_head": <signed tree head envelope: {payload, alg, kid, sig}>}  (format 3, in size order)
 
 (Each line above is one line in the file.) Every key line comes before the
-first entry line, so signatures are checked in a single pass. Bytes (spki,
+first entry line, so signatures are checked in a single pass; the tree heads
+(every one the center signed over the exported entries) come after the last
+entry, so a verifier has every leaf when it recomputes their roots. Format 2
+files (no tree heads) stay verifiable. Bytes (spki,
 payload, signature) are base64url without padding, as on the wire. `action`
 is the recorded JSON itself, not its text. The checker: center.ledger.audit_export_verify.
 
-Memory: the exporter holds EXPORT_BATCH_ROWS entries at a time (an entry is at
-most ~64 KiB of payload, so a few tens of MiB at worst).
+Everything is read from one snapshot (center.ledger.audit_snapshot): the
+export is consistent and payments go on while it is written. Memory: the
+exporter holds EXPORT_BATCH_ROWS rows at a time (an entry is at most ~64 KiB
+of payload, so a few tens of MiB at worst).
 """
 
 from __future__ import annotations
@@ -27,17 +33,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from center.errors import ApiError
-from center.ledger.audit import entry_fields
-from center.storage.db import audit_head, audit_log, keys
+from center.ledger.audit_snapshot import Snapshot, read_snapshot
 from hostkit.private_files import fsync_directory, link_new_name, new_file_stream
 from paywire.center_cert import read_center_certificate
 from paywire.envelope import b64url_encode
+from paywire.log_entry import entry_fields
 
 FORMAT_NAME = "tokenpay-audit-export"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = frozenset({2, 3})  # what the verifier accepts
 EXPORT_BATCH_ROWS = 500
 
 
@@ -49,18 +56,23 @@ def export_audit(
     _check_certificate(center_id, cert_pem)
     if path.exists():
         raise _file_exists(path)
-    head = _read_head(engine)
     # Same directory, so the final link is atomic; owner-only, because the
     # enrollment payloads carry names, addresses and birth dates.
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with new_file_stream(tmp) as out:
-            counts = _write_document(out, engine, head, center_id, cert_pem, batch_rows)
+        with read_snapshot(engine) as snapshot, new_file_stream(tmp) as out:
+            head = _read_head(snapshot)
+            counts = _write_document(out, snapshot, head, center_id, cert_pem, batch_rows)
         _publish_without_overwrite(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_directory(path.parent)
-    return {"entries": counts["entries"], "keys": counts["keys"], "file": str(path)}
+    return {
+        "entries": counts["entries"],
+        "keys": counts["keys"],
+        "tree_heads": counts["tree_heads"],
+        "file": str(path),
+    }
 
 
 def _check_certificate(center_id: str, cert_pem: bytes) -> None:
@@ -81,16 +93,13 @@ def _file_exists(path: Path) -> ApiError:
     )
 
 
-def _read_head(engine: Engine) -> dict:
-    with engine.connect() as conn:
-        head = conn.execute(
-            select(audit_head.c.seq, audit_head.c.entry_hash).where(audit_head.c.id == 1)
-        ).one()
-    return {"seq": head.seq, "entry_hash": head.entry_hash}
+def _read_head(snapshot: Snapshot) -> dict:
+    seq, entry_hash = snapshot.one("SELECT seq, entry_hash FROM audit_head WHERE id = 1")
+    return {"seq": seq, "entry_hash": entry_hash}
 
 
 def _write_document(
-    out: BinaryIO, engine: Engine, head: dict, center_id: str, cert_pem: bytes, batch_rows: int
+    out: BinaryIO, snapshot: Snapshot, head: dict, center_id: str, cert_pem: bytes, batch_rows: int
 ) -> dict:
     out.write(
         _line(
@@ -104,10 +113,27 @@ def _write_document(
             }
         )
     )
-    # Keys first: the verifier needs them all before the first signed entry.
-    key_count = _write_records(out, "key", map(_key_json, _key_rows(engine, batch_rows)))
-    entry_count = _write_records(out, "entry", map(_entry_json, _entry_rows(engine, head["seq"], batch_rows)))
-    return {"keys": key_count, "entries": entry_count}
+    # Keys first: the verifier needs them all before the first signed entry. Every key ever
+    # enrolled, revoked ones too: old entries are signed by them.
+    key_rows = snapshot.rows(
+        "SELECT kid, algorithm, spki, party_id, status FROM keys ORDER BY kid", fetch_rows=batch_rows
+    )
+    key_count = _write_records(out, "key", map(_key_json, key_rows))
+    entry_rows = snapshot.rows(
+        "SELECT seq, created_at_ms, kid, alg, msg_type, msg_id, payload, signature, action, prev_hash, "
+        "entry_hash FROM audit_log WHERE seq <= ? ORDER BY seq",
+        (head["seq"],),
+        fetch_rows=batch_rows,
+    )
+    entry_count = _write_records(out, "entry", map(_entry_json, entry_rows))
+    # The heads over the exported entries, each as signed (its stored JSON text, parsed).
+    head_rows = snapshot.rows(
+        "SELECT envelope FROM tree_heads WHERE tree_size <= ? ORDER BY tree_size",
+        (head["seq"],),
+        fetch_rows=batch_rows,
+    )
+    head_count = _write_records(out, "tree_head", (json.loads(envelope) for (envelope,) in head_rows))
+    return {"keys": key_count, "entries": entry_count, "tree_heads": head_count}
 
 
 def _write_records(out: BinaryIO, kind: str, items: Iterator[dict]) -> int:
@@ -125,65 +151,30 @@ def _line(value: object) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-def _key_rows(engine: Engine, batch_rows: int) -> Iterator:
-    # Every key ever enrolled, revoked ones too: old entries are signed by them.
-    after = ""
-    while True:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                select(keys.c.kid, keys.c.algorithm, keys.c.spki, keys.c.party_id, keys.c.status)
-                .where(keys.c.kid > after)
-                .order_by(keys.c.kid)
-                .limit(batch_rows)
-            ).all()
-        yield from rows
-        if len(rows) < batch_rows:
-            return
-        after = rows[-1].kid
-
-
-def _entry_rows(engine: Engine, head_seq: int, batch_rows: int) -> Iterator:
-    # One short transaction per batch: on SQLite every transaction takes the
-    # write lock (BEGIN IMMEDIATE), and a long export must not stall payments.
-    # Entries up to the head read first are immutable, so batches agree.
-    after = 0
-    while after < head_seq:
-        with engine.connect() as conn:
-            rows = (
-                conn.execute(
-                    select(audit_log)
-                    .where(audit_log.c.seq > after, audit_log.c.seq <= head_seq)
-                    .order_by(audit_log.c.seq)
-                    .limit(batch_rows)
-                )
-                .mappings()
-                .all()
-            )
-        if not rows:
-            return
-        yield from rows
-        after = rows[-1]["seq"]
-
-
-def _key_json(row) -> dict:
+def _key_json(row: tuple) -> dict:
+    kid, algorithm, spki, party_id, status = row
     return {
-        "kid": row.kid,
-        "algorithm": row.algorithm,
-        "spki": b64url_encode(bytes(row.spki)),
-        "party_id": row.party_id,
-        "status": row.status,
+        "kid": kid,
+        "algorithm": algorithm,
+        "spki": b64url_encode(bytes(spki)),
+        "party_id": party_id,
+        "status": status,
     }
 
 
-def _entry_json(row) -> dict:
+_ENTRY_NAMES = ("seq", "created_at_ms", "kid", "alg", "msg_type", "msg_id", "payload", "signature", "action")
+
+
+def _entry_json(row: tuple) -> dict:
+    stored = dict(zip(_ENTRY_NAMES, row[:9], strict=True))
     try:
-        action = json.loads(row["action"])
+        action = json.loads(stored["action"])
     except ValueError:
         raise ApiError(
             "audit_corrupt",
-            f"audit entry {row['seq']}: the recorded action is not JSON; run `center audit verify`",
+            f"audit entry {stored['seq']}: the recorded action is not JSON; run `center audit verify`",
         ) from None
-    return entry_fields(row, action) | {"prev_hash": row["prev_hash"], "entry_hash": row["entry_hash"]}
+    return entry_fields(stored, action) | {"prev_hash": row[9], "entry_hash": row[10]}
 
 
 def _publish_without_overwrite(tmp: Path, path: Path) -> None:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
 from center.errors import Refusal
-from center.storage.db import accounts, payments, refunds, transfers
+from center.ledger import bulk_sql
+from center.storage.db import accounts, parties, payments, refunds, transfers
 from paywire.canonical import MAX_SAFE_INTEGER
 
 PAYOUTS_PENDING = "payouts:pending"
@@ -161,25 +162,37 @@ class Book:
     guards what is written. `transfers` collects the rows to insert.
     """
 
-    _LOCK = (
-        select(accounts.c.id, accounts.c.kind, accounts.c.balance_minor)
+    # The accounts locked sorted, like move(): one global lock order, so batches cannot deadlock.
+    # Each row comes with its party's name, status and role (None for a funding account): the
+    # batch's payees, read in the same round trip (their rows are not locked, as they never were).
+    LOCK_WITH_PARTIES = (
+        select(
+            accounts.c.id,
+            accounts.c.kind,
+            accounts.c.balance_minor,
+            parties.c.id.label("party_id"),
+            parties.c.name,
+            parties.c.status,
+            parties.c.role,
+        )
+        .select_from(accounts.outerjoin(parties, parties.c.id == accounts.c.party_id))
         .where(accounts.c.id.in_(bindparam("ids", expanding=True)))
         .order_by(accounts.c.id)
-        .with_for_update()
-    )
-    _WRITE = (
-        update(accounts)
-        .where(accounts.c.id == bindparam("a_id"))
-        .values(balance_minor=bindparam("a_balance"))
+        .with_for_update(of=accounts)
     )
 
-    def __init__(self, conn: Connection, account_ids: list[str]):
-        # Sorted, like move(): one global lock order, so batches cannot deadlock.
-        rows = conn.execute(self._LOCK, {"ids": sorted(set(account_ids))}).all()
+    def __init__(self, rows: list):
+        """`rows`: the accounts as LOCK_WITH_PARTIES read them (id, kind, balance_minor), locked."""
         self._kind = {row.id: row.kind for row in rows}
         self._balance = {row.id: row.balance_minor for row in rows}
         self._changed: set[str] = set()
         self.transfers: list[dict] = []
+
+    @classmethod
+    def lock(cls, conn: Connection, account_ids: list[str]) -> tuple[Book, list]:
+        """Lock the accounts (sorted) and read their parties: the Book, and the rows for the parties."""
+        rows = conn.execute(cls.LOCK_WITH_PARTIES, {"ids": sorted(set(account_ids))}).all()
+        return cls(rows), rows
 
     def move(self, *, debit: str, credit: str, amount_minor: int, kind: str, ref: str, now_ms: int) -> int:
         """Like move(): returns the debited account's new balance; refuses before changing anything."""
@@ -199,17 +212,16 @@ class Book:
     def has(self, account_id: str) -> bool:
         return account_id in self._balance
 
-    def write(self, conn: Connection) -> None:
-        if self._changed:
-            conn.execute(
-                self._WRITE,
-                [
-                    {"a_id": account_id, "a_balance": self._balance[account_id]}
-                    for account_id in sorted(self._changed)
-                ],
-            )
-        if self.transfers:
-            conn.execute(_INSERT_TRANSFER, self.transfers)
+    def write(self, writes: bulk_sql.GroupWrites) -> None:
+        """The changed balances (a store paid 100 times is written once) and the transfers, added to
+        the group's writes (center.ledger.bulk_sql: one statement on PostgreSQL)."""
+        writes.update(
+            accounts,
+            "id",
+            "balance_minor",
+            {account_id: self._balance[account_id] for account_id in self._changed},
+        )
+        writes.insert(transfers, self.transfers)
 
 
 @dataclass

@@ -47,9 +47,7 @@ def parse_line(line: bytes) -> object:
     if not line.strip():
         raise ValueError("blank line")
     try:
-        return json.loads(
-            line.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeated_names
-        )
+        return _DECODER.decode(line.decode("utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"not JSON: {error.msg} at column {error.colno}") from None
 
@@ -64,3 +62,8 @@ def _refuse_repeated_names(pairs: list[tuple[str, object]]) -> dict:
     if len(record) != len(pairs):
         raise ValueError("a member name is repeated within one object")
     return record
+
+
+# One decoder for every line: json.loads with options builds a new JSONDecoder per call, a third of a
+# short line's parse time in a million-line export.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeated_names)

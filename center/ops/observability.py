@@ -10,8 +10,10 @@ where an ApiError becomes a response) and the ids of a signed request
 
 Accepted payments are counted from the receipt the route returns, with no
 extra SQL. A resend of an already answered message gets the stored receipt
-again; it is not counted when that receipt was issued before this request
-began (whole seconds: a resend within the same second is counted twice).
+again; it is not counted when that receipt's audit entry was written before
+this request began (milliseconds; a receipt stored before the log became a
+Merkle tree has its signing time in whole seconds: within the same second it
+counts twice).
 
 The counters, their files and the loopback listener: center.ops.metrics.
 """
@@ -84,11 +86,10 @@ def observe_answer(response: dict) -> None:
     if notes is None:
         return
     try:
-        payload = _receipt_payload(response)
-        body, result = payload["body"], payload["body"]["result"]
-        notes.msg_id, notes.kid = body["for_msg_id"], body["for_kid"]
-        notes.party_id = result.get("member_id")
-        _count_if_paid(notes, payload, notes.started_center_ms)
+        facts = _receipt_facts(response)
+        notes.msg_id, notes.kid = facts.msg_id, facts.kid
+        notes.party_id = facts.result.get("member_id")
+        _count_if_paid(notes, facts, notes.started_center_ms)
     except Exception as error:
         log_event(
             "observe_failed", logging.WARNING, request_id=notes.request_id, error_type=type(error).__name__
@@ -111,23 +112,46 @@ def observe_batch(answers, started_ms: int) -> None:
                 notes.batch_refused += 1
                 notes.metrics.error(answer["error"]["code"])
             else:
-                _count_if_paid(notes, _receipt_payload(answer), started_ms)
+                _count_if_paid(notes, _receipt_facts(answer), started_ms)
     except Exception as error:
         log_event(
             "observe_failed", logging.WARNING, request_id=notes.request_id, error_type=type(error).__name__
         )
 
 
-def _count_if_paid(notes: RequestNotes, payload: dict, started_ms: int | None) -> None:
-    result = payload["body"]["result"]
-    fresh = started_ms is None or payload["iat"] >= started_ms // 1000
-    if result.get("action") == "paid" and fresh:
-        notes.metrics.payment(int(result["amount_minor"]))
+@dataclass(frozen=True)
+class ReceiptFacts:
+    """What metrics and the log line read from a receipt, in either form."""
+
+    kid: str
+    msg_id: str
+    result: dict
+    issued_ms: int  # when the receipt's entry was written (or, old form, signed: whole seconds)
+    issued_in_seconds: bool
 
 
-def _receipt_payload(response: dict) -> dict:
-    text = response["receipt"]["payload"]
-    return json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+def _count_if_paid(notes: RequestNotes, facts: ReceiptFacts, started_ms: int | None) -> None:
+    if started_ms is None:
+        fresh = True
+    elif facts.issued_in_seconds:
+        fresh = facts.issued_ms >= started_ms - started_ms % 1000
+    else:
+        fresh = facts.issued_ms >= started_ms
+    if facts.result.get("action") == "paid" and fresh:
+        notes.metrics.payment(int(facts.result["amount_minor"]))
+
+
+def _receipt_facts(response: dict) -> ReceiptFacts:
+    """The receipt as the center issued it: a log receipt (paywire.receipts.build_log_receipt), or a
+    signed receipt envelope stored before the log became a Merkle tree (a resend gets that one)."""
+    receipt = response["receipt"]
+    if "entry" in receipt:
+        entry = receipt["entry"]
+        return ReceiptFacts(entry["kid"], entry["msg_id"], entry["action"], entry["created_at_ms"], False)
+    text = receipt["payload"]
+    payload = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    body = payload["body"]
+    return ReceiptFacts(body["for_kid"], body["for_msg_id"], body["result"], payload["iat"] * 1000, True)
 
 
 class ObservabilityMiddleware:

@@ -10,12 +10,14 @@ Why it is cheap: the statements do not grow with the batch. One transaction
 1. settles duplicates inside the batch in Python (the same message twice shares one answer; a
    reused message id or counter is refused as it would be alone);
 2. reads, locking in one global order (keys, then accounts, each sorted; the audit head last,
-   as a single request does), the key rows, the earlier answers, the payees and the accounts;
+   as a single request does), in two statements: the key rows with the earlier answers, and the
+   accounts with their parties (the payees);
 3. books each payment in memory, in order, with the same rules as the single path
    (center.pipeline.money.check_payment, center.ledger.book.Book: same checks, same refusals;
    the counter window, earlier answers and conflicts by center.pipeline.rules);
-4. writes everything back with one statement per table (executemany: pipelined on
-   PostgreSQL), appends the audit entries at once, signs the receipts, stores the answers
+4. writes everything back set-based (center.ledger.bulk_sql; on PostgreSQL counters, balances,
+   transfers and payments are one statement, the answers another; SQLite: an executemany per
+   table), appends the audit entries at once, signs one tree head, stores the answers
    (center.pipeline.rules.seal and answer_row: the single path's entries, receipts and rows).
 A refusal before any booking leaves only the counter advanced, which its recorded refusal needs.
 Every refusal of a verified payment that is not "try again" (ApiError.final) is signed by the
@@ -32,16 +34,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import Connection, bindparam, select, tuple_, update
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from center.errors import ApiError
 from center.keys.lifecycle import inactive_key_error
 from center.ledger import book as ledger
+from center.ledger import bulk_sql
 from center.pipeline import money, rules
 from center.pipeline.accept import accept_verified
 from center.pipeline.types import CenterContext, Outcome, Verified
-from center.storage.db import keys, messages, parties
+from center.storage.db import keys, messages
+from center.storage.db import payments as payments_table
 from paywire.envelope import Envelope
 from paywire.messages import PAY
 
@@ -51,19 +55,33 @@ REFUSALS_AFTER_WRITES = frozenset({"balance_limit"})
 # PostgreSQL: deadlock_detected, serialization_failure.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 
-# Built once (see center/ledger/book.py). Keys are locked sorted, before the accounts (ledger.Book).
-_LOCK_KEYS = (
-    select(keys.c.kid, keys.c.status, keys.c.last_ctr)
+# Built once (see center/ledger/book.py). Keys are locked sorted, before the accounts (ledger.Book),
+# and read with the earlier answers to the batch's message ids in the same round trip. (PostgreSQL:
+# should the lock wait for a concurrent request of the same key, the answer it stored may not be in
+# this statement's snapshot; the unique index on messages (kid, msg_id) then refuses our answer row,
+# the batch rolls back and each payment is answered alone, which finds it.)
+_LOCK_KEYS_WITH_ANSWERS = (
+    select(
+        keys.c.kid,
+        keys.c.status,
+        keys.c.last_ctr,
+        messages.c.msg_id,
+        messages.c.payload_sha256,
+        messages.c.response,
+    )
+    .select_from(
+        keys.outerjoin(
+            messages,
+            # kid = and msg_id IN: both columns of the primary key, so an index probe per id
+            # whatever the key's history (a (kid, msg_id) IN list here would be a filter over
+            # all of the key's messages). A pair from two items (one's kid, another's id) is
+            # looked up too and never consulted.
+            (messages.c.kid == keys.c.kid) & messages.c.msg_id.in_(bindparam("msg_ids", expanding=True)),
+        )
+    )
     .where(keys.c.kid.in_(bindparam("kids", expanding=True)))
     .order_by(keys.c.kid)
-    .with_for_update()
-)
-_WRITE_COUNTER = update(keys).where(keys.c.kid == bindparam("k_kid")).values(last_ctr=bindparam("k_last"))
-_EARLIER_ANSWERS = select(
-    messages.c.kid, messages.c.msg_id, messages.c.payload_sha256, messages.c.response
-).where(tuple_(messages.c.kid, messages.c.msg_id).in_(bindparam("pairs", expanding=True)))
-_STORES = select(parties.c.id, parties.c.name, parties.c.status).where(
-    parties.c.id.in_(bindparam("ids", expanding=True)), parties.c.role == "store"
+    .with_for_update(of=keys)
 )
 
 
@@ -75,6 +93,13 @@ class VerifyingCenter(CenterContext, Protocol):
 
 class _Abort(Exception):
     """The batch cannot be committed as one; answer each payment alone."""
+
+
+@dataclass(frozen=True)
+class _Store:
+    id: str
+    name: str
+    status: str
 
 
 @dataclass
@@ -156,11 +181,16 @@ def _settle_duplicates(items: list[_Item]) -> list[_Item]:
 
 
 def _answer_together(center: CenterContext, conn: Connection, items: list[_Item]) -> None:
-    counters = _Counters(conn, items)
-    earlier = _earlier_answers(conn, items)
-    payees = sorted({item.request.body["payee"] for item in items})
-    stores = {row.id: row for row in conn.execute(_STORES, {"ids": payees})}
-    book = ledger.Book(
+    key_rows = conn.execute(
+        _LOCK_KEYS_WITH_ANSWERS,
+        {
+            "kids": sorted({item.request.header.kid for item in items}),
+            "msg_ids": sorted({item.request.header.msg_id for item in items}),
+        },
+    ).all()
+    counters = _Counters(key_rows)
+    earlier = {(row.kid, row.msg_id): row for row in key_rows if row.msg_id is not None}
+    book, account_rows = ledger.Book.lock(
         conn,
         [
             ledger.party_account(party)
@@ -168,21 +198,29 @@ def _answer_together(center: CenterContext, conn: Connection, items: list[_Item]
             for party in (item.request.signer.party_id, item.request.body["payee"])
         ],
     )
+    # The payees that are stores: (id, name, status), as money.check_payment reads them.
+    stores = {
+        row.party_id: _Store(row.party_id, row.name, row.status)
+        for row in account_rows
+        if row.role == "store"
+    }
     payments = []
     for item in items:
         _book_one(center, item, counters, earlier, stores, book, payments)
-    counters.write(conn)
-    book.write(conn)
-    if payments:
-        money.insert_payments(conn, payments)
+    # Counters, balances, transfers and payments: one statement on PostgreSQL (bulk_sql.GroupWrites).
+    writes = bulk_sql.GroupWrites()
+    counters.write(writes)
+    book.write(writes)
+    writes.insert(payments_table, payments)
+    writes.flush(conn)
     accepted = [item for item in items if item.outcome is not None]
     if accepted:
         handled = [rules.Handled(i.request.envelope, i.request.header, i.outcome, i.now_ms) for i in accepted]
         for item, answer in zip(accepted, rules.seal(center, conn, handled), strict=True):
             item.answer = answer
     stored = [item for item in items if item.outcome is not None or item.refusal is not None]
-    if stored:
-        rules.store_answers(conn, [_answer_row(item) for item in stored])
+    # The rows rules.store_answers would write (rules.answer_row, refusal_row), in one statement.
+    bulk_sql.insert_rows(conn, messages, [_answer_row(item) for item in stored])
 
 
 def _book_one(
@@ -242,8 +280,7 @@ class _Counters:
     """Key rows of the batch, locked (sorted) and advanced in memory by the counter rule
     (center.pipeline.rules.advanced_counter, the single path's statement in memory)."""
 
-    def __init__(self, conn: Connection, items: list[_Item]):
-        rows = conn.execute(_LOCK_KEYS, {"kids": sorted({item.request.header.kid for item in items})}).all()
+    def __init__(self, rows: list):
         self._status = {row.kid: row.status for row in rows}
         self._last_ctr = {row.kid: row.last_ctr for row in rows}
         self._changed: set[str] = set()
@@ -259,17 +296,8 @@ class _Counters:
             self._last_ctr[header.kid] = last_ctr
             self._changed.add(header.kid)
 
-    def write(self, conn: Connection) -> None:
-        if self._changed:
-            conn.execute(
-                _WRITE_COUNTER,
-                [{"k_kid": kid, "k_last": self._last_ctr[kid]} for kid in sorted(self._changed)],
-            )
-
-
-def _earlier_answers(conn: Connection, items: list[_Item]) -> dict:
-    pairs = [(item.request.header.kid, item.request.header.msg_id) for item in items]
-    return {(row.kid, row.msg_id): row for row in conn.execute(_EARLIER_ANSWERS, {"pairs": pairs})}
+    def write(self, writes: bulk_sql.GroupWrites) -> None:
+        writes.update(keys, "kid", "last_ctr", {kid: self._last_ctr[kid] for kid in self._changed})
 
 
 def _answer_row(item: _Item) -> dict:

@@ -97,10 +97,6 @@ def payment_row(payment_id: str, signer: Signer, store, body: dict, now_ms: int)
     }
 
 
-def insert_payments(conn: Connection, rows: list[dict]) -> None:
-    conn.execute(_INSERT_PAYMENT, rows)
-
-
 def paid(center: CenterContext, payment_id: str, store, body: dict, balance_minor: int) -> Outcome:
     return Outcome(
         {

@@ -6,8 +6,9 @@ and the batch path (center.pipeline.batch).
 - earlier answers: a message id is answered once; a resend of the same bytes gets the stored
   answer, other bytes under the same id get `message_id_conflict`;
 - answer rows: what is stored under (kid, msg_id), for an answer and for a final refusal;
-- signed refusals: a final refusal of verified bytes is signed by the center like a receipt;
-- sealing: the audit entry (with the signed bytes) and the receipt that names its seq.
+- signed refusals: a final refusal of verified bytes is signed by the center, each on its own;
+- sealing: the audit entries (with the signed bytes), one signed tree head for the group, and
+  each receipt: its entry, its inclusion proof and that head (paywire.receipts).
 The batch path may write these rows with one statement for many messages; which rows, and which
 fields, is decided here.
 """
@@ -22,12 +23,12 @@ from sqlalchemy import Connection, bindparam, case, insert, select, update
 
 from center.errors import ApiError
 from center.keys.lifecycle import inactive_key_error
-from center.ledger import audit
+from center.ledger import audit, bulk_sql, log_tree
 from center.pipeline.types import CenterContext, Outcome
 from center.storage.db import keys, messages
 from paywire.envelope import Envelope
 from paywire.messages import Header
-from paywire.receipts import build_refusal_payload
+from paywire.receipts import build_log_receipt, build_refusal_payload
 
 # Counters must rise, but requests signed in order may arrive out of order
 # (a store terminal sending concurrently, a batch). A counter is accepted once,
@@ -211,17 +212,38 @@ def audit_entry(handled: Handled) -> dict:
 
 
 def seal(center: CenterContext, conn: Connection, handled: list[Handled]) -> list[dict]:
-    """Append the audit entries (one head lock for all), then sign each receipt, which names its
-    entry's seq. Returns the answers, in order: {"receipt": ..., **outcome.extras}."""
-    seqs = audit.append_many(conn, [audit_entry(item) for item in handled])
+    """Append the audit entries (one head lock for all), sign one tree head for the new size while
+    that lock is held (heads follow commit order), and answer each item with its receipt: its
+    entry, its inclusion proof at the head's size and the head. One token signature per group.
+    Returns the answers, in order: {"receipt": ..., **outcome.extras}."""
+    group = audit.prepare_group(conn, [audit_entry(item) for item in handled])
+    head = log_tree.next_head(
+        group.head,
+        tree_size=group.tree.size,
+        root_hash=group.tree.root,
+        sign_head=center.signer.sign_tree_head,
+        now_ms=max(item.now_ms for item in handled),
+    )
+    # Entries, nodes, the head and the moved head row: one statement on PostgreSQL (two round trips
+    # per group with the lock, whatever its size).
+    writes = bulk_sql.GroupWrites()
+    audit.add_group_writes(group, writes, signed=head)
+    log_tree.add_head_writes(head, writes)
+    writes.flush(conn)
+    tree_head = log_tree.head_document(head)
     answers = []
-    for item, seq in zip(handled, seqs, strict=True):
-        receipt = center.signer.sign_receipt(
-            request_header=item.header,
-            request=item.envelope,
-            result=item.outcome.result,
-            ctr=seq,
-            now_s=item.now_ms // 1000,
+    for item, seq in zip(handled, group.seqs, strict=True):
+        envelope, header = item.envelope, item.header
+        receipt = build_log_receipt(
+            seq=seq,
+            created_at_ms=item.now_ms,
+            kid=envelope.kid,
+            alg=envelope.alg,
+            msg_type=header.type,
+            msg_id=header.msg_id,
+            action=item.outcome.result,
+            proof=group.tree.inclusion_proof(seq - 1),
+            tree_head=tree_head,
         )
-        answers.append({"receipt": receipt.to_json(), **item.outcome.extras})
+        answers.append({"receipt": receipt, **item.outcome.extras})
     return answers

@@ -2,7 +2,7 @@
 
 The schema is created and upgraded only by Alembic migrations
 (center/migrations); these Table objects mirror them for queries, and a test
-checks the two agree.
+checks the two agree. Long because it is that one mirror: every table, next to the others.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -88,14 +89,48 @@ audit_log = Table(
     Column("action", Text, nullable=False),
 )
 
+Index("ix_audit_log_kid_msg_id", audit_log.c.kid, audit_log.c.msg_id)
+
 # Single row (id = 1): the chain head. Appending locks it, which orders the
 # chain across processes; it also lets verification notice a cut-off tail.
+# Migration 0012: the Merkle tree's frontier (hex hashes of the perfect subtrees of the first
+# `seq` leaves, largest first, joined by ","; see paywire.merkle) and the newest signed tree head's
+# size, hash and time (what the next head names and must not precede, read with the lock: no other
+# query). Tree heads are signed while this row is locked, so they follow commit order.
 audit_head = Table(
     "audit_head",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("entry_hash", String(64), nullable=False),
+    Column("frontier", Text, nullable=False, server_default=""),
+    Column("signed_size", BigInteger, nullable=False, server_default="0"),
+    Column("head_sha256", String(64), nullable=False, server_default="0" * 64),
+    Column("head_timestamp_ms", BigInteger, nullable=False, server_default="0"),
+)
+
+# The audit log as a Merkle tree (RFC 9162 hashing, migration 0012; center.ledger.log_tree):
+# every perfect subtree's hash, (level, idx) covering leaves [idx << level, (idx + 1) << level);
+# level 0 holds the leaf hashes (leaf idx = audit seq - 1). Proofs are built from these alone.
+log_nodes = Table(
+    "log_nodes",
+    metadata,
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+# One signed tree head per commit group, in commit order, each naming the one before it.
+# `envelope` is the signed envelope as JSON text (what receipts carry as their tree_head).
+tree_heads = Table(
+    "tree_heads",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root_hash", LargeBinary, nullable=False),
+    Column("timestamp_ms", BigInteger, nullable=False),
+    Column("prev_head_sha256", String(64), nullable=False),
+    Column("head_sha256", String(64), nullable=False),
+    Column("envelope", Text, nullable=False),
 )
 
 SEQ = BigInteger().with_variant(Integer(), "sqlite")

@@ -21,6 +21,7 @@ from token_wallet.cli import wallet_home  # noqa: F401  init, enroll, sync, hist
 from token_wallet.cli import keys  # noqa: F401  rotate-key, replace-key
 from token_wallet.cli import money  # noqa: F401  topup, pay, balance, notices, payout, refund
 from token_wallet.cli import account_info  # noqa: F401  account-info
+from token_wallet.cli import audit  # noqa: F401  audit check
 from token_wallet.cli import operator  # noqa: F401  console-login, operator attach|...|revoke-key
 from token_wallet.cli import operator_keys  # noqa: F401  operator bind-key|reject-key
 # isort: on
