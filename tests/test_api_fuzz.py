@@ -198,7 +198,8 @@ UNDOCUMENTED_ROUTES = {
     ("GET", "/console/api/topups/decisions"): CONSOLE_PAGE_API,
     ("GET", "/console/api/export/{view}.csv"): CONSOLE_PAGE_API,
 }
-DOCUMENTED_ROUTE_COUNT = 24  # 19 under /v1 (3 of them the log's), /healthz, and the console's 4 login routes (/metrics: own listener)
+# 19 under /v1 (3 of them the log's), /healthz, and the console's 4 login routes (/metrics: own listener)
+DOCUMENTED_ROUTE_COUNT = 24
 
 
 def served_routes(app) -> set[tuple[str, str]]:
