@@ -16,7 +16,8 @@ the new one; a center that shows this member a fork cannot either.
 
 Each proof is one GET authorized by a signed LOG_QUERY (one token signature, never audited, no
 counter used): at most `max_queries` per run; what remains is said, and the next run goes on.
-Receipts from before the log became a tree carry no proof: counted as not checkable.
+Receipts from before the log became a tree carry no proof: counted as not checkable. A store's
+notices that came with their payment's inclusion proof are kept and checked the same way.
 """
 
 from __future__ import annotations
@@ -206,7 +207,9 @@ class LogAudit:
 
     def run(self) -> AuditReport:
         kept = self.doc.get("log_head")
-        records = [r for r in self.doc["receipts"] if r.get("log") is not None]
+        # Receipts, and a store's notices that came with their payment's proof (paywire.notice_proof).
+        proved = [*self.doc["receipts"], *self.doc.get("notices", [])]
+        records = [r for r in proved if r.get("log") is not None]
         waiting = [r for r in records if not r["log"]["checked"]]
         report = AuditReport(
             ok=False,
@@ -216,7 +219,7 @@ class LogAudit:
             receipts_checked=len(records) - len(waiting),
             receipts_total=len(records),
             problem=None,
-            old_form=len(self.doc["receipts"]) - len(records),
+            old_form=sum(1 for r in self.doc["receipts"] if r.get("log") is None),
         )
         try:
             latest = self._latest()
@@ -357,6 +360,8 @@ def _hashes(value: object) -> list[bytes]:
 
 def _describe(record: dict) -> str:
     """'receipt for payment P-...' style names: the id the answer gave, else the message id."""
+    if "notice" in record:
+        return f"notice of payment {record['notice']['payment_id']}"
     receipt = record.get("receipt") or {}
     action = receipt.get("entry", {}).get("action", {}) if isinstance(receipt, dict) else {}
     kind = PAYMENT_TYPES.get(record["type"], f"{record['type']} message")

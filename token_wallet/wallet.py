@@ -62,6 +62,7 @@ from paywire.messages import (
     new_message_id,
     parse_payload,
 )
+from paywire.notice_proof import check_notices_log
 from paywire.receipts import check_receipt, check_refusal
 from paywire.verify import verify_envelope
 from token_wallet.account_info import record_account_info
@@ -347,7 +348,7 @@ class Wallet:
             )
             # What `wallet audit check` needs once the request bytes have left the outbox.
             log = receipt_log_record(body, receipt, request)
-            extras = self._verified_extras(entry["type"], response)
+            extras = self._verified_extras(entry["type"], response, old_form=log is None)
         except WireError as error:
             # Not recorded: the entry stays in the outbox, and a resend of the
             # same bytes will fetch the center's stored receipt again.
@@ -371,10 +372,29 @@ class Wallet:
         self.vault.save()
         return {"msg_id": entry["msg_id"], "type": entry["type"], "result": result}
 
-    def _verified_extras(self, msg_type: str, response: dict) -> list[dict]:
-        """Each payment notice is signed by the center on its own: check every one."""
+    def _verified_extras(self, msg_type: str, response: dict, *, old_form: bool = False) -> list[dict]:
+        """Each payment notice is signed by the center on its own, and proved in the center's log by
+        its payment's entry (paywire.notice_proof): check every one. Only an answer stored before the
+        log was a tree (`old_form`: its receipt is a signed envelope) may come without the proofs."""
         if msg_type != NOTICES:
             return []
+        checked = self._signed_notices(response)
+        if old_form and "notices_log" not in response:
+            return checked
+        if not checked:
+            return checked
+        logs = check_notices_log(
+            response.get("notices_log"),
+            [item["notice"] for item in checked],
+            center_spki=self._center_spki(),
+            center_alg=self._center_alg(),
+            center_id=self.doc["center"]["center_id"],
+            store_id=self.doc["member_id"],
+        )
+        # Kept like a receipt's "log": `wallet audit check` proves each entry is still in the log.
+        return [item | {"log": log | {"checked": False}} for item, log in zip(checked, logs, strict=True)]
+
+    def _signed_notices(self, response: dict) -> list[dict]:
         notices = response.get("notices") or []
         if not isinstance(notices, list) or len(notices) > MAX_NOTICES_PER_FETCH:
             raise WireError("malformed_envelope", "the notices list is malformed")

@@ -60,9 +60,33 @@ class ReceiptOut(BaseModel):
     receipt: Receipt
 
 
+class FullLogEntryOut(LogEntryOut):
+    """A whole audit entry (paywire.log_entry.entry_fields): the request's bytes and signature too."""
+
+    payload: str
+    signature: str
+
+
+class NoticeLogItemOut(BaseModel):
+    """A notice's payment: the buyer's PAY entry and its inclusion proof (paywire.notice_proof)."""
+
+    entry: FullLogEntryOut
+    index: int
+    proof: list[str]
+
+
+class NoticesLogOut(BaseModel):
+    """Beside a fetch's notices: one signed tree head and, per notice in order, its payment's proof
+    (None only for a payment not linked to its entry: the store refuses the fetch)."""
+
+    tree_head: EnvelopeIn | None
+    items: list[NoticeLogItemOut | None]
+
+
 class SignedResponseOut(BaseModel):
     receipt: Receipt
     notices: list[EnvelopeIn] | None = None
+    notices_log: NoticesLogOut | None = None
 
 
 class HealthOut(BaseModel):

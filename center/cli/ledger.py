@@ -69,13 +69,11 @@ def audit_verify(data_dir: DataDir, as_json: JsonFlag = False) -> None:
 def center_key(config):
     """The key tree heads are signed with: the receipt key the center's certificate names."""
     from center.ledger.audit_tree_check import CenterKey
-    from paywire.center_cert import read_center_certificate
 
     try:
-        identity = read_center_certificate(config.cert_file.read_bytes())
+        return CenterKey.from_certificate(config.center_id, config.cert_file.read_bytes())
     except (OSError, ValueError) as error:
         raise CliError(f"cannot read the center certificate {config.cert_file}: {error}") from None
-    return CenterKey(center_id=config.center_id, spki=identity.receipt_spki, alg=identity.receipt_alg)
 
 
 @audit_app.command("export")

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from paywire import merkle
+from paywire.center_cert import read_center_certificate
 from paywire.errors import WireError
 from paywire.tree_head import GENESIS_HEAD_SHA256, TreeHead, check_tree_head
 
@@ -42,6 +43,12 @@ class CenterKey:
     center_id: str
     spki: bytes
     alg: str
+
+    @classmethod
+    def from_certificate(cls, center_id: str, cert_pem: bytes) -> CenterKey:
+        """The receipt key the center's certificate names (ValueError when it names none)."""
+        identity = read_center_certificate(cert_pem)
+        return cls(center_id=center_id, spki=identity.receipt_spki, alg=identity.receipt_alg)
 
 
 @dataclass(frozen=True)

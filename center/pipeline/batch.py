@@ -15,10 +15,12 @@ Why it is cheap: the statements do not grow with the batch. One transaction
 3. books each payment in memory, in order, with the same rules as the single path
    (center.pipeline.money.check_payment, center.ledger.book.Book: same checks, same refusals;
    the counter window, earlier answers and conflicts by center.pipeline.rules);
-4. writes everything back set-based (center.ledger.bulk_sql; on PostgreSQL counters, balances,
-   transfers and payments are one statement, the answers another; SQLite: an executemany per
+4. writes everything back set-based (center.ledger.bulk_sql; on PostgreSQL counters, balances and
+   transfers are one statement, payments and the answers another; SQLite: an executemany per
    table), appends the audit entries at once, signs one tree head, stores the answers
-   (center.pipeline.rules.seal and answer_row: the single path's entries, receipts and rows).
+   (center.pipeline.rules.seal and answer_row: the single path's entries, receipts and rows). The
+   payments are written after the seal: each names its audit entry (payments.audit_seq), which
+   the store's notices prove with an inclusion proof.
 A refusal before any booking leaves only the counter advanced, which its recorded refusal needs.
 Every refusal of a verified payment that is not "try again" (ApiError.final) is signed by the
 center like a receipt (center.pipeline.rules.signed_refusal); a rule refusal is also recorded
@@ -207,20 +209,25 @@ def _answer_together(center: CenterContext, conn: Connection, items: list[_Item]
     payments = []
     for item in items:
         _book_one(center, item, counters, earlier, stores, book, payments)
-    # Counters, balances, transfers and payments: one statement on PostgreSQL (bulk_sql.GroupWrites).
+    # Counters, balances and transfers: one statement on PostgreSQL (bulk_sql.GroupWrites).
     writes = bulk_sql.GroupWrites()
     counters.write(writes)
     book.write(writes)
-    writes.insert(payments_table, payments)
     writes.flush(conn)
     accepted = [item for item in items if item.outcome is not None]
+    audit_seqs: dict[str, int] = {}
     if accepted:
         handled = [rules.Handled(i.request.envelope, i.request.header, i.outcome, i.now_ms) for i in accepted]
         for item, answer in zip(accepted, rules.seal(center, conn, handled), strict=True):
             item.answer = answer
+            # The payment's audit entry (its receipt's): a notice later proves it with this seq.
+            audit_seqs[item.outcome.result["payment_id"]] = answer["receipt"]["entry"]["seq"]
     stored = [item for item in items if item.outcome is not None or item.refusal is not None]
-    # The rows rules.store_answers would write (rules.answer_row, refusal_row), in one statement.
-    bulk_sql.insert_rows(conn, messages, [_answer_row(item) for item in stored])
+    # Payments (after the seal: they carry their entry's seq) and the rows rules.store_answers would
+    # write (rules.answer_row, refusal_row): one statement on PostgreSQL.
+    writes.insert(payments_table, [row | {"audit_seq": audit_seqs[row["id"]]} for row in payments])
+    writes.insert(messages, [_answer_row(item) for item in stored])
+    writes.flush(conn)
 
 
 def _book_one(

@@ -13,6 +13,7 @@ The money handlers are in center.pipeline.money; larger types have a module each
 
 from __future__ import annotations
 
+import json
 import secrets
 
 from sqlalchemy import Connection, insert, select
@@ -22,14 +23,16 @@ from center.keys import lifecycle as key_lifecycle
 from center.keys import store_names
 from center.keys.operators import OPERATOR_ROLES
 from center.ledger import book as ledger
+from center.ledger import log_tree
 from center.pipeline.account_info import account_info
 from center.pipeline.console_login import approve as approve_console_login
 from center.pipeline.money import pay, payout, refund, require_role, topup
 from center.pipeline.operator_actions import perform as perform_operator_action
 from center.pipeline.rotation import rotate_handler
 from center.pipeline.types import CenterContext, Handler, Outcome, Signer
-from center.storage.db import keys, parties, payments, payouts, refunds, topups
+from center.storage.db import audit_log, keys, parties, payments, payouts, refunds, topups
 from paywire.envelope import Envelope
+from paywire.log_entry import entry_fields
 from paywire.messages import (
     ACCOUNT_INFO,
     BALANCE,
@@ -46,6 +49,7 @@ from paywire.messages import (
     build_payload,
     new_message_id,
 )
+from paywire.notice_proof import notice_log_item
 
 RECENT_EVENTS = 20
 NOTICE_LIFETIME_S = 30 * 24 * 3600
@@ -108,10 +112,42 @@ def notices(
     ).all()
     signed = [sign_notice(center, row).to_json() for row in rows]
     last_seq = rows[-1].seq if rows else body["after"]
+    extras = {"notices": signed}
+    if rows:
+        extras["notices_log"] = notices_log(center, conn, rows)
     return Outcome(
         {"action": "notices_sent", "count": len(rows), "after": body["after"], "last_seq": last_seq},
-        {"notices": signed},
+        extras,
     )
+
+
+def notices_log(center: CenterContext, conn: Connection, rows: list) -> dict:
+    """Beside the signed notices, the proof that each payment is in the log (paywire.notice_proof):
+    one signed tree head, and per notice the buyer's full PAY entry with its inclusion proof at that
+    head's size (one node query per notice, at most a page of notices). The head is the newest one,
+    read after the payments: each commit group signs one over its entries, so it covers them; only
+    right after the upgrade to tree heads (migration 0012) may none cover them yet, and one is
+    signed then. An item is None only for a payment not linked to its entry (payments.audit_seq
+    NULL), which the store refuses: a payment must be in the log."""
+    seqs = sorted({row.audit_seq for row in rows if row.audit_seq is not None})
+    head = log_tree.latest_head(conn)
+    if seqs and (head is None or head.tree_size < seqs[-1]):
+        head = log_tree.sign_pending(conn, center.signer.sign_tree_head, now_ms=center.clock_ms())
+    entries = {}
+    if seqs:
+        for entry in conn.execute(select(audit_log).where(audit_log.c.seq.in_(seqs))):
+            entries[entry.seq] = entry_fields(entry._mapping, json.loads(entry.action))
+    if head is None:  # no payment is linked to its entry: nothing to prove
+        return {"tree_head": None, "items": [None] * len(rows)}
+    items = []
+    for row in rows:
+        entry = entries.get(row.audit_seq)
+        if entry is None:
+            items.append(None)
+            continue
+        proof = log_tree.inclusion_proof(conn, entry["seq"] - 1, head.tree_size)
+        items.append(notice_log_item(entry, proof))
+    return {"tree_head": log_tree.head_document(head), "items": items}
 
 
 def balance(

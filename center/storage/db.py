@@ -181,6 +181,9 @@ payments = Table(
     Column("refunded_minor", BigInteger, nullable=False),
     Column("order_ref", String(64), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
+    # The buyer's PAY entry in audit_log (leaf audit_seq - 1): a notice carries its inclusion proof.
+    # NULL only for a payment written before it is set in the same transaction (migration 0013).
+    Column("audit_seq", BigInteger, nullable=True),
 )
 
 refunds = Table(
