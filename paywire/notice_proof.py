@@ -24,7 +24,7 @@ from paywire.errors import WireError
 from paywire.fields import check_exact_fields, check_int
 from paywire.log_entry import entry_leaf_hash
 from paywire.messages import PAY, parse_payload
-from paywire.receipts import LOG_ENTRY_FIELDS, _proof_hash
+from paywire.receipts import LOG_ENTRY_FIELDS, proof_hash
 from paywire.tree_head import TreeHead, check_tree_head
 
 NOTICES_LOG_FIELDS = frozenset({"tree_head", "items"})
@@ -88,7 +88,7 @@ def check_notice_log(item: object, notice: dict, head: TreeHead, *, store_id: st
     if not isinstance(proof, list) or len(proof) > merkle.MAX_PROOF_HASHES:
         raise WireError("log_proof_invalid", f"a proof is a list of at most {merkle.MAX_PROOF_HASHES} hashes")
     leaf = entry_leaf_hash(entry)  # the entry as given: the leaf is over exactly these fields
-    merkle.verify_inclusion(leaf, index, head.tree_size, [_proof_hash(h) for h in proof], head.root_hash)
+    merkle.verify_inclusion(leaf, index, head.tree_size, [proof_hash(h) for h in proof], head.root_hash)
     return {
         "index": index,
         "leaf_hash": leaf.hex(),

@@ -193,7 +193,7 @@ def receipt_leaf(receipt: dict, request: Envelope) -> tuple[int, bytes]:
     return index, leaf
 
 
-def _proof_hash(text: object) -> bytes:
+def proof_hash(text: object) -> bytes:
     """One proof hash: exactly 43 base64url characters, the last with no stray bits (one spelling)."""
     if not isinstance(text, str) or not _PROOF_HASH_PATTERN.fullmatch(text):
         raise WireError("log_proof_invalid", "each proof hash must be 32 bytes in canonical base64url")
@@ -235,7 +235,7 @@ def _log_leaf(receipt: object, request: Envelope) -> tuple[int, bytes, dict, lis
     proof = receipt["proof"]
     if not isinstance(proof, list) or len(proof) > merkle.MAX_PROOF_HASHES:
         raise WireError("log_proof_invalid", f"a proof is a list of at most {merkle.MAX_PROOF_HASHES} hashes")
-    hashes = [_proof_hash(item) for item in proof]
+    hashes = [proof_hash(item) for item in proof]
     row = {**entry, "payload": request.payload, "signature": request.sig}
     return seq - 1, entry_leaf_hash(entry_fields(row, action)), entry, hashes
 

@@ -145,6 +145,11 @@ expect_refusal key_rotated env WALLET_HOME="$DEMO/member-before-rotation" \
     wallet pay --store "$STORE_ID" --amount 100 --order A-1007 --yes
 center operator list-keys --data-dir "$DEMO/center" --party "$MEMBER_ID"
 
+step "Member checks the center's log: the newest signed tree head extends the one kept, every receipt is in it"
+member audit check
+step "Store checks it too"
+store audit check
+
 step "Operator console: a browser's login code approved by the operator's token; a search; the access trail"
 JAR="$DEMO/console-cookies"  # curl plays the browser here; open https://127.0.0.1:$PORT/console for the page
 console_curl() { curl -fsS --cacert "$DEMO/center/center-cert.pem" -b "$JAR" -c "$JAR" "$@"; }
@@ -154,7 +159,7 @@ console_curl "https://127.0.0.1:$PORT/console/api/login-status" >/dev/null
 console_curl "https://127.0.0.1:$PORT/console/api/search?q=hanako"; echo
 center operator access-log --data-dir "$DEMO/center"
 
-step "Center checks: ledger sums to zero and matches the transfers; audit chain intact"
+step "Center checks: ledger sums to zero and matches the transfers; audit chain, tree and signed tree heads intact"
 center ledger check --data-dir "$DEMO/center"
 center audit verify --data-dir "$DEMO/center"
 center audit export "$DEMO/audit-export.jsonl" --data-dir "$DEMO/center"

@@ -216,3 +216,13 @@ def test_wallet_audit_check_covers_notices_and_names_a_rewritten_payment(tmp_pat
         f"notice of payment {first['notice']['payment_id']} (index {seq - 1}) is not in the center's log "
         f"at size {report.tree_size}: the center rewrote its history"
     ), report.problem
+
+
+def test_a_payment_answered_alone_is_proved_too(center, api, shop):
+    """The single path (a batch's fallback) links its payment to its entry as the group path does."""
+    store, store_id = shop
+    member, _member_id = funded_member(center)
+    request = member.envelope("pay", pay_body(store_id, 7, "alone"), aud=center.center_id)
+    center.accept_verified(center.verify_request(request, "pay"))
+    answer = fetch(api, center, store)
+    assert len(answer["notices"]) == 4 and all(item is not None for item in answer["notices_log"]["items"])
