@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import rfc8785
 from sqlalchemy import Connection, Row, select
 
+from center.ledger import log_tree
 from center.ledger.bulk_sql import GroupWrites
 from center.ledger.log_tree import HeadRow, frontier_text, parse_frontier, signed_head_values
 from center.storage.db import audit_head, audit_log, log_nodes
@@ -37,21 +38,6 @@ UNSIGNED_ALGS = frozenset({LOCAL_ALG, WEBHOOK_ALG})
 # audit_log.kid and audit_log.msg_id are String(64): a longer actor name or reference is cut.
 MAX_KID_CHARS = 64
 MAX_MSG_ID_CHARS = 64
-# Built once (see center.ledger.book): every accepted request appends an entry.
-# Everything a group needs to know before it writes: the chain's and the tree's ends, and the newest
-# signed head (center.ledger.log_tree.next_head names it and never goes back in time from it).
-_LOCK_HEAD = (
-    select(
-        audit_head.c.seq,
-        audit_head.c.entry_hash,
-        audit_head.c.frontier,
-        audit_head.c.signed_size,
-        audit_head.c.head_sha256,
-        audit_head.c.head_timestamp_ms,
-    )
-    .where(audit_head.c.id == 1)
-    .with_for_update()
-)
 
 
 @dataclass(frozen=True)
@@ -154,7 +140,7 @@ def prepare_group(conn: Connection, entries: list[dict]) -> Group:
     under that lock (center.pipeline.rules.seal), so heads follow commit order.
     """
     assert 1 <= len(entries) <= MAX_ENTRIES_PER_APPEND
-    head = conn.execute(_LOCK_HEAD).one()
+    head = conn.execute(log_tree.LOCK_HEAD).one()
     seq, prev_hash, rows, leaves = head.seq, head.entry_hash, [], []
     frontier = parse_frontier(head.frontier, head.seq)
     for entry in entries:

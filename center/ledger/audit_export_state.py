@@ -7,32 +7,16 @@ the problems (Bad) can be shared by the one-pass check and the parts checked in 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from center.ledger.audit import GENESIS_HASH
 from center.ledger.audit_tree_check import CenterKey
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _refuse_repeated_names(pairs: list[tuple[str, object]]) -> dict:
-    # A repeated name could mean one thing here and another to the next reader.
-    record = dict(pairs)
-    if len(record) != len(pairs):
-        raise ValueError("a member name is repeated within one object")
-    return record
-
-
-# Built once: json.loads with options builds a decoder on every call (a third of a small parse).
-_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_refuse_repeated_names, parse_constant=_refuse_constant)
+from center.ledger.json_lines import STRICT_JSON
 
 
 def parse_strict(data: bytes) -> object:
     """JSON as center.ledger.json_lines.parse_line reads a line: NaN, Infinity, repeated names refused."""
-    return _STRICT_JSON.decode(data.decode("utf-8"))
+    return STRICT_JSON.decode(data.decode("utf-8"))
 
 
 class Bad(Exception):

@@ -47,7 +47,7 @@ def parse_line(line: bytes) -> object:
     if not line.strip():
         raise ValueError("blank line")
     try:
-        return _DECODER.decode(line.decode("utf-8"))
+        return STRICT_JSON.decode(line.decode("utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"not JSON: {error.msg} at column {error.colno}") from None
 
@@ -66,4 +66,4 @@ def _refuse_repeated_names(pairs: list[tuple[str, object]]) -> dict:
 
 # One decoder for every line: json.loads with options builds a new JSONDecoder per call, a third of a
 # short line's parse time in a million-line export.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeated_names)
+STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeated_names)

@@ -33,9 +33,12 @@ MAX_TREE_SIZE = merkle.MAX_TREE_SIZE
 
 _LATEST_HEAD = select(tree_heads).order_by(tree_heads.c.tree_size.desc()).limit(1)
 _HEAD_AT = select(tree_heads).where(tree_heads.c.tree_size == bindparam("h_size"))
-_LOCK_LOG_HEAD = (
+# The one lock on the log's head row, with everything a group or a pending head needs to know before
+# it writes: the chain's and the tree's ends and the newest signed head (center.ledger.audit too).
+LOCK_HEAD = (
     select(
         audit_head.c.seq,
+        audit_head.c.entry_hash,
         audit_head.c.frontier,
         audit_head.c.signed_size,
         audit_head.c.head_sha256,
@@ -180,7 +183,7 @@ def add_head_writes(head: HeadRow, writes: GroupWrites) -> None:
 def sign_pending(conn: Connection, sign_head: SignHead, *, now_ms: int | None = None):
     """A signed head covering every entry appended so far (operator actions, payouts and webhooks
     append without one); signs a new one only when entries wait. Returns the head row."""
-    locked = conn.execute(_LOCK_LOG_HEAD).one()
+    locked = conn.execute(LOCK_HEAD).one()
     if locked.signed_size == locked.seq and locked.head_sha256 != GENESIS_HEAD_SHA256:
         return latest_head(conn)
     head = next_head(
