@@ -24,9 +24,8 @@ from test_wallet_audit_check import rewrite_entry
 
 from center.keys.admin import revoke_key
 from center.ledger import log_tree
-from center.pipeline import log_queries
 from center.storage.db import audit_head, audit_log, keys
-from paywire import merkle
+from paywire import log_api, merkle
 from paywire.envelope import Envelope, b64url_decode, seal
 from paywire.errors import WireError
 from paywire.messages import BALANCE, LOG_QUERY, parse_payload
@@ -116,7 +115,7 @@ def test_answers_verify_against_signed_heads(center, api, paid):
         topup["receipt"]["entry"]["action"]["topup_id"], "confirm", decided_by="operator:test"
     )
     assert signed_size(center) < log_counts(center)[1]
-    response = get(api, center, store, log_queries.STH_PATH, {})
+    response = get(api, center, store, log_api.STH_PATH, {})
     assert response.status_code == 200, response.text
     latest = head_of(center, response.json()["tree_head"])
     entries, seq = log_counts(center)
@@ -126,9 +125,7 @@ def test_answers_verify_against_signed_heads(center, api, paid):
         receipt = answer["receipt"]
         index, leaf = receipt_leaf(receipt, request)
         own = head_of(center, receipt["tree_head"])
-        shown = get(
-            api, center, member, log_queries.INCLUSION_PATH, {"index": index, "size": latest.tree_size}
-        )
+        shown = get(api, center, member, log_api.INCLUSION_PATH, {"index": index, "size": latest.tree_size})
         assert shown.status_code == 200, shown.text
         body = shown.json()
         assert (body["index"], body["size"]) == (index, latest.tree_size)
@@ -136,7 +133,7 @@ def test_answers_verify_against_signed_heads(center, api, paid):
         merkle.verify_inclusion(leaf, index, latest.tree_size, hashes(body["proof"]), latest.root_hash)
         # The receipt's own head is a prefix of the newest.
         proved = get(
-            api, center, member, log_queries.CONSISTENCY_PATH, {"from": own.tree_size, "to": latest.tree_size}
+            api, center, member, log_api.CONSISTENCY_PATH, {"from": own.tree_size, "to": latest.tree_size}
         )
         assert proved.status_code == 200, proved.text
         body = proved.json()
@@ -158,10 +155,10 @@ def test_answers_verify_against_signed_heads(center, api, paid):
 
 def test_a_query_changes_nothing_and_a_replay_answers_the_same(center, api, paid):
     member, _store, _answers = paid
-    headers = query(center, member, log_queries.STH_PATH, {})
-    first = get(api, center, member, log_queries.STH_PATH, {}, headers)
+    headers = query(center, member, log_api.STH_PATH, {})
+    first = get(api, center, member, log_api.STH_PATH, {}, headers)
     counts, counter = log_counts(center), last_counter(center, member.kid)
-    again = get(api, center, member, log_queries.STH_PATH, {}, headers)
+    again = get(api, center, member, log_api.STH_PATH, {}, headers)
     assert first.status_code == again.status_code == 200 and first.json() == again.json()
     assert log_counts(center) == counts and last_counter(center, member.kid) == counter
     assert head_of(center, first.json()["tree_head"]).tree_size == counts[0]
@@ -177,7 +174,7 @@ def refusal(response) -> tuple[int, str]:
 
 def test_refusals(center, api, paid):
     member, store, _answers = paid
-    sth = log_queries.STH_PATH
+    sth = log_api.STH_PATH
     size = head_of(center, get(api, center, member, sth, {}).json()["tree_head"]).tree_size
     assert refusal(api.get(sth)) == (401, "log_query_required")
     assert refusal(api.get(sth, headers={QUERY_HEADER: "not-an-envelope"}))[1] == "malformed_envelope"
@@ -205,7 +202,7 @@ def test_refusals(center, api, paid):
         "wrong_message_type"
     )
     # Another path, other arguments: the query authorizes one read only.
-    incl = log_queries.INCLUSION_PATH
+    incl = log_api.INCLUSION_PATH
     for_sth = query(center, member, sth, {})
     assert refusal(api.get(incl, params={"index": 0, "size": size}, headers=for_sth)) == (
         403,
@@ -217,7 +214,7 @@ def test_refusals(center, api, paid):
         "log_query_mismatch",
     )
     # Sizes no signed head vouches for.
-    cons = log_queries.CONSISTENCY_PATH
+    cons = log_api.CONSISTENCY_PATH
     assert refusal(get(api, center, member, cons, {"from": 1, "to": size + 1})) == (400, "log_size_invalid")
     assert refusal(get(api, center, member, cons, {"from": 0, "to": size})) == (400, "log_size_invalid")
     assert refusal(get(api, center, member, cons, {"from": size, "to": size - 1})) == (

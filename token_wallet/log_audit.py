@@ -27,29 +27,29 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from paywire import merkle
-from paywire.envelope import Envelope, b64url_decode, b64url_encode, seal
+from paywire.envelope import Envelope, b64url_encode, seal
 from paywire.errors import WireError
+from paywire.log_api import (
+    CONSISTENCY_PATH,
+    INCLUSION_PATH,
+    MAX_QUERY_LIFETIME_S,
+    QUERY_HEADER,
+    STH_PATH,
+    proof_hashes,
+)
 from paywire.messages import LOG_QUERY, build_payload, new_message_id
-from paywire.receipts import receipt_leaf
+from paywire.receipts import LOG_RECEIPT_FORMAT, receipt_leaf
 from paywire.tree_head import TreeHead, check_tree_head
 from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable
 from token_wallet.document import add_history, now_ms
 from tokens.base import KeyRecord, Token
 
-LOG_RECEIPT_FORMAT = "tokenpay-log-receipt"
-# The center's names (center.pipeline.log_queries; the wallet does not import the center).
-QUERY_HEADER = "Tokenpay-Query"
-STH_PATH = "/v1/log/sth"
-CONSISTENCY_PATH = "/v1/log/consistency"
-INCLUSION_PATH = "/v1/log/inclusion"
-# Sent at once; the center takes at most 300 s.
+# Sent at once; the center takes at most MAX_QUERY_LIFETIME_S.
 QUERY_LIFETIME_S = 120
+assert QUERY_LIFETIME_S <= MAX_QUERY_LIFETIME_S
 # Each query is a token signature and a request, charged to the key's signed-request allowance
 # at the center (a burst of 120): one run stays below it.
 MAX_QUERIES_PER_RUN = 100
-# A consistency proof has at most ~2 log2(size) hashes; sizes are below 2**62.
-MAX_PROOF_HASHES = 128
-HASH_BYTES = 32
 PAYMENT_TYPES = {"pay": "payment", "refund": "refund", "topup": "top-up", "payout": "payout"}
 ID_FIELDS = ("payment_id", "refund_id", "topup_id", "payout_id")
 
@@ -309,7 +309,7 @@ class LogAudit:
         try:
             if answer.get("from") != old_size or answer.get("to") != latest.tree_size:
                 raise WireError("log_proof_invalid", "the answer is for other sizes")
-            proof = _hashes(answer.get("proof"))
+            proof = proof_hashes(answer.get("proof"))
             merkle.verify_consistency(old_size, latest.tree_size, proof, old_root, latest.root_hash)
         except WireError:
             raise LogProblem(
@@ -331,7 +331,7 @@ class LogAudit:
             if answer.get("index") != index or answer.get("size") != latest.tree_size:
                 raise WireError("log_proof_invalid", "the answer is for another entry or size")
             merkle.verify_inclusion(
-                leaf, index, latest.tree_size, _hashes(answer.get("proof")), latest.root_hash
+                leaf, index, latest.tree_size, proof_hashes(answer.get("proof")), latest.root_hash
             )
         except WireError:
             raise LogProblem(
@@ -347,15 +347,6 @@ class LogAudit:
             return self._fetch(path, params)
         except (CenterUnreachable, CenterRefused) as error:
             raise Unanswered(f"the center did not answer {path}: {error}") from None
-
-
-def _hashes(value: object) -> list[bytes]:
-    if not isinstance(value, list) or len(value) > MAX_PROOF_HASHES:
-        raise WireError("log_proof_invalid", f"a proof is a list of at most {MAX_PROOF_HASHES} hashes")
-    hashes = [b64url_decode(item, "proof", HASH_BYTES) for item in value]
-    if any(len(digest) != HASH_BYTES for digest in hashes):
-        raise WireError("log_proof_invalid", "a proof hash is not 32 bytes")
-    return hashes
 
 
 def _describe(record: dict) -> str:

@@ -18,6 +18,7 @@ from center.errors import ApiError
 from center.ops import observability
 from center.pipeline import log_queries
 from center.pipeline.service import Center
+from paywire import log_api
 
 # The per-key limit log reads share with the other signed reads (balance, notices).
 LOG_LIMITS = (SIGNED_PER_KEY,)
@@ -25,7 +26,7 @@ QUERY_HEADER_DOC = (
     "base64url of a signed log_query envelope's JSON naming this path and query "
     "(lifetime at most 300 s; never audited, no counter used)"
 )
-QueryHeader = Annotated[str | None, Header(alias=log_queries.QUERY_HEADER, description=QUERY_HEADER_DOC)]
+QueryHeader = Annotated[str | None, Header(alias=log_api.QUERY_HEADER, description=QUERY_HEADER_DOC)]
 TreeSize = Annotated[int, Query(ge=0, le=log_queries.MAX_TREE_SIZE)]
 
 
@@ -68,15 +69,15 @@ def install_log_routes(app: FastAPI, center: Center, limits: Limits) -> None:
         return response
 
     @app.get(
-        log_queries.STH_PATH,
+        log_api.STH_PATH,
         response_model=TreeHeadOut,
         summary="The newest signed tree head of the center's log",
     )
     def log_sth(tokenpay_query: QueryHeader = None) -> dict:
-        return answer(tokenpay_query, log_queries.STH_PATH, {}, lambda: log_queries.latest_tree_head(center))
+        return answer(tokenpay_query, log_api.STH_PATH, {}, lambda: log_queries.latest_tree_head(center))
 
     @app.get(
-        log_queries.CONSISTENCY_PATH,
+        log_api.CONSISTENCY_PATH,
         response_model=ConsistencyOut,
         summary="Proof that an older tree is a prefix of a newer one",
     )
@@ -88,20 +89,20 @@ def install_log_routes(app: FastAPI, center: Center, limits: Limits) -> None:
         params = {"from": from_size, "to": to}
         return answer(
             tokenpay_query,
-            log_queries.CONSISTENCY_PATH,
+            log_api.CONSISTENCY_PATH,
             params,
             lambda: log_queries.consistency(center, from_size, to),
         )
 
     @app.get(
-        log_queries.INCLUSION_PATH,
+        log_api.INCLUSION_PATH,
         response_model=InclusionOut,
         summary="Proof that an entry is in the tree of a signed head",
     )
     def log_inclusion(index: TreeSize, size: TreeSize, tokenpay_query: QueryHeader = None) -> dict:
         return answer(
             tokenpay_query,
-            log_queries.INCLUSION_PATH,
+            log_api.INCLUSION_PATH,
             {"index": index, "size": size},
             lambda: log_queries.inclusion(center, index, size),
         )

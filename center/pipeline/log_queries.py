@@ -30,15 +30,10 @@ from center.pipeline.types import CenterContext
 from center.storage.db import audit_head, keys
 from paywire.envelope import Envelope, b64url_decode, b64url_encode
 from paywire.errors import WireError
+from paywire.log_api import CONSISTENCY_PATH, INCLUSION_PATH, MAX_QUERY_LIFETIME_S, QUERY_HEADER, STH_PATH
 from paywire.messages import LOG_QUERY, check_freshness
 from paywire.verify import verify_envelope
 
-STH_PATH = "/v1/log/sth"
-CONSISTENCY_PATH = "/v1/log/consistency"
-INCLUSION_PATH = "/v1/log/inclusion"
-QUERY_HEADER = "Tokenpay-Query"
-# A log query is made to be sent at once: a captured one is useful for five minutes at most.
-MAX_QUERY_LIFETIME_S = 300
 # The header holds base64url of the envelope's JSON: an ES256 or Ed25519 query is ~600 characters;
 # RSA-4096 ~1,400. Far below what HTTP servers take in one header (h11: 16 KiB for all of them).
 MAX_QUERY_HEADER_CHARS = 4096
