@@ -36,7 +36,7 @@ trap cleanup EXIT
 
 export TOKENPAY_TEST_PG_URL="$PG_URL"
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 "$@"
 status=$?
 set -e
 exit $status
