@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from center.errors import ApiError
 from center.keys.lifecycle import inactive_key_error
-from center.pipeline import rules
+from center.pipeline import money, rules
 from center.pipeline.types import CenterContext, Outcome, Verified
-from center.storage.db import keys, messages, payments
+from center.storage.db import keys, messages
 from paywire.envelope import Envelope
-from paywire.messages import PAY, Header
+from paywire.messages import Header
 
 # A request can race another with the same key or message id; after a unique
 # violation the retry finds the winner's record and answers from it.
@@ -135,12 +135,7 @@ def _accept_once(
             rules.advance_counter(conn, header, check_unused=check_counter_unused)
         outcome = apply(conn, now_ms)
         [answer] = rules.seal(center, conn, [rules.Handled(envelope, header, outcome, now_ms)])
-        if header.type == PAY:  # the payment names its audit entry: its notice proves it (payments.audit_seq)
-            conn.execute(
-                update(payments)
-                .where(payments.c.id == outcome.result["payment_id"])
-                .values(audit_seq=answer["receipt"]["entry"]["seq"])
-            )
+        money.link_entry(conn, outcome, answer)
         rules.store_answers(conn, [rules.answer_row(header, payload_sha256, answer, now_ms)])
         return answer
 

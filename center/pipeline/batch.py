@@ -220,8 +220,9 @@ def _answer_together(center: CenterContext, conn: Connection, items: list[_Item]
         handled = [rules.Handled(i.request.envelope, i.request.header, i.outcome, i.now_ms) for i in accepted]
         for item, answer in zip(accepted, rules.seal(center, conn, handled), strict=True):
             item.answer = answer
-            # The payment's audit entry (its receipt's): a notice later proves it with this seq.
-            audit_seqs[item.outcome.result["payment_id"]] = answer["receipt"]["entry"]["seq"]
+            link = money.entry_link(item.outcome, answer)
+            assert link is not None, "the batch accepts payments only"
+            audit_seqs[link[0]] = link[1]
     stored = [item for item in items if item.outcome is not None or item.refusal is not None]
     # Payments (after the seal: they carry their entry's seq) and the rows rules.store_answers would
     # write (rules.answer_row, refusal_row): one statement on PostgreSQL.

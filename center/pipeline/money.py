@@ -21,6 +21,7 @@ _ACTIVE_STORE = select(parties.c.id, parties.c.name, parties.c.status).where(
     parties.c.id == bindparam("p_id"), parties.c.role == "store"
 )
 _INSERT_PAYMENT = insert(payments)
+_LINK_ENTRY = update(payments).where(payments.c.id == bindparam("p_id")).values(audit_seq=bindparam("p_seq"))
 
 
 def topup(
@@ -69,6 +70,23 @@ def pay(
     )
     conn.execute(_INSERT_PAYMENT, payment_row(payment_id, signer, store, body, now_ms))
     return paid(center, payment_id, store, body, balance)
+
+
+def entry_link(outcome: Outcome, answer: dict) -> tuple[str, int] | None:
+    """(payment id, audit seq) when `answer` accepted a payment: the payment row names its audit entry
+    (payments.audit_seq) so that the store's notice can prove it (center.pipeline.handlers.notices).
+    Both paths take the link from here: the batch writes it with the payment, the single path after
+    the seal (link_entry)."""
+    if outcome.result.get("action") != "paid":
+        return None
+    return outcome.result["payment_id"], answer["receipt"]["entry"]["seq"]
+
+
+def link_entry(conn: Connection, outcome: Outcome, answer: dict) -> None:
+    """Name the audit entry of a payment inserted before its seal (the single path)."""
+    link = entry_link(outcome, answer)
+    if link is not None:
+        conn.execute(_LINK_ENTRY, {"p_id": link[0], "p_seq": link[1]})
 
 
 def check_payment(center: CenterContext, signer: Signer, body: dict, store) -> None:
