@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from center.ledger.audit import GENESIS_HASH
-from center.ledger.audit_tree_check import CenterKey
+from center.ledger.audit_tree_check import CenterKey, TreeProblem
 from center.ledger.json_lines import STRICT_JSON
 
 
@@ -19,13 +19,9 @@ def parse_strict(data: bytes) -> object:
     return STRICT_JSON.decode(data.decode("utf-8"))
 
 
-class Bad(Exception):
-    """A problem found in the export; `seq` is the first entry it concerns (None: not an entry)."""
-
-    def __init__(self, seq: int | None, reason: str):
-        super().__init__(reason)
-        self.seq = seq
-        self.reason = reason
+# A problem found in the export, `seq` the first entry it concerns (None: not an entry): the same
+# exception the tree and head checks raise, so theirs need no translation.
+Bad = TreeProblem
 
 
 @dataclass(frozen=True)
