@@ -139,11 +139,11 @@ def canonical_json(value: object, *, ascii_only: bool) -> bytes:
     return text.encode("utf-8")
 
 
-def _b64encode(raw: bytes) -> str:
+def b64_text(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _b64decode(text: object, size: int, name: str) -> bytes:
+def b64_field(text: object, size: int, name: str) -> bytes:
     if not isinstance(text, str):
         raise HeaderCorrupt(f"header field {name} is not text: the file is damaged")
     try:
@@ -151,7 +151,7 @@ def _b64decode(text: object, size: int, name: str) -> bytes:
     except (binascii.Error, UnicodeEncodeError):
         raise HeaderCorrupt(f"header field {name} is not base64: the file is damaged") from None
     # Exactly one encoding per value, so the header has no malleable bytes.
-    if len(raw) != size or _b64encode(raw) != text:
+    if len(raw) != size or b64_text(raw) != text:
         raise HeaderCorrupt(f"header field {name} must be {size} bytes: the file is damaged or unsupported")
     return raw
 
@@ -245,16 +245,10 @@ class SealHeader:
 
     def to_json(self) -> dict:
         return {
-            "check": _b64encode(self.check),
+            "check": b64_text(self.check),
             "generation": self.generation,
-            "kdf": {
-                "alg": KDF_ALG,
-                "m_kib": self.kdf.memory_kib,
-                "p": self.kdf.lanes,
-                "salt": _b64encode(self.salt),
-                "t": self.kdf.iterations,
-            },
-            "nonce": _b64encode(self.nonce),
+            "kdf": kdf_section(self.kdf, self.salt),
+            "nonce": b64_text(self.nonce),
             "v": FORMAT_VERSION,
         }
 
@@ -277,7 +271,7 @@ def header_length(prefix: bytes) -> int:
     return length
 
 
-def _parse_header_json(raw: bytes) -> dict:
+def parse_canonical_json(raw: bytes) -> dict:
     try:
         obj = json.loads(raw.decode("ascii"), parse_constant=reject_constant, parse_float=reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -299,7 +293,18 @@ def _check_version(obj: dict) -> None:
         )
 
 
-def _parse_kdf(obj: object) -> tuple[KdfParams, bytes]:
+def kdf_section(kdf: KdfParams, salt: bytes) -> dict:
+    """The header's "kdf" object: what `parse_kdf_section` reads back."""
+    return {
+        "alg": KDF_ALG,
+        "m_kib": kdf.memory_kib,
+        "p": kdf.lanes,
+        "salt": b64_text(salt),
+        "t": kdf.iterations,
+    }
+
+
+def parse_kdf_section(obj: object) -> tuple[KdfParams, bytes]:
     if not isinstance(obj, dict) or set(obj) != KDF_KEYS:
         raise HeaderCorrupt("header kdf section has unexpected fields: the file is damaged")
     if obj["alg"] != KDF_ALG:
@@ -308,23 +313,23 @@ def _parse_kdf(obj: object) -> tuple[KdfParams, bytes]:
     problem = kdf_problem(kdf)
     if problem is not None:
         raise HeaderCorrupt(f"refused: {problem}; the file is damaged or was not written by this program")
-    return kdf, _b64decode(obj["salt"], SALT_SIZE, "kdf.salt")
+    return kdf, b64_field(obj["salt"], SALT_SIZE, "kdf.salt")
 
 
 def parse_header(raw: bytes) -> SealHeader:
     """The header bytes of a sealed file, checked field by field; HeaderCorrupt otherwise."""
-    obj = _parse_header_json(raw)
+    obj = parse_canonical_json(raw)
     _check_version(obj)
     if set(obj) != HEADER_KEYS:
         raise HeaderCorrupt("header has unexpected fields: the file is damaged")
     generation = obj["generation"]
     if not is_int(generation) or not 1 <= generation <= GENERATION_MAX:
         raise HeaderCorrupt(f"generation {show(generation)} is out of range: the file is damaged")
-    kdf, salt = _parse_kdf(obj["kdf"])
+    kdf, salt = parse_kdf_section(obj["kdf"])
     return SealHeader(
         kdf=kdf,
         salt=salt,
-        nonce=_b64decode(obj["nonce"], NONCE_SIZE, "nonce"),
+        nonce=b64_field(obj["nonce"], NONCE_SIZE, "nonce"),
         generation=generation,
-        check=_b64decode(obj["check"], CHECK_SIZE, "check"),
+        check=b64_field(obj["check"], CHECK_SIZE, "check"),
     )

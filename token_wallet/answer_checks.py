@@ -36,8 +36,6 @@ REFUND_ID = re.compile(r"R-[0-9a-f]{16}")
 PAYOUT_ID = re.compile(r"O-[0-9a-f]{16}")
 MEMBER_ID = re.compile(r"M-[0-9a-f]{16}")
 STORE_ID = re.compile(r"S-[0-9a-f]{16}")
-# History outcomes whose payment may have moved money without a receipt recorded here.
-UNCONFIRMED_OUTCOMES = ("alarm", "expired")
 
 
 class Contradiction(Exception):
@@ -182,23 +180,14 @@ def possible_credits_minor(doc: dict) -> int | None:
     """What may have reached a member's account unseen since the last known balance; None: no bound
     (a store, or a history that does not start at this account's enrollment)."""
     history = doc["history"]
-    if (
-        doc.get("role") != "member"
-        or not history
-        or history[0]["type"] != ENROLL
-        or history[0]["details"].get("action") != "enrolled"
-    ):
+    if doc.get("role") != "member" or not history:
+        return None
+    first = history[0]
+    if first["type"] != ENROLL or first["details"].get("action") != "enrolled":
         return None
     pending = sum(t["amount_minor"] for t in doc["topups"].values() if t["status"] == "pending")
-    paid = refunded = 0
-    for entry in history:
-        if entry["type"] == PAY and (
-            entry["outcome"] == "accepted" or entry["outcome"].startswith(UNCONFIRMED_OUTCOMES)
-        ):
-            paid += entry["details"].get("amount_minor", 0)
-        elif entry["type"] == "refund_received":
-            refunded += entry["details"].get("amount_minor", 0)
-    return pending + max(0, paid - refunded)
+    totals = doc["credit_totals"]  # kept by document.add_history as the history grows
+    return pending + max(0, totals["paid_minor"] - totals["refunded_minor"])
 
 
 def _expect(document: dict, field: str, wanted) -> None:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 
 from paywire.algorithms import key_id
-from paywire.messages import ROTATE
+from paywire.messages import PAY, ROTATE
 from tokens.base import KeyRecord
 
 DOCUMENT_VERSION = 1
-MAX_HISTORY_ENTRIES = 100_000
 MAX_PREVIOUS_KEYS = 100
 KEY_STATES = ("new", "pending_bind", "active")
+# A payment whose outcome the wallet could not confirm may still have been applied (answer_checks).
+UNCONFIRMED_OUTCOMES = ("alarm", "expired")
 
 
 class WalletError(Exception):
@@ -48,14 +49,46 @@ def new_document(token_doc: dict, key: KeyRecord) -> dict:
         "topups": {},
         "notices": [],
         "notices_cursor": 0,
+        "history_at_ms": 0,
+        "credit_totals": {"paid_minor": 0, "refunded_minor": 0},
     }
 
 
 def add_history(doc: dict, kind: str, ref: str, outcome: str, details: dict) -> None:
-    history = doc["history"]
-    if len(history) >= MAX_HISTORY_ENTRIES:
-        raise WalletError("the history is full: export it and start a new wallet")
-    history.append({"at_ms": now_ms(), "type": kind, "msg_id": ref, "outcome": outcome, "details": details})
+    """Append to the history (no cap short of the disk: token_wallet.vault stores records one by
+    one). Times never go back, even if the clock does, so `wallet history --since` can bisect;
+    the totals a balance check needs are kept as the history grows (`credit_totals`)."""
+    at_ms = max(now_ms(), doc.get("history_at_ms") or 0)
+    entry = {"at_ms": at_ms, "type": kind, "msg_id": ref, "outcome": outcome, "details": details}
+    doc["history"].append(entry)
+    doc["history_at_ms"] = at_ms
+    totals = doc.get("credit_totals")
+    if totals is not None:
+        _count_credits(totals, entry)
+
+
+def _count_credits(totals: dict, entry: dict) -> None:
+    """What a member's history says may have left (payments, even unconfirmed ones) and come back
+    (refunds received): the bound answer_checks puts on a balance the center states."""
+    amount_minor = entry["details"].get("amount_minor", 0) if isinstance(entry["details"], dict) else 0
+    if entry["type"] == PAY and (
+        entry["outcome"] == "accepted" or entry["outcome"].startswith(UNCONFIRMED_OUTCOMES)
+    ):
+        totals["paid_minor"] += amount_minor
+    elif entry["type"] == "refund_received":
+        totals["refunded_minor"] += amount_minor
+
+
+def upgrade_document(doc: dict) -> None:
+    """A vault written before the history was stored record by record keeps no running totals: count
+    them once from the history (one read of it; saved with the next change)."""
+    if "credit_totals" not in doc:
+        totals = {"paid_minor": 0, "refunded_minor": 0}
+        last_ms = 0
+        for entry in doc["history"]:
+            _count_credits(totals, entry)
+            last_ms = max(last_ms, entry.get("at_ms") or 0)
+        doc["credit_totals"], doc["history_at_ms"] = totals, last_ms
 
 
 # --- the key ----------------------------------------------------------------------------------

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from hostkit.cli import CliError
 from hostkit.private_files import access_problem
+from token_wallet.vault import SIDE_FILE_SUFFIXES
 
 
 def check_wallet_home(home: Path, vault: Path) -> None:
     """Before a wallet command opens the vault: the home and the vault files are the owner's alone.
 
-    Checks the home, the vault and its siblings (`.prev` holds the previous vault, `.lock` and
-    `.tmp` are written beside it); CliError with the chmod that fixes the first problem.
+    Checks the home, the vault and its siblings (the SQLite journal, the lock, a migration's `.v1`
+    backup, `.prev` and `.tmp` of the first format); CliError with the chmod that fixes the first problem.
     """
     for path in (home, *_vault_files(vault)):
         problem = access_problem(path)
@@ -21,4 +22,7 @@ def check_wallet_home(home: Path, vault: Path) -> None:
 
 
 def _vault_files(vault: Path) -> list[Path]:
-    return [vault, *(vault.with_name(vault.name + suffix) for suffix in (".prev", ".lock", ".tmp"))]
+    return [
+        vault,
+        *(vault.with_name(vault.name + suffix) for suffix in (*SIDE_FILE_SUFFIXES, ".lock", ".prev", ".tmp")),
+    ]

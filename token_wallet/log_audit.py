@@ -3,8 +3,11 @@ log the center shows now an extension of every tree head this wallet has seen?
 
 A receipt (paywire.receipts) proves its entry is in the tree of one signed tree head. Once the
 request bytes have left the outbox the wallet keeps what later checks need: the entry's leaf
-index and hash, the size and root of that head, and whether it has been checked since
-(`receipt_log_record`). The vault also keeps `log_head`: the newest head proved consistent.
+index and hash, the size and root of that head (`receipt_log_record`). Records are never changed
+once written (token_wallet.vault_records), so the progress of the checks is a cursor per kind in the
+vault's core, `log_checked`: every receipt (and notice) before it has been checked, and each run
+starts where the last one stopped. The vault also keeps `log_head`: the newest head proved
+consistent.
 
 One check: fetch the newest signed head (its signature against the pinned center key), prove it
 consistent with the kept head and with the head of every receipt not checked yet (one proof per
@@ -97,7 +100,6 @@ def receipt_log_record(checked: dict, receipt: dict | Envelope, request: Envelop
         "leaf_hash": leaf.hex(),
         "tree_size": log["tree_size"],
         "root_hash": log["root_hash"],
-        "checked": False,
     }
 
 
@@ -207,19 +209,19 @@ class LogAudit:
 
     def run(self) -> AuditReport:
         kept = self.doc.get("log_head")
-        # Receipts, and a store's notices that came with their payment's proof (paywire.notice_proof).
-        proved = [*self.doc["receipts"], *self.doc.get("notices", [])]
-        records = [r for r in proved if r.get("log") is not None]
-        waiting = [r for r in records if not r["log"]["checked"]]
+        # Receipts, and a store's notices that came with their payment's proof (paywire.notice_proof),
+        # from where the last run stopped.
+        tails = {kind: _Tail.read(self.doc, kind) for kind in LOG_KINDS}
+        waiting = [record for tail in tails.values() for record in tail.proved]
         report = AuditReport(
             ok=False,
             tree_size=None,
             root_hash=None,
             kept_tree_size=kept["tree_size"] if kept else None,
-            receipts_checked=len(records) - len(waiting),
-            receipts_total=len(records),
+            receipts_checked=sum(tail.done["proved"] for tail in tails.values()),
+            receipts_total=sum(tail.done["proved"] + len(tail.proved) for tail in tails.values()),
             problem=None,
-            old_form=sum(1 for r in self.doc["receipts"] if r.get("log") is None),
+            old_form=sum(tail.done["old_form"] + tail.old_form for tail in tails.values()),
         )
         try:
             latest = self._latest()
@@ -234,9 +236,8 @@ class LogAudit:
             if not isinstance(problem, Unanswered):  # kept: evidence of what the center showed
                 add_history(self.doc, "log_audit", "audit-check", "alarm", {"problem": report.problem})
             return report
-        for record in checked:
-            record["log"]["checked"] = True
-            record["log"]["checked_size"] = latest.tree_size
+        done = {id(record) for record in checked}
+        self.doc["log_checked"] = {kind: tail.advance(done) for kind, tail in tails.items()}
         report.receipts_checked += len(checked)
         report.remaining = len(waiting) - len(checked)
         report.ok = True
@@ -347,6 +348,53 @@ class LogAudit:
             return self._fetch(path, params)
         except (CenterUnreachable, CenterRefused) as error:
             raise Unanswered(f"the center did not answer {path}: {error}") from None
+
+
+LOG_KINDS = ("receipts", "notices")
+
+
+class _Tail:
+    """The records of one kind from the audit cursor on: what this run may check."""
+
+    def __init__(self, kind: str, done: dict, records: list[dict]) -> None:
+        self.kind, self.done, self.records = kind, done, records
+        self.proved = [record for record in records if record.get("log") is not None]
+        self.old_form = len(records) - len(self.proved)
+
+    @classmethod
+    def read(cls, doc: dict, kind: str) -> _Tail:
+        done = (doc.get("log_checked") or {}).get(kind) or _cursor_from_flags(doc.get(kind, []))
+        return cls(kind, dict(done), list(doc.get(kind, [])[done["next"] :]))
+
+    def advance(self, checked: set[int]) -> dict:
+        """The cursor after this run: past every record checked now and every old-form one in
+        between; it stops at the first record still to check, so the checked ones stay a prefix."""
+        done = dict(self.done)
+        for record in self.records:
+            if record.get("log") is None:
+                done["old_form"] += 1
+            elif id(record) in checked:
+                done["proved"] += 1
+            else:
+                break
+            done["next"] += 1
+        return done
+
+
+def _cursor_from_flags(records) -> dict:
+    """A vault from before the cursor marked each checked record itself ("checked": true, always a
+    prefix since checks go in order): where its cursor stands. Read once; the next run saves the cursor."""
+    done = {"next": 0, "proved": 0, "old_form": 0}
+    for record in records:
+        log = record.get("log")
+        if log is None:
+            done["old_form"] += 1
+        elif log.get("checked") is True:
+            done["proved"] += 1
+        else:
+            break
+        done["next"] += 1
+    return done
 
 
 def _describe(record: dict) -> str:

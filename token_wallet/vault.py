@@ -1,331 +1,104 @@
-"""The member's local vault: one encrypted file guarded by password A.
+"""The member's local vault: a record store guarded by password A (format: docs/vault-format.md).
 
-The vault holds a JSON document (key reference or wrapped key blob, public
-key, member id, center URL and pinned certificate, history, receipts, outbox).
-Password A alone opens it; password B (the token PIN) is enforced by the token
-and never touches this file (DESIGN.md, "The two passwords on hardware").
+The vault holds the wallet's document: a small *core* (key reference or wrapped key blob, public
+key, member id, center URL and pinned certificate, counter, outbox, top-ups, cursors) and three
+kinds of *records* that only grow (history, receipts, notices). Password A alone opens it;
+password B (the token PIN) is enforced by the token and never touches this file (DESIGN.md, "The
+two passwords on hardware").
 
-File layout (all of it authenticated), sealed with the one password recipe of
-hostkit.sealing (Argon2id + AES-256-GCM; the header format and limits are there)::
+On disk it is one SQLite file (token_wallet.vault_store): each record is sealed on its own, the
+core is sealed as one value, and a save writes the records appended since the last save plus the
+new core in one SQLite transaction (WAL journal, fsync on commit). So a payment's vault work is
+the same at a thousand records or a million, a crash at any instant leaves the last committed
+save, and the records and the core that counts them never disagree.
 
-    b"TPVAULT1" | header length (4 bytes, big-endian) | header | ciphertext+tag
+``Vault.open`` of a file in the first format (one sealed JSON file, token_wallet.vault_v1)
+migrates it once: the new store is written beside it, read back and compared with the old
+document record by record, and only then put in its place; the old file stays as ``<path>.v1``
+until a later run of the wallet has opened the new store and saved to it.
 
-The whole document is one AES-GCM message; each save is a new generation
-(the header's counter) with a fresh nonce under the key derived once at open.
+Not covered (docs/threat-model.md): rolling the whole file back to an older genuine copy cannot be
+detected from the file alone; the center's counter and tree heads notice it at the next exchange.
+Python cannot wipe the keys from memory; they live as long as the Vault.
 
-Writes are atomic: the new file goes to ``<path>.tmp`` (hostkit.private_files:
-0600, O_NOFOLLOW, fsynced), the current file is hard-linked to ``<path>.prev``
-(so a complete vault exists at every instant), the tmp file replaces
-``<path>`` and the directory is fsynced. ``open`` reads only ``<path>``;
-``<path>.prev`` is the previous generation, kept for manual recovery (rename it
-over ``<path>`` and open it with the password A that was valid for that
-generation). ``change_password`` removes it, because it would still open with
-the old password A.
+Concurrent processes: hold ``vault_lock(path)`` (token_wallet.vault_lock) from ``open`` until
+``save``. ``save`` also refuses to write over a save it has not seen (``VaultConflict``).
 
-Not covered: rolling the file back to an older, genuine generation (for
-example copying ``.prev`` over it) cannot be detected from the file alone.
-Python cannot wipe the derived key from memory; it lives as long as the Vault.
-
-Long because the file format's refusals (each a one-line VaultError naming the fix), the
-crash-safe write (tmp, .prev, rename, fsync) and the Vault object are one file's life; the
-sealing recipe is hostkit.sealing and the lock token_wallet.vault_lock.
-
-Concurrent processes: hold ``vault_lock(path)`` (token_wallet.vault_lock) from
-``open`` until ``save``. ``save`` also refuses to overwrite a file that changed
-since it was read (``VaultConflict``), so a forgotten lock loses no update silently.
+Long because opening (each refusal a one-line VaultError naming the fix), the transactional save,
+the re-keying of a password change and the one-time migration are one file's life; the sealing is
+token_wallet.vault_store, the record sequences token_wallet.vault_records.
 """
 
 from __future__ import annotations
 
-import json
+import hmac
 import os
 import pathlib
+import secrets
+import sqlite3
 
-from cryptography.exceptions import InvalidTag
-
-from hostkit.private_files import (
-    NO_LINK_ERRNOS,
-    PRIVATE_DIR_MODE,
-    fsync_directory,
-    link_new_name,
-    write_new_file,
+from hostkit.private_files import PRIVATE_DIR_MODE, fsync_directory, link_new_name
+from hostkit.sealing import KdfParams, SealingKeys, derive_keys, kdf_params_from_env
+from token_wallet import vault_store as store
+from token_wallet.vault_base import (
+    DOCUMENT_DEPTH_MAX,
+    VaultBusy,
+    VaultConflict,
+    VaultCorrupt,
+    VaultError,
+    VaultNotFound,
+    WrongPasswordA,
+    ensure_private_dir,
+    new_password_keys,
+    password_a_bytes,
+    sibling,
 )
-from hostkit.sealing import (
-    GENERATION_MAX,
-    HEADER_MAX_BYTES,
-    PASSWORD_MAX_BYTES,
-    PREFIX_SIZE,
-    TAG_SIZE,
-    HeaderCorrupt,
-    KdfParams,
-    PasswordTooLong,
-    SealHeader,
-    SealingKeys,
-    associated_data,
-    canonical_json,
-    derive_keys,
-    derive_new_keys,
-    header_length,
-    kdf_params_from_env,
-    kdf_problem,
-    parse_header,
-    password_bytes,
-    reject_constant,
-)
+from token_wallet.vault_records import RecordList
+from token_wallet.vault_store import KINDS, SealedRow, StoreHeader
+from token_wallet.vault_v1 import MAGIC as V1_MAGIC
+from token_wallet.vault_v1 import VaultV1
 
-MAGIC = b"TPVAULT1"
-FILE_MAX_BYTES = 64 * 1024 * 1024
-# Documents are records and lists of records; deeper nesting is a bug.
-DOCUMENT_DEPTH_MAX = 64
+__all__ = [
+    "DOCUMENT_DEPTH_MAX",
+    "Vault",
+    "VaultBusy",
+    "VaultConflict",
+    "VaultCorrupt",
+    "VaultError",
+    "VaultNotFound",
+    "WrongPasswordA",
+    "ensure_private_dir",
+    "sibling",
+]
 
-
-# --- errors -------------------------------------------------------------------
-
-
-class VaultError(Exception):
-    """Base class. str(e) is one line: what happened and what to do."""
-
-    def __init__(self, message: str) -> None:
-        assert isinstance(message, str)
-        # One line keeps CLI output and logs readable (a path may hold a newline).
-        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
-
-
-class VaultNotFound(VaultError):
-    pass
-
-
-class WrongPasswordA(VaultError):
-    pass
-
-
-class VaultCorrupt(VaultError):
-    pass
-
-
-class VaultBusy(VaultError):
-    pass
-
-
-class VaultConflict(VaultError):
-    """The file changed on disk after it was read; saving would lose that change."""
-
-
-# --- reading ------------------------------------------------------------------
-
-
-def sibling(path: pathlib.Path, suffix: str) -> pathlib.Path:
-    """<path><suffix>: the vault's .tmp, .prev and .lock files live beside it."""
-    return path.with_name(path.name + suffix)
-
-
-def _password_bytes(password_a: str) -> bytes:
-    try:
-        return password_bytes(password_a)
-    except TypeError:
-        raise VaultError("password A must be text") from None
-    except PasswordTooLong:
-        raise VaultError(
-            f"password A is longer than {PASSWORD_MAX_BYTES} bytes: choose a shorter one"
-        ) from None
-
-
-def _parse_header(raw: bytes) -> SealHeader:
-    try:
-        return parse_header(raw)
-    except HeaderCorrupt as error:
-        raise VaultCorrupt(f"vault {error}") from None
-
-
-def _split_file(blob: bytes) -> tuple[bytes, bytes, bytes]:
-    """(aad, header bytes, ciphertext) after checking magic and lengths."""
-    if len(blob) < PREFIX_SIZE or blob[: len(MAGIC)] != MAGIC:
-        raise VaultCorrupt("not a vault file (bad magic): check the path or restore a backup")
-    header_len = header_length(blob[:PREFIX_SIZE])
-    if not 1 <= header_len <= HEADER_MAX_BYTES:
-        raise VaultCorrupt(
-            f"vault header length {header_len} is outside [1, {HEADER_MAX_BYTES}]: the file is damaged"
-        )
-    body_start = PREFIX_SIZE + header_len
-    if len(blob) < body_start + TAG_SIZE + 2:
-        raise VaultCorrupt("vault file is truncated: restore it from <path>.prev or a backup")
-    return blob[:body_start], blob[PREFIX_SIZE:body_start], blob[body_start:]
-
-
-def _build_file(header: SealHeader, keys: SealingKeys, document: bytes) -> tuple[bytes, bytes]:
-    """(file bytes, header bytes) for one generation."""
-    header_raw = header.encode()
-    aad = associated_data(MAGIC, header_raw)
-    blob = aad + keys.aead().encrypt(header.nonce, document, aad)
-    if len(blob) > FILE_MAX_BYTES:
-        raise VaultError(
-            f"the vault document is too large ({len(blob)} bytes, limit {FILE_MAX_BYTES}): "
-            "archive old history or receipts first (nothing was written)"
-        )
-    return blob, header_raw
-
-
-def _read_vault_file(path: pathlib.Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            size_bytes = os.fstat(f.fileno()).st_size
-            if size_bytes > FILE_MAX_BYTES:
-                raise VaultCorrupt(
-                    f"vault file is {size_bytes} bytes, over the {FILE_MAX_BYTES} limit: check the path"
-                )
-            # +1 catches a file that grew after fstat.
-            blob = f.read(FILE_MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise VaultNotFound(f"no vault at {path}: create one first or check the path") from None
-    except IsADirectoryError:
-        raise VaultError(f"{path} is a directory, not a vault file: check the path") from None
-    except PermissionError:
-        raise VaultError(f"cannot read the vault at {path}: permission denied") from None
-    if len(blob) > FILE_MAX_BYTES:
-        raise VaultCorrupt(f"vault file is over the {FILE_MAX_BYTES} byte limit: check the path")
-    return blob
-
-
-def _read_header_bytes(path: pathlib.Path) -> bytes | None:
-    """The header bytes currently on disk, or None if unreadable (for conflict checks)."""
-    try:
-        with open(path, "rb") as f:
-            prefix = f.read(PREFIX_SIZE)
-            if len(prefix) < PREFIX_SIZE or prefix[: len(MAGIC)] != MAGIC:
-                return None
-            header_len = header_length(prefix)
-            if header_len > HEADER_MAX_BYTES:
-                return None
-            return f.read(header_len)
-    except OSError:
-        return None
-
-
-# --- writing (on hostkit.private_files) -------------------------------------------
-
-
-def ensure_private_dir(directory: pathlib.Path) -> None:
-    # mode applies to the leaf only; parents follow the umask like any mkdir -p.
-    directory.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-
-
-def _write_tmp(tmp: pathlib.Path, blob: bytes) -> None:
-    tmp.unlink(missing_ok=True)  # a stale tmp from a crash; ours by naming convention
-    write_new_file(tmp, blob)
-
-
-def _keep_previous(path: pathlib.Path) -> None:
-    """Make <path>.prev the current file without ever leaving <path> missing."""
-    prev = sibling(path, ".prev")
-    prev.unlink(missing_ok=True)
-    try:
-        os.link(path, prev)
-    except OSError as e:
-        if e.errno not in NO_LINK_ERRNOS:
-            raise
-        # File systems without hard links: a copy serves recovery just as well.
-        write_new_file(prev, path.read_bytes())
-
-
-def _install_new(tmp: pathlib.Path, path: pathlib.Path) -> None:
-    """Move tmp to path, failing if path exists (create never overwrites)."""
-    try:
-        link_new_name(tmp, path)
-    except FileExistsError:
-        raise VaultError(f"a vault already exists at {path}: refusing to overwrite it") from None
-    tmp.unlink(missing_ok=True)
-
-
-def _commit(path: pathlib.Path, blob: bytes, *, replace: bool) -> None:
-    tmp = sibling(path, ".tmp")
-    try:
-        _write_tmp(tmp, blob)
-        if replace:
-            _keep_previous(path)
-            os.replace(tmp, path)
-        else:
-            _install_new(tmp, path)
-        fsync_directory(path.parent)
-    except VaultError:
-        tmp.unlink(missing_ok=True)
-        raise
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        reason = e.strerror or type(e).__name__
-        raise VaultError(
-            f"could not write the vault at {path}: {reason} (the previous file is unchanged)"
-        ) from None
-
-
-# --- the document ------------------------------------------------------------------
-
-
-def _check_plain_json(value: object, depth: int = 0) -> None:
-    """Refuse what json.dumps would silently change (tuples, int keys) or choke on.
-
-    Messages name types only: values may be secrets.
-    """
-    if depth > DOCUMENT_DEPTH_MAX:
-        raise VaultError(
-            f"the vault document nests deeper than {DOCUMENT_DEPTH_MAX} levels: nothing was written"
-        )
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise VaultError(
-                    f"the vault document has a {type(key).__name__} key; keys must be str: "
-                    "nothing was written"
-                )
-            _check_plain_json(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_plain_json(item, depth + 1)
-    elif value is not None and not isinstance(value, (str, int, float)):
-        raise VaultError(
-            f"the vault document holds a {type(value).__name__}; only str, int, float, bool, None, "
-            "list and dict fit: nothing was written"
-        )
-
-
-def _encode_document(data: object) -> bytes:
-    if not isinstance(data, dict):
-        raise VaultError("the vault document must be a JSON object (dict): nothing was written")
-    _check_plain_json(data)
-    try:
-        return canonical_json(data, ascii_only=False)
-    except (ValueError, UnicodeEncodeError):
-        # NaN/infinity or lone surrogates; the exception text could quote secrets.
-        raise VaultError(
-            "the vault document holds NaN, infinity or invalid Unicode: nothing was written"
-        ) from None
-
-
-def _decode_document(plaintext: bytes) -> dict:
-    try:
-        data = json.loads(plaintext.decode("utf-8"), parse_constant=reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise VaultCorrupt("the vault decrypted but its document is not JSON: restore a backup") from None
-    if not isinstance(data, dict):
-        raise VaultCorrupt("the vault decrypted but its document is not a JSON object: restore a backup")
-    return data
+# Beside the vault: the SQLite journal, the store being written by create or a migration, and the
+# first-format file a migration keeps until the new store has proved itself.
+NEW_SUFFIX = ".new"
+V1_BACKUP_SUFFIX = ".v1"
+SIDE_FILE_SUFFIXES = ("-wal", "-shm", NEW_SUFFIX, V1_BACKUP_SUFFIX)
 
 
 class Vault:
-    """An opened vault: edit ``data`` in place, then ``save()``."""
+    """An opened vault: edit ``data`` in place (records by ``append``), then ``save()``."""
 
     path: pathlib.Path
     data: dict
     generation: int
 
-    def __init__(
-        self, path: pathlib.Path, data: dict, generation: int, keys: SealingKeys, header_raw: bytes
-    ) -> None:
+    def __init__(self, path: pathlib.Path, conn: sqlite3.Connection, opened: _Opened) -> None:
         # Use Vault.create or Vault.open; this only assembles an opened vault.
         self.path = path
-        self.data = data
-        self.generation = generation
-        self._keys = keys
-        self._header_raw = header_raw  # what is on disk, for conflict detection
+        self._conn = conn
+        self._keys, self._header, self._header_raw = opened.keys, opened.header, opened.header_raw
+        self._data_keys = opened.data_keys
+        self._index_key = store.index_key(opened.data_keys)
+        self.generation = opened.generation
+        self._seals = opened.seals
+        self._migrated = False
+        self.data = dict(opened.core)
+        for kind in KINDS:
+            self.data[kind] = RecordList(kind, opened.counts[kind], self._read_records, self._has_ref)
+        self._lists = {kind: self.data[kind] for kind in KINDS}
 
     def __repr__(self) -> str:
         # Never show data (wrapped key, history) or key material.
@@ -335,93 +108,431 @@ class Vault:
     def kdf(self) -> KdfParams:
         return self._keys.kdf
 
+    @property
+    def migrated(self) -> bool:
+        """Whether this open converted a first-format vault (its backup is ``<path>.v1``)."""
+        return self._migrated
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # --- create and open ---------------------------------------------------------------------------
+
     @classmethod
     def create(cls, path, password_a: str, data: dict, *, kdf: KdfParams | None = None) -> Vault:
         """Write a new vault (generation 1). Refuses to overwrite an existing file."""
         path = pathlib.Path(path)
-        # Checked before the slow derivation; _install_new checks again atomically.
+        # Checked before the slow derivation; link_new_name checks again atomically.
         if path.exists() or path.is_symlink():
             raise VaultError(f"a vault already exists at {path}: refusing to overwrite it")
         kdf = kdf_params_from_env() if kdf is None else kdf
-        document = _encode_document(data)
-        keys = _new_keys(password_a, kdf)
+        _check_new_document(data)
+        keys = new_password_keys(password_a, kdf)
         ensure_private_dir(path.parent)
         # A home that existed before (0755 from a plain mkdir) becomes private too.
         os.chmod(path.parent, PRIVATE_DIR_MODE)
-        vault = cls(path, data, 0, keys, b"")
-        vault._write(document, replace=False)
-        return vault
+        _write_new_store(path, keys, data)
+        return cls._open_with_keys(path, keys)
 
     @classmethod
     def open(cls, path, password_a: str) -> Vault:
-        """Decrypt ``path`` with password A. Reads only; never writes anything."""
+        """Decrypt ``path`` with password A. A first-format vault is migrated (see the module doc)."""
         path = pathlib.Path(path)
-        password = _password_bytes(password_a)
-        aad, header_raw, ciphertext = _split_file(_read_vault_file(path))
-        header = _parse_header(header_raw)
-        keys = derive_keys(password, header.kdf, header.salt)
-        if not keys.matches(header):
-            raise WrongPasswordA("wrong password A: the vault was not opened (nothing changed)")
+        password = password_a_bytes(password_a)
+        if _read_magic(path).startswith(V1_MAGIC):
+            return _migrate_v1(path, password_a)
+        conn = _connect_existing(path)
         try:
-            plaintext = keys.aead().decrypt(header.nonce, ciphertext, aad)
-        except InvalidTag:
-            raise VaultCorrupt(
-                "password A is right but the vault file was damaged or tampered with: "
-                "restore it from <path>.prev or a backup"
-            ) from None
-        return cls(path, _decode_document(plaintext), header.generation, keys, header_raw)
+            header_raw, header = _read_header(conn)
+            keys = derive_keys(password, header.kdf, header.salt)
+            if not hmac.compare_digest(keys.check, header.check):
+                raise WrongPasswordA("wrong password A: the vault was not opened (nothing changed)")
+            vault = cls(path, conn, _read_opened(conn, keys, header_raw, header))
+        except BaseException:
+            conn.close()
+            raise
+        return vault
+
+    @classmethod
+    def _open_with_keys(cls, path: pathlib.Path, keys: SealingKeys) -> Vault:
+        conn = _connect_existing(path)
+        try:
+            header_raw, header = _read_header(conn)
+            if not hmac.compare_digest(keys.check, header.check):
+                raise VaultCorrupt(f"the vault just written at {path} does not open: check the disk")
+            return cls(path, conn, _read_opened(conn, keys, header_raw, header))
+        except BaseException:
+            conn.close()
+            raise
+
+    # --- save ---------------------------------------------------------------------------------------
 
     def save(self) -> None:
-        """Re-encrypt ``data`` as the next generation with a fresh nonce."""
-        self._check_unchanged_on_disk()
-        self._write(_encode_document(self.data), replace=True)
+        """Write the queued records and the core as the next generation, in one transaction."""
+        core = self._core()
+        if self._seals + self._pending_count() + 1 > store.SEALS_PER_EPOCH_MAX:
+            self._start_epoch(self._keys)
+        self._commit(core, header_raw=None)
+        if not self._migrated:
+            # A later run opened the migrated store and saved to it: the first-format copy goes.
+            _remove_if_present(sibling(self.path, V1_BACKUP_SUFFIX))
 
     def change_password(self, new_password_a: str, *, kdf: KdfParams | None = None) -> None:
-        """New salt and key from new_password_a; saves and removes <path>.prev.
+        """New password A: the data keys are wrapped under its key and a new epoch starts, so
+        nothing already written is rewritten (docs/vault-format.md, "Changing password A").
 
-        The .prev file is deleted because it still opens with the old password A,
-        which may be the reason for the change. kdf=None uses kdf_params_from_env().
+        The first-format backup, if any, is deleted: it still opens with the old password A.
         """
         kdf = kdf_params_from_env() if kdf is None else kdf
-        new_keys = _new_keys(new_password_a, kdf)
-        self._check_unchanged_on_disk()
-        document = _encode_document(self.data)
-        old_keys = self._keys
-        self._keys = new_keys
+        new_keys = new_password_keys(new_password_a, kdf)
+        if len(self._header.wrapped) >= store.EPOCHS_MAX:
+            raise VaultError(
+                f"password A was changed {store.EPOCHS_MAX} times in this vault: create a new wallet home"
+            )
+        old = (self._keys, self._header, self._header_raw, dict(self._data_keys), self._seals)
+        self._start_epoch(new_keys)
         try:
-            self._write(document, replace=True)
+            self._commit(self._core(), header_raw=self._header_raw)
         except BaseException:
-            self._keys = old_keys  # the file still has the old password A
+            self._keys, self._header, self._header_raw, self._data_keys, self._seals = old
             raise
-        sibling(self.path, ".prev").unlink(missing_ok=True)
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old key table leaves the journal
+        for suffix in (V1_BACKUP_SUFFIX, ".prev"):
+            _remove_if_present(sibling(self.path, suffix))
         fsync_directory(self.path.parent)
 
-    def _check_unchanged_on_disk(self) -> None:
-        if _read_header_bytes(self.path) != self._header_raw:
-            raise VaultConflict(
-                f"the vault at {self.path} changed since it was opened (another wallet process?): "
-                "open it again and redo the change"
+    def _start_epoch(self, keys: SealingKeys) -> None:
+        """A fresh data key for everything sealed from now on; all keys wrapped under ``keys``."""
+        epoch = self._header.epoch + 1
+        self._data_keys[epoch] = secrets.token_bytes(store.DATA_KEY_SIZE)
+        wrapped = {
+            e: store.wrap_data_key(keys.aes_key, self._header.store_id, e, key)
+            for e, key in self._data_keys.items()
+        }
+        self._keys = keys
+        self._header = StoreHeader(self._header.store_id, keys.kdf, keys.salt, keys.check, wrapped)
+        self._header_raw = self._header.encode()
+        self._seals = 0
+
+    def _core(self) -> dict:
+        for kind, records in self._lists.items():
+            if self.data.get(kind) is not records:
+                raise VaultError(
+                    f"the vault's {kind} can only be appended to, not replaced: nothing was written"
+                )
+        return {key: value for key, value in self.data.items() if key not in KINDS}
+
+    def _pending_count(self) -> int:
+        return sum(len(records.pending()) for records in self._lists.values())
+
+    def _commit(self, core: dict, *, header_raw: bytes | None) -> None:
+        epoch = self._header.epoch
+        data_key = self._data_keys[epoch]
+        generation = self.generation + 1
+        store_id = self._header.store_id
+        rows, counts = [], {}
+        for kind, records in self._lists.items():
+            pending = records.pending()
+            for seq, plaintext, ref in pending:
+                ref_bytes = None if ref is None else store.record_ref(self._index_key, KINDS[kind], ref)
+                sealed = store.seal_record(data_key, store_id, KINDS[kind], seq, epoch, ref_bytes, plaintext)
+                rows.append((KINDS[kind], seq, epoch, sealed.nonce, sealed.sealed, ref_bytes))
+            counts[kind] = len(records)
+        seals = self._seals + len(rows) + 1
+        state = {"core": core, "counts": counts, "seals": seals}
+        sealed_state = store.seal_state(data_key, store_id, generation, epoch, self._header_raw, state)
+        self._write(rows, generation, sealed_state, header_raw)
+        for records in self._lists.values():
+            records.committed(len(records.pending()))
+        self.generation, self._seals = generation, seals
+
+    def _write(self, rows: list, generation: int, state: SealedRow, header_raw: bytes | None) -> None:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                on_disk = conn.execute("SELECT generation FROM vault_state WHERE id = 1").fetchone()
+                if on_disk is None or on_disk[0] != self.generation:
+                    raise VaultConflict(
+                        f"the vault at {self.path} changed since it was opened (another wallet process?): "
+                        "open it again and redo the change"
+                    )
+                if header_raw is not None:
+                    conn.execute("UPDATE vault_header SET header = ? WHERE id = 1", (header_raw,))
+                conn.executemany(
+                    "INSERT INTO records (kind, seq, epoch, nonce, sealed, ref) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                conn.execute(
+                    "UPDATE vault_state SET generation = ?, epoch = ?, nonce = ?, sealed = ? WHERE id = 1",
+                    (generation, state.epoch, state.nonce, state.sealed),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as error:
+            raise VaultError(
+                f"could not write the vault at {self.path}: {_reason(error)} (the previous save is unchanged)"
+            ) from None
+
+    # --- reading records (for RecordList) -----------------------------------------------------------
+
+    def _read_records(self, kind: str, first_seq: int, last_seq: int) -> list[dict]:
+        code = KINDS[kind]
+        try:
+            rows = self._conn.execute(
+                "SELECT seq, epoch, nonce, sealed, ref FROM records WHERE kind = ? AND seq BETWEEN ? AND ? "
+                "ORDER BY seq",
+                (code, first_seq, last_seq),
+            ).fetchall()
+        except sqlite3.DatabaseError as error:
+            raise VaultCorrupt(
+                f"the vault's {kind} cannot be read ({_reason(error)}): restore a backup"
+            ) from None
+        records = []
+        for expected_seq, (seq, epoch, nonce, sealed, ref) in enumerate(rows, start=first_seq):
+            if seq != expected_seq:
+                break
+            row = SealedRow(epoch, nonce, sealed)
+            records.append(store.open_record(self._data_keys, self._header.store_id, code, seq, row, ref))
+        if len(records) != last_seq - first_seq + 1:
+            missing = first_seq + len(records)
+            raise VaultCorrupt(
+                f"the vault's {kind} record {missing} is missing: records were dropped from the file; "
+                "restore a backup"
+            )
+        return records
+
+    def _has_ref(self, kind: str, ref: str) -> bool:
+        ref_bytes = store.record_ref(self._index_key, KINDS[kind], ref)
+        try:
+            row = self._conn.execute(
+                "SELECT 1 FROM records WHERE kind = ? AND ref = ? LIMIT 1", (KINDS[kind], ref_bytes)
+            ).fetchone()
+        except sqlite3.DatabaseError as error:
+            raise VaultCorrupt(
+                f"the vault's {kind} cannot be read ({_reason(error)}): restore a backup"
+            ) from None
+        return row is not None
+
+
+# --- opening, step by step ----------------------------------------------------------------------------
+
+
+class _Opened:
+    """What reading a store yields before the Vault object exists."""
+
+    def __init__(self, **fields) -> None:
+        self.__dict__.update(fields)
+
+
+def _read_magic(path: pathlib.Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(store.SQLITE_MAGIC))
+    except FileNotFoundError:
+        raise VaultNotFound(f"no vault at {path}: create one first or check the path") from None
+    except IsADirectoryError:
+        raise VaultError(f"{path} is a directory, not a vault file: check the path") from None
+    except PermissionError:
+        raise VaultError(f"cannot read the vault at {path}: permission denied") from None
+    if not (magic.startswith(V1_MAGIC) or magic == store.SQLITE_MAGIC):
+        raise VaultCorrupt("not a vault file (bad magic): check the path or restore a backup")
+    return magic
+
+
+def _connect_existing(path: pathlib.Path) -> sqlite3.Connection:
+    if pathlib.Path(path).is_symlink():
+        raise VaultError(f"{path} is a symbolic link: a vault must be a plain file in the wallet home")
+    try:
+        return store.connect(path, create=False)
+    except sqlite3.DatabaseError as error:
+        raise VaultCorrupt(f"the vault database is damaged ({_reason(error)}): restore a backup") from None
+
+
+def _read_header(conn: sqlite3.Connection) -> tuple[bytes, StoreHeader]:
+    store.check_schema(conn)
+    try:
+        rows = conn.execute("SELECT header FROM vault_header").fetchall()
+    except sqlite3.DatabaseError as error:
+        raise VaultCorrupt(f"the vault header cannot be read ({_reason(error)}): restore a backup") from None
+    if len(rows) != 1:
+        raise VaultCorrupt("the vault has no header: the file is damaged; restore a backup")
+    header_raw = rows[0][0]
+    return header_raw, store.parse_store_header(header_raw)
+
+
+def _read_opened(conn, keys: SealingKeys, header_raw: bytes, header: StoreHeader) -> _Opened:
+    data_keys = store.unwrap_data_keys(header, keys)
+    try:
+        row = conn.execute("SELECT generation, epoch, nonce, sealed FROM vault_state WHERE id = 1").fetchone()
+        if row is None:
+            raise VaultCorrupt("the vault has no state: the file is damaged; restore a backup")
+        generation, epoch, nonce, sealed = row
+        if not isinstance(generation, int) or not 1 <= generation <= store.GENERATION_MAX:
+            raise VaultCorrupt("the vault's generation is out of range: the file is damaged")
+        state = store.open_state(
+            data_keys, header.store_id, generation, SealedRow(epoch, nonce, sealed), header_raw
+        )
+        _check_counts(conn, state["counts"])
+    except sqlite3.DatabaseError as error:
+        raise VaultCorrupt(f"the vault database is damaged ({_reason(error)}): restore a backup") from None
+    return _Opened(
+        keys=keys,
+        header=header,
+        header_raw=header_raw,
+        data_keys=data_keys,
+        generation=generation,
+        seals=state["seals"],
+        core=state["core"],
+        counts=state["counts"],
+    )
+
+
+def _check_counts(conn: sqlite3.Connection, counts: dict) -> None:
+    """The newest record of each kind is the one the state counts: a truncated store, a record
+    beyond it, or a state older than the records is refused at open (a gap inside is refused when
+    that range is read). Two index lookups per kind, whatever the size."""
+    stray = conn.execute("SELECT 1 FROM records WHERE kind < 1 OR kind > ? LIMIT 1", (len(KINDS),)).fetchone()
+    if stray is not None:
+        raise VaultCorrupt("the vault holds records of an unknown kind: it was not written by this program")
+    for kind, code in KINDS.items():
+        newest = conn.execute(
+            "SELECT seq FROM records WHERE kind = ? ORDER BY seq DESC LIMIT 1", (code,)
+        ).fetchone()
+        oldest = conn.execute(
+            "SELECT seq FROM records WHERE kind = ? ORDER BY seq LIMIT 1", (code,)
+        ).fetchone()
+        found = (oldest[0], newest[0]) if newest else (1, 0)
+        if found != (1, counts[kind]):
+            raise VaultCorrupt(
+                f"the vault's {kind} holds records {found[0]}..{found[1]} but its state counts "
+                f"1..{counts[kind]}: the file was truncated or partly rolled back; restore a backup"
             )
 
-    def _write(self, document: bytes, *, replace: bool) -> None:
-        generation = self.generation + 1
-        if generation > GENERATION_MAX:
-            raise VaultError("the vault has reached its write limit: create a new vault and move the data")
-        header = self._keys.new_header(generation)
-        blob, header_raw = _build_file(header, self._keys, document)
-        _commit(self.path, blob, replace=replace)
-        # Only after the file is in place does memory move to the new generation.
-        self.generation = generation
-        self._header_raw = header_raw
+
+# --- creating and migrating -----------------------------------------------------------------------------
 
 
-def _new_keys(password_a: str, kdf: KdfParams) -> SealingKeys:
-    if not isinstance(kdf, KdfParams):
-        raise VaultError("kdf must be a KdfParams")
-    problem = kdf_problem(kdf)
-    if problem is not None:
-        raise VaultError(f"{problem}: use DEFAULT_KDF or at least MINIMUM_KDF")
-    password = _password_bytes(password_a)
-    if not password:
-        raise VaultError("password A must not be empty: choose a passphrase")
-    return derive_new_keys(password, kdf)
+def _check_new_document(data: object) -> None:
+    if not isinstance(data, dict):
+        raise VaultError("the vault document must be a JSON object (dict): nothing was written")
+    for kind in KINDS:
+        records = data.get(kind, [])
+        if not isinstance(records, list) or not all(isinstance(item, dict) for item in records):
+            raise VaultError(f"the vault document's {kind} must be a list of objects: nothing was written")
+
+
+def _write_new_store(path: pathlib.Path, keys: SealingKeys, data: dict) -> None:
+    """The whole store at <path>.new, committed and closed, then linked to <path> (never over a file)."""
+    new = sibling(path, NEW_SUFFIX)
+    for stale in (new, sibling(new, "-wal"), sibling(new, "-shm")):
+        stale.unlink(missing_ok=True)  # a create or migration that crashed; ours by naming convention
+    store_id = secrets.token_bytes(store.STORE_ID_SIZE)
+    data_key = secrets.token_bytes(store.DATA_KEY_SIZE)
+    header = StoreHeader(
+        store_id,
+        keys.kdf,
+        keys.salt,
+        keys.check,
+        {1: store.wrap_data_key(keys.aes_key, store_id, 1, data_key)},
+    )
+    header_raw = header.encode()
+    lists = {kind: RecordList(kind, 0, _nothing_written, lambda _k, _r: False) for kind in KINDS}
+    for kind, records in lists.items():
+        for item in data.get(kind, []):
+            records.append(item)
+    core = {key: value for key, value in data.items() if key not in KINDS}
+    index = store.index_key({1: data_key})
+    rows = []
+    for kind, records in lists.items():
+        for seq, plaintext, ref in records.pending():
+            ref_bytes = None if ref is None else store.record_ref(index, KINDS[kind], ref)
+            sealed = store.seal_record(data_key, store_id, KINDS[kind], seq, 1, ref_bytes, plaintext)
+            rows.append((KINDS[kind], seq, 1, sealed.nonce, sealed.sealed, ref_bytes))
+    state = {
+        "core": core,
+        "counts": {kind: len(records) for kind, records in lists.items()},
+        "seals": len(rows) + 1,
+    }
+    sealed_state = store.seal_state(data_key, store_id, 1, 1, header_raw, state)
+    try:
+        conn = store.connect(new, create=True)
+        try:
+            os.chmod(new, 0o600)
+            store.create_schema(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO vault_header (id, header) VALUES (1, ?)", (header_raw,))
+            conn.executemany(
+                "INSERT INTO records (kind, seq, epoch, nonce, sealed, ref) VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
+            conn.execute(
+                "INSERT INTO vault_state (id, generation, epoch, nonce, sealed) VALUES (1, 1, 1, ?, ?)",
+                (sealed_state.nonce, sealed_state.sealed),
+            )
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        link_new_name(new, path)
+    except FileExistsError:
+        raise VaultError(f"a vault already exists at {path}: refusing to overwrite it") from None
+    except (sqlite3.Error, OSError) as error:
+        raise VaultError(
+            f"could not write the vault at {path}: {_reason(error)} (nothing was written)"
+        ) from None
+    finally:
+        for leftover in (new, sibling(new, "-wal"), sibling(new, "-shm")):
+            leftover.unlink(missing_ok=True)
+    fsync_directory(path.parent)
+
+
+def _nothing_written(kind: str, first_seq: int, last_seq: int) -> list[dict]:
+    raise AssertionError("a store being created has no records on disk yet")
+
+
+def _migrate_v1(path: pathlib.Path, password_a: str) -> Vault:
+    """First-format vault -> record store, proved equal before it replaces the old file."""
+    old = VaultV1.open(path, password_a)  # WrongPasswordA / VaultCorrupt as before; nothing written
+    keys = old.keys  # same salt and KDF: the new header checks the same password, no second Argon2id
+    backup = sibling(path, V1_BACKUP_SUFFIX)
+    backup.unlink(missing_ok=True)  # a migration that crashed before installing; the file at path is v1
+    os.link(path, backup)
+    staged = sibling(path, ".migrating")
+    staged.unlink(missing_ok=True)
+    _write_new_store(staged, keys, old.data)
+    vault = Vault._open_with_keys(staged, keys)
+    try:
+        _prove_same(vault, old.data)
+        vault.close()
+        os.replace(staged, path)
+        fsync_directory(path.parent)
+    except BaseException:
+        vault.close()
+        staged.unlink(missing_ok=True)
+        raise
+    vault = Vault._open_with_keys(path, keys)
+    vault._migrated = True
+    return vault
+
+
+def _prove_same(vault: Vault, old_document: dict) -> None:
+    """Every record and the core read back from the new store equal the old document."""
+    for key, value in old_document.items():
+        if key in KINDS:
+            if list(vault.data[key]) != value:
+                raise VaultCorrupt(
+                    f"migrating the vault changed its {key}: nothing was replaced; report this"
+                )
+        elif vault.data.get(key) != value:
+            raise VaultCorrupt(f"migrating the vault changed its {key}: nothing was replaced; report this")
+
+
+def _remove_if_present(path: pathlib.Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _reason(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__

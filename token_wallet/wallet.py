@@ -68,7 +68,14 @@ from paywire.verify import verify_envelope
 from token_wallet.account_info import record_account_info
 from token_wallet.answer_checks import Contradiction, check_answer
 from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable, check_center_url
-from token_wallet.document import WalletError, add_history, discard_pending_key, now_ms, switch_to_rotated_key
+from token_wallet.document import (
+    WalletError,
+    add_history,
+    discard_pending_key,
+    now_ms,
+    switch_to_rotated_key,
+    upgrade_document,
+)
 from token_wallet.log_audit import receipt_form, receipt_json, receipt_log_record
 from token_wallet.vault import Vault
 from tokens.base import KeyRecord, Token
@@ -161,6 +168,7 @@ class Wallet:
     def __init__(self, vault: Vault):
         self.vault = vault
         self.doc = vault.data
+        upgrade_document(self.doc)
 
     @property
     def key(self) -> KeyRecord:
@@ -392,7 +400,7 @@ class Wallet:
             store_id=self.doc["member_id"],
         )
         # Kept like a receipt's "log": `wallet audit check` proves each entry is still in the log.
-        return [item | {"log": log | {"checked": False}} for item, log in zip(checked, logs, strict=True)]
+        return [item | {"log": log} for item, log in zip(checked, logs, strict=True)]
 
     def _signed_notices(self, response: dict) -> list[dict]:
         notices = response.get("notices") or []
@@ -513,10 +521,9 @@ def _record_money(wallet: Wallet, entry: dict, result: dict, _extras: list) -> N
 
 
 def _record_notices(wallet: Wallet, entry: dict, result: dict, extras: list) -> None:
-    known = {n["notice"]["payment_id"] for n in wallet.doc["notices"]}
     for item in extras:
         notice = item["notice"]
-        if notice["payment_id"] in known:
+        if wallet.doc["notices"].has_ref(notice["payment_id"]):  # an index lookup, not a scan
             continue
         wallet.doc["notices"].append(item)
         wallet.add_history(
@@ -540,9 +547,8 @@ def _record_balance(wallet: Wallet, entry: dict, result: dict, _extras: list) ->
         elif known["status"] != topup["status"]:
             known["status"] = topup["status"]
             wallet.add_history("topup_" + topup["status"], topup["topup_id"], topup["status"], topup)
-    seen_refunds = {h["msg_id"] for h in wallet.doc["history"] if h["type"] == "refund_received"}
     for refund in reversed(result.get("refunds", [])):
-        if refund["refund_id"] not in seen_refunds:
+        if not wallet.doc["history"].has_ref(f"refund_received:{refund['refund_id']}"):
             wallet.add_history("refund_received", refund["refund_id"], "credited", refund)
     for payout in result.get("payouts", []):
         wallet.doc.setdefault("payouts", {})[payout["payout_id"]] = payout

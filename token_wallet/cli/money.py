@@ -19,6 +19,7 @@ from token_wallet.cli.common import (
     CardTimeout,
     Home,
     JsonFlag,
+    PageLimit,
     PasswordAFd,
     PasswordAFile,
     PasswordBFd,
@@ -31,8 +32,11 @@ from token_wallet.cli.common import (
     format_when,
     learn_currency,
     online,
+    open_wallet,
+    page_info,
     print_outcome,
     read_amount,
+    read_password_a,
     sign_with_pin,
 )
 from token_wallet.wallet import MAX_NOTICES_PER_FETCH
@@ -256,37 +260,45 @@ def balance(
     )
 
 
+NOTICES_PAGE_DEFAULT = 100
+
+
 @app.command()
 def notices(
     home: Home = None,
     as_json: JsonFlag = False,
+    stored: Annotated[
+        bool,
+        typer.Option("--stored", help="Show the notices kept here, fetch nothing (password A only)"),
+    ] = False,
+    limit: PageLimit = NOTICES_PAGE_DEFAULT,
     password_a_file: PasswordAFile = None,
     password_a_fd: PasswordAFd = None,
     password_b_file: PasswordBFile = None,
     password_b_fd: PasswordBFd = None,
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
-    """Fetch the store's payment notices; each is checked against the center's signature."""
+    """Fetch the store's new payment notices (each checked against the center's signature) and show
+    the newest kept; with --stored, only show the kept ones."""
     signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
-    with signing.open_wallet() as wallet:
-        wallet.require_enrolled("store")
-        before = len(wallet.doc["notices"])
-        token, pin = signing.token_and_pin(wallet)
-        for _ in range(MAX_NOTICE_FETCHES):
-            body = {"after": wallet.doc["notices_cursor"], "limit": MAX_NOTICES_PER_FETCH}
-            entry = sign_with_pin(wallet, token, pin, NOTICES, body)
-            state, result = deliver_checked(wallet, entry)
-            if state != "delivered" or result["count"] < MAX_NOTICES_PER_FETCH:
-                break
-        all_notices = [n["notice"] for n in wallet.doc["notices"]]
-    new = all_notices[before:]
-    document = {"notices": all_notices, "new": len(new), "status": state}
+    if stored:
+        with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+            wallet.require_enrolled("store")
+            page = wallet.doc["notices"].page(limit)
+        new, state = 0, "stored"
+    else:
+        with signing.open_wallet() as wallet:
+            new, state = _fetch_notices(wallet, signing)
+            page = wallet.doc["notices"].page(limit)
+    shown = [item["notice"] for item in page.items]
+    document = {"notices": shown, "new": new, "status": state, "page": page_info(page, limit, None)}
 
     def render(out) -> None:
-        table = Table(title=f"payment notices ({len(new)} new, all verified against the center's key)")
+        title = "payment notices kept here" if stored else f"payment notices ({new} new)"
+        table = Table(title=f"{title}, all verified against the center's key")
         for column in ("payment", "buyer", "amount", "order", "paid (UTC)"):
             table.add_column(column)
-        for n in all_notices:
+        for n in shown:
             table.add_row(
                 n["payment_id"],
                 n["buyer_id"],
@@ -295,10 +307,26 @@ def notices(
                 format_when(n["paid_at_ms"]),
             )
         out.print(table)
+        if page.first_index:
+            out.print(f"the newest {len(shown)} of {page.total}; --limit shows more")
         if state == "queued":
             out.print("the center could not be reached; run `wallet sync` later")
 
     emit(as_json, document, render)
+
+
+def _fetch_notices(wallet, signing: Signing) -> tuple[int, str]:
+    """Ask the center for notices after the cursor until a short page: (how many new, last state)."""
+    wallet.require_enrolled("store")
+    before = len(wallet.doc["notices"])
+    token, pin = signing.token_and_pin(wallet)
+    for _ in range(MAX_NOTICE_FETCHES):
+        body = {"after": wallet.doc["notices_cursor"], "limit": MAX_NOTICES_PER_FETCH}
+        entry = sign_with_pin(wallet, token, pin, NOTICES, body)
+        state, result = deliver_checked(wallet, entry)
+        if state != "delivered" or result["count"] < MAX_NOTICES_PER_FETCH:
+            break
+    return len(wallet.doc["notices"]) - before, state
 
 
 @app.command()

@@ -33,6 +33,7 @@ from token_wallet.cli.common import (
     CardTimeout,
     Home,
     JsonFlag,
+    PageLimit,
     PasswordAFd,
     PasswordAFile,
     PasswordBFd,
@@ -44,6 +45,8 @@ from token_wallet.cli.common import (
     home_dir,
     open_wallet,
     open_wallet_token,
+    page_info,
+    parse_since_ms,
     public_key_pem,
     read_center_cert,
     read_password_a,
@@ -310,16 +313,28 @@ def sync(
         raise typer.Exit(code=3)
 
 
+HISTORY_PAGE_DEFAULT = 100
+
+
 @app.command()
 def history(
     home: Home = None,
     as_json: JsonFlag = False,
+    limit: PageLimit = HISTORY_PAGE_DEFAULT,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="From this date on (YYYY-MM-DD or YYYY-MM-DDTHH:MM, UTC); else the newest"
+        ),
+    ] = None,
     password_a_file: PasswordAFile = None,
     password_a_fd: PasswordAFd = None,
 ) -> None:
-    """Show the history and waiting messages (password A only; the key is not touched)."""
+    """Show the history a page at a time, and the waiting messages (password A only; no key use)."""
+    since_ms = parse_since_ms(since)
     with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
         doc = wallet.doc
+        page = doc["history"].page(limit, since_ms=since_ms)
     currency = (doc["center"] or {}).get("currency")
     outbox = [
         {
@@ -333,15 +348,16 @@ def history(
     document = {
         "member_id": doc["member_id"],
         "role": doc["role"],
-        "entries": doc["history"],
+        "entries": page.items,
         "outbox": outbox,
+        "page": page_info(page, limit, since),
     }
 
     def render(out) -> None:
         table = Table(title=f"history of {doc['member_id'] or 'this wallet (not enrolled yet)'}")
         for column in ("when (UTC)", "what", "outcome", "details"):
             table.add_column(column)
-        for entry in doc["history"]:
+        for entry in page.items:
             table.add_row(
                 format_when(entry["at_ms"]),
                 entry["type"],
