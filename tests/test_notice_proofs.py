@@ -118,7 +118,7 @@ def test_the_store_wallet_records_only_notices_whose_proof_holds(tmp_path, cente
     answer = fetch(api, center, store)
     wallet = store_wallet(tmp_path, center, store_id)
     good = wallet._verified_extras("notices", answer)
-    assert [item["log"]["checked"] for item in good] == [False] * 3
+    assert all(set(item["log"]) == {"index", "leaf_hash", "tree_size", "root_hash"} for item in good)
     assert [item["log"]["index"] for item in good] == [i["index"] for i in answer["notices_log"]["items"]]
 
     def refused(change) -> str:
@@ -201,11 +201,11 @@ def test_wallet_audit_check_covers_notices_and_names_a_rewritten_payment(tmp_pat
     wallet.doc["notices"] = wallet._verified_extras("notices", fetch(api, center, store))
     report = wallet_audit(center, api, store, wallet.doc).run()
     assert (report.ok, report.receipts_checked, report.receipts_total) == (True, 3, 3), report.problem
-    assert all(item["log"]["checked"] for item in wallet.doc["notices"])
+    assert wallet.doc["log_checked"]["notices"] == {"next": 3, "proved": 3, "old_form": 0}
 
-    unchecked = copy.deepcopy(wallet.doc)
-    for item in unchecked["notices"]:
-        item["log"]["checked"] = False
+    # The same notices as a wallet that has not checked them yet.
+    unchecked = {**wallet.doc, "notices": copy.deepcopy(wallet.doc["notices"])}
+    unchecked.pop("log_checked")
     unchecked.pop("log_head")
     seq = rewrite_entry(center.engine, "pay", lambda action: action | {"amount_minor": 1})
     first = next(i for i in unchecked["notices"] if i["log"]["index"] == seq - 1)

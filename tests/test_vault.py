@@ -1,32 +1,31 @@
-"""Tests for the password-A vault (token_wallet/vault.py).
+"""Tests for the password-A vault, format v2 (token_wallet/vault.py: a SQLite record store).
 
-Files are built here independently from the module (see craft_vault) so the
-format is pinned by the tests, not only by the code that writes it.
+The attacker here has the file: they edit it with sqlite3 (change, swap, move, copy, drop and add
+sealed rows, roll the state row back, plant schema objects, change header bytes) and every change
+must be refused with VaultCorrupt or WrongPasswordA, never read as data. Also: round trips, saves
+that refuse bad data and write nothing, password changes without rewriting records, automatic new
+epochs, RecordList reading, secrets kept out of text, file modes, migration of first-format files
+(written by the real VaultV1), and the cross-process lock (token_wallet.vault_lock).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import pathlib
+import shutil
+import sqlite3
 import stat
-import struct
 import subprocess
 import sys
 import threading
 import time
-import unicodedata
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from hostkit import sealing
-from hostkit.sealing import DEFAULT_KDF, MINIMUM_KDF, KdfParams, kdf_params_from_env
-from token_wallet import vault as vault_mod
+from hostkit.sealing import MINIMUM_KDF
+from token_wallet import vault_records, vault_store
 from token_wallet.vault import (
     Vault,
     VaultBusy,
@@ -37,82 +36,92 @@ from token_wallet.vault import (
     WrongPasswordA,
 )
 from token_wallet.vault_lock import vault_lock
+from token_wallet.vault_v1 import VaultV1
 
 PROJECT_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery staple A"
 OTHER_PASSWORD = "a different password A"
 SECRET_VALUE = "wrapped-key-blob-SECRET-0123456789"
-WRONG_A_MESSAGE = "wrong password A: the vault was not opened (nothing changed)"
+SECRET_NOTE = "note-SECRET-rent-for-flat-7"
+HISTORY, RECEIPTS, NOTICES = 1, 2, 3  # kind numbers on disk
+
+
+def history_entry(n: int) -> dict:
+    return {"type": "pay", "msg_id": f"msg-{n}", "at_ms": 1000 * n, "note": f"{SECRET_NOTE} {n} café ☕"}
+
+
+def receipt(n: int) -> dict:
+    return {"msg_id": f"rcpt-{n}", "amount_minor": n}
+
+
+def notice(n: int) -> dict:
+    return {"notice": {"payment_id": f"pay-{n}"}, "at_ms": n}
+
+
+def sample_core() -> dict:
+    return {"member_id": "m-42", "wrapped_key": SECRET_VALUE, "outbox": [], "counter": 7}
 
 
 def sample_data() -> dict:
     return {
-        "member_id": "m-42",
-        "wrapped_key": SECRET_VALUE,
-        "center_url": "https://center.example",
-        "history": [{"amount_minor": 1250, "note": "café ☕"}],
-        "outbox": [],
+        **sample_core(),
+        "history": [history_entry(n) for n in (1, 2, 3)],
+        "receipts": [receipt(1)],
+        "notices": [notice(1)],
     }
 
 
-def make_vault(tmp_path: pathlib.Path, password: str = PASSWORD) -> Vault:
-    return Vault.create(tmp_path / "wallet.vault", password, sample_data(), kdf=MINIMUM_KDF)
+def make_vault(tmp_path: pathlib.Path, name: str = "wallet.vault", password: str = PASSWORD) -> Vault:
+    return Vault.create(tmp_path / name, password, sample_data(), kdf=MINIMUM_KDF)
 
 
-def split(blob: bytes) -> tuple[bytes, dict, bytes]:
-    """(header bytes, header dict, ciphertext), parsed without the module."""
-    assert blob[:8] == b"TPVAULT1"
-    (header_len,) = struct.unpack(">I", blob[8:12])
-    header_raw = blob[12 : 12 + header_len]
-    return header_raw, json.loads(header_raw), blob[12 + header_len :]
+def plain(vault: Vault) -> dict:
+    """The vault's data as plain dicts and lists (reads every record)."""
+    return {key: list(value) if key in vault_store.KINDS else value for key, value in vault.data.items()}
 
 
-def derive(password: str, salt: bytes, m_kib: int, t: int, p: int) -> tuple[bytes, bytes]:
-    okm = Argon2id(salt=salt, length=64, iterations=t, lanes=p, memory_cost=m_kib).derive(password.encode())
-    check = hmac.new(okm[32:], b"tokenpay-vault-check", hashlib.sha256).digest()[:16]
-    return okm[:32], check
+def make_closed(tmp_path: pathlib.Path) -> pathlib.Path:
+    vault = make_vault(tmp_path)
+    vault.close()
+    return vault.path
 
 
-def craft_vault(
-    password: str,
-    doc: dict,
-    *,
-    kdf: dict | None = None,
-    derive_kdf: KdfParams = MINIMUM_KDF,
-    nonce: bytes | None = None,
-    extra: dict | None = None,
-    separators: tuple[str, str] = (",", ":"),
-) -> bytes:
-    """A vault file written by hand: header fields as given, encrypted with the real AAD.
+def sql(path: pathlib.Path, statement: str, params: tuple = ()) -> list:
+    """The attacker's (or inspector's) own SQLite connection to the vault file."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(statement, params).fetchall()
+        conn.commit()
+        return rows
+    finally:
+        conn.close()
 
-    derive_kdf chooses the Argon2id parameters the key is derived with, so a
-    header can claim parameters Argon2id itself would reject.
-    """
-    salt = os.urandom(16)
-    nonce = os.urandom(12) if nonce is None else nonce
-    aes_key, check = derive(password, salt, derive_kdf.memory_kib, derive_kdf.iterations, derive_kdf.lanes)
-    header = {
-        "v": 1,
-        "generation": 1,
-        "nonce": base64.b64encode(nonce).decode(),
-        "check": base64.b64encode(check).decode(),
-        "kdf": {
-            "alg": "argon2id",
-            "m_kib": derive_kdf.memory_kib,
-            "t": derive_kdf.iterations,
-            "p": derive_kdf.lanes,
-            "salt": base64.b64encode(salt).decode(),
-        },
+
+def contents(path: pathlib.Path) -> dict:
+    """Every row of every table: what 'nothing was written' compares."""
+    return {
+        table: sorted(sql(path, f"SELECT * FROM {table}"))
+        for table in ("vault_header", "vault_state", "records")
     }
-    header["kdf"].update(kdf or {})
-    header.update(extra or {})
-    header_raw = json.dumps(header, sort_keys=True, separators=separators).encode()
-    aad = b"TPVAULT1" + struct.pack(">I", len(header_raw)) + header_raw
-    return aad + AESGCM(aes_key).encrypt(nonce, json.dumps(doc).encode(), aad)
+
+
+def header_of(path: pathlib.Path) -> dict:
+    return json.loads(sql(path, "SELECT header FROM vault_header")[0][0])
+
+
+def set_header(path: pathlib.Path, raw: bytes) -> None:
+    sql(path, "UPDATE vault_header SET header = ?", (raw,))
+
+
+def open_refused(path: pathlib.Path, error: type, password: str = PASSWORD) -> VaultError:
+    with pytest.raises(error) as info:
+        Vault.open(path, password)
+    assert "\n" not in str(info.value)
+    return info.value
 
 
 class Argon2Spy:
-    """Counts Argon2id derivations done by the vault module."""
+    """Counts Argon2id derivations (a refused header must cost none)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
@@ -125,473 +134,544 @@ class Argon2Spy:
         monkeypatch.setattr(sealing, "Argon2id", counting)
 
 
-def snapshot(path: pathlib.Path) -> tuple[bytes, int, list[str]]:
-    return path.read_bytes(), path.stat().st_mtime_ns, sorted(os.listdir(path.parent))
+# --- round trip --------------------------------------------------------------------------------
 
 
-# --- parameters ----------------------------------------------------------------
-
-
-def test_kdf_constants_and_env(monkeypatch):
-    assert KdfParams(memory_kib=131072, iterations=3, lanes=4) == DEFAULT_KDF
-    assert KdfParams(memory_kib=19456, iterations=2, lanes=1) == MINIMUM_KDF
-    monkeypatch.delenv("TOKENPAY_FAST_KDF", raising=False)
-    assert kdf_params_from_env() == DEFAULT_KDF
-    monkeypatch.setenv("TOKENPAY_FAST_KDF", "0")
-    assert kdf_params_from_env() == DEFAULT_KDF
-    monkeypatch.setenv("TOKENPAY_FAST_KDF", "1")
-    assert kdf_params_from_env() == MINIMUM_KDF
-
-
-def test_create_without_kdf_uses_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("TOKENPAY_FAST_KDF", "1")
-    v = Vault.create(tmp_path / "v", PASSWORD, {})
-    _, header, _ = split(v.path.read_bytes())
-    assert (header["kdf"]["m_kib"], header["kdf"]["t"], header["kdf"]["p"]) == (19456, 2, 1)
-
-
-# --- round trip and format -------------------------------------------------------
-
-
-def test_round_trip(tmp_path):
-    path = tmp_path / "new-dir" / "wallet.vault"
+def test_round_trip_of_core_and_records(tmp_path):
+    path = tmp_path / "home" / "wallet.vault"
     created = Vault.create(path, PASSWORD, sample_data(), kdf=MINIMUM_KDF)
-    assert created.generation == 1
+    assert created.generation == 1 and plain(created) == sample_data()
+    created.data["history"].append(history_entry(4))
+    created.data["receipts"].append(receipt(2))
+    created.data["counter"] = 8
+    created.save()
+    created.close()
     opened = Vault.open(path, PASSWORD)
-    assert opened.data == sample_data()
-    assert opened.generation == 1
-    assert opened.path == path
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert sorted(os.listdir(path.parent)) == ["wallet.vault"]  # no .tmp left behind
+    expected = sample_data()
+    expected["history"].append(history_entry(4))
+    expected["receipts"].append(receipt(2))
+    expected["counter"] = 8
+    assert plain(opened) == expected
+    assert opened.generation == 2 and not opened.migrated
+    opened.close()
+    assert sorted(os.listdir(path.parent)) == ["wallet.vault"]
 
 
-def test_file_format_is_as_specified(tmp_path):
-    v = make_vault(tmp_path)
-    blob = v.path.read_bytes()
-    header_raw, header, ciphertext = split(blob)
-    assert header_raw == json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    assert set(header) == {"v", "kdf", "nonce", "generation", "check"}
-    assert header["v"] == 1 and header["generation"] == 1
-    kdf = header["kdf"]
-    assert set(kdf) == {"alg", "m_kib", "t", "p", "salt"} and kdf["alg"] == "argon2id"
-    salt = base64.b64decode(kdf["salt"])
-    nonce = base64.b64decode(header["nonce"])
-    assert len(salt) == 16 and len(nonce) == 12
-    aes_key, check = derive(PASSWORD, salt, kdf["m_kib"], kdf["t"], kdf["p"])
-    assert base64.b64decode(header["check"]) == check
-    aad = blob[: 12 + len(header_raw)]
-    assert json.loads(AESGCM(aes_key).decrypt(nonce, ciphertext, aad)) == sample_data()
+def test_file_mode_0600_and_home_0700(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)
+    vault = make_vault(home)
+    vault.data["history"].append(history_entry(9))
+    vault.save()
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for name in os.listdir(home):  # the vault and its WAL journal while open
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600, name
+    vault.close()
 
 
-def test_crafted_file_at_minimum_opens(tmp_path):
-    # Proves craft_vault writes the real format, so the refusals below are not vacuous.
-    path = tmp_path / "v"
-    path.write_bytes(craft_vault(PASSWORD, {"x": 1}))
-    assert Vault.open(path, PASSWORD).data == {"x": 1}
+def test_records_are_sealed_one_per_row_and_nothing_is_plaintext(tmp_path):
+    path = make_closed(tmp_path)
+    rows = sql(path, "SELECT kind, seq, epoch FROM records ORDER BY kind, seq")
+    assert rows == [(1, 1, 1), (1, 2, 1), (1, 3, 1), (2, 1, 1), (3, 1, 1)]
+    blob = path.read_bytes()
+    for secret in (SECRET_VALUE, SECRET_NOTE, "msg-1", "m-42", "rcpt-1", "pay-1"):
+        assert secret.encode() not in blob
 
 
-def test_default_kdf_round_trip(tmp_path):
-    path = tmp_path / "v"
-    Vault.create(path, PASSWORD, sample_data(), kdf=DEFAULT_KDF)
-    _, header, _ = split(path.read_bytes())
-    assert (header["kdf"]["m_kib"], header["kdf"]["t"], header["kdf"]["p"]) == (131072, 3, 4)
-    assert Vault.open(path, PASSWORD).data == sample_data()
-
-
-def test_password_is_unicode_normalised(tmp_path):
-    composed = unicodedata.normalize("NFC", "pässwört")
-    decomposed = unicodedata.normalize("NFD", "pässwört")
-    assert composed != decomposed
-    path = tmp_path / "v"
-    Vault.create(path, composed, {"a": 1}, kdf=MINIMUM_KDF)
-    assert Vault.open(path, decomposed).data == {"a": 1}
-
-
-# --- wrong password and damage ----------------------------------------------------
+# --- wrong password, missing and foreign files ------------------------------------------------
 
 
 def test_wrong_password_leaves_file_untouched(tmp_path):
-    v = make_vault(tmp_path)
-    before = snapshot(v.path)
-    time.sleep(0.01)  # so a rewrite would show in mtime_ns
-    with pytest.raises(WrongPasswordA) as info:
-        Vault.open(v.path, OTHER_PASSWORD)
-    assert str(info.value) == WRONG_A_MESSAGE
-    assert snapshot(v.path) == before
-    assert Vault.open(v.path, PASSWORD).data == sample_data()
+    path = make_closed(tmp_path)
+    before = (path.read_bytes(), sorted(os.listdir(tmp_path)))
+    error = open_refused(path, WrongPasswordA, OTHER_PASSWORD)
+    assert "wrong password A" in str(error)
+    assert (path.read_bytes(), sorted(os.listdir(tmp_path))) == before
+    assert plain(Vault.open(path, PASSWORD)) == sample_data()
 
 
 def test_missing_file_is_not_found(tmp_path):
-    with pytest.raises(VaultNotFound):
-        Vault.open(tmp_path / "absent", PASSWORD)
+    open_refused(tmp_path / "absent", VaultNotFound)
 
 
-@pytest.mark.parametrize("content", [b"", b"TPVAULT", b"NOTVAULT" + b"\0" * 100, b"{}"])
-def test_not_a_vault_is_corrupt(tmp_path, content):
-    path = tmp_path / "v"
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage", os.urandom(4096), b"SQLite format 3\x00" + os.urandom(4000), b"TPVAULT"],
+    ids=["empty", "text", "random", "sqlite-magic-then-garbage", "short-v1-magic"],
+)
+def test_non_sqlite_garbage_is_corrupt(tmp_path, content):
+    path = tmp_path / "wallet.vault"
     path.write_bytes(content)
-    with pytest.raises(VaultCorrupt):
-        Vault.open(path, PASSWORD)
+    open_refused(path, VaultCorrupt)
+    assert path.read_bytes() == content
 
 
-def flip_positions(blob: bytes) -> list[int]:
-    header_len = struct.unpack(">I", blob[8:12])[0]
-    body = 12 + header_len
-    header_sample = [*range(12, body, 3), body - 1]
-    cipher_sample = [*range(body, body + 8), (body + len(blob)) // 2]
-    tag_sample = list(range(len(blob) - 16, len(blob)))
-    return list(range(12)) + header_sample + cipher_sample + tag_sample
+def test_another_programs_sqlite_file_is_corrupt(tmp_path):
+    path = tmp_path / "wallet.vault"
+    sql(path, "CREATE TABLE notes (body TEXT)")
+    open_refused(path, VaultCorrupt)
 
 
-def test_any_flipped_byte_is_refused(tmp_path):
-    v = make_vault(tmp_path)
-    original = v.path.read_bytes()
-    positions = flip_positions(original)
-    assert len(positions) > 60
-    outcomes = set()
-    for pos in positions:
-        for mask in (0x01, 0xFF) if pos < 12 else (0x01,):
-            tampered = bytearray(original)
-            tampered[pos] ^= mask
-            v.path.write_bytes(bytes(tampered))
-            with pytest.raises((WrongPasswordA, VaultCorrupt)) as info:
-                Vault.open(v.path, PASSWORD)
-            outcomes.add(type(info.value))
-            assert v.path.read_bytes() == bytes(tampered), "open must never write"
-    assert VaultCorrupt in outcomes
-    v.path.write_bytes(original)
-    assert Vault.open(v.path, PASSWORD).data == sample_data()
+def test_schema_text_that_is_not_utf8_is_corrupt(tmp_path):
+    # SQLite quotes the damaged schema in its error message; that text is not UTF-8 either.
+    path = make_closed(tmp_path)
+    blob = path.read_bytes()
+    assert blob.count(b"IS NOT NULL") == 1
+    path.write_bytes(blob.replace(b"IS NOT NULL", b"IS NOT\xa0NULL"))
+    open_refused(path, VaultCorrupt)
 
 
-def test_tampered_ciphertext_with_right_password_is_corrupt_not_wrong_password(tmp_path):
-    v = make_vault(tmp_path)
-    blob = bytearray(v.path.read_bytes())
-    blob[-20] ^= 0x40
-    v.path.write_bytes(bytes(blob))
+# --- tampering with records -------------------------------------------------------------------
+
+
+def test_changed_sealed_bytes_are_refused_when_read(tmp_path):
+    path = make_closed(tmp_path)
+    (sealed,) = sql(path, "SELECT sealed FROM records WHERE kind = 1 AND seq = 2")[0]
+    flipped = bytes([sealed[0] ^ 1]) + sealed[1:]
+    sql(path, "UPDATE records SET sealed = ? WHERE kind = 1 AND seq = 2", (flipped,))
+    vault = Vault.open(path, PASSWORD)
+    assert vault.data["history"][0] == history_entry(1)
     with pytest.raises(VaultCorrupt) as info:
-        Vault.open(v.path, PASSWORD)
-    assert "tampered" in str(info.value)
-
-
-def test_tampered_generation_is_caught_by_aad(tmp_path):
-    v = make_vault(tmp_path)
-    blob = v.path.read_bytes()
-    assert blob.count(b'"generation":1,') == 1
-    v.path.write_bytes(blob.replace(b'"generation":1,', b'"generation":7,'))
+        vault.data["history"][1]
+    assert "record 2" in str(info.value)
     with pytest.raises(VaultCorrupt):
-        Vault.open(v.path, PASSWORD)
+        list(vault.data["history"])
 
 
-def test_truncated_file_is_corrupt(tmp_path):
-    v = make_vault(tmp_path)
-    blob = v.path.read_bytes()
-    header_len = struct.unpack(">I", blob[8:12])[0]
-    body = 12 + header_len
-    for length in (0, 4, 8, 11, 12, body - 1, body, body + 15, len(blob) - 1, len(blob) - 16):
-        v.path.write_bytes(blob[:length])
+def test_swapped_seq_is_refused(tmp_path):
+    path = make_closed(tmp_path)
+    sql(path, "UPDATE records SET seq = 99 WHERE kind = 1 AND seq = 1")
+    sql(path, "UPDATE records SET seq = 1 WHERE kind = 1 AND seq = 2")
+    sql(path, "UPDATE records SET seq = 2 WHERE kind = 1 AND seq = 99")
+    vault = Vault.open(path, PASSWORD)  # counts agree: the swap shows when a record is read
+    for index in (0, 1):
         with pytest.raises(VaultCorrupt):
-            Vault.open(v.path, PASSWORD)
+            vault.data["history"][index]
+    assert vault.data["history"][2] == history_entry(3)
 
 
-def test_appended_bytes_are_corrupt(tmp_path):
-    v = make_vault(tmp_path)
-    v.path.write_bytes(v.path.read_bytes() + b"\0")
+def test_record_moved_to_another_kind_is_refused(tmp_path):
+    path = make_closed(tmp_path)
+    # Swap history 1 and receipts 1, so every count still agrees.
+    sql(path, "UPDATE records SET kind = 9 WHERE kind = 1 AND seq = 1")
+    sql(path, "UPDATE records SET kind = 1 WHERE kind = 2 AND seq = 1")
+    sql(path, "UPDATE records SET kind = 2 WHERE kind = 9 AND seq = 1")
+    vault = Vault.open(path, PASSWORD)
+    for records in (vault.data["history"], vault.data["receipts"]):
+        with pytest.raises(VaultCorrupt):
+            records[0]
+
+
+def test_record_of_unknown_kind_is_refused_at_open(tmp_path):
+    path = make_closed(tmp_path)
+    sql(path, "UPDATE records SET kind = 4 WHERE kind = 3 AND seq = 1")
+    open_refused(path, VaultCorrupt)
+
+
+def test_record_copied_from_another_vault_is_refused(tmp_path):
+    path = make_closed(tmp_path)
+    other = make_vault(tmp_path, "other.vault")  # same password, same records, other store id
+    other.close()
+    row = sql(other.path, "SELECT epoch, nonce, sealed, ref FROM records WHERE kind = 1 AND seq = 1")[0]
+    sql(path, "UPDATE records SET epoch = ?, nonce = ?, sealed = ?, ref = ? WHERE kind = 1 AND seq = 1", row)
+    vault = Vault.open(path, PASSWORD)
     with pytest.raises(VaultCorrupt):
-        Vault.open(v.path, PASSWORD)
+        vault.data["history"][0]
 
 
-def test_below_minimum_kdf_refused_even_when_correctly_encrypted(tmp_path, monkeypatch):
-    # A file really encrypted with m=1024 KiB under the right AAD: cheap to brute force, so refused.
-    weak = KdfParams(memory_kib=1024, iterations=2, lanes=1)
-    path = tmp_path / "v"
-    path.write_bytes(craft_vault(PASSWORD, {"x": 1}, derive_kdf=weak))
-    spy = Argon2Spy(monkeypatch)
-    with pytest.raises(VaultCorrupt) as info:
-        Vault.open(path, PASSWORD)
-    assert "memory_kib=1024" in str(info.value)
-    assert spy.calls == 0
-
-
-OUT_OF_LIMITS = {
-    "m_kib too small": dict(kdf={"m_kib": 19455}),
-    "m_kib too large": dict(kdf={"m_kib": 1048577}),
-    "m_kib as text": dict(kdf={"m_kib": "19456"}),
-    "t too small": dict(kdf={"t": 1}),
-    "t too large": dict(kdf={"t": 17}),
-    "t as bool": dict(kdf={"t": True}),
-    "p zero": dict(kdf={"p": 0}),
-    "p too large": dict(kdf={"p": 17}),
-    "p float": dict(kdf={"p": 1.0}),
-    "alg argon2i": dict(kdf={"alg": "argon2i"}),
-    "salt 15 bytes": dict(kdf={"salt": base64.b64encode(b"s" * 15).decode()}),
-    "salt 17 bytes": dict(kdf={"salt": base64.b64encode(b"s" * 17).decode()}),
-    "salt not base64": dict(kdf={"salt": "!!!!!!!!!!!!!!!!!!!!!!!!"}),
-    "kdf extra field": dict(kdf={"pepper": 1}),
-    "nonce 11 bytes": dict(extra={"nonce": base64.b64encode(b"n" * 11).decode()}),
-    "nonce 16 bytes": dict(extra={"nonce": base64.b64encode(b"n" * 16).decode()}),
-    "check 8 bytes": dict(extra={"check": base64.b64encode(b"c" * 8).decode()}),
-    "version 2": dict(extra={"v": 2}),
-    "version missing": dict(extra={"v": None}),
-    "generation zero": dict(extra={"generation": 0}),
-    "generation negative": dict(extra={"generation": -1}),
-    "generation huge": dict(extra={"generation": 2**40}),
-    "extra header field": dict(extra={"comment": "hi"}),
-}
-
-
-@pytest.mark.parametrize("case", list(OUT_OF_LIMITS), ids=list(OUT_OF_LIMITS))
-def test_out_of_limit_header_refused_before_deriving(tmp_path, monkeypatch, case):
-    path = tmp_path / "v"
-    path.write_bytes(craft_vault(PASSWORD, {"x": 1}, **OUT_OF_LIMITS[case]))
-    spy = Argon2Spy(monkeypatch)
+def test_changed_ref_is_refused_when_read(tmp_path):
+    # The ref is bound to the record: pointing has_ref at another record shows on reading it.
+    path = make_closed(tmp_path)
+    (ref,) = sql(path, "SELECT ref FROM records WHERE kind = 1 AND seq = 1")[0]
+    sql(path, "UPDATE records SET ref = ? WHERE kind = 1 AND seq = 2", (ref,))
+    vault = Vault.open(path, PASSWORD)
     with pytest.raises(VaultCorrupt):
-        Vault.open(path, PASSWORD)
+        vault.data["history"][1]
+
+
+@pytest.mark.parametrize(
+    "column,value",
+    [("ref", "aaaaaaaaaaaaaaaa"), ("ref", 5), ("nonce", "x" * 12), ("sealed", "text"), ("epoch", 99)],
+)
+def test_record_columns_of_another_type_are_refused(tmp_path, column, value):
+    # A row's columns are attacker-chosen SQLite values: text or integers where bytes belong.
+    path = make_closed(tmp_path)
+    sql(path, f"UPDATE records SET {column} = ? WHERE kind = 1 AND seq = 1", (value,))
+    vault = Vault.open(path, PASSWORD)
+    with pytest.raises(VaultCorrupt):
+        vault.data["history"][0]
+
+
+def test_deleted_middle_record_is_refused_when_its_range_is_read(tmp_path):
+    path = make_closed(tmp_path)
+    sql(path, "DELETE FROM records WHERE kind = 1 AND seq = 2")
+    vault = Vault.open(path, PASSWORD)  # only the oldest and newest are checked at open
+    assert len(vault.data["history"]) == 3
+    assert vault.data["history"][0] == history_entry(1)
+    assert vault.data["history"][-1] == history_entry(3)
+    for read in (lambda: vault.data["history"][1], lambda: list(vault.data["history"])):
+        with pytest.raises(VaultCorrupt) as info:
+            read()
+        assert "history record 2 is missing" in str(info.value)
+
+
+@pytest.mark.parametrize("kind,seq", [(HISTORY, 3), (RECEIPTS, 1), (HISTORY, 1)])
+def test_deleted_newest_or_oldest_records_are_refused_at_open(tmp_path, kind, seq):
+    path = make_closed(tmp_path)
+    sql(path, "DELETE FROM records WHERE kind = ? AND seq >= ?", (kind, seq))
+    open_refused(path, VaultCorrupt)
+
+
+def test_record_added_beyond_the_count_is_refused_at_open(tmp_path):
+    path = make_closed(tmp_path)
+    sql(
+        path,
+        "INSERT INTO records SELECT kind, 4, epoch, nonce, sealed, ref FROM records "
+        "WHERE kind = 1 AND seq = 3",
+    )
+    error = open_refused(path, VaultCorrupt)
+    assert "history" in str(error)
+
+
+def test_state_rolled_back_to_an_older_genuine_one_is_refused(tmp_path):
+    path = make_closed(tmp_path)
+    backup = tmp_path / "backup.vault"
+    shutil.copyfile(path, backup)
+    vault = Vault.open(path, PASSWORD)
+    vault.data["history"].append(history_entry(4))
+    vault.save()
+    vault.close()
+    old_state = sql(backup, "SELECT generation, epoch, nonce, sealed FROM vault_state")[0]
+    sql(path, "UPDATE vault_state SET generation = ?, epoch = ?, nonce = ?, sealed = ?", old_state)
+    error = open_refused(path, VaultCorrupt)
+    assert "counts" in str(error)
+
+
+def test_state_with_changed_generation_is_refused(tmp_path):
+    path = make_closed(tmp_path)
+    sql(path, "UPDATE vault_state SET generation = generation + 1")
+    open_refused(path, VaultCorrupt)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        "CREATE TABLE extra (x)",
+        "CREATE VIEW peek AS SELECT * FROM records",
+        "CREATE INDEX records_by_epoch ON records (epoch)",
+        "CREATE TRIGGER keep AFTER INSERT ON records BEGIN INSERT INTO records SELECT * FROM records; END",
+    ],
+    ids=["table", "view", "index", "trigger"],
+)
+def test_planted_schema_objects_are_refused(tmp_path, planted):
+    path = make_closed(tmp_path)
+    sql(path, planted)
+    open_refused(path, VaultCorrupt)
+
+
+# --- tampering with the header ----------------------------------------------------------------
+
+
+def test_any_changed_header_byte_is_refused(tmp_path):
+    path = make_closed(tmp_path)
+    (raw,) = sql(path, "SELECT header FROM vault_header")[0]
+    outcomes = set()
+    # Every 4th byte (and the last): each one that parses costs a KDF run (~45 ms).
+    for position in [*range(0, len(raw), 4), len(raw) - 1]:
+        changed = bytearray(raw)
+        changed[position] ^= 0x01
+        set_header(path, bytes(changed))
+        outcomes.add(type(open_refused(path, (VaultCorrupt, WrongPasswordA))))
+    assert outcomes == {VaultCorrupt, WrongPasswordA}
+    set_header(path, raw)
+    assert plain(Vault.open(path, PASSWORD)) == sample_data()
+
+
+def replaced_header(path: pathlib.Path, section: str | None, field: str, value) -> bytes:
+    header = header_of(path)
+    target = header if section is None else header[section]
+    if section == "keys":
+        target = header["keys"][0]
+    target[field] = value
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("m_kib", 1024), ("m_kib", 2**40), ("t", 1), ("t", 100), ("p", 0), ("p", 1000), ("alg", "argon2i")],
+)
+def test_kdf_out_of_limits_is_refused_before_the_kdf_runs(tmp_path, monkeypatch, field, value):
+    path = make_closed(tmp_path)
+    set_header(path, replaced_header(path, "kdf", field, value))
+    spy = Argon2Spy(monkeypatch)
+    open_refused(path, VaultCorrupt)
     assert spy.calls == 0, "limits must be checked before the expensive KDF runs"
 
 
-def test_non_canonical_header_refused(tmp_path):
-    # Correctly encrypted under its own (spaced) header: only the canonical-form rule refuses it.
-    path = tmp_path / "v"
-    path.write_bytes(craft_vault(PASSWORD, {"x": 1}, separators=(", ", ": ")))
-    with pytest.raises(VaultCorrupt) as info:
-        Vault.open(path, PASSWORD)
-    assert "canonical" in str(info.value)
+def test_changed_store_id_is_corrupt(tmp_path):
+    path = make_closed(tmp_path)
+    set_header(path, replaced_header(path, None, "store_id", "AAAAAAAAAAAAAAAAAAAAAA=="))
+    assert "key table" in str(open_refused(path, VaultCorrupt))
 
 
-def test_header_length_over_limit_refused(tmp_path):
-    path = tmp_path / "v"
-    path.write_bytes(b"TPVAULT1" + struct.pack(">I", 4097) + b"{" * 5000)
-    with pytest.raises(VaultCorrupt) as info:
-        Vault.open(path, PASSWORD)
-    assert "4096" in str(info.value)
+def test_changed_key_table_is_corrupt(tmp_path):
+    path = make_closed(tmp_path)
+    other = make_vault(tmp_path, "other.vault")
+    other.close()
+    stolen = header_of(other.path)["keys"][0]["wrapped"]  # a genuine wrapped key, but not ours
+    set_header(path, replaced_header(path, "keys", "wrapped", stolen))
+    open_refused(path, VaultCorrupt)
 
 
-def test_file_over_size_limit_refused(tmp_path):
-    v = make_vault(tmp_path)
-    with open(v.path, "r+b") as f:
-        f.truncate(64 * 1024 * 1024 + 1)  # sparse: costs no disk
-    with pytest.raises(VaultCorrupt) as info:
-        Vault.open(v.path, PASSWORD)
-    assert "limit" in str(info.value)
+def test_changed_salt_is_wrong_password(tmp_path):
+    path = make_closed(tmp_path)
+    set_header(path, replaced_header(path, "kdf", "salt", "AAAAAAAAAAAAAAAAAAAAAA=="))
+    open_refused(path, WrongPasswordA)
 
 
-# --- save ----------------------------------------------------------------------
+def test_header_of_another_vault_with_the_same_password_is_refused(tmp_path):
+    path = make_closed(tmp_path)
+    other = make_vault(tmp_path, "other.vault")
+    other.close()
+    set_header(path, sql(other.path, "SELECT header FROM vault_header")[0][0])
+    open_refused(path, VaultCorrupt)
 
 
-def test_save_increments_generation_and_keeps_prev(tmp_path, monkeypatch):
-    v = make_vault(tmp_path)
-    gen1 = v.path.read_bytes()
-    spy = Argon2Spy(monkeypatch)
-    v.data["history"].append({"amount_minor": 500})
-    v.save()
-    assert spy.calls == 0, "save must reuse the derived key"
-    assert v.generation == 2
-    prev = v.path.with_name(v.path.name + ".prev")
-    assert prev.read_bytes() == gen1
-    assert stat.S_IMODE(v.path.stat().st_mode) == 0o600
-    gen2 = v.path.read_bytes()
-    _, h1, _ = split(gen1)
-    _, h2, _ = split(gen2)
-    assert h2["generation"] == 2
-    assert h2["nonce"] != h1["nonce"], "every save needs a fresh nonce"
-    assert h2["kdf"] == h1["kdf"] and h2["check"] == h1["check"]
-    reopened = Vault.open(v.path, PASSWORD)
-    assert reopened.generation == 2
-    assert reopened.data["history"][-1] == {"amount_minor": 500}
-    assert Vault.open(prev, PASSWORD).generation == 1  # manual recovery works
-
-    reopened.data["outbox"].append("signed-msg")
-    reopened.save()
-    assert prev.read_bytes() == gen2
-    assert Vault.open(v.path, PASSWORD).generation == 3
-    assert sorted(os.listdir(tmp_path)) == ["wallet.vault", "wallet.vault.prev"]
+# --- save -------------------------------------------------------------------------------------
 
 
-def test_save_replaces_stale_tmp(tmp_path):
-    v = make_vault(tmp_path)
-    tmp = v.path.with_name(v.path.name + ".tmp")
-    tmp.write_bytes(b"left over from a crash")
-    v.save()
-    assert not tmp.exists()
-    assert Vault.open(v.path, PASSWORD).generation == 2
-
-
-def test_save_refuses_when_file_changed_by_someone_else(tmp_path):
+def test_two_vault_objects_saving_the_same_file_conflict(tmp_path):
     first = make_vault(tmp_path)
     second = Vault.open(first.path, PASSWORD)
     second.data["member_id"] = "from-second"
+    second.data["history"].append(history_entry(4))
     second.save()
-    on_disk = first.path.read_bytes()
+    before = contents(first.path)
     first.data["member_id"] = "from-first"
+    first.data["history"].append(history_entry(5))
     with pytest.raises(VaultConflict):
         first.save()
-    assert first.path.read_bytes() == on_disk
-    assert first.generation == 1
+    assert contents(first.path) == before and first.generation == 1
+    reopened = Vault.open(first.path, PASSWORD)
+    assert reopened.data["member_id"] == "from-second"
+    assert reopened.data["history"][-1] == history_entry(4)
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        {"blob": SECRET_VALUE.encode()},
-        {"pair": (SECRET_VALUE, 1)},
-        {"n": float("nan")},
-        {"by_int_key": {1: SECRET_VALUE}},
-        {"deep": json.loads("[" * 100 + "]" * 100)},
-        {"surrogate": SECRET_VALUE + "\ud800"},
-    ],
-    ids=["bytes", "tuple", "nan", "int-key", "too-deep", "lone-surrogate"],
-)
-def test_save_refuses_non_json_data_without_writing(tmp_path, bad):
-    v = make_vault(tmp_path)
-    before = snapshot(v.path)
-    v.data.update(bad)
+BAD_VALUES = {
+    "bytes": SECRET_VALUE.encode(),
+    "tuple": (SECRET_VALUE, 1),
+    "nan": float("nan"),
+    "int-key": {1: SECRET_VALUE},
+    "too-deep": json.loads("[" * 100 + "]" * 100),
+    "lone-surrogate": SECRET_VALUE + "\ud800",
+    "set": {SECRET_VALUE},
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_save_refuses_non_json_core_and_writes_nothing(tmp_path, name):
+    vault = make_vault(tmp_path)
+    vault.data["history"].append(history_entry(4))  # queued: must not be written either
+    before = contents(vault.path)
+    vault.data["bad"] = BAD_VALUES[name]
     with pytest.raises(VaultError) as info:
-        v.save()
+        vault.save()
     assert SECRET_VALUE not in str(info.value)
-    assert snapshot(v.path) == before
-    assert v.generation == 1
+    assert contents(vault.path) == before and vault.generation == 1
+    del vault.data["bad"]
+    vault.save()  # the refused save left the vault usable
+    assert plain(Vault.open(vault.path, PASSWORD))["history"][-1] == history_entry(4)
 
 
-def test_saving_a_too_large_document_is_refused(tmp_path):
-    v = make_vault(tmp_path)
-    before = snapshot(v.path)
-    v.data["history"] = ["x" * (64 * 1024 * 1024)]
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_append_refuses_non_json_records(tmp_path, name):
+    vault = make_vault(tmp_path)
     with pytest.raises(VaultError) as info:
-        v.save()
-    assert "too large" in str(info.value)
-    assert snapshot(v.path) == before
-
-
-# --- change_password -------------------------------------------------------------
-
-
-def test_change_password(tmp_path):
-    v = make_vault(tmp_path)
-    _, old_header, _ = split(v.path.read_bytes())
-    stronger = KdfParams(memory_kib=32768, iterations=2, lanes=2)
-    v.change_password(OTHER_PASSWORD, kdf=stronger)
-    assert v.generation == 2
-    with pytest.raises(WrongPasswordA):
-        Vault.open(v.path, PASSWORD)
-    reopened = Vault.open(v.path, OTHER_PASSWORD)
-    assert reopened.data == sample_data()
-    _, new_header, _ = split(v.path.read_bytes())
-    assert new_header["kdf"]["salt"] != old_header["kdf"]["salt"]
-    assert (new_header["kdf"]["m_kib"], new_header["kdf"]["p"]) == (32768, 2)
-    # The old-password copy must not linger as .prev.
-    assert not v.path.with_name(v.path.name + ".prev").exists()
-    assert reopened.generation == 2
-
-
-def test_change_password_then_save_keeps_new_password(tmp_path):
-    v = make_vault(tmp_path)
-    v.change_password(OTHER_PASSWORD, kdf=MINIMUM_KDF)
-    v.data["member_id"] = "m-43"
-    v.save()
-    assert Vault.open(v.path, OTHER_PASSWORD).data["member_id"] == "m-43"
-    with pytest.raises(WrongPasswordA):
-        Vault.open(v.path, PASSWORD)
-    # After a save, .prev is the new-password generation 2.
-    assert Vault.open(v.path.with_name(v.path.name + ".prev"), OTHER_PASSWORD).generation == 2
-
-
-@pytest.mark.parametrize(
-    "password,kdf",
-    [
-        ("", MINIMUM_KDF),
-        (OTHER_PASSWORD, KdfParams(memory_kib=8192, iterations=2, lanes=1)),
-        (OTHER_PASSWORD, KdfParams(memory_kib=19456, iterations=1, lanes=1)),
-        ("x" * 1025, MINIMUM_KDF),
-    ],
-    ids=["empty", "low-memory", "one-pass", "too-long"],
-)
-def test_change_password_refuses_weak_choices(tmp_path, password, kdf):
-    v = make_vault(tmp_path)
-    before = snapshot(v.path)
+        vault.data["receipts"].append({"bad": BAD_VALUES[name]})
+    assert SECRET_VALUE not in str(info.value)
+    assert len(vault.data["receipts"]) == 1
     with pytest.raises(VaultError):
-        v.change_password(password, kdf=kdf)
-    assert snapshot(v.path) == before
-    v.save()  # the in-memory key is still the old one
-    assert Vault.open(v.path, PASSWORD).generation == 2
+        vault.data["receipts"].append([1, 2])  # a record is an object
 
 
-# --- create --------------------------------------------------------------------
-
-
-def test_create_refuses_to_overwrite(tmp_path):
-    v = make_vault(tmp_path)
-    before = snapshot(v.path)
+def test_replacing_a_record_list_is_refused(tmp_path):
+    vault = make_vault(tmp_path)
+    before = contents(vault.path)
+    vault.data["history"] = [history_entry(1)]
     with pytest.raises(VaultError) as info:
-        Vault.create(v.path, OTHER_PASSWORD, {}, kdf=MINIMUM_KDF)
-    assert "already exists" in str(info.value)
-    assert snapshot(v.path) == before
-    assert Vault.open(v.path, PASSWORD).data == sample_data()
-
-
-def test_create_refuses_to_overwrite_a_non_vault_file(tmp_path):
-    path = tmp_path / "v"
-    path.write_bytes(b"precious")
+        vault.save()
+    assert "appended to" in str(info.value)
+    del vault.data["receipts"]
     with pytest.raises(VaultError):
-        Vault.create(path, PASSWORD, {}, kdf=MINIMUM_KDF)
-    assert path.read_bytes() == b"precious"
+        vault.save()
+    assert contents(vault.path) == before
 
 
-def test_install_refuses_a_file_that_appears_during_create(tmp_path, monkeypatch):
-    # Race: the file appears after the early existence check; the atomic link must still refuse.
-    path = tmp_path / "v"
-    real_new_keys = vault_mod._new_keys
-
-    def new_keys_then_race(*args, **kwargs):
-        keys = real_new_keys(*args, **kwargs)
-        path.write_bytes(b"other process")
-        return keys
-
-    monkeypatch.setattr(vault_mod, "_new_keys", new_keys_then_race)
-    with pytest.raises(VaultError):
-        Vault.create(path, PASSWORD, {}, kdf=MINIMUM_KDF)
-    assert path.read_bytes() == b"other process"
-    assert sorted(os.listdir(tmp_path)) == ["v"]
+def test_records_cannot_be_changed_in_place(tmp_path):
+    vault = make_vault(tmp_path)
+    records = vault.data["history"]
+    with pytest.raises(TypeError):
+        records[0] = {}
+    records[0]["note"] = "changed"  # a copy: the record on disk stays
+    assert vault.data["history"][0] == history_entry(1)
 
 
-@pytest.mark.parametrize(
-    "password,kdf,data",
-    [
-        ("", MINIMUM_KDF, {}),
-        (PASSWORD, KdfParams(memory_kib=1024, iterations=2, lanes=1), {}),
-        (PASSWORD, KdfParams(memory_kib=19456, iterations=2, lanes=17), {}),
-        (PASSWORD, MINIMUM_KDF, [1]),
-    ],
-    ids=["empty-password", "low-memory", "too-many-lanes", "not-a-dict"],
-)
-def test_create_refuses_bad_input_and_writes_nothing(tmp_path, password, kdf, data):
-    with pytest.raises(VaultError):
-        Vault.create(tmp_path / "d" / "v", password, data, kdf=kdf)
-    assert not (tmp_path / "d" / "v").exists()
+# --- change_password --------------------------------------------------------------------------
 
 
-# --- secrets stay out of text ------------------------------------------------------
+def record_rows(path: pathlib.Path) -> dict:
+    return {(kind, seq): rest for kind, seq, *rest in sql(path, "SELECT * FROM records")}
+
+
+def test_change_password_rekeys_without_rewriting_records(tmp_path):
+    vault = make_vault(tmp_path)
+    old_header = header_of(vault.path)
+    rows_before = record_rows(vault.path)
+    vault.change_password(OTHER_PASSWORD, kdf=MINIMUM_KDF)
+    vault.data["history"].append(history_entry(4))
+    vault.save()
+    vault.close()
+    open_refused(vault.path, WrongPasswordA, PASSWORD)
+    reopened = Vault.open(vault.path, OTHER_PASSWORD)
+    expected = sample_data()
+    expected["history"].append(history_entry(4))
+    assert plain(reopened) == expected
+    header = header_of(vault.path)
+    assert [entry["epoch"] for entry in header["keys"]] == [1, 2]
+    assert header["kdf"]["salt"] != old_header["kdf"]["salt"]
+    assert header["store_id"] == old_header["store_id"]
+    rows_after = record_rows(vault.path)
+    assert all(rows_after[key] == row for key, row in rows_before.items()), "a record was rewritten"
+    epochs = dict(sql(vault.path, "SELECT epoch, count(*) FROM records GROUP BY epoch"))
+    assert epochs == {1: len(rows_before), 2: 1}
+    # Without the WAL, the old key table is gone from the file.
+    reopened.close()
+    assert old_header["keys"][0]["nonce"].encode() not in vault.path.read_bytes()
+
+
+def test_change_password_refuses_weak_choices_and_keeps_the_old_one(tmp_path):
+    vault = make_vault(tmp_path)
+    before = contents(vault.path)
+    for password in ("", "x" * 1025):
+        with pytest.raises(VaultError):
+            vault.change_password(password, kdf=MINIMUM_KDF)
+    assert contents(vault.path) == before
+    vault.save()
+    assert Vault.open(vault.path, PASSWORD).generation == 2
+
+
+def test_new_epoch_starts_when_seals_per_epoch_max_is_reached(tmp_path, monkeypatch):
+    monkeypatch.setattr(vault_store, "SEALS_PER_EPOCH_MAX", 8)
+    vault = make_vault(tmp_path)  # 5 records + the state: 6 seals in epoch 1
+    expected = sample_data()
+    for n in range(4, 12):
+        vault.data["history"].append(history_entry(n))
+        expected["history"].append(history_entry(n))
+        vault.save()
+    vault.close()
+    epochs = [entry["epoch"] for entry in header_of(vault.path)["keys"]]
+    assert len(epochs) >= 3
+    per_epoch = dict(sql(vault.path, "SELECT epoch, count(*) FROM records GROUP BY epoch"))
+    assert max(per_epoch.values()) < 8
+    reopened = Vault.open(vault.path, PASSWORD)
+    assert plain(reopened) == expected
+
+
+# --- RecordList -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def long_vault(tmp_path, monkeypatch):
+    """A vault with history 1..10 on disk and 11..12 queued, read 3 records a page."""
+    monkeypatch.setattr(vault_records, "READ_PAGE_RECORDS", 3)
+    data = {**sample_core(), "history": [history_entry(n) for n in range(1, 11)]}
+    vault = Vault.create(tmp_path / "wallet.vault", PASSWORD, data, kdf=MINIMUM_KDF)
+    vault.data["history"].append(history_entry(11))
+    vault.data["history"].append(history_entry(12))
+    yield vault
+    vault.close()
+
+
+def test_record_list_indexing_and_slicing(long_vault):
+    records = long_vault.data["history"]
+    model = [history_entry(n) for n in range(1, 13)]
+    assert len(records) == 12
+    assert records[0] == model[0] and records[-1] == model[-1] and records[-3] == model[-3]
+    for piece in (slice(None), slice(2, 5), slice(8, 12), slice(-4, None), slice(None, None, 3), slice(5, 2)):
+        assert records[piece] == model[piece], piece
+    for index in (12, -13):
+        with pytest.raises(IndexError):
+            records[index]
+    with pytest.raises(TypeError):
+        records["0"]
+    assert repr(records) == "<RecordList history len=12>"
+
+
+def test_record_list_iterates_across_pages(long_vault, monkeypatch):
+    reads = []
+    real = vault_store.open_record
+    monkeypatch.setattr(vault_store, "open_record", lambda *a: reads.append(a[3]) or real(*a))
+    assert list(long_vault.data["history"]) == [history_entry(n) for n in range(1, 13)]
+    assert reads == list(range(1, 11)), "each record on disk is decrypted once"
+    long_vault.save()
+    assert list(Vault.open(long_vault.path, PASSWORD).data["history"]) == [
+        history_entry(n) for n in range(1, 13)
+    ]
+
+
+def test_has_ref_finds_written_and_queued_records(long_vault):
+    history = long_vault.data["history"]
+    assert history.has_ref("pay:msg-3") and history.has_ref("pay:msg-12")
+    assert not history.has_ref("pay:msg-13") and not history.has_ref("msg-3")
+    assert not long_vault.data["receipts"].has_ref("pay:msg-3")
+    long_vault.save()
+    reopened = Vault.open(long_vault.path, PASSWORD)
+    assert reopened.data["history"].has_ref("pay:msg-12")
+    assert not reopened.data["notices"].has_ref("pay-1")
+
+
+def test_page_newest_and_since_ms(long_vault, monkeypatch):
+    history = long_vault.data["history"]
+    newest = history.page(4)
+    assert newest.items == [history_entry(n) for n in (9, 10, 11, 12)]
+    assert (newest.first_index, newest.total, newest.has_more_after) == (8, 12, False)
+    assert history.page(100).items == list(history)
+    reads = []
+    real = vault_store.open_record
+    monkeypatch.setattr(vault_store, "open_record", lambda *a: reads.append(a[3]) or real(*a))
+    since = history.page(2, since_ms=4500)  # entry n has at_ms 1000 * n
+    assert since.items == [history_entry(5), history_entry(6)]
+    assert (since.first_index, since.has_more_after) == (4, True)
+    assert len(reads) <= 8, "bisection, not a scan"
+    assert history.page(3, since_ms=5000).items[0] == history_entry(5)
+    assert history.page(3, since_ms=0).first_index == 0
+    assert history.page(3, since_ms=10**9).items == []
+    for limit in (0, -1, 10_001, 1.5):
+        with pytest.raises(VaultError):
+            history.page(limit)
+
+
+# --- secrets stay out of text -----------------------------------------------------------------
 
 
 def test_no_secret_in_repr_or_error_text(tmp_path):
-    v = make_vault(tmp_path)
-    key_hex = v._keys.aes_key.hex()
-    texts = [repr(v), str(v), repr(Vault.open(v.path, PASSWORD))]
+    vault = make_vault(tmp_path)
+    texts = [repr(vault), str(vault), repr(vault.data["history"]), repr(vault.data["receipts"])]
     errors = []
     for attempt in (
-        lambda: Vault.open(v.path, OTHER_PASSWORD),
-        lambda: Vault.open(v.path, PASSWORD + "x"),
-        lambda: Vault.create(v.path, PASSWORD, sample_data(), kdf=MINIMUM_KDF),
-        lambda: Vault.open(tmp_path / "absent", PASSWORD),
+        lambda: Vault.open(vault.path, OTHER_PASSWORD),
+        lambda: Vault.create(vault.path, PASSWORD, sample_data(), kdf=MINIMUM_KDF),
+        lambda: vault.data["history"].append({"blob": SECRET_NOTE.encode()}),
+        lambda: vault.data["history"].append({"x": SECRET_NOTE * 100_000}),
     ):
         with pytest.raises(VaultError) as info:
             attempt()
         errors.append(info.value)
-    blob = bytearray(v.path.read_bytes())
-    blob[-1] ^= 1
-    v.path.write_bytes(bytes(blob))
+    vault.close()
+    sql(vault.path, "UPDATE records SET sealed = substr(sealed, 2) WHERE kind = 1 AND seq = 1")
     with pytest.raises(VaultCorrupt) as info:
-        Vault.open(v.path, PASSWORD)
+        Vault.open(vault.path, PASSWORD).data["history"][0]
     errors.append(info.value)
     for error in errors:
         texts += [str(error), repr(error)]
@@ -599,17 +679,82 @@ def test_no_secret_in_repr_or_error_text(tmp_path):
         # Chained exceptions would print their own text in tracebacks.
         assert error.__cause__ is None and (error.__suppress_context__ or error.__context__ is None)
     for text in texts:
-        for secret in (PASSWORD, OTHER_PASSWORD, SECRET_VALUE, key_hex, "member_id"):
+        for secret in (PASSWORD, OTHER_PASSWORD, SECRET_VALUE, SECRET_NOTE, "msg-1"):
             assert secret not in text, f"{secret!r} leaked into {text!r}"
 
 
-def test_error_messages_are_one_line_even_for_odd_paths(tmp_path):
-    with pytest.raises(VaultNotFound) as info:
-        Vault.open(tmp_path / "line1\nline2", PASSWORD)
-    assert "\n" not in str(info.value)
+# --- migration from the first format ----------------------------------------------------------
 
 
-# --- locking -------------------------------------------------------------------
+def write_v1(tmp_path: pathlib.Path) -> pathlib.Path:
+    v1 = VaultV1.create(tmp_path / "wallet.vault", PASSWORD, sample_data(), kdf=MINIMUM_KDF)
+    return v1.path
+
+
+def v1_backup(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + ".v1")
+
+
+def test_migration_keeps_data_and_the_v1_backup_until_a_later_save(tmp_path):
+    path = write_v1(tmp_path)
+    v1_bytes = path.read_bytes()
+    migrated = Vault.open(path, PASSWORD)
+    assert migrated.migrated and plain(migrated) == sample_data()
+    assert path.read_bytes().startswith(b"SQLite format 3\x00")
+    assert v1_backup(path).read_bytes() == v1_bytes
+    migrated.data["history"].append(history_entry(4))
+    migrated.save()  # the migrating run's own save keeps the backup
+    migrated.close()
+    assert v1_backup(path).exists()
+    assert VaultV1.open(v1_backup(path), PASSWORD).data == sample_data()
+    later = Vault.open(path, PASSWORD)
+    assert not later.migrated and later.data["history"][-1] == history_entry(4)
+    assert v1_backup(path).exists(), "opening alone keeps the backup"
+    later.save()
+    later.close()
+    assert sorted(os.listdir(tmp_path)) == ["wallet.vault"]
+
+
+def test_migration_with_the_wrong_password_changes_nothing(tmp_path):
+    path = write_v1(tmp_path)
+    before = (path.read_bytes(), sorted(os.listdir(tmp_path)))
+    open_refused(path, WrongPasswordA, OTHER_PASSWORD)
+    assert (path.read_bytes(), sorted(os.listdir(tmp_path))) == before
+
+
+def test_migration_after_a_crash_before_install(tmp_path):
+    path = write_v1(tmp_path)
+    v1_bytes = path.read_bytes()
+    # A migration that died before replacing the file: its staged store and the backup link remain.
+    shutil.copyfile(path, v1_backup(path))
+    path.with_name("wallet.vault.migrating").write_bytes(b"SQLite format 3\x00half-written")
+    path.with_name("wallet.vault.migrating.new").write_bytes(b"half-written too")
+    vault = Vault.open(path, PASSWORD)
+    assert vault.migrated and plain(vault) == sample_data()
+    vault.close()
+    assert sorted(os.listdir(tmp_path)) == ["wallet.vault", "wallet.vault.v1"]
+    assert v1_backup(path).read_bytes() == v1_bytes
+
+
+def test_change_password_removes_the_v1_backup(tmp_path):
+    path = write_v1(tmp_path)
+    vault = Vault.open(path, PASSWORD)
+    vault.change_password(OTHER_PASSWORD, kdf=MINIMUM_KDF)
+    assert not v1_backup(path).exists(), "the backup still opens with the old password A"
+    vault.close()
+    assert plain(Vault.open(path, OTHER_PASSWORD)) == sample_data()
+
+
+def test_damaged_v1_file_is_not_migrated(tmp_path):
+    path = write_v1(tmp_path)
+    damaged = path.read_bytes()[:-1]
+    path.write_bytes(damaged)
+    open_refused(path, VaultCorrupt)
+    assert path.read_bytes() == damaged
+    assert sorted(os.listdir(tmp_path)) == ["wallet.vault"]
+
+
+# --- locking ----------------------------------------------------------------------------------
 
 LOCK_HOLDER = """
 import sys

@@ -170,9 +170,11 @@ class Vault:
     def save(self) -> None:
         """Write the queued records and the core as the next generation, in one transaction."""
         core = self._core()
+        header_raw = None
         if self._seals + self._pending_count() + 1 > store.SEALS_PER_EPOCH_MAX:
             self._start_epoch(self._keys)
-        self._commit(core, header_raw=None)
+            header_raw = self._header_raw  # the new epoch's key is written with this save
+        self._commit(core, header_raw=header_raw)
         if not self._migrated:
             # A later run opened the migrated store and saved to it: the first-format copy goes.
             _remove_if_present(sibling(self.path, V1_BACKUP_SUFFIX))

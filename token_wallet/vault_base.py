@@ -121,11 +121,14 @@ def check_plain_json(value: object, depth: int = 0) -> None:
         )
 
 
-def encode_document(data: object) -> bytes:
-    """Canonical UTF-8 JSON of a dict (a whole v1 document, a v2 core or one record)."""
+def encode_document(data: object, *, wrapper_levels: int = 0) -> bytes:
+    """Canonical UTF-8 JSON of a dict (a whole v1 document, a v2 state or one record).
+
+    wrapper_levels: how deep the caller's document sits inside ``data`` (the v2 state wraps the
+    core one level down), so the depth limit is the same for every document whatever wraps it."""
     if not isinstance(data, dict):
         raise VaultError("the vault document must be a JSON object (dict): nothing was written")
-    check_plain_json(data)
+    check_plain_json(data, -wrapper_levels)
     try:
         return canonical_json(data, ascii_only=False)
     except (ValueError, UnicodeEncodeError):

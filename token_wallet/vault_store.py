@@ -227,7 +227,7 @@ class SealedRow:
 def seal_state(
     data_key: bytes, store_id: bytes, generation: int, epoch: int, header_raw: bytes, state: dict
 ) -> SealedRow:
-    plaintext = encode_document(state)
+    plaintext = encode_document(state, wrapper_levels=1)
     if len(plaintext) > CORE_MAX_BYTES:
         raise VaultError(
             f"the vault's core document is {len(plaintext)} bytes, over {CORE_MAX_BYTES}: "
@@ -267,6 +267,10 @@ def seal_record(
 def open_record(
     data_keys: dict[int, bytes], store_id: bytes, kind: int, seq: int, row: SealedRow, ref: bytes | None
 ) -> dict:
+    if ref is not None and (not isinstance(ref, bytes) or len(ref) != REF_SIZE):
+        raise VaultCorrupt(
+            f"the vault's record {seq} has a malformed ref: the file is damaged; restore a backup"
+        )
     aad = _record_aad(store_id, kind, seq, row.epoch, ref)
     return decode_document(_open(data_keys, row, aad, f"record {seq}"))
 
@@ -297,6 +301,17 @@ def connect(path, *, create: bool) -> sqlite3.Connection:
             conn = sqlite3.connect(f"file:{pathname2url(str(path))}?mode=rw", uri=True, isolation_level=None)
     except sqlite3.Error as error:
         raise VaultError(f"cannot open the vault database at {path}: {error}") from None
+    try:
+        _set_pragmas(conn)
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as error:
+        # A damaged schema can make SQLite quote bytes that are not UTF-8 in its error message.
+        conn.close()
+        reason = type(error).__name__ if isinstance(error, UnicodeDecodeError) else str(error)
+        raise VaultCorrupt(f"the vault database is damaged ({reason}): restore a backup") from None
+    return conn
+
+
+def _set_pragmas(conn: sqlite3.Connection) -> None:
     for pragma in (
         "PRAGMA trusted_schema = OFF",  # a planted schema runs no function (check_schema refuses it)
         "PRAGMA journal_mode = WAL",  # a commit is one append + fsync, not a rewrite
@@ -305,7 +320,6 @@ def connect(path, *, create: bool) -> sqlite3.Connection:
         "PRAGMA cell_size_check = ON",
     ):
         conn.execute(pragma)
-    return conn
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -317,7 +331,7 @@ def check_schema(conn: sqlite3.Connection) -> None:
     """Exactly our tables and index, nothing else (no trigger, no view): else VaultCorrupt."""
     try:
         rows = conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall()
-    except sqlite3.DatabaseError:
+    except (sqlite3.DatabaseError, UnicodeDecodeError):
         raise VaultCorrupt("the vault database is damaged (unreadable schema): restore a backup") from None
     ours = [(name, sql) for _kind, name, sql in rows if not name.startswith("sqlite_autoindex")]
     if {name for name, _ in ours} != SCHEMA_NAMES or {sql for _, sql in ours} != set(SCHEMA):
