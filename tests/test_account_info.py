@@ -287,7 +287,7 @@ def test_a_signature_made_outside_the_wallet_alarms(tmp_path, make_softhsm_token
 def sign_outside_the_wallet(member: WalletUser, center: CenterProcess, *, counter_jump: int) -> None:
     """A balance query signed with the wallet's token key and a counter the wallet never used,
     sent without the wallet (the vault is read, never saved)."""
-    doc = Vault.open(member.vault, Path(member.files["a"]).read_text().strip()).data
+    doc = Vault.open(member.vault, Path(member.files["a"]).read_text().strip()).document()
     key, token = KeyRecord.from_json(doc["key"]), open_token(doc["token"])
     payload = build_payload(
         BALANCE,

@@ -48,7 +48,7 @@ def last_error(result) -> str:
 
 def vault_document(member: WalletUser) -> dict:
     password = Path(member.files["a"]).read_text().splitlines()[0]
-    return Vault.open(member.vault, password).data
+    return Vault.open(member.vault, password).document()
 
 
 def center_checks_pass(center, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from paywire.log_api import (
 from paywire.messages import LOG_QUERY, build_payload, new_message_id
 from paywire.receipts import LOG_RECEIPT_FORMAT, receipt_leaf
 from paywire.tree_head import TreeHead, check_tree_head
+from token_wallet.audit_cursor import LOG_KINDS, AuditTail
 from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable
 from token_wallet.document import add_history, now_ms
 from tokens.base import KeyRecord, Token
@@ -211,7 +212,7 @@ class LogAudit:
         kept = self.doc.get("log_head")
         # Receipts, and a store's notices that came with their payment's proof (paywire.notice_proof),
         # from where the last run stopped.
-        tails = {kind: _Tail.read(self.doc, kind) for kind in LOG_KINDS}
+        tails = {kind: AuditTail.read(self.doc, kind) for kind in LOG_KINDS}
         waiting = [record for tail in tails.values() for record in tail.proved]
         report = AuditReport(
             ok=False,
@@ -348,53 +349,6 @@ class LogAudit:
             return self._fetch(path, params)
         except (CenterUnreachable, CenterRefused) as error:
             raise Unanswered(f"the center did not answer {path}: {error}") from None
-
-
-LOG_KINDS = ("receipts", "notices")
-
-
-class _Tail:
-    """The records of one kind from the audit cursor on: what this run may check."""
-
-    def __init__(self, kind: str, done: dict, records: list[dict]) -> None:
-        self.kind, self.done, self.records = kind, done, records
-        self.proved = [record for record in records if record.get("log") is not None]
-        self.old_form = len(records) - len(self.proved)
-
-    @classmethod
-    def read(cls, doc: dict, kind: str) -> _Tail:
-        done = (doc.get("log_checked") or {}).get(kind) or _cursor_from_flags(doc.get(kind, []))
-        return cls(kind, dict(done), list(doc.get(kind, [])[done["next"] :]))
-
-    def advance(self, checked: set[int]) -> dict:
-        """The cursor after this run: past every record checked now and every old-form one in
-        between; it stops at the first record still to check, so the checked ones stay a prefix."""
-        done = dict(self.done)
-        for record in self.records:
-            if record.get("log") is None:
-                done["old_form"] += 1
-            elif id(record) in checked:
-                done["proved"] += 1
-            else:
-                break
-            done["next"] += 1
-        return done
-
-
-def _cursor_from_flags(records) -> dict:
-    """A vault from before the cursor marked each checked record itself ("checked": true, always a
-    prefix since checks go in order): where its cursor stands. Read once; the next run saves the cursor."""
-    done = {"next": 0, "proved": 0, "old_form": 0}
-    for record in records:
-        log = record.get("log")
-        if log is None:
-            done["old_form"] += 1
-        elif log.get("checked") is True:
-            done["proved"] += 1
-        else:
-            break
-        done["next"] += 1
-    return done
 
 
 def _describe(record: dict) -> str:

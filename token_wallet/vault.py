@@ -116,6 +116,11 @@ class Vault:
     def close(self) -> None:
         self._conn.close()
 
+    def document(self) -> dict:
+        """The whole document as plain JSON values, every record read (slow on a big vault: for
+        inspection and tests, never on a payment's path)."""
+        return {key: list(value) if key in KINDS else value for key, value in self.data.items()}
+
     # --- create and open ---------------------------------------------------------------------------
 
     @classmethod

@@ -73,6 +73,7 @@ RECORD_MAX_BYTES = 1024 * 1024
 # The core: key reference, center, outbox (at most 1000 signed messages), top-ups, cursors.
 CORE_MAX_BYTES = 16 * 1024 * 1024
 SEQ_MAX = 2**62
+PAGE_SIZE_BYTES = 16384
 GENERATION_MAX = 2**62
 
 HEADER_KEYS = frozenset({"check", "format", "kdf", "keys", "store_id", "v"})
@@ -302,6 +303,10 @@ def connect(path, *, create: bool) -> sqlite3.Connection:
     except sqlite3.Error as error:
         raise VaultError(f"cannot open the vault database at {path}: {error}") from None
     try:
+        if create:
+            # Set before the first table: a ~2.4 KB receipt shares a 16 KiB page with others instead
+            # of spilling into a half-empty overflow page of its own (measured: 5.2 -> ~3.3 KB a payment).
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE_BYTES}")
         _set_pragmas(conn)
     except (sqlite3.DatabaseError, UnicodeDecodeError) as error:
         # A damaged schema can make SQLite quote bytes that are not UTF-8 in its error message.

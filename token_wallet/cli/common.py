@@ -33,7 +33,6 @@ from token_wallet.client import CenterRefused, CenterUnreachable
 from token_wallet.home import check_wallet_home
 from token_wallet.vault import Vault
 from token_wallet.vault_lock import vault_lock
-from token_wallet.vault_records import PAGE_LIMIT_MAX, RecordPage
 from token_wallet.wallet import Wallet, vault_path
 from tokens import open_token
 from tokens.base import Token, WrongPin
@@ -312,41 +311,6 @@ def describe_result(details: dict, currency: str | None = None) -> str:
 
 def format_when(at_ms: int) -> str:
     return dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-PageLimit = Annotated[
-    int,
-    typer.Option("--limit", min=1, max=PAGE_LIMIT_MAX, help="At most this many entries (one page)"),
-]
-
-
-def parse_since_ms(text: str | None) -> int | None:
-    """--since: a date (2026-12-01, midnight UTC) or a date and time (2026-12-01T14:30, UTC unless
-    an offset is given) -> milliseconds since the epoch."""
-    if text is None:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CliError(
-            f"--since {quoted(text)} is not a date: give YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC)"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000)
-
-
-def page_info(page: RecordPage, limit: int, since: str | None) -> dict:
-    """What --json says of a page, so a script can ask for the next one."""
-    return {
-        "first_index": page.first_index,
-        "count": len(page.items),
-        "total": page.total,
-        "limit": limit,
-        "since": since,
-        "more_after": page.has_more_after,
-        "more_before": page.first_index > 0,
-    }
 
 
 def choice(value: str, options: dict, option_name: str):

@@ -19,7 +19,6 @@ from token_wallet.cli.common import (
     CardTimeout,
     Home,
     JsonFlag,
-    PageLimit,
     PasswordAFd,
     PasswordAFile,
     PasswordBFd,
@@ -33,12 +32,12 @@ from token_wallet.cli.common import (
     learn_currency,
     online,
     open_wallet,
-    page_info,
     print_outcome,
     read_amount,
     read_password_a,
     sign_with_pin,
 )
+from token_wallet.cli.paging import PageLimit, page_info
 from token_wallet.wallet import MAX_NOTICES_PER_FETCH
 from tokens import DEFAULT_CARD_TIMEOUT_S
 

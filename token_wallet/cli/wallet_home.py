@@ -33,7 +33,6 @@ from token_wallet.cli.common import (
     CardTimeout,
     Home,
     JsonFlag,
-    PageLimit,
     PasswordAFd,
     PasswordAFile,
     PasswordBFd,
@@ -45,8 +44,6 @@ from token_wallet.cli.common import (
     home_dir,
     open_wallet,
     open_wallet_token,
-    page_info,
-    parse_since_ms,
     public_key_pem,
     read_center_cert,
     read_password_a,
@@ -56,6 +53,7 @@ from token_wallet.cli.common import (
     with_pin_message,
     write_public_file,
 )
+from token_wallet.cli.paging import PageLimit, page_info, parse_since_ms
 from token_wallet.cli.recovery import (
     add_recovery_fields,
     check_rebind,
