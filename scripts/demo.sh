@@ -184,7 +184,8 @@ member balance
 member status
 step "Member history, offline, with password A only"
 WALLET_PASSWORD_B_FILE= member history
-step "Store history"
-WALLET_PASSWORD_B_FILE= store history
+step "Store history (the newest 5 entries) and the notices it keeps, both with password A only"
+WALLET_PASSWORD_B_FILE= store history --limit 5
+WALLET_PASSWORD_B_FILE= store notices --stored --limit 5
 
 step "Demo finished: files are in $DEMO"
