@@ -51,6 +51,7 @@ from token_wallet.vault_base import (
     ensure_private_dir,
     new_password_keys,
     password_a_bytes,
+    reading_vault,
     sibling,
 )
 from token_wallet.vault_records import RecordList
@@ -336,15 +337,8 @@ class _Opened:
 
 
 def _read_magic(path: pathlib.Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(len(store.SQLITE_MAGIC))
-    except FileNotFoundError:
-        raise VaultNotFound(f"no vault at {path}: create one first or check the path") from None
-    except IsADirectoryError:
-        raise VaultError(f"{path} is a directory, not a vault file: check the path") from None
-    except PermissionError:
-        raise VaultError(f"cannot read the vault at {path}: permission denied") from None
+    with reading_vault(path), open(path, "rb") as f:
+        magic = f.read(len(store.SQLITE_MAGIC))
     if not (magic.startswith(V1_MAGIC) or magic == store.SQLITE_MAGIC):
         raise VaultCorrupt("not a vault file (bad magic): check the path or restore a backup")
     return magic
@@ -508,7 +502,8 @@ def _migrate_v1(path: pathlib.Path, password_a: str) -> Vault:
     backup.unlink(missing_ok=True)  # a migration that crashed before installing; the file at path is v1
     os.link(path, backup)
     staged = sibling(path, ".migrating")
-    staged.unlink(missing_ok=True)
+    for stale in (staged, sibling(staged, "-wal"), sibling(staged, "-shm")):
+        stale.unlink(missing_ok=True)  # a migration that crashed before installing
     _write_new_store(staged, keys, old.data)
     vault = Vault._open_with_keys(staged, keys)
     try:

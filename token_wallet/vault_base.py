@@ -8,8 +8,10 @@ same, so they live here once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
+from collections.abc import Iterator
 
 from hostkit.private_files import PRIVATE_DIR_MODE
 from hostkit.sealing import (
@@ -65,6 +67,19 @@ def sibling(path: pathlib.Path, suffix: str) -> pathlib.Path:
 def ensure_private_dir(directory: pathlib.Path) -> None:
     # mode applies to the leaf only; parents follow the umask like any mkdir -p.
     directory.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def reading_vault(path: pathlib.Path) -> Iterator[None]:
+    """Reading a vault file: the OS's refusals as one-line VaultErrors naming the fix."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise VaultNotFound(f"no vault at {path}: create one first or check the path") from None
+    except IsADirectoryError:
+        raise VaultError(f"{path} is a directory, not a vault file: check the path") from None
+    except PermissionError:
+        raise VaultError(f"cannot read the vault at {path}: permission denied") from None
 
 
 def password_a_bytes(password_a: str) -> bytes:

@@ -73,13 +73,13 @@ from token_wallet.vault_base import (
     VaultConflict,
     VaultCorrupt,
     VaultError,
-    VaultNotFound,
     WrongPasswordA,
     decode_document,
     encode_document,
     ensure_private_dir,
     new_password_keys,
     password_a_bytes,
+    reading_vault,
     sibling,
 )
 
@@ -126,21 +126,14 @@ def _build_file(header: SealHeader, keys: SealingKeys, document: bytes) -> tuple
 
 
 def _read_vault_file(path: pathlib.Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            size_bytes = os.fstat(f.fileno()).st_size
-            if size_bytes > FILE_MAX_BYTES:
-                raise VaultCorrupt(
-                    f"vault file is {size_bytes} bytes, over the {FILE_MAX_BYTES} limit: check the path"
-                )
-            # +1 catches a file that grew after fstat.
-            blob = f.read(FILE_MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise VaultNotFound(f"no vault at {path}: create one first or check the path") from None
-    except IsADirectoryError:
-        raise VaultError(f"{path} is a directory, not a vault file: check the path") from None
-    except PermissionError:
-        raise VaultError(f"cannot read the vault at {path}: permission denied") from None
+    with reading_vault(path), open(path, "rb") as f:
+        size_bytes = os.fstat(f.fileno()).st_size
+        if size_bytes > FILE_MAX_BYTES:
+            raise VaultCorrupt(
+                f"vault file is {size_bytes} bytes, over the {FILE_MAX_BYTES} limit: check the path"
+            )
+        # +1 catches a file that grew after fstat.
+        blob = f.read(FILE_MAX_BYTES + 1)
     if len(blob) > FILE_MAX_BYTES:
         raise VaultCorrupt(f"vault file is over the {FILE_MAX_BYTES} byte limit: check the path")
     return blob
