@@ -37,7 +37,7 @@ from token_wallet.cli.common import (
     read_password_a,
     sign_with_pin,
 )
-from token_wallet.cli.paging import PageLimit, page_info
+from token_wallet.cli.paging import PageLimit, checked_limit, page_info
 from token_wallet.wallet import MAX_NOTICES_PER_FETCH
 from tokens import DEFAULT_CARD_TIMEOUT_S
 
@@ -280,6 +280,7 @@ def notices(
     """Fetch the store's new payment notices (each checked against the center's signature) and show
     the newest kept; with --stored, only show the kept ones."""
     signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
+    limit = checked_limit(limit)
     if stored:
         with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
             wallet.require_enrolled("store")

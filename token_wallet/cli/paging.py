@@ -13,8 +13,15 @@ from token_wallet.vault_records import PAGE_LIMIT_MAX, RecordPage
 
 PageLimit = Annotated[
     int,
-    typer.Option("--limit", min=1, max=PAGE_LIMIT_MAX, help="At most this many entries (one page)"),
+    typer.Option("--limit", help=f"At most this many entries (one page, 1 to {PAGE_LIMIT_MAX})"),
 ]
+
+
+def checked_limit(limit: int) -> int:
+    """--limit in range, refused in one line otherwise (Typer's own range check prints a usage box)."""
+    if not 1 <= limit <= PAGE_LIMIT_MAX:
+        raise CliError(f"--limit {limit} is out of range: give 1 to {PAGE_LIMIT_MAX} entries per page")
+    return limit
 
 
 def parse_since_ms(text: str | None) -> int | None:

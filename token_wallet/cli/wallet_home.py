@@ -53,7 +53,7 @@ from token_wallet.cli.common import (
     with_pin_message,
     write_public_file,
 )
-from token_wallet.cli.paging import PageLimit, page_info, parse_since_ms
+from token_wallet.cli.paging import PageLimit, checked_limit, page_info, parse_since_ms
 from token_wallet.cli.recovery import (
     add_recovery_fields,
     check_rebind,
@@ -329,7 +329,7 @@ def history(
     password_a_fd: PasswordAFd = None,
 ) -> None:
     """Show the history a page at a time, and the waiting messages (password A only; no key use)."""
-    since_ms = parse_since_ms(since)
+    limit, since_ms = checked_limit(limit), parse_since_ms(since)
     with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
         doc = wallet.doc
         page = doc["history"].page(limit, since_ms=since_ms)
