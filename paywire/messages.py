@@ -73,6 +73,11 @@ REQUEST_TYPES = MESSAGE_TYPES - {RECEIPT, NOTICE, TREE_HEAD}
 MSG_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 AUDIENCE_PATTERN = re.compile(r"[A-Za-z0-9._:-]{3,64}")
 CLOCK_SKEW_S = 300
+# Counters must rise, but requests signed in order may arrive out of order (a store terminal
+# sending concurrently, a batch): the center accepts a counter once, and only within this window
+# below the highest it has seen from the key. A wallet whose counter fell behind (an older copy of
+# its vault) moves past the window to be heard again (token_wallet.cli.account_info).
+COUNTER_WINDOW = 4096
 # Long enough for a message queued offline in the outbox to be delivered days
 # later, short enough that an old signed message does not live forever.
 MAX_LIFETIME_S = 30 * 24 * 3600

@@ -27,7 +27,7 @@ from center.errors import ApiError
 from center.storage.db import accounts, audit_log, transfers
 from paywire.envelope import seal
 from paywire.errors import WireError
-from paywire.messages import ACCOUNT_INFO, BALANCE, build_payload, new_message_id
+from paywire.messages import ACCOUNT_INFO, BALANCE, COUNTER_WINDOW, build_payload, new_message_id
 from token_wallet.account_info import ALARM_OUTCOME, counter_alarm, record_account_info, record_replayed_alarm
 from token_wallet.answer_checks import Contradiction, check_answer
 from token_wallet.client import CenterClient
@@ -197,6 +197,7 @@ def test_a_counter_above_the_wallets_is_an_alarm_kept_in_the_history():
     entry = alarmed.doc["history"][-1]
     assert entry["outcome"] == ALARM_OUTCOME and entry["details"]["wallet_counter"] == 5
     assert alarmed.doc["balance_minor"] is None, "the key may have paid: the known balance is forgotten"
+    assert alarmed.doc["counter"] == 9, "past the counters used elsewhere, so the wallet is heard again"
     refused = {
         "type": ACCOUNT_INFO,
         "msg_id": "m3",
@@ -268,7 +269,14 @@ def test_an_older_vault_put_back_after_a_signature_alarms(tmp_path, make_softhsm
         alarmed.stderr
     )
     assert "Traceback" not in alarmed.stderr
-    assert last_history(member)["outcome"] == ALARM_OUTCOME
+    # Recovered: the query was signed again past the center's window and the counter moved past.
+    # Counter 2 was refused; the next try signs with 2 + the window + 1, which the center accepts.
+    assert f"now signs from {2 + COUNTER_WINDOW + 2} on, so it is heard again" in alarmed.stderr, (
+        alarmed.stderr
+    )
+    assert last_history(member)["outcome"] == "accepted"
+    assert any(h["outcome"] == ALARM_OUTCOME for h in member.json("history")["entries"])
+    assert member.json("balance")["balance_minor"] == 0, "signing works again"
 
 
 def test_a_signature_made_outside_the_wallet_alarms(tmp_path, make_softhsm_token, live):
@@ -277,11 +285,13 @@ def test_a_signature_made_outside_the_wallet_alarms(tmp_path, make_softhsm_token
     alarmed = member.run("account-info", "--json")
     assert alarmed.returncode == 1
     answer = json.loads(alarmed.stdout)
-    assert (answer["highest_counter"], answer["wallet_counter"]) == (6, 2)
+    assert (answer["highest_counter"], answer["wallet_counter"]) == (6, 6), "moved past counter 6"
     assert answer["alarm"].startswith("ALARM: the center has seen counter 6 from this key")
+    assert answer["alarm"].endswith("the wallet now signs from 7 on, so it is heard again")
     assert alarmed.stderr.startswith("error: ALARM: the center has seen counter 6"), alarmed.stderr
     assert last_history(member)["outcome"] == ALARM_OUTCOME
     assert member.json("balance", "--offline")["balance_minor"] is None, "the key may have paid"
+    assert member.json("balance")["balance_minor"] == 0, "signing works again"
 
 
 def sign_outside_the_wallet(member: WalletUser, center: CenterProcess, *, counter_jump: int) -> None:

@@ -15,10 +15,9 @@ from support import SoftwareSigner
 from center.errors import ApiError
 from center.ledger.book import check_ledger, party_account
 from center.ledger.funding import webhook_signature
-from center.pipeline.rules import COUNTER_WINDOW
 from center.storage.db import accounts, payments, transfers
 from paywire.envelope import Envelope
-from paywire.messages import parse_payload
+from paywire.messages import COUNTER_WINDOW, parse_payload
 from paywire.verify import verify_envelope
 
 STORE_NAME = "Corner Shop"

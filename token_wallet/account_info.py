@@ -44,12 +44,27 @@ def counter_alarm(highest_counter: int, wallet_counter: int) -> str | None:
     )
 
 
+def was_replayed(new_history: list[dict]) -> bool:
+    """Whether one of these new history entries is an account_info query refused as counter_replayed."""
+    return any(
+        entry["type"] == ACCOUNT_INFO and entry["details"].get("code") == REPLAYED for entry in new_history
+    )
+
+
+def moved_past_note(old_counter: int, highest_counter: int, new_counter: int) -> str:
+    """What the wallet says after moving its counter past the center's highest."""
+    return (
+        f"this wallet's counter was {old_counter}, the center had seen up to {highest_counter} from "
+        f"this key: the wallet now signs from {new_counter + 1} on, so it is heard again"
+    )
+
+
 def record_replayed_alarm(doc: dict, new_history: list[dict]) -> str | None:
     """The alarm when the center refused an account_info query (one of `new_history`, the entries
     its delivery added to `doc`) because its counter was used before: kept in the history (the
     caller saves the vault). None when no such refusal is there."""
     for entry in new_history:
-        if entry["type"] == ACCOUNT_INFO and entry["details"].get("code") == REPLAYED:
+        if was_replayed([entry]):
             alarm = (
                 f"ALARM: the center refused this query's counter {doc['counter']} as used before "
                 "or far below the highest it has seen from this key: the key signed messages this "
@@ -68,6 +83,8 @@ def record_account_info(wallet: RecordingWallet, entry: dict, result: dict, _ext
         add_history(doc, ACCOUNT_INFO, entry["msg_id"], "accepted", result)
         return
     _record_alarm(doc, entry["msg_id"], result | {"wallet_counter": doc["counter"], "alarm": alarm})
+    # Counters this wallet never signed are used: its next ones may be too. Past them, it is heard.
+    doc["counter"] = result["highest_counter"]
 
 
 def _record_alarm(doc: dict, msg_id: str, details: dict) -> None:

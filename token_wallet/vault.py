@@ -98,7 +98,7 @@ class Vault:
         self._migrated = False
         self.data = dict(opened.core)
         for kind in KINDS:
-            self.data[kind] = RecordList(kind, opened.counts[kind], self._read_records, self._has_ref)
+            self.data[kind] = RecordList(kind, opened.counts[kind], self._read_records, self._find_ref)
         self._lists = {kind: self.data[kind] for kind in KINDS}
 
     def __repr__(self) -> str:
@@ -313,17 +313,18 @@ class Vault:
             )
         return records
 
-    def _has_ref(self, kind: str, ref: str) -> bool:
+    def _find_ref(self, kind: str, ref: str) -> int | None:
         ref_bytes = store.record_ref(self._index_key, KINDS[kind], ref)
         try:
             row = self._conn.execute(
-                "SELECT 1 FROM records WHERE kind = ? AND ref = ? LIMIT 1", (KINDS[kind], ref_bytes)
+                "SELECT seq FROM records WHERE kind = ? AND ref = ? ORDER BY seq DESC LIMIT 1",
+                (KINDS[kind], ref_bytes),
             ).fetchone()
         except sqlite3.DatabaseError as error:
             raise VaultCorrupt(
                 f"the vault's {kind} cannot be read ({_reason(error)}): restore a backup"
             ) from None
-        return row is not None
+        return None if row is None else row[0]
 
 
 # --- opening, step by step ----------------------------------------------------------------------------
@@ -441,7 +442,7 @@ def _write_new_store(path: pathlib.Path, keys: SealingKeys, data: dict) -> None:
         {1: store.wrap_data_key(keys.aes_key, store_id, 1, data_key)},
     )
     header_raw = header.encode()
-    lists = {kind: RecordList(kind, 0, _nothing_written, lambda _k, _r: False) for kind in KINDS}
+    lists = {kind: RecordList(kind, 0, _nothing_written, lambda _k, _r: None) for kind in KINDS}
     for kind, records in lists.items():
         for item in data.get(kind, []):
             records.append(item)

@@ -28,8 +28,8 @@ RECORD_MAX_BYTES = 1024 * 1024
 
 # (kind, first seq, last seq) -> the records, in order; raises VaultCorrupt on a gap.
 ReadRecords = Callable[[str, int, int], list[dict]]
-# (kind, ref) -> whether a written record carries that ref.
-HasRef = Callable[[str, str], bool]
+# (kind, ref) -> the seq of the newest written record carrying that ref, or None.
+FindRef = Callable[[str, str], int | None]
 
 
 @dataclass(frozen=True)
@@ -46,11 +46,11 @@ class RecordPage:
 class RecordList(Sequence):
     """One kind of record: ``len``, indexing, slicing and iteration read from disk; ``append`` queues."""
 
-    def __init__(self, kind: str, committed: int, read: ReadRecords, has_ref: HasRef) -> None:
+    def __init__(self, kind: str, committed: int, read: ReadRecords, find_ref: FindRef) -> None:
         assert is_int(committed) and committed >= 0
         self.kind = kind
         self._committed = committed
-        self._read, self._has_ref = read, has_ref
+        self._read, self._find_ref = read, find_ref
         self._pending: list[tuple[bytes, str | None]] = []
 
     def __repr__(self) -> str:
@@ -111,7 +111,17 @@ class RecordList(Sequence):
     def has_ref(self, ref: str) -> bool:
         """Whether a record with this ref (``record_ref_text``) is written or queued: one index lookup,
         nothing decrypted."""
-        return any(pending_ref == ref for _, pending_ref in self._pending) or self._has_ref(self.kind, ref)
+        return any(pending_ref == ref for _, pending_ref in self._pending) or (
+            self._find_ref(self.kind, ref) is not None
+        )
+
+    def find(self, ref: str) -> dict | None:
+        """The newest record with this ref, queued or written (one index lookup, one record read)."""
+        for plaintext, pending_ref in reversed(self._pending):
+            if pending_ref == ref:
+                return decode_document(plaintext)
+        seq = self._find_ref(self.kind, ref)
+        return None if seq is None else self._read(self.kind, seq, seq)[0]
 
     def page(self, limit: int, *, since_ms: int | None = None, time_field: str = "at_ms") -> RecordPage:
         """The newest ``limit`` records, or with ``since_ms`` the first ``limit`` whose ``time_field``
@@ -140,12 +150,22 @@ class RecordList(Sequence):
         del self._pending[:count]
 
 
+def payment_order_ref(store_id: str, order_ref: str) -> str:
+    return f"pay:{store_id}:{order_ref}"
+
+
 def record_ref_text(kind: str, item: dict) -> str | None:
     """What identifies a record, so the wallet can ask "is payment X recorded?" without reading
-    them all: a history entry by its type and reference, a receipt by its message id, a notice by its
-    payment id. None when the record has no such field (nothing to find it by)."""
+    them all: a history entry by its type and reference (a payment by its store and order
+    reference), a receipt by its message id, a notice by its payment id. None when the record has
+    no such field (nothing to find it by)."""
     if kind == "history":
-        ref = f"{item.get('type')}:{item.get('msg_id')}"
+        details = item.get("details")
+        if item.get("type") == "pay" and isinstance(details, dict) and "order_ref" in details:
+            # A payment by its store and order: `wallet pay` asks before paying an order twice.
+            ref = payment_order_ref(str(details.get("store_id")), str(details["order_ref"]))
+        else:
+            ref = f"{item.get('type')}:{item.get('msg_id')}"
     elif kind == "receipts":
         ref = item.get("msg_id")
     else:

@@ -27,13 +27,8 @@ from center.ledger import audit, bulk_sql, log_tree
 from center.pipeline.types import CenterContext, Outcome
 from center.storage.db import keys, messages
 from paywire.envelope import Envelope
-from paywire.messages import Header
+from paywire.messages import COUNTER_WINDOW, Header
 from paywire.receipts import build_log_receipt, build_refusal_payload
-
-# Counters must rise, but requests signed in order may arrive out of order
-# (a store terminal sending concurrently, a batch). A counter is accepted once,
-# and only within this window below the highest counter seen for the key.
-COUNTER_WINDOW = 4096
 
 # Statements on the request path, built once (see center/ledger/book.py).
 # The counter rule in SQL: the key must be active and last_ctr < ctr + COUNTER_WINDOW;

@@ -140,11 +140,22 @@ class Signing:
         return state, result, entry
 
 
+# What to do about a refusal, where the center's words are about the wire, not the command line.
+REFUSAL_HINTS = {
+    "duplicate_order": "if you mean to pay that order again, re-run `wallet pay` with --allow-repeat",
+    "counter_replayed": "this vault's counter is behind the center's (an older copy of the vault, or "
+    "the key used elsewhere): run `wallet account-info` to check and move past it",
+}
+
+
 def deliver_checked(wallet: Wallet, entry: dict) -> tuple[str, dict | None]:
     report = wallet.deliver()
     state, result = report.outcome_of(entry["msg_id"])
     if state == "refused":  # a refusal the center signed for this very request
-        raise CliError(f"the center refused it ({result['code']}): {result['message']}")
+        hint = REFUSAL_HINTS.get(result["code"])
+        raise CliError(
+            f"the center refused it ({result['code']}): {result['message']}" + (f"; {hint}" if hint else "")
+        )
     if state == "alarm":
         raise CliError(
             f"ALARM: the center's signed receipt contradicts what you signed ({result['reason']}): not "

@@ -38,6 +38,7 @@ from token_wallet.cli.common import (
     sign_with_pin,
 )
 from token_wallet.cli.paging import PageLimit, checked_limit, page_info
+from token_wallet.vault_records import payment_order_ref
 from token_wallet.wallet import MAX_NOTICES_PER_FETCH
 from tokens import DEFAULT_CARD_TIMEOUT_S
 
@@ -97,6 +98,10 @@ def pay(
     yes: Annotated[
         bool, typer.Option("--yes", help="Skip the confirmation question (not password B)")
     ] = False,
+    allow_repeat: Annotated[
+        bool,
+        typer.Option("--allow-repeat", help="Pay an order this wallet (or the center) has already seen paid"),
+    ] = False,
     home: Home = None,
     as_json: JsonFlag = False,
     password_a_file: PasswordAFile = None,
@@ -120,7 +125,10 @@ def pay(
             "currency": currency,
             "order_ref": order,
         }
-        _confirm_payment(payee, format_amount(amount_minor, currency), order, yes)
+        earlier = wallet.doc["history"].find(payment_order_ref(store, order))
+        _confirm_payment(payee, format_amount(amount_minor, currency), order, yes, earlier, allow_repeat)
+        if earlier is not None or allow_repeat:
+            body["repeat"] = True  # confirmed: the center pays an order again only when told so
         outcome = signing.sign_and_deliver(wallet, PAY, body)
     print_outcome(
         as_json,
@@ -173,9 +181,25 @@ def _payee(wallet, store_id: str) -> dict:
     }
 
 
-def _confirm_payment(payee: dict, money: str, order: str, yes: bool) -> None:
-    """Ask before signing; a flagged look-alike name warns, and refuses --yes until an operator clears it."""
+def _confirm_payment(
+    payee: dict, money: str, order: str, yes: bool, earlier: dict | None, allow_repeat: bool
+) -> None:
+    """Ask before signing; a flagged look-alike name warns, and refuses --yes until an operator clears
+    it; an order this wallet paid before warns, and refuses --yes without --allow-repeat."""
     block, warnings = payment_block(payee, money, order)
+    if earlier is not None:
+        paid = earlier["details"]
+        warnings += (
+            f"this wallet already paid order {quoted(order)} to store {payee['store_id']} on "
+            f"{format_when(earlier['at_ms'])} UTC: payment {paid.get('payment_id')}, "
+            f"{format_amount(paid['amount_minor'], paid['currency'])}",
+        )
+        if yes and not allow_repeat:
+            ask_confirmation(block, True, warnings)
+            raise CliError(
+                f"order {quoted(order)} was already paid to store {payee['store_id']} "
+                f"(payment {paid.get('payment_id')}): add --allow-repeat to pay it again; nothing was signed"
+            )
     if payee["name_flagged"] and yes:
         ask_confirmation(block, True, warnings)
         raise CliError(

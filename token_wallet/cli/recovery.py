@@ -19,7 +19,12 @@ def check_rebind(wallet: Wallet, rebind: str | None) -> None:
     """`wallet enroll [--rebind ID]`: may this wallet's key enroll, and for which account?"""
     doc = wallet.doc
     if any(entry["type"] == ENROLL for entry in doc["outbox"]):
-        raise CliError("an enrollment is already waiting in the outbox: run `wallet sync` to deliver it")
+        pinned = (doc["center"] or {}).get("url", "the center")
+        raise CliError(
+            f"an enrollment for {pinned} is already waiting in the outbox: run `wallet sync` to deliver "
+            "it, or `wallet sync --center https://HOST:PORT` if that URL is wrong (the signed "
+            "enrollment goes to the corrected URL of the same pinned center)"
+        )
     state = key_state(doc)
     if rebind is None:
         if doc["member_id"]:
