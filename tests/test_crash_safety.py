@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -40,6 +41,7 @@ from test_payments_e2e import count_payments, enrolled_pair, fund
 
 from center.storage.db import messages, payments
 from paywire.envelope import Envelope
+from token_wallet.vault import Vault
 
 pytestmark = pytest.mark.slow
 
@@ -416,7 +418,6 @@ def test_wallet_killed_between_signing_and_the_answer_then_sync_applies_it_once(
             proxy = StallingProxy(center.process.port, mode, first_stalled=2)
             try:
                 assert member.json("sync", "--center", proxy.url)["delivered"] == []  # only moves the URL
-                vault_before = member.vault.stat().st_mtime_ns
                 wallet = subprocess.Popen(
                     [
                         sys.executable,
@@ -459,9 +460,9 @@ def test_wallet_killed_between_signing_and_the_answer_then_sync_applies_it_once(
             finally:
                 proxy.close()
             assert proxy.connections == 2, f"the wallet opened {proxy.connections} connection(s), expected 2"
-            assert member.vault.stat().st_mtime_ns != vault_before, (
-                "the signed payment was not saved before sending"
-            )
+            # The signed payment was saved (in the outbox) before it was sent.
+            waiting = Vault.open(member.vault, Path(member.files["a"]).read_text().strip()).document()
+            assert [entry["type"] for entry in waiting["outbox"]] == ["pay"], "not saved before sending"
             if mode == "silent":
                 assert count_payments(center.process) == paid_before, "the silent proxy forwarded it"
 
