@@ -100,13 +100,22 @@ def emit(as_json: bool, document: dict | list, render: Callable[[Console], None]
 
 
 def read_secret(
-    *, what: str, file_option: str | None, env_var: str | None, fd: int | None = None, confirm: bool = False
+    *,
+    what: str,
+    file_option: str | None,
+    env_var: str | None,
+    fd: int | None = None,
+    confirm: bool = False,
+    prompt: str | None = None,
 ) -> str:
     """A secret from --...-fd, --...-file, $ENV (a file name), else a no-echo prompt.
 
     Only the first line of a file counts (like gpg --passphrase-file), so a
-    trailing newline from `echo` does not become part of the secret.
+    trailing newline from `echo` does not become part of the secret. `what` names the options
+    (password B: --password-b-file); `prompt`, when given, is what the person is asked for
+    ("password B (token PIN)").
     """
+    prompt = prompt or what
     if fd is not None:
         try:
             with os.fdopen(
@@ -125,9 +134,9 @@ def read_secret(
         return _first_line(data, what, path)
     if not sys.stdin.isatty():
         hint = f"--{what.replace(' ', '-').lower()}-file" + (f" or {env_var}" if env_var else "")
-        raise CliError(f"{what} is needed and there is no terminal to ask it on: use {hint}")
-    secret = getpass.getpass(f"{what}: ")
-    if confirm and getpass.getpass(f"{what} again: ") != secret:
+        raise CliError(f"{prompt} is needed and there is no terminal to ask it on: use {hint}")
+    secret = getpass.getpass(f"{prompt}: ")
+    if confirm and getpass.getpass(f"{prompt} again: ") != secret:
         raise CliError(f"the two {what} entries differ; nothing was changed")
     if not secret:
         raise CliError(f"{what} must not be empty")

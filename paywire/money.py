@@ -42,6 +42,7 @@ MINOR_EXPONENT = {
 MAX_AMOUNT_MINOR = 10**12
 # ASCII only: `\d` would also take Bengali, full-width or Arabic-Indic digits ('৪০০' -> 400).
 _DECIMAL = re.compile(r"([0-9]{1,15})(?:\.([0-9]{1,3}))?", re.ASCII)
+_LONG_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 
 class AmountError(ValueError):
@@ -63,15 +64,24 @@ def parse_amount(text: str, currency: str) -> int:
     _refuse_non_ascii(text)
     match = _DECIMAL.fullmatch(text.strip())
     if not match:
-        raise AmountError(
-            f"amount {text!r} is not a plain decimal number such as {'1500' if exponent == 0 else '12.50'}"
-        )
+        raise AmountError(_why_not_decimal(text, currency, exponent))
     whole, fraction = match.group(1), match.group(2) or ""
     if len(fraction) > exponent:
         raise AmountError(f"{currency} has {exponent} decimal place(s); {text!r} has {len(fraction)}")
     minor = int(whole) * 10**exponent + int(fraction.ljust(exponent, "0") or 0)
-    check_amount_minor(minor)
+    check_amount_minor(minor, currency)
     return minor
+
+
+def _why_not_decimal(text: str, currency: str, exponent: int) -> str:
+    """Say what is wrong with an amount that is not a plain decimal: a sign or too many digits get
+    their own words, anything else an example."""
+    digits = text.strip()
+    if digits.startswith("-") and _LONG_DECIMAL.fullmatch(digits[1:].strip()):
+        return f"amount {text!r} must be more than zero"
+    if _LONG_DECIMAL.fullmatch(digits):  # more digits than _DECIMAL takes: far above the ceiling
+        return f"amount {text!r} is too large: it must be at most {format_amount(MAX_AMOUNT_MINOR, currency)}"
+    return f"amount {text!r} is not a plain decimal number such as {'1500' if exponent == 0 else '12.50'}"
 
 
 def _refuse_non_ascii(text: str) -> None:
@@ -85,9 +95,16 @@ def _refuse_non_ascii(text: str) -> None:
             )
 
 
-def check_amount_minor(minor: int) -> int:
-    if isinstance(minor, bool) or not isinstance(minor, int) or not 0 < minor <= MAX_AMOUNT_MINOR:
-        raise AmountError(f"amount must be more than zero and at most {MAX_AMOUNT_MINOR} minor units")
+def check_amount_minor(minor: int, currency: str | None = None) -> int:
+    """An amount in minor units, more than zero and at most the ceiling; the message says the ceiling
+    in the currency when it is known (a person types 12.50, not 1250)."""
+    if isinstance(minor, bool) or not isinstance(minor, int):
+        raise AmountError("amount must be a whole number of minor units")
+    if minor <= 0:
+        raise AmountError("amount must be more than zero")
+    if minor > MAX_AMOUNT_MINOR:
+        limit = format_amount(MAX_AMOUNT_MINOR, currency) if currency else f"{MAX_AMOUNT_MINOR} minor units"
+        raise AmountError(f"amount must be at most {limit}")
     return minor
 
 

@@ -252,6 +252,7 @@ def test_unbalanced_closing_tags_are_shown_and_crash_nothing(world):
             "--order",
             order,
             "--yes",
+            "--allow-repeat",  # the same order twice, meant: the second run is a repeat
             *extra,
             **WIDE,
         )

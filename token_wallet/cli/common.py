@@ -5,6 +5,10 @@ Command modules (token_wallet.cli.card, wallet_home, keys, money, operator, oper
 import this module and helper modules (token_wallet.cli.recovery, token_choice), never each
 other: each registers its commands on `app` (or a group here) when token_wallet.cli.main imports
 it, in main's order.
+
+Long because that rule puts here whatever two command modules share: options, secrets, opening the
+wallet (the wallet is looked for before password A is asked), signing and delivering, and the words
+for what a person reads (answers, PIN states).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from token_wallet.vault import Vault
 from token_wallet.vault_lock import vault_lock
 from token_wallet.wallet import Wallet, vault_path
 from tokens import open_token
-from tokens.base import Token, WrongPin
+from tokens.base import PinStatus, Token, WrongPin
 
 DEFAULT_HOME_NAME = ".tokenpay-wallet"  # under the user's home directory
 CENTER_CERT_MAX_BYTES = 16 * 1024
@@ -58,7 +62,8 @@ operator_app = typer.Typer(
 app.add_typer(operator_app, name="operator")
 
 Home = Annotated[Path | None, typer.Option("--home", envvar="WALLET_HOME", help="Wallet home directory")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout")]
+# A plain flag: metavar "" so that help shows `--json` alone, not a value type after it.
+JsonFlag = Annotated[bool, typer.Option("--json", metavar="", help="Machine-readable output on stdout")]
 PasswordAFile = Annotated[
     str | None,
     typer.Option(
@@ -93,15 +98,30 @@ def read_password_a(file: str | None, fd: int | None, *, confirm: bool = False) 
     return read_secret(what="password A", file_option=file, env_var=None, fd=fd, confirm=confirm)
 
 
-def read_password_b(file: str | None, fd: int | None) -> str:
-    return read_secret(what="password B", file_option=file, env_var=None, fd=fd)
+def read_password_b(file: str | None, fd: int | None, *, card: bool = False) -> str:
+    """Password B, asked as what it is: the PIN of the token (or card) that holds the key."""
+    prompt = f"password B ({'card' if card else 'token'} PIN)"
+    return read_secret(what="password B", file_option=file, env_var=None, fd=fd, prompt=prompt)
+
+
+def existing_vault_path(home: Path | None) -> Path:
+    """The wallet's vault, refused in one line when there is none: called before password A is asked,
+    so that nobody types a password for a wallet that is not there."""
+    path = vault_path(home_dir(home))
+    if not path.exists():
+        raise CliError(f"no wallet at {path.parent}: run `wallet init` first (or give --home / WALLET_HOME)")
+    return path
+
+
+def unlock_wallet(home: Path | None, password_a_file: str | None, password_a_fd: int | None):
+    """open_wallet with password A read only once the wallet is known to exist."""
+    existing_vault_path(home)
+    return open_wallet(home, read_password_a(password_a_file, password_a_fd))
 
 
 @contextmanager
 def open_wallet(home: Path | None, password_a: str) -> Iterator[Wallet]:
-    path = vault_path(home_dir(home))
-    if not path.exists():
-        raise CliError(f"no wallet at {path.parent}: run `wallet init` first (or give --home / WALLET_HOME)")
+    path = existing_vault_path(home)
     check_wallet_home(path.parent, path)
     with vault_lock(path):
         vault = Vault.open(path, password_a)
@@ -125,7 +145,7 @@ class Signing:
     card_timeout_s: float
 
     def open_wallet(self) -> AbstractContextManager[Wallet]:
-        return open_wallet(self.home, read_password_a(self.password_a_file, self.password_a_fd))
+        return unlock_wallet(self.home, self.password_a_file, self.password_a_fd)
 
     def token_and_pin(self, wallet: Wallet) -> tuple[Token, str]:
         """The wallet's token and password B, asked once for several signatures."""
@@ -247,6 +267,7 @@ def ask_pin(token, pin_file, pin_fd) -> str:
                 "the card PIN (password B) is blocked: run `wallet card unblock` with the admin PIN"
             )
         say(f"card PIN (password B): {status.tries_left} tries left")
+        return read_password_b(pin_file, pin_fd, card=True)
     return read_password_b(pin_file, pin_fd)
 
 
@@ -270,18 +291,32 @@ def with_pin_message(action, token):
         return action()
     except WrongPin as error:
         status = error.status or token.pin_status()
-        left = (
-            f"{status.tries_left} tries left"
-            if status.tries_left is not None
-            else (
-                "the token says this is the final try"
-                if status.final_try
-                else "the token says few tries are left"
-                if status.count_low
-                else "the token does not tell how many tries are left"
-            )
-        )
+        left = pin_tries_words(status)
         raise CliError(f"wrong password B (token PIN): nothing was signed; {left}") from None
+
+
+def pin_tries_words(status: PinStatus) -> str:
+    """The tries a PIN has left, in words. A card counts them; a PKCS#11 token only sets flags
+    (CKF_USER_PIN_COUNT_LOW: a wrong PIN was given since the last right one; CKF_USER_PIN_FINAL_TRY:
+    the next wrong one locks it), which are said here in words, never as flag names."""
+    if status.locked:
+        return "no tries left: the PIN is locked"
+    if status.tries_left is not None:
+        last = "; the last try: the next wrong PIN locks it" if status.final_try else ""
+        return f"{status.tries_left} tries left{last}"
+    if status.final_try:
+        return "the last try: the token says the next wrong PIN locks it"
+    if status.count_low:
+        return "few tries left: the token says a wrong PIN was given since the last right one"
+    return "the token does not tell how many tries are left"
+
+
+def pin_state_line(status: PinStatus) -> str:
+    """`wallet status`'s PIN line: "ok" only when no try is lost, never beside few tries left."""
+    if status.locked:
+        return "PIN: LOCKED"
+    words = pin_tries_words(status)
+    return f"PIN: {words}" if status.final_try or status.count_low else f"PIN: ok, {words}"
 
 
 def describe_result(details: dict, currency: str | None = None) -> str:
@@ -317,7 +352,34 @@ def describe_result(details: dict, currency: str | None = None) -> str:
             f"{money} from {details['buyer_id']}, order {quoted(details['order_ref'])}, "
             f"payment {details['payment_id']}"
         )
-    return ", ".join(f"{k}={v}" for k, v in sorted(details.items()) if k != "action")
+    return describe_answer(details, currency)
+
+
+def describe_answer(details: dict, currency: str | None) -> str:
+    """The answers that move no money (balance, notices, key rotation, account facts), in the words
+    of the commands that ask them; any other as its plain fields, never a Python repr."""
+    action = details.get("action")
+    if action == "balance" and "balance_minor" in details:
+        pending = len(details.get("topups") or [])
+        money = format_amount(details["balance_minor"], details.get("currency") or currency or "JPY")
+        return f"balance: {money}" + (f", {pending} recent top-up(s)" if pending else "")
+    if action == "notices_sent":
+        return f"{details.get('count', 0)} payment notice(s) fetched"
+    if action == "key_rotated":
+        return f"key rotated: new key {details.get('new_kid')} ({details.get('algorithm', '?')})"
+    if action == "account_info":
+        return (
+            f"account {details.get('party_id')} ({details.get('role')}): key {details.get('key_status')}, "
+            f"highest counter {details.get('highest_counter')}"
+        )
+    return ", ".join(_plain_field(k, v) for k, v in sorted(details.items()) if k != "action")
+
+
+def _plain_field(name: str, value: object) -> str:
+    """One field for people: a list or mapping says how many it holds (the JSON output has them)."""
+    if isinstance(value, list | tuple | dict):
+        return f"{name}: {len(value)} item(s)"
+    return f"{name}={value}"
 
 
 def format_when(at_ms: int) -> str:

@@ -34,11 +34,10 @@ from token_wallet.cli.common import (
     PasswordBFile,
     Signing,
     app,
-    open_wallet,
     public_key_pem,
-    read_password_a,
     read_password_b,
     say,
+    unlock_wallet,
     with_pin_message,
 )
 from token_wallet.cli.token_choice import (
@@ -60,7 +59,7 @@ from tokens.base import KeyRecord
 
 Pkcs11Module = Annotated[str | None, typer.Option(help="PKCS#11 module (.so) of the token for the new key")]
 TokenLabel = Annotated[str | None, typer.Option(help="Label of the PKCS#11 token for the new key")]
-Card = Annotated[bool, typer.Option("--card", help="Put the new key on an OpenPGP smartcard")]
+Card = Annotated[bool, typer.Option("--card", metavar="", help="Put the new key on an OpenPGP smartcard")]
 SoPinFile = Annotated[
     str | None,
     typer.Option(
@@ -101,6 +100,7 @@ def rotate_key(
         bool,
         typer.Option(
             "--prepare-only",
+            metavar="",
             help="Only generate the new key and show its public key (to have it certified first)",
         ),
     ] = False,
@@ -187,10 +187,12 @@ def replace_key_command(
     )
     if not options.names_a_token:
         raise CliError("give the new token: --pkcs11-module and --token-label, or --card")
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    with unlock_wallet(home, password_a_file, password_a_fd) as wallet:
         check_can_replace(wallet.doc)
         _refuse_lost_token(wallet, options)
-        token, key, token_doc = _generate(options, lambda: read_password_b(password_b_file, password_b_fd))
+        token, key, token_doc = _generate(
+            options, lambda: read_password_b(password_b_file, password_b_fd, card=options.card)
+        )
         view = replace_key(wallet, token_doc, key)
     document = {
         "status": "replaced",

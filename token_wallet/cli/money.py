@@ -1,4 +1,8 @@
-"""Money commands: top-up, pay, balance, notices, payout, refund."""
+"""Money commands: top-up, pay, balance, notices, payout, refund.
+
+Long because the money commands (top-up, pay, balance, a store's notices, payout, refund) share one
+send step (`_send`) and the pay command's safety rules (the prompt, the look-alike and repeat
+checks) sit beside the command they guard; command modules may not import each other."""
 
 from __future__ import annotations
 
@@ -31,11 +35,10 @@ from token_wallet.cli.common import (
     format_when,
     learn_currency,
     online,
-    open_wallet,
     print_outcome,
     read_amount,
-    read_password_a,
     sign_with_pin,
+    unlock_wallet,
 )
 from token_wallet.cli.paging import PageLimit, checked_limit, page_info
 from token_wallet.vault_records import payment_order_ref
@@ -96,11 +99,15 @@ def pay(
     amount: Annotated[str, typer.Option(help="Amount in the center's currency")],
     order: Annotated[str, typer.Option(help="The store's order reference")],
     yes: Annotated[
-        bool, typer.Option("--yes", help="Skip the confirmation question (not password B)")
+        bool, typer.Option("--yes", metavar="", help="Skip the confirmation question (not password B)")
     ] = False,
     allow_repeat: Annotated[
         bool,
-        typer.Option("--allow-repeat", help="Pay an order this wallet (or the center) has already seen paid"),
+        typer.Option(
+            "--allow-repeat",
+            metavar="",
+            help="Pay an order this wallet (or the center) has already seen paid",
+        ),
     ] = False,
     home: Home = None,
     as_json: JsonFlag = False,
@@ -111,6 +118,8 @@ def pay(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Pay a store from the prepaid balance with a payment signed on the token."""
+    if not order.strip():  # before any password or prompt: an order says what the payment is for
+        raise CliError("--order must not be empty: give the store's order reference; nothing was signed")
     signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
     with signing.open_wallet() as wallet:
         wallet.require_enrolled("member")
@@ -237,7 +246,7 @@ def payment_block(payee: dict, money: str, order: str) -> tuple[Group, tuple[str
 @app.command()
 def balance(
     offline: Annotated[
-        bool, typer.Option("--offline", help="Show the last known balance (password A only)")
+        bool, typer.Option("--offline", metavar="", help="Show the last known balance (password A only)")
     ] = False,
     home: Home = None,
     as_json: JsonFlag = False,
@@ -292,7 +301,9 @@ def notices(
     as_json: JsonFlag = False,
     stored: Annotated[
         bool,
-        typer.Option("--stored", help="Show the notices kept here, fetch nothing (password A only)"),
+        typer.Option(
+            "--stored", metavar="", help="Show the notices kept here, fetch nothing (password A only)"
+        ),
     ] = False,
     limit: PageLimit = NOTICES_PAGE_DEFAULT,
     password_a_file: PasswordAFile = None,
@@ -306,7 +317,7 @@ def notices(
     signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
     limit = checked_limit(limit)
     if stored:
-        with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+        with unlock_wallet(home, password_a_file, password_a_fd) as wallet:
             wallet.require_enrolled("store")
             page = wallet.doc["notices"].page(limit)
         new, state = 0, "stored"

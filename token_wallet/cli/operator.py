@@ -73,7 +73,9 @@ QUEUED_EXIT_CODE = 3
 Yes = Annotated[
     bool,
     typer.Option(
-        "--yes", help="Skip the confirmation question (not password B); the details are still shown"
+        "--yes",
+        metavar="",
+        help="Skip the confirmation question (not password B); the details are still shown",
     ),
 ]
 

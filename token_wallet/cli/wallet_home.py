@@ -42,14 +42,15 @@ from token_wallet.cli.common import (
     describe_result,
     format_when,
     home_dir,
-    open_wallet,
     open_wallet_token,
+    pin_state_line,
     public_key_pem,
     read_center_cert,
     read_password_a,
     read_password_b,
     say,
     sign_message,
+    unlock_wallet,
     with_pin_message,
     write_public_file,
 )
@@ -77,7 +78,7 @@ from token_wallet.vault import Vault
 from token_wallet.vault_lock import vault_lock
 from token_wallet.wallet import Wallet, vault_path
 from tokens import DEFAULT_CARD_TIMEOUT_S, card_token_doc, key_protection, open_token, pkcs11_token_doc
-from tokens.base import PROTECTION_PROTECTED, KeyRecord, TokenError
+from tokens.base import PROTECTION_PROTECTED, KeyRecord, PinStatus, TokenError
 
 ENTROPY_MIN_BYTES = 16
 ENTROPY_MAX_BYTES = 4096
@@ -89,7 +90,9 @@ def init(
         str | None, typer.Option(help="Path of the PKCS#11 module (.so) of your token")
     ] = None,
     token_label: Annotated[str | None, typer.Option(help="Label of the PKCS#11 token")] = None,
-    card: Annotated[bool, typer.Option("--card", help="Use an OpenPGP smartcard in a PC/SC reader")] = False,
+    card: Annotated[
+        bool, typer.Option("--card", metavar="", help="Use an OpenPGP smartcard in a PC/SC reader")
+    ] = False,
     reader: Reader = None,
     key_type: KeyTypeOption = None,
     key_mode: KeyModeOption = "auto",
@@ -182,7 +185,7 @@ def init_card(reader, key_type, admin_pin_file, card_timeout_s, a_file, a_fd, b_
     )
     admin_pin = read_secret(what="admin PIN", file_option=admin_pin_file, env_var=None)
     password_a = read_password_a(a_file, a_fd, confirm=True)
-    password_b = read_password_b(b_file, b_fd)
+    password_b = read_password_b(b_file, b_fd, card=True)
     key = token.generate_key(key_type_value, password_b, so_pin=admin_pin)
     return token, key, card_token_doc(token.info()), password_a
 
@@ -208,7 +211,7 @@ def enroll(
     name: Annotated[str, typer.Option(help="Your name, or the store's name")],
     address: Annotated[str, typer.Option(help="Postal address")],
     birth_date: Annotated[str | None, typer.Option(help="YYYY-MM-DD (members)")] = None,
-    store: Annotated[bool, typer.Option("--store", help="Enroll as a store")] = False,
+    store: Annotated[bool, typer.Option("--store", metavar="", help="Enroll as a store")] = False,
     bank_account: Annotated[str | None, typer.Option(help="Payout bank account (stores)")] = None,
     key_cert: Annotated[
         Path | None,
@@ -245,8 +248,7 @@ def enroll(
     old_code = checked_recovery_code(recovery_code, rebind)
     body = _registration_body(name, address, birth_date, store, bank_account)
     identity = read_center_cert(center_cert)
-    password_a = read_password_a(password_a_file, password_a_fd)
-    with open_wallet(home, password_a) as wallet:
+    with unlock_wallet(home, password_a_file, password_a_fd) as wallet:
         check_rebind(wallet, rebind)  # already enrolled, waiting in the outbox, or a lost card's new key
         key = wallet.key
         body.update(public_key=b64url_encode(key.spki_der), alg=key.algorithm)
@@ -278,15 +280,19 @@ def sync(
     password_a_fd: PasswordAFd = None,
 ) -> None:
     """Deliver signed messages waiting in the outbox (needs password A only)."""
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    with unlock_wallet(home, password_a_file, password_a_fd) as wallet:
         if center:
             wallet.move_center(center)
         report = wallet.deliver()
     document = report.to_json() | {"member_id": wallet.doc["member_id"]}
+    currency = (wallet.doc["center"] or {}).get("currency")
 
     def render(out) -> None:
         for item in report.delivered:
-            out.print(f"delivered {item['type']} {item['msg_id']}: {describe_result(item['result'])}")
+            # In the words `history` and the command that signed it use, never a Python dict.
+            out.print(
+                f"delivered {item['type']} {item['msg_id']}: {describe_result(item['result'], currency)}"
+            )
         for item in report.refused:
             out.print(f"refused {item['type']} {item['msg_id']}: {item['code']}: {item['message']}")
         for item in report.alarms:
@@ -330,7 +336,7 @@ def history(
 ) -> None:
     """Show the history a page at a time, and the waiting messages (password A only; no key use)."""
     limit, since_ms = checked_limit(limit), parse_since_ms(since)
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    with unlock_wallet(home, password_a_file, password_a_fd) as wallet:
         doc = wallet.doc
         page = doc["history"].page(limit, since_ms=since_ms)
     currency = (doc["center"] or {}).get("currency")
@@ -379,7 +385,7 @@ def status(
     password_a_fd: PasswordAFd = None,
 ) -> None:
     """Show the token, key id, algorithm, member id and PIN state."""
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    with unlock_wallet(home, password_a_file, password_a_fd) as wallet:
         doc = wallet.doc
     token_state: dict = {"present": False}
     try:
@@ -418,7 +424,7 @@ def export_public_key(
     password_a_fd: PasswordAFd = None,
 ) -> None:
     """Print the token key's public key (PEM), for an operator account or an issuer certificate."""
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    with unlock_wallet(home, password_a_file, password_a_fd) as wallet:
         key = wallet.key
     pem = public_key_pem(key.spki_der)
     if out is not None:
@@ -449,7 +455,7 @@ def change_password_a(
     password_a_fd: PasswordAFd = None,
 ) -> None:
     """Re-encrypt the vault under a new password A."""
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    with unlock_wallet(home, password_a_file, password_a_fd) as wallet:
         new = read_secret(what="new password A", file_option=new_password_a_file, env_var=None, confirm=True)
         wallet.vault.change_password(new)
     emit(
@@ -471,7 +477,7 @@ def change_password_b(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Change the token PIN (password B)."""
-    with open_wallet(home, read_password_a(password_a_file, password_a_fd)) as wallet:
+    with unlock_wallet(home, password_a_file, password_a_fd) as wallet:
         token = open_wallet_token(wallet, card_timeout_s)
     old = ask_pin(token, password_b_file, password_b_fd)
     new = read_secret(what="new password B", file_option=new_password_b_file, env_var=None, confirm=True)
@@ -556,12 +562,7 @@ def _render_status(out, document: dict) -> None:
         else f"token: not found ({token.get('problem')})"
     )
     if token["present"]:
-        pin = token["pin"]
-        tries = pin["tries_left"] if pin["tries_left"] is not None else "not reported by the token"
-        out.print(
-            f"PIN: {'LOCKED' if pin['locked'] else 'ok'}, tries left: {tries}"
-            + (" (count low)" if pin["count_low"] else "")
-        )
+        out.print(pin_state_line(PinStatus(**token["pin"])))
     out.print(f"key id: {document['kid']}\nalgorithm: {document['algorithm']} ({document['key_mode']} key)")
     if document["key_protection"] != PROTECTION_PROTECTED:
         out.print(LEGACY_WRAP_WARNING, soft_wrap=True)  # one line, whatever the terminal width
