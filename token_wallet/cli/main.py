@@ -12,12 +12,14 @@ not the cryptography, HTTP, Rich or token modules the commands load (a few hundr
 from __future__ import annotations
 
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 DISTRIBUTION = "tokenpay"  # pyproject.toml [project] name
 
 
 def wallet_version() -> str:
+    # Imported here: importlib.metadata costs tens of milliseconds, and only --version needs it.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(DISTRIBUTION)
     except PackageNotFoundError:  # run from a source tree that was never installed
