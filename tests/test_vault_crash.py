@@ -420,7 +420,7 @@ def test_torn_wal_transaction_opens_to_the_previous_save(tmp_path):
     Vault.create(path, PASSWORD, initial_core(), kdf=MINIMUM_KDF).close()
     vault = Vault.open(path, PASSWORD)
     pay_in_one_save(vault, 1, notices=0)
-    pay_in_one_save(vault, 2, notices=24)  # many frames: records, index and state pages
+    pay_in_one_save(vault, 2, notices=80)  # many frames (16 KiB pages): records, index and state pages
     image = crash_image(path, tmp_path / "image")  # the vault still open: nothing checkpointed
     vault.close()
     page_size, frames = wal_frame_list(image)
