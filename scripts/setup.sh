@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # chromium: the operator console's browser tests (Playwright drives Debian's build, never its own download);
 # postgresql-client: pg_dump/pg_restore for `center backup` and `center restore` on PostgreSQL;
 # wrk: the load generator of bench/bench_payments.py.
-APT_PACKAGES=(softhsm2 ca-certificates curl pcscd vsmartcard-vpcd libpcsclite-dev swig gcc python3-dev chromium postgresql-client wrk)
+APT_PACKAGES=(softhsm2 ca-certificates curl pcscd vsmartcard-vpcd libpcsclite-dev swig gcc python3-dev chromium postgresql-client wrk opensc)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 

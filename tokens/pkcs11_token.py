@@ -13,6 +13,10 @@ Two key modes (DESIGN.md, "The two passwords on hardware"):
   unwrap a copy that can be read or wrapped out; tokens set up before that
   keep their old wrap key for their old blobs only (key_protection).
 * RESIDENT: the key pair lives on the token, private key non-extractable.
+  An OpenPGP card behind OpenSC's PKCS#11 module (its PKCS#15 emulation)
+  generates only after the admin PIN (PW3, the token's SO PIN) and only into
+  its fixed signature slot, CKA_ID 01; RSA-2048 there (OpenSC 0.23 offers no
+  Ed25519 key generation for it).
 
 Rules this module keeps:
 
@@ -117,6 +121,14 @@ HANDLE_FORMATS = {KeyMode.WRAPPED: HANDLE_FORMAT_WRAPPED, KeyMode.RESIDENT: HAND
 
 KEY_ID_BYTES = 16
 RSA_KEY_BITS = 2048
+
+# OpenSC's OpenPGP card emulation (pkcs15-openpgp.c) names its tokens after the
+# PINs: "OpenPGP card (User PIN)" (PW1 mode 82) and "OpenPGP card (User PIN
+# (sig))" (PW1 mode 81, the one that signs with the signature key).
+OPENSC_EMULATED_MODEL = "PKCS#15 emulated"
+OPENPGP_LABEL_PREFIX = "OpenPGP card"
+OPENPGP_SIGNING_LABEL_SUFFIX = "(sig))"
+OPENPGP_SIGNATURE_KEY_ID = b"\x01"  # key slots have fixed ids: 01 sign, 02 decrypt, 03 authenticate
 
 # A process starting while another one writes the token directory can see
 # GeneralError or miss the token once (DESIGN.md); SoftHSM also only sees
@@ -462,8 +474,12 @@ class Pkcs11Token(Token):
     def __init__(self, module_path: str, token: pkcs11.Token):
         self._token = token
         self._raw = _raw_module(module_path)
+        self._module_path = module_path
         self._label = token.label
         self._serial = _serial_text(token)
+        self._openpgp = token.model.strip() == OPENSC_EMULATED_MODEL and token.label.startswith(
+            OPENPGP_LABEL_PREFIX
+        )
 
     def __repr__(self) -> str:
         return f"<Pkcs11Token label={self._label!r} serial={self._serial}>"
@@ -498,6 +514,10 @@ class Pkcs11Token(Token):
             count_low=bool(flags & TokenFlag.USER_PIN_COUNT_LOW),
             final_try=bool(flags & TokenFlag.USER_PIN_FINAL_TRY),
         )
+
+    def generation_needs_so_pin(self) -> bool:
+        """True if even a resident key needs the SO PIN: an OpenPGP card's admin PIN (PW3) via OpenSC."""
+        return self._openpgp
 
     def supports_wrapping(self) -> bool:
         """True if the token offers AES key generation and AES_KEY_WRAP_PAD both ways."""
@@ -534,7 +554,7 @@ class Pkcs11Token(Token):
         with LIBRARY_LOCK, self._errors():
             chosen = self._choose_mode(mode, so_pin)
             if chosen is KeyMode.RESIDENT:
-                return self._generate_resident(key_type, pin, entropy, label)
+                return self._generate_resident(key_type, pin, entropy, label, so_pin)
             if so_pin is not None:
                 self._ensure_wrap_key(so_pin)
             try:
@@ -548,7 +568,7 @@ class Pkcs11Token(Token):
                         "use resident mode or another key type"
                     ) from None
                 log.info("token %r cannot wrap %s keys; key made resident", self._label, key_type.value)
-                return self._generate_resident(key_type, pin, entropy, label)
+                return self._generate_resident(key_type, pin, entropy, label, so_pin)
 
     def _choose_mode(self, mode: KeyMode | None, so_pin: str | None) -> KeyMode:
         if mode is None:
@@ -650,21 +670,103 @@ class Pkcs11Token(Token):
             },
         )
 
-    def _generate_resident(self, key_type: KeyType, pin: str, entropy: bytes | None, label: str) -> KeyRecord:
+    def _generate_resident(
+        self, key_type: KeyType, pin: str, entropy: bytes | None, label: str, so_pin: str | None
+    ) -> KeyRecord:
+        if self._openpgp:
+            return self._generate_on_openpgp_card(key_type, pin, entropy, label, so_pin)
         spec = _KEY_SPECS[key_type]
         key_id = secrets.token_bytes(KEY_ID_BYTES)
         with self._session(rw=True, pin=pin) as session:
             self._seed(session, entropy)
-            public_key, _ = self._generate_pair(
-                session,
-                spec,
-                label,
-                key_id=key_id,
-                store=True,
-                private_extra={Attribute.EXTRACTABLE: False},
-            )
+            public_key = self._generate_stored_pair(session, spec, label, key_id)
             spki_der = spec.spki_der(public_key)
         return self._key_record(KeyMode.RESIDENT, key_type, spki_der, label, {"key_id_hex": key_id.hex()})
+
+    def _generate_stored_pair(self, session, spec: _KeySpec, label: str, key_id: bytes):
+        public_key, _ = self._generate_pair(
+            session, spec, label, key_id=key_id, store=True, private_extra={Attribute.EXTRACTABLE: False}
+        )
+        return public_key
+
+    def _generate_on_openpgp_card(
+        self, key_type: KeyType, pin: str, entropy: bytes | None, label: str, so_pin: str | None
+    ) -> KeyRecord:
+        """A resident key in the card's signature slot, made as SO (the admin PIN, PW3).
+
+        Making a key needs no password B (PW1), so it is checked first, with a
+        login of its own: a typo shows at init, before the slot is taken, not
+        at the first payment.
+        """
+        spec = _KEY_SPECS[key_type]
+        self._check_generates(spec, key_type)
+        admin_pin = self._openpgp_admin_pin(so_pin)
+        with self._session() as session:
+            self._check_signature_slot_free(session)
+        self._check_pin(pin)
+        key_id = OPENPGP_SIGNATURE_KEY_ID
+        with self._session(rw=True, pin=admin_pin, user_type=_CKU_SO) as session:
+            self._seed(session, entropy)
+            self._generate_stored_pair(session, spec, label, key_id)
+        spki_der = self._reload_after_generation(spec, key_id)
+        return self._key_record(KeyMode.RESIDENT, key_type, spki_der, label, {"key_id_hex": key_id.hex()})
+
+    def _check_pin(self, pin: str) -> None:
+        with self._session(pin=pin):
+            return  # C_Login checked it (WrongPin otherwise); leaving the session logs out
+
+    def _reload_after_generation(self, spec: _KeySpec, key_id: bytes) -> bytes:
+        """The new key's SPKI, read after OpenSC has re-read the card.
+
+        OpenSC 0.23 keeps wrong objects in memory after generating on an
+        OpenPGP card (measured: modulus and exponent zero-padded to their
+        length in bits, 2048 and 24 bytes; signing with the key then fails
+        with CKR_ARGUMENTS_BAD); a new process sees the card right. So does
+        this one after C_Finalize + C_Initialize, which ends every session of
+        this module in the process (Pkcs11Token keeps none between calls).
+        """
+        load_module(self._module_path).reinitialize()
+        with self._session() as session:
+            found = list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: key_id}))
+            if len(found) != 1:
+                raise KeyNotFound(f"{len(found)} public keys with id {key_id.hex()} on token {self._label!r}")
+            return spec.spki_der(found[0])
+
+    def _check_generates(self, spec: _KeySpec, key_type: KeyType) -> None:
+        # OpenSC 0.23 lists EDDSA for signing on an OpenPGP card but no
+        # EC_EDWARDS_KEY_PAIR_GEN, and refuses it (CKR_DOMAIN_PARAMS_INVALID).
+        if spec.generate_mechanism not in self._token.slot.get_mechanisms():
+            raise TokenError(
+                f"token {self._label!r} cannot generate {key_type.value} keys through PKCS#11 "
+                f"(no {spec.generate_mechanism.name}); choose rsa2048, or `wallet init --card` for ed25519"
+            )
+
+    def _openpgp_admin_pin(self, so_pin: str | None) -> str:
+        # Only the PW1 mode-81 token signs with the signature key; a key made
+        # through the other one could never be used with password B.
+        if not self._label.endswith(OPENPGP_SIGNING_LABEL_SUFFIX):
+            raise TokenError(
+                f"on an OpenPGP card choose its signing token, 'OpenPGP card (User PIN (sig))', "
+                f"not {self._label!r}"
+            )
+        if so_pin is None:
+            raise TokenError(
+                f"token {self._label!r} (an OpenPGP card) generates keys only with its admin PIN "
+                "(PW3) as the SO PIN: give --so-pin-file"
+            )
+        return so_pin
+
+    def _check_signature_slot_free(self, session) -> None:
+        # OpenSC's pkcs15init refuses to generate over an existing key
+        # (SC_ERROR_NON_UNIQUE_ID, CKR_GENERAL_ERROR to us): say why instead.
+        existing = session.get_objects(
+            {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: OPENPGP_SIGNATURE_KEY_ID}
+        )
+        if list(existing):
+            raise TokenError(
+                f"the OpenPGP card behind {self._label!r} already holds a signature key, and OpenSC does "
+                "not replace it: use `wallet init --card`, which does, or reset the card"
+            )
 
     def _key_record(
         self, mode: KeyMode, key_type: KeyType, spki_der: bytes, label: str, where: dict
@@ -706,9 +808,10 @@ class Pkcs11Token(Token):
             return
         try:
             session.seed_random(entropy)
-        except p11.RandomSeedNotSupported:
+        except (p11.RandomSeedNotSupported, p11.FunctionNotSupported):
             # The token's own RNG still makes the key; the caller's entropy
-            # is an extra, not the only source.
+            # is an extra, not the only source. (OpenSC answers
+            # CKR_FUNCTION_NOT_SUPPORTED for C_SeedRandom.)
             log.warning("token %r does not accept seed material; entropy ignored", self._label)
 
     # -- signing ------------------------------------------------------------

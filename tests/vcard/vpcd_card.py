@@ -23,6 +23,18 @@ What this adapter adds or fixes around jcecard 0.1.0:
   from the saved state: jcecard keeps an RSA key it generated earlier in
   the same process and keeps signing with it after an Ed25519 generation.
 * jcecard's own logging is turned down: at INFO it logs PINs in clear.
+* Two commands of OpenPGP card 3.4 that OpenSC sends and jcecard 0.1.0
+  lacks (it claims version 3.4 in its AID): SELECT DATA (INS A5, which of
+  the three cardholder certificates DO 7F21 means; jcecard answered 6D00
+  and OpenSC's PKCS#11 module then shows "token not recognized"), and
+  VERIFY with P1=FF (reset a PIN's verified state, OpenSC's C_Logout;
+  jcecard ignored P1 and answered as for a status check, leaving the PIN
+  verified). Occurrences 1 and 2 of DO 7F21 read as empty.
+* The Algorithm Information DO (FA, OpenPGP card 3.4): jcecard answers
+  6A88, so OpenSC offers only the algorithms now set in C1-C3 (RSA-2048 on a
+  fresh card) and refuses Ed25519 key generation ("mechanism not
+  supported"). The list given here is what jcecard really does: RSA-2048
+  and Ed25519 for signing and authentication, RSA-2048 for decryption.
 
 Command chaining (CLA bit 0x10) and extended-length APDUs are both handled
 by jcecard itself and passed through unchanged.
@@ -53,6 +65,32 @@ from pathlib import Path
 CTRL_OFF, CTRL_ON, CTRL_RESET, CTRL_ATR = 0, 1, 2, 4
 INS_GENERATE = 0x47
 P1_GENERATE = 0x80
+INS_SELECT = 0xA4
+INS_SELECT_DATA = 0xA5
+INS_VERIFY = 0x20
+INS_GET_DATA = 0xCA
+INS_PUT_DATA = 0xDA
+P1_VERIFY_RESET = 0xFF
+P2_SELECT_DATA = 0x04
+PW_REFERENCES = (0x81, 0x82, 0x83)
+CERT_TAG = bytes.fromhex("7f21")
+SELECT_DATA_CERT = bytes.fromhex("60045c027f21")  # tag list: 5C 02 7F21 inside 60
+CERT_OCCURRENCES = 3  # OpenPGP card 3.4: one cardholder certificate per key slot
+TAG_ALGORITHM_INFO = bytes.fromhex("00fa")
+_RSA_2048 = bytes.fromhex("010800002000")  # RSA, 2048-bit modulus, 32-bit exponent, standard format
+_ED25519 = bytes.fromhex("162b06010401da470f01")  # EdDSA, OID 1.3.6.1.4.1.11591.15.1
+# (key slot DO, algorithm attributes) pairs of the Algorithm Information DO FA.
+SUPPORTED_ALGORITHMS = (
+    (0xC1, _RSA_2048),
+    (0xC1, _ED25519),
+    (0xC2, _RSA_2048),
+    (0xC3, _RSA_2048),
+    (0xC3, _ED25519),
+)
+SW_OK = b"\x90\x00"
+SW_WRONG_DATA = b"\x6a\x80"
+SW_WRONG_P1P2 = b"\x6a\x86"
+SW_NOT_SELECTED = b"\x69\x85"
 RECONNECT_DELAY_S = 0.05
 CONNECT_TIMEOUT_S = 2.0
 
@@ -91,20 +129,70 @@ class VirtualCard:
             self.card.save_state()
         self.stopping = False
         self.sock: socket.socket | None = None
+        self.cert_occurrence = 0  # chosen by SELECT DATA; 0 after power-up and SELECT
 
     def handle(self, message: bytes) -> bytes | None:
         """The answer to one vpcd message, or None for controls that get none."""
         if len(message) == 1:
             return self._control(message[0])
+        answer = self._opensc_command(message)
+        if answer is not None:
+            return answer
         response = self.card.process_apdu(message)
         generated = len(message) >= 4 and message[1] == INS_GENERATE and message[2] == P1_GENERATE
         if generated and response[-2:] == b"\x90\x00":
             self._reload_keys()
         return response
 
+    def _opensc_command(self, message: bytes) -> bytes | None:
+        """The answer to a command jcecard gets wrong (module docstring), or None to pass it on."""
+        if len(message) < 4 or message[0] != 0x00:  # chained (CLA 10) or odd: jcecard's
+            return None
+        ins, p1, p2 = message[1], message[2], message[3]
+        if ins == INS_SELECT:
+            self.cert_occurrence = 0
+            return None
+        if ins == INS_SELECT_DATA:
+            return self._select_data(p1, p2, message[4:])
+        if ins == INS_VERIFY and p1 == P1_VERIFY_RESET:
+            return self._verify_reset(p2, message[4:])
+        if ins == INS_GET_DATA and message[2:4] == TAG_ALGORITHM_INFO:
+            return self._algorithm_info()
+        is_cert = message[2:4] == CERT_TAG
+        if is_cert and ins in (INS_GET_DATA, INS_PUT_DATA) and self.cert_occurrence != 0:
+            # jcecard keeps one certificate: the other two slots stay empty and read-only.
+            return SW_OK if ins == INS_GET_DATA else SW_WRONG_P1P2
+        return None
+
+    def _algorithm_info(self) -> bytes:
+        if not self.card.selected:
+            return SW_NOT_SELECTED
+        body = b"".join(bytes([tag, len(attrs)]) + attrs for tag, attrs in SUPPORTED_ALGORITHMS)
+        return bytes([0xFA, len(body)]) + body + SW_OK  # short-form length: body < 128 bytes
+
+    def _select_data(self, p1: int, p2: int, body: bytes) -> bytes:
+        if not self.card.selected:
+            return SW_NOT_SELECTED
+        if p2 != P2_SELECT_DATA or p1 >= CERT_OCCURRENCES:
+            return SW_WRONG_P1P2
+        # Lc, then the tag list; a trailing Le (00) is allowed.
+        if len(body) < 1 or body[1 : 1 + body[0]] != SELECT_DATA_CERT:
+            return SW_WRONG_DATA
+        self.cert_occurrence = p1
+        return SW_OK
+
+    def _verify_reset(self, p2: int, body: bytes) -> bytes:
+        if not self.card.selected:
+            return SW_NOT_SELECTED
+        if p2 not in PW_REFERENCES or body.strip(b"\x00"):  # no data (Lc absent or Le only)
+            return SW_WRONG_P1P2
+        self.card._security.clear_verification(p2)
+        return SW_OK
+
     def _control(self, code: int) -> bytes | None:
         if code == CTRL_ATR:
             return self.card.get_atr()
+        self.cert_occurrence = 0
         if code == CTRL_ON:
             self.card.power_on()
         elif code == CTRL_OFF:

@@ -16,12 +16,12 @@ from tokens.base import KeyMode, KeyType
 TokenSerial = Annotated[str | None, typer.Option(help="Serial, when several tokens share a label")]
 Reader = Annotated[str | None, typer.Option(help="Reader name (or part of it) for --card")]
 KeyTypeOption = Annotated[
-    str | None, typer.Option(help="p256 or ed25519 (token); ed25519, rsa2048 or p256 (card)")
+    str | None, typer.Option(help="p256, ed25519 or rsa2048 (token); ed25519, rsa2048 or p256 (card)")
 ]
 KeyModeOption = Annotated[str, typer.Option(help="auto, wrapped or resident (PKCS#11)")]
 
 CARD_KEY_TYPES = {"ed25519": KeyType.ED25519, "rsa2048": KeyType.RSA2048, "p256": KeyType.P256}
-PKCS11_KEY_TYPES = {"p256": KeyType.P256, "ed25519": KeyType.ED25519}
+PKCS11_KEY_TYPES = {"p256": KeyType.P256, "ed25519": KeyType.ED25519, "rsa2048": KeyType.RSA2048}
 KEY_MODES = {"auto": None, "wrapped": KeyMode.WRAPPED, "resident": KeyMode.RESIDENT}
 
 
@@ -40,7 +40,9 @@ def parse_key_mode(value: str) -> KeyMode | None:
 
 def so_pin_for(token, mode: KeyMode | None, so_pin_file: str | None) -> str | None:
     """The SO PIN when the key will be wrapped: asked for wrapped mode, or auto on a token that can
-    wrap (the backend falls back to resident otherwise, e.g. Ed25519 on SoftHSM)."""
-    if mode is KeyMode.WRAPPED or (mode is None and token.supports_wrapping()):
+    wrap (the backend falls back to resident otherwise, e.g. Ed25519 on SoftHSM); and always on a
+    token that generates no key without it (an OpenPGP card through OpenSC: its admin PIN)."""
+    wrapped = mode is KeyMode.WRAPPED or (mode is None and token.supports_wrapping())
+    if wrapped or token.generation_needs_so_pin():
         return read_secret(what="SO PIN", file_option=so_pin_file, env_var=None)
     return None
