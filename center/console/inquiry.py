@@ -29,6 +29,7 @@ from center.console.bounds import (
     page_rows,
 )
 from center.errors import ApiError
+from center.keys.operators import OPERATOR_ROLES
 from center.ledger.book import party_account
 from center.storage.db import accounts, keys, parties, payments, payouts, refunds, topups, transfers
 
@@ -37,13 +38,15 @@ KIDS_PER_PARTY = 8
 PARTY_ROLES = ("member", "store")
 TOPUP_STATUSES = ("pending", "confirmed", "declined")
 PAYOUT_STATUSES = ("pending", "exported", "settled")
+OPERATOR_PREFIX = "operator:"  # decided_by of a decision signed by an operator's token
 
 
 # --- parties ----------------------------------------------------------------------
 
 
 def search_parties(conn: Connection, text: str, *, role: str | None = None, page: Page = FIRST_PAGE) -> dict:
-    """Members and stores whose id or one of whose key ids starts with `text`, or whose name contains it.
+    """Members and stores whose id or one of whose key ids starts with `text`, or whose name contains
+    every word of it, in any order ("yamada hanako" finds "Hanako Yamada").
 
     Case-insensitive (SQLite folds ASCII letters only). An empty `text` lists everyone, by name.
     """
@@ -55,7 +58,7 @@ def search_parties(conn: Connection, text: str, *, role: str | None = None, page
         conditions.append(
             or_(
                 func.lower(parties.c.id).like(folded + "%", escape="\\"),
-                func.lower(parties.c.name).like("%" + folded + "%", escape="\\"),
+                _name_has_words(text),
                 parties.c.id.in_(select(keys.c.party_id).where(keys.c.kid.like(folded + "%", escape="\\"))),
             )
         )
@@ -89,6 +92,13 @@ def search_parties(conn: Connection, text: str, *, role: str | None = None, page
     for row in result["rows"]:
         row["kids"] = kids.get(row["party_id"], [])
     return result
+
+
+def _name_has_words(text: str):
+    """The name contains each whitespace-separated word of `text` (at most 50: the text is at most 100
+    characters), as a plain substring, case-insensitively."""
+    words = {like_escape(word.lower()) for word in text.split()}
+    return and_(*(func.lower(parties.c.name).like("%" + word + "%", escape="\\") for word in sorted(words)))
 
 
 def _kids_of(conn: Connection, party_ids: list[str]) -> dict[str, list[str]]:
@@ -178,10 +188,21 @@ def statement(conn: Connection, party_id: str, *, window: Window = ALL_TIME, pag
         .subquery()
     )
     other_account = accounts.alias("other_account")
+    # A payment's order reference, and for a refund the order of the payment it returns money from.
+    paid = payments.alias("paid")
+    refunded = refunds.alias("refunded")
+    refunded_payment = payments.alias("refunded_payment")
     query = (
-        select(found, parties.c.name.label("counterparty_name"))
+        select(
+            found,
+            parties.c.name.label("counterparty_name"),
+            func.coalesce(paid.c.order_ref, refunded_payment.c.order_ref).label("order_ref"),
+        )
         .join(other_account, other_account.c.id == found.c.counterparty)
         .outerjoin(parties, parties.c.id == other_account.c.party_id)
+        .outerjoin(paid, and_(found.c.kind == "payment", paid.c.id == found.c.ref))
+        .outerjoin(refunded, and_(found.c.kind == "refund", refunded.c.id == found.c.ref))
+        .outerjoin(refunded_payment, refunded_payment.c.id == refunded.c.payment_id)
         .order_by(found.c.created_at_ms, found.c.id)
     )
     rows = conn.execute(query).all()  # one more than the page says whether there is a next one
@@ -197,6 +218,7 @@ def statement(conn: Connection, party_id: str, *, window: Window = ALL_TIME, pag
                 "ref": row.ref,
                 "counterparty": row.counterparty,
                 "counterparty_name": row.counterparty_name or "",
+                "order_ref": row.order_ref or "",
                 "debit_minor": max(-row.signed_minor, 0),
                 "credit_minor": max(row.signed_minor, 0),
                 "balance_minor": running,
@@ -304,7 +326,7 @@ def list_topups(
         .where(*conditions)
         .order_by(*_topup_order(status))
     )
-    return page_rows(
+    result = page_rows(
         conn,
         query,
         page,
@@ -320,6 +342,23 @@ def list_topups(
             "decided_by": r.decided_by or "",
         },
     )
+    names = _decider_names(conn, [row["decided_by"] for row in result["rows"]])
+    for row in result["rows"]:
+        row["decided_by_name"] = names.get(row["decided_by"], "")
+    return result
+
+
+def _decider_names(conn: Connection, deciders: list[str]) -> dict[str, str]:
+    """decided_by -> the operator's name, for signed decisions ("operator:<party id>"); the page's rows
+    only, by primary key (a join on the concatenation would read every party)."""
+    assert len(deciders) <= MAX_EXPORT_ROWS
+    ids = {who.removeprefix(OPERATOR_PREFIX) for who in deciders if who.startswith(OPERATOR_PREFIX)}
+    if not ids:
+        return {}
+    query = select(parties.c.id, parties.c.name).where(
+        parties.c.id.in_(sorted(ids)), parties.c.role.in_(OPERATOR_ROLES)
+    )
+    return {OPERATOR_PREFIX + row.id: row.name for row in conn.execute(query)}
 
 
 def _topup_order(status: str | None) -> tuple:

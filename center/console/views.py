@@ -68,6 +68,7 @@ VIEWS: dict[str, View] = {
             "ref",
             "counterparty",
             "counterparty_name",
+            "order_ref",
             "debit_minor",
             "credit_minor",
             "balance_minor",
@@ -101,6 +102,7 @@ VIEWS: dict[str, View] = {
             "status",
             "decided_at_ms",
             "decided_by",
+            "decided_by_name",
         ),
         lambda conn, f, page, _now_ms: inquiry.list_topups(
             conn, status=f.status, member_id=f.member_id, window=f.window, page=page

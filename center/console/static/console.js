@@ -10,7 +10,10 @@
     csrf: null, role: null, currency: "", exponent: 0, pollTimer: null, loginSerial: 0,
     watched: new Map(), watchTimer: null,
     filters: {}, offsets: {}, statementParty: null, statementFilters: {}, statementOffset: 0,
+    stats: null, resizeTimer: null,
   };
+  const TABLE_VIEWS = ["search", "topups", "payments", "refunds", "payouts"];
+  const RESIZE_MS = 150; // charts are redrawn at their new width once the window stops changing
   const $ = (id) => document.getElementById(id);
 
   // --- formatting -------------------------------------------------------------------------------
@@ -66,6 +69,11 @@
     $("message").hidden = false;
   }
 
+  function hideBanners() {
+    $("error").hidden = true;
+    $("message").hidden = true;
+  }
+
   function showError(error) {
     if (error instanceof ApiFailure && error.code === "console_login_required") {
       startLogin("Your console session has ended; log in again.");
@@ -96,6 +104,8 @@
     const serial = state.loginSerial;
     $("app-view").hidden = true;
     $("who").hidden = true;
+    hideBanners(); // an error or a result from the session that ended no longer applies
+    clearData();
     $("login-view").hidden = false;
     $("challenge-code").textContent = "\u2026";
     $("login-status").textContent = note || "Asking the center for a login code\u2026";
@@ -161,6 +171,7 @@
 
   // --- tables -----------------------------------------------------------------------------------
   const money = (value) => formatAmount(value);
+  // Each column: [key, heading, format(value, row), class (num, mono, party), title(row) shown on hover].
   const COLUMNS = {
     search: [
       ["name", "Name", null, "party"], ["role", "Role"], ["party_id", "Id", null, "mono"],
@@ -168,14 +179,17 @@
     ],
     statement: [
       ["created_at_ms", "When", formatTime], ["kind", "Kind"], ["ref", "Reference", null, "mono"],
-      ["counterparty_name", "Counterparty", (v, row) => v || row.counterparty],
+      ["order_ref", "Order"], ["counterparty_name", "Counterparty", (v, row) => v || row.counterparty],
       ["debit_minor", "Out", (v) => (v ? money(v) : ""), "num"], ["credit_minor", "In", (v) => (v ? money(v) : ""), "num"],
       ["balance_minor", "Balance", money, "num"],
     ],
     topups: [
       ["created_at_ms", "Requested", formatTime], ["topup_id", "Top-up", null, "mono"], ["member_name", "Member"],
       ["member_id", "Member id", null, "mono"], ["amount_minor", "Amount", money, "num"], ["method", "Method"],
-      ["status", "Status"], ["decided_by", "Decided by"], ["decided_at_ms", "Decided", formatTime],
+      ["status", "Status"],
+      // Who decided: the operator's name when the center knows it; what it recorded (operator:<id>) on hover.
+      ["decided_by", "Decided by", (v, row) => row.decided_by_name || v, "", (row) => row.decided_by],
+      ["decided_at_ms", "Decided", formatTime],
     ],
     payments: [
       ["created_at_ms", "When", formatTime], ["payment_id", "Payment", null, "mono"], ["buyer_name", "Buyer"],
@@ -223,15 +237,18 @@
     const columns = COLUMNS[view];
     for (const [, label, , className] of columns) head.append(el("th", label, className === "num" ? "num" : ""));
     const withActions = view === "topups" && state.role === "operator";
-    if (withActions) head.append(el("th", "Decide with your token"));
+    if (withActions) head.append(el("th", DECIDE_LABEL));
     const body = table.createTBody();
     for (const row of result.rows) {
       const tr = body.insertRow();
       tr.dataset.id = row.party_id || row.topup_id || row.payment_id || row.refund_id || row.payout_id ||
         row.transfer_id || "";
-      for (const [key, , format, className] of columns) {
+      for (const [key, label, format, className, titleOf] of columns) {
         const td = el("td", undefined, className === "party" ? "" : className || "");
         td.dataset.col = key;
+        td.dataset.label = label; // the heading, shown beside the value when a narrow screen stacks the row
+        const title = titleOf ? titleOf(row) : "";
+        if (title) td.title = title;
         const text = format ? format(row[key], row) : row[key];
         if (className === "party") {
           const open = el("button", text, "link open-statement");
@@ -250,11 +267,16 @@
 
   // A console session never decides: each pending top-up shows the command that signs the decision on the
   // operator's token (the wallet fetches and shows the top-up first). The page then watches for the result.
+  const DECIDE_LABEL = "Decide with your token";
+
   function decisionCell(row) {
-    const td = el("td");
+    const td = el("td", undefined, "decide");
+    td.dataset.label = DECIDE_LABEL;
     if (row.status !== "pending") return td;
     for (const decision of ["confirm", "decline"]) {
-      const code = el("code", `wallet operator ${decision}-topup ${row.topup_id}`, "decision-command");
+      // The command may wrap on a narrow screen, but only between words: never inside the id.
+      const code = el("code", `wallet operator ${decision}-topup `, "decision-command");
+      code.append(el("span", row.topup_id, "id"));
       code.dataset.decision = decision;
       td.append(code);
     }
@@ -302,15 +324,44 @@
     const offset = state.offsets[view] || 0;
     const box = $(`table-${view}`);
     if (view === "topups") stopWatching();
+    const serial = state.loginSerial;
     try {
       const result = await api(`/console/api/${view}?${query({ ...filters, limit: PAGE_ROWS, offset })}`);
+      if (serial !== state.loginSerial) return; // logged out meanwhile: not shown to whoever logs in next
+      $("error").hidden = true; // an earlier refusal no longer applies
       renderTable(box, view, result, query(filters), (nextOffset) => {
         state.offsets[view] = nextOffset;
         loadView(view);
       });
       if (view === "topups") watchDecisions();
     } catch (error) {
+      if (serial !== state.loginSerial) return;
+      box.replaceChildren(); // the rows of the previous filters do not answer the refused ones
       showError(error);
+    }
+  }
+
+  function closeStatement() {
+    state.statementParty = null;
+    $("statement").hidden = true;
+    $("table-statement").replaceChildren();
+    for (const id of ["statement-title", "statement-id", "statement-balance", "statement-opening"]) {
+      $(id).textContent = "";
+    }
+  }
+
+  // What one session read is not shown to the next, nor under the login view.
+  function clearData() {
+    stopWatching();
+    closeStatement();
+    for (const view of TABLE_VIEWS) $(`table-${view}`).replaceChildren();
+    for (const chart of ["chart-daily", "chart-top-stores", "chart-funding"]) $(chart).replaceChildren();
+    $("stats-period").textContent = "";
+    state.stats = null;
+    for (const view of [...TABLE_VIEWS, "stats"]) {
+      $(`form-${view}`).reset();
+      state.filters[view] = formFilters($(`form-${view}`));
+      state.offsets[view] = 0;
     }
   }
 
@@ -332,20 +383,27 @@
   async function loadStatement() {
     const partyId = state.statementParty;
     const filters = state.statementFilters;
+    const serial = state.loginSerial;
     try {
       const result = await api(`/console/api/members/${encodeURIComponent(partyId)}/statement?` +
         query({ ...filters, limit: PAGE_ROWS, offset: state.statementOffset }));
+      if (serial !== state.loginSerial || partyId !== state.statementParty) return; // no longer asked for
       const party = result.party;
       $("statement-title").textContent = `Statement of ${party.name}`;
-      $("statement-id").textContent = `${party.role} ${party.party_id}, ${party.status}`;
+      $("statement-id").replaceChildren(`${party.role} `, el("span", party.party_id, "id"), `, ${party.status}`);
       $("statement-balance").textContent = formatAmount(party.balance_minor);
       $("statement-opening").textContent = formatAmount(result.opening_balance_minor);
+      $("error").hidden = true;
       renderTable($("table-statement"), "statement", result, query({ party_id: partyId, ...filters }), (offset) => {
         state.statementOffset = offset;
         loadStatement();
       });
       $("statement").hidden = false;
     } catch (error) {
+      if (serial !== state.loginSerial || partyId !== state.statementParty) return;
+      // Rows and opening balance were for other dates; the party's header still holds.
+      $("table-statement").replaceChildren();
+      $("statement-opening").textContent = "";
       showError(error);
     }
   }
@@ -353,32 +411,53 @@
   // --- statistics -------------------------------------------------------------------------------
   async function loadStats() {
     const filters = state.filters.stats || { days: "30" };
+    const serial = state.loginSerial;
     try {
       const stats = await api(`/console/api/stats?${query(filters)}`);
-      $("stats-period").textContent = `${stats.from_day} to ${stats.to_day} (UTC), ${stats.days} days.`;
-      const common = { formatAmount, currency: state.currency };
-      window.TokenpayCharts.daily($("chart-daily"), stats.daily, common);
-      window.TokenpayCharts.bars($("chart-top-stores"), stats.top_stores.map((s) => ({
-        label: s.name, value: s.volume_minor, count: s.count,
-      })), { ...common, kind: "top-stores", title: "Top stores by payment volume", itemAxis: "Store",
-        valueAxis: `Volume (${state.currency})`, countNoun: "payment", countHeader: "Payments",
-        valueHeader: "Volume", emptyText: "No payments in this period." });
-      window.TokenpayCharts.bars($("chart-funding"), stats.funding.map((f) => ({
-        label: f.method, value: f.amount_minor, count: f.count,
-      })), { ...common, kind: "funding", title: "Funding by method (confirmed top-ups)", itemAxis: "Method",
-        valueAxis: `Confirmed (${state.currency})`, countNoun: "top-up", countHeader: "Top-ups",
-        valueHeader: "Amount", emptyText: "No confirmed top-ups in this period." });
-      for (const [chart, view] of [["chart-daily", "stats-daily"], ["chart-top-stores", "stats-top-stores"],
-        ["chart-funding", "stats-funding"]]) {
-        const link = el("a", "Export CSV");
-        link.href = `/console/api/export/${view}.csv?${query(filters)}`;
-        link.setAttribute("download", "");
-        link.dataset.export = view;
-        $(chart).append(link);
-      }
+      if (serial !== state.loginSerial) return;
+      $("error").hidden = true;
+      state.stats = { stats, filters };
+      drawStats(stats, filters);
     } catch (error) {
+      if (serial !== state.loginSerial) return;
+      state.stats = null;
+      for (const chart of ["chart-daily", "chart-top-stores", "chart-funding"]) $(chart).replaceChildren();
+      $("stats-period").textContent = "";
       showError(error);
     }
+  }
+
+  function drawStats(stats, filters) {
+    $("stats-period").textContent = `${stats.from_day} to ${stats.to_day} (UTC), ${stats.days} days.`;
+    const common = { formatAmount, currency: state.currency };
+    // The last day of the period is the center's today (UTC).
+    window.TokenpayCharts.daily($("chart-daily"), stats.daily, { ...common, today: stats.to_day });
+    window.TokenpayCharts.bars($("chart-top-stores"), stats.top_stores.map((s) => ({
+      label: s.name, value: s.volume_minor, count: s.count,
+    })), { ...common, kind: "top-stores", title: "Top stores by payment volume", itemAxis: "Store",
+      valueAxis: `Volume (${state.currency})`, countNoun: "payment", countHeader: "Payments",
+      valueHeader: "Volume", emptyText: "No payments in this period." });
+    window.TokenpayCharts.bars($("chart-funding"), stats.funding.map((f) => ({
+      label: f.method, value: f.amount_minor, count: f.count,
+    })), { ...common, kind: "funding", title: "Funding by method (confirmed top-ups)", itemAxis: "Method",
+      valueAxis: `Confirmed (${state.currency})`, countNoun: "top-up", countHeader: "Top-ups",
+      valueHeader: "Amount", emptyText: "No confirmed top-ups in this period." });
+    for (const [chart, view] of [["chart-daily", "stats-daily"], ["chart-top-stores", "stats-top-stores"],
+      ["chart-funding", "stats-funding"]]) {
+      const link = el("a", "Export CSV");
+      link.href = `/console/api/export/${view}.csv?${query(filters)}`;
+      link.setAttribute("download", "");
+      link.dataset.export = view;
+      $(chart).append(link);
+    }
+  }
+
+  function redrawCharts() {
+    if (state.resizeTimer !== null) clearTimeout(state.resizeTimer);
+    state.resizeTimer = setTimeout(() => {
+      state.resizeTimer = null;
+      if (state.stats && !$("panel-stats").hidden) drawStats(state.stats.stats, state.stats.filters);
+    }, RESIZE_MS);
   }
 
   // --- tabs and wiring --------------------------------------------------------------------------
@@ -404,6 +483,7 @@
         event.preventDefault();
         state.filters[view] = formFilters(form);
         state.offsets[view] = 0;
+        if (view === "search") closeStatement(); // a new search: the statement opened from the last one goes
         LOADERS[view]();
       });
     }
@@ -418,6 +498,7 @@
     }
     $("logout").addEventListener("click", logout);
     $("new-code").addEventListener("click", () => startLogin());
+    window.addEventListener("resize", redrawCharts);
   }
 
   async function boot() {
