@@ -93,6 +93,7 @@ ERROR_CODES: dict[str, Code] = {
     "unknown_batch": Code(404, "no such payout batch"),
     "payee_name_mismatch": Code(409, "the store is registered under another name than the payment names"),
     "currency_mismatch": Code(400, "the message names another currency than the center settles in"),
+    "duplicate_order": Code(409, "the buyer paid this order to this store before: send repeat true if meant"),
     "insufficient_funds": Code(409, "the balance does not cover the amount; nothing changed"),
     "balance_limit": Code(409, "the credit would take the balance beyond what receipts can state"),
     "not_your_payment": Code(403, "only the store that was paid can refund a payment"),

@@ -126,7 +126,12 @@ def check_topup(body: dict) -> None:
 
 
 def check_pay(body: dict) -> None:
-    check_exact_fields(body, {"payee", "payee_name", "amount_minor", "currency", "order_ref"})
+    fields = {"payee", "payee_name", "amount_minor", "currency", "order_ref"}
+    if "repeat" in body:  # "I mean to pay this order again" (center.pipeline.money: duplicate_order)
+        if body["repeat"] is not True:  # absent means not a repeat: one spelling of each meaning
+            raise WireError("malformed_payload", "repeat must be true when present")
+        fields.add("repeat")
+    check_exact_fields(body, fields)
     check_match(body["payee"], PARTY_ID_PATTERN, "payee")
     check_text(body["payee_name"], "payee_name", MAX_NAME_CHARS)
     check_amount(body["amount_minor"])

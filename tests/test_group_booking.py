@@ -99,12 +99,14 @@ def test_a_group_costs_the_same_statements_whatever_its_size(center):
         statements[size] = seen
     # One statement per step, not per payment: 40 payments cost what 1 costs.
     assert len(statements[40]) == len(statements[1]) == len(statements[2]), statements
-    # Two locking reads (keys with earlier answers, accounts with payees); one statement for the
-    # counters, balances and transfers; the audit head's lock; one for the entries, tree nodes, tree
-    # head and head row (the seal); one for the payments (they name their entry's seq) and answer rows.
+    # Two locking reads (keys with earlier answers, accounts with payees); the first payments of the
+    # orders paid (duplicate_order); one statement for the counters, balances and transfers; the audit
+    # head's lock; one for the entries, tree nodes, tree head and head row (the seal); one for the
+    # payments (they name their entry's seq) and answer rows.
     assert statements[40] == [
         "SELECT keys.kid, keys.status,",
         "SELECT accounts.id, accounts.kind,",
+        "SELECT payments.buyer_id, payments.store_id,",
         "WITH w0 AS",
         "SELECT audit_head.seq, audit_head.entry_hash,",
         "WITH w0 AS",

@@ -55,10 +55,8 @@ def test_counters_match_the_requests_made(api, center):
     _store, store_id = enroll(api, center, "store", name=STORE_NAME)
     member = funded(api, center, 1_000)
     for amount in (100, 200, 300):
-        assert (
-            signed(api, member, center, "/v1/payments", "pay", pay_body(store_id, amount, "o")).status_code
-            == 200
-        )
+        body = pay_body(store_id, amount, f"o-{amount}")
+        assert signed(api, member, center, "/v1/payments", "pay", body).status_code == 200
     for _ in range(2):
         refused = signed(api, member, center, "/v1/payments", "pay", pay_body(store_id, 10_000, "big"))
         assert refused.json()["error"]["code"] == "insufficient_funds"
@@ -158,7 +156,7 @@ def test_two_workers_count_into_one_exposition(tmp_path, db_url):
         _store, store_id = client.enroll("store", name=STORE_NAME)
         member, _ = funded_member(client, center, 1_000)
         for amount in (100, 200, 300):
-            client.result(member, "pay", pay_body(store_id, amount, "o"))
+            client.result(member, "pay", pay_body(store_id, amount, f"o-{amount}"))
         assert [client.refused(member, "pay", pay_body(store_id, 5_000, "big")) for _ in range(2)] == [
             "insufficient_funds"
         ] * 2

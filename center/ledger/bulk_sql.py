@@ -13,6 +13,10 @@ are one statement of data-modifying CTEs, so a group's counters, balances, trans
 cost one round trip instead of four (under load a round trip costs milliseconds: the backend and
 this process wait for a core, and this thread for the GIL).
 
+Two helpers serve a unique (partial) index the same way on both databases: rows_in_index looks a
+group's keys up in one statement (duplicate orders, center.pipeline.batch), insert_unless_taken
+inserts a row unless its index key is held (ON CONFLICT DO NOTHING; the single payment path).
+
 Callers pass rows with the same keys (a table's columns, any subset); what they write is theirs.
 """
 
@@ -23,15 +27,20 @@ import re
 from sqlalchemy import (
     Connection,
     Executable,
+    Index,
     Table,
+    and_,
     bindparam,
     cast,
+    column,
     func,
     insert,
     literal_column,
     select,
     update,
+    values,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
 # One group is at most a batch (center.pipeline.batch.MAX_BATCH_ITEMS = 100) plus its tree nodes;
@@ -83,6 +92,72 @@ def insert_rows(conn: Connection, table: Table, rows: list[dict]) -> None:
         )
         _statements[key] = statement
     conn.exec_driver_sql(statement, {name: [row[name] for row in rows] for name in names})
+
+
+def insert_unless_taken(conn: Connection, table: Table, index: Index, row: dict) -> bool:
+    """Insert `row` unless a row of `table` holds its values in the unique (partial) `index`; whether
+    it was inserted. The insert is the lookup (ON CONFLICT DO NOTHING, PostgreSQL and SQLite alike):
+    on PostgreSQL it waits for a concurrent transaction holding those values and skips the row if
+    that one commits. Any other unique violation still raises IntegrityError."""
+    key = ("insert-unless", conn.dialect.name, table.name, index.name, tuple(row))
+    statement = _statements.get(key)
+    if statement is None:
+        dialect_insert = postgresql.insert if _postgres(conn) else sqlite.insert
+        where = index.dialect_options[conn.dialect.name]["where"]
+        # RETURNING says whether the row went in on both (a rowcount is not promised for an insert).
+        statement = (
+            dialect_insert(table)
+            .on_conflict_do_nothing(index_elements=list(index.columns), index_where=where)
+            .returning(literal_column("1"))
+        )
+        _statements[key] = statement
+    return conn.execute(statement, row).first() is not None
+
+
+def rows_in_index(conn: Connection, index: Index, keys: list[tuple], columns: tuple[str, ...]) -> list:
+    """`columns` of each row that the unique (partial) `index` holds under one of `keys` (tuples of
+    the index's column values), in one statement that looks each key up in the index: a join of
+    the keys (PostgreSQL: unnest of one array per column; SQLite: VALUES, one statement per number
+    of keys) with the table. A row-value IN list would not do: SQLite scans the whole index."""
+    if not keys:
+        return []
+    assert len(keys) <= MAX_BULK_ROWS
+    postgres = _postgres(conn)
+    cache_key = ("in-index", index.name, columns, None if postgres else len(keys))
+    statement = _statements.get(cache_key)
+    if statement is None:
+        statement = _rows_in_index_statement(conn, index, columns, None if postgres else len(keys))
+        _statements[cache_key] = statement
+    if postgres:
+        names = [f"k_{indexed.name}" for indexed in index.columns]
+        arrays = {name: [key[i] for key in keys] for i, name in enumerate(names)}
+        return conn.exec_driver_sql(statement, arrays).all()
+    return conn.exec_driver_sql(statement, tuple(value for key in keys for value in key)).all()
+
+
+def _rows_in_index_statement(
+    conn: Connection, index: Index, columns: tuple[str, ...], count: int | None
+) -> str:
+    """Driver SQL: PostgreSQL (count None) over arrays, binary; SQLite for `count` keys, positional, key
+    after key (a Core statement of VALUES is compiled again on every execution: 0.5 ms for one key)."""
+    table = index.table
+    names = {f"k_{indexed.name}": indexed.name for indexed in index.columns}
+    if count is None:
+        keys = _unnest(table, names)
+    else:
+        rows = [tuple(bindparam(f"{name}_{n}") for name in names) for n in range(count)]
+        keys = values(*(column(name, table.c[of].type) for name, of in names.items()), name="v").data(rows)
+        keys = keys.cte("v")
+    on = and_(*(table.c[of] == keys.c[name] for name, of in names.items()))
+    query = select(*(table.c[name] for name in columns)).select_from(keys.join(table, on))
+    where = index.dialect_options[conn.dialect.name]["where"]
+    if where is not None:
+        query = query.where(where)
+    if count is None:
+        return _driver_sql(conn, query)
+    compiled = query.compile(dialect=conn.dialect)
+    assert compiled.positiontup == [f"{name}_{n}" for n in range(count) for name in names]
+    return str(compiled)
 
 
 def update_values(conn: Connection, table: Table, key_column: str, value_column: str, values: dict) -> None:

@@ -206,9 +206,10 @@ def _answer_together(center: CenterContext, conn: Connection, items: list[_Item]
         for row in account_rows
         if row.role == "store"
     }
+    orders = _first_payments(conn, items)
     payments = []
     for item in items:
-        _book_one(center, item, counters, earlier, stores, book, payments)
+        _book_one(center, item, counters, earlier, stores, book, orders, payments)
     # Counters, balances and transfers: one statement on PostgreSQL (bulk_sql.GroupWrites).
     writes = bulk_sql.GroupWrites()
     counters.write(writes)
@@ -231,11 +232,33 @@ def _answer_together(center: CenterContext, conn: Connection, items: list[_Item]
     writes.flush(conn)
 
 
+def _first_payments(conn: Connection, items: list[_Item]) -> dict[tuple, str]:
+    """The first payment's id of each order the batch pays, by (buyer_id, store_id, order_ref).
+
+    Read after the accounts are locked: a concurrent batch or request paying the same buyer has
+    committed by then, and its payment is seen (READ COMMITTED reads what committed before each
+    statement). The unique index FIRST_OF_ORDER_INDEX stays the backstop: a payment it refuses
+    rolls the batch back, and the single path answers it (duplicate_order)."""
+    return money.first_payments(conn, sorted({_order(item.request) for item in items}))
+
+
+def _order(request: Verified) -> tuple[str, str, str]:
+    return request.signer.party_id, request.body["payee"], request.body["order_ref"]
+
+
 def _book_one(
-    center: CenterContext, item: _Item, counters: _Counters, earlier: dict, stores: dict, book, payments: list
+    center: CenterContext,
+    item: _Item,
+    counters: _Counters,
+    earlier: dict,
+    stores: dict,
+    book,
+    orders: dict[tuple, str],
+    payments: list,
 ) -> None:
     """One payment, as center.pipeline.service answers it alone: key status, earlier answer, counter,
-    rules, money."""
+    rules, its order's first payment, money. `orders` gains the first payment of each new order, so
+    a second payment of it in this batch is refused as a second one sent later would be."""
     header, signer, body = item.request.header, item.request.signer, item.request.body
 
     def refused(error: ApiError) -> dict:  # final for these bytes by nature; not recorded
@@ -265,6 +288,10 @@ def _book_one(
     store = stores.get(body["payee"])
     try:
         money.check_payment(center, signer, body, store)
+        order = (signer.party_id, store.id, body["order_ref"])
+        first_id = orders.get(order)
+        if first_id is not None:
+            money.require_meant_repeat(body, store.id, first_id)
         payment_id = ledger.new_id("P")
         balance_minor = book.move(
             debit=ledger.party_account(signer.party_id),
@@ -280,7 +307,11 @@ def _book_one(
         item.refusal = rules.signed_refusal(center, header, item.request.envelope, refusal)
         item.answer = rules.error_answer(item.refusal)
         return
-    payments.append(money.payment_row(payment_id, signer, store, body, item.now_ms))
+    if first_id is None:
+        orders[order] = payment_id
+    payments.append(
+        money.payment_row(payment_id, signer, store, body, item.now_ms, repeat=first_id is not None)
+    )
     item.outcome = money.paid(center, payment_id, store, body, balance_minor)
 
 

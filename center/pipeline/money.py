@@ -12,8 +12,17 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from center.errors import Refusal
 from center.ledger import book as ledger
+from center.ledger import bulk_sql
 from center.pipeline.types import CenterContext, Outcome, Signer
-from center.storage.db import parties, payments, payouts, refunds, topups
+from center.storage.db import (
+    FIRST_OF_ORDER,
+    FIRST_OF_ORDER_INDEX,
+    parties,
+    payments,
+    payouts,
+    refunds,
+    topups,
+)
 from paywire.messages import Header
 
 # Built once: the payment path runs these on every request (see center/ledger/book.py).
@@ -21,6 +30,16 @@ _ACTIVE_STORE = select(parties.c.id, parties.c.name, parties.c.status).where(
     parties.c.id == bindparam("p_id"), parties.c.role == "store"
 )
 _INSERT_PAYMENT = insert(payments)
+# An order is (buyer, store, order_ref); its first payment is the row of the unique partial index
+# FIRST_OF_ORDER_INDEX (center.storage.db). Inserting a payment as the first of its order is also
+# the lookup (bulk_sql.insert_unless_taken): no statement is added to a payment that is the first
+# of its order, and two workers cannot both book an order's first payment.
+_FIRST_OF_ORDER_ID = select(payments.c.id).where(
+    payments.c.buyer_id == bindparam("p_buyer"),
+    payments.c.store_id == bindparam("p_store"),
+    payments.c.order_ref == bindparam("p_order_ref"),
+    FIRST_OF_ORDER,
+)
 _LINK_ENTRY = update(payments).where(payments.c.id == bindparam("p_id")).values(audit_seq=bindparam("p_seq"))
 
 
@@ -68,8 +87,40 @@ def pay(
         ref=payment_id,
         now_ms=now_ms,
     )
-    conn.execute(_INSERT_PAYMENT, payment_row(payment_id, signer, store, body, now_ms))
+    # After the money, as the batch path writes it: accounts are locked before an order's first
+    # payment, on both paths (the other order could deadlock two workers paying the same order). A
+    # refusal here rolls the money back with the rest of the transaction; audit_seq after the seal.
+    _insert_payment(conn, body, payment_row(payment_id, signer, store, body, now_ms, repeat=False))
     return paid(center, payment_id, store, body, balance)
+
+
+def _insert_payment(conn: Connection, body: dict, row: dict) -> None:
+    """Insert the payment as the first of its order, or as a repeat the request says it means;
+    duplicate_order otherwise."""
+    if bulk_sql.insert_unless_taken(conn, payments, FIRST_OF_ORDER_INDEX, row):
+        return
+    order = {"p_buyer": row["buyer_id"], "p_store": row["store_id"], "p_order_ref": row["order_ref"]}
+    require_meant_repeat(body, row["store_id"], conn.execute(_FIRST_OF_ORDER_ID, order).scalar_one())
+    conn.execute(_INSERT_PAYMENT, row | {"repeat": True})
+
+
+def first_payments(conn: Connection, orders: list[tuple[str, str, str]]) -> dict[tuple, str]:
+    """The first payment's id of each of `orders` paid before, by (buyer_id, store_id, order_ref): one
+    statement for a batch (bulk_sql.rows_in_index)."""
+    columns = ("buyer_id", "store_id", "order_ref", "id")
+    rows = bulk_sql.rows_in_index(conn, FIRST_OF_ORDER_INDEX, orders, columns)
+    return {(row.buyer_id, row.store_id, row.order_ref): row.id for row in rows}
+
+
+def require_meant_repeat(body: dict, store_id: str, first_id: str) -> None:
+    """A payment of an order paid before as `first_id` (both paths): refused unless its request
+    says it is meant ("repeat": true). The message names the first payment, for the wallet to show."""
+    if body.get("repeat") is not True:
+        raise Refusal(
+            "duplicate_order",
+            f"order {body['order_ref']!r} to store {store_id} was already paid by this member "
+            f"as {first_id}: resend with repeat to pay it again",
+        )
 
 
 def entry_link(outcome: Outcome, answer: dict) -> tuple[str, int] | None:
@@ -103,7 +154,8 @@ def check_payment(center: CenterContext, signer: Signer, body: dict, store) -> N
         )
 
 
-def payment_row(payment_id: str, signer: Signer, store, body: dict, now_ms: int) -> dict:
+def payment_row(payment_id: str, signer: Signer, store, body: dict, now_ms: int, *, repeat: bool) -> dict:
+    """The payment as stored; `repeat`: an earlier payment of its order exists (and it is meant)."""
     return {
         "id": payment_id,
         "buyer_id": signer.party_id,
@@ -112,6 +164,7 @@ def payment_row(payment_id: str, signer: Signer, store, body: dict, now_ms: int)
         "refunded_minor": 0,
         "order_ref": body["order_ref"],
         "created_at_ms": now_ms,
+        "repeat": repeat,
     }
 
 

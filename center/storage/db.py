@@ -30,7 +30,9 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    text,
 )
+from sqlalchemy import false as sql_false
 
 metadata = MetaData()
 
@@ -184,6 +186,21 @@ payments = Table(
     # The buyer's PAY entry in audit_log (leaf audit_seq - 1): a notice carries its inclusion proof.
     # NULL only for a payment written before it is set in the same transaction (migration 0013).
     Column("audit_seq", BigInteger, nullable=True),
+    # A repeat of an earlier payment of the same order, which the buyer's request said it meant (its
+    # body's "repeat"); false for the first payment of each (buyer, store, order_ref) (migration 0014).
+    Column("repeat", Boolean, nullable=False, server_default=sql_false()),
+)
+# The first payment of each order: a second one by accident cannot be booked, even by two workers
+# at once (center.pipeline.money.pay inserts against it; the batch path checks it first).
+FIRST_OF_ORDER = text("NOT repeat")
+FIRST_OF_ORDER_INDEX = Index(
+    "ux_payments_first_of_order",
+    payments.c.buyer_id,
+    payments.c.store_id,
+    payments.c.order_ref,
+    unique=True,
+    sqlite_where=FIRST_OF_ORDER,
+    postgresql_where=FIRST_OF_ORDER,
 )
 
 refunds = Table(
