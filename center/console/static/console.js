@@ -10,7 +10,7 @@
     csrf: null, role: null, currency: "", exponent: 0, pollTimer: null, loginSerial: 0,
     watched: new Map(), watchTimer: null,
     filters: {}, offsets: {}, statementParty: null, statementFilters: {}, statementOffset: 0,
-    stats: null, resizeTimer: null,
+    stats: null, resizeTimer: null, drawnWidth: null,
   };
   const TABLE_VIEWS = ["search", "topups", "payments", "refunds", "payouts"];
   const RESIZE_MS = 150; // charts are redrawn at their new width once the window stops changing
@@ -428,6 +428,7 @@
   }
 
   function drawStats(stats, filters) {
+    state.drawnWidth = $("chart-daily").clientWidth;
     $("stats-period").textContent = `${stats.from_day} to ${stats.to_day} (UTC), ${stats.days} days.`;
     const common = { formatAmount, currency: state.currency };
     // The last day of the period is the center's today (UTC).
@@ -456,7 +457,9 @@
     if (state.resizeTimer !== null) clearTimeout(state.resizeTimer);
     state.resizeTimer = setTimeout(() => {
       state.resizeTimer = null;
-      if (state.stats && !$("panel-stats").hidden) drawStats(state.stats.stats, state.stats.filters);
+      // Only when the width changed: a redraw replaces the SVGs, which a reader (or a test) may hold.
+      const changed = $("chart-daily").clientWidth !== state.drawnWidth;
+      if (state.stats && !$("panel-stats").hidden && changed) drawStats(state.stats.stats, state.stats.filters);
     }, RESIZE_MS);
   }
 
