@@ -22,6 +22,13 @@ from test_payments_e2e import center_cli, count_payments
 
 pytestmark = pytest.mark.slow
 
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    """SQLite only: the card path does not depend on the center's database."""
+    return f"sqlite:///{tmp_path / 'center.db'}"
+
+
 OPENSC_MODULE = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
 SIGNING_TOKEN = "OpenPGP card (User PIN (sig))"
 

@@ -28,6 +28,13 @@ from tokens.base import KeyRecord
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    """SQLite only: the wallet's side does not depend on the center's database (the center's
+    duplicate rule is tested on both in test_duplicate_order)."""
+    return f"sqlite:///{tmp_path / 'center.db'}"
+
+
 def one_line_error(result) -> str:
     """The refusal: one `error:` line, the last on stderr (the pay prompt, shown even with --yes,
     comes before it)."""
