@@ -20,13 +20,13 @@ import json
 import math
 import pathlib
 import shutil
-import sqlite3
 import tempfile
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from test_vault import sql
 
 from hostkit.sealing import MINIMUM_KDF
 from token_wallet import vault_records
@@ -60,16 +60,6 @@ def nested(depth: int, leaf: object = "leaf") -> dict:
     for level in range(depth - 1):
         value = [value] if level % 2 else {"k": value}
     return {"top": value}
-
-
-def sql(path: pathlib.Path, statement: str, params: tuple = ()) -> list:
-    conn = sqlite3.connect(path)
-    try:
-        rows = conn.execute(statement, params).fetchall()
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
 
 
 def on_disk_generation(path: pathlib.Path) -> int:

@@ -36,6 +36,7 @@ import os
 import pathlib
 import secrets
 import sqlite3
+from dataclasses import dataclass
 
 from hostkit.private_files import PRIVATE_DIR_MODE, fsync_directory, link_new_name
 from hostkit.sealing import KdfParams, SealingKeys, derive_keys, kdf_params_from_env
@@ -96,6 +97,7 @@ class Vault:
         self.generation = opened.generation
         self._seals = opened.seals
         self._migrated = False
+        self._backup_settled = False
         self.data = dict(opened.core)
         for kind in KINDS:
             self.data[kind] = RecordList(kind, opened.counts[kind], self._read_records, self._find_ref)
@@ -147,25 +149,26 @@ class Vault:
         password = password_a_bytes(password_a)
         if _read_magic(path).startswith(V1_MAGIC):
             return _migrate_v1(path, password_a)
-        conn = _connect_existing(path)
-        try:
-            header_raw, header = _read_header(conn)
-            keys = derive_keys(password, header.kdf, header.salt)
-            if not hmac.compare_digest(keys.check, header.check):
-                raise WrongPasswordA("wrong password A: the vault was not opened (nothing changed)")
-            vault = cls(path, conn, _read_opened(conn, keys, header_raw, header))
-        except BaseException:
-            conn.close()
-            raise
-        return vault
+        wrong = WrongPasswordA("wrong password A: the vault was not opened (nothing changed)")
+        return cls._open_connected(path, lambda header: derive_keys(password, header.kdf, header.salt), wrong)
 
     @classmethod
     def _open_with_keys(cls, path: pathlib.Path, keys: SealingKeys) -> Vault:
+        """Open a store this process has just written, with the keys it wrote it under (no KDF)."""
+        swapped = VaultCorrupt(f"the vault just written at {path} does not open: check the disk")
+        return cls._open_connected(path, lambda _header: keys, swapped)
+
+    @classmethod
+    def _open_connected(cls, path: pathlib.Path, keys_for, mismatch: VaultError) -> Vault:
+        """Connect, read the header, get the keys for it (`keys_for`: the KDF, or keys at hand), check
+        them against the header (`mismatch` raised if they do not fit), read the rest; the connection
+        is closed on any refusal."""
         conn = _connect_existing(path)
         try:
             header_raw, header = _read_header(conn)
+            keys = keys_for(header)
             if not hmac.compare_digest(keys.check, header.check):
-                raise VaultCorrupt(f"the vault just written at {path} does not open: check the disk")
+                raise mismatch
             return cls(path, conn, _read_opened(conn, keys, header_raw, header))
         except BaseException:
             conn.close()
@@ -181,9 +184,11 @@ class Vault:
             self._start_epoch(self._keys)
             header_raw = self._header_raw  # the new epoch's key is written with this save
         self._commit(core, header_raw=header_raw)
-        if not self._migrated:
-            # A later run opened the migrated store and saved to it: the first-format copy goes.
+        if not self._migrated and not self._backup_settled:
+            # A later run opened the migrated store and saved to it: the first-format copy goes
+            # (looked for once per open, not at every save).
             _remove_if_present(sibling(self.path, V1_BACKUP_SUFFIX))
+            self._backup_settled = True
 
     def change_password(self, new_password_a: str, *, kdf: KdfParams | None = None) -> None:
         """New password A: the data keys are wrapped under its key and a new epoch starts, so
@@ -238,14 +243,8 @@ class Vault:
         data_key = self._data_keys[epoch]
         generation = self.generation + 1
         store_id = self._header.store_id
-        rows, counts = [], {}
-        for kind, records in self._lists.items():
-            pending = records.pending()
-            for seq, plaintext, ref in pending:
-                ref_bytes = None if ref is None else store.record_ref(self._index_key, KINDS[kind], ref)
-                sealed = store.seal_record(data_key, store_id, KINDS[kind], seq, epoch, ref_bytes, plaintext)
-                rows.append((KINDS[kind], seq, epoch, sealed.nonce, sealed.sealed, ref_bytes))
-            counts[kind] = len(records)
+        rows = _sealed_rows(self._lists, data_key, store_id, epoch, self._index_key)
+        counts = {kind: len(records) for kind, records in self._lists.items()}
         seals = self._seals + len(rows) + 1
         state = {"core": core, "counts": counts, "seals": seals}
         sealed_state = store.seal_state(data_key, store_id, generation, epoch, self._header_raw, state)
@@ -330,11 +329,18 @@ class Vault:
 # --- opening, step by step ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
 class _Opened:
     """What reading a store yields before the Vault object exists."""
 
-    def __init__(self, **fields) -> None:
-        self.__dict__.update(fields)
+    keys: SealingKeys
+    header: StoreHeader
+    header_raw: bytes
+    data_keys: dict[int, bytes]
+    generation: int
+    seals: int
+    core: dict
+    counts: dict[str, int]
 
 
 def _read_magic(path: pathlib.Path) -> bytes:
@@ -447,13 +453,7 @@ def _write_new_store(path: pathlib.Path, keys: SealingKeys, data: dict) -> None:
         for item in data.get(kind, []):
             records.append(item)
     core = {key: value for key, value in data.items() if key not in KINDS}
-    index = store.index_key({1: data_key})
-    rows = []
-    for kind, records in lists.items():
-        for seq, plaintext, ref in records.pending():
-            ref_bytes = None if ref is None else store.record_ref(index, KINDS[kind], ref)
-            sealed = store.seal_record(data_key, store_id, KINDS[kind], seq, 1, ref_bytes, plaintext)
-            rows.append((KINDS[kind], seq, 1, sealed.nonce, sealed.sealed, ref_bytes))
+    rows = _sealed_rows(lists, data_key, store_id, 1, store.index_key({1: data_key}))
     state = {
         "core": core,
         "counts": {kind: len(records) for kind, records in lists.items()},
@@ -489,6 +489,18 @@ def _write_new_store(path: pathlib.Path, keys: SealingKeys, data: dict) -> None:
         for leftover in (new, sibling(new, "-wal"), sibling(new, "-shm")):
             leftover.unlink(missing_ok=True)
     fsync_directory(path.parent)
+
+
+def _sealed_rows(lists: dict, data_key: bytes, store_id: bytes, epoch: int, index_key: bytes) -> list[tuple]:
+    """The records queued in `lists`, sealed under `epoch`'s key: rows for the records table."""
+    rows = []
+    for kind, records in lists.items():
+        code = KINDS[kind]
+        for seq, plaintext, ref in records.pending():
+            ref_bytes = None if ref is None else store.record_ref(index_key, code, ref)
+            sealed = store.seal_record(data_key, store_id, code, seq, epoch, ref_bytes, plaintext)
+            rows.append((code, seq, epoch, sealed.nonce, sealed.sealed, ref_bytes))
+    return rows
 
 
 def _nothing_written(kind: str, first_seq: int, last_seq: int) -> list[dict]:
