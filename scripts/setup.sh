@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 # libpcsclite-dev + swig + gcc + python3-dev: pyscard builds against them where no wheel fits;
 # chromium: the operator console's browser tests (Playwright drives Debian's build, never its own download);
 # postgresql-client: pg_dump/pg_restore for `center backup` and `center restore` on PostgreSQL;
-# wrk: the load generator of bench/bench_payments.py.
-APT_PACKAGES=(softhsm2 ca-certificates curl pcscd vsmartcard-vpcd libpcsclite-dev swig gcc python3-dev chromium postgresql-client wrk opensc)
+# wrk: the load generator of bench/bench_payments.py;
+# patroni + etcd-server + etcd-client + python3-etcd: the backup center's PostgreSQL cluster (scripts/ha-cluster.sh).
+APT_PACKAGES=(softhsm2 ca-certificates curl pcscd vsmartcard-vpcd libpcsclite-dev swig gcc python3-dev chromium postgresql-client wrk opensc patroni etcd-server etcd-client python3-etcd)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
