@@ -62,6 +62,11 @@ ERROR_CODES: dict[str, Code] = {
     "batch_too_large": Code(413, "a batch holds more signed messages than the limit"),
     "rate_limited": Code(429, "the key's or address's allowance is spent: retry after `retry_after` s"),
     "overloaded": Code(503, "too many payments wait to be committed: send the same signed bytes again later"),
+    "database_unavailable": Code(
+        503,
+        "the database is failing over or unreachable, or a commit did not finish in time: send the same "
+        "signed bytes again after `retry_after` s (a commit that finishes later answers them)",
+    ),
     "internal_error": Code(500, "an unexpected failure (a metrics label; the body is a plain 500)"),
     # --- signers and their keys ---
     # Two meanings, two codes (unknown_key used to answer 404 for the second): a request signed by
@@ -139,6 +144,7 @@ def status_for(code: str) -> int:
 RETRY_CODES = frozenset(
     {
         "overloaded",
+        "database_unavailable",
         "rate_limited",
         "not_yet_valid",  # the signer's clock is ahead: the same bytes are accepted once the time comes
     }

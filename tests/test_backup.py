@@ -430,11 +430,32 @@ def test_every_backup_is_signed_a_backup_without_a_key_is_refused(quiet_center, 
 
 
 def test_a_database_password_goes_to_pg_tools_in_the_environment_only():
+    from psycopg.conninfo import conninfo_to_dict
+
     from center.ops.backup_db import libpq_target, redact_url
 
     uri, env = libpq_target("postgresql://tokenpay:s3cret-pw@db.example:5433/center?sslmode=require")
     assert "s3cret-pw" not in uri and env["PGPASSWORD"] == "s3cret-pw"
-    assert uri == "postgresql://tokenpay@db.example:5433/center?sslmode=require"
+    assert conninfo_to_dict(uri) == {
+        "dbname": "center",
+        "user": "tokenpay",
+        "host": "db.example",
+        "port": "5433",
+        "sslmode": "require",
+    }
+    # The backup center's cluster: several hosts, the read-write one chosen, as `center serve` does.
+    uri, env = libpq_target(
+        "postgresql+psycopg://tokenpay:s3cret-pw@/center?host=10.0.0.1:5433&host=10.0.0.2:5434"
+        "&target_session_attrs=read-write"
+    )
+    assert conninfo_to_dict(uri) == {
+        "dbname": "center",
+        "user": "tokenpay",
+        "host": "10.0.0.1,10.0.0.2",
+        "port": "5433,5434",
+        "target_session_attrs": "read-write",
+    }
+    assert "s3cret-pw" not in uri and env["PGPASSWORD"] == "s3cret-pw"
     assert "s3cret-pw" not in redact_url("postgresql://tokenpay:s3cret-pw@db.example/center")
 
 

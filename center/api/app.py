@@ -29,6 +29,7 @@ from center.api.schemas import (
     WebhookIn,
 )
 from center.api.signed_routes import install_signed_routes
+from center.api.unavailable import REQUEST_DEADLINE_S, DeadlineMiddleware, install_unavailable_handlers
 from center.console.auth import install_console_auth
 from center.console.routes import install_console, install_console_headers
 from center.ops import observability
@@ -37,13 +38,18 @@ from paywire.envelope import b64url_encode
 from paywire.money import minor_exponent
 
 
-def create_app(center: Center, limits: Limits | None = None) -> FastAPI:
-    """The API; `limits` from config.json (center.api.ratelimit.limits_from_config), else the defaults."""
+def create_app(
+    center: Center, limits: Limits | None = None, deadline_s: float = REQUEST_DEADLINE_S
+) -> FastAPI:
+    """The API; `limits` from config.json (center.api.ratelimit.limits_from_config), else the defaults;
+    `deadline_s`: a request not answered by then gets 503 database_unavailable (center.api.unavailable)."""
     app = FastAPI(title="tokenpay settlement center", version="1", responses=ERROR_RESPONSES)
     app.state.center = center
     app.state.limits = limits = limits or Limits()
     install_error_handlers(app)
+    install_unavailable_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(DeadlineMiddleware, deadline_s=deadline_s)
     install_console_headers(app)  # the operator console's security headers
     observability.install_observability(app)  # /metrics, request logs; outermost middleware
     _add_public_routes(app, center)

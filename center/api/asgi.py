@@ -15,4 +15,6 @@ from center.storage.config import CenterConfig
 
 def create_from_environment() -> FastAPI:
     config = CenterConfig.load(Path(os.environ["CENTER_DATA_DIR"]))
-    return create_app(load_center(config), limits=limits_from_config(config))
+    return create_app(
+        load_center(config), limits=limits_from_config(config), deadline_s=config.request_deadline_s
+    )

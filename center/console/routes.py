@@ -25,6 +25,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.responses import Response
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import OperationalError
 
 from center.console.access import record_read
 from center.console.bounds import EXPORT_PAGE, MAX_OFFSET, MAX_PAGE_ROWS, MAX_QUERY_CHARS, Page, day_window
@@ -140,7 +141,7 @@ def _router(center) -> APIRouter:
     def read(
         session: ConsoleSession, view: str, chosen: Filters, chosen_page: Page, *, trail_as: str = ""
     ) -> dict:
-        with _snapshot(center.engine) as conn:
+        with _snapshot(center) as conn:
             result = VIEWS[view].fetch(conn, chosen, chosen_page, center.clock_ms())
         _trail(center, session, trail_as or view, chosen, chosen_page, len(result["rows"]))
         return result
@@ -168,7 +169,7 @@ def _router(center) -> APIRouter:
 
     @router.get("/api/stats")
     def stats(session: AnySession, chosen: ViewFilters) -> dict:
-        with _snapshot(center.engine) as conn:
+        with _snapshot(center) as conn:
             result = statistics(conn, days=chosen.days, now_ms=center.clock_ms(), top=chosen.top)
         shown = Filters(days=chosen.days, top=chosen.top)  # the only filters statistics take
         _trail(center, session, "stats", shown, None, len(result["daily"]) + len(result["top_stores"]))
@@ -206,13 +207,24 @@ def _router(center) -> APIRouter:
     return router
 
 
-def _snapshot(engine: Engine) -> Connection:
+def _snapshot(center) -> Connection:
     """A connection whose queries all see one snapshot: a statement's opening balance and its rows agree.
 
     PostgreSQL needs REPEATABLE READ for that (its default reads each statement afresh); SQLite's
     transactions here are BEGIN IMMEDIATE (center.db), one writer at a time, so they already do.
+    Read from the standby when one is configured (config read_db_url: reads off the primary), from the
+    primary when none is or it does not answer; the access record is written on the primary (_trail).
     """
-    conn = engine.connect()
+    engine = center.engine
+    if center.read_engine is not None:
+        try:
+            return _repeatable(center.read_engine.connect(), center.read_engine)
+        except OperationalError:
+            pass  # the standby is down or failing over: the primary answers, a little more loaded
+    return _repeatable(engine.connect(), engine)
+
+
+def _repeatable(conn: Connection, engine: Engine) -> Connection:
     if engine.dialect.name == "postgresql":
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
     return conn

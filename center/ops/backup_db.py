@@ -25,6 +25,8 @@ from center.storage.db import normalise_url
 PG_TOOL_TIMEOUT_S = 6 * 3600
 SQLITE_BUSY_TIMEOUT_S = 30
 MAX_TOOL_MESSAGE_CHARS = 300
+# What the psycopg dialect passes to psycopg.connect besides libpq's options (never a command's argument).
+LIBPQ_NOT_OPTIONS = frozenset({"context", "password"})
 
 
 def db_kind(db_url: str) -> str:
@@ -126,15 +128,23 @@ def redact_url(db_url: str) -> str:
 
 
 def libpq_target(db_url: str) -> tuple[str, dict[str, str]]:
-    """(connection URI without password, environment with PGPASSWORD if the URL had one)."""
+    """(libpq connection string without password, environment with PGPASSWORD if the URL had one).
+
+    Built by SQLAlchemy's psycopg dialect, as the center's own connections are: a URL naming several
+    hosts (`?host=h1:p1&host=h2:p2&target_session_attrs=read-write`, the backup center's cluster) gives
+    libpq's `host=h1,h2 port=p1,p2`, so pg_dump reaches the primary as `center serve` does.
+    """
+    from psycopg.conninfo import make_conninfo
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
     url = make_url(normalise_url(db_url))
     env = dict(os.environ)
     if url.password is not None:
         env["PGPASSWORD"] = str(url.password)
-    # URL.set(password=None) means "leave it": _replace (the NamedTuple method) really drops it.
-    plain = url._replace(drivername="postgresql", password=None)
-    assert plain.password is None
-    return plain.render_as_string(hide_password=False), env
+    _, options = PGDialect_psycopg().create_connect_args(url)
+    options = {key: value for key, value in options.items() if key not in LIBPQ_NOT_OPTIONS}
+    assert "password" not in options
+    return make_conninfo(**{key: str(value) for key, value in options.items()}), env
 
 
 def _run_pg_tool(argv: list[str], env: dict[str, str], tool: str) -> None:

@@ -126,6 +126,7 @@ def load_center(config: CenterConfig) -> Center:
     )
     return Center(
         engine=make_engine(config.db_url),
+        read_engine=make_engine(config.read_db_url) if config.read_db_url else None,
         signer=signer,
         currency=config.currency,
         webhook_secret=webhook_secret,

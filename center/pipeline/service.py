@@ -69,6 +69,8 @@ class Center:
     webhook_secret: bytes | None = None
     clock_ms: Callable[[], int] = now_ms
     issuer_policy: IssuerPolicy | None = None  # None: policy "any" without an issuer CA
+    # A standby's engine for the console's statistics and searches (config read_db_url); None: the primary.
+    read_engine: Engine | None = None
     _known_keys: dict = field(default_factory=dict, repr=False)
     _payments: GroupCommit = field(init=False, repr=False)
 

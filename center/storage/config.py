@@ -21,6 +21,9 @@ from hostkit.cli import read_secret
 from hostkit.private_files import replace_file
 
 CONFIG_NAME = "config.json"
+# A request not answered by then gets 503 database_unavailable (center.api.unavailable says why):
+# longer than any answer under load here, shorter than the wallets' own timeouts.
+DEFAULT_REQUEST_DEADLINE_S = 20.0
 CERT_NAME = "center-cert.pem"
 
 
@@ -48,6 +51,10 @@ class CenterConfig:
     # Reverse proxies whose X-Forwarded-For the center believes (addresses or networks, e.g.
     # ["10.0.0.5", "fd00::/64"]); default none: the client is the TCP peer (center.console.auth).
     trusted_proxies: list = field(default_factory=list)
+    # A standby's URL for the console's statistics and searches (center.console.routes); "" reads the
+    # primary. Its rows may lag the primary by the standby's replay delay (docs/backup-center.md).
+    read_db_url: str = ""
+    request_deadline_s: float = DEFAULT_REQUEST_DEADLINE_S
 
     @property
     def cert_file(self) -> Path:

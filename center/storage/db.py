@@ -33,6 +33,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import false as sql_false
+from sqlalchemy.engine import make_url
 
 metadata = MetaData()
 
@@ -344,6 +345,19 @@ Index(
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # A writer waits this long for SQLite's write lock before giving up ("database is locked").
 SQLITE_BUSY_TIMEOUT_S = 30
+# PostgreSQL connections, unless the URL says otherwise: a host that does not answer is given up after
+# connect_timeout (then the next host of a multi-host URL is tried), and a connection whose host
+# vanished without a word (power, network) is found dead by TCP keepalives within about
+# idle + interval * count seconds instead of the kernel's two hours. Loopback kills are seen at once.
+PG_CONNECT_DEFAULTS = {
+    "connect_timeout": 3,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+# A request waits this long for a pooled connection before failing (then 503, center.api.unavailable).
+PG_POOL_TIMEOUT_S = 10
 
 
 def normalise_url(url: str) -> str:
@@ -361,7 +375,17 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    given = make_url(url).query
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=PG_POOL_TIMEOUT_S,
+        # Every checkout tests the connection first: after a failover the pool's connections to the old
+        # primary are found dead and replaced by connections to the new one, without a restart.
+        pool_pre_ping=True,
+        connect_args={name: value for name, value in PG_CONNECT_DEFAULTS.items() if name not in given},
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:
