@@ -62,10 +62,9 @@ ERROR_CODES: dict[str, Code] = {
     "batch_too_large": Code(413, "a batch holds more signed messages than the limit"),
     "rate_limited": Code(429, "the key's or address's allowance is spent: retry after `retry_after` s"),
     "overloaded": Code(503, "too many payments wait to be committed: send the same signed bytes again later"),
+    # Failing over, unreachable, or a commit not done in time (center.api.unavailable).
     "database_unavailable": Code(
-        503,
-        "the database is failing over or unreachable, or a commit did not finish in time: send the same "
-        "signed bytes again after `retry_after` s (a commit that finishes later answers them)",
+        503, "the database cannot answer now: resend the same bytes after `retry_after` s"
     ),
     "internal_error": Code(500, "an unexpected failure (a metrics label; the body is a plain 500)"),
     # --- signers and their keys ---

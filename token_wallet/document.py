@@ -4,6 +4,10 @@ token_wallet.wallet (signing, delivering, recording answers) and token_wallet.ke
 (replacing and rotating the key) both change the document; what both need lives here, so neither
 imports the other back: the history, and the key fields a rotation's receipt or refusal changes.
 
+Center fields (`center`): urls (the center's URLs, in the order tried: its nodes, issue 15), url (the
+first of them, kept for readers that know one URL), cert_pem, center_id, receipt_spki, receipt_alg,
+currency.
+
 Key fields: token, key, kid, counter (the current key's); key_status ('new', 'pending_bind' or
 'active'); pending_key (a rotation's new key, saved before anything is sent); previous_keys (kid,
 algorithm, token, why and when retired, so the history can still name the key of an old entry).
@@ -79,9 +83,27 @@ def _count_credits(totals: dict, entry: dict) -> None:
         totals["refunded_minor"] += amount_minor
 
 
+def center_urls(center: dict) -> list[str]:
+    """The center's URLs in the order a request tries them."""
+    return list(center.get("urls") or [center["url"]])
+
+
+def set_center_urls(center: dict, urls: list[str]) -> None:
+    """The one place the URL list changes: `url` stays its first entry."""
+    center["urls"], center["url"] = list(urls), urls[0]
+
+
 def upgrade_document(doc: dict) -> None:
-    """A vault written before the history was stored record by record keeps no running totals: count
-    them once from the history (one read of it; saved with the next change)."""
+    """Fields older vaults lack, made once here (saved with the next change).
+
+    A vault written before the history was stored record by record keeps no running totals: count
+    them once from the history (one read of it). A vault from before a center had several URLs holds
+    one `url`: it becomes the list of one; a `url` no longer first in `urls` was moved by an older
+    wallet (`sync --center`), which knew only that field: it wins.
+    """
+    center = doc.get("center")
+    if center is not None and center.get("url") and (center.get("urls") or [None])[0] != center["url"]:
+        set_center_urls(center, [center["url"]])
     if "credit_totals" not in doc:
         totals = {"paid_minor": 0, "refunded_minor": 0}
         last_ms = 0

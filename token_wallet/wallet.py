@@ -2,8 +2,8 @@
 
 Document kept in the vault (password A):
     version, token (how to find it), key (KeyRecord; wrapped blob or reference),
-    kid, counter (last per-key counter used), center (URL, pinned certificate,
-    receipt key, currency), member_id, role, balance_minor (last known),
+    kid, counter (last per-key counter used), center (URLs in the order tried,
+    pinned certificate, receipt key, currency), member_id, role, balance_minor (last known),
     history, receipts, outbox, topups, notices, notices_cursor; and, once the
     key changes (token_wallet.key_rotation): key_status, pending_key, previous_keys
     (token_wallet.document: the document's shape and history, below this module).
@@ -67,12 +67,14 @@ from paywire.receipts import check_receipt, check_refusal
 from paywire.verify import verify_envelope
 from token_wallet.account_info import record_account_info
 from token_wallet.answer_checks import Contradiction, check_answer
-from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable, check_center_url
+from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable, check_center_urls
 from token_wallet.document import (
     WalletError,
     add_history,
+    center_urls,
     discard_pending_key,
     now_ms,
+    set_center_urls,
     switch_to_rotated_key,
     upgrade_document,
 )
@@ -202,38 +204,45 @@ class Wallet:
             raise WalletError(f"only a {role} wallet can do this; this one belongs to a {self.doc['role']}")
 
     def pin_center(
-        self, url: str, cert_pem: bytes, center_id: str, receipt_spki: bytes, receipt_alg: str
+        self, urls: str | list[str], cert_pem: bytes, center_id: str, receipt_spki: bytes, receipt_alg: str
     ) -> None:
+        """Pin a center (its certificate, id and receipt key) at its URLs, in the order to try them."""
         current = self.doc["center"]
         if current is not None and current["cert_pem"] != cert_pem.decode():
             raise WalletError(
                 "this wallet is pinned to another center certificate; use a new wallet home for it"
             )
-        self.doc["center"] = {
-            "url": url,
+        center = {
             "cert_pem": cert_pem.decode(),
             "center_id": center_id,
             "receipt_spki": b64url_encode(receipt_spki),
             "receipt_alg": receipt_alg,
             "currency": (current or {}).get("currency"),
         }
+        set_center_urls(center, [urls] if isinstance(urls, str) else urls)
+        self.doc["center"] = center
 
-    def move_center(self, url: str) -> None:
-        """Point at a new URL of the same center; trust still comes from the pinned certificate."""
+    def move_center(self, urls: str | list[str]) -> None:
+        """Point at new URLs of the same center (the whole list); trust still comes from the pinned
+        certificate. Every URL is checked before anything changes."""
         if self.doc["center"] is None:
             raise WalletError("this wallet knows no center yet: run `wallet enroll` first")
         try:
-            check_center_url(url)
+            checked = check_center_urls([urls] if isinstance(urls, str) else urls)
         except ValueError as error:
             raise WalletError(str(error)) from None
-        self.doc["center"]["url"] = url
+        set_center_urls(self.doc["center"], checked)
         self.vault.save()
+
+    @property
+    def center_urls(self) -> list[str]:
+        return center_urls(self.doc["center"]) if self.doc["center"] else []
 
     def client(self) -> CenterClient:
         center = self.doc["center"]
         if center is None:
             raise WalletError("this wallet knows no center yet: run `wallet enroll` first")
-        return CenterClient(center["url"], center["cert_pem"].encode())
+        return CenterClient(center_urls(center), center["cert_pem"].encode())
 
     def learn_currency(self) -> str:
         """The center's currency, asked once over pinned TLS and kept in the vault."""

@@ -1,5 +1,5 @@
-"""`center backup`, `center restore` and `center backup-key create` (center.ops.backup, center.ops.restore,
-center.ops.backup_signing).
+"""`center backup`, `center restore`, `center join` and `center backup-key create` (center.ops.backup,
+center.ops.restore, center.ops.join, center.ops.backup_signing).
 
 The center's modules are imported inside the commands (center.cli.common says why).
 """
@@ -26,6 +26,15 @@ PasswordFile = Annotated[
         "--password-file",
         envvar=PASSWORD_ENV,
         help=f"File whose first line is the backup password (or ${PASSWORD_ENV})",
+    ),
+]
+
+BackupPublicKey = Annotated[
+    Path | None,
+    typer.Option(
+        "--backup-public-key",
+        envvar=PUBLIC_KEY_ENV,
+        help="Public key of the backup key (backup-signing-key.pub.pem): the archive must be signed by it",
     ),
 ]
 
@@ -172,16 +181,7 @@ def restore_command(
         typer.Option("--db", help="PostgreSQL backups: URL of a new, empty database to restore into"),
     ] = None,
     password_file: PasswordFile = None,
-    backup_public_key: Annotated[
-        Path | None,
-        typer.Option(
-            "--backup-public-key",
-            envvar=PUBLIC_KEY_ENV,
-            help=(
-                "Public key of the backup key (backup-signing-key.pub.pem): the archive must be signed by it"
-            ),
-        ),
-    ] = None,
+    backup_public_key: BackupPublicKey = None,
     pkcs11_module: Annotated[
         str | None,
         typer.Option(
@@ -193,8 +193,62 @@ def restore_command(
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    from center.ops.backup_signing import load_verifier
     from center.ops.restore import restore_backup
+
+    verifier, password = _verifier_and_password(file, backup_public_key, password_file)
+    summary = restore_backup(
+        file, data_dir, db_url=db, password=password, verifier=verifier, pkcs11_module=pkcs11_module
+    )
+    emit(as_json, summary, lambda out: out.print(_restore_text(summary), highlight=False))
+    if not summary["ok"]:
+        raise typer.Exit(code=1)
+
+
+@app.command(
+    "join",
+    help=(
+        "Make a second node of a running center: its config, certificate and token key from a signed "
+        "backup,\non the center's live database (read, never written)."
+    ),
+)
+def join_command(
+    file: Annotated[Path, typer.Argument(help="An archive `center backup` wrote of the center to join")],
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="The new node's data directory (absent or empty)")
+    ],
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help=(
+                "URL of the running center's live database (several PostgreSQL hosts: repeat ?host=); "
+                "checked read-only, never migrated or written"
+            ),
+        ),
+    ] = None,
+    password_file: PasswordFile = None,
+    backup_public_key: BackupPublicKey = None,
+    pkcs11_module: Annotated[
+        str | None,
+        typer.Option(
+            help="Token module the new node loads (default: this machine's SoftHSM; never the archive's)",
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    from center.ops.join import join_center, require_db_url
+
+    require_db_url(db)  # before the password prompt: nothing to ask for when the command cannot run
+    verifier, password = _verifier_and_password(file, backup_public_key, password_file)
+    summary = join_center(
+        file, data_dir, db_url=db, password=password, verifier=verifier, pkcs11_module=pkcs11_module
+    )
+    emit(as_json, summary, lambda out: out.print(_join_text(summary), highlight=False))
+
+
+def _verifier_and_password(file: Path, backup_public_key: Path | None, password_file: str | None):
+    """What reading a backup needs: the backup key's verifier, and the password when it is encrypted."""
+    from center.ops.backup_signing import load_verifier
     from center.ops.restore_archive import backup_is_encrypted
 
     if backup_public_key is None:
@@ -206,12 +260,22 @@ def restore_command(
     password = None
     if backup_is_encrypted(file):
         password = read_secret(what="password", file_option=password_file, env_var=None)
-    summary = restore_backup(
-        file, data_dir, db_url=db, password=password, verifier=verifier, pkcs11_module=pkcs11_module
+    return verifier, password
+
+
+def _join_text(summary: dict) -> str:
+    database = summary["database"]
+    module_line = f"token module {summary['pkcs11_module']}"
+    if summary["archive_pkcs11_module_ignored"] != summary["pkcs11_module"]:
+        module_line += f" (the archive's {summary['archive_pkcs11_module_ignored']} is not used)"
+    return (
+        f"joined center {summary['center_id']} as a new node in {summary['data_dir']} (backup of "
+        f"{summary['backup_created_at']}, signature OK, backup key {summary['signed_by_key_id'][:16]}...)\n"
+        f"  database {summary['db']}: schema {database['schema_revision']}, {database['entries']} entries, "
+        f"newest tree head (size {database['newest_tree_head_size']}) signed by this center; not written\n"
+        f"  {module_line}\n"
+        f"  start it with `center serve --data-dir {summary['data_dir']}`"
     )
-    emit(as_json, summary, lambda out: out.print(_restore_text(summary), highlight=False))
-    if not summary["ok"]:
-        raise typer.Exit(code=1)
 
 
 def _restore_text(summary: dict) -> str:

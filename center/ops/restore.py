@@ -15,6 +15,9 @@ verification run on the restored database.
 The archive's `pkcs11_module` is never used: `center serve` would load that
 library, so the restored config names the module given on restore's command
 line (default: this machine's SoftHSM).
+
+`center join` (center.ops.join) shares the first pass (verify_archive), the target check
+(check_target) and the second pass without the database (place_data_dir): one place for each rule.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from center.ops import backup_db
 from center.ops.backup_format import DATA_PREFIX, BackupError, Manifest
 from center.ops.backup_signing import BackupVerifier
 from center.ops.restore_archive import Capture, Discard, StagedFile, open_archive, walk_archive
-from center.storage.config import CONFIG_NAME, CenterConfig
+from center.storage.config import CERT_NAME, CONFIG_NAME, CenterConfig
 from center.storage.db import current_revision, make_engine, migrate, schema_status
 from hostkit.private_files import replace_file
 from tokens.softhsm import SoftHsmError, find_softhsm_module
@@ -55,29 +58,21 @@ def restore_backup(
     pkcs11_module: str | None,
 ) -> dict:
     file, new_dir = Path(os.path.abspath(file)), Path(os.path.abspath(new_dir))
-    _check_target(new_dir)
+    check_target(new_dir)
     module = choose_pkcs11_module(pkcs11_module)
-    verified = _verify(file, password, verifier)  # writes nothing
+    verified = verify_archive(file, password, verifier)  # writes nothing
     manifest = verified.manifest
     target_url = _target_db_url(manifest, new_dir, db_url)
-    new_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{new_dir.name}.restore-", dir=new_dir.parent))
-    try:
-        with open_archive(file, password) as tar:
-            walk_archive(
-                tar,
-                lambda spec: StagedFile(staging, _staged_path(staging, spec.name, manifest)),
-                verifier,
-                expected=manifest,
-            )
-        _rewrite_config(staging, manifest.source_data_dir, new_dir, target_url, module)
-        if manifest.db_kind == "postgresql":
-            backup_db.pg_restore(staging / PG_DUMP_NAME, target_url)
-            (staging / PG_DUMP_NAME).unlink()
-        _move_into_place(staging, new_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    place_data_dir(
+        file,
+        new_dir,
+        manifest,
+        password=password,
+        verifier=verifier,
+        db_url=target_url,
+        pkcs11_module=module,
+        with_database=True,
+    )
     schema = _upgrade_schema(target_url)
     ledger, audit = _run_checks(target_url, CenterConfig.load(new_dir))
     return {
@@ -121,31 +116,72 @@ def choose_pkcs11_module(given: str | None) -> str:
 class Verified:
     manifest: Manifest
     config: dict
+    cert_pem: bytes | None  # the center certificate in the archive (None when it holds none)
 
 
-def _verify(file: Path, password: str | None, verifier: BackupVerifier) -> Verified:
+def verify_archive(file: Path, password: str | None, verifier: BackupVerifier) -> Verified:
+    """The first pass: signature, every member against the manifest, config.json; writes nothing."""
     captured: dict[str, bytes] = {}
+    kept = (DATA_PREFIX + CONFIG_NAME, DATA_PREFIX + CERT_NAME)
     with open_archive(file, password) as tar:
         manifest = walk_archive(
             tar,
-            lambda spec: (
-                Capture(captured, spec.name) if spec.name == DATA_PREFIX + CONFIG_NAME else Discard()
-            ),
+            lambda spec: Capture(captured, spec.name) if spec.name in kept else Discard(),
             verifier,
         )
     config = _parse_config(captured[DATA_PREFIX + CONFIG_NAME], manifest)
-    return Verified(manifest, config)
+    return Verified(manifest, config, captured.get(DATA_PREFIX + CERT_NAME))
 
 
-def _check_target(new_dir: Path) -> None:
+def check_target(new_dir: Path) -> None:
     if new_dir.is_symlink():
-        raise BackupError(f"{new_dir} is a symbolic link: restore into a new, real directory")
+        raise BackupError(f"{new_dir} is a symbolic link: give a new, real directory (nothing was written)")
     if new_dir.exists() and not new_dir.is_dir():
         raise BackupError(f"{new_dir} is not a directory: choose a new or empty directory")
     if new_dir.exists() and any(new_dir.iterdir()):
-        raise BackupError(
-            f"{new_dir} is not empty: restore into a new or empty directory (nothing was written)"
-        )
+        raise BackupError(f"{new_dir} is not empty: give a new or empty directory (nothing was written)")
+
+
+def place_data_dir(
+    file: Path,
+    new_dir: Path,
+    manifest: Manifest,
+    *,
+    password: str | None,
+    verifier: BackupVerifier,
+    db_url: str,
+    pkcs11_module: str,
+    with_database: bool,
+) -> None:
+    """The second pass: the archive's files into a staging directory beside new_dir (every hash checked
+    again), paths rebased, db_url and the module written into config.json, then renamed to new_dir.
+
+    with_database: restore the archive's database too (SQLite file, or pg_restore into db_url); a join
+    passes False and the database member is only checked, never written anywhere.
+    Any failure removes the staging directory: new_dir stays absent or empty.
+    """
+    new_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{new_dir.name}.restore-", dir=new_dir.parent))
+    try:
+        with open_archive(file, password) as tar:
+            walk_archive(
+                tar,
+                lambda spec: (
+                    Discard()
+                    if spec.name == manifest.database_member and not with_database
+                    else StagedFile(staging, _staged_path(staging, spec.name, manifest))
+                ),
+                verifier,
+                expected=manifest,
+            )
+        _rewrite_config(staging, manifest.source_data_dir, new_dir, db_url, pkcs11_module)
+        if with_database and manifest.db_kind == "postgresql":
+            backup_db.pg_restore(staging / PG_DUMP_NAME, db_url)
+            (staging / PG_DUMP_NAME).unlink()
+        _move_into_place(staging, new_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _target_db_url(manifest: Manifest, new_dir: Path, db_url: str | None) -> str:

@@ -33,7 +33,12 @@ from paywire.center_cert import CenterIdentity, read_center_certificate
 from paywire.fields import KID_PATTERN, MAX_REASON_CHARS
 from paywire.messages import ENROLL, OPERATOR_ACTION
 from paywire.money import AmountError, format_amount, parse_amount
-from token_wallet.client import CenterRefused, CenterUnreachable
+from token_wallet.client import (
+    CenterRefused,
+    CenterUnreachable,
+    check_center_urls,
+    check_same_center,
+)
 from token_wallet.home import check_wallet_home
 from token_wallet.vault import Vault
 from token_wallet.vault_lock import vault_lock
@@ -83,6 +88,13 @@ PasswordAFd = Annotated[
 ]
 PasswordBFd = Annotated[
     int | None, typer.Option("--password-b-fd", help="Read password B from this descriptor")
+]
+# Repeated for a center with several nodes: every command tries them in this order (token_wallet.client).
+CenterUrls = Annotated[
+    list[str],
+    typer.Option(
+        "--center", help="Center URL, e.g. https://127.0.0.1:8443; repeat it for each node of the center"
+    ),
 ]
 CardTimeout = Annotated[
     float,
@@ -390,6 +402,28 @@ def choice(value: str, options: dict, option_name: str):
     if value not in options:
         raise CliError(f"{option_name} must be one of {', '.join(options)}, not {value!r}")
     return options[value]
+
+
+def well_formed_center_urls(urls: list[str]) -> list[str]:
+    """--center once or more: each URL well-formed (https, a host), checked before anything is read,
+    signed, queued or changed."""
+    try:
+        return check_center_urls(urls)
+    except ValueError as error:
+        raise CliError(f"--center: {error}; nothing was signed or changed") from None
+
+
+def same_center_urls(urls: list[str], cert_pem: bytes, center_id: str) -> None:
+    """Two or more URLs must all be the one center: each that answers presents the pinned certificate
+    and names the pinned center id, or the command stops here, naming it (nothing signed or queued).
+    One URL is left to the TLS pin at every connection, as before several were possible: a wrong one
+    only keeps a message in the outbox, and `wallet sync --center` points it elsewhere."""
+    if len(urls) < 2:
+        return
+    try:
+        check_same_center(urls, cert_pem, center_id)
+    except ValueError as error:
+        raise CliError(f"--center {error}; nothing was signed or changed") from None
 
 
 def read_center_cert(path: Path) -> CenterIdentity:

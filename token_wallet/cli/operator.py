@@ -31,11 +31,13 @@ from rich.text import Text
 
 from hostkit.cli import CliError, emit
 from paywire.bodies import console_client_sha256
+from paywire.center_cert import CenterIdentity
 from paywire.fields import CONSOLE_CHALLENGE_PATTERN, TOPUP_ID_PATTERN
 from paywire.messages import CONSOLE_LOGIN, OPERATOR_ACTION
 from paywire.money import format_amount
 from token_wallet.cli.common import (
     CardTimeout,
+    CenterUrls,
     Home,
     JsonFlag,
     PasswordAFd,
@@ -56,14 +58,14 @@ from token_wallet.cli.common import (
     read_center_cert,
     refuse_member_wallet,
     require_operator_wallet,
+    same_center_urls,
     send_operator_action,
     sign_with_pin,
+    well_formed_center_urls,
 )
-from token_wallet.client import check_center_url
 from token_wallet.wallet import Wallet
 from tokens import DEFAULT_CARD_TIMEOUT_S
 
-CenterUrl = Annotated[str, typer.Option("--center", help="Center URL, e.g. https://127.0.0.1:8443")]
 CenterCert = Annotated[
     Path, typer.Option("--center-cert", help="The center's certificate (center-cert.pem) to pin")
 ]
@@ -82,7 +84,7 @@ Yes = Annotated[
 
 @operator_app.command("attach")
 def attach(
-    center: CenterUrl,
+    center: CenterUrls,
     center_cert: CenterCert,
     home: Home = None,
     as_json: JsonFlag = False,
@@ -93,13 +95,13 @@ def attach(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Pin the center and ask it (a signed request) which operator account this token key belongs to."""
-    identity = _center_identity(center, center_cert)
+    urls, identity = _center_identity(center, center_cert)
     signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
     with signing.open_wallet() as wallet:
         refuse_member_wallet(wallet)
         previous = wallet.doc["center"]
         wallet.pin_center(
-            center, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg
+            urls, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg
         )
         try:
             state, result, entry = signing.sign_and_deliver(
@@ -114,7 +116,8 @@ def attach(
             learn_currency(wallet)  # kept in the vault: later actions need not ask before signing
     document = {
         "status": "attached" if state == "delivered" else "queued",
-        "center": center,
+        "center": urls[0],
+        "center_urls": urls,
         "center_id": identity.center_id,
         "kid": wallet.kid,
         "msg_id": entry["msg_id"],
@@ -202,7 +205,10 @@ def revoke_key(
 def console_login(
     challenge: Annotated[str, typer.Argument(help="The code the console shows, e.g. ABCD-EFGH-IJKL-MNOP")],
     center: Annotated[
-        str | None, typer.Option("--center", help="Center URL (default: the attached one)")
+        list[str] | None,
+        typer.Option(
+            "--center", help="Center URL (default: the attached ones); repeated, the whole new list"
+        ),
     ] = None,
     center_cert: Annotated[
         Path | None, typer.Option("--center-cert", help="Its certificate, with --center")
@@ -218,14 +224,15 @@ def console_login(
 ) -> None:
     """Log the browser showing CHALLENGE in to the operator console, with a signature from this token."""
     code = normalise_challenge(challenge)
+    center = center or None  # no --center at all, whatever the option parser gives for it
     if (center is None) != (center_cert is None):
         raise CliError("give --center and --center-cert together (or neither, to use the attached center)")
     signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
     with signing.open_wallet() as wallet:
         if center is not None:
-            identity = _center_identity(center, center_cert)
+            urls, identity = _center_identity(center, center_cert)
             wallet.pin_center(
-                center, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg
+                urls, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg
             )
         elif wallet.doc["center"] is None:
             raise CliError(
@@ -386,9 +393,10 @@ def _decision_question(action: str, topup: dict) -> Text:
     return question
 
 
-def _center_identity(url: str, cert_path: Path):
-    try:
-        check_center_url(url)
-    except ValueError as error:
-        raise CliError(str(error)) from None
-    return read_center_cert(cert_path)
+def _center_identity(urls: list[str], cert_path: Path) -> tuple[list[str], CenterIdentity]:
+    """--center (once or more) and --center-cert: every URL well-formed and, with several, each that
+    answers the center of that certificate; checked before the wallet changes or signs anything."""
+    checked = well_formed_center_urls(urls)
+    identity = read_center_cert(cert_path)
+    same_center_urls(checked, identity.cert_pem, identity.center_id)
+    return checked, identity

@@ -19,11 +19,12 @@ def check_rebind(wallet: Wallet, rebind: str | None) -> None:
     """`wallet enroll [--rebind ID]`: may this wallet's key enroll, and for which account?"""
     doc = wallet.doc
     if any(entry["type"] == ENROLL for entry in doc["outbox"]):
-        pinned = (doc["center"] or {}).get("url", "the center")
+        pinned = ", ".join(wallet.center_urls) or "the center"
         raise CliError(
             f"an enrollment for {pinned} is already waiting in the outbox: run `wallet sync` to deliver "
             "it, or `wallet sync --center https://HOST:PORT` if that URL is wrong (the signed "
-            "enrollment goes to the corrected URL of the same pinned center)"
+            "enrollment goes to the corrected URL of the same pinned center; repeat --center for "
+            "several nodes)"
         )
     state = key_state(doc)
     if rebind is None:

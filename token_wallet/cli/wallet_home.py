@@ -31,6 +31,7 @@ from paywire.envelope import b64url_encode
 from paywire.messages import ENROLL
 from token_wallet.cli.common import (
     CardTimeout,
+    CenterUrls,
     Home,
     JsonFlag,
     PasswordAFd,
@@ -48,9 +49,11 @@ from token_wallet.cli.common import (
     read_center_cert,
     read_password_a,
     read_password_b,
+    same_center_urls,
     say,
     sign_message,
     unlock_wallet,
+    well_formed_center_urls,
     with_pin_message,
     write_public_file,
 )
@@ -71,7 +74,6 @@ from token_wallet.cli.token_choice import (
     parse_pkcs11_key_type,
     so_pin_for,
 )
-from token_wallet.client import check_center_url
 from token_wallet.document import key_state, new_document
 from token_wallet.key_cert import read_key_certificate
 from token_wallet.vault import Vault
@@ -206,7 +208,7 @@ def _init_pkcs11(module, label, serial, key_type, key_mode, so_pin_file, entropy
 
 @app.command()
 def enroll(
-    center: Annotated[str, typer.Option(help="Center URL, e.g. https://127.0.0.1:8443")],
+    center: CenterUrls,
     center_cert: Annotated[Path, typer.Option(help="The center's certificate (center-cert.pem) to pin")],
     name: Annotated[str, typer.Option(help="Your name, or the store's name")],
     address: Annotated[str, typer.Option(help="Postal address")],
@@ -241,13 +243,11 @@ def enroll(
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
     """Register with the center: a registration signed by the token key, sent over pinned TLS."""
-    try:
-        check_center_url(center)  # refused before anything is read, signed or queued
-    except ValueError as error:
-        raise CliError(f"--center: {error}") from None
+    urls = well_formed_center_urls(center)  # refused before anything is read, signed or queued
     old_code = checked_recovery_code(recovery_code, rebind)
     body = _registration_body(name, address, birth_date, store, bank_account)
     identity = read_center_cert(center_cert)
+    same_center_urls(urls, identity.cert_pem, identity.center_id)
     with unlock_wallet(home, password_a_file, password_a_fd) as wallet:
         check_rebind(wallet, rebind)  # already enrolled, waiting in the outbox, or a lost card's new key
         key = wallet.key
@@ -261,7 +261,7 @@ def enroll(
             body, center_id=identity.center_id, new_kid=wallet.kid, old_code=old_code
         )
         wallet.pin_center(
-            center, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg
+            urls, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg
         )
         token = open_wallet_token(wallet, card_timeout_s)
         entry = sign_message(wallet, token, ENROLL, body, password_b_file, password_b_fd)
@@ -272,7 +272,10 @@ def enroll(
 @app.command()
 def sync(
     center: Annotated[
-        str | None, typer.Option(help="New URL of the same center (its pinned certificate stays)")
+        list[str] | None,
+        typer.Option(
+            help="New URL of the same center (its pinned certificate stays); repeated, the whole new list"
+        ),
     ] = None,
     home: Home = None,
     as_json: JsonFlag = False,
@@ -280,9 +283,13 @@ def sync(
     password_a_fd: PasswordAFd = None,
 ) -> None:
     """Deliver signed messages waiting in the outbox (needs password A only)."""
+    urls = well_formed_center_urls(center) if center else None  # all checked before anything changes
     with unlock_wallet(home, password_a_file, password_a_fd) as wallet:
-        if center:
-            wallet.move_center(center)
+        if urls:
+            pinned = wallet.doc["center"]
+            if pinned is not None:
+                same_center_urls(urls, pinned["cert_pem"].encode(), pinned["center_id"])
+            wallet.move_center(urls)
         report = wallet.deliver()
     document = report.to_json() | {"member_id": wallet.doc["member_id"]}
     currency = (wallet.doc["center"] or {}).get("currency")
@@ -402,6 +409,8 @@ def status(
         "member_id": doc["member_id"],
         "role": doc["role"],
         "center": {"url": center["url"], "center_id": center["center_id"]} if center else None,
+        # In the order every command tries them (token_wallet.client); the first is `center.url`.
+        "center_urls": wallet.center_urls,
         "counter": doc["counter"],
         "outbox": len(doc["outbox"]),
         # new | pending_bind | active, and a rotation's new key not yet confirmed (token_wallet.key_rotation)
@@ -579,7 +588,10 @@ def _render_status(out, document: dict) -> None:
             "run `wallet rotate-key` or `wallet sync`"
         )
     if document["center"]:
-        out.print(f"center: {document['center']['center_id']} at {document['center']['url']}")
+        urls = document["center_urls"]
+        also = f" (then {', '.join(urls[1:])})" if len(urls) > 1 else ""
+        # One line whatever the terminal width: URLs are copied from it.
+        out.print(f"center: {document['center']['center_id']} at {urls[0]}{also}", soft_wrap=True)
     if document["outbox"]:
         out.print(f"outbox: {document['outbox']} message(s) waiting; run `wallet sync`")
 
