@@ -31,6 +31,13 @@ def init(
     db: Annotated[
         str | None, typer.Option("--db", help="Database URL (default: SQLite in the data dir)")
     ] = None,
+    read_db: Annotated[
+        str | None,
+        typer.Option(
+            "--read-db",
+            help="A standby's database URL for the console's statistics and searches (default: the primary)",
+        ),
+    ] = None,
     currency: Annotated[str, typer.Option(help="ISO 4217 currency of this center")] = "JPY",
     center_id: Annotated[
         str | None, typer.Option(help="Center id used as audience (default: random)")
@@ -54,6 +61,9 @@ def init(
     """Create a center: configuration, database schema, token signing key, TLS certificate."""
     from center.ops.bootstrap import init_center
 
+    read_url = (
+        _checked_read_url(read_db, db or "") if read_db is not None else ""
+    )  # before anything is written
     os.umask(OWNER_ONLY_UMASK)
     config = init_center(
         data_dir,
@@ -67,6 +77,9 @@ def init(
         issuer_ca=issuer_ca,
         require_certified_keys=require_certified_keys,
     )
+    if read_url:
+        config.read_db_url = read_url
+        config.save()
     summary = {
         "center_id": config.center_id,
         "currency": config.currency,
@@ -190,6 +203,17 @@ def migrate(data_dir: DataDir, as_json: JsonFlag = False) -> None:
             else f"schema already at {status.current}; nothing to do"
         ),
     )
+
+
+def _checked_read_url(read_db: str, db_url: str) -> str:
+    """Reads off the primary need a PostgreSQL standby of the same database (SQLite has no standby)."""
+    if not db_url.startswith(("postgresql", "postgres:")) or not read_db.startswith(
+        ("postgresql", "postgres:")
+    ):
+        raise CliError(
+            "--read-db is a PostgreSQL standby's URL and needs --db on PostgreSQL too; leave it out on SQLite"
+        )
+    return read_db
 
 
 def _receipt_kid(config: CenterConfig) -> str:
