@@ -1,7 +1,13 @@
 """Payments benchmark: verified, durably committed payments with signed receipts per second.
 
     .venv/bin/python bench/bench_payments.py [--db sqlite|postgres|both] [--members 1000 1000000]
-        [--payments 9000] [--concurrency 32] [--workers 2] [--runs 5]
+        [--payments 9000] [--concurrency 32] [--workers 2] [--runs 5] [--db-url URL]
+
+`--db-url URL` (a PostgreSQL cluster, e.g. `bash scripts/ha-cluster.sh url postgres`: three nodes, a
+synchronous standby) adds a "cluster" case run beside the single PostgreSQL server at
+TOKENPAY_TEST_PG_URL, alternating run by run, and prints the cluster's throughput as a ratio to the
+single server's in the same invocation: the measured cost of the synchronous standby. Each run
+creates its own database on the cluster (through URL's primary) and drops it afterwards.
 
 Each result is printed as a ratio to the raw ECDSA P-256 verification rate on all cores, the
 baseline the targets of issues 5 and 13 are stated in, measured again just before each run: on a
@@ -64,6 +70,8 @@ WRK_THREADS = 2
 DEFAULT_WORKERS = {"sqlite": 1, "postgres": 2}
 WRK_MAX_SECONDS = 900
 MAX_RUNS = 20
+# --db-url: the "cluster" case's admin URL (databases are made and dropped through it).
+CLUSTER_URL: dict[str, str] = {}
 
 
 def verify_worker(seconds: float) -> int:
@@ -234,7 +242,7 @@ def run_one(db: str, members: int, payments: int, connections: int, workers: int
     verify_rate = raw_verify_rate()  # this run's own baseline (see the module docstring)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{tmp}/center.db" if db == "sqlite" else create_pg_database()
+        url = f"sqlite:///{tmp}/center.db" if db == "sqlite" else create_pg_database(CLUSTER_URL.get(db))
         center = LiveCenter.create(Path(tmp), url)
         try:
             center.process.start(workers=workers)
@@ -269,7 +277,7 @@ def run_one(db: str, members: int, payments: int, connections: int, workers: int
         finally:
             center.close()
             if db != "sqlite":
-                drop_pg_database(url)
+                drop_pg_database(url, CLUSTER_URL.get(db))
     assert committed == len(envelopes), f"{committed} payments committed, {len(envelopes)} sent"
     return {
         "db": db,
@@ -306,6 +314,11 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help=f"center serve --workers (default: {DEFAULT_WORKERS})"
     )
+    parser.add_argument(
+        "--db-url",
+        default=None,
+        help="a PostgreSQL cluster's URL (several hosts allowed): measured beside the single server",
+    )
     args = parser.parse_args()
     if not 1 <= args.runs <= MAX_RUNS:
         parser.error(f"--runs must be in [1, {MAX_RUNS}]")
@@ -314,6 +327,11 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: run `bash scripts/setup.sh` (or apt-get install wrk)")
     os.environ.setdefault("TOKENPAY_TEST_PG_URL", PG_ADMIN_URL)
+    if args.db_url is not None:
+        CLUSTER_URL["cluster"] = args.db_url
+        DEFAULT_WORKERS["cluster"] = DEFAULT_WORKERS["postgres"]
+        compare_cluster(args)
+        return
     for db in ["sqlite", "postgres"] if args.db == "both" else [args.db]:
         for members in args.members:
             runs = []
@@ -330,6 +348,30 @@ def main() -> None:
                 print_run(runs[-1])
             if args.runs > 1:
                 print_spread(runs)
+
+
+def compare_cluster(args) -> None:
+    """The single server and the cluster, alternating run by run (the machine's load moves: runs taken
+    side by side are compared), then the ratio of their medians."""
+    members = args.members[0]
+    runs: dict[str, list[dict]] = {"postgres": [], "cluster": []}
+    for _ in range(args.runs):
+        for db in runs:
+            runs[db].append(
+                run_one(db, members, args.payments, args.concurrency, args.workers or DEFAULT_WORKERS[db])
+            )
+            print_run(runs[db][-1])
+    for db_runs in runs.values():
+        if args.runs > 1:
+            print_spread(db_runs)
+    for label, key in (("single-payment path", "payments_per_s"), ("batch path", "batch_per_s")):
+        single = statistics.median(r[key] for r in runs["postgres"])
+        cluster = statistics.median(r[key] for r in runs["cluster"])
+        print(
+            f"cluster (synchronous standby) / single server, {label}: {cluster:,.0f}/s / {single:,.0f}/s "
+            f"= {cluster / single:.2f} (medians of {args.runs} runs each)",
+            flush=True,
+        )
 
 
 def run_label(r: dict) -> str:

@@ -56,20 +56,28 @@ def pg_reachable() -> bool:
         return False
 
 
-def create_pg_database() -> str:
+def create_pg_database(admin_url: str | None = None) -> str:
+    """A new database on the test server (or on the server or cluster `admin_url` names); its URL."""
     import psycopg
+    from sqlalchemy.engine import make_url
 
+    from center.ops.backup_db import libpq_target
+
+    admin_url = admin_url or PG_ADMIN_URL
     name = f"tokenpay_t_{secrets.token_hex(6)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    with psycopg.connect(libpq_target(admin_url)[0], autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
-def drop_pg_database(url: str) -> None:
+def drop_pg_database(url: str, admin_url: str | None = None) -> None:
     import psycopg
+    from sqlalchemy.engine import make_url
 
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+    from center.ops.backup_db import libpq_target
+
+    name = make_url(url).database
+    with psycopg.connect(libpq_target(admin_url or PG_ADMIN_URL)[0], autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
