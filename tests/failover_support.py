@@ -134,7 +134,9 @@ class _Answer:
 def resend_all(center: LiveCenter, url: str, paid: list[Paid]) -> list[str]:
     """Send every accepted payment's bytes again: each must get the very receipt its client holds."""
     problems = []
-    with httpx.Client(base_url=url, verify=center.ssl_context(), timeout=READ_TIMEOUT_S, trust_env=False) as client:
+    with httpx.Client(
+        base_url=url, verify=center.ssl_context(), timeout=READ_TIMEOUT_S, trust_env=False
+    ) as client:
         for item in paid:
             response = client.post("/v1/payments", json=item.request.to_json())
             if response.status_code != 200 or response.json()["receipt"] != item.receipt:

@@ -22,7 +22,7 @@ operator_app = typer.Typer(help="Operator actions on this center's data director
 
 # A group added without a name lends its commands to the parent: `center init`, `center operator add`.
 app.add_typer(server.app)  # init, serve, migrate
-app.add_typer(backup.app)  # backup, restore
+app.add_typer(backup.app)  # backup, restore, join
 app.add_typer(operator_app, name="operator")
 operator_app.add_typer(topups.app)  # confirm-topup, decline-topup
 operator_app.add_typer(operators.app)  # add, list, access-log, list-stores, clear-store

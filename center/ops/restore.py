@@ -29,6 +29,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from center.ledger.audit_tree_check import CenterKey
 from center.ledger.audit_verify import verify_log
 from center.ledger.book import check_ledger
@@ -37,7 +40,7 @@ from center.ops.backup_format import DATA_PREFIX, BackupError, Manifest
 from center.ops.backup_signing import BackupVerifier
 from center.ops.restore_archive import Capture, Discard, StagedFile, open_archive, walk_archive
 from center.storage.config import CERT_NAME, CONFIG_NAME, CenterConfig
-from center.storage.db import current_revision, make_engine, migrate, schema_status
+from center.storage.db import current_revision, make_engine, migrate, normalise_url, schema_status
 from hostkit.private_files import replace_file
 from tokens.softhsm import SoftHsmError, find_softhsm_module
 
@@ -197,13 +200,27 @@ def _target_db_url(manifest: Manifest, new_dir: Path, db_url: str | None) -> str
             "this backup holds a PostgreSQL database: give --db URL of a new, empty database "
             "(a restore never writes into the live one)"
         )
-    if backup_db.db_kind(db_url) != "postgresql":
+    if backup_db.db_kind(checked_db_url(db_url)) != "postgresql":
         raise BackupError("this backup holds a PostgreSQL database: --db must be a postgresql:// URL")
     if not backup_db.pg_is_empty(db_url):
         raise BackupError(
             f"the database {backup_db.redact_url(db_url)} is not empty: create a new one for the restore "
             "(nothing was written)"
         )
+    return db_url
+
+
+def checked_db_url(db_url: str) -> str:
+    """--db as given, once SQLAlchemy can read it; else one line on how to write it (never the URL
+    itself: it may hold a password)."""
+    try:
+        make_url(normalise_url(db_url))
+    except (ArgumentError, ValueError):
+        raise BackupError(
+            "--db is not a database URL: give sqlite:////ABSOLUTE/PATH/center.db or "
+            "postgresql://USER@HOST:PORT/DB (several hosts: "
+            "postgresql://USER@/DB?host=H1:P1&host=H2:P2&target_session_attrs=read-write, not H1:P1,H2:P2)"
+        ) from None
     return db_url
 
 
