@@ -31,12 +31,16 @@ READ_TIMEOUT_S = 30.0
 # All the URLs and waits of one request together: a command never hangs longer than this per message.
 TOTAL_TIMEOUT_S = 60.0
 MAX_RETRY_AFTER_S = 30.0  # a longer `retry_after` is not waited for: the message waits for `wallet sync`
-MAX_ROUNDS = 4  # passes over the whole list (only after a node asked to wait)
+# Passes over the whole list (only after a node asked to wait): enough to ride out a database failover
+# (~20-25 s with the cluster's settings, 503 with retry_after 2 s meanwhile) within TOTAL_TIMEOUT_S.
+MAX_ROUNDS = 30
 MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_URL_CHARS = 2048
 MAX_CENTER_URLS = 8
-# `enroll`, `operator attach`, `sync`/`console-login --center`: how long one URL's identity check may take.
+# `enroll`, `operator attach`, `sync`/`console-login --center`: how long one URL's identity check may
+# take, and all of them together (a URL not checked in time counts as one that did not answer).
 CHECK_TIMEOUT_S = 10.0
+CHECK_TOTAL_TIMEOUT_S = 30.0
 
 
 class CenterUnreachable(Exception):
@@ -128,11 +132,6 @@ class CenterClient:
     def __exit__(self, *_exc) -> None:
         self._client.close()
 
-    @property
-    def answered_url(self) -> str:
-        """The URL that answered last (the first one before any request)."""
-        return self._urls[self._start]
-
     def get_json(self, path: str) -> dict:
         return self._parse(self._send("GET", path))
 
@@ -189,7 +188,10 @@ class CenterClient:
                     failures[url] = _reason(error)
                     if _tls_refused(error):
                         not_pinned.add(url)
+                    else:
+                        not_pinned.discard(url)
                     continue
+                not_pinned.discard(url)
                 if response.status_code >= 500:
                     # The node may or may not have applied it; the same signed bytes are safe anywhere.
                     failures[url] = f"it answered HTTP {response.status_code}{_error_code(response)}"
@@ -249,8 +251,13 @@ def check_same_center(urls: Sequence[str], cert_pem: bytes, center_id: str) -> l
     /v1/center the pinned center id. Raises ValueError naming the first URL that is not; returns the
     URLs that did not answer (they are checked at every connection anyway: the pin)."""
     silent = []
+    deadline = time.monotonic() + CHECK_TOTAL_TIMEOUT_S
     for url in urls:
-        with CenterClient(url, cert_pem, total_timeout_s=CHECK_TIMEOUT_S) as client:
+        left_s = min(CHECK_TIMEOUT_S, deadline - time.monotonic())
+        if left_s <= 0:
+            silent.append(url)
+            continue
+        with CenterClient(url, cert_pem, total_timeout_s=left_s) as client:
             try:
                 info = client.get_json("/v1/center")
             except CenterNotPinned:

@@ -227,10 +227,12 @@ def console_login(
     center = center or None  # no --center at all, whatever the option parser gives for it
     if (center is None) != (center_cert is None):
         raise CliError("give --center and --center-cert together (or neither, to use the attached center)")
+    # All the URLs checked before the wallet is opened: one malformed or foreign one changes nothing.
+    pinned = _center_identity(center, center_cert) if center is not None else None
     signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
     with signing.open_wallet() as wallet:
-        if center is not None:
-            urls, identity = _center_identity(center, center_cert)
+        if pinned is not None:
+            urls, identity = pinned
             wallet.pin_center(
                 urls, identity.cert_pem, identity.center_id, identity.receipt_spki, identity.receipt_alg
             )
