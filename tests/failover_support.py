@@ -32,7 +32,8 @@ class Paid:
     request: Envelope
     result: dict
     receipt: dict
-    answered_at: float  # time.monotonic() of the answer
+    sent_at: float  # time.monotonic() when the attempt that got the answer was sent
+    answered_at: float
     attempts: int
 
 
@@ -66,8 +67,9 @@ class Load:
             assert not thread.is_alive(), "a paying client did not stop"
 
     def accepted_after(self, moment: float) -> list[Paid]:
+        """Payments sent after `moment` and accepted: committed by whatever primary there was then."""
         with self._lock:
-            return [paid for paid in self.paid if paid.answered_at > moment]
+            return [paid for paid in self.paid if paid.sent_at > moment]
 
     def count(self) -> int:
         with self._lock:
@@ -93,6 +95,7 @@ class Load:
         while time.monotonic() < deadline:
             client = clients[attempts % len(clients)]
             attempts += 1
+            sent_at = time.monotonic()
             try:
                 response = client.post("/v1/payments", json=request.to_json())
             except httpx.TransportError:
@@ -108,7 +111,7 @@ class Load:
             receipt = response.json()["receipt"]
             result = self.center.result_of(request, _Answer(response))
             with self._lock:
-                self.paid.append(Paid(request, result, receipt, time.monotonic(), attempts))
+                self.paid.append(Paid(request, result, receipt, sent_at, time.monotonic(), attempts))
             return
         with self._lock:
             self.failed.append(f"no answer within {MAX_PAYMENT_WAIT_S} s")
