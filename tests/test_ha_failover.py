@@ -133,6 +133,12 @@ def _check_books(nodes: TwoNodes, load: Load, url: str) -> None:
     nodes.center.audit_verify()
 
 
+def _longest_pause_s(load: Load, since: float) -> float:
+    """The longest time without an accepted payment after `since`: what the clients felt of it."""
+    times = sorted(paid.answered_at for paid in load.paid if paid.answered_at >= since)
+    return max((later - earlier for earlier, later in zip([since, *times], times, strict=False)), default=0.0)
+
+
 def _report(what: str, **figures) -> None:
     print(f"[ha] {what}: " + ", ".join(f"{name} {value}" for name, value in figures.items()))
 
@@ -157,6 +163,7 @@ def test_node_loss_then_a_center_node_loss_under_load(two_nodes, cluster):
         "node loss",
         old_leader=old_leader,
         new_leader=new_leader,
+        longest_pause_s=f"{_longest_pause_s(load, killed_at):.1f}",
         kill_to_first_payment_s=f"{recovery_s:.1f}",
         payments=load.count(),
         needed_a_retry=retried,
@@ -195,6 +202,7 @@ def test_planned_switchover_under_load_fails_no_payment(two_nodes, cluster):
         "switchover",
         old_leader=old_leader,
         new_leader=new_leader,
+        longest_pause_s=f"{_longest_pause_s(load, switched_at):.1f}",
         switch_to_first_payment_s=f"{recovery_s:.1f}",
         payments=load.count(),
         needed_a_retry=sum(1 for paid in load.paid if paid.attempts > 1),
