@@ -17,12 +17,16 @@ import asyncio
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from center.errors import ApiError
 from center.ops import observability
 from center.storage.config import DEFAULT_REQUEST_DEADLINE_S as REQUEST_DEADLINE_S
 
+# SQLITE_BUSY, SQLITE_LOCKED: another writer held the lock past the busy timeout.
+SQLITE_BUSY_CODES = frozenset({5, 6})
+# admin_shutdown, crash_shutdown, cannot_connect_now, read_only_sql_transaction (a demoted primary).
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
 # A failover with the cluster's DCS settings (scripts/ha-cluster.sh) takes ttl-bound seconds.
 RETRY_AFTER_S = 2
 
@@ -36,9 +40,32 @@ def install_unavailable_handlers(app: FastAPI) -> None:
     app.exception_handler(InterfaceError)(_database_error)
 
 
-async def _database_error(_request: Request, error: Exception) -> JSONResponse:
+def is_unavailable(error: DBAPIError) -> bool:
+    """Whether a database error means "cannot answer now" rather than a fault (a missing table, a bug).
+
+    PostgreSQL: a connection lost or refused (psycopg's own errors carry no SQLSTATE; the server's
+    class 08), the server shutting down (57P0x), or a write on a node that is no longer the primary
+    (25006). SQLite: its lock still taken after the busy timeout.
+    """
+    if error.connection_invalidated:
+        return True
+    original = error.orig
+    code = getattr(original, "sqlite_errorcode", None)
+    if code is not None:
+        return code in SQLITE_BUSY_CODES
+    sqlstate = getattr(original, "sqlstate", None)
+    return (
+        isinstance(error, InterfaceError)
+        or sqlstate is None
+        or sqlstate[:2] == "08"
+        or sqlstate in (UNAVAILABLE_SQLSTATES)
+    )
+
+
+async def _database_error(_request: Request, error: DBAPIError) -> JSONResponse:
+    if not is_unavailable(error):
+        raise error  # a fault, not a failover: the plain 500 (and its log line with the traceback)
     # The driver's text can name hosts and ports, never for clients: one fixed line.
-    del error
     answer = database_unavailable(
         "the center's database is not answering (failing over?): send the same signed bytes again"
     )
