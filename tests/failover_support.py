@@ -85,6 +85,9 @@ class Load:
                 body = pay_body(self.store_id, AMOUNT_MINOR, f"C{index}-{number}")
                 request = signer.envelope("pay", body, aud=self.center.center_id)
                 self._pay(request, clients)
+        except BaseException as error:  # a client that dies must show in the test, not vanish with its thread
+            with self._lock:
+                self.failed.append(f"client {index} stopped: {type(error).__name__}: {str(error)[:300]}")
         finally:
             for client in clients:
                 client.close()
@@ -102,7 +105,7 @@ class Load:
                 time.sleep(0.2)  # this node does not answer: the next one, with the same bytes
                 continue
             if response.status_code in (429, 503):  # a limit or a failover: the same bytes, later
-                time.sleep(min(float(response.json()["error"].get("retry_after", 1)), 5.0))
+                time.sleep(min(float(response.headers.get("retry-after", "1")), 5.0))
                 continue
             if response.status_code != 200:
                 with self._lock:

@@ -27,9 +27,11 @@ from paywire.messages import Header
 MAX_ATTEMPTS = 3
 # Refusals that can mean "a concurrent copy of this very message won": a copy
 # that read "no earlier answer" before the winner committed then meets the
-# winner's counter or key. Retried like a unique violation; the retry's first
-# step finds the winner's answer. A genuine replay is still refused.
-LOST_RACE_CODES = ("counter_replayed", "key_already_enrolled")
+# winner's counter, key or payment (duplicate_order: its insert waited for the
+# winner's payment of the same order, then found it committed). Retried like a
+# unique violation; the retry's first step finds the winner's answer. A genuine
+# replay or a second payment of the order is still refused.
+LOST_RACE_CODES = ("counter_replayed", "key_already_enrolled", "duplicate_order")
 
 # The earlier answer with the key's current status, in one statement: a revoked key's resends
 # are refused too, and cached key facts are never trusted for status.
