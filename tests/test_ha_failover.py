@@ -17,6 +17,7 @@ import signal
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from failover_support import Load, resend_all
 from ha_support import running_cluster
@@ -180,10 +181,14 @@ def test_node_loss_then_a_center_node_loss_under_load(two_nodes, cluster):
         time.sleep(0.5)
 
 
-def _payments_on(cluster, node: str, database: str) -> int:
-    """Count the payments on one node, primary or standby (a standby shows what it has replayed)."""
-    with cluster.connect_node(node, database) as conn:
-        return conn.execute("SELECT count(*) FROM payments").fetchone()[0]
+def _payments_on(cluster, node: str, database: str) -> int | None:
+    """The payments on one node, primary or standby (a standby shows what it has replayed); None while
+    it does not take connections yet (a standby refuses them until its recovery is consistent)."""
+    try:
+        with cluster.connect_node(node, database) as conn:
+            return conn.execute("SELECT count(*) FROM payments").fetchone()[0]
+    except psycopg.OperationalError:
+        return None
 
 
 def test_planned_switchover_under_load_fails_no_payment(two_nodes, cluster):
