@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
-from stress_support import LiveCenter, pay_body
+from stress_support import Answer, LiveCenter, pay_body
 from support import SoftwareSigner
 
 from paywire.envelope import Envelope
@@ -112,7 +112,7 @@ class Load:
                     self.failed.append(f"{response.status_code} {response.text[:200]}")
                 return
             receipt = response.json()["receipt"]
-            result = self.center.result_of(request, _Answer(response))
+            result = self.center.result_of(request, Answer(response.status_code, response.content))
             with self._lock:
                 self.paid.append(Paid(request, result, receipt, sent_at, time.monotonic(), attempts))
             return
@@ -126,15 +126,6 @@ class Load:
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             trust_env=False,
         )
-
-
-class _Answer:
-    """The shape LiveCenter.result_of reads."""
-
-    def __init__(self, response: httpx.Response):
-        self.status = response.status_code
-        self.body = response.content
-        self.json = response.json()
 
 
 def resend_all(center: LiveCenter, url: str, paid: list[Paid]) -> list[str]:

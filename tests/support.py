@@ -5,6 +5,7 @@ Not fixtures (those live in conftest.py and the fixtures_* modules); plain funct
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -79,6 +80,14 @@ def drop_pg_database(url: str, admin_url: str | None = None) -> None:
     name = make_url(url).database
     with psycopg.connect(libpq_target(admin_url or PG_ADMIN_URL)[0], autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def set_center_config(data_dir: Path, **fields) -> None:
+    """Change fields of a center's config.json before its `center serve` starts (e.g. request_deadline_s)."""
+    path = data_dir / "config.json"
+    config = json.loads(path.read_text())
+    config.update(fields)
+    path.write_text(json.dumps(config))
 
 
 # --- processes ------------------------------------------------------------------

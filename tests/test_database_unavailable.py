@@ -7,14 +7,13 @@ over cluster would (tests/test_ha_failover.py does it with a real Patroni cluste
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 
 import psycopg
 import pytest
 from stress_support import STORE_NAME, Api, LiveCenter, pay_body
-from support import PG_ADMIN_URL, create_pg_database, drop_pg_database
+from support import PG_ADMIN_URL, create_pg_database, drop_pg_database, set_center_config
 
 from center.storage.db import payments
 
@@ -26,10 +25,8 @@ WAIT_FOR_COMMIT_S = 60.0
 
 def _start(tmp_path, db_url: str) -> LiveCenter:
     center = LiveCenter.create(tmp_path, db_url)
-    config_file = center.data_dir / "config.json"
-    config = json.loads(config_file.read_text())
-    config["request_deadline_s"] = DEADLINE_S  # short, so that the test waits seconds, not the default 20
-    config_file.write_text(json.dumps(config))
+    # Short, so that the test waits seconds, not the default 20.
+    set_center_config(center.data_dir, request_deadline_s=DEADLINE_S)
     center.process.start()
     return center
 

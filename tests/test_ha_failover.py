@@ -12,7 +12,6 @@ One cluster for the module (its start costs ~30 s); each test makes its own cent
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from failover_support import Load, resend_all
 from ha_support import running_cluster
 from sqlalchemy.engine import make_url
 from stress_support import STORE_NAME, Api, LiveCenter, fund_members, pay_body
-from support import CenterProcess, create_pg_database, free_port, run_cli
+from support import CenterProcess, create_pg_database, free_port, run_cli, set_center_config
 from test_backup import make_backup_key, signed_by
 
 from center.storage.db import payments
@@ -55,7 +54,7 @@ class TwoNodes:
     def __init__(self, root: Path, db_url: str, backup_key: dict, deadline_s: float | None = None):
         self.center = LiveCenter.create(root, db_url)
         if deadline_s is not None:
-            _set_config(self.center.data_dir, request_deadline_s=deadline_s)
+            set_center_config(self.center.data_dir, request_deadline_s=deadline_s)
         self.node_a = self.center.process
         self.node_a.start()
         with Api(self.center) as api:
@@ -90,13 +89,6 @@ class TwoNodes:
     def close(self) -> None:
         self.node_b.stop()
         self.center.close()
-
-
-def _set_config(data_dir: Path, **fields) -> None:
-    path = data_dir / "config.json"
-    config = json.loads(path.read_text())
-    config.update(fields)
-    path.write_text(json.dumps(config))
 
 
 @pytest.fixture
