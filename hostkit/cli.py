@@ -1,4 +1,8 @@
-"""Small pieces both command lines share: errors as one line, JSON or Rich output, secrets from files."""
+"""Small pieces both command lines share: errors as one line, JSON or Rich output, secrets from files.
+
+Rich is imported only where text for people is printed (hostkit.console): `--json`, `--version` and
+a refusal do without it, and its import is tens of milliseconds of a wallet command's start-up.
+"""
 
 from __future__ import annotations
 
@@ -8,58 +12,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.text import Text
+from hostkit import timing
+from hostkit.shown import escape_unshown
 
-from paywire.text import text_char_problem
+if TYPE_CHECKING:
+    from rich.console import Console
 
 MAX_SECRET_FILE_BYTES = 4096
-MAX_QUOTED_CHARS = 100  # a longer outside value is cut, with a marker saying how much is not shown
-
-
-def escape_unshown(text: str, *, keep: str = "") -> str:
-    r"""`text` with every character the wire refuses in a text field (paywire.text.text_char_problem)
-    written as a Python-style escape (\x1b, \u202e, \U000e0041): controls (ESC starts terminal
-    commands), format characters (bidi overrides reorder a line, zero-width ones hide), separators,
-    surrogates, private-use and unassigned code points, blank letters. Characters in `keep` (our own
-    newlines) stay."""
-    if text.isascii() and text.isprintable():  # the common case, at C speed
-        return text
-    return "".join(ch if ch in keep or text_char_problem(ch) is None else _escape(ch) for ch in text)
-
-
-def _escape(ch: str) -> str:
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def quoted(value: object, max_chars: int = MAX_QUOTED_CHARS) -> str:
-    """A value from outside (a name, an order reference) as one line in double quotes it cannot
-    close: backslash and quote escaped, anything unshown escaped, a newline too; longer than
-    `max_chars`, cut with a marker outside the quotes."""
-    text = str(value)
-    body = escape_unshown(text[:max_chars].replace("\\", "\\\\").replace('"', '\\"'))
-    cut = f" ... (+{len(text) - max_chars} more characters)" if len(text) > max_chars else ""
-    return f'"{body}"{cut}'
-
-
-class PlainConsole(Console):
-    """A Rich console that shows every string as it is, never obeys it: markup ([bold], [conceal],
-    an unbalanced [/]) and emoji codes are never interpreted, nothing is highlighted, and unshown
-    characters are escaped (escape_unshown; our own newlines stay). Every str Rich renders (print
-    arguments, table cells and titles) passes render_str, so this one place covers them all."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(markup=False, highlight=False, emoji=False, **kwargs)
-
-    def render_str(self, text: str, **kwargs) -> Text:
-        kwargs.update(markup=False, emoji=False)  # also when a caller asks for markup=True
-        return super().render_str(escape_unshown(text, keep="\n"), **kwargs)
-
-
-stdout_console = PlainConsole()
-stderr_console = PlainConsole(stderr=True)
 
 
 class CliError(Exception):
@@ -70,20 +31,25 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-def run_cli(app: Callable[[], None], known_errors: tuple[type[BaseException], ...]) -> None:
-    """Run a Typer app; turn expected failures into one line on stderr, never a traceback."""
+def run_cli(app: Callable[[], None], known_errors: Callable[[], tuple[type[BaseException], ...]]) -> None:
+    """Run a Typer app; turn expected failures into one line on stderr, never a traceback.
+
+    `known_errors` names the errors that are the user's to act on; it is called only once something
+    was raised, so a run that raises nothing never imports the modules that define them."""
     try:
         app()
     except CliError as error:
         _fail(str(error), error.exit_code)
-    except known_errors as error:
-        _fail(str(error) or error.__class__.__name__, 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except Exception as error:  # a bug: still one line, the traceback only on request
-        if os.environ.get("TOKENPAY_DEBUG") == "1":
+    except Exception as error:
+        if isinstance(error, known_errors()):
+            _fail(str(error) or error.__class__.__name__, 1)
+        if os.environ.get("TOKENPAY_DEBUG") == "1":  # a bug: still one line, the traceback on request
             raise
         _fail(f"internal error ({error.__class__.__name__}): {error}; set TOKENPAY_DEBUG=1 for details", 70)
+    finally:
+        timing.write_if_asked()
 
 
 def _fail(message: str, exit_code: int) -> None:
@@ -96,6 +62,8 @@ def emit(as_json: bool, document: dict | list, render: Callable[[Console], None]
     if as_json:
         sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
     else:
+        from hostkit.console import stdout_console  # Rich is loaded only for output people read
+
         render(stdout_console)
 
 

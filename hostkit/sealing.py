@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
+from hostkit import timing
+
 # --- format constants ------------------------------------------------------------------------
 
 FORMAT_VERSION = 1
@@ -215,13 +217,14 @@ def derive_keys(password: bytes, kdf: KdfParams, salt: bytes) -> SealingKeys:
     """Argon2id (password, salt) -> AES key and check value. KDF parameters must be within limits."""
     assert kdf_problem(kdf) is None, "KDF parameters are validated before deriving"
     assert len(salt) == SALT_SIZE
-    okm = Argon2id(
-        salt=salt,
-        length=AES_KEY_SIZE + CHECK_KEY_SIZE,
-        iterations=kdf.iterations,
-        lanes=kdf.lanes,
-        memory_cost=kdf.memory_kib,
-    ).derive(password)
+    with timing.span("kdf"):
+        okm = Argon2id(
+            salt=salt,
+            length=AES_KEY_SIZE + CHECK_KEY_SIZE,
+            iterations=kdf.iterations,
+            lanes=kdf.lanes,
+            memory_cost=kdf.memory_kib,
+        ).derive(password)
     aes_key, check_key = okm[:AES_KEY_SIZE], okm[AES_KEY_SIZE:]
     check = hmac.new(check_key, CHECK_LABEL, hashlib.sha256).digest()[:CHECK_SIZE]
     return SealingKeys(kdf=kdf, salt=salt, aes_key=aes_key, check=check)

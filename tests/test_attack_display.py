@@ -337,7 +337,7 @@ PAYEE = "S-fedcba9876543210"
 
 
 def _render(renderable, width: int) -> str:
-    from hostkit.cli import PlainConsole
+    from hostkit.console import PlainConsole
 
     console = PlainConsole(file=io.StringIO(), width=width)
     console.print(renderable)
@@ -365,7 +365,7 @@ def _wire_verdict(text: str) -> str | None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=HOSTILE)
 def test_hostile_text_is_refused_by_the_wire_or_shown_literally(text):
-    from hostkit.cli import quoted
+    from hostkit.shown import quoted
     from paywire.text import text_char_problem
     from token_wallet.cli.money import payment_block
 

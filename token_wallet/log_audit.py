@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from paywire import merkle
 from paywire.envelope import Envelope, b64url_encode, seal
@@ -44,9 +45,12 @@ from paywire.messages import LOG_QUERY, build_payload, new_message_id
 from paywire.receipts import LOG_RECEIPT_FORMAT, receipt_leaf
 from paywire.tree_head import TreeHead, check_tree_head
 from token_wallet.audit_cursor import LOG_KINDS, AuditTail
-from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable
+from token_wallet.center_url import CenterRefused, CenterUnreachable
 from token_wallet.document import add_history, now_ms
 from tokens.base import KeyRecord, Token
+
+if TYPE_CHECKING:  # the HTTP client is imported where a request is made
+    from token_wallet.client import CenterClient
 
 # Sent at once; the center takes at most MAX_QUERY_LIFETIME_S.
 QUERY_LIFETIME_S = 120

@@ -30,7 +30,7 @@ import secrets
 import sqlite3
 import struct
 from dataclasses import dataclass
-from urllib.request import pathname2url
+from urllib.parse import quote
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -299,7 +299,9 @@ def connect(path, *, create: bool) -> sqlite3.Connection:
         if create:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
         else:
-            conn = sqlite3.connect(f"file:{pathname2url(str(path))}?mode=rw", uri=True, isolation_level=None)
+            # quote() is what urllib.request.pathname2url does on POSIX, without importing the HTTP
+            # stack that module loads (tens of milliseconds of every command's start-up).
+            conn = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, isolation_level=None)
     except sqlite3.Error as error:
         raise VaultError(f"cannot open the vault database at {path}: {error}") from None
     try:

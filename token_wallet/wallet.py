@@ -41,7 +41,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from hostkit import timing
 from paywire.envelope import Envelope, b64url_decode, b64url_encode, seal
 from paywire.errors import WireError
 from paywire.messages import (
@@ -67,7 +69,7 @@ from paywire.receipts import check_receipt, check_refusal
 from paywire.verify import verify_envelope
 from token_wallet.account_info import record_account_info
 from token_wallet.answer_checks import Contradiction, check_answer
-from token_wallet.client import CenterClient, CenterRefused, CenterUnreachable, check_center_urls
+from token_wallet.center_url import CenterRefused, CenterUnreachable, check_center_urls
 from token_wallet.document import (
     WalletError,
     add_history,
@@ -81,6 +83,9 @@ from token_wallet.document import (
 from token_wallet.log_audit import receipt_form, receipt_json, receipt_log_record
 from token_wallet.vault import Vault
 from tokens.base import KeyRecord, Token
+
+if TYPE_CHECKING:  # the HTTP client is imported where a request is made
+    from token_wallet.client import CenterClient
 
 VAULT_FILENAME = "vault.tpv"
 MAX_OUTBOX_ENTRIES = 1000
@@ -239,6 +244,10 @@ class Wallet:
         return center_urls(self.doc["center"]) if self.doc["center"] else []
 
     def client(self) -> CenterClient:
+        # Imported here: the HTTP stack (httpx, ssl) is tens of milliseconds of start-up that only a
+        # command talking to the center pays (issue 16).
+        from token_wallet.client import CenterClient
+
         center = self.doc["center"]
         if center is None:
             raise WalletError("this wallet knows no center yet: run `wallet enroll` first")
@@ -280,7 +289,7 @@ class Wallet:
             lifetime_s=LIFETIME_S[msg_type],
         )
         envelope = seal(
-            payload, alg=key.algorithm, kid=self.kid, sign=lambda data: token.sign(key, data, pin)
+            payload, alg=key.algorithm, kid=self.kid, sign=lambda data: _timed_sign(token, key, data, pin)
         )
         entry = {
             "msg_id": payload["msg_id"],
@@ -583,3 +592,8 @@ _RECORD_RESULT = {
     ROTATE: _record_rotated,
     ACCOUNT_INFO: record_account_info,
 }
+
+
+def _timed_sign(token: Token, key: KeyRecord, data: bytes, pin: str) -> bytes:
+    with timing.span("token"):
+        return token.sign(key, data, pin)

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from tokens.base import PROTECTION_PROTECTED, KeyRecord, Token, TokenError, TokenInfo
 
 DEFAULT_CARD_TIMEOUT_S = 60.0
+
+
+# The module that drives each kind of token, imported only when a wallet opens such a token.
+DRIVER_MODULES = {"pkcs11": "tokens.pkcs11_token", "openpgp-card": "tokens.openpgp_card"}
+
+
+def load_driver(token_doc: dict) -> None:
+    """Import the driver of the token a vault names (python-pkcs11, or pyscard), without opening it:
+    lets a caller tell the import's time from the token's (hostkit.timing)."""
+    module = DRIVER_MODULES.get(token_doc.get("kind"))
+    if module is not None:
+        importlib.import_module(module)
 
 
 def open_token(

@@ -34,8 +34,12 @@ app.add_typer(issuer.app, name="issuer")
 app.add_typer(backup.backup_key_app, name="backup-key")
 
 
-def main() -> None:
+def user_errors() -> tuple[type[BaseException], ...]:
     # Imported here, not at the top: SQLAlchemy costs ~0.2 s that `center --help` does not need.
     from sqlalchemy.exc import OperationalError
 
-    run_cli(app, (TokenError, OperationalError, FileNotFoundError, PermissionError))
+    return (TokenError, OperationalError, FileNotFoundError, PermissionError)
+
+
+def main() -> None:
+    run_cli(app, user_errors)

@@ -19,7 +19,8 @@ import typer
 from rich.table import Table
 
 from center.cli.common import DataDir, JsonFlag, api_call, open_engine, operator_name
-from hostkit.cli import CliError, emit, quoted, read_option_file
+from hostkit.cli import CliError, emit, read_option_file
+from hostkit.shown import quoted
 
 app = typer.Typer()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from hostkit.cli import CliError, emit
 from paywire.messages import ACCOUNT_INFO, COUNTER_WINDOW
 from token_wallet.account_info import counter_alarm, moved_past_note, record_replayed_alarm, was_replayed
+from token_wallet.cli.command_index import app
 from token_wallet.cli.common import (
     CardTimeout,
     Home,
@@ -22,7 +23,6 @@ from token_wallet.cli.common import (
     PasswordBFd,
     PasswordBFile,
     Signing,
-    app,
 )
 from token_wallet.wallet import Wallet
 from tokens import DEFAULT_CARD_TIMEOUT_S

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from hostkit.cli import CliError, emit
+from token_wallet.cli.command_index import PlainHelpGroup, app
 from token_wallet.cli.common import (
     CardTimeout,
     Home,
@@ -23,14 +24,16 @@ from token_wallet.cli.common import (
     PasswordBFd,
     PasswordBFile,
     Signing,
-    app,
     with_pin_message,
 )
 from token_wallet.log_audit import MAX_QUERIES_PER_RUN, LogAudit, signed_fetch
 from tokens import DEFAULT_CARD_TIMEOUT_S
 
 audit_app = typer.Typer(
-    help="Check the center's verifiable log against this wallet's receipts", no_args_is_help=True
+    cls=PlainHelpGroup,
+    help="Check the center's verifiable log against this wallet's receipts",
+    no_args_is_help=True,
+    rich_markup_mode=None,  # plain help, as the app's (token_wallet.cli.command_index)
 )
 app.add_typer(audit_app, name="audit")
 

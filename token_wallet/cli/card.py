@@ -7,7 +7,12 @@ from typing import Annotated
 import typer
 
 from hostkit.cli import emit, read_secret
-from token_wallet.cli.common import CardTimeout, JsonFlag, app, card_app, say
+from token_wallet.cli.command_index import app, card_app
+from token_wallet.cli.common import (
+    CardTimeout,
+    JsonFlag,
+    say,
+)
 from tokens import DEFAULT_CARD_TIMEOUT_S
 
 

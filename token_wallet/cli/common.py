@@ -1,10 +1,10 @@
-"""What the wallet's commands share: the Typer app objects, option types, secrets, opening the
-vault and the token, signing and delivering, output helpers.
+"""What the wallet's commands share: option types, secrets, opening the vault and the token, signing
+and delivering, output helpers.
 
 Command modules (token_wallet.cli.card, wallet_home, keys, money, operator, operator_keys, ...)
 import this module and helper modules (token_wallet.cli.recovery, token_choice), never each
-other: each registers its commands on `app` (or a group here) when token_wallet.cli.main imports
-it, in main's order.
+other: each registers its commands on `app` (or a group of it; token_wallet.cli.command_index)
+when token_wallet.cli.main imports it, and a run imports only the module of its command.
 
 Long because that rule puts here whatever two command modules share: options, secrets, opening the
 wallet (the wallet is looked for before password A is asked), signing and delivering, and the words
@@ -20,51 +20,38 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from cryptography.hazmat.primitives import serialization
-from rich.console import RenderableType
-from rich.text import Text
 
-from hostkit.cli import CliError, emit, quoted, read_option_file, read_secret, stderr_console
+from hostkit import timing
+from hostkit.cli import CliError, emit, read_option_file, read_secret
 from hostkit.private_files import write_new_file
-from paywire.center_cert import CenterIdentity, read_center_certificate
+from hostkit.shown import quoted
 from paywire.fields import KID_PATTERN, MAX_REASON_CHARS
 from paywire.messages import ENROLL, OPERATOR_ACTION
 from paywire.money import AmountError, format_amount, parse_amount
-from token_wallet.client import (
-    CenterRefused,
-    CenterUnreachable,
-    check_center_urls,
-    check_same_center,
-)
+from token_wallet.center_url import CenterRefused, CenterUnreachable, check_center_urls
 from token_wallet.home import check_wallet_home
 from token_wallet.vault import Vault
 from token_wallet.vault_lock import vault_lock
 from token_wallet.wallet import Wallet, vault_path
-from tokens import open_token
+from tokens import load_driver, open_token
 from tokens.base import PinStatus, Token, WrongPin
+
+# Rich, the HTTP client, X.509 and the token modules are imported inside the functions that use
+# them: each is milliseconds to tens of milliseconds of every command's start-up, and most commands
+# need only some of them (issue 16's start-up budget; bench/bench_wallet_startup.py).
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from paywire.center_cert import CenterIdentity
 
 DEFAULT_HOME_NAME = ".tokenpay-wallet"  # under the user's home directory
 CENTER_CERT_MAX_BYTES = 16 * 1024
 # A public key file is for others to read (an operator, an issuer); still never written over.
 PUBLIC_FILE_MODE = 0o644
 MEMBER_ROLES = ("member", "store")
-
-app = typer.Typer(
-    help="tokenpay wallet: pay with a key that lives on your token",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-# The command groups, added here so that their place in `wallet --help` is fixed (after the commands).
-card_app = typer.Typer(help="OpenPGP smartcard: status and PIN unblocking", no_args_is_help=True)
-app.add_typer(card_app, name="card")
-operator_app = typer.Typer(
-    help="Operator actions, each signed with this wallet's token key", no_args_is_help=True
-)
-app.add_typer(operator_app, name="operator")
 
 Home = Annotated[Path | None, typer.Option("--home", envvar="WALLET_HOME", help="Wallet home directory")]
 # A plain flag: metavar "" so that help shows `--json` alone, not a value type after it.
@@ -250,6 +237,10 @@ def read_amount(text: str, currency: str) -> int:
 
 def ask_confirmation(question: RenderableType, yes: bool, warnings: tuple[str, ...] = ()) -> None:
     """Show what is about to be signed (stderr), with any warning in bold red; ask unless --yes."""
+    from rich.text import Text
+
+    from hostkit.console import stderr_console
+
     stderr_console.print(question)
     for warning in warnings:
         stderr_console.print(Text(f"WARNING: {warning}", style="bold red"))
@@ -264,7 +255,9 @@ def ask_confirmation(question: RenderableType, yes: bool, warnings: tuple[str, .
 
 
 def open_wallet_token(wallet: Wallet, card_timeout_s: float):
-    return open_token(wallet.doc["token"], card_timeout_s=card_timeout_s, on_wait=say)
+    load_driver(wallet.doc["token"])  # its import is the wallet's own time, not the token's
+    with timing.span("token"):
+        return open_token(wallet.doc["token"], card_timeout_s=card_timeout_s, on_wait=say)
 
 
 def ask_pin(token, pin_file, pin_fd) -> str:
@@ -284,6 +277,8 @@ def ask_pin(token, pin_file, pin_fd) -> str:
 
 
 def say(message: str) -> None:
+    from hostkit.console import stderr_console
+
     stderr_console.print(message)
 
 
@@ -420,6 +415,8 @@ def same_center_urls(urls: list[str], cert_pem: bytes, center_id: str) -> None:
     only keeps a message in the outbox, and `wallet sync --center` points it elsewhere."""
     if len(urls) < 2:
         return
+    from token_wallet.client import check_same_center
+
     try:
         check_same_center(urls, cert_pem, center_id)
     except ValueError as error:
@@ -428,6 +425,8 @@ def same_center_urls(urls: list[str], cert_pem: bytes, center_id: str) -> None:
 
 def read_center_cert(path: Path) -> CenterIdentity:
     """The center certificate a wallet pins (`wallet enroll`, `wallet operator attach`), checked."""
+    from paywire.center_cert import read_center_certificate
+
     try:
         return read_center_certificate(
             read_option_file(
@@ -442,6 +441,8 @@ def read_center_cert(path: Path) -> CenterIdentity:
 
 
 def public_key_pem(spki_der: bytes) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     public_key = serialization.load_der_public_key(spki_der)
     return public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -24,6 +24,7 @@ from typing import Annotated
 import typer
 
 from hostkit.cli import CliError, emit, read_secret
+from token_wallet.cli.command_index import app
 from token_wallet.cli.common import (
     CardTimeout,
     Home,
@@ -33,7 +34,6 @@ from token_wallet.cli.common import (
     PasswordBFd,
     PasswordBFile,
     Signing,
-    app,
     public_key_pem,
     read_password_b,
     say,
@@ -51,7 +51,6 @@ from token_wallet.cli.token_choice import (
     so_pin_for,
 )
 from token_wallet.document import key_state, queued_rotation
-from token_wallet.key_cert import read_key_certificate
 from token_wallet.key_rotation import check_can_replace, prepare_rotation, queue_rotation, replace_key
 from token_wallet.wallet import Wallet
 from tokens import DEFAULT_CARD_TIMEOUT_S, card_token_doc, open_token, pkcs11_token_doc
@@ -365,6 +364,8 @@ def _new_pin(token, file: str | None, fd: int | None) -> str:
 def _key_cert(path: Path | None, key: KeyRecord) -> bytes | None:
     if path is None:
         return None
+    from token_wallet.key_cert import read_key_certificate  # X.509: tens of ms, rarely needed
+
     return read_key_certificate(path, key.spki_der)
 
 

@@ -1,16 +1,16 @@
 """`wallet`: the member's and store's command line, assembled from one module per command group.
 
-Each module imported in assembled_app registers its commands on `app` (token_wallet.cli.common)
-when imported; the order of the imports is the order of `wallet --help` (groups such as `card` and
-`operator` come after the plain commands whatever their place). A new command group is one more
-import there. No module imports this one.
+A run imports only the modules of the command it runs (token_wallet.cli.command_index says which):
+each registers its commands on `app` (token_wallet.cli.common) when imported. `wallet --help`
+lists every command from the index without importing any, in the index's order. A new command is
+one more entry there and its module. No module imports this one.
 
-`wallet --version` is answered before any of them is imported: it needs only the package metadata,
-not the cryptography, HTTP, Rich or token modules the commands load (a few hundred milliseconds).
+`wallet --version` is answered before Typer is imported: it needs only the package metadata.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 DISTRIBUTION = "tokenpay"  # pyproject.toml [project] name
@@ -26,26 +26,16 @@ def wallet_version() -> str:
         return "unknown (not installed)"
 
 
-def assembled_app():
-    """The Typer app with every command registered, and the errors that are the user's to act on."""
+def assembled_app(modules: tuple[str, ...] | None = None):
+    """The Typer app with the commands of `modules` (every command when None) registered."""
     import typer
 
-    from paywire.errors import WireError
-    from token_wallet.cli.common import app
-    from token_wallet.document import WalletError
-    from token_wallet.vault import VaultError
-    from tokens.base import TokenError
+    from token_wallet.cli.command_index import COMMANDS, MODULE_PACKAGE, app
 
-    # isort: off
-    from token_wallet.cli import card  # noqa: F401  readers, card status|unblock
-    from token_wallet.cli import wallet_home  # noqa: F401  init, enroll, sync, history, status, ...
-    from token_wallet.cli import keys  # noqa: F401  rotate-key, replace-key
-    from token_wallet.cli import money  # noqa: F401  topup, pay, balance, notices, payout, refund
-    from token_wallet.cli import account_info  # noqa: F401  account-info
-    from token_wallet.cli import audit  # noqa: F401  audit check
-    from token_wallet.cli import operator  # noqa: F401  console-login, operator attach|...|revoke-key
-    from token_wallet.cli import operator_keys  # noqa: F401  operator bind-key|reject-key
-    # isort: on
+    if modules is None:
+        modules = tuple(dict.fromkeys(module for _, owners in COMMANDS.values() for module in owners))
+    for module in modules:
+        importlib.import_module(f"{MODULE_PACKAGE}.{module}")
 
     def print_version(value: bool) -> None:
         if value:
@@ -60,8 +50,18 @@ def assembled_app():
     ) -> None:
         """tokenpay wallet: pay with a key that lives on your token"""
 
-    # What a command may raise that is the user's to act on: one line on stderr, no traceback.
-    return app, (VaultError, TokenError, WalletError, WireError, OSError)
+    return app
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a command may raise that is the user's to act on: one line on stderr, no traceback.
+    Asked only when something was raised, so that a run imports only the modules it uses."""
+    from paywire.errors import WireError
+    from token_wallet.document import WalletError
+    from token_wallet.vault import VaultError
+    from tokens.base import TokenError
+
+    return (VaultError, TokenError, WalletError, WireError, OSError)
 
 
 def main() -> None:
@@ -69,6 +69,6 @@ def main() -> None:
         print(f"wallet {wallet_version()}")
         return
     from hostkit.cli import run_cli
+    from token_wallet.cli.command_index import modules_for
 
-    app, user_errors = assembled_app()
-    run_cli(app, user_errors)
+    run_cli(assembled_app(modules_for(sys.argv[1:])), user_errors)

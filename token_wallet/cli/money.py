@@ -7,18 +7,18 @@ checks) sit beside the command they guard; command modules may not import each o
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Group
-from rich.table import Table
 
-from hostkit.cli import CliError, emit, quoted
+from hostkit.cli import CliError, emit
+from hostkit.shown import quoted
 from paywire.errors import WireError
 from paywire.fields import FUNDING_METHODS, PARTY_ID_PATTERN
 from paywire.messages import BALANCE, NOTICES, PAY, PAYOUT, REFUND, TOPUP
 from paywire.money import format_amount
 from paywire.text import check_text_chars
+from token_wallet.cli.command_index import app
 from token_wallet.cli.common import (
     CardTimeout,
     Home,
@@ -28,7 +28,6 @@ from token_wallet.cli.common import (
     PasswordBFd,
     PasswordBFile,
     Signing,
-    app,
     ask_confirmation,
     choice,
     deliver_checked,
@@ -44,6 +43,9 @@ from token_wallet.cli.paging import PageLimit, checked_limit, page_info
 from token_wallet.vault_records import payment_order_ref
 from token_wallet.wallet import MAX_NOTICES_PER_FETCH
 from tokens import DEFAULT_CARD_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from rich.console import Group
 
 MAX_NOTICE_FETCHES = 10
 # A member or store id inside a name or order reference: worth a warning in the pay prompt.
@@ -223,6 +225,9 @@ def payment_block(payee: dict, money: str, order: str) -> tuple[Group, tuple[str
     the wallet's own labels and whose first row is the store id the money goes to; the name and order
     (the store's words) only in the right column, in quotes they cannot close, escaped, cut when long.
     A value that wraps continues in the right column, under no label."""
+    from rich.console import Group
+    from rich.table import Table
+
     store_id = payee["store_id"]
     grid = Table.grid(padding=(0, 2), pad_edge=True)
     grid.add_column(no_wrap=True)
@@ -312,8 +317,9 @@ def notices(
     password_b_fd: PasswordBFd = None,
     card_timeout_s: CardTimeout = DEFAULT_CARD_TIMEOUT_S,
 ) -> None:
-    """Fetch the store's new payment notices (each checked against the center's signature) and show
-    the newest kept; with --stored, only show the kept ones."""
+    """Fetch the store's new payment notices, each checked against the center's signature.
+
+    Shows the newest notices kept; with --stored, only shows the kept ones (no fetch)."""
     signing = Signing(home, password_a_file, password_a_fd, password_b_file, password_b_fd, card_timeout_s)
     limit = checked_limit(limit)
     if stored:
@@ -329,6 +335,8 @@ def notices(
     document = {"notices": shown, "new": new, "status": state, "page": page_info(page, limit, None)}
 
     def render(out) -> None:
+        from rich.table import Table  # only for people: `--json` never loads Rich's tables
+
         title = "payment notices kept here" if stored else f"payment notices ({new} new)"
         table = Table(title=f"{title}, all verified against the center's key")
         for column in ("payment", "buyer", "amount", "order", "paid (UTC)"):

@@ -35,6 +35,7 @@ from paywire.center_cert import CenterIdentity
 from paywire.fields import CONSOLE_CHALLENGE_PATTERN, TOPUP_ID_PATTERN
 from paywire.messages import CONSOLE_LOGIN, OPERATOR_ACTION
 from paywire.money import format_amount
+from token_wallet.cli.command_index import app, operator_app
 from token_wallet.cli.common import (
     CardTimeout,
     CenterUrls,
@@ -45,7 +46,6 @@ from token_wallet.cli.common import (
     PasswordBFd,
     PasswordBFile,
     Signing,
-    app,
     ask_confirmation,
     check_kid,
     check_reason,
@@ -53,7 +53,6 @@ from token_wallet.cli.common import (
     format_when,
     learn_currency,
     online,
-    operator_app,
     print_outcome,
     read_center_cert,
     refuse_member_wallet,

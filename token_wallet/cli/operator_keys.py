@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from token_wallet.cli.command_index import operator_app
 from token_wallet.cli.common import (
     CardTimeout,
     Home,
@@ -23,7 +24,6 @@ from token_wallet.cli.common import (
     Signing,
     check_kid,
     check_reason,
-    operator_app,
     send_operator_action,
 )
 from tokens import DEFAULT_CARD_TIMEOUT_S

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from hostkit.cli import CliError, quoted
+from hostkit.cli import CliError
+from hostkit.shown import quoted
 from token_wallet.vault_records import PAGE_LIMIT_MAX, RecordPage
 
 PageLimit = Annotated[

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from hostkit.cli import CliError, emit, read_option_file, read_secret
 from paywire.algorithms import key_id
 from paywire.envelope import b64url_encode
 from paywire.messages import ENROLL
+from token_wallet.cli.command_index import app
 from token_wallet.cli.common import (
     CardTimeout,
     CenterUrls,
@@ -38,7 +38,6 @@ from token_wallet.cli.common import (
     PasswordAFile,
     PasswordBFd,
     PasswordBFile,
-    app,
     ask_pin,
     describe_result,
     format_when,
@@ -75,7 +74,6 @@ from token_wallet.cli.token_choice import (
     so_pin_for,
 )
 from token_wallet.document import key_state, new_document
-from token_wallet.key_cert import read_key_certificate
 from token_wallet.vault import Vault
 from token_wallet.vault_lock import vault_lock
 from token_wallet.wallet import Wallet, vault_path
@@ -255,6 +253,8 @@ def enroll(
         if rebind is not None:
             body["rebind"] = rebind
         if key_cert is not None:
+            from token_wallet.key_cert import read_key_certificate  # X.509: tens of ms, rarely needed
+
             body["key_cert"] = b64url_encode(read_key_certificate(key_cert, key.spki_der))
         # A new recovery code each time: shown once below, never stored; the center keeps its public key.
         new_code = add_recovery_fields(
@@ -365,6 +365,8 @@ def history(
     }
 
     def render(out) -> None:
+        from rich.table import Table  # only for people: `--json` never loads Rich's tables
+
         table = Table(title=f"history of {doc['member_id'] or 'this wallet (not enrolled yet)'}")
         for column in ("when (UTC)", "what", "outcome", "details"):
             table.add_column(column)
