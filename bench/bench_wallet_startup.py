@@ -73,6 +73,21 @@ def report(name: str, figures: dict[str, float], floor_ms: float, target_ms: int
     )
 
 
+def report_before(argv_of_run, figures, before: list[str], env, runs: int, timing_file: Path) -> None:
+    """The same command from an earlier checkout (`before`: its tree, then its dependencies), run as
+    `python -m token_wallet`. An earlier version may record no spans: its own time is then taken as
+    its wall time minus the spans of this version's runs (the same KDF, token and center)."""
+    tree, *deps = before
+    env = {**env, "PYTHONPATH": ":".join([*deps, tree])}
+    then = measure(
+        lambda i: [sys.executable, "-m", "token_wallet", *argv_of_run(i)[1:]], env, runs, timing_file
+    )
+    spans_ms = sum(then[part] for part in PARTS) or sum(figures[part] for part in PARTS)
+    own_ms = then["wall"] - spans_ms
+    ratio = figures["own"] / own_ms
+    print(f"{'  before':<24} wall {then['wall']:5.0f} ms, own {own_ms:4.0f}; now / before = {ratio:.2f}")
+
+
 def import_breakdown(argv: list[str], env: dict[str, str]) -> tuple[float, list[tuple[str, float]]]:
     """Import time (ms) of one run of `argv` (a wallet command), and the packages that spent most:
     each module's own time summed per top-level package."""
@@ -92,7 +107,7 @@ def import_breakdown(argv: list[str], env: dict[str, str]) -> tuple[float, list[
     return total, sorted(per_package.items(), key=lambda item: -item[1])[:TOP_IMPORTS]
 
 
-def run_cases(world: World, runs: int, floor_ms: float, scratch: Path) -> None:
+def run_cases(world: World, runs: int, floor_ms: float, scratch: Path, before: list[str] | None) -> None:
     timing_file = scratch / "timing.json"
     member = world.party_env("member")
     pay = ["pay", "--store", world.store_id, "--amount", "1", "--yes", "--json"]
@@ -108,7 +123,10 @@ def run_cases(world: World, runs: int, floor_ms: float, scratch: Path) -> None:
         ),
     ]
     for name, argv_of_run, target_ms in cases:
-        report(name, measure(argv_of_run, member, runs, timing_file), floor_ms, target_ms)
+        figures = measure(argv_of_run, member, runs, timing_file)
+        report(name, figures, floor_ms, target_ms)
+        if before:
+            report_before(argv_of_run, figures, before, member, runs, timing_file)
     total, top = import_breakdown(
         world.wallet_argv(*pay, "--order", f"bench-imports-{time.time_ns()}"), member
     )
@@ -160,6 +178,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--port", type=int, default=18443)
+    parser.add_argument(
+        "--before",
+        nargs="+",
+        metavar="DIR",
+        help="a checkout of an earlier version (e.g. a git worktree), then any directories of the "
+        "dependencies it needs first on PYTHONPATH: each command is also run from it, in the same world",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         print("setting up a center, a member and a store (SoftHSM, SQLite) ...", flush=True)
@@ -174,7 +199,7 @@ def main() -> None:
                 f"parameters, alone: {kdf_ms:.0f} ms (the bench's vaults use the smallest KDF: its "
                 f"span is shown apart); medians of {args.runs} runs\n"
             )
-            run_cases(world, args.runs, floor, Path(scratch))
+            run_cases(world, args.runs, floor, Path(scratch), args.before)
 
 
 if __name__ == "__main__":

@@ -262,10 +262,10 @@ def open_wallet_token(wallet: Wallet, card_timeout_s: float):
 
 def ask_pin(token, pin_file, pin_fd) -> str:
     """Password B; a card tells its tries left first, and a blocked PIN is not asked at all."""
-    from tokens.openpgp_card import OpenPgpCardToken
-
     # Only a card counts tries; asking token.info() first would cost a card session per signature.
-    if isinstance(token, OpenPgpCardToken):
+    # The card driver (pyscard) is loaded only when a card was opened: no module, no card.
+    card_driver = sys.modules.get("tokens.openpgp_card")
+    if card_driver is not None and isinstance(token, card_driver.OpenPgpCardToken):
         status = token.pin_status()
         if status.locked:
             raise CliError(
