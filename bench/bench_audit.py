@@ -299,7 +299,7 @@ def main() -> None:
                     sys.exit(f"{name} found a problem: {report}")
                 print(
                     f"{name:28s} {elapsed_s:8.1f} s  {args.entries / elapsed_s:10.0f} entries/s  "
-                    f"cpu {cpu_s:7.1f} s"
+                    f"cpu {cpu_s:7.1f} s  {cpu_s / args.entries * 1e6:6.1f} us cpu/entry"
                 )
             print(
                 f"(export file {export_file.stat().st_size / 1e6:.0f} MB; db {args.db}; "

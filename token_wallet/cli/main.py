@@ -1,7 +1,7 @@
 """`wallet`: the member's and store's command line, assembled from one module per command group.
 
 A run imports only the modules of the command it runs (token_wallet.cli.command_index says which):
-each registers its commands on `app` (token_wallet.cli.common) when imported. `wallet --help`
+each registers its commands on `app` (token_wallet.cli.command_index) when imported. `wallet --help`
 lists every command from the index without importing any, in the index's order. A new command is
 one more entry there and its module. No module imports this one.
 
