@@ -41,22 +41,26 @@ TARGET_HELP_MS = 200
 TOP_IMPORTS = 12
 
 
-def timed_run(argv: list[str], env: dict[str, str], timing_file: Path) -> tuple[float, dict[str, float]]:
+def timed_run(
+    argv: list[str], env: dict[str, str], timing_file: Path, cwd: Path = ROOT
+) -> tuple[float, dict[str, float]]:
     """Wall milliseconds of one run, and the spans it recorded."""
     timing_file.unlink(missing_ok=True)
     start = time.perf_counter()
-    done = subprocess.run(argv, env={**env, TIMING_FILE_ENV: str(timing_file)}, capture_output=True, cwd=ROOT)
+    done = subprocess.run(argv, env={**env, TIMING_FILE_ENV: str(timing_file)}, capture_output=True, cwd=cwd)
     wall_ms = (time.perf_counter() - start) * 1000
     assert done.returncode == 0, done.stderr.decode()[-400:]
     spans = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     return wall_ms, spans
 
 
-def measure(argv_of_run, env: dict[str, str], runs: int, timing_file: Path) -> dict[str, float]:
+def measure(
+    argv_of_run, env: dict[str, str], runs: int, timing_file: Path, cwd: Path = ROOT
+) -> dict[str, float]:
     """Medians over `runs` of the wall time, each span, and the wallet's own time (wall - spans)."""
     rows = []
     for index in range(runs):
-        wall_ms, spans = timed_run(argv_of_run(index), env, timing_file)
+        wall_ms, spans = timed_run(argv_of_run(index), env, timing_file, cwd)
         row = {"wall": wall_ms, **{part: spans.get(part, 0.0) for part in PARTS}}
         row["own"] = wall_ms - sum(row[part] for part in PARTS)
         rows.append(row)
@@ -79,8 +83,13 @@ def report_before(argv_of_run, figures, before: list[str], env, runs: int, timin
     its wall time minus the spans of this version's runs (the same KDF, token and center)."""
     tree, *deps = before
     env = {**env, "PYTHONPATH": ":".join([*deps, tree])}
+    # Run from the tree: `python -m` puts the working directory first on sys.path, before PYTHONPATH.
     then = measure(
-        lambda i: [sys.executable, "-m", "token_wallet", *argv_of_run(i)[1:]], env, runs, timing_file
+        lambda i: [sys.executable, "-m", "token_wallet", *argv_of_run(i)[1:]],
+        env,
+        runs,
+        timing_file,
+        Path(tree),
     )
     spans_ms = sum(then[part] for part in PARTS) or sum(figures[part] for part in PARTS)
     own_ms = then["wall"] - spans_ms
