@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 from center.ledger.audit import GENESIS_HASH
 from center.ledger.audit_tree_check import CenterKey, TreeProblem
-from center.ledger.json_lines import STRICT_JSON
+from center.ledger.json_lines import strict_loads
 
 
 def parse_strict(data: bytes) -> object:
     """JSON as center.ledger.json_lines.parse_line reads a line: NaN, Infinity, repeated names refused."""
-    return STRICT_JSON.decode(data.decode("utf-8"))
+    return strict_loads(data)
 
 
 # A problem found in the export, `seq` the first entry it concerns (None: not an entry): the same
