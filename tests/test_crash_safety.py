@@ -9,11 +9,9 @@ acknowledged request with exactly the first receipt.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from relay_support import Relay
 from sqlalchemy import select
 from stress_support import (
     STORE_NAME,
@@ -309,102 +308,6 @@ def check_after_crashes(center: LiveCenter, harness: CrashHarness, store_id: str
 # --- the wallet killed between signing and hearing the answer -------------------------------------------
 
 
-class StallingProxy:
-    """A TCP proxy in front of the center. Connections before `first_stalled`
-    (1-based) are relayed both ways. From `first_stalled` on:
-
-    - "silent": the connection is accepted and read, never answered and never
-      forwarded: the signed request never reaches the center;
-    - "withhold": everything the wallet sends is forwarded, but what the center
-      sends back stops at the wallet's first TLS application-data record (its
-      request): the center applies the payment, the wallet never hears back.
-
-    `stalled` is set once a stalled connection has carried the wallet's bytes."""
-
-    def __init__(self, upstream_port: int, mode: str, first_stalled: int):
-        assert mode in ("silent", "withhold")
-        self.upstream_port, self.mode, self.first_stalled = upstream_port, mode, first_stalled
-        self.connections = 0
-        self.stalled = threading.Event()
-        self.sockets: list[socket.socket] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"https://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            self.sockets.append(client)
-            stalled = self.connections >= self.first_stalled
-            target = self._silent if stalled and self.mode == "silent" else self._relay
-            threading.Thread(target=target, args=(client, stalled), daemon=True).start()
-
-    def _silent(self, client: socket.socket, _stalled: bool) -> None:
-        try:
-            while client.recv(65536):
-                self.stalled.set()
-        except OSError:
-            pass
-
-    def _relay(self, client: socket.socket, stalled: bool) -> None:
-        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-        self.sockets.append(upstream)
-        answering = threading.Event()
-        answering.set()
-
-        def wallet_to_center() -> None:
-            records = TlsRecords()
-            try:
-                while data := client.recv(65536):
-                    if stalled and records.feed(data):  # the wallet's request: swallow what comes back
-                        answering.clear()
-                    upstream.sendall(data)
-                    if stalled and not answering.is_set():
-                        self.stalled.set()
-            except OSError:
-                pass
-
-        threading.Thread(target=wallet_to_center, daemon=True).start()
-        try:
-            while data := upstream.recv(65536):
-                if answering.is_set():
-                    client.sendall(data)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):  # teardown: a socket that fails to close is gone anyway
-                sock.close()
-
-
-class TlsRecords:
-    """Walks the TLS record headers of one direction; feed() is True once an
-    application-data record (type 23) has been seen. The client's first one is
-    its HTTP request (TLS 1.2) or its Finished, which the server's whole
-    handshake flight precedes (TLS 1.3)."""
-
-    def __init__(self):
-        self.buffer = b""
-        self.seen_application_data = False
-
-    def feed(self, data: bytes) -> bool:
-        self.buffer += data
-        while len(self.buffer) >= 5:
-            length = int.from_bytes(self.buffer[3:5], "big")
-            if len(self.buffer) < 5 + length:
-                break
-            if self.buffer[0] == 23:
-                self.seen_application_data = True
-            self.buffer = self.buffer[5 + length :]
-        return self.seen_application_data
-
-
 def test_wallet_killed_between_signing_and_the_answer_then_sync_applies_it_once(tmp_path, make_softhsm_token):
     center = LiveCenter.create(tmp_path, f"sqlite:///{tmp_path / 'center.db'}")
     center.process.start()
@@ -415,7 +318,7 @@ def test_wallet_killed_between_signing_and_the_answer_then_sync_applies_it_once(
         # Each round applies exactly one payment: the rounds before this one applied `paid_before`.
         for paid_before, (mode, amount) in enumerate((("silent", 1200), ("withhold", 700))):
             # Connection 1 looks up the store's registered name; connection 2 carries the signed payment.
-            proxy = StallingProxy(center.process.port, mode, first_stalled=2)
+            proxy = Relay(center.process.port, lambda number, mode=mode: "pass" if number < 2 else mode)
             try:
                 assert member.json("sync", "--center", proxy.url)["delivered"] == []  # only moves the URL
                 wallet = subprocess.Popen(

@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 from receipt_support import receipt_head
+from relay_support import Relay
 from support import SOFTHSM_MODULE, run_cli
 from test_operators_e2e import add_operator
-from test_payments_e2e import AnswerDroppingProxy, center_cli, enrolled_pair, fund
+from test_payments_e2e import center_cli, enrolled_pair, fund
 from test_wallet_e2e import WalletUser
 
 from token_wallet.client import pinned_ssl_context
@@ -186,7 +187,7 @@ def test_rotation_interrupted_then_finished_by_sync_and_resent(tmp_path, make_so
     shutil.copytree(member.home, stale_home)
 
     # The rotation reaches the center, but its answer is lost on the way back.
-    proxy = AnswerDroppingProxy(live_center.port, drop={1})
+    proxy = Relay(live_center.port, lambda number: "drop" if number == 1 else "pass")
     member.json("sync", "--center", f"https://127.0.0.1:{proxy.port}")  # only moves the URL
     try:
         queued = member.json("rotate-key")

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
 
 import pytest
+from relay_support import Relay
 from sqlalchemy import create_engine, func, select, text
 from support import CenterProcess, free_port, run_cli
 from test_wallet_e2e import WalletUser
@@ -147,70 +146,11 @@ def test_bad_amounts_are_one_line_errors(tmp_path, make_softhsm_token, live_cent
     assert result.returncode != 0 and "--method" in result.stderr
 
 
-class AnswerDroppingProxy:
-    """TCP proxy that forwards requests to the center and, on the connections
-    numbered in `drop` (1-based), drops the answer: the center applies the
-    request, the wallet never hears back. TLS passes through untouched."""
-
-    def __init__(self, upstream_port: int, drop: set[int]):
-        self.upstream_port = upstream_port
-        self.drop = drop
-        self.connections = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(
-                target=self._relay, args=(client, self.connections in self.drop), daemon=True
-            ).start()
-
-    def _relay(self, client: socket.socket, drop_answer: bool) -> None:
-        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-        upstream.settimeout(10)
-        client.settimeout(10)
-
-        def forward_requests():
-            try:
-                while data := client.recv(65536):
-                    upstream.sendall(data)
-            except OSError:
-                pass
-
-        threading.Thread(target=forward_requests, daemon=True).start()
-        try:
-            # Pass the TLS handshake through, then cut the connection once the
-            # application data (the HTTP answer) starts flowing back.
-            handshake_records = 0
-            while data := upstream.recv(65536):
-                if (
-                    drop_answer and data[:1] == b"\x17" and handshake_records > 0
-                ):  # application data: the answer
-                    upstream.recv(65536)
-                    break
-                handshake_records += 1
-                client.sendall(data)
-        except OSError:
-            pass
-        finally:
-            client.close()
-            upstream.close()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 def test_lost_answer_then_sync_applies_the_payment_once(tmp_path, make_softhsm_token, live_center):
     member, _store, store_id = enrolled_pair(tmp_path, make_softhsm_token, live_center)
     fund(member, live_center, "5000")
     # Connection 1: the wallet looks up the store's name; connection 2: the payment.
-    proxy = AnswerDroppingProxy(live_center.port, drop={2})
+    proxy = Relay(live_center.port, lambda number: "drop" if number == 2 else "pass")
     member.json("sync", "--center", f"https://127.0.0.1:{proxy.port}")  # empty outbox: only moves the URL
     try:
         lost = member.json("pay", "--store", store_id, "--amount", "1200", "--order", "L-1", "--yes")

@@ -19,13 +19,13 @@ import contextlib
 import hashlib
 import json
 import signal
-import socket
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from relay_support import Relay
 from sqlalchemy import create_engine, func, select
 from support import CenterProcess, free_port, run_cli
 from test_payments_e2e import center_cli
@@ -105,47 +105,6 @@ class TwoNodes:
                 return [row[0] for row in rows]
         finally:
             engine.dispose()
-
-
-class Gate:
-    """A TCP relay in front of one node that passes the connections numbered in `passed` (1-based)
-    and closes every other one at once: the node, seen from the wallet, stops answering between two
-    connections of one command (the store look-up passes, the payment does not). TLS passes through."""
-
-    def __init__(self, upstream_port: int, passed: set[int]):
-        self.upstream_port, self.passed, self.connections = upstream_port, passed, 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"https://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            if self.connections not in self.passed:
-                client.close()
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def _pump(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for end in (source, sink):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
 
 
 class WriterLock:
@@ -336,7 +295,7 @@ def test_all_nodes_down_queues_and_sync_delivers_the_same_signed_bytes_once(both
     first, second = both_up.urls
     # Node 1 through a gate that passes the list check (connection 1) and the store look-up (2), then
     # closes: the payment finds no node answering. Node 2 is killed.
-    gate = Gate(both_up.nodes[0].port, passed={1, 2})
+    gate = Relay(both_up.nodes[0].port, lambda number: "pass" if number in (1, 2) else "close")
     try:
         member.json("sync", "--center", gate.url, "--center", second)
         both_up.kill(1)
