@@ -151,6 +151,13 @@ def test_the_timing_file_holds_the_kdf_of_a_history_run(small_vault, tmp_path):
     timing_file.unlink()
     assert run_cli("wallet", argv).returncode == 0
     assert not timing_file.exists()
+    # A file that cannot be written: one warning line, the command's own outcome stands.
+    unwritable = tmp_path / "no-such-dir" / "timing.json"
+    result = run_cli("wallet", argv, env=cli_env(**{TIMING_FILE_ENV: str(unwritable)}))
+    assert result.returncode == 0 and json.loads(result.stdout)["entries"], result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"warning: cannot write {TIMING_FILE_ENV} {unwritable}: No such file or directory"
+    ]
 
 
 @pytest.mark.slow

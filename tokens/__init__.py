@@ -14,12 +14,12 @@ DEFAULT_CARD_TIMEOUT_S = 60.0
 DRIVER_MODULES = {"pkcs11": "tokens.pkcs11_token", "openpgp-card": "tokens.openpgp_card"}
 
 
-def load_driver(token_doc: dict) -> None:
-    """Import the driver of the token a vault names (python-pkcs11, or pyscard), without opening it:
-    lets a caller tell the import's time from the token's (hostkit.timing)."""
+def load_driver(token_doc: dict):
+    """The driver module of the token a vault names (python-pkcs11, or pyscard), imported, not opened
+    (None for a kind this version does not know): lets a caller tell the import's time from the
+    token's (hostkit.timing)."""
     module = DRIVER_MODULES.get(token_doc.get("kind"))
-    if module is not None:
-        importlib.import_module(module)
+    return None if module is None else importlib.import_module(module)
 
 
 def open_token(
@@ -34,19 +34,15 @@ def open_token(
     {"kind": "openpgp-card", "reader", "serial"}: for a card, wait (bounded)
     until that very card is in a reader, telling the user through on_wait.
     """
-    kind = token_doc.get("kind")
+    kind, driver = token_doc.get("kind"), load_driver(token_doc)
     if kind == "pkcs11":
-        from tokens.pkcs11_token import open_pkcs11_token
-
-        return open_pkcs11_token(
+        return driver.open_pkcs11_token(
             token_doc["module"], label=token_doc["label"], serial=token_doc.get("serial")
         )
     if kind == "openpgp-card":
-        from tokens.openpgp_card import open_openpgp_card
-
         # By serial in any reader: the card may come back in another reader.
         serial = token_doc.get("serial")
-        return open_openpgp_card(
+        return driver.open_openpgp_card(
             None if serial else token_doc.get("reader"),
             timeout_s=card_timeout_s,
             on_wait=on_wait or (lambda _message: None),
